@@ -1,0 +1,31 @@
+//! The model layer's error type. Every variant names the file it concerns, so a user can act on it.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("{path}: not a GGUF file (magic {magic:02x?}, expected \"GGUF\")")]
+    BadMagic { path: PathBuf, magic: [u8; 4] },
+    #[error("{path}: unsupported GGUF version {version} (supported: 2, 3)")]
+    UnsupportedVersion { path: PathBuf, version: u32 },
+    #[error("{path}: truncated at byte {offset} while reading {what}")]
+    Truncated { path: PathBuf, offset: u64, what: String },
+    #[error("{path}: malformed: {what}")]
+    Malformed { path: PathBuf, what: String },
+    #[error("{path}: tensor '{tensor}': {what}")]
+    BadTensor { path: PathBuf, tensor: String, what: String },
+    #[error("{path}: missing metadata key '{key}'")]
+    MissingKey { path: PathBuf, key: String },
+    #[error("{path}: metadata key '{key}' has type {got}, expected {want}")]
+    WrongType { path: PathBuf, key: String, got: &'static str, want: &'static str },
+    #[error("{path}: tensor '{tensor}' has dtype {dtype}, which ROCmForge cannot run yet")]
+    UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
+    #[error("{path}: {source}")]
+    Quant { path: PathBuf, #[source] source: rocmforge_quant::QuantError },
+    #[error("{path}: invalid JSON: {source}")]
+    Json { path: PathBuf, #[source] source: serde_json::Error },
+    #[error("{0}")]
+    Other(String),
+}

@@ -1,0 +1,10 @@
+//! The model-file layer: GGUF (v2/v3) reading over a memory map and writing, safetensors and
+//! Hugging Face model directories, a model summary for `rocmforge show`, and the quantizer.
+//!
+//! Everything here is GPU-free and HTTP-free. Parsers treat files as untrusted: every offset,
+//! length and count is checked against the file size before use, and nothing is allocated on the
+//! say-so of a header alone (the GGUF and safetensors readers are fuzzed, see `fuzz/`).
+
+pub mod error;
+pub mod gguf;
+pub use error::ModelError;
