@@ -1,0 +1,374 @@
+//! Safe Rust layer over [`RfHostV1`] for plugins written in Rust: metadata queries and one method
+//! per op. The parameter layout of each op (which `inputs`, `iparams`, `fparams` slot means what)
+//! is defined here once; the host's executor decodes the same layout (see host/runtime).
+
+use crate::{op, status, RfHostV1, RfNode, RfOp, RfStr, NO_NODE};
+
+/// A node of the graph being built (activation or weight).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node(pub RfNode);
+
+/// An error while building: the host's message or a plugin-side description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError(pub String);
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for OpError {}
+
+impl From<String> for OpError {
+    fn from(s: String) -> Self {
+        OpError(s)
+    }
+}
+
+/// Metadata access helpers (keys use GGUF's vocabulary: `llama.block_count`).
+pub trait Meta {
+    fn meta_int_opt(&self, key: &str) -> Result<Option<i64>, OpError>;
+    fn meta_float_opt(&self, key: &str) -> Result<Option<f64>, OpError>;
+    fn meta_str_opt(&self, key: &str) -> Result<Option<String>, OpError>;
+    fn meta_array_opt(&self, key: &str) -> Result<Option<Vec<f64>>, OpError>;
+
+    fn meta_usize(&self, key: &str) -> Result<usize, OpError> {
+        let v = self.meta_int_opt(key)?.ok_or_else(|| OpError(format!("missing metadata key '{key}'")))?;
+        usize::try_from(v).map_err(|_| OpError(format!("metadata key '{key}' = {v} is not a valid count")))
+    }
+    fn meta_usize_or(&self, key: &str, default: usize) -> Result<usize, OpError> {
+        match self.meta_int_opt(key)? {
+            None => Ok(default),
+            Some(v) => usize::try_from(v).map_err(|_| OpError(format!("metadata key '{key}' = {v} is not a valid count"))),
+        }
+    }
+    fn meta_f32(&self, key: &str) -> Result<f32, OpError> {
+        Ok(self.meta_float_opt(key)?.ok_or_else(|| OpError(format!("missing metadata key '{key}'")))? as f32)
+    }
+    fn meta_f32_or(&self, key: &str, default: f32) -> Result<f32, OpError> {
+        Ok(self.meta_float_opt(key)?.map(|v| v as f32).unwrap_or(default))
+    }
+}
+
+/// The graph builder a plugin receives.
+pub struct Builder<'h> {
+    host: &'h RfHostV1,
+}
+
+impl<'h> Builder<'h> {
+    /// Wrap the host table after checking its version.
+    ///
+    /// # Safety
+    /// `host` must point to a valid [`RfHostV1`] that outlives the builder.
+    pub unsafe fn from_raw(host: *const RfHostV1) -> Result<Builder<'h>, OpError> {
+        if host.is_null() {
+            return Err(OpError("host table is null".into()));
+        }
+        // SAFETY: non-null and valid per the caller's contract.
+        let h = unsafe { &*host };
+        if h.abi_version != crate::ABI_VERSION {
+            return Err(OpError(format!(
+                "host ABI version {} but plugin built for {}",
+                h.abi_version,
+                crate::ABI_VERSION
+            )));
+        }
+        if (h.struct_size as usize) < std::mem::size_of::<RfHostV1>() {
+            return Err(OpError(format!("host table of {} bytes is older than this plugin expects", h.struct_size)));
+        }
+        Ok(Builder { host: h })
+    }
+
+    fn last_error_or(&self, what: &str, code: i32) -> OpError {
+        OpError(format!("{what} failed with status {code}"))
+    }
+
+    /// Shape of a tensor in GGUF order (ne0 first), or None when the model has no such tensor.
+    pub fn tensor_shape(&self, name: &str) -> Result<Option<Vec<usize>>, OpError> {
+        let mut dims = [0i64; 4];
+        let mut n = 0u32;
+        // SAFETY: the host table is valid (from_raw); dims has room for 4 entries as the ABI says.
+        let rc = unsafe { (self.host.tensor_shape)(self.host.ctx, RfStr::new(name), dims.as_mut_ptr(), &mut n) };
+        match rc {
+            status::OK => Ok(Some(dims[..(n as usize).min(4)].iter().map(|&d| d.max(0) as usize).collect())),
+            status::NOT_FOUND => Ok(None),
+            c => Err(self.last_error_or(&format!("tensor_shape({name})"), c)),
+        }
+    }
+
+    pub fn has_tensor(&self, name: &str) -> Result<bool, OpError> {
+        Ok(self.tensor_shape(name)?.is_some())
+    }
+
+    fn op(&mut self, code: u32, name: &str, inputs: &[Option<Node>], iparams: &[i64], fparams: &[f32], tensor: &str) -> Result<Node, OpError> {
+        let mut o = RfOp {
+            code,
+            inputs: [NO_NODE; 4],
+            iparams: [0; 8],
+            fparams: [0.0; 8],
+            name: RfStr::new(name),
+            tensor: RfStr::new(tensor),
+        };
+        for (slot, n) in o.inputs.iter_mut().zip(inputs) {
+            *slot = n.map(|n| n.0).unwrap_or(NO_NODE);
+        }
+        o.iparams[..iparams.len()].copy_from_slice(iparams);
+        o.fparams[..fparams.len()].copy_from_slice(fparams);
+        let mut out: RfNode = NO_NODE;
+        // SAFETY: host table valid; `o` and the strings it borrows live across the call.
+        let rc = unsafe { (self.host.op)(self.host.ctx, &o, &mut out) };
+        if rc == status::OK {
+            Ok(Node(out))
+        } else {
+            // The host has recorded a detailed message; the status tells the plugin to stop.
+            Err(OpError(format!("op '{name}' rejected by the host (status {rc})")))
+        }
+    }
+
+    /// A weight tensor by GGUF name. Missing tensors are an error naming the tensor.
+    pub fn weight(&mut self, tensor: &str) -> Result<Node, OpError> {
+        self.op(op::WEIGHT, tensor, &[], &[], &[], tensor)
+    }
+    /// A weight tensor if the model has it.
+    pub fn weight_opt(&mut self, tensor: &str) -> Result<Option<Node>, OpError> {
+        if self.has_tensor(tensor)? {
+            self.weight(tensor).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+    /// Embedding lookup of the batch's tokens: table `[n_embd, n_vocab]` -> `[n_tokens, n_embd]`.
+    pub fn get_rows(&mut self, name: &str, table: Node) -> Result<Node, OpError> {
+        self.op(op::GET_ROWS, name, &[Some(table)], &[], &[], "")
+    }
+    /// RMSNorm over each row (or over each `group` columns, for per-head q/k norms; 0 = whole row),
+    /// then multiply by `w` if given.
+    pub fn rms_norm(&mut self, name: &str, x: Node, w: Option<Node>, eps: f32, group: usize) -> Result<Node, OpError> {
+        self.op(op::RMS_NORM, name, &[Some(x), w], &[group as i64], &[eps], "")
+    }
+    /// LayerNorm over each row, optional affine weight and bias.
+    pub fn layer_norm(&mut self, name: &str, x: Node, w: Option<Node>, b: Option<Node>, eps: f32) -> Result<Node, OpError> {
+        self.op(op::LAYER_NORM, name, &[Some(x), w, b], &[], &[eps], "")
+    }
+    /// `x [n, k] · Wᵀ` with W in GGUF layout `[k, n_out]`, plus optional bias `[n_out]` -> `[n, n_out]`.
+    pub fn matmul(&mut self, name: &str, x: Node, w: Node, bias: Option<Node>) -> Result<Node, OpError> {
+        self.op(op::MATMUL, name, &[Some(x), Some(w), bias], &[], &[], "")
+    }
+    /// Element-wise add; `b` is the same shape as `a` or a vector broadcast over rows.
+    pub fn add(&mut self, name: &str, a: Node, b: Node) -> Result<Node, OpError> {
+        self.op(op::ADD, name, &[Some(a), Some(b)], &[], &[], "")
+    }
+    /// Element-wise multiply; `b` as for [`Builder::add`].
+    pub fn mul(&mut self, name: &str, a: Node, b: Node) -> Result<Node, OpError> {
+        self.op(op::MUL, name, &[Some(a), Some(b)], &[], &[], "")
+    }
+    pub fn scale(&mut self, name: &str, x: Node, s: f32) -> Result<Node, OpError> {
+        self.op(op::SCALE, name, &[Some(x)], &[], &[s], "")
+    }
+    /// Rotary embedding at the batch's positions, as ggml_rope_ext.
+    pub fn rope(&mut self, name: &str, x: Node, freq_factors: Option<Node>, p: &RopeOpts) -> Result<Node, OpError> {
+        self.op(
+            op::ROPE,
+            name,
+            &[Some(x), freq_factors],
+            &[p.n_head as i64, p.head_dim as i64, p.n_rot as i64, if p.neox { 2 } else { 0 }, p.n_ctx_orig as i64],
+            &[p.freq_base, p.freq_scale, p.ext_factor, p.attn_factor, p.beta_fast, p.beta_slow],
+            "",
+        )
+    }
+    /// Attention of layer `layer` over the paged KV cache (the only KV-aware op): stores `k`, `v`
+    /// for the batch's tokens, then attends `q` to every visible cached position.
+    pub fn attention(&mut self, name: &str, q: Node, k: Node, v: Node, p: &AttnOpts) -> Result<Node, OpError> {
+        self.op(
+            op::ATTENTION,
+            name,
+            &[Some(q), Some(k), Some(v)],
+            &[
+                p.layer as i64,
+                p.n_head as i64,
+                p.n_head_kv as i64,
+                p.head_dim_k as i64,
+                p.head_dim_v as i64,
+                p.sliding_window as i64,
+                p.causal as i64,
+            ],
+            &[p.scale, p.softcap],
+            "",
+        )
+    }
+    pub fn silu(&mut self, name: &str, x: Node) -> Result<Node, OpError> {
+        self.op(op::SILU, name, &[Some(x)], &[], &[], "")
+    }
+    /// GELU, tanh approximation (ggml_gelu).
+    pub fn gelu(&mut self, name: &str, x: Node) -> Result<Node, OpError> {
+        self.op(op::GELU, name, &[Some(x)], &[], &[], "")
+    }
+    /// GELU, exact erf form.
+    pub fn gelu_erf(&mut self, name: &str, x: Node) -> Result<Node, OpError> {
+        self.op(op::GELU_ERF, name, &[Some(x)], &[], &[], "")
+    }
+    /// `silu(gate) * up`.
+    pub fn swiglu(&mut self, name: &str, gate: Node, up: Node) -> Result<Node, OpError> {
+        self.op(op::SWIGLU, name, &[Some(gate), Some(up)], &[], &[], "")
+    }
+    /// `gelu_tanh(gate) * up`.
+    pub fn geglu(&mut self, name: &str, gate: Node, up: Node) -> Result<Node, OpError> {
+        self.op(op::GEGLU, name, &[Some(gate), Some(up)], &[], &[], "")
+    }
+    /// `cap * tanh(x / cap)`.
+    pub fn softcap(&mut self, name: &str, x: Node, cap: f32) -> Result<Node, OpError> {
+        self.op(op::SOFTCAP, name, &[Some(x)], &[], &[cap], "")
+    }
+    /// Columns `[offset, offset + cols)` of every row (splitting a fused projection).
+    pub fn view(&mut self, name: &str, x: Node, offset: usize, cols: usize) -> Result<Node, OpError> {
+        self.op(op::VIEW, name, &[Some(x)], &[offset as i64, cols as i64], &[], "")
+    }
+    /// Keep only the rows whose outputs the host asked for (usually the last token of each
+    /// sequence); later ops run on those rows only.
+    pub fn output_rows(&mut self, name: &str, x: Node) -> Result<Node, OpError> {
+        self.op(op::OUTPUT_ROWS, name, &[Some(x)], &[], &[], "")
+    }
+    /// Mark the graph's result (logits).
+    pub fn output(&mut self, name: &str, x: Node) -> Result<Node, OpError> {
+        self.op(op::OUTPUT, name, &[Some(x)], &[0], &[], "")
+    }
+}
+
+impl Meta for Builder<'_> {
+    fn meta_int_opt(&self, key: &str) -> Result<Option<i64>, OpError> {
+        let mut v = 0i64;
+        // SAFETY: host table valid; out pointer to a local.
+        match unsafe { (self.host.meta_int)(self.host.ctx, RfStr::new(key), &mut v) } {
+            status::OK => Ok(Some(v)),
+            status::NOT_FOUND => Ok(None),
+            status::WRONG_TYPE => Err(OpError(format!("metadata key '{key}' is not an integer"))),
+            c => Err(self.last_error_or(&format!("meta_int({key})"), c)),
+        }
+    }
+    fn meta_float_opt(&self, key: &str) -> Result<Option<f64>, OpError> {
+        let mut v = 0f64;
+        // SAFETY: host table valid; out pointer to a local.
+        match unsafe { (self.host.meta_float)(self.host.ctx, RfStr::new(key), &mut v) } {
+            status::OK => Ok(Some(v)),
+            status::NOT_FOUND => Ok(None),
+            status::WRONG_TYPE => Err(OpError(format!("metadata key '{key}' is not a number"))),
+            c => Err(self.last_error_or(&format!("meta_float({key})"), c)),
+        }
+    }
+    fn meta_str_opt(&self, key: &str) -> Result<Option<String>, OpError> {
+        let mut v = RfStr::EMPTY;
+        // SAFETY: host table valid; the returned string is valid during the build call and copied here.
+        match unsafe { (self.host.meta_str)(self.host.ctx, RfStr::new(key), &mut v) } {
+            // SAFETY: the host returns a valid (ptr, len) for the duration of the call.
+            status::OK => Ok(Some(String::from_utf8_lossy(unsafe { v.as_bytes() }).into_owned())),
+            status::NOT_FOUND => Ok(None),
+            status::WRONG_TYPE => Err(OpError(format!("metadata key '{key}' is not a string"))),
+            c => Err(self.last_error_or(&format!("meta_str({key})"), c)),
+        }
+    }
+    fn meta_array_opt(&self, key: &str) -> Result<Option<Vec<f64>>, OpError> {
+        let mut buf = vec![0f64; 64];
+        loop {
+            let mut len = 0usize;
+            // SAFETY: host table valid; buf has buf.len() writable slots.
+            let rc = unsafe { (self.host.meta_array_f64)(self.host.ctx, RfStr::new(key), buf.as_mut_ptr(), buf.len(), &mut len) };
+            match rc {
+                status::OK => {
+                    buf.truncate(len);
+                    return Ok(Some(buf));
+                }
+                status::TOO_SMALL if len > buf.len() => buf.resize(len, 0.0),
+                status::NOT_FOUND => return Ok(None),
+                status::WRONG_TYPE => return Err(OpError(format!("metadata key '{key}' is not a numeric array"))),
+                c => return Err(self.last_error_or(&format!("meta_array({key})"), c)),
+            }
+        }
+    }
+}
+
+/// Rotary-embedding parameters (ggml_rope_ext's).
+#[derive(Clone, Debug)]
+pub struct RopeOpts {
+    pub n_head: usize,
+    pub head_dim: usize,
+    /// Rotated dimensions (≤ head_dim; partial rotary when smaller).
+    pub n_rot: usize,
+    /// NeoX style (rotate halves) instead of interleaved pairs.
+    pub neox: bool,
+    pub freq_base: f32,
+    /// 1 / linear scaling factor.
+    pub freq_scale: f32,
+    pub n_ctx_orig: usize,
+    /// YaRN parameters (ext_factor 0 disables YaRN).
+    pub ext_factor: f32,
+    pub attn_factor: f32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+}
+
+impl RopeOpts {
+    /// Plain RoPE without scaling.
+    pub fn new(n_head: usize, head_dim: usize, n_rot: usize, neox: bool, freq_base: f32) -> Self {
+        RopeOpts {
+            n_head,
+            head_dim,
+            n_rot,
+            neox,
+            freq_base,
+            freq_scale: 1.0,
+            n_ctx_orig: 0,
+            ext_factor: 0.0,
+            attn_factor: 1.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+        }
+    }
+
+    /// Apply the scaling declared in GGUF metadata (`{arch}.rope.scaling.*`), as llama.cpp does:
+    /// `linear` divides positions by the factor; `yarn` enables YaRN with the original context.
+    pub fn with_scaling_from(mut self, m: &impl Meta, arch: &str) -> Result<Self, OpError> {
+        let kind = m.meta_str_opt(&format!("{arch}.rope.scaling.type"))?.unwrap_or_else(|| "none".into());
+        let factor = m.meta_float_opt(&format!("{arch}.rope.scaling.factor"))?.unwrap_or(0.0) as f32;
+        let n_ctx_train = m.meta_usize_or(&format!("{arch}.context_length"), 0)?;
+        self.n_ctx_orig = m.meta_usize_or(&format!("{arch}.rope.scaling.original_context_length"), n_ctx_train)?;
+        match kind.as_str() {
+            "none" | "" => {}
+            "linear" => {
+                if factor > 0.0 {
+                    self.freq_scale = 1.0 / factor;
+                }
+            }
+            "yarn" => {
+                if factor > 0.0 {
+                    self.freq_scale = 1.0 / factor;
+                }
+                self.ext_factor = m.meta_f32_or(&format!("{arch}.rope.scaling.yarn_ext_factor"), -1.0)?;
+                if self.ext_factor < 0.0 {
+                    self.ext_factor = 1.0;
+                }
+                self.attn_factor = m.meta_f32_or(&format!("{arch}.rope.scaling.attn_factor"), 1.0)?;
+                self.beta_fast = m.meta_f32_or(&format!("{arch}.rope.scaling.yarn_beta_fast"), 32.0)?;
+                self.beta_slow = m.meta_f32_or(&format!("{arch}.rope.scaling.yarn_beta_slow"), 1.0)?;
+            }
+            other => return Err(OpError(format!("unsupported rope scaling type '{other}' (supported: none, linear, yarn)"))),
+        }
+        Ok(self)
+    }
+}
+
+/// Attention parameters.
+#[derive(Clone, Debug)]
+pub struct AttnOpts {
+    pub layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim_k: usize,
+    pub head_dim_v: usize,
+    /// 0 = attend to all earlier positions; else only the last `sliding_window` positions.
+    pub sliding_window: usize,
+    pub causal: bool,
+    /// 0 = 1/sqrt(head_dim_k).
+    pub scale: f32,
+    /// 0 = no logit softcap.
+    pub softcap: f32,
+}

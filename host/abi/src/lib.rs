@@ -1,0 +1,320 @@
+//! The plugin C ABI (version 1) and a safe Rust layer over it.
+//!
+//! A plugin is a shared library exporting one symbol, [`PLUGIN_SYMBOL`] (`rocmforge_plugin_v1`),
+//! a function returning a pointer to a static [`RfPluginV1`]. The host checks `abi_version` and
+//! `struct_size` before reading anything else, then asks the plugin to build the forward graph of a
+//! model through the host's [`RfHostV1`] table: the plugin queries metadata and tensor shapes and
+//! records ops; it never touches GPUs, the KV cache or weights (DESIGN.md §2.1).
+//!
+//! ```text
+//!   host                                   plugin (.so)
+//!   dlopen + dlsym("rocmforge_plugin_v1") ─▶ &'static RfPluginV1 {abi_version, struct_size, archs, tensor map, build}
+//!   build(&RfHostV1, arch) ───────────────▶ meta_*() / tensor_shape() / op(RfOp) ... ◀── calls back
+//!                          ◀─────────────── status (0 = ok; else message given through host.set_error)
+//! ```
+//!
+//! Invariants:
+//! - Tables are append-only: a field is never removed or reordered; a reader only reads fields
+//!   that lie inside `struct_size`. `abi_version` changes only for incompatible changes.
+//! - Strings and slices cross as `(ptr, len)`; whoever allocates frees. Everything the plugin
+//!   returns is `'static`; everything the host passes is valid for the duration of the call.
+//! - Every plugin entry point catches panics ([`guard`]) and turns them into a status + message:
+//!   unwinding across `extern "C"` would abort the host.
+//! - Op codes, transform codes and status codes below are part of the ABI and never renumbered.
+//!
+//! Modelled on the Arrow C data interface and DataFusion's FFI structs (plain repr(C) vtables with
+//! a version handshake); see `include/rocmforge_plugin.h` for the same ABI in C.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod builder;
+pub use builder::{Builder, Meta, Node, OpError};
+
+use std::ffi::c_void;
+
+/// The exported symbol every plugin defines.
+pub const PLUGIN_SYMBOL: &[u8] = b"rocmforge_plugin_v1";
+/// The ABI version of this crate; the host refuses a plugin reporting another one.
+pub const ABI_VERSION: u32 = 1;
+
+/// Status codes returned by entry points and host callbacks.
+pub mod status {
+    pub const OK: i32 = 0;
+    /// Generic failure; the message was passed through `set_error`.
+    pub const ERROR: i32 = 1;
+    /// A metadata key or tensor does not exist.
+    pub const NOT_FOUND: i32 = 2;
+    /// A metadata key exists with another type.
+    pub const WRONG_TYPE: i32 = 3;
+    /// The plugin panicked; the message was passed through `set_error`.
+    pub const PANIC: i32 = 4;
+    /// A buffer given by the caller was too small; the needed length was written.
+    pub const TOO_SMALL: i32 = 5;
+}
+
+/// A borrowed UTF-8 string or byte slice: `(ptr, len)`, never NUL-terminated by contract.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RfStr {
+    pub ptr: *const u8,
+    pub len: usize,
+}
+
+// SAFETY: RfStr is a plain pointer + length to immutable data; the ABI requires the pointee to be
+// either 'static (plugin tables) or valid and unaliased-mutably for the call (host arguments).
+unsafe impl Send for RfStr {}
+// SAFETY: see above; the data is never written through an RfStr.
+unsafe impl Sync for RfStr {}
+
+impl RfStr {
+    pub const EMPTY: RfStr = RfStr { ptr: std::ptr::null(), len: 0 };
+
+    /// Borrow a Rust string. The RfStr must not outlive `s`.
+    pub const fn new(s: &str) -> RfStr {
+        RfStr { ptr: s.as_ptr(), len: s.len() }
+    }
+
+    /// View as bytes.
+    ///
+    /// # Safety
+    /// `ptr` must point to `len` readable bytes that stay valid for `'a` (or be null with len 0).
+    pub unsafe fn as_bytes<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() || self.len == 0 {
+            return &[];
+        }
+        // SAFETY: guaranteed by the caller per the function contract.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// View as a string, replacing nothing: invalid UTF-8 gives `None`.
+    ///
+    /// # Safety
+    /// As [`RfStr::as_bytes`].
+    pub unsafe fn as_str<'a>(self) -> Option<&'a str> {
+        // SAFETY: forwarded contract.
+        std::str::from_utf8(unsafe { self.as_bytes() }).ok()
+    }
+}
+
+/// Load-time weight transforms a tensor-map entry may declare (applied by the host when it loads
+/// Hugging Face tensors; GGUF files are already in GGUF layout).
+pub mod transform {
+    /// Use the tensor as stored.
+    pub const NONE: u32 = 0;
+    /// Permute the rows of a Q projection from HF's rotate-half layout to GGUF's interleaved
+    /// layout (what llama.cpp's converter does), using `{arch}.attention.head_count`.
+    pub const PERMUTE_Q: u32 = 1;
+    /// As PERMUTE_Q for K, with `{arch}.attention.head_count_kv`.
+    pub const PERMUTE_K: u32 = 2;
+    /// Store `1 + w` (Gemma's RMSNorm weights).
+    pub const ADD_ONE: u32 = 3;
+}
+
+/// Tensor-map entry flags.
+pub mod tensor_flags {
+    /// The tensor may be absent (e.g. `output.weight` with tied embeddings, biases).
+    pub const OPTIONAL: u32 = 1;
+}
+
+/// One row of a plugin's tensor table: a GGUF tensor name (the internal vocabulary) and the Hugging
+/// Face name it comes from. `{il}` in either pattern stands for the layer index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RfTensorMap {
+    pub gguf: RfStr,
+    pub hf: RfStr,
+    pub flags: u32,
+    pub transform: u32,
+}
+
+/// One row of a plugin's config map: a GGUF metadata key (with `{arch}` standing for the GGUF
+/// architecture name) and the `config.json` key it comes from (dotted path for nested objects).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RfConfigMap {
+    pub gguf: RfStr,
+    pub hf: RfStr,
+}
+
+/// A plugin's architecture claim: GGUF `general.architecture` names and HF `architectures` names.
+/// For an HF claim, `gguf_arch` says which GGUF architecture name the converted metadata uses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RfArchClaim {
+    pub gguf_arch: RfStr,
+    pub hf_arch: RfStr,
+}
+
+/// The table a plugin exports (version 1). Append-only.
+#[repr(C)]
+pub struct RfPluginV1 {
+    pub abi_version: u32,
+    pub struct_size: u32,
+    /// Plugin name, e.g. "llama".
+    pub name: RfStr,
+    /// Plugin version string.
+    pub version: RfStr,
+    /// Architectures served (GGUF name, HF name; either may be empty).
+    pub archs: *const RfArchClaim,
+    pub n_archs: usize,
+    pub tensors: *const RfTensorMap,
+    pub n_tensors: usize,
+    pub config: *const RfConfigMap,
+    pub n_config: usize,
+    /// Build the forward graph for `arch` (a GGUF architecture name) through `host`.
+    pub build: unsafe extern "C" fn(host: *const RfHostV1, arch: RfStr) -> i32,
+}
+
+// SAFETY: the table only holds pointers to 'static immutable data and a function pointer.
+unsafe impl Sync for RfPluginV1 {}
+
+/// Node handle in the graph being built.
+pub type RfNode = u32;
+
+/// Op codes (ABI: append only). Inputs and parameters per op are documented on [`builder::Builder`].
+pub mod op {
+    pub const WEIGHT: u32 = 1;
+    pub const GET_ROWS: u32 = 2;
+    pub const RMS_NORM: u32 = 3;
+    pub const LAYER_NORM: u32 = 4;
+    pub const MATMUL: u32 = 5;
+    pub const ADD: u32 = 6;
+    pub const MUL: u32 = 7;
+    pub const SCALE: u32 = 8;
+    pub const ROPE: u32 = 9;
+    pub const ATTENTION: u32 = 10;
+    pub const SILU: u32 = 11;
+    pub const GELU: u32 = 12;
+    pub const GELU_ERF: u32 = 13;
+    pub const SWIGLU: u32 = 14;
+    pub const GEGLU: u32 = 15;
+    pub const SOFTCAP: u32 = 16;
+    pub const VIEW: u32 = 17;
+    pub const OUTPUT_ROWS: u32 = 18;
+    pub const OUTPUT: u32 = 19;
+}
+
+/// One recorded op. Unused inputs are `u32::MAX`; unused params are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RfOp {
+    pub code: u32,
+    pub inputs: [RfNode; 4],
+    pub iparams: [i64; 8],
+    pub fparams: [f32; 8],
+    /// Node name for dumps and diffs (e.g. "blk.3.attn_q").
+    pub name: RfStr,
+    /// Tensor name for WEIGHT.
+    pub tensor: RfStr,
+}
+
+/// Sentinel for an unused input.
+pub const NO_NODE: RfNode = u32::MAX;
+
+/// The host table a plugin builds its graph through (version 1). Append-only.
+#[repr(C)]
+pub struct RfHostV1 {
+    pub abi_version: u32,
+    pub struct_size: u32,
+    pub ctx: *mut c_void,
+    /// Integer metadata (any integer type, or bool as 0/1).
+    pub meta_int: unsafe extern "C" fn(ctx: *mut c_void, key: RfStr, out: *mut i64) -> i32,
+    /// Float metadata (any numeric type).
+    pub meta_float: unsafe extern "C" fn(ctx: *mut c_void, key: RfStr, out: *mut f64) -> i32,
+    /// String metadata, borrowed for the duration of `build`.
+    pub meta_str: unsafe extern "C" fn(ctx: *mut c_void, key: RfStr, out: *mut RfStr) -> i32,
+    /// Numeric array metadata into `buf[..cap]`; writes the length to `len` (TOO_SMALL if > cap).
+    pub meta_array_f64:
+        unsafe extern "C" fn(ctx: *mut c_void, key: RfStr, buf: *mut f64, cap: usize, len: *mut usize) -> i32,
+    /// Shape of a tensor in GGUF order (ne0 first), up to 4 dims; NOT_FOUND if absent.
+    pub tensor_shape:
+        unsafe extern "C" fn(ctx: *mut c_void, name: RfStr, dims: *mut i64, n_dims: *mut u32) -> i32,
+    /// Record an op; writes the new node id.
+    pub op: unsafe extern "C" fn(ctx: *mut c_void, op: *const RfOp, out: *mut RfNode) -> i32,
+    /// Give the host an error message (copied by the host).
+    pub set_error: unsafe extern "C" fn(ctx: *mut c_void, msg: RfStr),
+}
+
+/// Run a plugin entry point body, turning a panic or an error into a status code and a message
+/// handed to the host. Every `extern "C"` function of a Rust plugin goes through this.
+pub fn guard<F: FnOnce() -> Result<(), String> + std::panic::UnwindSafe>(host: *const RfHostV1, f: F) -> i32 {
+    let report = |msg: &str| {
+        if !host.is_null() {
+            // SAFETY: the host pointer was passed to the entry point and is valid for the call.
+            let h = unsafe { &*host };
+            // SAFETY: set_error copies the message before returning.
+            unsafe { (h.set_error)(h.ctx, RfStr::new(msg)) };
+        }
+    };
+    match std::panic::catch_unwind(f) {
+        Ok(Ok(())) => status::OK,
+        Ok(Err(msg)) => {
+            report(&msg);
+            status::ERROR
+        }
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            report(&format!("plugin panicked: {msg}"));
+            status::PANIC
+        }
+    }
+}
+
+/// Export a Rust plugin. Usage (in a `cdylib` crate):
+///
+/// ```ignore
+/// rocmforge_abi::export_plugin! {
+///     name: "llama", version: env!("CARGO_PKG_VERSION"),
+///     archs: ARCHS, tensors: TENSORS, config: CONFIG,
+///     build: build_graph,   // fn(&mut Builder, arch: &str) -> Result<(), OpError>
+/// }
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    (name: $name:expr, version: $ver:expr, archs: $archs:expr, tensors: $tensors:expr, config: $config:expr, build: $build:path $(,)?) => {
+        #[doc(hidden)]
+        unsafe extern "C" fn __rocmforge_build(host: *const $crate::RfHostV1, arch: $crate::RfStr) -> i32 {
+            $crate::guard(host, move || {
+                // SAFETY: the host passes a valid table and a valid arch string for this call.
+                let arch = unsafe { arch.as_str() }.ok_or_else(|| "architecture name is not UTF-8".to_string())?;
+                // SAFETY: as above; the builder borrows the host table for the call only.
+                let mut b = unsafe { $crate::Builder::from_raw(host) }.map_err(|e| e.to_string())?;
+                $build(&mut b, arch).map_err(|e| e.to_string())
+            })
+        }
+        #[doc(hidden)]
+        static __ROCMFORGE_PLUGIN: $crate::RfPluginV1 = $crate::RfPluginV1 {
+            abi_version: $crate::ABI_VERSION,
+            struct_size: ::std::mem::size_of::<$crate::RfPluginV1>() as u32,
+            name: $crate::RfStr::new($name),
+            version: $crate::RfStr::new($ver),
+            archs: $archs.as_ptr(),
+            n_archs: $archs.len(),
+            tensors: $tensors.as_ptr(),
+            n_tensors: $tensors.len(),
+            config: $config.as_ptr(),
+            n_config: $config.len(),
+            build: __rocmforge_build,
+        };
+        /// The plugin entry point (see rocmforge_abi::PLUGIN_SYMBOL).
+        #[no_mangle]
+        pub extern "C" fn rocmforge_plugin_v1() -> *const $crate::RfPluginV1 {
+            &__ROCMFORGE_PLUGIN
+        }
+    };
+}
+
+/// Helpers to write static tables in Rust plugins.
+pub const fn arch(gguf_arch: &'static str, hf_arch: &'static str) -> RfArchClaim {
+    RfArchClaim { gguf_arch: RfStr::new(gguf_arch), hf_arch: RfStr::new(hf_arch) }
+}
+pub const fn tensor(gguf: &'static str, hf: &'static str, flags: u32, transform: u32) -> RfTensorMap {
+    RfTensorMap { gguf: RfStr::new(gguf), hf: RfStr::new(hf), flags, transform }
+}
+pub const fn config(gguf: &'static str, hf: &'static str) -> RfConfigMap {
+    RfConfigMap { gguf: RfStr::new(gguf), hf: RfStr::new(hf) }
+}
