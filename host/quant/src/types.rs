@@ -13,6 +13,8 @@ pub enum QuantError {
     NotBlockAligned { ty: &'static str, n: usize, block: usize },
     #[error("{ty}: buffer of {got} bytes, expected {want}")]
     BadLength { ty: &'static str, got: usize, want: usize },
+    #[error("{ty}: block data is not {align}-byte aligned")]
+    Misaligned { ty: &'static str, align: usize },
 }
 
 macro_rules! ggml_types {
