@@ -7,4 +7,5 @@
 
 pub mod error;
 pub mod gguf;
+pub mod hf;
 pub use error::ModelError;
