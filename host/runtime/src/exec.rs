@@ -1,0 +1,2 @@
+//! exec placeholder
+pub struct Executor; pub struct SeqBatch;

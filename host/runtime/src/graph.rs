@@ -1,0 +1,352 @@
+//! The graph IR: what a plugin records through the ABI, shape-checked as it is recorded.
+//!
+//! Every activation is a row-major matrix `[rows, cols]` whose row count is symbolic: either the
+//! batch's tokens (`Rows::Tokens`) or the rows whose outputs were asked for (`Rows::Outputs`, after
+//! an OUTPUT_ROWS op). Column counts are fixed when the graph is built, so every shape mismatch is
+//! found at load time with the node's name, never as garbage at run time. Weights are leaves with
+//! GGUF dims (ne0 first). Nodes are stored in recording order, which is a valid execution order.
+
+use rocmforge_abi::{op, RfOp};
+
+use crate::RuntimeError;
+
+/// Symbolic row count of an activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    Tokens,
+    Outputs,
+}
+
+/// Decoded op with typed parameters (the ABI's slot layout is decoded once, here).
+#[derive(Clone, Debug)]
+pub enum Op {
+    Weight { tensor: String },
+    GetRows { table: usize },
+    RmsNorm { x: usize, w: Option<usize>, eps: f32, group: usize },
+    LayerNorm { x: usize, w: Option<usize>, b: Option<usize>, eps: f32 },
+    MatMul { x: usize, w: usize, bias: Option<usize> },
+    Add { a: usize, b: usize },
+    Mul { a: usize, b: usize },
+    Scale { x: usize, s: f32 },
+    Rope { x: usize, freq_factors: Option<usize>, p: RopeP },
+    Attention { q: usize, k: usize, v: usize, p: AttnP },
+    Silu { x: usize },
+    Gelu { x: usize },
+    GeluErf { x: usize },
+    SwiGlu { gate: usize, up: usize },
+    GeGlu { gate: usize, up: usize },
+    Softcap { x: usize, cap: f32 },
+    View { x: usize, offset: usize },
+    OutputRows { x: usize },
+    Output { x: usize },
+}
+
+#[derive(Clone, Debug)]
+pub struct RopeP {
+    pub n_head: usize,
+    pub head_dim: usize,
+    pub n_rot: usize,
+    pub neox: bool,
+    pub n_ctx_orig: usize,
+    pub freq_base: f32,
+    pub freq_scale: f32,
+    pub ext_factor: f32,
+    pub attn_factor: f32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+}
+
+#[derive(Clone, Debug)]
+pub struct AttnP {
+    pub layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim_k: usize,
+    pub head_dim_v: usize,
+    pub sliding_window: usize,
+    pub causal: bool,
+    pub scale: f32,
+    pub softcap: f32,
+}
+
+/// Shape of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// A weight tensor with GGUF dims.
+    Weight(Vec<usize>),
+    /// An activation `[rows, cols]`.
+    Act { rows: Rows, cols: usize },
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    pub shape: Shape,
+}
+
+/// KV geometry of one attention layer, collected from ATTENTION ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerKv {
+    pub n_head_kv: usize,
+    pub head_dim_k: usize,
+    pub head_dim_v: usize,
+}
+
+/// A shape-checked graph.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    pub output: Option<usize>,
+    /// Per layer index (as given by ATTENTION ops).
+    pub layers: Vec<Option<LayerKv>>,
+}
+
+impl Graph {
+    pub fn weight_dims(&self, id: usize) -> Option<&[usize]> {
+        match &self.nodes.get(id)?.shape {
+            Shape::Weight(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn act(&self, id: usize, what: &str, at: &str) -> Result<(Rows, usize), RuntimeError> {
+        match self.nodes.get(id).map(|n| &n.shape) {
+            Some(Shape::Act { rows, cols }) => Ok((*rows, *cols)),
+            Some(Shape::Weight(_)) => Err(graph_err(at, format!("{what} must be an activation, got weight '{}'", self.nodes[id].name))),
+            None => Err(graph_err(at, format!("{what}: unknown node {id}"))),
+        }
+    }
+
+    fn weight(&self, id: usize, what: &str, at: &str) -> Result<&[usize], RuntimeError> {
+        match self.nodes.get(id).map(|n| &n.shape) {
+            Some(Shape::Weight(d)) => Ok(d),
+            Some(Shape::Act { .. }) => Err(graph_err(at, format!("{what} must be a weight, got activation '{}'", self.nodes[id].name))),
+            None => Err(graph_err(at, format!("{what}: unknown node {id}"))),
+        }
+    }
+
+    fn vector(&self, id: usize, len: usize, what: &str, at: &str) -> Result<(), RuntimeError> {
+        let d = self.weight(id, what, at)?;
+        let n: usize = d.iter().product();
+        if n != len {
+            return Err(graph_err(at, format!("{what} '{}' has {n} elements, expected {len}", self.nodes[id].name)));
+        }
+        Ok(())
+    }
+
+    /// Decode, check and append an op recorded through the ABI. `weight_dims` resolves a tensor
+    /// name to its GGUF dims (None: the model has no such tensor).
+    pub fn push(&mut self, raw: &RfOp, name: String, tensor: String, weight_dims: impl Fn(&str) -> Option<Vec<usize>>) -> Result<usize, RuntimeError> {
+        let at = name.as_str();
+        let inp = |i: usize| -> Option<usize> {
+            let v = raw.inputs[i];
+            (v != rocmforge_abi::NO_NODE).then_some(v as usize)
+        };
+        let req = |i: usize| -> Result<usize, RuntimeError> { inp(i).ok_or_else(|| graph_err(at, format!("input {i} is required"))) };
+        let ip = |i: usize| -> Result<usize, RuntimeError> {
+            usize::try_from(raw.iparams[i]).map_err(|_| graph_err(at, format!("integer parameter {i} = {} is negative", raw.iparams[i])))
+        };
+        let fp = |i: usize| raw.fparams[i];
+        let (op, shape) = match raw.code {
+            op::WEIGHT => {
+                let dims = weight_dims(&tensor).ok_or_else(|| RuntimeError::MissingTensor { name: tensor.clone() })?;
+                (Op::Weight { tensor }, Shape::Weight(dims))
+            }
+            op::GET_ROWS => {
+                let t = req(0)?;
+                let d = self.weight(t, "table", at)?;
+                if d.len() != 2 {
+                    return Err(graph_err(at, format!("embedding table must be 2-D, has dims {d:?}")));
+                }
+                let cols = d[0];
+                (Op::GetRows { table: t }, Shape::Act { rows: Rows::Tokens, cols })
+            }
+            op::RMS_NORM | op::LAYER_NORM => {
+                let x = req(0)?;
+                let (rows, cols) = self.act(x, "x", at)?;
+                let group = if raw.code == op::RMS_NORM { ip(0)? } else { 0 };
+                let norm_len = if group == 0 { cols } else { group };
+                if cols % norm_len != 0 {
+                    return Err(graph_err(at, format!("row of {cols} is not a multiple of the norm group {group}")));
+                }
+                if let Some(w) = inp(1) {
+                    self.vector(w, norm_len, "norm weight", at)?;
+                }
+                if raw.code == op::RMS_NORM {
+                    (Op::RmsNorm { x, w: inp(1), eps: fp(0), group }, Shape::Act { rows, cols })
+                } else {
+                    if let Some(b) = inp(2) {
+                        self.vector(b, cols, "norm bias", at)?;
+                    }
+                    (Op::LayerNorm { x, w: inp(1), b: inp(2), eps: fp(0) }, Shape::Act { rows, cols })
+                }
+            }
+            op::MATMUL => {
+                let (x, w) = (req(0)?, req(1)?);
+                let (rows, k) = self.act(x, "x", at)?;
+                let d = self.weight(w, "w", at)?;
+                if d.len() != 2 || d[0] != k {
+                    return Err(graph_err(at, format!("weight '{}' dims {d:?} do not take rows of {k}", self.nodes[w].name)));
+                }
+                let n_out = d[1];
+                if let Some(b) = inp(2) {
+                    self.vector(b, n_out, "bias", at)?;
+                }
+                (Op::MatMul { x, w, bias: inp(2) }, Shape::Act { rows, cols: n_out })
+            }
+            op::ADD | op::MUL => {
+                let (a, b) = (req(0)?, req(1)?);
+                let (rows, cols) = self.act(a, "a", at)?;
+                match &self.nodes.get(b).map(|n| &n.shape) {
+                    Some(Shape::Act { rows: rb, cols: cb }) if *rb == rows && *cb == cols => {}
+                    Some(Shape::Weight(_)) => self.vector(b, cols, "b", at)?,
+                    _ => return Err(graph_err(at, format!("operand b does not match [{rows:?}, {cols}]"))),
+                }
+                let op = if raw.code == op::ADD { Op::Add { a, b } } else { Op::Mul { a, b } };
+                (op, Shape::Act { rows, cols })
+            }
+            op::SCALE => {
+                let x = req(0)?;
+                let (rows, cols) = self.act(x, "x", at)?;
+                (Op::Scale { x, s: fp(0) }, Shape::Act { rows, cols })
+            }
+            op::ROPE => {
+                let x = req(0)?;
+                let (rows, cols) = self.act(x, "x", at)?;
+                let p = RopeP {
+                    n_head: ip(0)?,
+                    head_dim: ip(1)?,
+                    n_rot: ip(2)?,
+                    neox: raw.iparams[3] == 2,
+                    n_ctx_orig: ip(4)?,
+                    freq_base: fp(0),
+                    freq_scale: fp(1),
+                    ext_factor: fp(2),
+                    attn_factor: fp(3),
+                    beta_fast: fp(4),
+                    beta_slow: fp(5),
+                };
+                if p.n_head * p.head_dim != cols {
+                    return Err(graph_err(at, format!("{} heads × {} ≠ row of {cols}", p.n_head, p.head_dim)));
+                }
+                if p.n_rot > p.head_dim || p.n_rot % 2 != 0 {
+                    return Err(graph_err(at, format!("n_rot {} must be even and ≤ head_dim {}", p.n_rot, p.head_dim)));
+                }
+                if rows != Rows::Tokens {
+                    return Err(graph_err(at, "rope runs on token rows".into()));
+                }
+                if let Some(f) = inp(1) {
+                    self.vector(f, p.n_rot / 2, "rope freq factors", at)?;
+                }
+                (Op::Rope { x, freq_factors: inp(1), p }, Shape::Act { rows, cols })
+            }
+            op::ATTENTION => {
+                let (q, k, v) = (req(0)?, req(1)?, req(2)?);
+                let p = AttnP {
+                    layer: ip(0)?,
+                    n_head: ip(1)?,
+                    n_head_kv: ip(2)?,
+                    head_dim_k: ip(3)?,
+                    head_dim_v: ip(4)?,
+                    sliding_window: ip(5)?,
+                    causal: raw.iparams[6] != 0,
+                    scale: fp(0),
+                    softcap: fp(1),
+                };
+                if p.n_head_kv == 0 || p.n_head % p.n_head_kv != 0 {
+                    return Err(graph_err(at, format!("n_head {} is not a multiple of n_head_kv {}", p.n_head, p.n_head_kv)));
+                }
+                for (id, want, what) in [
+                    (q, p.n_head * p.head_dim_k, "q"),
+                    (k, p.n_head_kv * p.head_dim_k, "k"),
+                    (v, p.n_head_kv * p.head_dim_v, "v"),
+                ] {
+                    let (rows, cols) = self.act(id, what, at)?;
+                    if rows != Rows::Tokens || cols != want {
+                        return Err(graph_err(at, format!("{what} is [{rows:?}, {cols}], expected [Tokens, {want}]")));
+                    }
+                }
+                if self.layers.len() <= p.layer {
+                    self.layers.resize(p.layer + 1, None);
+                }
+                if self.layers[p.layer].is_some() {
+                    return Err(graph_err(at, format!("layer {} has two attention ops", p.layer)));
+                }
+                self.layers[p.layer] = Some(LayerKv { n_head_kv: p.n_head_kv, head_dim_k: p.head_dim_k, head_dim_v: p.head_dim_v });
+                let cols = p.n_head * p.head_dim_v;
+                (Op::Attention { q, k, v, p }, Shape::Act { rows: Rows::Tokens, cols })
+            }
+            op::SILU | op::GELU | op::GELU_ERF => {
+                let x = req(0)?;
+                let (rows, cols) = self.act(x, "x", at)?;
+                let op = match raw.code {
+                    op::SILU => Op::Silu { x },
+                    op::GELU => Op::Gelu { x },
+                    _ => Op::GeluErf { x },
+                };
+                (op, Shape::Act { rows, cols })
+            }
+            op::SWIGLU | op::GEGLU => {
+                let (g, u) = (req(0)?, req(1)?);
+                let (rows, cols) = self.act(g, "gate", at)?;
+                if self.act(u, "up", at)? != (rows, cols) {
+                    return Err(graph_err(at, "gate and up differ in shape".into()));
+                }
+                let op = if raw.code == op::SWIGLU { Op::SwiGlu { gate: g, up: u } } else { Op::GeGlu { gate: g, up: u } };
+                (op, Shape::Act { rows, cols })
+            }
+            op::SOFTCAP => {
+                let x = req(0)?;
+                let (rows, cols) = self.act(x, "x", at)?;
+                if !(fp(0) > 0.0) {
+                    return Err(graph_err(at, format!("softcap {} must be positive", fp(0))));
+                }
+                (Op::Softcap { x, cap: fp(0) }, Shape::Act { rows, cols })
+            }
+            op::VIEW => {
+                let x = req(0)?;
+                let (rows, cols) = self.act(x, "x", at)?;
+                let (offset, n) = (ip(0)?, ip(1)?);
+                if n == 0 || offset.checked_add(n).map_or(true, |e| e > cols) {
+                    return Err(graph_err(at, format!("view [{offset}, {offset}+{n}) outside a row of {cols}")));
+                }
+                (Op::View { x, offset }, Shape::Act { rows, cols: n })
+            }
+            op::OUTPUT_ROWS => {
+                let x = req(0)?;
+                let (rows, cols) = self.act(x, "x", at)?;
+                if rows != Rows::Tokens {
+                    return Err(graph_err(at, "output rows selected twice".into()));
+                }
+                (Op::OutputRows { x }, Shape::Act { rows: Rows::Outputs, cols })
+            }
+            op::OUTPUT => {
+                let x = req(0)?;
+                let (rows, cols) = self.act(x, "x", at)?;
+                if self.output.is_some() {
+                    return Err(graph_err(at, "graph has two outputs".into()));
+                }
+                self.output = Some(self.nodes.len());
+                (Op::Output { x }, Shape::Act { rows, cols })
+            }
+            code => return Err(graph_err(at, format!("unknown op code {code} (plugin newer than host?)"))),
+        };
+        self.nodes.push(Node { name, op, shape });
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Final checks once the plugin returns.
+    pub fn finish(&self) -> Result<(), RuntimeError> {
+        let out = self.output.ok_or_else(|| graph_err("graph", "the plugin recorded no OUTPUT".into()))?;
+        if let Some(missing) = self.layers.iter().position(|l| l.is_none()) {
+            return Err(graph_err("graph", format!("attention layers are not numbered 0..n: layer {missing} is missing")));
+        }
+        let _ = out;
+        Ok(())
+    }
+}
+
+fn graph_err(node: &str, what: String) -> RuntimeError {
+    RuntimeError::Graph { node: node.to_string(), what }
+}

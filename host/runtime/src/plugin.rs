@@ -1,0 +1,248 @@
+//! Plugin discovery and loading.
+//!
+//! Search order (first plugin claiming an architecture wins, later duplicates are reported):
+//! `$ROCMFORGE_PLUGINS` (a `:`-separated list of directories or files), the directory of the
+//! running binary (and its `plugins/` subdirectory), then `~/.rocmforge/plugins`. A plugin that
+//! fails to load (missing symbol, ABI mismatch, bad table) is reported with its file name and
+//! skipped: the host keeps serving every other architecture. Plugins are never unloaded, so the
+//! `Library` handles are leaked on purpose and every pointer they export stays valid.
+
+use std::path::{Path, PathBuf};
+
+use rocmforge_abi::{RfPluginV1, ABI_VERSION, PLUGIN_SYMBOL};
+
+use crate::RuntimeError;
+
+/// One tensor-map row, copied out of the plugin.
+#[derive(Clone, Debug)]
+pub struct TensorMapEntry {
+    pub gguf: String,
+    pub hf: String,
+    pub optional: bool,
+    pub transform: u32,
+}
+
+/// A loaded plugin.
+pub struct Plugin {
+    pub name: String,
+    pub version: String,
+    pub path: PathBuf,
+    /// (GGUF architecture, HF architecture) claims.
+    pub archs: Vec<(String, String)>,
+    pub tensors: Vec<TensorMapEntry>,
+    /// (GGUF key pattern, config.json key).
+    pub config: Vec<(String, String)>,
+    pub(crate) table: &'static RfPluginV1,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).field("path", &self.path).field("archs", &self.archs).finish()
+    }
+}
+
+impl Plugin {
+    pub fn gguf_archs(&self) -> impl Iterator<Item = &str> {
+        self.archs.iter().map(|(g, _)| g.as_str()).filter(|g| !g.is_empty())
+    }
+    pub fn hf_archs(&self) -> impl Iterator<Item = &str> {
+        self.archs.iter().map(|(_, h)| h.as_str()).filter(|h| !h.is_empty())
+    }
+}
+
+/// A failure to load one plugin file; kept for `rocmforge plugins` and logs.
+#[derive(Debug, Clone)]
+pub struct LoadFailure {
+    pub path: PathBuf,
+    pub error: String,
+}
+
+/// Every plugin found.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub plugins: Vec<Plugin>,
+    pub failures: Vec<LoadFailure>,
+}
+
+fn copy_str(s: rocmforge_abi::RfStr, path: &Path, what: &str) -> Result<String, RuntimeError> {
+    // SAFETY: plugin tables are 'static (ABI contract) and the library is never unloaded.
+    unsafe { s.as_str() }
+        .map(str::to_string)
+        .ok_or_else(|| RuntimeError::Plugin { path: path.to_path_buf(), what: format!("{what} is not UTF-8") })
+}
+
+fn slice<T>(ptr: *const T, n: usize, path: &Path, what: &str) -> Result<&'static [T], RuntimeError> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() || n > 1 << 20 {
+        return Err(RuntimeError::Plugin { path: path.to_path_buf(), what: format!("{what}: bad table ({n} entries)") });
+    }
+    // SAFETY: the plugin promises `n` valid 'static entries at `ptr`; the library stays loaded.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, n) })
+}
+
+impl Plugin {
+    /// Load one plugin file.
+    pub fn load(path: &Path) -> Result<Plugin, RuntimeError> {
+        let err = |what: String| RuntimeError::Plugin { path: path.to_path_buf(), what };
+        // SAFETY: loading a shared library runs its initialisers; plugins are trusted code by
+        // design (like any .so the user installs), and we never unload it.
+        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| err(format!("cannot load: {e}")))?;
+        let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+        // SAFETY: the symbol's type is fixed by the ABI (`extern "C" fn() -> *const RfPluginV1`).
+        let entry = unsafe { lib.get::<unsafe extern "C" fn() -> *const RfPluginV1>(PLUGIN_SYMBOL) }
+            .map_err(|_| err("missing symbol rocmforge_plugin_v1: not a ROCmForge plugin".into()))?;
+        // SAFETY: calling the plugin's entry point, which takes no arguments and returns a table.
+        let table = unsafe { entry() };
+        if table.is_null() {
+            return Err(err("rocmforge_plugin_v1 returned null".into()));
+        }
+        // Read the two leading u32 fields first: they are the same in every ABI version.
+        // SAFETY: every version's table starts with abi_version and struct_size.
+        let (ver, size) = unsafe { ((*table).abi_version, (*table).struct_size) };
+        if ver != ABI_VERSION {
+            return Err(err(format!("plugin ABI version {ver}, this host speaks version {ABI_VERSION}")));
+        }
+        if (size as usize) < std::mem::size_of::<RfPluginV1>() {
+            return Err(err(format!(
+                "plugin table is {size} bytes, version {ABI_VERSION} needs {}",
+                std::mem::size_of::<RfPluginV1>()
+            )));
+        }
+        // SAFETY: version and size checked; the table is 'static in the never-unloaded library.
+        let table: &'static RfPluginV1 = unsafe { &*table };
+        let archs = slice(table.archs, table.n_archs, path, "architectures")?
+            .iter()
+            .map(|a| Ok((copy_str(a.gguf_arch, path, "arch")?, copy_str(a.hf_arch, path, "arch")?)))
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        let tensors = slice(table.tensors, table.n_tensors, path, "tensor table")?
+            .iter()
+            .map(|t| {
+                Ok(TensorMapEntry {
+                    gguf: copy_str(t.gguf, path, "tensor name")?,
+                    hf: copy_str(t.hf, path, "tensor name")?,
+                    optional: t.flags & rocmforge_abi::tensor_flags::OPTIONAL != 0,
+                    transform: t.transform,
+                })
+            })
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        let config = slice(table.config, table.n_config, path, "config table")?
+            .iter()
+            .map(|c| Ok((copy_str(c.gguf, path, "config key")?, copy_str(c.hf, path, "config key")?)))
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        if archs.is_empty() {
+            return Err(err("plugin claims no architecture".into()));
+        }
+        Ok(Plugin {
+            name: copy_str(table.name, path, "name")?,
+            version: copy_str(table.version, path, "version")?,
+            path: path.to_path_buf(),
+            archs,
+            tensors,
+            config,
+            table,
+        })
+    }
+}
+
+fn is_plugin_file(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.starts_with("librocmforge_plugin_") && (name.ends_with(".so") || name.ends_with(".dylib"))
+        || name.ends_with(".rfplugin.so")
+}
+
+/// Directories searched for plugins, in order.
+pub fn search_path() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(v) = std::env::var_os("ROCMFORGE_PLUGINS") {
+        dirs.extend(std::env::split_paths(&v));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(d) = exe.parent() {
+            dirs.push(d.to_path_buf());
+            dirs.push(d.join("plugins"));
+            // `cargo test` runs binaries from target/<profile>/deps; plugins sit one level up.
+            if d.ends_with("deps") {
+                if let Some(p) = d.parent() {
+                    dirs.push(p.to_path_buf());
+                }
+            }
+        }
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".rocmforge/plugins"));
+    }
+    dirs
+}
+
+impl Registry {
+    /// Discover and load every plugin on the search path.
+    pub fn discover() -> Registry {
+        Registry::from_paths(&search_path())
+    }
+
+    /// Load plugins from these files or directories.
+    pub fn from_paths(paths: &[PathBuf]) -> Registry {
+        let mut reg = Registry::default();
+        let mut seen = std::collections::HashSet::new();
+        for p in paths {
+            let files: Vec<PathBuf> = if p.is_file() {
+                vec![p.clone()]
+            } else if let Ok(rd) = std::fs::read_dir(p) {
+                let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| is_plugin_file(f)).collect();
+                v.sort();
+                v
+            } else {
+                continue;
+            };
+            for f in files {
+                let canon = f.canonicalize().unwrap_or_else(|_| f.clone());
+                if !seen.insert(canon) {
+                    continue;
+                }
+                match Plugin::load(&f) {
+                    Ok(pl) => {
+                        if let Some(dup) = reg.plugins.iter().find(|q| q.name == pl.name) {
+                            tracing::debug!("plugin '{}' at {} shadowed by {}", pl.name, f.display(), dup.path.display());
+                            continue;
+                        }
+                        tracing::debug!("loaded plugin '{}' from {}", pl.name, f.display());
+                        reg.plugins.push(pl);
+                    }
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        reg.failures.push(LoadFailure { path: f.clone(), error: e.to_string() });
+                    }
+                }
+            }
+        }
+        reg
+    }
+
+    /// The plugin serving a GGUF architecture.
+    pub fn for_gguf_arch(&self, arch: &str) -> Result<&Plugin, RuntimeError> {
+        self.plugins
+            .iter()
+            .find(|p| p.gguf_archs().any(|a| a == arch))
+            .ok_or_else(|| RuntimeError::UnknownArch { arch: arch.to_string(), available: self.available() })
+    }
+
+    /// The plugin serving an HF architecture, with the GGUF architecture name it maps to.
+    pub fn for_hf_arch(&self, hf: &str) -> Result<(&Plugin, String), RuntimeError> {
+        for p in &self.plugins {
+            if let Some((g, _)) = p.archs.iter().find(|(_, h)| h == hf) {
+                return Ok((p, g.clone()));
+            }
+        }
+        Err(RuntimeError::UnknownArch { arch: hf.to_string(), available: self.available() })
+    }
+
+    /// Every architecture name served, sorted.
+    pub fn available(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.plugins.iter().flat_map(|p| p.gguf_archs().chain(p.hf_archs()).map(str::to_string)).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
