@@ -169,7 +169,13 @@ pub struct Qkx2 {
 /// `make_qkx2_quants`): tries `nstep + 1` inverse scales, each refined by weighted least
 /// squares, and keeps the one with the lowest weighted error. Returns `(scale, -min)`.
 /// `levels` and `aux` have the length of `x`.
-pub fn make_qkx2_quants(p: &Qkx2, x: &[f32], weights: &[f32], levels: &mut [u8], aux: &mut [u8]) -> (f32, f32) {
+pub fn make_qkx2_quants(
+    p: &Qkx2,
+    x: &[f32],
+    weights: &[f32],
+    levels: &mut [u8],
+    aux: &mut [u8],
+) -> (f32, f32) {
     let n = x.len();
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = weights[0];
@@ -244,7 +250,15 @@ mod tests {
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
-        for (x, want) in [(0.5f32, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (3.49, 3), (-7.51, -8)] {
+        for (x, want) in [
+            (0.5f32, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (3.49, 3),
+            (-7.51, -8),
+        ] {
             assert_eq!(nearest_int(x), want, "{x}");
         }
     }
@@ -258,7 +272,11 @@ mod tests {
             let brute = (0..16)
                 .min_by(|&a, &b| (v[a] as f32 - x).abs().total_cmp(&(v[b] as f32 - x).abs()))
                 .unwrap();
-            assert_eq!((v[got] as f32 - x).abs(), (v[brute] as f32 - x).abs(), "{x}");
+            assert_eq!(
+                (v[got] as f32 - x).abs(),
+                (v[brute] as f32 - x).abs(),
+                "{x}"
+            );
         }
     }
 }

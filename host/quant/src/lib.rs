@@ -31,8 +31,29 @@ pub fn can_dequantize(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
         ty,
-        F32 | F16 | BF16 | F64 | I8 | I16 | I32 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q2_K | Q3_K | Q4_K | Q5_K
-            | Q6_K | Q8_K | IQ4_NL | IQ4_XS | TQ1_0 | TQ2_0 | MXFP4
+        F32 | F16
+            | BF16
+            | F64
+            | I8
+            | I16
+            | I32
+            | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q8_0
+            | Q8_1
+            | Q2_K
+            | Q3_K
+            | Q4_K
+            | Q5_K
+            | Q6_K
+            | Q8_K
+            | IQ4_NL
+            | IQ4_XS
+            | TQ1_0
+            | TQ2_0
+            | MXFP4
     )
 }
 
@@ -41,8 +62,25 @@ pub fn can_quantize(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
         ty,
-        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K
-            | IQ4_NL | IQ4_XS | TQ1_0 | TQ2_0 | MXFP4
+        F32 | F16
+            | BF16
+            | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q8_0
+            | Q8_1
+            | Q2_K
+            | Q3_K
+            | Q4_K
+            | Q5_K
+            | Q6_K
+            | Q8_K
+            | IQ4_NL
+            | IQ4_XS
+            | TQ1_0
+            | TQ2_0
+            | MXFP4
     )
 }
 
@@ -53,15 +91,23 @@ fn unsupported(ty: GgmlType, op: &'static str) -> QuantError {
 /// Bytes for `n` elements of `ty`, checking block alignment.
 fn bytes_for(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
     let block = ty.block_size();
-    if n % block != 0 {
-        return Err(QuantError::NotBlockAligned { ty: ty.name(), n, block });
+    if !n.is_multiple_of(block) {
+        return Err(QuantError::NotBlockAligned {
+            ty: ty.name(),
+            n,
+            block,
+        });
     }
     Ok(n / block * ty.type_size())
 }
 
 fn check_len(ty: GgmlType, got: usize, want: usize) -> Result<(), QuantError> {
     if got != want {
-        return Err(QuantError::BadLength { ty: ty.name(), got, want });
+        return Err(QuantError::BadLength {
+            ty: ty.name(),
+            got,
+            want,
+        });
     }
     Ok(())
 }

@@ -10,9 +10,17 @@ pub enum QuantError {
     #[error("tensor type {ty} is not supported for {op} yet")]
     Unsupported { ty: &'static str, op: &'static str },
     #[error("{ty}: {n} elements is not a multiple of the block size {block}")]
-    NotBlockAligned { ty: &'static str, n: usize, block: usize },
+    NotBlockAligned {
+        ty: &'static str,
+        n: usize,
+        block: usize,
+    },
     #[error("{ty}: buffer of {got} bytes, expected {want}")]
-    BadLength { ty: &'static str, got: usize, want: usize },
+    BadLength {
+        ty: &'static str,
+        got: usize,
+        want: usize,
+    },
     #[error("{ty}: block data is not {align}-byte aligned")]
     Misaligned { ty: &'static str, align: usize },
 }
