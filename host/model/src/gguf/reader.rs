@@ -126,7 +126,7 @@ impl<'a> Cursor<'a> {
         match count.checked_mul(min) {
             Some(need) if need <= self.remaining() => Ok(()),
             _ => Err(self.malformed(format!(
-                "{}: {count} elements of type {} need at least {} bytes, only {} remain at byte {}",
+                "{}: {count} elements of type {} cannot fit: they need at least {} bytes, only {} remain at byte {}",
                 what(),
                 type_id_name(elem_type).unwrap_or("?"),
                 count.saturating_mul(min),
