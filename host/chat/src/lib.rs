@@ -4,7 +4,8 @@
 //!
 //! Invariants: output equals transformers' for the reference templates in
 //! `.cache/llama.cpp/models/templates` (checked by `tests/reference_templates.rs` against
-//! fixtures from `scripts/fixtures/chat_render.py`); every render is bounded in time and size;
+//! fixtures from `scripts/fixtures/chat_render.py`; single behaviours in `tests/behaviour.rs`);
+//! every render is bounded in time and size;
 //! `raise_exception` becomes [`ChatError::Raised`] (an HTTP 400 for the client).
 //!
 //! Modelled on transformers' `chat_template_utils.py` and, for the minijinja set-up, on

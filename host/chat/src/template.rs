@@ -132,6 +132,18 @@ impl ChatTemplate {
         Self::new(CHATML_TEMPLATE).expect("built-in ChatML template compiles")
     }
 
+    /// The model's template when it has one, else the ChatML fallback (logged, since prompts
+    /// then may not match what the model was trained on).
+    pub fn or_chatml(source: Option<&str>) -> Result<Self, ChatError> {
+        match source {
+            Some(src) => Self::new(src),
+            None => {
+                tracing::info!("model has no chat template; using the built-in ChatML template");
+                Ok(Self::chatml_default())
+            }
+        }
+    }
+
     /// Renders the prompt for `req`.
     pub fn render(&self, req: &RenderRequest<'_>) -> Result<String, ChatError> {
         let now = req
@@ -262,14 +274,20 @@ fn split_ws_marker_back(s: &str) -> (&str, &str) {
     }
 }
 
-/// Prints like jinja2: containers as Python `repr`, everything else via minijinja's default
-/// (which already spells `True`/`False`/`None` like Python).
+/// Prints like jinja2: containers and floats as Python `repr`, everything else via minijinja's
+/// default (which already spells `True`/`False`/`None` like Python).
 fn python_formatter(
     out: &mut minijinja::Output,
     state: &mut State,
     value: &Value,
 ) -> Result<(), Error> {
     match value.kind() {
+        ValueKind::Number if !value.is_integer() => {
+            let mut s = String::new();
+            pyfmt::write_repr(&mut s, value, 0)?;
+            out.write_str(&s)
+                .map_err(|e| Error::new(ErrorKind::WriteFailure, "write failed").with_source(e))
+        }
         ValueKind::Seq | ValueKind::Map => {
             let mut s = String::new();
             pyfmt::write_repr(&mut s, value, 0)?;
@@ -351,10 +369,13 @@ fn render_error(e: &Error) -> ChatError {
         }
         cur = err.source();
     }
-    let recursion = e.kind() == ErrorKind::InvalidOperation
-        && e.detail()
-            .is_some_and(|d| d.contains("recursion limit exceeded"));
-    if e.kind() == ErrorKind::OutOfFuel || recursion {
+    // minijinja's recursion limit and its range() cap (100,000 items, the same cap as jinja2's
+    // sandbox MAX_RANGE) are the other two guards against runaway templates.
+    let bounded = e.kind() == ErrorKind::InvalidOperation
+        && e.detail().is_some_and(|d| {
+            d.contains("recursion limit exceeded") || d.contains("range has too many elements")
+        });
+    if e.kind() == ErrorKind::OutOfFuel || bounded {
         return ChatError::TooComplex {
             message: e.to_string(),
         };

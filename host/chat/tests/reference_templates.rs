@@ -121,10 +121,10 @@ fn reference_templates_match_python_jinja2() {
             let req = RenderRequest {
                 messages: &messages,
                 tools: if tools.is_null() { None } else { Some(&tools) },
-                add_generation_prompt: fixture["add_generation_prompt"].as_bool().expect("agp"),
+                add_generation_prompt: conv["add_generation_prompt"].as_bool().unwrap_or(true),
                 bos_token: entry["bos_token"].as_str().expect("bos"),
                 eos_token: entry["eos_token"].as_str().expect("eos"),
-                extra: serde_json::Map::new(),
+                extra: conv["kwargs"].as_object().cloned().unwrap_or_default(),
                 now: Some(now),
             };
             let actual = template
