@@ -1,2 +1,410 @@
-//! exec placeholder
-pub struct Executor; pub struct SeqBatch;
+//! The executor: runs a shape-checked [`Graph`] for a batch of sequence chunks on the CPU backend,
+//! with attention over a paged KV cache.
+//!
+//! Memory planning happens once, when the executor is built: every activation gets a column range
+//! `[off, off + cols)` chosen first-fit among the ranges of nodes still alive (a node dies after
+//! its last use), so the arena holds `peak_cols × row_capacity` floats and node `i` lives at
+//! `arena[off_i * row_capacity ..][.. rows * cols_i]`. Ranges of simultaneously live nodes never
+//! overlap, which is what makes handing out one mutable output next to immutable inputs sound.
+//! The arena only grows when a batch has more rows than any before.
+//!
+//! ```text
+//!  cols →     0          576        1152
+//!  node 3     [ x  x  x  ]                    live 3..=5 (op 5 reads it)
+//!  node 4                [ x  x  x  ]         live 4..=6
+//!  node 5                            [ ... ]  cannot reuse 3's range: 3 is read by op 5
+//!  node 7     [ x  x  x  ]                    reuses 3's range: 3 died after op 5
+//! ```
+//!
+//! Batches: the tokens of several sequences are concatenated; each chunk carries its first
+//! position and its KV block table (blocks of `block_size` tokens), and says which logits it
+//! wants. The KV block allocation itself belongs to the engine; this module only reads and writes
+//! the blocks it is given.
+
+use rocmforge_cpu::{AttnParams, KvCache, RopeParams, ThreadPool};
+use rocmforge_quant::GgmlType;
+
+use crate::graph::{Graph, Op, Rows, Shape};
+use crate::source::{ModelSource, Weight};
+use crate::RuntimeError;
+
+/// Which logits a chunk wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    Last,
+    All,
+}
+
+/// One sequence's part of a batch.
+#[derive(Clone, Debug)]
+pub struct SeqChunk<'a> {
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]` in its sequence (= tokens already in the KV cache).
+    pub pos_start: usize,
+    /// KV blocks of the sequence, covering at least `pos_start + tokens.len()` positions.
+    pub block_table: &'a [u32],
+    pub logits: Logits,
+}
+
+/// A batch of chunks run in one forward pass.
+pub type SeqBatch<'a> = [SeqChunk<'a>];
+
+struct WeightSlot {
+    w: Weight,
+    /// f32 copy for weights used element-wise (norm weights, biases, rope factors).
+    vec: Option<Vec<f32>>,
+}
+
+/// KV cache geometry and size.
+#[derive(Clone, Copy, Debug)]
+pub struct KvConfig {
+    pub block_size: usize,
+    pub n_blocks: usize,
+}
+
+pub struct Executor {
+    graph: Graph,
+    weights: Vec<Option<WeightSlot>>,
+    /// Column offset per activation node (usize::MAX for weights).
+    col_off: Vec<usize>,
+    peak_cols: usize,
+    arena: Vec<f32>,
+    row_cap: usize,
+    kv: KvCache,
+    kv_cfg: KvConfig,
+    pool: &'static ThreadPool,
+    n_out_cols: usize,
+}
+
+/// Raw view of the arena handing out disjoint slices (see the module doc for why they are).
+struct Arena {
+    base: *mut f32,
+    row_cap: usize,
+}
+
+impl Arena {
+    /// # Safety
+    /// Callers must only request ranges of nodes whose column ranges are disjoint from every
+    /// mutable range handed out at the same time (guaranteed by the plan).
+    unsafe fn get<'a>(&self, off_cols: usize, len: usize) -> &'a mut [f32] {
+        // SAFETY: off_cols * row_cap + len <= arena length by construction of the plan and
+        // `ensure_rows`; disjointness is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(off_cols * self.row_cap), len) }
+    }
+}
+
+fn inputs_of(op: &Op) -> Vec<usize> {
+    match *op {
+        Op::Weight { .. } => vec![],
+        Op::GetRows { table } => vec![table],
+        Op::RmsNorm { x, w, .. } => std::iter::once(x).chain(w).collect(),
+        Op::LayerNorm { x, w, b, .. } => std::iter::once(x).chain(w).chain(b).collect(),
+        Op::MatMul { x, w, bias } => [x, w].into_iter().chain(bias).collect(),
+        Op::Add { a, b } | Op::Mul { a, b } => vec![a, b],
+        Op::Rope { x, freq_factors, .. } => std::iter::once(x).chain(freq_factors).collect(),
+        Op::Attention { q, k, v, .. } => vec![q, k, v],
+        Op::SwiGlu { gate, up } | Op::GeGlu { gate, up } => vec![gate, up],
+        Op::Scale { x, .. }
+        | Op::Silu { x }
+        | Op::Gelu { x }
+        | Op::GeluErf { x }
+        | Op::Softcap { x, .. }
+        | Op::View { x, .. }
+        | Op::OutputRows { x }
+        | Op::Output { x } => vec![x],
+    }
+}
+
+impl Executor {
+    /// Load the graph's weights from `src` and plan memory. `n_ctx` bounds the tokens per sequence.
+    pub fn new(graph: Graph, src: &ModelSource, kv_cfg: KvConfig) -> Result<Executor, RuntimeError> {
+        let n = graph.nodes.len();
+        // Which weights are read element-wise (need an f32 vector).
+        let mut needs_vec = vec![false; n];
+        for node in &graph.nodes {
+            match node.op {
+                Op::RmsNorm { w, .. } => w.into_iter().for_each(|i| needs_vec[i] = true),
+                Op::LayerNorm { w, b, .. } => w.into_iter().chain(b).for_each(|i| needs_vec[i] = true),
+                Op::MatMul { bias, .. } => bias.into_iter().for_each(|i| needs_vec[i] = true),
+                Op::Add { b, .. } | Op::Mul { b, .. } => needs_vec[b] = true,
+                Op::Rope { freq_factors, .. } => freq_factors.into_iter().for_each(|i| needs_vec[i] = true),
+                _ => {}
+            }
+        }
+        let mut weights: Vec<Option<WeightSlot>> = Vec::with_capacity(n);
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if let Op::Weight { tensor } = &node.op {
+                let w = src.weight(tensor)?;
+                let vec = if needs_vec[i] { Some(w.to_f32()?) } else { None };
+                if !needs_vec[i] && !matches!(w.ty, GgmlType::F32) && !rocmforge_quant::can_dequantize(w.ty) {
+                    return Err(RuntimeError::Weight { name: tensor.clone(), what: format!("type {} is not supported by the CPU backend", w.ty) });
+                }
+                weights.push(Some(WeightSlot { w, vec }));
+            } else {
+                weights.push(None);
+            }
+        }
+
+        // Lifetimes: last reader of each node; the output lives to the end.
+        let mut last_use: Vec<usize> = (0..n).collect();
+        for (i, node) in graph.nodes.iter().enumerate() {
+            for j in inputs_of(&node.op) {
+                last_use[j] = last_use[j].max(i);
+            }
+        }
+        if let Some(o) = graph.output {
+            last_use[o] = usize::MAX;
+        }
+        // First-fit column ranges.
+        let mut col_off = vec![usize::MAX; n];
+        let mut live: Vec<(usize, usize, usize)> = Vec::new(); // (off, cols, last_use)
+        let mut peak = 0usize;
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let Shape::Act { cols, .. } = node.shape else { continue };
+            live.retain(|&(_, _, lu)| lu >= i);
+            live.sort_unstable();
+            let mut off = 0usize;
+            for &(o, c, _) in &live {
+                if off + cols <= o {
+                    break;
+                }
+                off = off.max(o + c);
+            }
+            col_off[i] = off;
+            live.push((off, cols, last_use[i]));
+            peak = peak.max(off + cols);
+        }
+        let n_out_cols = match graph.output.map(|o| &graph.nodes[o].shape) {
+            Some(Shape::Act { cols, .. }) => *cols,
+            _ => 0,
+        };
+        let geo = graph.layers.first().copied().flatten().ok_or_else(|| RuntimeError::Graph {
+            node: "graph".into(),
+            what: "no attention layer".into(),
+        })?;
+        if graph.layers.iter().any(|l| *l != Some(geo)) {
+            return Err(RuntimeError::Graph { node: "graph".into(), what: "layers with different KV geometry are not supported yet".into() });
+        }
+        let kv = KvCache::new(graph.layers.len(), geo.n_head_kv, geo.head_dim_k, geo.head_dim_v, kv_cfg.block_size, kv_cfg.n_blocks);
+        Ok(Executor {
+            graph,
+            weights,
+            col_off,
+            peak_cols: peak,
+            arena: Vec::new(),
+            row_cap: 0,
+            kv,
+            kv_cfg,
+            pool: ThreadPool::global(),
+            n_out_cols,
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn kv_config(&self) -> KvConfig {
+        self.kv_cfg
+    }
+
+    /// Columns of the output (the vocabulary size for logits).
+    pub fn n_out_cols(&self) -> usize {
+        self.n_out_cols
+    }
+
+    fn ensure_rows(&mut self, rows: usize) {
+        if rows > self.row_cap {
+            self.row_cap = rows.next_power_of_two().max(8);
+            self.arena = vec![0.0; self.peak_cols * self.row_cap];
+        }
+    }
+
+    fn wslot(&self, i: usize) -> &WeightSlot {
+        self.weights[i].as_ref().expect("graph validated: weight node")
+    }
+
+    fn wvec(&self, i: usize) -> &[f32] {
+        self.wslot(i).vec.as_deref().expect("planned: element-wise weights have an f32 copy")
+    }
+
+    /// Run one forward pass. Returns the output rows (logits of the rows asked for, in chunk order)
+    /// as a flat `[n_rows, n_out_cols]` vector.
+    pub fn forward(&mut self, batch: &SeqBatch) -> Result<Vec<f32>, RuntimeError> {
+        let n_tokens: usize = batch.iter().map(|c| c.tokens.len()).sum();
+        if n_tokens == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tokens = Vec::with_capacity(n_tokens);
+        let mut positions = Vec::with_capacity(n_tokens);
+        let mut out_ids = Vec::new();
+        for c in batch {
+            let need = (c.pos_start + c.tokens.len()).div_ceil(self.kv_cfg.block_size);
+            if c.block_table.len() < need {
+                return Err(RuntimeError::Batch(format!("block table of {} blocks for {} positions", c.block_table.len(), c.pos_start + c.tokens.len())));
+            }
+            if let Some(&b) = c.block_table.iter().find(|&&b| b as usize >= self.kv_cfg.n_blocks) {
+                return Err(RuntimeError::Batch(format!("KV block {b} out of range (pool of {})", self.kv_cfg.n_blocks)));
+            }
+            let base = tokens.len();
+            match c.logits {
+                Logits::None => {}
+                Logits::Last => out_ids.push(base + c.tokens.len() - 1),
+                Logits::All => out_ids.extend(base..base + c.tokens.len()),
+            }
+            tokens.extend_from_slice(c.tokens);
+            positions.extend((c.pos_start..c.pos_start + c.tokens.len()).map(|p| p as i32));
+        }
+        self.ensure_rows(n_tokens);
+        let arena = Arena { base: self.arena.as_mut_ptr(), row_cap: self.row_cap };
+        let n_outputs = out_ids.len();
+        let rows_of = |r: Rows| if r == Rows::Tokens { n_tokens } else { n_outputs };
+        let mut result = Vec::new();
+
+        for i in 0..self.graph.nodes.len() {
+            let node = &self.graph.nodes[i];
+            let Shape::Act { rows, cols } = node.shape else { continue };
+            let rows = rows_of(rows);
+            // SAFETY: node i's column range is disjoint from every live input's (plan invariant).
+            let out = unsafe { arena.get(self.col_off[i], rows * cols) };
+            let act = |j: usize| -> &[f32] {
+                let (r, c) = match self.graph.nodes[j].shape {
+                    Shape::Act { rows, cols } => (rows_of(rows), cols),
+                    Shape::Weight(_) => unreachable!("graph validated: activation input"),
+                };
+                // SAFETY: input j is live and disjoint from `out`; read-only here.
+                unsafe { arena.get(self.col_off[j], r * c) }
+            };
+            let map_err = |e: rocmforge_cpu::CpuError| RuntimeError::Cpu(format!("{}: {e}", node.name));
+            match &node.op {
+                Op::Weight { .. } => {}
+                Op::GetRows { table } => {
+                    let w = &self.wslot(*table).w;
+                    rocmforge_cpu::get_rows(w.ty, w.bytes.as_slice(), cols, &tokens, out).map_err(map_err)?;
+                }
+                Op::RmsNorm { x, w, eps, group } => {
+                    let len = if *group == 0 { cols } else { *group };
+                    rocmforge_cpu::rms_norm(act(*x), w.map(|w| self.wvec(w)), *eps, len, out);
+                }
+                Op::LayerNorm { x, w, b, eps } => {
+                    rocmforge_cpu::layer_norm(act(*x), w.map(|w| self.wvec(w)), b.map(|b| self.wvec(b)), *eps, cols, out);
+                }
+                Op::MatMul { x, w, bias } => {
+                    let ws = &self.wslot(*w).w;
+                    let k = ws.dims[0];
+                    rocmforge_cpu::matmul(self.pool, ws.ty, ws.bytes.as_slice(), cols, k, act(*x), rows, out).map_err(map_err)?;
+                    if let Some(b) = bias {
+                        let bv = self.wvec(*b);
+                        for row in out.chunks_exact_mut(cols) {
+                            row.iter_mut().zip(bv).for_each(|(y, b)| *y += b);
+                        }
+                    }
+                }
+                Op::Add { a, b } | Op::Mul { a, b } => {
+                    let is_add = matches!(node.op, Op::Add { .. });
+                    let av = act(*a);
+                    let bv: &[f32] = match self.graph.nodes[*b].shape {
+                        Shape::Weight(_) => self.wvec(*b),
+                        Shape::Act { .. } => act(*b),
+                    };
+                    for (r, (orow, arow)) in out.chunks_exact_mut(cols).zip(av.chunks_exact(cols)).enumerate() {
+                        let brow = if bv.len() == cols { bv } else { &bv[r * cols..(r + 1) * cols] };
+                        if is_add {
+                            for ((o, x), y) in orow.iter_mut().zip(arow).zip(brow) {
+                                *o = x + y;
+                            }
+                        } else {
+                            for ((o, x), y) in orow.iter_mut().zip(arow).zip(brow) {
+                                *o = x * y;
+                            }
+                        }
+                    }
+                }
+                Op::Scale { x, s } => {
+                    out.iter_mut().zip(act(*x)).for_each(|(o, v)| *o = v * s);
+                }
+                Op::Rope { x, freq_factors, p } => {
+                    out.copy_from_slice(act(*x));
+                    let params = RopeParams {
+                        n_rot: p.n_rot,
+                        neox: p.neox,
+                        freq_base: p.freq_base,
+                        freq_scale: p.freq_scale,
+                        ext_factor: p.ext_factor,
+                        attn_factor: p.attn_factor,
+                        beta_fast: p.beta_fast,
+                        beta_slow: p.beta_slow,
+                        n_ctx_orig: p.n_ctx_orig,
+                        freq_factors: freq_factors.map(|f| self.wvec(f).to_vec()),
+                    };
+                    rocmforge_cpu::rope(out, n_tokens, p.n_head, p.head_dim, &positions, &params);
+                }
+                Op::Attention { q, k, v, p } => {
+                    let (qa, ka, va) = (act(*q), act(*k), act(*v));
+                    let (qc, kc, vc) = (p.n_head * p.head_dim_k, p.n_head_kv * p.head_dim_k, p.n_head_kv * p.head_dim_v);
+                    let params = AttnParams {
+                        n_head_kv: p.n_head_kv,
+                        head_dim_k: p.head_dim_k,
+                        head_dim_v: p.head_dim_v,
+                        causal: p.causal,
+                        sliding_window: if p.sliding_window == 0 { None } else { Some(p.sliding_window) },
+                        scale: if p.scale == 0.0 { 1.0 / (p.head_dim_k as f32).sqrt() } else { p.scale },
+                        softcap: if p.softcap == 0.0 { None } else { Some(p.softcap) },
+                    };
+                    let mut t0 = 0usize;
+                    for c in batch {
+                        let nt = c.tokens.len();
+                        self.kv.write(
+                            p.layer,
+                            c.block_table,
+                            c.pos_start,
+                            &ka[t0 * kc..(t0 + nt) * kc],
+                            &va[t0 * vc..(t0 + nt) * vc],
+                            nt,
+                        );
+                        rocmforge_cpu::attention(
+                            self.pool,
+                            &self.kv,
+                            p.layer,
+                            c.block_table,
+                            &qa[t0 * qc..(t0 + nt) * qc],
+                            nt,
+                            c.pos_start,
+                            p.n_head,
+                            &params,
+                            &mut out[t0 * cols..(t0 + nt) * cols],
+                        );
+                        t0 += nt;
+                    }
+                }
+                Op::Silu { x } => rocmforge_cpu::silu(act(*x), out),
+                Op::Gelu { x } => rocmforge_cpu::gelu(act(*x), out),
+                Op::GeluErf { x } => rocmforge_cpu::gelu_erf(act(*x), out),
+                Op::SwiGlu { gate, up } => rocmforge_cpu::swiglu(act(*gate), act(*up), out),
+                Op::GeGlu { gate, up } => rocmforge_cpu::geglu(act(*gate), act(*up), out),
+                Op::Softcap { x, cap } => rocmforge_cpu::softcap(act(*x), *cap, out),
+                Op::View { x, offset } => {
+                    let src_cols = match self.graph.nodes[*x].shape {
+                        Shape::Act { cols, .. } => cols,
+                        Shape::Weight(_) => unreachable!("graph validated"),
+                    };
+                    for (orow, srow) in out.chunks_exact_mut(cols).zip(act(*x).chunks_exact(src_cols)) {
+                        orow.copy_from_slice(&srow[*offset..*offset + cols]);
+                    }
+                }
+                Op::OutputRows { x } => {
+                    let src = act(*x);
+                    for (orow, &t) in out.chunks_exact_mut(cols).zip(&out_ids) {
+                        orow.copy_from_slice(&src[t * cols..(t + 1) * cols]);
+                    }
+                }
+                Op::Output { x } => {
+                    out.copy_from_slice(act(*x));
+                    result = out.to_vec();
+                }
+            }
+        }
+        Ok(result)
+    }
+}
