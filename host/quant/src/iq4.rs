@@ -8,13 +8,23 @@
 
 use crate::blocks::{BlockIq4Nl, BlockIq4Xs, KVALUES_IQ4NL, QK_K};
 use crate::fp::{f16_to_f32, f32_to_f16};
-use crate::ksearch::{best_index_int8, nearest_int, signed_absmax, GROUP_MAX_EPS};
+use crate::ksearch::{best_index_f32, nearest_int, signed_absmax, GROUP_MAX_EPS};
 
 const NTRY: i32 = 7;
 
+/// The codebook as f32 (exact), so the hot loops do no int->float conversions.
+const KV: [f32; 16] = {
+    let mut out = [0.0f32; 16];
+    let mut i = 0;
+    while i < 16 {
+        out[i] = KVALUES_IQ4NL[i] as f32;
+        i += 1;
+    }
+    out
+};
+
 /// Best scale for one group of 32 (llama.cpp's per-block search), or 0 for an all-zero group.
 fn search_scale(x: &[f32]) -> f32 {
-    let v = &KVALUES_IQ4NL;
     let (max, amax) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         return 0.0;
@@ -22,19 +32,19 @@ fn search_scale(x: &[f32]) -> f32 {
     let sums = |id: f32| {
         let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
         for &xj in x {
-            let q = v[best_index_int8(v, id * xj)] as f32;
+            let q = KV[best_index_f32(&KV, id * xj)];
             let w = xj * xj;
             sumqx += w * q * xj;
             sumq2 += w * q * q;
         }
         (sumqx, sumq2)
     };
-    let d0 = -max / v[0] as f32;
+    let d0 = -max / KV[0];
     let (sumqx, sumq2) = sums(1.0 / d0);
     let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
     let mut best = d * sumqx;
     for itry in -NTRY..=NTRY {
-        let id = (itry + v[0] as i32) as f32 / max;
+        let id = (itry + KVALUES_IQ4NL[0] as i32) as f32 / max;
         let (sumqx, sumq2) = sums(id);
         if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
             d = sumqx / sumq2;
@@ -48,8 +58,8 @@ fn search_scale(x: &[f32]) -> f32 {
 #[inline]
 fn pack_indices(x: &[f32], inv: f32, qs: &mut [u8]) {
     for j in 0..16 {
-        let lo = best_index_int8(&KVALUES_IQ4NL, inv * x[j]) as u8;
-        let hi = best_index_int8(&KVALUES_IQ4NL, inv * x[j + 16]) as u8;
+        let lo = best_index_f32(&KV, inv * x[j]) as u8;
+        let hi = best_index_f32(&KV, inv * x[j + 16]) as u8;
         qs[j] = lo | (hi << 4);
     }
 }

@@ -19,6 +19,21 @@ use crate::ksearch::{
     make_q3_quants, make_qkx2_quants, make_qx_quants_rmse1, nearest_int, Qkx2, GROUP_MAX_EPS,
 };
 
+/// Group `g` of `N` elements of a block, as an array (the caller passes whole blocks).
+#[inline]
+fn group<const N: usize, T>(x: &[T], g: usize) -> &[T; N] {
+    x[N * g..N * (g + 1)]
+        .try_into()
+        .expect("block holds whole groups")
+}
+
+#[inline]
+fn group_mut<const N: usize, T>(x: &mut [T], g: usize) -> &mut [T; N] {
+    (&mut x[N * g..N * (g + 1)])
+        .try_into()
+        .expect("block holds whole groups")
+}
+
 /// Pack 256 two-bit values: byte `l` of half `h` (0..2) holds elements
 /// `128h + l`, `+32`, `+64`, `+96` in bit pairs 0, 2, 4, 6.
 #[inline]
@@ -39,20 +54,18 @@ pub fn quantize_q2_k(x: &[f32]) -> BlockQ2K {
         rmin: -0.5,
         rdelta: 0.1,
         nstep: 15,
-        use_mad: true,
     };
     let mut l = [0u8; QK_K];
-    let mut aux = [0u8; 16];
     let mut weights = [0.0f32; 16];
     let mut scales = [0.0f32; 16];
     let mut mins = [0.0f32; 16];
     let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
     for g in 0..16 {
-        let xg = &x[16 * g..16 * g + 16];
+        let xg: &[f32; 16] = group(x, g);
         for (w, &v) in weights.iter_mut().zip(xg) {
             *w = v.abs();
         }
-        let (s, m) = make_qkx2_quants(&p, xg, &weights, &mut l[16 * g..16 * g + 16], &mut aux);
+        let (s, m) = make_qkx2_quants::<16, true>(&p, xg, &weights, group_mut(&mut l, g));
         scales[g] = s;
         mins[g] = m;
         if s > max_scale {
@@ -90,7 +103,7 @@ pub fn quantize_q2_k(x: &[f32]) -> BlockQ2K {
         }
         let dm = m_all * (b.scales[g] >> 4) as f32;
         for i in 16 * g..16 * g + 16 {
-            l[i] = nearest_int((x[i] + dm) / d).clamp(0, 3) as u8;
+            l[i] = nearest_int((x[i] + dm) / d).min(3).max(0) as u8;
         }
     }
     pack_2bit(&l, &mut b.qs);
@@ -135,7 +148,7 @@ pub fn quantize_q3_k(x: &[f32]) -> BlockQ3K {
         // byte), high bit pairs in bytes 8..12 (byte 8 + g%4, pair g/4).
         let iscale = -32.0 / max_scale;
         for g in 0..16 {
-            let v = ((nearest_int(iscale * scales[g]) as i8).clamp(-32, 31) + 32) as u8;
+            let v = ((nearest_int(iscale * scales[g]) as i8).min(31).max(-32) + 32) as u8;
             if g < 8 {
                 b.scales[g] = v & 0xF;
             } else {
@@ -153,7 +166,7 @@ pub fn quantize_q3_k(x: &[f32]) -> BlockQ3K {
             continue;
         }
         for i in 16 * g..16 * g + 16 {
-            l[i] = (nearest_int(x[i] / d).clamp(-4, 3) + 4) as i8;
+            l[i] = (nearest_int(x[i] / d).min(3).max(-4) + 4) as i8;
         }
     }
     // High bit of element i goes to hmask[i % 32], bit i / 32; the low 2 bits as in Q2_K.
@@ -188,13 +201,12 @@ pub fn dequantize_q3_k(b: &BlockQ3K, y: &mut [f32]) {
 /// f16 super-scales. Returns (d, dmin, packed scales, levels).
 fn quantize_k4_k5(x: &[f32], p: &Qkx2) -> (u16, u16, [u8; 12], [u8; QK_K]) {
     let mut l = [0u8; QK_K];
-    let mut aux = [0u8; 32];
     let mut weights = [0.0f32; 32];
     let mut scales = [0.0f32; 8];
     let mut mins = [0.0f32; 8];
     let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
     for g in 0..8 {
-        let xg = &x[32 * g..32 * g + 32];
+        let xg: &[f32; 32] = group(x, g);
         let mut sum_x2 = 0.0f32;
         for &v in xg {
             sum_x2 += v * v;
@@ -203,7 +215,7 @@ fn quantize_k4_k5(x: &[f32], p: &Qkx2) -> (u16, u16, [u8; 12], [u8; QK_K]) {
         for (w, &v) in weights.iter_mut().zip(xg) {
             *w = av_x + v.abs();
         }
-        let (s, m) = make_qkx2_quants(p, xg, &weights, &mut l[32 * g..32 * g + 32], &mut aux);
+        let (s, m) = make_qkx2_quants::<32, false>(p, xg, &weights, group_mut(&mut l, g));
         scales[g] = s;
         mins[g] = m;
         if s > max_scale {
@@ -244,7 +256,7 @@ fn quantize_k4_k5(x: &[f32], p: &Qkx2) -> (u16, u16, [u8; 12], [u8; QK_K]) {
         }
         let dm = m_all * m as f32;
         for i in 32 * g..32 * g + 32 {
-            l[i] = nearest_int((x[i] + dm) / dg).clamp(0, p.nmax) as u8;
+            l[i] = nearest_int((x[i] + dm) / dg).min(p.nmax).max(0) as u8;
         }
     }
     (d, dmin, packed, l)
@@ -256,7 +268,6 @@ pub fn quantize_q4_k(x: &[f32]) -> BlockQ4K {
         rmin: -1.0,
         rdelta: 0.1,
         nstep: 20,
-        use_mad: false,
     };
     let (d, dmin, scales, l) = quantize_k4_k5(x, &p);
     // Each 64-element chunk c: byte 32c + j = element 64c + j (low), 64c + 32 + j (high).
@@ -296,7 +307,6 @@ pub fn quantize_q5_k(x: &[f32]) -> BlockQ5K {
         rmin: -0.5,
         rdelta: 0.1,
         nstep: 15,
-        use_mad: false,
     };
     let (d, dmin, scales, l) = quantize_k4_k5(x, &p);
     // Low nibbles as Q4_K; the fifth bit of element 64c + j goes to qh[j] bit 2c, of
@@ -372,7 +382,7 @@ pub fn quantize_q6_k(x: &[f32]) -> BlockQ6K {
             continue;
         }
         for i in 16 * g..16 * g + 16 {
-            l[i] = (nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
+            l[i] = (nearest_int(x[i] / d).min(31).max(-32) + 32) as i8;
         }
     }
     // Per 128-element half h and byte j < 32: elements a = 128h + j, +32, +64, +96.

@@ -8,7 +8,8 @@
 //! association; otherwise the rare near-tie between two candidate scales could be broken
 //! differently and change the output bytes. Rounding goes through [`nearest_int`], which
 //! reproduces llama.cpp's magic-number round-half-to-even (valid for |x| < 2^22; larger or
-//! NaN inputs give garbage levels that callers clamp, never a panic).
+//! NaN inputs give garbage levels that callers clamp, never a panic). Clamps are written
+//! `min(hi).max(lo)` like C's `MAX(lo, MIN(hi, l))`: branch-free, with no panic path.
 
 /// Round to nearest, ties to even, via the 1.5 * 2^23 trick (the mantissa of the sum holds
 /// the rounded integer).
@@ -21,29 +22,30 @@ pub fn nearest_int(fval: f32) -> i32 {
 /// Groups whose largest magnitude is below this are treated as all zero.
 pub const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// Index of the codebook entry nearest to `x` in the sorted table `val` (ties go up).
+/// Index of the codebook entry nearest to `x` in the strictly increasing table `val`
+/// (llama.cpp `best_index_int8`: ties go to the upper entry).
+///
+/// llama.cpp bisects; the bracket it ends with is `val[hi - 1] <= x < val[hi]` where `hi` is
+/// the number of entries `<= x` clamped to 1..=15 (the clamps reproduce its early returns for
+/// `x` outside the table), so we count instead: branch-free and vectorisable, same result.
+/// A NaN, which bisection walks to the top, maps to 15 explicitly.
 #[inline]
-pub fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
-    if x <= val[0] as f32 {
-        return 0;
-    }
-    if x >= val[15] as f32 {
-        return 15;
-    }
-    let (mut lo, mut hi) = (0usize, 15usize);
-    while hi - lo > 1 {
-        let mid = (lo + hi) / 2;
-        if x < val[mid] as f32 {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    if x - (val[hi - 1] as f32) < (val[hi] as f32) - x {
+pub fn best_index_f32(val: &[f32; 16], x: f32) -> usize {
+    let count = val.iter().map(|&v| (v <= x) as usize).sum::<usize>();
+    let hi = count.clamp(1, 15);
+    if x.is_nan() {
+        15
+    } else if x - val[hi - 1] < val[hi] - x {
         hi - 1
     } else {
         hi
     }
+}
+
+/// [`best_index_f32`] for an i8 table.
+#[inline]
+pub fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
+    best_index_f32(&val.map(|v| v as f32), x)
 }
 
 /// The value of largest magnitude, with its sign, and that magnitude.
@@ -68,7 +70,7 @@ pub fn make_qx_quants_rmse1(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
         levels.iter_mut().for_each(|l| *l = 0);
         return 0.0;
     }
-    let clamp = |l: i32| l.clamp(-nmax, nmax - 1);
+    let clamp = |l: i32| l.min(nmax - 1).max(-nmax);
     // Weighted sums for a trial inverse scale: (sum w*x*l, sum w*l*l) with w = x^2.
     let sums = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
@@ -114,7 +116,7 @@ pub fn make_q3_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
     let iscale = -(nmax as f32) / max;
     let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
     for (li, &xi) in levels.iter_mut().zip(x) {
-        let l = nearest_int(iscale * xi).clamp(-nmax, nmax - 1);
+        let l = nearest_int(iscale * xi).min(nmax - 1).max(-nmax);
         *li = l as i8;
         let w = xi * xi;
         sumlx += w * xi * l as f32;
@@ -128,7 +130,7 @@ pub fn make_q3_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
             let mut slx = sumlx - w * xi * cur;
             if slx > 0.0 {
                 let mut sl2 = suml2 - w * cur * cur;
-                let new_l = nearest_int(xi * sl2 / slx).clamp(-nmax, nmax - 1);
+                let new_l = nearest_int(xi * sl2 / slx).min(nmax - 1).max(-nmax);
                 if new_l != *li as i32 {
                     slx += w * xi * new_l as f32;
                     sl2 += w * new_l as f32 * new_l as f32;
@@ -161,26 +163,23 @@ pub struct Qkx2 {
     pub rmin: f32,
     pub rdelta: f32,
     pub nstep: i32,
-    /// Absolute error (Q2_K) instead of squared error.
-    pub use_mad: bool,
 }
 
 /// Asymmetric levels in `[0, nmax]` with `x ~ scale * L + min`, `min <= 0` (llama.cpp
 /// `make_qkx2_quants`): tries `nstep + 1` inverse scales, each refined by weighted least
-/// squares, and keeps the one with the lowest weighted error. Returns `(scale, -min)`.
-/// `levels` and `aux` have the length of `x`.
-pub fn make_qkx2_quants(
+/// squares, and keeps the one with the lowest weighted error (absolute error if `MAD`, as
+/// Q2_K uses, else squared). Returns `(scale, -min)`. Sizes are compile-time so the inner
+/// loops run without bounds checks.
+pub fn make_qkx2_quants<const N: usize, const MAD: bool>(
     p: &Qkx2,
-    x: &[f32],
-    weights: &[f32],
-    levels: &mut [u8],
-    aux: &mut [u8],
+    x: &[f32; N],
+    weights: &[f32; N],
+    levels: &mut [u8; N],
 ) -> (f32, f32) {
-    let n = x.len();
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = weights[0];
     let mut sum_x = sum_w * x[0];
-    for i in 1..n {
+    for i in 1..N {
         if x[i] < min {
             min = x[i];
         }
@@ -194,27 +193,28 @@ pub fn make_qkx2_quants(
         min = 0.0;
     }
     if max == min {
-        levels.iter_mut().for_each(|l| *l = 0);
+        *levels = [0; N];
         return (0.0, -min);
     }
     let nmax = p.nmax;
-    let err = |d: f32| if p.use_mad { d.abs() } else { d * d };
+    let err = |d: f32| if MAD { d.abs() } else { d * d };
     let mut iscale = nmax as f32 / (max - min);
     let mut scale = 1.0 / iscale;
     let mut best_error = 0.0f32;
-    for i in 0..n {
-        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax) as u8;
+    for i in 0..N {
+        let l = nearest_int(iscale * (x[i] - min)).min(nmax).max(0) as u8;
         levels[i] = l;
         best_error += weights[i] * err(scale * l as f32 + min - x[i]);
     }
     if p.nstep < 1 {
         return (scale, -min);
     }
+    let mut aux = [0u8; N];
     for is in 0..=p.nstep {
         iscale = (p.rmin + p.rdelta * is as f32 + nmax as f32) / (max - min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        for i in 0..N {
+            let l = nearest_int(iscale * (x[i] - min)).min(nmax).max(0);
             aux[i] = l as u8;
             let (w, lf) = (weights[i], l as f32);
             sum_l += w * lf;
@@ -230,11 +230,11 @@ pub fn make_qkx2_quants(
                 this_scale = sum_xl / sum_l2;
             }
             let mut cur_error = 0.0f32;
-            for i in 0..n {
+            for i in 0..N {
                 cur_error += weights[i] * err(this_scale * aux[i] as f32 + this_min - x[i]);
             }
             if cur_error < best_error {
-                levels.copy_from_slice(aux);
+                *levels = aux;
                 best_error = cur_error;
                 scale = this_scale;
                 min = this_min;
@@ -266,6 +266,12 @@ mod tests {
     #[test]
     fn best_index_picks_nearest_code() {
         let v = crate::blocks::KVALUES_IQ4NL;
+        // Exact ties go up, and out-of-range values clamp, as llama.cpp's bisection does.
+        assert_eq!(best_index_int8(&v, -4.5), 8);
+        assert_eq!(best_index_int8(&v, -500.0), 0);
+        assert_eq!(best_index_int8(&v, 113.0), 15);
+        assert_eq!(best_index_int8(&v, -127.0), 0);
+        assert_eq!(best_index_int8(&v, f32::NAN), 15);
         for x in -140..=130 {
             let x = x as f32 + 0.25;
             let got = best_index_int8(&v, x);
