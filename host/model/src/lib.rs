@@ -8,4 +8,5 @@
 pub mod error;
 pub mod gguf;
 pub mod hf;
+pub mod info;
 pub use error::ModelError;
