@@ -1,0 +1,267 @@
+//! Paged KV cache memory and attention over it.
+//!
+//! The cache holds, per layer, `n_blocks` blocks of `block_size` token slots; a sequence reaches
+//! its tokens through a block table (position p lives in block `block_table[p / block_size]`,
+//! slot `p % block_size`), so blocks may be scattered anywhere in the pool (vLLM's PagedAttention
+//! layout). K and V are stored as f16, as llama.cpp's default cache type does.
+//!
+//! ```text
+//!   k[layer][block][slot][head_kv][head_dim_k]   (f16 bits)
+//!   v[layer][block][slot][head_kv][head_dim_v]
+//! ```
+//!
+//! Attention computes, for query token t at position `pos_start + t` and head h (KV head
+//! `h / (n_head / n_head_kv)`), `softmax(scale * q.k_p)` over the allowed keys p (causal:
+//! p <= q_pos; sliding window w: p > q_pos - w; optional tanh softcap on the logits) and the
+//! weighted sum of v_p. Work is split over (token, KV head) pairs; the query heads of one GQA group
+//! share each converted K / V row.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::error::CpuError;
+use crate::pool::ThreadPool;
+use crate::qmatmul::SyncPtr;
+use crate::simd::{self, f16_bits_to_f32, Isa};
+
+/// Paged K/V storage for all layers of one model (f16).
+pub struct KvCache {
+    n_layer: usize,
+    n_head_kv: usize,
+    head_dim_k: usize,
+    head_dim_v: usize,
+    block_size: usize,
+    n_blocks: usize,
+    k: Vec<u16>,
+    v: Vec<u16>,
+}
+
+/// Options of [`attention`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttnParams {
+    /// Logit scale; `None` = `1 / sqrt(head_dim_k)`.
+    pub scale: Option<f32>,
+    /// Causal mask (decoder models); `false` lets every query see all cached keys of the sequence.
+    pub causal: bool,
+    /// Sliding window: only keys with `pos > q_pos - window` (and, non-causal, `< q_pos + window`).
+    pub sliding_window: Option<usize>,
+    /// Logit soft-cap: `cap * tanh(logit / cap)` after scaling.
+    pub softcap: Option<f32>,
+}
+
+impl Default for AttnParams {
+    fn default() -> Self {
+        AttnParams { scale: None, causal: true, sliding_window: None, softcap: None }
+    }
+}
+
+impl KvCache {
+    /// Zeroed cache of `n_blocks` blocks of `block_size` tokens for each of `n_layer` layers.
+    pub fn new(n_layer: usize, n_head_kv: usize, head_dim_k: usize, head_dim_v: usize, block_size: usize, n_blocks: usize) -> Self {
+        let slots = n_layer * n_blocks * block_size * n_head_kv;
+        KvCache {
+            n_layer,
+            n_head_kv,
+            head_dim_k,
+            head_dim_v,
+            block_size,
+            n_blocks,
+            k: vec![0; slots * head_dim_k],
+            v: vec![0; slots * head_dim_v],
+        }
+    }
+
+    pub fn n_layer(&self) -> usize {
+        self.n_layer
+    }
+    pub fn n_head_kv(&self) -> usize {
+        self.n_head_kv
+    }
+    pub fn head_dim_k(&self) -> usize {
+        self.head_dim_k
+    }
+    pub fn head_dim_v(&self) -> usize {
+        self.head_dim_v
+    }
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    /// Index of (layer, pos) in slot units, after checking the block table and block id.
+    fn slot(&self, op: &'static str, layer: usize, block_table: &[u32], pos: usize) -> Result<usize, CpuError> {
+        let index = pos / self.block_size.max(1);
+        let block = *block_table
+            .get(index)
+            .ok_or(CpuError::BlockTableTooShort { op, pos, index, len: block_table.len() })?;
+        if block as usize >= self.n_blocks {
+            return Err(CpuError::BlockOutOfRange { op, block, n_blocks: self.n_blocks });
+        }
+        Ok((layer * self.n_blocks + block as usize) * self.block_size + pos % self.block_size)
+    }
+
+    fn check_layer(&self, op: &'static str, layer: usize) -> Result<(), CpuError> {
+        if layer >= self.n_layer {
+            return Err(CpuError::LayerOutOfRange { op, layer, n_layer: self.n_layer });
+        }
+        Ok(())
+    }
+
+    /// Store K and V of `n_tokens` tokens at positions `pos_start..` (each `n_tokens x n_head_kv x
+    /// head_dim`, f32) into the sequence's blocks, rounding to f16.
+    pub fn write(&mut self, layer: usize, block_table: &[u32], pos_start: usize, k: &[f32], v: &[f32], n_tokens: usize) -> Result<(), CpuError> {
+        const OP: &str = "kv_write";
+        self.check_layer(OP, layer)?;
+        let (hk, hv) = (self.n_head_kv * self.head_dim_k, self.n_head_kv * self.head_dim_v);
+        crate::matmul::check_len(OP, "k", k.len(), n_tokens.checked_mul(hk))?;
+        crate::matmul::check_len(OP, "v", v.len(), n_tokens.checked_mul(hv))?;
+        for t in 0..n_tokens {
+            let s = self.slot(OP, layer, block_table, pos_start + t)?;
+            for (d, &x) in self.k[s * hk..(s + 1) * hk].iter_mut().zip(&k[t * hk..(t + 1) * hk]) {
+                *d = rocmforge_quant::f32_to_f16(x);
+            }
+            for (d, &x) in self.v[s * hv..(s + 1) * hv].iter_mut().zip(&v[t * hv..(t + 1) * hv]) {
+                *d = rocmforge_quant::f32_to_f16(x);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read back K (or V) of head `h` at `pos` as f32 (for tests and debugging).
+    pub fn read(&self, layer: usize, block_table: &[u32], pos: usize, h: usize, value: bool, out: &mut [f32]) -> Result<(), CpuError> {
+        self.check_layer("kv_read", layer)?;
+        let s = self.slot("kv_read", layer, block_table, pos)?;
+        let (buf, hd) = if value { (&self.v, self.head_dim_v) } else { (&self.k, self.head_dim_k) };
+        let base = (s * self.n_head_kv + h.min(self.n_head_kv.saturating_sub(1))) * hd;
+        for (o, &b) in out.iter_mut().zip(&buf[base..base + hd]) {
+            *o = f16_bits_to_f32(b);
+        }
+        Ok(())
+    }
+}
+
+/// Attention of `n_tokens` queries (`q`: `n_tokens x n_head x head_dim_k`) at positions
+/// `pos_start..` over the sequence's cached K/V (already written for these tokens). Output
+/// `out`: `n_tokens x n_head x head_dim_v`. See the module header.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    pool: &ThreadPool,
+    cache: &KvCache,
+    layer: usize,
+    block_table: &[u32],
+    q: &[f32],
+    n_tokens: usize,
+    pos_start: usize,
+    n_head: usize,
+    params: &AttnParams,
+    out: &mut [f32],
+) -> Result<(), CpuError> {
+    attention_isa(pool, Isa::detect(), cache, layer, block_table, q, n_tokens, pos_start, n_head, params, out)
+}
+
+/// [`attention`] at an explicit instruction-set level (tests compare paths).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_isa(
+    pool: &ThreadPool,
+    isa: Isa,
+    cache: &KvCache,
+    layer: usize,
+    block_table: &[u32],
+    q: &[f32],
+    n_tokens: usize,
+    pos_start: usize,
+    n_head: usize,
+    params: &AttnParams,
+    out: &mut [f32],
+) -> Result<(), CpuError> {
+    const OP: &str = "attention";
+    let isa = isa.clamp();
+    cache.check_layer(OP, layer)?;
+    let (n_kv, dk, dv) = (cache.n_head_kv, cache.head_dim_k, cache.head_dim_v);
+    if n_kv == 0 || n_head % n_kv != 0 {
+        return Err(CpuError::BadHeadGrouping { op: OP, n_head, n_head_kv: n_kv });
+    }
+    crate::matmul::check_len(OP, "q", q.len(), n_tokens.checked_mul(n_head * dk))?;
+    crate::matmul::check_len(OP, "out", out.len(), n_tokens.checked_mul(n_head * dv))?;
+    if n_tokens == 0 {
+        return Ok(());
+    }
+    let seq_len = pos_start + n_tokens;
+    // Check every block the queries will touch once, up front, so the workers cannot fail.
+    for p in (0..seq_len).step_by(cache.block_size.max(1)).chain(std::iter::once(seq_len - 1)) {
+        cache.slot(OP, layer, block_table, p)?;
+    }
+    let group = n_head / n_kv;
+    let scale = params.scale.unwrap_or(1.0 / (dk as f32).sqrt());
+    let n_tasks = n_tokens * n_kv;
+    let next = AtomicUsize::new(0);
+    let op = SyncPtr(out.as_mut_ptr());
+    pool.run(|_, _| {
+        let op = op;
+        let mut scores: Vec<f32> = Vec::new();
+        let mut krow = vec![0f32; dk];
+        let mut vrow = vec![0f32; dv];
+        let mut acc = vec![0f32; group * dv];
+        loop {
+            let task = next.fetch_add(1, Ordering::Relaxed);
+            if task >= n_tasks {
+                break;
+            }
+            let (t, g) = (task / n_kv, task % n_kv);
+            let q_pos = pos_start + t;
+            let mut lo = 0;
+            let mut hi = if params.causal { q_pos + 1 } else { seq_len };
+            if let Some(w) = params.sliding_window {
+                lo = (q_pos + 1).saturating_sub(w);
+                if !params.causal {
+                    hi = hi.min(q_pos + w);
+                }
+            }
+            let nk = hi.saturating_sub(lo);
+            scores.clear();
+            scores.resize(group * nk, 0.0);
+            for (j, p) in (lo..hi).enumerate() {
+                // Checked above: every position < seq_len has a valid block.
+                let Ok(s) = cache.slot(OP, layer, block_table, p) else { continue };
+                let base = (s * n_kv + g) * dk;
+                to_f32(&cache.k[base..base + dk], &mut krow);
+                for hh in 0..group {
+                    let h = g * group + hh;
+                    let qh = &q[(t * n_head + h) * dk..(t * n_head + h + 1) * dk];
+                    let mut sc = simd::dot_f32(isa, qh, &krow) * scale;
+                    if let Some(cap) = params.softcap {
+                        sc = cap * (sc / cap).tanh();
+                    }
+                    scores[hh * nk + j] = sc;
+                }
+            }
+            for hh in 0..group {
+                crate::ops::softmax_isa(isa, &mut scores[hh * nk..(hh + 1) * nk]);
+            }
+            acc.fill(0.0);
+            for (j, p) in (lo..hi).enumerate() {
+                let Ok(s) = cache.slot(OP, layer, block_table, p) else { continue };
+                let base = (s * n_kv + g) * dv;
+                to_f32(&cache.v[base..base + dv], &mut vrow);
+                for hh in 0..group {
+                    simd::axpy(isa, scores[hh * nk + j], &vrow, &mut acc[hh * dv..(hh + 1) * dv]);
+                }
+            }
+            for hh in 0..group {
+                let h = g * group + hh;
+                // SAFETY: (t, h) is inside out (n_tokens x n_head x dv, checked); each (t, g) task
+                // owns the heads of group g for token t.
+                let dst = unsafe { std::slice::from_raw_parts_mut(op.0.add((t * n_head + h) * dv), dv) };
+                dst.copy_from_slice(&acc[hh * dv..(hh + 1) * dv]);
+            }
+        }
+    });
+    Ok(())
+}
+
+fn to_f32(src: &[u16], dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f16_bits_to_f32(s);
+    }
+}

@@ -1,0 +1,32 @@
+//! ROCmForge CPU backend: the compute kernels the graph executor calls on the CPU.
+//!
+//! - [`matmul`] / [`matmul_bias`]: `y = W x` for F32/F16/BF16 and every GGML quant type the model
+//!   files use (Q4_0/1, Q5_0/1, Q8_0, Q2_K..Q6_K, Q8_K, IQ4_NL, IQ4_XS), with activations
+//!   quantized to 8 bits and integer dot products (AVX-512 VNNI, AVX2, scalar).
+//! - [`get_rows`], [`rms_norm`], [`layer_norm`], [`rope`], activations and GLUs, [`softmax_inplace`].
+//! - [`KvCache`] + [`attention`]: paged KV memory addressed through block tables.
+//! - [`ThreadPool`]: persistent workers; every parallel op takes one.
+//!
+//! Knows nothing of graphs, models or files. SIMD is chosen at run time ([`Isa::detect`]).
+
+mod act;
+mod attention;
+mod error;
+mod matmul;
+mod ops;
+mod pool;
+mod qmatmul;
+mod simd;
+mod unpack;
+
+pub use act::quantize_row_q8;
+pub use attention::{attention, attention_isa, AttnParams, KvCache};
+pub use error::CpuError;
+pub use matmul::{get_rows, matmul, matmul_bias, matmul_ext, supports_matmul};
+pub use ops::{
+    add, gelu, gelu_erf, geglu, layer_norm, mul, rms_norm, rope, rope_cache, rope_yarn_corr_dims, scale, silu,
+    softcap, softmax_inplace, swiglu, RopeParams,
+};
+pub use pool::ThreadPool;
+pub use rocmforge_quant::GgmlType;
+pub use simd::Isa;

@@ -1,0 +1,444 @@
+//! Quantized matmul: activations quantized once to 8-bit blocks (`act`), weights unpacked a tile
+//! of rows at a time (`unpack`), then integer dot products with per-lane float scales.
+//!
+//! For one weight row r and token t (lane l = 4 consecutive elements, see `act` and `unpack`):
+//!
+//! ```text
+//!   y[t, r] = sum_l S[r, l] * dx[t, l] * I[r, t, l]  +  sum_j B[r, j] * xs[t, j]
+//!   I[r, t, l] = sum_{i in lane l} (u[r, i] - off) * xq[t, i]      (exact, in i32)
+//! ```
+//!
+//! Kernels: AVX-512 VNNI (`vpdpbusd`, 64 bytes, 4 rows x 4 tokens), AVX2 (`vpmaddubsw` +
+//! `vpmaddwd`, 32 bytes, 2 rows x 4 tokens; wide types via the sign trick) and a scalar twin.
+//! Prefill reuse: a tile of 4 unpacked rows (L1-resident) is swept over a chunk of 64 tokens, so
+//! the unpacking cost is paid once per 64 tokens and each weight vector load serves 4 tokens.
+//! Threads split output rows (chunks handed out by an atomic counter, so a descheduled thread
+//! does not stall the step). Modelled on the structure of llama.cpp's `ggml_vec_dot_*` +
+//! llamafile tinyBLAS tiling; written from scratch.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rocmforge_quant::GgmlType;
+
+use crate::act::{quantize_token, QActs, TokenSlots};
+use crate::pool::ThreadPool;
+use crate::simd::Isa;
+use crate::unpack::{has_bias, is_wide, unpack_row, zero_padding};
+
+/// Rows unpacked together.
+const ROW_TILE: usize = 4;
+/// Tokens swept per unpacked tile.
+const TOKEN_CHUNK: usize = 64;
+
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr<T>(pub *mut T);
+// SAFETY: used only to share output buffers whose disjoint parts are written by different threads.
+unsafe impl<T> Send for SyncPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+#[derive(Default)]
+struct Scratch {
+    u: Vec<u8>,
+    s4: Vec<f32>,
+    b16: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static ACTS: RefCell<QActs> = RefCell::new(QActs::default());
+}
+
+/// Per-call constants of the kernels.
+#[derive(Clone, Copy)]
+struct Kc {
+    kp: usize,
+    g16: usize,
+    bias: bool,
+}
+
+/// Row 0 of an unpacked tile (row strides kp, kp/4, g16).
+#[derive(Clone, Copy)]
+struct WPtr {
+    u: *const u8,
+    s4: *const f32,
+    b16: *const f32,
+}
+
+/// Token 0 of a token tile (token strides kp, kp/4, g16, kp/4).
+#[derive(Clone, Copy)]
+struct XPtr {
+    xq: *const i8,
+    dx4: *const f32,
+    xs16: *const f32,
+    xc4: *const i32,
+}
+
+/// Output element (token 0, row 0) of the tile; `ld` = n_out.
+#[derive(Clone, Copy)]
+struct YPtr {
+    y: *mut f32,
+    ld: usize,
+}
+
+impl WPtr {
+    /// # Safety
+    /// Row `r` must exist in the tile.
+    unsafe fn row(self, kc: &Kc, r: usize) -> WPtr {
+        WPtr { u: self.u.add(r * kc.kp), s4: self.s4.add(r * kc.kp / 4), b16: self.b16.add(r * kc.g16) }
+    }
+}
+
+/// Quantized `y = W x` for every token; see the module header. Arguments are validated by the
+/// caller (`matmul::matmul_ext`): `w` holds `n_out` rows of `k` elements of `ty`, `x` is
+/// `n_tokens * k`, `y` is `n_tokens * n_out`, `k` is a multiple of the block size.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn qmatmul(
+    pool: &ThreadPool,
+    isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    n_out: usize,
+    k: usize,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+) {
+    let isa = isa.clamp();
+    ACTS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut acts) => qmatmul_with(pool, isa, ty, w, n_out, k, x, n_tokens, y, &mut acts),
+        Err(_) => qmatmul_with(pool, isa, ty, w, n_out, k, x, n_tokens, y, &mut QActs::default()),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn qmatmul_with(
+    pool: &ThreadPool,
+    isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    n_out: usize,
+    k: usize,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+    acts: &mut QActs,
+) {
+    acts.reset(k, n_tokens);
+    let (kp, g16) = (acts.kp, acts.g16);
+    quantize_all(pool, x, k, n_tokens, acts);
+    let acts = &*acts;
+
+    let row_bytes = k / ty.block_size() * ty.type_size();
+    let kc = Kc { kp, g16, bias: has_bias(ty) };
+    let wide = is_wide(ty);
+    let n_tiles = n_out.div_ceil(ROW_TILE);
+    let nth = pool.n_threads();
+    let chunk = n_tiles.div_ceil(nth * 4).max(1);
+    let n_chunks = n_tiles.div_ceil(chunk);
+    let next = AtomicUsize::new(0);
+    let yp = SyncPtr(y.as_mut_ptr());
+
+    pool.run(|_, _| {
+        let yp = yp;
+        SCRATCH.with(|cell| {
+            let mut fresh = Scratch::default();
+            let mut guard = cell.try_borrow_mut();
+            let s: &mut Scratch = match guard.as_mut() {
+                Ok(g) => g,
+                Err(_) => &mut fresh,
+            };
+            s.u.resize(ROW_TILE * kp, 0);
+            s.s4.resize(ROW_TILE * kp / 4, 0.0);
+            s.b16.resize(ROW_TILE * g16, 0.0);
+            loop {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                if c >= n_chunks {
+                    break;
+                }
+                let tiles = c * chunk..((c + 1) * chunk).min(n_tiles);
+                for t0 in (0..n_tokens).step_by(TOKEN_CHUNK) {
+                    let tc = TOKEN_CHUNK.min(n_tokens - t0);
+                    for tile in tiles.clone() {
+                        let r0 = tile * ROW_TILE;
+                        let nr = ROW_TILE.min(n_out - r0);
+                        for r in 0..nr {
+                            let src = &w[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
+                            let u = &mut s.u[r * kp..(r + 1) * kp];
+                            let s4 = &mut s.s4[r * kp / 4..(r + 1) * kp / 4];
+                            let b16 = &mut s.b16[r * g16..(r + 1) * g16];
+                            unpack_dispatch(isa, ty, src, k, u, s4, b16);
+                            zero_padding(k, u, s4, b16);
+                        }
+                        let wp = WPtr { u: s.u.as_ptr(), s4: s.s4.as_ptr(), b16: s.b16.as_ptr() };
+                        let mut tt = 0;
+                        while tt < tc {
+                            let nt = 4.min(tc - tt);
+                            let t = t0 + tt;
+                            let xp = XPtr {
+                                // SAFETY: token t < n_tokens, buffers sized by `reset`.
+                                xq: unsafe { acts.xq.as_ptr().add(t * kp) },
+                                dx4: unsafe { acts.dx4.as_ptr().add(t * kp / 4) },
+                                xs16: unsafe { acts.xs16.as_ptr().add(t * g16) },
+                                xc4: unsafe { acts.xc4.as_ptr().add(t * kp / 4) },
+                            };
+                            // SAFETY: (t, r0) is inside y (n_tokens x n_out); this thread owns rows
+                            // r0..r0+nr of every token (row chunks are disjoint).
+                            let ypt = YPtr { y: unsafe { yp.0.add(t * n_out + r0) }, ld: n_out };
+                            // SAFETY: tile rows nr <= 4 and tokens nt <= 4 exist in the buffers.
+                            unsafe { run_tile(isa, wide, &kc, wp, nr, xp, nt, ypt) };
+                            tt += nt;
+                        }
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// Quantize every token of `x` into `acts` (in parallel for prefill).
+fn quantize_all(pool: &ThreadPool, x: &[f32], k: usize, n_tokens: usize, acts: &mut QActs) {
+    let (kp, g16) = (acts.kp, acts.g16);
+    let slots = |acts: &mut QActs, t: usize| {
+        // Pointers instead of split borrows so the closure below can be shared by threads.
+        (
+            SyncPtr(acts.xq.as_mut_ptr().wrapping_add(t * kp)),
+            SyncPtr(acts.dx4.as_mut_ptr().wrapping_add(t * kp / 4)),
+            SyncPtr(acts.xs16.as_mut_ptr().wrapping_add(t * g16)),
+            SyncPtr(acts.xc4.as_mut_ptr().wrapping_add(t * kp / 4)),
+        )
+    };
+    let base = slots(acts, 0);
+    let one = |t: usize| {
+        let b = base;
+        // SAFETY: token t < n_tokens; each token's slots are disjoint and sized by `reset`;
+        // each t is handled by exactly one thread.
+        let s = unsafe {
+            TokenSlots {
+                xq: std::slice::from_raw_parts_mut(b.0 .0.add(t * kp), kp),
+                dx4: std::slice::from_raw_parts_mut(b.1 .0.add(t * kp / 4), kp / 4),
+                xs16: std::slice::from_raw_parts_mut(b.2 .0.add(t * g16), g16),
+                xc4: std::slice::from_raw_parts_mut(b.3 .0.add(t * kp / 4), kp / 4),
+            }
+        };
+        quantize_token(&x[t * k..(t + 1) * k], s);
+    };
+    if n_tokens >= 4 && pool.n_threads() > 1 {
+        pool.run(|i, n| {
+            for t in (i..n_tokens).step_by(n) {
+                one(t);
+            }
+        });
+    } else {
+        for t in 0..n_tokens {
+            one(t);
+        }
+    }
+}
+
+fn unpack_dispatch(isa: Isa, ty: GgmlType, src: &[u8], k: usize, u: &mut [u8], s4: &mut [f32], b16: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: AVX2/FMA detected (isa was clamped to the CPU's level).
+        unsafe { unpack_avx2(ty, src, k, u, s4, b16) };
+        return;
+    }
+    let _ = isa;
+    unpack_row(ty, src, k, u, s4, b16);
+}
+
+/// The portable unpacker compiled with AVX2 enabled, so its byte loops auto-vectorise wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unpack_avx2(ty: GgmlType, src: &[u8], k: usize, u: &mut [u8], s4: &mut [f32], b16: &mut [f32]) {
+    unpack_row(ty, src, k, u, s4, b16);
+}
+
+/// Dispatch one tile of `nr` (<= 4) rows by `nt` (<= 4) tokens to the best kernel.
+///
+/// # Safety
+/// `w` must hold `nr` unpacked rows, `x` `nt` quantized tokens, `y` must be writable at
+/// `t * ld + r` for t < nt, r < nr; `isa` must be supported by the CPU.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_tile(isa: Isa, wide: bool, kc: &Kc, w: WPtr, nr: usize, x: XPtr, nt: usize, y: YPtr) {
+    macro_rules! by_t {
+        ($f:ident, $r:literal, $wide:literal, $w:expr, $y:expr) => {
+            match nt {
+                1 => $f::<$r, 1, $wide>(kc, $w, x, $y),
+                2 => $f::<$r, 2, $wide>(kc, $w, x, $y),
+                3 => $f::<$r, 3, $wide>(kc, $w, x, $y),
+                _ => $f::<$r, 4, $wide>(kc, $w, x, $y),
+            }
+        };
+    }
+    macro_rules! rows {
+        ($f:ident, $rt:literal) => {{
+            let mut r = 0;
+            while r < nr {
+                let wr = w.row(kc, r);
+                let yr = YPtr { y: y.y.add(r), ld: y.ld };
+                if nr - r >= $rt {
+                    if wide { by_t!($f, $rt, true, wr, yr) } else { by_t!($f, $rt, false, wr, yr) }
+                    r += $rt;
+                } else {
+                    if wide { by_t!($f, 1, true, wr, yr) } else { by_t!($f, 1, false, wr, yr) }
+                    r += 1;
+                }
+            }
+        }};
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => rows!(tile512, 4),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => rows!(tile256, 2),
+        _ => tile_scalar(kc, w, nr, x, nt, y, wide),
+    }
+}
+
+/// The portable kernel (also the oracle the SIMD kernels are tested against).
+///
+/// # Safety
+/// As `run_tile`.
+unsafe fn tile_scalar(kc: &Kc, w: WPtr, nr: usize, x: XPtr, nt: usize, y: YPtr, wide: bool) {
+    let (kp, g16) = (kc.kp, kc.g16);
+    for r in 0..nr {
+        let wr = w.row(kc, r);
+        let u = std::slice::from_raw_parts(wr.u, kp);
+        let s4 = std::slice::from_raw_parts(wr.s4, kp / 4);
+        let b16 = std::slice::from_raw_parts(wr.b16, g16);
+        for t in 0..nt {
+            let xq = std::slice::from_raw_parts(x.xq.add(t * kp), kp);
+            let dx4 = std::slice::from_raw_parts(x.dx4.add(t * kp / 4), kp / 4);
+            let xs16 = std::slice::from_raw_parts(x.xs16.add(t * g16), g16);
+            let xc4 = std::slice::from_raw_parts(x.xc4.add(t * kp / 4), kp / 4);
+            let mut acc = 0f32;
+            for l in 0..kp / 4 {
+                let mut i = if wide { xc4[l] } else { 0 };
+                for j in 4 * l..4 * l + 4 {
+                    i += u[j] as i32 * xq[j] as i32;
+                }
+                acc += i as f32 * (s4[l] * dx4[l]);
+            }
+            if kc.bias {
+                for j in 0..g16 {
+                    acc += b16[j] * xs16[j];
+                }
+            }
+            *y.y.add(t * y.ld + r) = acc;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// AVX-512 VNNI tile: R rows x T tokens, 64 bytes per step.
+///
+/// # Safety
+/// As `run_tile`, and the CPU must support AVX-512 F/BW/VL/VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn tile512<const R: usize, const T: usize, const WIDE: bool>(kc: &Kc, w: WPtr, x: XPtr, y: YPtr) {
+    let kp = kc.kp;
+    let kp4 = kp / 4;
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut c = 0;
+    while c < kp {
+        let l = c / 4;
+        let mut wv = [_mm512_setzero_si512(); R];
+        let mut sv = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            wv[r] = _mm512_loadu_si512(w.u.add(r * kp + c) as *const _);
+            sv[r] = _mm512_loadu_ps(w.s4.add(r * kp4 + l));
+        }
+        for t in 0..T {
+            let xv = _mm512_loadu_si512(x.xq.add(t * kp + c) as *const _);
+            let dv = _mm512_loadu_ps(x.dx4.add(t * kp4 + l));
+            let init = if WIDE { _mm512_loadu_si512(x.xc4.add(t * kp4 + l) as *const _) } else { _mm512_setzero_si512() };
+            for r in 0..R {
+                let i = _mm512_dpbusd_epi32(init, wv[r], xv);
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(sv[r], dv), acc[r][t]);
+            }
+        }
+        c += 64;
+    }
+    for r in 0..R {
+        for t in 0..T {
+            let mut v = _mm512_reduce_add_ps(acc[r][t]);
+            if kc.bias {
+                let b = w.b16.add(r * kc.g16);
+                let s = x.xs16.add(t * kc.g16);
+                let mut a = _mm512_setzero_ps();
+                let mut j = 0;
+                while j < kc.g16 {
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(b.add(j)), _mm512_loadu_ps(s.add(j)), a);
+                    j += 16;
+                }
+                v += _mm512_reduce_add_ps(a);
+            }
+            *y.y.add(t * y.ld + r) = v;
+        }
+    }
+}
+
+/// AVX2 tile: R rows x T tokens, 32 bytes per step.
+///
+/// # Safety
+/// As `run_tile`, and the CPU must support AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile256<const R: usize, const T: usize, const WIDE: bool>(kc: &Kc, w: WPtr, x: XPtr, y: YPtr) {
+    let kp = kc.kp;
+    let kp4 = kp / 4;
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut c = 0;
+    while c < kp {
+        let l = c / 4;
+        let mut wv = [_mm256_setzero_si256(); R];
+        let mut sg = [_mm256_setzero_si256(); R];
+        let mut sv = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            let raw = _mm256_loadu_si256(w.u.add(r * kp + c) as *const __m256i);
+            if WIDE {
+                // value = u - 128 as i8; |value| as u8 times x with value's sign: exact, no
+                // saturation since |value| <= 128 and |x| <= 127.
+                sg[r] = _mm256_xor_si256(raw, flip);
+                wv[r] = _mm256_abs_epi8(sg[r]);
+            } else {
+                wv[r] = raw;
+            }
+            sv[r] = _mm256_loadu_ps(w.s4.add(r * kp4 + l));
+        }
+        for t in 0..T {
+            let xv = _mm256_loadu_si256(x.xq.add(t * kp + c) as *const __m256i);
+            let dv = _mm256_loadu_ps(x.dx4.add(t * kp4 + l));
+            for r in 0..R {
+                let xs = if WIDE { _mm256_sign_epi8(xv, sg[r]) } else { xv };
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[r], xs), ones);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(sv[r], dv), acc[r][t]);
+            }
+        }
+        c += 32;
+    }
+    for r in 0..R {
+        for t in 0..T {
+            let mut v = crate::simd::x86::hsum256(acc[r][t]);
+            if kc.bias {
+                let b = w.b16.add(r * kc.g16);
+                let s = x.xs16.add(t * kc.g16);
+                let mut a = _mm256_setzero_ps();
+                let mut j = 0;
+                while j < kc.g16 {
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(b.add(j)), _mm256_loadu_ps(s.add(j)), a);
+                    j += 8;
+                }
+                v += crate::simd::x86::hsum256(a);
+            }
+            *y.y.add(t * y.ld + r) = v;
+        }
+    }
+}

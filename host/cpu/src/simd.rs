@@ -1,0 +1,460 @@
+//! Instruction-set dispatch and the small float SIMD primitives every op shares: dot products of
+//! f32 / f16 / bf16 rows with f32 vectors, `y += a * x`, and a vectorised `exp`.
+//!
+//! Dispatch is decided once at run time (`Isa::detect`, cached): never `-C target-cpu=native`,
+//! never compile-time `target_feature` cfgs. Each fast path is a `#[target_feature] unsafe fn`
+//! reached only after `is_x86_feature_detected!` said yes. `ROCMFORGE_CPU_ISA=scalar|avx2|avx512`
+//! can lower (never raise) the choice, for tests and benchmarks.
+//!
+//! Invariants: every SIMD function has a scalar twin with the same contract; results differ only by
+//! summation order (and for `exp`, by the polynomial's < 3e-7 relative error).
+//! The exp polynomial follows the classic Cephes range reduction (x = n ln2 + r, |r| <= ln2/2).
+
+use std::sync::OnceLock;
+
+/// An instruction-set level the kernels can run at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable Rust (the compiler may still auto-vectorise for the baseline target).
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL + VNNI (on top of AVX2).
+    Avx512,
+}
+
+impl Isa {
+    /// The best level this machine supports, lowered by `ROCMFORGE_CPU_ISA` if set. Cached.
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = Isa::best_supported();
+            match std::env::var("ROCMFORGE_CPU_ISA").ok().as_deref().map(str::trim) {
+                Some("scalar") => Isa::Scalar,
+                Some("avx2") => best.min(Isa::Avx2),
+                _ => best,
+            }
+        })
+    }
+
+    /// The best level the CPU supports, ignoring the environment.
+    pub fn best_supported() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            let avx512 = avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni");
+            if avx512 {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Every level this machine can run (for tests comparing paths).
+    pub fn all_supported() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= Isa::best_supported()).collect()
+    }
+
+    /// `self` if the CPU supports it, else the best supported level below it.
+    pub(crate) fn clamp(self) -> Isa {
+        self.min(Isa::best_supported())
+    }
+}
+
+#[inline]
+pub(crate) fn f16_bits_to_f32(h: u16) -> f32 {
+    rocmforge_quant::f16_to_f32(h)
+}
+
+/// Element type of a dense weight row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dense {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dense {
+    pub(crate) fn size(self) -> usize {
+        match self {
+            Dense::F32 => 4,
+            Dense::F16 | Dense::Bf16 => 2,
+        }
+    }
+}
+
+/// Dot product of a dense row stored as little-endian bytes (`n` elements of `ty`) with `x[..n]`.
+/// Panics only if the slices are shorter than `n` (internal callers check lengths).
+pub(crate) fn dot_dense(isa: Isa, ty: Dense, w: &[u8], x: &[f32], n: usize) -> f32 {
+    assert!(w.len() >= n * ty.size() && x.len() >= n);
+    #[cfg(target_arch = "x86_64")]
+    if isa.clamp() >= Isa::Avx2 {
+        // SAFETY: AVX2/FMA/F16C were detected (clamp); lengths checked above.
+        return unsafe { x86::dot_dense_avx2(ty, w.as_ptr(), x.as_ptr(), n) };
+    }
+    let _ = isa;
+    dot_dense_scalar(ty, w, x, n)
+}
+
+pub(crate) fn dot_dense_scalar(ty: Dense, w: &[u8], x: &[f32], n: usize) -> f32 {
+    let mut acc = [0f32; 8];
+    for i in 0..n {
+        let v = match ty {
+            Dense::F32 => f32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]),
+            Dense::F16 => f16_bits_to_f32(u16::from_le_bytes([w[2 * i], w[2 * i + 1]])),
+            Dense::Bf16 => f32::from_bits((u16::from_le_bytes([w[2 * i], w[2 * i + 1]]) as u32) << 16),
+        };
+        acc[i % 8] += v * x[i];
+    }
+    acc.iter().sum()
+}
+
+/// Convert a dense row to f32.
+pub(crate) fn dense_to_f32(ty: Dense, w: &[u8], out: &mut [f32]) {
+    match ty {
+        Dense::F32 => {
+            for (o, c) in out.iter_mut().zip(w.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        Dense::F16 => {
+            for (o, c) in out.iter_mut().zip(w.chunks_exact(2)) {
+                *o = f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        Dense::Bf16 => {
+            for (o, c) in out.iter_mut().zip(w.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+            }
+        }
+    }
+}
+
+/// `sum a[i] * b[i]` over f32 slices of equal length.
+pub(crate) fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa.clamp() >= Isa::Avx2 {
+        // SAFETY: features detected; both pointers valid for `n` floats.
+        return unsafe { x86::dot_f32_avx2(a.as_ptr(), b.as_ptr(), n) };
+    }
+    let _ = isa;
+    let mut acc = [0f32; 8];
+    for i in 0..n {
+        acc[i % 8] += a[i] * b[i];
+    }
+    acc.iter().sum()
+}
+
+/// `y[i] += a * x[i]`.
+pub(crate) fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa.clamp() >= Isa::Avx2 {
+        // SAFETY: features detected; both pointers valid for `n` floats.
+        unsafe { x86::axpy_avx2(a, x.as_ptr(), y.as_mut_ptr(), n) };
+        return;
+    }
+    let _ = isa;
+    for i in 0..n {
+        y[i] += a * x[i];
+    }
+}
+
+/// In place `v[i] = exp(v[i] - shift)`, returning the sum of the results.
+pub(crate) fn exp_shift_sum(isa: Isa, v: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa.clamp() >= Isa::Avx2 {
+        // SAFETY: features detected; pointer valid for v.len() floats.
+        return unsafe { x86::exp_shift_sum_avx2(v.as_mut_ptr(), v.len(), shift) };
+    }
+    let _ = isa;
+    let mut s = 0f32;
+    for e in v.iter_mut() {
+        *e = (*e - shift).exp();
+        s += *e;
+    }
+    s
+}
+
+/// `out[i] = f(x[i])` where `f(v) = v * sigmoid(v)` (SiLU), optionally times `mul[i]` (SwiGLU).
+pub(crate) fn silu_mul(isa: Isa, x: &[f32], mul: Option<&[f32]>, out: &mut [f32]) {
+    let n = x.len().min(out.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa.clamp() >= Isa::Avx2 {
+        let mp = mul.map(|m| {
+            assert!(m.len() >= n);
+            m.as_ptr()
+        });
+        // SAFETY: features detected; all pointers valid for `n` floats (checked above).
+        unsafe { x86::silu_mul_avx2(x.as_ptr(), mp, out.as_mut_ptr(), n) };
+        return;
+    }
+    let _ = isa;
+    for i in 0..n {
+        let v = x[i];
+        let s = v / (1.0 + (-v).exp());
+        out[i] = match mul {
+            Some(m) => s * m[i],
+            None => s,
+        };
+    }
+}
+
+/// ggml's tanh-approximation GELU, optionally times `mul[i]` (GEGLU).
+pub(crate) fn gelu_mul(isa: Isa, x: &[f32], mul: Option<&[f32]>, out: &mut [f32]) {
+    let n = x.len().min(out.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa.clamp() >= Isa::Avx2 {
+        let mp = mul.map(|m| {
+            assert!(m.len() >= n);
+            m.as_ptr()
+        });
+        // SAFETY: features detected; all pointers valid for `n` floats (checked above).
+        unsafe { x86::gelu_mul_avx2(x.as_ptr(), mp, out.as_mut_ptr(), n) };
+        return;
+    }
+    let _ = isa;
+    for i in 0..n {
+        let g = gelu_scalar(x[i]);
+        out[i] = match mul {
+            Some(m) => g * m[i],
+            None => g,
+        };
+    }
+}
+
+pub(crate) const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+pub(crate) const GELU_COEF_A: f32 = 0.044715;
+
+#[inline]
+pub(crate) fn gelu_scalar(v: f32) -> f32 {
+    0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * (1.0 + GELU_COEF_A * v * v)).tanh())
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use super::{Dense, GELU_COEF_A, SQRT_2_OVER_PI};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn hsum256(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(ty: Dense, w: *const u8, i: usize) -> __m256 {
+        // SAFETY (caller): `w` valid for element i+7 of `ty`.
+        match ty {
+            Dense::F32 => _mm256_loadu_ps(w.add(4 * i) as *const f32),
+            Dense::F16 => _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * i) as *const __m128i)),
+            Dense::Bf16 => {
+                let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(w.add(2 * i) as *const __m128i));
+                _mm256_castsi256_ps(_mm256_slli_epi32(h, 16))
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; `w` valid for `n` elements of `ty`, `x` for `n` floats.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn dot_dense_avx2(ty: Dense, w: *const u8, x: *const f32, n: usize) -> f32 {
+        let mut a0 = _mm256_setzero_ps();
+        let mut a1 = _mm256_setzero_ps();
+        let mut a2 = _mm256_setzero_ps();
+        let mut a3 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 32 <= n {
+            a0 = _mm256_fmadd_ps(load8(ty, w, i), _mm256_loadu_ps(x.add(i)), a0);
+            a1 = _mm256_fmadd_ps(load8(ty, w, i + 8), _mm256_loadu_ps(x.add(i + 8)), a1);
+            a2 = _mm256_fmadd_ps(load8(ty, w, i + 16), _mm256_loadu_ps(x.add(i + 16)), a2);
+            a3 = _mm256_fmadd_ps(load8(ty, w, i + 24), _mm256_loadu_ps(x.add(i + 24)), a3);
+            i += 32;
+        }
+        while i + 8 <= n {
+            a0 = _mm256_fmadd_ps(load8(ty, w, i), _mm256_loadu_ps(x.add(i)), a0);
+            i += 8;
+        }
+        let mut s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        while i < n {
+            let v = match ty {
+                Dense::F32 => (w.add(4 * i) as *const f32).read_unaligned(),
+                Dense::F16 => super::f16_bits_to_f32((w.add(2 * i) as *const u16).read_unaligned()),
+                Dense::Bf16 => f32::from_bits(((w.add(2 * i) as *const u16).read_unaligned() as u32) << 16),
+            };
+            s += v * *x.add(i);
+            i += 1;
+        }
+        s
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; both pointers valid for `n` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn dot_f32_avx2(a: *const f32, b: *const f32, n: usize) -> f32 {
+        let mut a0 = _mm256_setzero_ps();
+        let mut a1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i + 8)), _mm256_loadu_ps(b.add(i + 8)), a1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), a0);
+            i += 8;
+        }
+        let mut s = hsum256(_mm256_add_ps(a0, a1));
+        while i < n {
+            s += *a.add(i) * *b.add(i);
+            i += 1;
+        }
+        s
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; both pointers valid for `n` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn axpy_avx2(a: f32, x: *const f32, y: *mut f32, n: usize) {
+        let av = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            let r = _mm256_fmadd_ps(av, _mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(y.add(i)));
+            _mm256_storeu_ps(y.add(i), r);
+            i += 8;
+        }
+        while i < n {
+            *y.add(i) += a * *x.add(i);
+            i += 1;
+        }
+    }
+
+    /// exp(x) for 8 lanes; relative error < 3e-7 on [-87, 88]; below -87.33 the result is 0.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn exp256(x: __m256) -> __m256 {
+        let lo = _mm256_set1_ps(-87.336_55);
+        let xc = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.376_26));
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        // r = x - n ln2, in two steps for accuracy (Cody-Waite).
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), xc);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm256_set1_ps(1.0 / 5040.0);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 720.0));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 120.0));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 24.0));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 6.0));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+        // 2^n, n in [-126, 127] after the clamp; 2^(n) = (n + 127) << 23 as bits.
+        let ni = _mm256_cvtps_epi32(n);
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
+        let res = _mm256_mul_ps(p, pow2);
+        // Flush results for x below the clamp to exactly 0 (masked attention logits, -inf).
+        let under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+        _mm256_andnot_ps(under, res)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; `v` valid for `n` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn exp_shift_sum_avx2(v: *mut f32, n: usize, shift: f32) -> f32 {
+        let sh = _mm256_set1_ps(shift);
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(v.add(i)), sh));
+            _mm256_storeu_ps(v.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let mut s = hsum256(acc);
+        while i < n {
+            let e = (*v.add(i) - shift).exp();
+            *v.add(i) = e;
+            s += e;
+            i += 1;
+        }
+        s
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; pointers valid for `n` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn silu_mul_avx2(x: *const f32, mul: Option<*const f32>, out: *mut f32, n: usize) {
+        let one = _mm256_set1_ps(1.0);
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_loadu_ps(x.add(i));
+            let e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), v));
+            let mut s = _mm256_div_ps(v, _mm256_add_ps(one, e));
+            if let Some(m) = mul {
+                s = _mm256_mul_ps(s, _mm256_loadu_ps(m.add(i)));
+            }
+            _mm256_storeu_ps(out.add(i), s);
+            i += 8;
+        }
+        while i < n {
+            let v = *x.add(i);
+            let mut s = v / (1.0 + (-v).exp());
+            if let Some(m) = mul {
+                s *= *m.add(i);
+            }
+            *out.add(i) = s;
+            i += 1;
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; pointers valid for `n` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn gelu_mul_avx2(x: *const f32, mul: Option<*const f32>, out: *mut f32, n: usize) {
+        let one = _mm256_set1_ps(1.0);
+        let half = _mm256_set1_ps(0.5);
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_loadu_ps(x.add(i));
+            let inner = _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_set1_ps(SQRT_2_OVER_PI), v),
+                _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(GELU_COEF_A), v), v, one),
+            );
+            // tanh(y) = 1 - 2 / (exp(2y) + 1); exp saturates cleanly at both ends.
+            let e = exp256(_mm256_add_ps(inner, inner));
+            let t = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(e, one)));
+            let mut g = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, t));
+            if let Some(m) = mul {
+                g = _mm256_mul_ps(g, _mm256_loadu_ps(m.add(i)));
+            }
+            _mm256_storeu_ps(out.add(i), g);
+            i += 8;
+        }
+        while i < n {
+            let mut g = super::gelu_scalar(*x.add(i));
+            if let Some(m) = mul {
+                g *= *m.add(i);
+            }
+            *out.add(i) = g;
+            i += 1;
+        }
+    }
+}
