@@ -95,7 +95,7 @@ impl HfDtype {
                 "U64" | "C64" => 64,
                 "U32" => 32,
                 "U16" => 16,
-                "F8_E8M0" => 8,
+                "F8_E8M0" | "F8_E4M3FNUZ" | "F8_E5M2FNUZ" => 8,
                 "F6_E2M3" | "F6_E3M2" => 6,
                 "F4" => 4,
                 _ => return None,
@@ -184,6 +184,10 @@ pub fn parse_safetensors_header(
     let mut metadata = Vec::new();
     for (name, entry) in map {
         if name == "__metadata__" {
+            // The safetensors crate reads this as an optional map, so `null` means none.
+            if entry.is_null() {
+                continue;
+            }
             let Value::Object(m) = entry else {
                 return Err(malformed("__metadata__ is not an object".into()));
             };

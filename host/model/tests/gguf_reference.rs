@@ -35,7 +35,13 @@ fn same_scalar(v: &GgufValue, want: &Value) -> bool {
     match v {
         GgufValue::Str(s) => want.as_str() == Some(s.as_str()),
         GgufValue::Bool(b) => want.as_bool() == Some(*b),
-        GgufValue::F32(_) | GgufValue::F64(_) => v.as_f64() == want.as_f64(),
+        // serde_json's default float parsing may be 1 ulp off, hence the f64-ulp-sized tolerance.
+        GgufValue::F32(_) | GgufValue::F64(_) => match (v.as_f64(), want.as_f64()) {
+            (Some(a), Some(w)) => {
+                a == w || (a - w).abs() <= 4.0 * f64::EPSILON * a.abs().max(w.abs())
+            }
+            _ => false,
+        },
         _ => v.as_i64() == want.as_i64() || (v.as_u64().is_some() && v.as_u64() == want.as_u64()),
     }
 }
