@@ -26,6 +26,12 @@ pub enum ModelError {
     Quant { path: PathBuf, #[source] source: rocmforge_quant::QuantError },
     #[error("{path}: invalid JSON: {source}")]
     Json { path: PathBuf, #[source] source: serde_json::Error },
+    #[error("unknown quantization type '{name}'; valid types: {valid}")]
+    UnknownFileType { name: String, valid: String },
+    #[error("{path}: tensor '{tensor}' is already quantized ({from}); requantizing it to {to} loses quality and is off unless asked for (--allow-requantize)")]
+    RequantizeDisabled { path: PathBuf, tensor: String, from: &'static str, to: &'static str },
+    #[error("{path}: {ftype} needs an importance matrix for tensor '{tensor}' ({ty}), which is not supported")]
+    NeedsImatrix { path: PathBuf, tensor: String, ftype: &'static str, ty: &'static str },
     #[error("{0}")]
     Other(String),
 }
