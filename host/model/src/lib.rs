@@ -8,5 +8,6 @@
 pub mod error;
 pub mod gguf;
 pub mod hf;
+pub mod quantize;
 pub mod info;
 pub use error::ModelError;
