@@ -1,0 +1,89 @@
+//! Kernel speed probes (ignored by default; they assert nothing about time).
+//!
+//! `cargo test --release -p rocmforge-cpu --test bench -- --ignored --nocapture`
+//! Prints GFLOP/s (2 flops per multiply-add) and weight GB/s for the SmolLM2-135M shapes:
+//! 576x1536 and 1536x576 Q4_1 matvecs, the 49152x576 Q8_0 output matvec, 512-token Q4_1
+//! matmuls, and an estimate of matmul-only tokens/s for a whole SmolLM2-135M Q4_1 step.
+
+mod common;
+
+use std::time::Instant;
+
+use common::Rng;
+use rocmforge_cpu::{matmul_ext, GgmlType, Isa, ThreadPool};
+
+fn weights(rng: &mut Rng, ty: GgmlType, n_out: usize, k: usize) -> Vec<u8> {
+    rocmforge_quant::quantize_to_vec(ty, &rng.vec(n_out * k, 0.05)).expect("quantize")
+}
+
+/// Seconds per call (best of 5 batches).
+#[allow(clippy::too_many_arguments)]
+fn time(pool: &ThreadPool, isa: Isa, ty: GgmlType, w: &[u8], n_out: usize, k: usize, x: &[f32], n_tokens: usize) -> f64 {
+    let mut y = vec![0f32; n_out * n_tokens];
+    let work = (n_out * k * n_tokens) as f64;
+    let iters = ((2e8 / work) as usize).clamp(1, 20000);
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            matmul_ext(pool, isa, ty, w, n_out, k, x, n_tokens, None, &mut y).expect("matmul");
+        }
+        best = best.min(t0.elapsed().as_secs_f64() / iters as f64);
+    }
+    best
+}
+
+#[test]
+#[ignore]
+fn bench_matmul_kernels() {
+    let mut rng = Rng::new(1);
+    let nth = std::env::var("ROCMFORGE_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let pool = ThreadPool::new(nth);
+    println!("threads {nth}, best ISA {:?}", Isa::best_supported());
+    let shapes: &[(GgmlType, usize, usize, usize)] = &[
+        (GgmlType::Q4_1, 576, 1536, 1),
+        (GgmlType::Q4_1, 1536, 576, 1),
+        (GgmlType::Q8_0, 49152, 576, 1),
+        (GgmlType::Q4_K, 1536, 576, 1),
+        (GgmlType::Q6_K, 1536, 576, 1),
+        (GgmlType::F16, 1536, 576, 1),
+        (GgmlType::Q4_1, 576, 1536, 512),
+        (GgmlType::Q4_1, 1536, 576, 512),
+        (GgmlType::Q8_0, 1536, 576, 512),
+        (GgmlType::Q4_K, 1536, 576, 512),
+        (GgmlType::F16, 1536, 576, 512),
+    ];
+    for &(ty, n_out, k, n_tokens) in shapes {
+        let w = weights(&mut rng, ty, n_out, k);
+        let x = rng.vec(n_tokens * k, 1.0);
+        for isa in Isa::all_supported() {
+            if isa == Isa::Scalar && n_tokens > 1 && n_out * k > 600_000 {
+                continue;
+            }
+            let s = time(&pool, isa, ty, &w, n_out, k, &x, n_tokens);
+            let gflops = 2.0 * (n_out * k * n_tokens) as f64 / s / 1e9;
+            let gbs = w.len() as f64 / s / 1e9;
+            println!(
+                "{ty:>5} {n_out:>5}x{k:<5} tokens {n_tokens:>3} {isa:>8?}: {:>9.1} us  {gflops:>7.1} GFLOP/s  {gbs:>6.1} GB/s weights",
+                s * 1e6
+            );
+        }
+    }
+
+    // Whole-model matmul estimate, SmolLM2-135M Q4_1 (30 layers; output Q8_0 49152 x 576).
+    let layer: &[(usize, usize)] = &[(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
+    let isa = Isa::detect();
+    for &n_tokens in &[1usize, 512] {
+        let mut total = 0.0;
+        for &(n_out, k) in layer {
+            let w = weights(&mut rng, GgmlType::Q4_1, n_out, k);
+            let x = rng.vec(n_tokens * k, 1.0);
+            total += 30.0 * time(&pool, isa, GgmlType::Q4_1, &w, n_out, k, &x, n_tokens);
+        }
+        let w = weights(&mut rng, GgmlType::Q8_0, 49152, 576);
+        let x = rng.vec(576, 1.0);
+        // Prefill only needs the logits of the last token.
+        total += time(&pool, isa, GgmlType::Q8_0, &w, 49152, 576, &x, 1);
+        println!("SmolLM2-135M Q4_1 matmuls only, {n_tokens} tokens: {:.2} ms -> {:.0} tok/s", total * 1e3, n_tokens as f64 / total);
+    }
+}

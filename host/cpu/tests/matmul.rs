@@ -1,0 +1,264 @@
+//! Quantized and dense matmul against f64 references, every weight type, every ISA path.
+//!
+//! For each type: random W quantized with `rocmforge_quant::quantize`, random x.
+//! - tight: reference = dequantize(W) (rocmforge_quant, independent of our unpacker) times the
+//!   8-bit quantize-dequantize of x (`quantize_row_q8`, exactly what the kernel consumes), in f64;
+//!   only the summation order differs, so |y - ref| <= 2e-5 * sum_k |w_k x_k| per output.
+//! - loose: reference = full-precision f32 W and x in f64; the relative L2 error is bounded per
+//!   type by the weight format's precision (bounds in `loose_bound`, about 2x what
+//!   `measured_loose_errors_are_reported` prints; a broken scale or bit layout gives ~1 or
+//!   more; small cases (1 token x 37 rows) scatter by ~30% around the measured value).
+//! - every SIMD path equals the scalar path within float error.
+//! n_tokens 1, 3, 17, 64; n_out = 37 (not a multiple of the 4-row tile); k with and without padding.
+
+mod common;
+
+use common::{rel_l2, Rng};
+use rocmforge_cpu::{matmul_ext, quantize_row_q8, GgmlType, Isa, ThreadPool};
+use rocmforge_quant::{dequantize_to_vec, quantize_to_vec};
+
+const QUANT_TYPES: &[GgmlType] = &[
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+];
+
+/// Relative L2 bound against full precision (W quantization noise dominates; x adds ~0.5%).
+fn loose_bound(ty: GgmlType) -> f64 {
+    use GgmlType::*;
+    match ty {
+        Q8_0 => 0.02,
+        Q8_K => 0.04, // one scale per 256: the 8x outliers cost more than in Q8_0
+        Q6_K => 0.06,
+        Q5_1 | Q5_K => 0.1,
+        Q5_0 => 0.12,
+        Q4_K => 0.19,
+        Q4_1 | IQ4_XS => 0.22,
+        IQ4_NL => 0.24,
+        Q4_0 => 0.28,
+        Q3_K => 0.4,
+        Q2_K => 0.65,
+        _ => 0.001,
+    }
+}
+
+struct Case {
+    w: Vec<f32>,
+    wq: Vec<u8>,
+    x: Vec<f32>,
+}
+
+fn make_case(rng: &mut Rng, ty: GgmlType, n_out: usize, k: usize, n_tokens: usize) -> Case {
+    let mut w = Vec::with_capacity(n_out * k);
+    for _ in 0..n_out {
+        // Rows of different magnitude, as real weight matrices have.
+        let s = 0.02 * (1.0 + 4.0 * rng.uniform());
+        w.extend(rng.vec(k, s));
+    }
+    let wq = quantize_to_vec(ty, &w).expect("quantize");
+    let x = rng.vec(n_tokens * k, 1.0);
+    Case { w, wq, x }
+}
+
+/// f64 reference with dequantized W and 8-bit round-tripped x; also returns sum |w x| per output.
+fn tight_ref(ty: GgmlType, c: &Case, n_out: usize, k: usize, n_tokens: usize) -> (Vec<f64>, Vec<f64>) {
+    let wd = dequantize_to_vec(ty, &c.wq, n_out * k).expect("dequantize");
+    let mut xd = vec![0f64; n_tokens * k];
+    let mut q = vec![0i8; k];
+    let mut d = vec![0f32; k / 32];
+    for t in 0..n_tokens {
+        quantize_row_q8(&c.x[t * k..(t + 1) * k], &mut q, &mut d);
+        for i in 0..k {
+            xd[t * k + i] = q[i] as f64 * d[i / 32] as f64;
+        }
+    }
+    let mut y = vec![0f64; n_tokens * n_out];
+    let mut l1 = vec![0f64; n_tokens * n_out];
+    for t in 0..n_tokens {
+        for r in 0..n_out {
+            let (mut s, mut a) = (0f64, 0f64);
+            for i in 0..k {
+                let p = wd[r * k + i] as f64 * xd[t * k + i];
+                s += p;
+                a += p.abs();
+            }
+            y[t * n_out + r] = s;
+            l1[t * n_out + r] = a;
+        }
+    }
+    (y, l1)
+}
+
+fn full_ref(c: &Case, n_out: usize, k: usize, n_tokens: usize) -> Vec<f64> {
+    let mut y = vec![0f64; n_tokens * n_out];
+    for t in 0..n_tokens {
+        for r in 0..n_out {
+            y[t * n_out + r] = (0..k).map(|i| c.w[r * k + i] as f64 * c.x[t * k + i] as f64).sum();
+        }
+    }
+    y
+}
+
+fn check_type(ty: GgmlType, k: usize, pool: &ThreadPool, seed: u64) {
+    let n_out = 37;
+    let mut rng = Rng::new(seed);
+    for &n_tokens in &[1usize, 3, 17, 64] {
+        let c = make_case(&mut rng, ty, n_out, k, n_tokens);
+        let (yt, l1) = tight_ref(ty, &c, n_out, k, n_tokens);
+        let yf = full_ref(&c, n_out, k, n_tokens);
+        let mut scalar = vec![0f32; n_tokens * n_out];
+        for isa in Isa::all_supported() {
+            let mut y = vec![f32::NAN; n_tokens * n_out];
+            matmul_ext(pool, isa, ty, &c.wq, n_out, k, &c.x, n_tokens, None, &mut y).expect("matmul");
+            for i in 0..y.len() {
+                let err = (y[i] as f64 - yt[i]).abs();
+                assert!(
+                    err <= 2e-5 * l1[i] + 1e-30,
+                    "{ty} {isa:?} k={k} n_tokens={n_tokens} out {i}: {} vs {} (err {err:e}, bound {:e})",
+                    y[i],
+                    yt[i],
+                    2e-5 * l1[i]
+                );
+            }
+            let rel = rel_l2(&y, &yf);
+            assert!(rel <= loose_bound(ty), "{ty} {isa:?} n_tokens={n_tokens}: rel L2 vs full precision {rel} > {}", loose_bound(ty));
+            if isa == Isa::Scalar {
+                scalar = y;
+            } else {
+                for i in 0..y.len() {
+                    assert!(
+                        (y[i] - scalar[i]).abs() as f64 <= 1e-5 * l1[i] + 1e-30,
+                        "{ty} {isa:?} differs from scalar at {i}: {} vs {}",
+                        y[i],
+                        scalar[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_types_match_f64_references() {
+    let pool = ThreadPool::new(3);
+    for (i, &ty) in QUANT_TYPES.iter().enumerate() {
+        let bs = ty.block_size();
+        // One k that needs padding to 64 and one that does not.
+        let ks: Vec<usize> = if bs == 32 { vec![352, 512] } else { vec![768, 512] };
+        for k in ks {
+            check_type(ty, k, &pool, 1000 + i as u64 * 17 + k as u64);
+        }
+    }
+}
+
+#[test]
+fn measured_loose_errors_are_reported() {
+    // Prints the measured relative L2 errors (n_tokens 17) so the bounds above can be re-derived.
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng::new(7);
+    let mut worst = Vec::new();
+    for &ty in QUANT_TYPES {
+        let k = if ty.block_size() == 32 { 352 } else { 768 };
+        let c = make_case(&mut rng, ty, 37, k, 17);
+        let mut y = vec![0f32; 17 * 37];
+        matmul_ext(&pool, Isa::detect(), ty, &c.wq, 37, k, &c.x, 17, None, &mut y).expect("matmul");
+        let rel = rel_l2(&y, &full_ref(&c, 37, k, 17));
+        println!("{ty:>7}: rel L2 vs f64 {rel:.4} (bound {})", loose_bound(ty));
+        worst.push((ty, rel));
+    }
+    for (ty, rel) in worst {
+        assert!(rel <= loose_bound(ty), "{ty}: {rel}");
+    }
+}
+
+#[test]
+fn dense_types_match_f64() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng::new(99);
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+        for &k in &[64usize, 77] {
+            for &n_tokens in &[1usize, 3, 17, 64] {
+                let n_out = 37;
+                let w = rng.vec(n_out * k, 0.1);
+                let wq = quantize_to_vec(ty, &w).expect("quantize");
+                let wd = dequantize_to_vec(ty, &wq, n_out * k).expect("dequantize");
+                let x = rng.vec(n_tokens * k, 1.0);
+                let bias = rng.vec(n_out, 1.0);
+                for isa in Isa::all_supported() {
+                    let mut y = vec![f32::NAN; n_tokens * n_out];
+                    matmul_ext(&pool, isa, ty, &wq, n_out, k, &x, n_tokens, Some(&bias), &mut y).expect("matmul");
+                    for t in 0..n_tokens {
+                        for r in 0..n_out {
+                            let (mut s, mut a) = (bias[r] as f64, bias[r].abs() as f64);
+                            for i in 0..k {
+                                let p = wd[r * k + i] as f64 * x[t * k + i] as f64;
+                                s += p;
+                                a += p.abs();
+                            }
+                            let got = y[t * n_out + r] as f64;
+                            assert!((got - s).abs() <= 1e-5 * a, "{ty} {isa:?} k={k} n_tokens={n_tokens} ({t},{r}): {got} vs {s}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bias_is_added_to_quantized_outputs() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng::new(5);
+    let c = make_case(&mut rng, GgmlType::Q4_1, 8, 64, 3);
+    let bias = rng.vec(8, 1.0);
+    let mut y0 = vec![0f32; 24];
+    let mut y1 = vec![0f32; 24];
+    matmul_ext(&pool, Isa::detect(), GgmlType::Q4_1, &c.wq, 8, 64, &c.x, 3, None, &mut y0).unwrap();
+    matmul_ext(&pool, Isa::detect(), GgmlType::Q4_1, &c.wq, 8, 64, &c.x, 3, Some(&bias), &mut y1).unwrap();
+    for i in 0..24 {
+        assert!((y1[i] - y0[i] - bias[i % 8]).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_not_panics() {
+    let pool = ThreadPool::new(1);
+    let w = vec![0u8; 20 * 4];
+    let x = vec![0f32; 32];
+    let mut y = vec![0f32; 4];
+    assert!(rocmforge_cpu::matmul(&pool, GgmlType::Q4_1, &w, 4, 32, &x, 1, &mut y).is_ok());
+    assert!(rocmforge_cpu::matmul(&pool, GgmlType::Q4_1, &w[1..], 4, 32, &x, 1, &mut y).is_err());
+    assert!(rocmforge_cpu::matmul(&pool, GgmlType::Q4_1, &w, 4, 33, &x, 1, &mut y).is_err());
+    assert!(rocmforge_cpu::matmul(&pool, GgmlType::Q4_1, &w, 4, 32, &x, 2, &mut y).is_err());
+    assert!(rocmforge_cpu::matmul(&pool, GgmlType::TQ1_0, &w, 4, 32, &x, 1, &mut y).is_err());
+}
+
+#[test]
+fn get_rows_equals_dequantize() {
+    let mut rng = Rng::new(11);
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let row_len = 256;
+        let n_rows = 10;
+        let table_f = rng.vec(n_rows * row_len, 1.0);
+        let table = quantize_to_vec(ty, &table_f).unwrap();
+        let all = dequantize_to_vec(ty, &table, n_rows * row_len).unwrap();
+        let ids = [3u32, 0, 9, 3];
+        let mut out = vec![0f32; ids.len() * row_len];
+        rocmforge_cpu::get_rows(ty, &table, row_len, &ids, &mut out).unwrap();
+        for (i, &id) in ids.iter().enumerate() {
+            assert_eq!(&out[i * row_len..(i + 1) * row_len], &all[id as usize * row_len..(id as usize + 1) * row_len], "{ty}");
+        }
+        let e = rocmforge_cpu::get_rows(ty, &table, row_len, &[10], &mut out[..row_len]);
+        assert!(e.is_err(), "{ty}: id out of range must fail");
+    }
+}
