@@ -1,0 +1,4 @@
+//! Subcommands of the `rocmforge` binary that need more than a few lines.
+pub mod bench;
+pub mod chat;
+pub mod session;
