@@ -9,6 +9,7 @@
 //! - for dtypes of known width, `end - begin == product(shape) * bits / 8`, computed without
 //!   overflow; unknown dtypes are kept as `HfDtype::Other` (only their range is checked);
 //! - no two tensors overlap.
+//!
 //! Gaps between tensors are allowed (the safetensors crate forbids them; nothing breaks if they
 //! exist). Shard names from the index must be relative paths inside the directory.
 //!

@@ -283,7 +283,7 @@ pub(crate) fn tensor_n_bytes(dims: &[u64], ty: GgmlType) -> Result<u64, String> 
         ));
     }
     // n_elements did not overflow, so rows * row_bytes is at most n_elements * type_size.
-    let rows = if ne0 == 0 { 0 } else { n_elements / ne0 };
+    let rows = n_elements.checked_div(ne0).unwrap_or(0);
     ty.row_bytes(ne0)
         .and_then(|rb| rb.checked_mul(rows))
         .ok_or_else(|| format!("byte size of dims {dims:?} as {} overflows", ty.name()))
