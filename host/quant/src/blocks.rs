@@ -188,6 +188,77 @@ pub struct BlockMxfp4 {
     pub qs: [u8; 16],
 }
 
+/// IQ2_XXS: per 32 elements two u32 (as 4 u16): four 8-bit indices into `IQ2XXS_GRID`, then
+/// four 7-bit sign patterns and a 4-bit scale in the top bits of the second u32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct BlockIq2Xxs {
+    pub d: u16,
+    pub qs: [u16; 32],
+}
+
+/// IQ2_XS: per 8 elements a u16 = 9-bit `IQ2XS_GRID` index | 7-bit sign pattern << 9; two
+/// 4-bit scales per 32 elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct BlockIq2Xs {
+    pub d: u16,
+    pub qs: [u16; 32],
+    pub scales: [u8; 8],
+}
+
+/// IQ2_S: `qs[0..32]` low 8 index bits, `qs[32..64]` explicit sign bytes, `qh` 2 high index
+/// bits per 8 elements, two 4-bit scales per 32 elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct BlockIq2S {
+    pub d: u16,
+    pub qs: [u8; 64],
+    pub qh: [u8; 8],
+    pub scales: [u8; 8],
+}
+
+/// IQ3_XXS: `qs[0..64]` 8-bit `IQ3XXS_GRID` indices (4 elements each), `qs[64..96]` one u32
+/// per 32 elements: four 7-bit sign patterns and a 4-bit scale on top.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct BlockIq3Xxs {
+    pub d: u16,
+    pub qs: [u8; 96],
+}
+
+/// IQ3_S: 9-bit `IQ3S_GRID` indices (low bits in `qs`, high bit in `qh`), explicit signs,
+/// 4-bit odd scales `1 + 2s` per 32 elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct BlockIq3S {
+    pub d: u16,
+    pub qs: [u8; 64],
+    pub qh: [u8; 8],
+    pub signs: [u8; 32],
+    pub scales: [u8; 4],
+}
+
+/// IQ1_S: 11-bit `IQ1S_GRID` indices (8 low bits in `qs`, 3 high in `qh`), per 32 elements
+/// a 3-bit scale and the sign of a +-1/8 shift in `qh`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct BlockIq1S {
+    pub d: u16,
+    pub qs: [u8; 32],
+    pub qh: [u16; 8],
+}
+
+/// IQ1_M: as IQ1_S with a shift per 8 elements and 3-bit scales per 16; the f16 super-scale
+/// is spread over the top nibbles of the four u16 of `scales`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct BlockIq1M {
+    pub qs: [u8; 32],
+    pub qh: [u8; 16],
+    pub scales: [u8; 8],
+}
+
 macro_rules! assert_sizes {
     ($($t:ty => $n:expr),* $(,)?) => { $( const _: () = assert!(std::mem::size_of::<$t>() == $n); )* };
 }
@@ -195,7 +266,8 @@ assert_sizes! {
     BlockQ4_0 => 18, BlockQ4_1 => 20, BlockQ5_0 => 22, BlockQ5_1 => 24, BlockQ8_0 => 34,
     BlockQ8_1 => 36, BlockQ2K => 84, BlockQ3K => 110, BlockQ4K => 144, BlockQ5K => 176,
     BlockQ6K => 210, BlockQ8K => 292, BlockIq4Nl => 18, BlockIq4Xs => 136,
-    BlockTq1_0 => 54, BlockTq2_0 => 66, BlockMxfp4 => 17,
+    BlockTq1_0 => 54, BlockTq2_0 => 66, BlockMxfp4 => 17, BlockIq2Xxs => 66, BlockIq2Xs => 74,
+    BlockIq2S => 82, BlockIq3Xxs => 98, BlockIq3S => 110, BlockIq1S => 50, BlockIq1M => 56,
 }
 
 /// The 6-bit scale and min of group `j` (0..8) of a Q4_K/Q5_K block.
@@ -239,7 +311,9 @@ impl_block! {
     BlockQ4_0 => Q4_0, BlockQ4_1 => Q4_1, BlockQ5_0 => Q5_0, BlockQ5_1 => Q5_1, BlockQ8_0 => Q8_0,
     BlockQ8_1 => Q8_1, BlockQ2K => Q2_K, BlockQ3K => Q3_K, BlockQ4K => Q4_K, BlockQ5K => Q5_K,
     BlockQ6K => Q6_K, BlockQ8K => Q8_K, BlockIq4Nl => IQ4_NL, BlockIq4Xs => IQ4_XS,
-    BlockTq1_0 => TQ1_0, BlockTq2_0 => TQ2_0, BlockMxfp4 => MXFP4,
+    BlockTq1_0 => TQ1_0, BlockTq2_0 => TQ2_0, BlockMxfp4 => MXFP4, BlockIq2Xxs => IQ2_XXS,
+    BlockIq2Xs => IQ2_XS, BlockIq2S => IQ2_S, BlockIq3Xxs => IQ3_XXS, BlockIq3S => IQ3_S,
+    BlockIq1S => IQ1_S, BlockIq1M => IQ1_M,
 }
 
 /// View `bytes` as a slice of blocks without copying. Fails with `BadLength` if the length is

@@ -103,7 +103,7 @@ pub fn quantize_q2_k(x: &[f32]) -> BlockQ2K {
         }
         let dm = m_all * (b.scales[g] >> 4) as f32;
         for i in 16 * g..16 * g + 16 {
-            l[i] = nearest_int((x[i] + dm) / d).min(3).max(0) as u8;
+            l[i] = nearest_int((x[i] + dm) / d).clamp(0, 3) as u8;
         }
     }
     pack_2bit(&l, &mut b.qs);
@@ -148,7 +148,7 @@ pub fn quantize_q3_k(x: &[f32]) -> BlockQ3K {
         // byte), high bit pairs in bytes 8..12 (byte 8 + g%4, pair g/4).
         let iscale = -32.0 / max_scale;
         for g in 0..16 {
-            let v = ((nearest_int(iscale * scales[g]) as i8).min(31).max(-32) + 32) as u8;
+            let v = ((nearest_int(iscale * scales[g]) as i8).clamp(-32, 31) + 32) as u8;
             if g < 8 {
                 b.scales[g] = v & 0xF;
             } else {
@@ -166,7 +166,7 @@ pub fn quantize_q3_k(x: &[f32]) -> BlockQ3K {
             continue;
         }
         for i in 16 * g..16 * g + 16 {
-            l[i] = (nearest_int(x[i] / d).min(3).max(-4) + 4) as i8;
+            l[i] = (nearest_int(x[i] / d).clamp(-4, 3) + 4) as i8;
         }
     }
     // High bit of element i goes to hmask[i % 32], bit i / 32; the low 2 bits as in Q2_K.
@@ -382,7 +382,7 @@ pub fn quantize_q6_k(x: &[f32]) -> BlockQ6K {
             continue;
         }
         for i in 16 * g..16 * g + 16 {
-            l[i] = (nearest_int(x[i] / d).min(31).max(-32) + 32) as i8;
+            l[i] = (nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
         }
     }
     // Per 128-element half h and byte j < 32: elements a = 128h + j, +32, +64, +96.

@@ -8,7 +8,8 @@
 //! association; otherwise the rare near-tie between two candidate scales could be broken
 //! differently and change the output bytes. Rounding goes through [`nearest_int`], which
 //! reproduces llama.cpp's magic-number round-half-to-even (valid for |x| < 2^22; larger or
-//! NaN inputs give garbage levels that callers clamp, never a panic). Clamps are written
+//! NaN inputs give garbage levels that callers clamp, never a panic). Clamps with run-time
+//! bounds are written
 //! `min(hi).max(lo)` like C's `MAX(lo, MIN(hi, l))`: branch-free, with no panic path.
 
 /// Round to nearest, ties to even, via the 1.5 * 2^23 trick (the mantissa of the sum holds
@@ -43,7 +44,7 @@ pub fn best_index_f32(val: &[f32; 16], x: f32) -> usize {
 }
 
 /// [`best_index_f32`] for an i8 table.
-#[inline]
+#[cfg(test)]
 pub fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
     best_index_f32(&val.map(|v| v as f32), x)
 }

@@ -6,14 +6,24 @@
 //! never change. Reference implementations follow llama.cpp's `ggml-quants.c` bit for bit (checked
 //! against vectors produced by llama.cpp, see `tests/`); fast dot products live in the CPU backend.
 //!
-//! `quantize` reproduces what `llama-quantize` writes without an importance matrix (llama.cpp's
-//! `ggml_quantize_chunk` with `imatrix = NULL`). Every function here is single-threaded and
-//! allocation-free per block: callers parallelise over rows or tensors. Unsupported types give
-//! `QuantError::Unsupported`, never a panic, whatever the input bytes or floats.
+//! Exactness (tests/llama_refs.rs, vectors from llama.cpp's own library):
+//! - `dequantize` is bitwise equal to llama.cpp's `to_float` for every type, lattice i-quants
+//!   (IQ1/IQ2/IQ3) included.
+//! - `quantize` is byte-equal to `ggml_quantize_chunk(type, .., imatrix = NULL)`, i.e. what
+//!   `llama-quantize` writes without an importance matrix, for F32, F16, BF16, Q4_0, Q4_1, Q5_0,
+//!   Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4 (and `quantize_row_q8_1_ref` /
+//!   `quantize_row_q8_K_ref` for the activation formats Q8_1 / Q8_K). That takes keeping
+//!   llama.cpp's f32 operation order everywhere (Rust never fuses multiply-adds on its own).
+//!
+//! Every function here is single-threaded and allocation-free per block: callers parallelise
+//! over rows or tensors. Unsupported requests give `QuantError::Unsupported`, and no input
+//! (bytes or floats, NaN included) makes them panic. Multi-byte fields are little-endian.
 
 pub mod blocks;
 pub mod fp;
 mod iq4;
+mod iq_grids;
+mod iq_lattice;
 mod kquants;
 mod ksearch;
 mod legacy;
@@ -26,62 +36,31 @@ pub use blocks::{get_scale_min_k4, KVALUES_IQ4NL, QK_K};
 pub use fp::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 pub use types::{GgmlType, QuantError};
 
+/// (dequantize, quantize) support per type. Exhaustive on purpose: a type added to
+/// `GgmlType` must be classified here before the crate compiles.
+#[rustfmt::skip]
+fn support(ty: GgmlType) -> (bool, bool) {
+    use GgmlType::*;
+    match ty {
+        F32 | F16 | BF16 => (true, true),
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => (true, true),
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => (true, true),
+        IQ4_NL | IQ4_XS | TQ1_0 | TQ2_0 | MXFP4 => (true, true),
+        // Lattice i-quants: quantizing them needs an importance matrix and search tables.
+        IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S | IQ1_M => (true, false),
+        // Plain scalars other than floats: readable (converted with `as f32`), never written.
+        I8 | I16 | I32 | I64 | F64 => (true, false),
+    }
+}
+
 /// True if [`dequantize`] supports `ty`.
 pub fn can_dequantize(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(
-        ty,
-        F32 | F16
-            | BF16
-            | F64
-            | I8
-            | I16
-            | I32
-            | Q4_0
-            | Q4_1
-            | Q5_0
-            | Q5_1
-            | Q8_0
-            | Q8_1
-            | Q2_K
-            | Q3_K
-            | Q4_K
-            | Q5_K
-            | Q6_K
-            | Q8_K
-            | IQ4_NL
-            | IQ4_XS
-            | TQ1_0
-            | TQ2_0
-            | MXFP4
-    )
+    support(ty).0
 }
 
 /// True if [`quantize`] supports `ty` (converting from f32).
 pub fn can_quantize(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(
-        ty,
-        F32 | F16
-            | BF16
-            | Q4_0
-            | Q4_1
-            | Q5_0
-            | Q5_1
-            | Q8_0
-            | Q8_1
-            | Q2_K
-            | Q3_K
-            | Q4_K
-            | Q5_K
-            | Q6_K
-            | Q8_K
-            | IQ4_NL
-            | IQ4_XS
-            | TQ1_0
-            | TQ2_0
-            | MXFP4
-    )
+    support(ty).1
 }
 
 fn unsupported(ty: GgmlType, op: &'static str) -> QuantError {
@@ -159,6 +138,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         I8 => each_scalar::<1>(src, dst, |b| b[0] as i8 as f32),
         I16 => each_scalar::<2>(src, dst, |b| i16::from_le_bytes(b) as f32),
         I32 => each_scalar::<4>(src, dst, |b| i32::from_le_bytes(b) as f32),
+        I64 => each_scalar::<8>(src, dst, |b| i64::from_le_bytes(b) as f32),
         Q4_0 => each_block(src, dst, bs, legacy::dequantize_q4_0),
         Q4_1 => each_block(src, dst, bs, legacy::dequantize_q4_1),
         Q5_0 => each_block(src, dst, bs, legacy::dequantize_q5_0),
@@ -176,7 +156,13 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         TQ1_0 => each_block(src, dst, bs, tq_mxfp4::dequantize_tq1_0),
         TQ2_0 => each_block(src, dst, bs, tq_mxfp4::dequantize_tq2_0),
         MXFP4 => each_block(src, dst, bs, tq_mxfp4::dequantize_mxfp4),
-        _ => return Err(unsupported(ty, "dequantize")),
+        IQ2_XXS => each_block(src, dst, bs, iq_lattice::dequantize_iq2_xxs),
+        IQ2_XS => each_block(src, dst, bs, iq_lattice::dequantize_iq2_xs),
+        IQ2_S => each_block(src, dst, bs, iq_lattice::dequantize_iq2_s),
+        IQ3_XXS => each_block(src, dst, bs, iq_lattice::dequantize_iq3_xxs),
+        IQ3_S => each_block(src, dst, bs, iq_lattice::dequantize_iq3_s),
+        IQ1_S => each_block(src, dst, bs, iq_lattice::dequantize_iq1_s),
+        IQ1_M => each_block(src, dst, bs, iq_lattice::dequantize_iq1_m),
     }
     Ok(())
 }
@@ -273,6 +259,13 @@ mod tests {
             (GgmlType::TQ1_0, size_of::<BlockTq1_0>()),
             (GgmlType::TQ2_0, size_of::<BlockTq2_0>()),
             (GgmlType::MXFP4, size_of::<BlockMxfp4>()),
+            (GgmlType::IQ2_XXS, size_of::<BlockIq2Xxs>()),
+            (GgmlType::IQ2_XS, size_of::<BlockIq2Xs>()),
+            (GgmlType::IQ2_S, size_of::<BlockIq2S>()),
+            (GgmlType::IQ3_XXS, size_of::<BlockIq3Xxs>()),
+            (GgmlType::IQ3_S, size_of::<BlockIq3S>()),
+            (GgmlType::IQ1_S, size_of::<BlockIq1S>()),
+            (GgmlType::IQ1_M, size_of::<BlockIq1M>()),
         ];
         for (t, s) in sizes {
             assert_eq!(t.type_size(), s, "{t}");

@@ -418,3 +418,79 @@ fn hostile_bytes_and_floats_never_panic() {
     // A sanity anchor that the f16 decoder is the one used by the quants (1.0 = 0x3c00).
     assert_eq!(f16_to_f32(0x3c00), 1.0);
 }
+
+/// The lattice types' random blocks of the fixture script (xorshift32 bytes, f16 scale forced
+/// into a finite range).
+fn lattice_blocks(t: GgmlType, nblocks: usize, seed: u32) -> Vec<u8> {
+    let mut s = seed;
+    let ts = t.type_size();
+    let mut out = Vec::with_capacity(nblocks * ts);
+    for _ in 0..nblocks {
+        let start = out.len();
+        for _ in 0..ts {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            out.push(s as u8);
+        }
+        let blk = &mut out[start..];
+        if t == GgmlType::IQ1_M {
+            blk[55] = (blk[55] & 0x0F) | 0x20;
+        } else {
+            blk[1] = (blk[1] & 0x03) | 0x24;
+        }
+    }
+    out
+}
+
+#[test]
+fn lattice_iq_types_dequantize_like_llama_cpp() {
+    let m = manifest();
+    let lat = &m["lattice"];
+    let types = lat["types"].as_object().unwrap();
+    assert_eq!(
+        types.len(),
+        7,
+        "IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M"
+    );
+    let nblocks = lat["blocks"].as_u64().unwrap() as usize;
+    let seed = lat["seed"].as_u64().unwrap() as u32;
+    for (name, e) in types {
+        let t = ty(name);
+        assert!(can_dequantize(t) && !can_quantize(t), "{name}");
+        let q = read_bytes(e["quant"].as_str().unwrap());
+        assert_eq!(
+            q,
+            lattice_blocks(t, nblocks, seed ^ t.id()),
+            "{name}: block generator matches the script"
+        );
+        let want = f32s(&read_bytes(e["dequant"].as_str().unwrap()));
+        let got = dequantize_to_vec(t, &q, want.len()).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{name} element {i}: {g} vs llama.cpp {w}"
+            );
+        }
+        // 512 more blocks, compared through per-block hashes of the decoded f32 bits.
+        let bulk = lattice_blocks(t, 512, e["bulk_seed"].as_u64().unwrap() as u32);
+        let y = dequantize_to_vec(t, &bulk, 512 * 256).unwrap();
+        let bytes: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let want: Vec<u32> = e["bulk_hashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_u64().unwrap() as u32)
+            .collect();
+        let bad = bytes
+            .chunks(1024)
+            .zip(&want)
+            .filter(|(c, &h)| fnv1a32(c) != h)
+            .count();
+        assert_eq!(
+            bad, 0,
+            "{name}: {bad} of 512 blocks decode differently from llama.cpp"
+        );
+    }
+}
