@@ -9,8 +9,8 @@
 //! differently and change the output bytes. Rounding goes through [`nearest_int`], which
 //! reproduces llama.cpp's magic-number round-half-to-even (valid for |x| < 2^22; larger or
 //! NaN inputs give garbage levels that callers clamp, never a panic). Clamps with run-time
-//! bounds are written
-//! `min(hi).max(lo)` like C's `MAX(lo, MIN(hi, l))`: branch-free, with no panic path.
+//! bounds are written `min(hi).max(lo)` like C's `MAX(lo, MIN(hi, l))`: branch-free, with no
+//! panic path.
 
 /// Round to nearest, ties to even, via the 1.5 * 2^23 trick (the mantissa of the sum holds
 /// the rounded integer).
