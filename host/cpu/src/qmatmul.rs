@@ -245,14 +245,27 @@ fn unpack_dispatch(isa: Isa, ty: GgmlType, src: &[u8], k: usize, u: &mut [u8], s
         return;
     }
     let _ = isa;
-    unpack_row(ty, src, k, u, s4, b16);
+    unpack_row(ty, src, k, u, s4, b16, rocmforge_quant::f16_to_f32);
 }
 
-/// The portable unpacker compiled with AVX2 enabled, so its byte loops auto-vectorise wide.
+/// The portable unpacker compiled with AVX2 enabled, so its byte loops auto-vectorise wide, and
+/// with F16C doing the scale conversions.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn unpack_avx2(ty: GgmlType, src: &[u8], k: usize, u: &mut [u8], s4: &mut [f32], b16: &mut [f32]) {
-    unpack_row(ty, src, k, u, s4, b16);
+    #[inline(always)]
+    fn cvt(h: u16) -> f32 {
+        // SAFETY: only reached from `unpack_avx2`, which runs after F16C was detected.
+        unsafe { f16c_cvt(h) }
+    }
+    unpack_row(ty, src, k, u, s4, b16, cvt);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "f16c")]
+unsafe fn f16c_cvt(h: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
 }
 
 /// Dispatch one tile of `nr` (<= 4) rows by `nt` (<= 4) tokens to the best kernel.

@@ -17,7 +17,7 @@
 //! Bit layouts follow llama.cpp's `ggml-common.h` / `dequantize_row_*`; the tests check every
 //! type against `rocmforge_quant::dequantize`, written independently.
 
-use rocmforge_quant::{f16_to_f32, get_scale_min_k4, GgmlType, KVALUES_IQ4NL};
+use rocmforge_quant::{get_scale_min_k4, GgmlType, KVALUES_IQ4NL};
 
 /// True if the quantized matmul handles `ty`.
 pub(crate) fn supported(ty: GgmlType) -> bool {
@@ -37,186 +37,234 @@ pub(crate) fn has_bias(ty: GgmlType) -> bool {
 }
 
 #[inline(always)]
-fn h(b: &[u8], at: usize) -> f32 {
-    f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
-}
-
-#[inline(always)]
 fn fill(s: &mut [f32], v: f32) {
     for e in s {
         *e = v;
     }
 }
 
+/// Walk the blocks of a row as fixed-size arrays (`TS` bytes in, `BS` values, `BS/4` scales,
+/// `BS/16` biases out), so the per-type decoders compile without bounds checks and vectorise.
+#[inline(always)]
+fn blocks<const TS: usize, const BS: usize, const S4: usize, const B16: usize>(
+    src: &[u8],
+    u: &mut [u8],
+    s4: &mut [f32],
+    b16: &mut [f32],
+    f: impl Fn(&[u8; TS], &mut [u8; BS], &mut [f32; S4], &mut [f32; B16]),
+) {
+    let (src, _) = src.as_chunks::<TS>();
+    let (u, _) = u.as_chunks_mut::<BS>();
+    let (s4, _) = s4.as_chunks_mut::<S4>();
+    let (b16, _) = b16.as_chunks_mut::<B16>();
+    for (((b, u), s4), b16) in src.iter().zip(u).zip(s4).zip(b16) {
+        f(b, u, s4, b16);
+    }
+}
+
+#[inline(always)]
+fn nibbles(qs: &[u8; 16], u: &mut [u8; 32]) {
+    for j in 0..16 {
+        u[j] = qs[j] & 15;
+        u[j + 16] = qs[j] >> 4;
+    }
+}
+
+#[inline(always)]
+fn arr<const N: usize>(b: &[u8], at: usize) -> &[u8; N] {
+    // Callers pass constant offsets inside a fixed-size block: this never fails.
+    match b[at..at + N].try_into() {
+        Ok(a) => a,
+        Err(_) => unreachable!("constant block offsets"),
+    }
+}
+
 /// Decode one row of `k` elements (`src` = exactly its bytes) into `u[..k]`, `s4[..k/4]`,
 /// `b16[..k/16]`. Padding beyond `k` is the caller's (see `zero_padding`).
+/// `cvt` converts f16 bits to f32: `rocmforge_quant::f16_to_f32` in portable code, one
+/// `vcvtph2ps` in the AVX2 path (the portable conversion is most of the Q4_0/Q4_1 unpack cost).
 #[inline(always)]
-pub(crate) fn unpack_row(ty: GgmlType, src: &[u8], k: usize, u: &mut [u8], s4: &mut [f32], b16: &mut [f32]) {
+pub(crate) fn unpack_row(
+    ty: GgmlType,
+    src: &[u8],
+    k: usize,
+    u: &mut [u8],
+    s4: &mut [f32],
+    b16: &mut [f32],
+    cvt: impl Fn(u16) -> f32 + Copy,
+) {
     use GgmlType::*;
-    let bs = ty.block_size();
-    let ts = ty.type_size();
-    let nb = k / bs;
-    for ib in 0..nb {
-        let b = &src[ib * ts..(ib + 1) * ts];
-        let u = &mut u[ib * bs..(ib + 1) * bs];
-        let s4 = &mut s4[ib * bs / 4..(ib + 1) * bs / 4];
-        let b16 = &mut b16[ib * bs / 16..(ib + 1) * bs / 16];
-        match ty {
-            Q4_0 | Q4_1 => {
-                let d = h(b, 0);
-                let (m, qs) = if ty == Q4_0 { (-8.0 * d, &b[2..18]) } else { (h(b, 2), &b[4..20]) };
-                for j in 0..16 {
-                    u[j] = qs[j] & 15;
-                    u[j + 16] = qs[j] >> 4;
-                }
-                fill(s4, d);
-                fill(b16, m);
+    let h = |b: &[u8], at: usize| cvt(u16::from_le_bytes([b[at], b[at + 1]]));
+    let (u, s4, b16) = (&mut u[..k], &mut s4[..k / 4], &mut b16[..k / 16]);
+    match ty {
+        Q4_0 => blocks::<18, 32, 8, 2>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            let d = h(b, 0);
+            nibbles(arr(b, 2), u);
+            fill(s4, d);
+            fill(b16, -8.0 * d);
+        }),
+        Q4_1 => blocks::<20, 32, 8, 2>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            nibbles(arr(b, 4), u);
+            fill(s4, h(b, 0));
+            fill(b16, h(b, 2));
+        }),
+        Q5_0 => blocks::<22, 32, 8, 2>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            let d = h(b, 0);
+            q5(u32::from_le_bytes(*arr(b, 2)), arr(b, 6), u);
+            fill(s4, d);
+            fill(b16, -16.0 * d);
+        }),
+        Q5_1 => blocks::<24, 32, 8, 2>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            q5(u32::from_le_bytes(*arr(b, 4)), arr(b, 8), u);
+            fill(s4, h(b, 0));
+            fill(b16, h(b, 2));
+        }),
+        Q8_0 => blocks::<34, 32, 8, 2>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            let qs: &[u8; 32] = arr(b, 2);
+            for j in 0..32 {
+                u[j] = qs[j] ^ 0x80;
             }
-            Q5_0 | Q5_1 => {
-                let d = h(b, 0);
-                let (m, o) = if ty == Q5_0 { (-16.0 * d, 2) } else { (h(b, 2), 4) };
-                let qh = u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-                let qs = &b[o + 4..o + 20];
-                for j in 0..16 {
-                    u[j] = (qs[j] & 15) | ((((qh >> j) & 1) as u8) << 4);
-                    u[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-                }
-                fill(s4, d);
-                fill(b16, m);
+            fill(s4, h(b, 0));
+            fill(b16, 0.0);
+        }),
+        IQ4_NL => blocks::<18, 32, 8, 2>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            iq4(arr(b, 2), u);
+            fill(s4, h(b, 0));
+            fill(b16, 0.0);
+        }),
+        Q8_K => blocks::<292, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            let qs: &[u8; 256] = arr(b, 4);
+            for j in 0..256 {
+                u[j] = qs[j] ^ 0x80;
             }
-            Q8_0 => {
-                let d = h(b, 0);
-                for j in 0..32 {
-                    u[j] = b[2 + j] ^ 0x80;
-                }
-                fill(s4, d);
-                fill(b16, 0.0);
-            }
-            IQ4_NL => {
-                let d = h(b, 0);
-                for j in 0..16 {
-                    let q = b[2 + j];
-                    u[j] = (KVALUES_IQ4NL[(q & 15) as usize] as u8) ^ 0x80;
-                    u[j + 16] = (KVALUES_IQ4NL[(q >> 4) as usize] as u8) ^ 0x80;
-                }
-                fill(s4, d);
-                fill(b16, 0.0);
-            }
-            Q8_K => {
-                let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                for j in 0..256 {
-                    u[j] = b[4 + j] ^ 0x80;
-                }
-                fill(s4, d);
-                fill(b16, 0.0);
-            }
-            Q2_K => {
-                // scales[16] | qs[64] | d | dmin
-                let (d, dmin) = (h(b, 80), h(b, 82));
-                let qs = &b[16..80];
-                for n in 0..2 {
-                    for j in 0..4 {
-                        for hh in 0..2 {
-                            for l in 0..16 {
-                                u[128 * n + 32 * j + 16 * hh + l] = (qs[32 * n + 16 * hh + l] >> (2 * j)) & 3;
-                            }
-                        }
+            fill(s4, f32::from_le_bytes(*arr(b, 0)));
+            fill(b16, 0.0);
+        }),
+        Q2_K => blocks::<84, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            // scales[16] | qs[64] | d | dmin
+            let (d, dmin) = (h(b, 80), h(b, 82));
+            let qs: &[u8; 64] = arr(b, 16);
+            for n in 0..2 {
+                for j in 0..4 {
+                    for i in 0..32 {
+                        u[128 * n + 32 * j + i] = (qs[32 * n + i] >> (2 * j)) & 3;
                     }
                 }
-                for sb in 0..16 {
-                    let sc = b[sb];
-                    fill(&mut s4[4 * sb..4 * sb + 4], d * (sc & 15) as f32);
-                    b16[sb] = -dmin * (sc >> 4) as f32;
-                }
             }
-            Q3_K => {
-                // hmask[32] | qs[64] | scales[12] | d
-                let d = h(b, 108);
-                let (hm, qs) = (&b[0..32], &b[32..96]);
-                let mut sc12 = [0u8; 12];
-                sc12.copy_from_slice(&b[96..108]);
-                let sc = rocmforge_quant::blocks::q3k_scales(&sc12);
-                for n in 0..2 {
-                    for j in 0..4 {
-                        let bit = 1u8 << (4 * n + j);
-                        for hh in 0..2 {
-                            for l in 0..16 {
-                                let lo = (qs[32 * n + 16 * hh + l] >> (2 * j)) & 3;
-                                let hi = if hm[16 * hh + l] & bit != 0 { 4 } else { 0 };
-                                u[128 * n + 32 * j + 16 * hh + l] = lo | hi;
-                            }
-                        }
+            for sb in 0..16 {
+                let sc = b[sb];
+                fill(&mut s4[4 * sb..4 * sb + 4], d * (sc & 15) as f32);
+                b16[sb] = -dmin * (sc >> 4) as f32;
+            }
+        }),
+        Q3_K => blocks::<110, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            // hmask[32] | qs[64] | scales[12] | d
+            let d = h(b, 108);
+            let hm: &[u8; 32] = arr(b, 0);
+            let qs: &[u8; 64] = arr(b, 32);
+            let sc = rocmforge_quant::blocks::q3k_scales(arr(b, 96));
+            for n in 0..2 {
+                for j in 0..4 {
+                    let shift = 4 * n + j;
+                    for i in 0..32 {
+                        let lo = (qs[32 * n + i] >> (2 * j)) & 3;
+                        let hi = ((hm[i] >> shift) & 1) << 2;
+                        u[128 * n + 32 * j + i] = lo | hi;
                     }
                 }
-                for sb in 0..16 {
-                    let s = d * sc[sb] as f32;
-                    fill(&mut s4[4 * sb..4 * sb + 4], s);
-                    b16[sb] = -4.0 * s;
+            }
+            for sb in 0..16 {
+                let s = d * sc[sb] as f32;
+                fill(&mut s4[4 * sb..4 * sb + 4], s);
+                b16[sb] = -4.0 * s;
+            }
+        }),
+        Q4_K => blocks::<144, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            let qs: &[u8; 128] = arr(b, 16);
+            for c in 0..4 {
+                for l in 0..32 {
+                    let q = qs[32 * c + l];
+                    u[64 * c + l] = q & 15;
+                    u[64 * c + 32 + l] = q >> 4;
                 }
             }
-            Q4_K | Q5_K => {
-                // d | dmin | scales[12] | (Q5_K: qh[32]) | qs[128]
-                let (d, dmin) = (h(b, 0), h(b, 2));
-                let mut sc12 = [0u8; 12];
-                sc12.copy_from_slice(&b[4..16]);
-                let (qh, qs) = if ty == Q5_K { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
-                for c in 0..4 {
-                    for l in 0..32 {
-                        let q = qs[32 * c + l];
-                        let (mut lo, mut hi) = (q & 15, q >> 4);
-                        if ty == Q5_K {
-                            lo |= ((qh[l] >> (2 * c)) & 1) << 4;
-                            hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
-                        }
-                        u[64 * c + l] = lo;
-                        u[64 * c + 32 + l] = hi;
-                    }
-                }
-                for g in 0..8 {
-                    let (sc, m) = get_scale_min_k4(g, &sc12);
-                    fill(&mut s4[8 * g..8 * g + 8], d * sc as f32);
-                    let bias = -dmin * m as f32;
-                    b16[2 * g] = bias;
-                    b16[2 * g + 1] = bias;
+            k4_scales(h(b, 0), h(b, 2), b, s4, b16);
+        }),
+        Q5_K => blocks::<176, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            let qh: &[u8; 32] = arr(b, 16);
+            let qs: &[u8; 128] = arr(b, 48);
+            for c in 0..4 {
+                for l in 0..32 {
+                    let q = qs[32 * c + l];
+                    u[64 * c + l] = (q & 15) | (((qh[l] >> (2 * c)) & 1) << 4);
+                    u[64 * c + 32 + l] = (q >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
                 }
             }
-            Q6_K => {
-                // ql[128] | qh[64] | scales[16] (i8) | d
-                let d = h(b, 208);
-                let (ql, qh) = (&b[0..128], &b[128..192]);
-                for n in 0..2 {
-                    for l in 0..32 {
-                        let hb = qh[32 * n + l];
-                        let (a, c) = (ql[64 * n + l], ql[64 * n + 32 + l]);
-                        u[128 * n + l] = (a & 15) | ((hb & 3) << 4);
-                        u[128 * n + 32 + l] = (c & 15) | (((hb >> 2) & 3) << 4);
-                        u[128 * n + 64 + l] = (a >> 4) | (((hb >> 4) & 3) << 4);
-                        u[128 * n + 96 + l] = (c >> 4) | (((hb >> 6) & 3) << 4);
-                    }
-                }
-                for sb in 0..16 {
-                    let s = d * (b[192 + sb] as i8) as f32;
-                    fill(&mut s4[4 * sb..4 * sb + 4], s);
-                    b16[sb] = -32.0 * s;
+            k4_scales(h(b, 0), h(b, 2), b, s4, b16);
+        }),
+        Q6_K => blocks::<210, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            // ql[128] | qh[64] | scales[16] (i8) | d
+            let d = h(b, 208);
+            let ql: &[u8; 128] = arr(b, 0);
+            let qh: &[u8; 64] = arr(b, 128);
+            for n in 0..2 {
+                for l in 0..32 {
+                    let hb = qh[32 * n + l];
+                    let (a, c) = (ql[64 * n + l], ql[64 * n + 32 + l]);
+                    u[128 * n + l] = (a & 15) | ((hb & 3) << 4);
+                    u[128 * n + 32 + l] = (c & 15) | (((hb >> 2) & 3) << 4);
+                    u[128 * n + 64 + l] = (a >> 4) | (((hb >> 4) & 3) << 4);
+                    u[128 * n + 96 + l] = (c >> 4) | (((hb >> 6) & 3) << 4);
                 }
             }
-            IQ4_XS => {
-                // d | scales_h (u16) | scales_l[4] | qs[128]
-                let d = h(b, 0);
-                let sh = u16::from_le_bytes([b[2], b[3]]);
-                for ib32 in 0..8 {
-                    let ls = ((b[4 + ib32 / 2] >> (4 * (ib32 % 2))) & 15) | ((((sh >> (2 * ib32)) & 3) as u8) << 4);
-                    fill(&mut s4[8 * ib32..8 * ib32 + 8], d * (ls as i32 - 32) as f32);
-                    for j in 0..16 {
-                        let q = b[8 + 16 * ib32 + j];
-                        u[32 * ib32 + j] = (KVALUES_IQ4NL[(q & 15) as usize] as u8) ^ 0x80;
-                        u[32 * ib32 + 16 + j] = (KVALUES_IQ4NL[(q >> 4) as usize] as u8) ^ 0x80;
-                    }
-                }
-                fill(b16, 0.0);
+            for sb in 0..16 {
+                let s = d * (b[192 + sb] as i8) as f32;
+                fill(&mut s4[4 * sb..4 * sb + 4], s);
+                b16[sb] = -32.0 * s;
             }
-            _ => {}
-        }
+        }),
+        IQ4_XS => blocks::<136, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
+            // d | scales_h (u16) | scales_l[4] | qs[128]
+            let d = h(b, 0);
+            let sh = u16::from_le_bytes([b[2], b[3]]);
+            for ib32 in 0..8 {
+                let ls = ((b[4 + ib32 / 2] >> (4 * (ib32 % 2))) & 15) | ((((sh >> (2 * ib32)) & 3) as u8) << 4);
+                fill(&mut s4[8 * ib32..8 * ib32 + 8], d * (ls as i32 - 32) as f32);
+                let (uc, _) = u.as_chunks_mut::<32>();
+                iq4(arr(b, 8 + 16 * ib32), &mut uc[ib32]);
+            }
+            fill(b16, 0.0);
+        }),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn q5(qh: u32, qs: &[u8; 16], u: &mut [u8; 32]) {
+    for j in 0..16 {
+        u[j] = (qs[j] & 15) | ((((qh >> j) & 1) as u8) << 4);
+        u[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+    }
+}
+
+#[inline(always)]
+fn iq4(qs: &[u8; 16], u: &mut [u8; 32]) {
+    for j in 0..16 {
+        u[j] = (KVALUES_IQ4NL[(qs[j] & 15) as usize] as u8) ^ 0x80;
+        u[j + 16] = (KVALUES_IQ4NL[(qs[j] >> 4) as usize] as u8) ^ 0x80;
+    }
+}
+
+/// Q4_K / Q5_K: 8 groups of 32 with 6-bit scale and min; d, dmin at bytes 0 and 2.
+#[inline(always)]
+fn k4_scales(d: f32, dmin: f32, b: &[u8], s4: &mut [f32; 64], b16: &mut [f32; 16]) {
+    let sc12: &[u8; 12] = arr(b, 4);
+    for g in 0..8 {
+        let (sc, m) = get_scale_min_k4(g, sc12);
+        fill(&mut s4[8 * g..8 * g + 8], d * sc as f32);
+        let bias = -dmin * m as f32;
+        b16[2 * g] = bias;
+        b16[2 * g + 1] = bias;
     }
 }
 

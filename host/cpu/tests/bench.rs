@@ -1,6 +1,7 @@
 //! Kernel speed probes (ignored by default; they assert nothing about time).
 //!
 //! `cargo test --release -p rocmforge-cpu --test bench -- --ignored --nocapture`
+//! (`ROCMFORGE_THREADS=n` sets the pool size, default 2; `BENCH_ISA=Avx512|Avx2|Scalar` one path)
 //! Prints GFLOP/s (2 flops per multiply-add) and weight GB/s for the SmolLM2-135M shapes:
 //! 576x1536 and 1536x576 Q4_1 matvecs, the 49152x576 Q8_0 output matvec, 512-token Q4_1
 //! matmuls, and an estimate of matmul-only tokens/s for a whole SmolLM2-135M Q4_1 step.
@@ -44,19 +45,22 @@ fn bench_matmul_kernels() {
         (GgmlType::Q4_1, 576, 1536, 1),
         (GgmlType::Q4_1, 1536, 576, 1),
         (GgmlType::Q8_0, 49152, 576, 1),
-        (GgmlType::Q4_K, 1536, 576, 1),
-        (GgmlType::Q6_K, 1536, 576, 1),
+        (GgmlType::Q4_K, 576, 1536, 1),
+        (GgmlType::Q6_K, 576, 1536, 1),
         (GgmlType::F16, 1536, 576, 1),
         (GgmlType::Q4_1, 576, 1536, 512),
         (GgmlType::Q4_1, 1536, 576, 512),
         (GgmlType::Q8_0, 1536, 576, 512),
-        (GgmlType::Q4_K, 1536, 576, 512),
+        (GgmlType::Q4_K, 576, 1536, 512),
         (GgmlType::F16, 1536, 576, 512),
     ];
     for &(ty, n_out, k, n_tokens) in shapes {
         let w = weights(&mut rng, ty, n_out, k);
         let x = rng.vec(n_tokens * k, 1.0);
         for isa in Isa::all_supported() {
+            if std::env::var("BENCH_ISA").is_ok_and(|v| v != format!("{isa:?}")) {
+                continue;
+            }
             if isa == Isa::Scalar && n_tokens > 1 && n_out * k > 600_000 {
                 continue;
             }
