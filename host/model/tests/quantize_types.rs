@@ -12,7 +12,9 @@ use rocmforge_model::quantize::{plan_model, FileType, QuantizeOptions};
 use serde_json::Value;
 
 fn repo_path(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
     assert!(
         p.exists(),
         "{} is missing: run scripts/fetch-test-data.sh",
@@ -38,7 +40,11 @@ fn check_model(key: &str) {
         .map(|v| v.as_str().unwrap())
         .collect();
     let ftypes = model["ftypes"].as_object().unwrap();
-    assert!(ftypes.len() >= 7, "fixture lists {} file types", ftypes.len());
+    assert!(
+        ftypes.len() >= 7,
+        "fixture lists {} file types",
+        ftypes.len()
+    );
     let mut failures = Vec::new();
     for (ft_name, want) in ftypes {
         let ftype = FileType::from_name(ft_name).unwrap();
@@ -59,12 +65,23 @@ fn check_model(key: &str) {
             if p.to.name() == w {
                 matching += 1;
             } else {
-                failures.push(format!("{key} {ft_name} {}: ours {} llama.cpp {w}", p.name, p.to));
+                failures.push(format!(
+                    "{key} {ft_name} {}: ours {} llama.cpp {w}",
+                    p.name, p.to
+                ));
             }
         }
-        eprintln!("{key} {ft_name}: {matching}/{} tensor types match llama.cpp", plan.len());
+        eprintln!(
+            "{key} {ft_name}: {matching}/{} tensor types match llama.cpp",
+            plan.len()
+        );
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -79,7 +79,10 @@ impl FileType {
     /// llama-quantize). The error lists every valid name.
     pub fn from_name(name: &str) -> Result<Self, ModelError> {
         let name = name.trim();
-        if let Some(&t) = Self::ALL.iter().find(|t| t.name().eq_ignore_ascii_case(name)) {
+        if let Some(&t) = Self::ALL
+            .iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+        {
             return Ok(t);
         }
         if let Some(&(_, t)) = ALIASES.iter().find(|(a, _)| a.eq_ignore_ascii_case(name)) {

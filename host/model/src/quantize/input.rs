@@ -68,8 +68,12 @@ pub(crate) fn dequantize_par(
     let row_bytes = ty
         .row_bytes(n_per_row as u64)
         .and_then(|b| usize::try_from(b).ok())
-        .ok_or_else(|| bad(format!("row of {n_per_row} is not a whole number of {ty} blocks")))?;
-    if n_per_row == 0 || n % n_per_row != 0 || src.len() != n / n_per_row * row_bytes {
+        .ok_or_else(|| {
+            bad(format!(
+                "row of {n_per_row} is not a whole number of {ty} blocks"
+            ))
+        })?;
+    if n_per_row == 0 || !n.is_multiple_of(n_per_row) || src.len() != n / n_per_row * row_bytes {
         return Err(bad(format!(
             "{} bytes do not hold {n} values of {ty} in rows of {n_per_row}",
             src.len()

@@ -132,8 +132,8 @@ pub fn plan_model(
     let mut plan = Vec::with_capacity(tensors.len());
     for (name, from, dims) in tensors {
         let dims = dims[..n_dims(&dims).min(dims.len())].to_vec();
-        let choice =
-            tensor_type_for(&mut state, &name, &dims, from).map_err(|w| bad_tensor(&path, &name, w))?;
+        let choice = tensor_type_for(&mut state, &name, &dims, from)
+            .map_err(|w| bad_tensor(&path, &name, w))?;
         let to = choice.ty;
         if to != from {
             if requires_imatrix(&name, to, opts.ftype) {
@@ -180,10 +180,7 @@ pub fn plan_model(
 /// Bytes of a tensor of `ty` with `dims`, or an error naming the tensor.
 fn tensor_bytes(path: &Path, name: &str, ty: GgmlType, dims: &[u64]) -> Result<u64, ModelError> {
     let ne0 = dims.first().copied().unwrap_or(1);
-    let rows = dims
-        .iter()
-        .skip(1)
-        .try_fold(1u64, |a, &d| a.checked_mul(d));
+    let rows = dims.iter().skip(1).try_fold(1u64, |a, &d| a.checked_mul(d));
     ty.row_bytes(ne0)
         .zip(rows)
         .and_then(|(r, n)| r.checked_mul(n))
@@ -201,7 +198,7 @@ fn quantize_par(
     let row_bytes = ty
         .row_bytes(n_per_row as u64)
         .and_then(|b| usize::try_from(b).ok())
-        .filter(|_| n_per_row > 0 && src.len() % n_per_row == 0)
+        .filter(|_| n_per_row > 0 && src.len().is_multiple_of(n_per_row))
         .ok_or_else(|| bad_tensor(path, name, format!("rows of {n_per_row} do not fit {ty}")))?;
     let mut out = vec![0u8; src.len() / n_per_row * row_bytes];
     let rows = input::rows_per_task(n_per_row);
@@ -270,7 +267,10 @@ pub fn quantize_model(
     for p in &plan {
         report.in_bytes += tensor_bytes(&src_path, &p.name, p.from, &p.dims)?;
         report.out_bytes += tensor_bytes(&src_path, &p.name, p.to, &p.dims)?;
-        *report.per_type_counts.entry(p.to.name().to_string()).or_default() += 1;
+        *report
+            .per_type_counts
+            .entry(p.to.name().to_string())
+            .or_default() += 1;
         report.n_converted += usize::from(p.from != p.to);
         writer.add_tensor_info(p.name.clone(), p.dims.clone(), p.to)?;
     }
@@ -311,7 +311,9 @@ fn convert_tensor<'a>(
     if values.par_iter().any(|x| !x.is_finite()) {
         return Err(bad_tensor(path, &p.name, "contains NaN or infinite values"));
     }
-    Ok(Cow::Owned(quantize_par(path, &p.name, p.to, &values, n_per_row)?))
+    Ok(Cow::Owned(quantize_par(
+        path, &p.name, p.to, &values, n_per_row,
+    )?))
 }
 
 /// `quantize_model` on the GGUF file at `in_path`.

@@ -346,7 +346,7 @@ impl MixState {
         let n_expert = self.hp.n_expert;
         if cat == C::Output || (self.has_tied_embeddings && cat == C::TokenEmbd) {
             // The output projection (or the embedding that doubles as it) gets more bits.
-            if self.is_falcon() || ne0 % ty.block_size() as u64 != 0 {
+            if self.is_falcon() || !ne0.is_multiple_of(ty.block_size() as u64) {
                 ty = G::Q8_0;
             } else if ty != G::Q8_0 {
                 ty = G::Q6_K;
@@ -459,7 +459,7 @@ impl MixState {
     /// A type whose blocks tile a row of `ne0` (llama.cpp's `tensor_type_fallback`).
     fn fallback(&mut self, ty: GgmlType, ne0: u64) -> Result<TypeChoice, String> {
         use GgmlType as G;
-        let fits = |t: GgmlType| ne0 % t.block_size() as u64 == 0;
+        let fits = |t: GgmlType| ne0.is_multiple_of(t.block_size() as u64);
         if fits(ty) {
             return Ok(TypeChoice {
                 ty,
@@ -468,7 +468,13 @@ impl MixState {
         }
         self.n_fallback += 1;
         let mut to = match ty {
-            G::IQ1_S | G::IQ1_M | G::IQ2_XXS | G::IQ2_XS | G::IQ2_S | G::IQ3_XXS | G::IQ3_S
+            G::IQ1_S
+            | G::IQ1_M
+            | G::IQ2_XXS
+            | G::IQ2_XS
+            | G::IQ2_S
+            | G::IQ3_XXS
+            | G::IQ3_S
             | G::IQ4_XS => G::IQ4_NL,
             G::Q2_K | G::Q3_K | G::TQ1_0 | G::TQ2_0 => G::Q4_0,
             G::Q4_K => G::Q5_0,
@@ -548,11 +554,23 @@ mod tests {
         assert_eq!(layer_of("blk.12.attn_q.weight"), Some(12));
         assert_eq!(layer_of("token_embd.weight"), None);
         assert_eq!(layer_of("blk.x.y"), None);
-        let mut v = vec!["blk.10.a", "blk.2.b", "output.weight", "blk.2.a", "token_embd.weight"];
+        let mut v = vec![
+            "blk.10.a",
+            "blk.2.b",
+            "output.weight",
+            "blk.2.a",
+            "token_embd.weight",
+        ];
         v.sort_by(|a, b| tensor_order(a, b));
         assert_eq!(
             v,
-            ["output.weight", "token_embd.weight", "blk.2.a", "blk.2.b", "blk.10.a"]
+            [
+                "output.weight",
+                "token_embd.weight",
+                "blk.2.a",
+                "blk.2.b",
+                "blk.10.a"
+            ]
         );
     }
 
