@@ -10,17 +10,22 @@
 //! - [`ByteStream`]: pieces arrive one id at a time; it emits text only up to a point where
 //!   (a) the bytes so far are complete UTF-8 and (b) `clean_spaces` of the rest can no longer
 //!   change what was emitted. The passes only ever delete a ' ' next to one of ?!.,'sm etc., so
-//!   `clean(A ++ B) == clean(A) ++ clean(B)` whenever A's last byte is neither ' ' nor '\'';
-//!   cutting only there makes the concatenated stream equal `detokenize` byte for byte.
+//!   `clean(A ++ B) == clean(A) ++ clean(B)` whenever A's last three bytes are none of
+//!   ` '?!.,` (`safe_cut`, checked exhaustively on short strings); cutting only there makes the
+//!   concatenated stream equal `detokenize` byte for byte.
 //!
 //! Modelled on llama.cpp `llama_vocab::impl::token_to_piece` / `detokenize`, and on the
 //! hold-back idea of HF `DecodeStream` / vLLM's incremental detokenizer.
 
 use crate::unicode;
-use crate::vocab::{Vocab, VocabType, ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED};
+use crate::vocab::{
+    Vocab, VocabType, ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED,
+};
 
 fn token_to_byte(text: &str) -> u8 {
-    text.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0)
+    text.get(3..5)
+        .and_then(|h| u8::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
 }
 
 /// The bytes of one token (llama.cpp `token_to_piece` with `lstrip = 0`).
@@ -107,7 +112,7 @@ pub(crate) fn clean_spaces(t: &mut Vec<u8>) {
                 total -= 1;
             } else if !matches!(x1, b't' | b'd') && i + 2 < n {
                 let x2 = t[i + 2];
-                if (x1 == b'r' && x2 == b'e') || (x1 == b'v' && x2 == b'e') {
+                if matches!((x1, x2), (b'r' | b'v', b'e')) {
                     total -= 1;
                 }
             }
@@ -119,7 +124,12 @@ pub(crate) fn clean_spaces(t: &mut Vec<u8>) {
 }
 
 /// llama.cpp `detokenize(tokens, remove_special, unparse_special)` as bytes.
-pub(crate) fn detokenize(vocab: &Vocab, ids: &[u32], remove_special: bool, unparse_special: bool) -> Vec<u8> {
+pub(crate) fn detokenize(
+    vocab: &Vocab,
+    ids: &[u32],
+    remove_special: bool,
+    unparse_special: bool,
+) -> Vec<u8> {
     let mut ids = ids;
     let mut remove_space = vocab.add_space_prefix;
     if remove_special && vocab.add_bos && !ids.is_empty() && Some(ids[0]) == vocab.bos {
@@ -140,6 +150,16 @@ pub(crate) fn detokenize(vocab: &Vocab, ids: &[u32], remove_special: bool, unpar
         clean_spaces(&mut out);
     }
     out
+}
+
+/// Can `clean_spaces` be applied separately to `b[..k]` and `b[k..]`? Its passes only delete
+/// spaces, deciding by at most one byte back and two bytes ahead of an apostrophe or one of
+/// `?!.,`. If the last three bytes before the cut are none of ` '?!.,` nothing near the cut can
+/// be deleted, and no decision on either side reads across it.
+fn safe_cut(b: &[u8], k: usize) -> bool {
+    b[k.saturating_sub(3)..k]
+        .iter()
+        .all(|c| !matches!(c, b' ' | b'\'' | b'?' | b'!' | b'.' | b','))
 }
 
 /// Number of trailing bytes that start a UTF-8 sequence still waiting for continuation bytes.
@@ -171,7 +191,12 @@ pub(crate) struct ByteStream {
 
 impl ByteStream {
     pub(crate) fn new(skip_special: bool) -> Self {
-        ByteStream { remove_special: skip_special, unparse_special: !skip_special, first: true, pending: Vec::new() }
+        ByteStream {
+            remove_special: skip_special,
+            unparse_special: !skip_special,
+            first: true,
+            pending: Vec::new(),
+        }
     }
 
     pub(crate) fn push(&mut self, vocab: &Vocab, id: u32) -> String {
@@ -203,7 +228,7 @@ impl ByteStream {
             let p = &self.pending;
             (1..=complete)
                 .rev()
-                .find(|&k| (k == complete || p[k - 1].is_ascii()) && !matches!(p[k - 1], b' ' | b'\''))
+                .find(|&k| (k == complete || p[k - 1].is_ascii()) && safe_cut(p, k))
                 .unwrap_or(0)
         };
         if cut == 0 {
@@ -231,21 +256,38 @@ mod tests {
     fn clean_spaces_passes() {
         assert_eq!(clean("Hello , world !"), "Hello, world!");
         assert_eq!(clean("a ' b"), "a'b");
-        assert_eq!(clean("it 's I 'm we 're they 've"), "it's I'm we're they've");
+        assert_eq!(
+            clean("it 's I 'm we 're they 've"),
+            "it's I'm we're they've"
+        );
         assert_eq!(clean("don 't you 'd"), "don 't you 'd");
     }
 
     #[test]
     fn clean_is_chunkable_at_safe_cuts() {
-        let text = "x 'll y ' z , q 's 've , . ! end'";
-        let full = clean(text);
-        let b = text.as_bytes();
-        for cut in 1..b.len() {
-            if matches!(b[cut - 1], b' ' | b'\'') {
-                continue;
+        // every string over a small alphabet, every safe cut
+        let alphabet = [b' ', b'\'', b's', b'r', b'e', b'v', b',', b'x', b'?'];
+        let mut buf = Vec::new();
+        for n in 1..=7u32 {
+            for code in 0..alphabet.len().pow(n) {
+                buf.clear();
+                let mut c = code;
+                for _ in 0..n {
+                    buf.push(alphabet[c % alphabet.len()]);
+                    c /= alphabet.len();
+                }
+                let text = std::str::from_utf8(&buf).expect("ascii");
+                let full = clean(text);
+                for cut in 1..buf.len() {
+                    if safe_cut(&buf, cut) {
+                        assert_eq!(
+                            clean(&text[..cut]) + &clean(&text[cut..]),
+                            full,
+                            "{text:?} cut at {cut}"
+                        );
+                    }
+                }
             }
-            let joined = clean(&text[..cut]) + &clean(&text[cut..]);
-            assert_eq!(joined, full, "cut at {cut}");
         }
     }
 

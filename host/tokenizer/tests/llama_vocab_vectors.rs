@@ -30,9 +30,17 @@ fn cases(name: &str) -> Vec<(String, Vec<u32>)> {
     }
     let outputs: Vec<Vec<u32>> = out
         .lines()
-        .map(|l| l.split_whitespace().map(|t| t.parse().expect("id")).collect())
+        .map(|l| {
+            l.split_whitespace()
+                .map(|t| t.parse().expect("id"))
+                .collect()
+        })
         .collect();
-    assert_eq!(inputs.len(), outputs.len(), "{name}: .inp and .out disagree on the number of tests");
+    assert_eq!(
+        inputs.len(),
+        outputs.len(),
+        "{name}: .inp and .out disagree on the number of tests"
+    );
     inputs.into_iter().zip(outputs).collect()
 }
 
@@ -46,7 +54,14 @@ fn check(name: &str) {
             failures.push(format!("  {text:?}\n    want {want:?}\n    got  {got:?}"));
         }
     }
-    assert!(failures.is_empty(), "{name} ({}): {} of {} cases differ:\n{}", tok.kind(), failures.len(), all.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{name} ({}): {} of {} cases differ:\n{}",
+        tok.kind(),
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
 }
 
 macro_rules! vocab_tests {
@@ -77,14 +92,33 @@ vocab_tests! {
 #[test]
 fn all_vector_files_are_covered() {
     let covered = [
-        "bert-bge", "command-r", "deepseek-coder", "deepseek-llm", "falcon", "gemma-4", "gpt-2", "llama-bpe",
-        "llama-spm", "mpt", "phi-3", "qwen2", "qwen35", "refact", "starcoder",
+        "bert-bge",
+        "command-r",
+        "deepseek-coder",
+        "deepseek-llm",
+        "falcon",
+        "gemma-4",
+        "gpt-2",
+        "llama-bpe",
+        "llama-spm",
+        "mpt",
+        "phi-3",
+        "qwen2",
+        "qwen35",
+        "refact",
+        "starcoder",
     ];
     let dir = common::data(".cache/llama.cpp/models");
     for e in fs::read_dir(dir).expect("read dir") {
         let name = e.expect("entry").file_name().to_string_lossy().to_string();
-        if let Some(stem) = name.strip_prefix("ggml-vocab-").and_then(|s| s.strip_suffix(".gguf.out")) {
-            assert!(covered.contains(&stem), "vocab test file {name} has no test");
+        if let Some(stem) = name
+            .strip_prefix("ggml-vocab-")
+            .and_then(|s| s.strip_suffix(".gguf.out"))
+        {
+            assert!(
+                covered.contains(&stem),
+                "vocab test file {name} has no test"
+            );
         }
     }
 }
