@@ -17,7 +17,11 @@
 /// Quantize `x` (a multiple of 32 long) to `q` with one scale per 32 in `d` (`x.len() / 32`).
 /// This is exactly the activation quantization the matmul uses (exposed for tests).
 pub fn quantize_row_q8(x: &[f32], q: &mut [i8], d: &mut [f32]) {
-    for ((xb, qb), db) in x.chunks_exact(32).zip(q.chunks_exact_mut(32)).zip(d.iter_mut()) {
+    for ((xb, qb), db) in x
+        .chunks_exact(32)
+        .zip(q.chunks_exact_mut(32))
+        .zip(d.iter_mut())
+    {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let dd = amax / 127.0;
         let id = if dd > 0.0 { 1.0 / dd } else { 0.0 };

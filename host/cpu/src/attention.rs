@@ -50,13 +50,25 @@ pub struct AttnParams {
 
 impl Default for AttnParams {
     fn default() -> Self {
-        AttnParams { scale: None, causal: true, sliding_window: None, softcap: None }
+        AttnParams {
+            scale: None,
+            causal: true,
+            sliding_window: None,
+            softcap: None,
+        }
     }
 }
 
 impl KvCache {
     /// Zeroed cache of `n_blocks` blocks of `block_size` tokens for each of `n_layer` layers.
-    pub fn new(n_layer: usize, n_head_kv: usize, head_dim_k: usize, head_dim_v: usize, block_size: usize, n_blocks: usize) -> Self {
+    pub fn new(
+        n_layer: usize,
+        n_head_kv: usize,
+        head_dim_k: usize,
+        head_dim_v: usize,
+        block_size: usize,
+        n_blocks: usize,
+    ) -> Self {
         let slots = n_layer * n_blocks * block_size * n_head_kv;
         KvCache {
             n_layer,
@@ -90,38 +102,72 @@ impl KvCache {
     }
 
     /// Index of (layer, pos) in slot units, after checking the block table and block id.
-    fn slot(&self, op: &'static str, layer: usize, block_table: &[u32], pos: usize) -> Result<usize, CpuError> {
+    fn slot(
+        &self,
+        op: &'static str,
+        layer: usize,
+        block_table: &[u32],
+        pos: usize,
+    ) -> Result<usize, CpuError> {
         let index = pos / self.block_size.max(1);
-        let block = *block_table
-            .get(index)
-            .ok_or(CpuError::BlockTableTooShort { op, pos, index, len: block_table.len() })?;
+        let block = *block_table.get(index).ok_or(CpuError::BlockTableTooShort {
+            op,
+            pos,
+            index,
+            len: block_table.len(),
+        })?;
         if block as usize >= self.n_blocks {
-            return Err(CpuError::BlockOutOfRange { op, block, n_blocks: self.n_blocks });
+            return Err(CpuError::BlockOutOfRange {
+                op,
+                block,
+                n_blocks: self.n_blocks,
+            });
         }
         Ok((layer * self.n_blocks + block as usize) * self.block_size + pos % self.block_size)
     }
 
     fn check_layer(&self, op: &'static str, layer: usize) -> Result<(), CpuError> {
         if layer >= self.n_layer {
-            return Err(CpuError::LayerOutOfRange { op, layer, n_layer: self.n_layer });
+            return Err(CpuError::LayerOutOfRange {
+                op,
+                layer,
+                n_layer: self.n_layer,
+            });
         }
         Ok(())
     }
 
     /// Store K and V of `n_tokens` tokens at positions `pos_start..` (each `n_tokens x n_head_kv x
     /// head_dim`, f32) into the sequence's blocks, rounding to f16.
-    pub fn write(&mut self, layer: usize, block_table: &[u32], pos_start: usize, k: &[f32], v: &[f32], n_tokens: usize) -> Result<(), CpuError> {
+    pub fn write(
+        &mut self,
+        layer: usize,
+        block_table: &[u32],
+        pos_start: usize,
+        k: &[f32],
+        v: &[f32],
+        n_tokens: usize,
+    ) -> Result<(), CpuError> {
         const OP: &str = "kv_write";
         self.check_layer(OP, layer)?;
-        let (hk, hv) = (self.n_head_kv * self.head_dim_k, self.n_head_kv * self.head_dim_v);
+        let (hk, hv) = (
+            self.n_head_kv * self.head_dim_k,
+            self.n_head_kv * self.head_dim_v,
+        );
         crate::matmul::check_len(OP, "k", k.len(), n_tokens.checked_mul(hk))?;
         crate::matmul::check_len(OP, "v", v.len(), n_tokens.checked_mul(hv))?;
         for t in 0..n_tokens {
             let s = self.slot(OP, layer, block_table, pos_start + t)?;
-            for (d, &x) in self.k[s * hk..(s + 1) * hk].iter_mut().zip(&k[t * hk..(t + 1) * hk]) {
+            for (d, &x) in self.k[s * hk..(s + 1) * hk]
+                .iter_mut()
+                .zip(&k[t * hk..(t + 1) * hk])
+            {
                 *d = rocmforge_quant::f32_to_f16(x);
             }
-            for (d, &x) in self.v[s * hv..(s + 1) * hv].iter_mut().zip(&v[t * hv..(t + 1) * hv]) {
+            for (d, &x) in self.v[s * hv..(s + 1) * hv]
+                .iter_mut()
+                .zip(&v[t * hv..(t + 1) * hv])
+            {
                 *d = rocmforge_quant::f32_to_f16(x);
             }
         }
@@ -129,10 +175,22 @@ impl KvCache {
     }
 
     /// Read back K (or V) of head `h` at `pos` as f32 (for tests and debugging).
-    pub fn read(&self, layer: usize, block_table: &[u32], pos: usize, h: usize, value: bool, out: &mut [f32]) -> Result<(), CpuError> {
+    pub fn read(
+        &self,
+        layer: usize,
+        block_table: &[u32],
+        pos: usize,
+        h: usize,
+        value: bool,
+        out: &mut [f32],
+    ) -> Result<(), CpuError> {
         self.check_layer("kv_read", layer)?;
         let s = self.slot("kv_read", layer, block_table, pos)?;
-        let (buf, hd) = if value { (&self.v, self.head_dim_v) } else { (&self.k, self.head_dim_k) };
+        let (buf, hd) = if value {
+            (&self.v, self.head_dim_v)
+        } else {
+            (&self.k, self.head_dim_k)
+        };
         let base = (s * self.n_head_kv + h.min(self.n_head_kv.saturating_sub(1))) * hd;
         for (o, &b) in out.iter_mut().zip(&buf[base..base + hd]) {
             *o = f16_bits_to_f32(b);
@@ -157,7 +215,19 @@ pub fn attention(
     params: &AttnParams,
     out: &mut [f32],
 ) -> Result<(), CpuError> {
-    attention_isa(pool, Isa::detect(), cache, layer, block_table, q, n_tokens, pos_start, n_head, params, out)
+    attention_isa(
+        pool,
+        Isa::detect(),
+        cache,
+        layer,
+        block_table,
+        q,
+        n_tokens,
+        pos_start,
+        n_head,
+        params,
+        out,
+    )
 }
 
 /// [`attention`] at an explicit instruction-set level (tests compare paths).
@@ -180,7 +250,11 @@ pub fn attention_isa(
     cache.check_layer(OP, layer)?;
     let (n_kv, dk, dv) = (cache.n_head_kv, cache.head_dim_k, cache.head_dim_v);
     if n_kv == 0 || n_head % n_kv != 0 {
-        return Err(CpuError::BadHeadGrouping { op: OP, n_head, n_head_kv: n_kv });
+        return Err(CpuError::BadHeadGrouping {
+            op: OP,
+            n_head,
+            n_head_kv: n_kv,
+        });
     }
     crate::matmul::check_len(OP, "q", q.len(), n_tokens.checked_mul(n_head * dk))?;
     crate::matmul::check_len(OP, "out", out.len(), n_tokens.checked_mul(n_head * dv))?;
@@ -189,7 +263,10 @@ pub fn attention_isa(
     }
     let seq_len = pos_start + n_tokens;
     // Check every block the queries will touch once, up front, so the workers cannot fail.
-    for p in (0..seq_len).step_by(cache.block_size.max(1)).chain(std::iter::once(seq_len - 1)) {
+    for p in (0..seq_len)
+        .step_by(cache.block_size.max(1))
+        .chain(std::iter::once(seq_len - 1))
+    {
         cache.slot(OP, layer, block_table, p)?;
     }
     let group = n_head / n_kv;
@@ -223,7 +300,9 @@ pub fn attention_isa(
             scores.resize(group * nk, 0.0);
             for (j, p) in (lo..hi).enumerate() {
                 // Checked above: every position < seq_len has a valid block.
-                let Ok(s) = cache.slot(OP, layer, block_table, p) else { continue };
+                let Ok(s) = cache.slot(OP, layer, block_table, p) else {
+                    continue;
+                };
                 let base = (s * n_kv + g) * dk;
                 to_f32(&cache.k[base..base + dk], &mut krow);
                 for hh in 0..group {
@@ -241,18 +320,26 @@ pub fn attention_isa(
             }
             acc.fill(0.0);
             for (j, p) in (lo..hi).enumerate() {
-                let Ok(s) = cache.slot(OP, layer, block_table, p) else { continue };
+                let Ok(s) = cache.slot(OP, layer, block_table, p) else {
+                    continue;
+                };
                 let base = (s * n_kv + g) * dv;
                 to_f32(&cache.v[base..base + dv], &mut vrow);
                 for hh in 0..group {
-                    simd::axpy(isa, scores[hh * nk + j], &vrow, &mut acc[hh * dv..(hh + 1) * dv]);
+                    simd::axpy(
+                        isa,
+                        scores[hh * nk + j],
+                        &vrow,
+                        &mut acc[hh * dv..(hh + 1) * dv],
+                    );
                 }
             }
             for hh in 0..group {
                 let h = g * group + hh;
                 // SAFETY: (t, h) is inside out (n_tokens x n_head x dv, checked); each (t, g) task
                 // owns the heads of group g for token t.
-                let dst = unsafe { std::slice::from_raw_parts_mut(op.0.add((t * n_head + h) * dv), dv) };
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(op.0.add((t * n_head + h) * dv), dv) };
                 dst.copy_from_slice(&acc[hh * dv..(hh + 1) * dv]);
             }
         }

@@ -24,8 +24,8 @@ pub use attention::{attention, attention_isa, AttnParams, KvCache};
 pub use error::CpuError;
 pub use matmul::{get_rows, matmul, matmul_bias, matmul_ext, supports_matmul};
 pub use ops::{
-    add, gelu, gelu_erf, geglu, layer_norm, mul, rms_norm, rope, rope_cache, rope_yarn_corr_dims, scale, silu,
-    softcap, softmax_inplace, swiglu, RopeParams,
+    add, geglu, gelu, gelu_erf, layer_norm, mul, rms_norm, rope, rope_cache, rope_yarn_corr_dims,
+    scale, silu, softcap, softmax_inplace, swiglu, RopeParams,
 };
 pub use pool::ThreadPool;
 pub use rocmforge_quant::GgmlType;

@@ -44,7 +44,18 @@ pub fn matmul(
     n_tokens: usize,
     y: &mut [f32],
 ) -> Result<(), CpuError> {
-    matmul_ext(pool, Isa::detect(), ty, w, n_out, k_dim, x, n_tokens, None, y)
+    matmul_ext(
+        pool,
+        Isa::detect(),
+        ty,
+        w,
+        n_out,
+        k_dim,
+        x,
+        n_tokens,
+        None,
+        y,
+    )
 }
 
 /// [`matmul`] plus an optional bias (`n_out` values added to every token's output row).
@@ -60,7 +71,18 @@ pub fn matmul_bias(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<(), CpuError> {
-    matmul_ext(pool, Isa::detect(), ty, w, n_out, k_dim, x, n_tokens, bias, y)
+    matmul_ext(
+        pool,
+        Isa::detect(),
+        ty,
+        w,
+        n_out,
+        k_dim,
+        x,
+        n_tokens,
+        bias,
+        y,
+    )
 }
 
 /// [`matmul_bias`] at an explicit instruction-set level (clamped to what the CPU has); used by
@@ -80,11 +102,19 @@ pub fn matmul_ext(
 ) -> Result<(), CpuError> {
     const OP: &str = "matmul";
     if !supports_matmul(ty) {
-        return Err(CpuError::UnsupportedType { op: OP, ty: ty.name() });
+        return Err(CpuError::UnsupportedType {
+            op: OP,
+            ty: ty.name(),
+        });
     }
     let block = ty.block_size();
     if k_dim % block != 0 {
-        return Err(CpuError::NotBlockAligned { op: OP, ty: ty.name(), k: k_dim, block });
+        return Err(CpuError::NotBlockAligned {
+            op: OP,
+            ty: ty.name(),
+            k: k_dim,
+            block,
+        });
     }
     let row_bytes = k_dim / block * ty.type_size();
     check_len(OP, "weights (bytes)", w.len(), n_out.checked_mul(row_bytes))?;
@@ -111,10 +141,20 @@ pub fn matmul_ext(
     Ok(())
 }
 
-pub(crate) fn check_len(op: &'static str, what: &'static str, got: usize, want: Option<usize>) -> Result<(), CpuError> {
+pub(crate) fn check_len(
+    op: &'static str,
+    what: &'static str,
+    got: usize,
+    want: Option<usize>,
+) -> Result<(), CpuError> {
     match want {
         Some(w) if w == got => Ok(()),
-        _ => Err(CpuError::BadLength { op, what, got, want: want.unwrap_or(usize::MAX) }),
+        _ => Err(CpuError::BadLength {
+            op,
+            what,
+            got,
+            want: want.unwrap_or(usize::MAX),
+        }),
     }
 }
 
@@ -161,7 +201,10 @@ fn dense_matmul(
         return;
     }
     // Prefill: rows converted to f32 in chunks of at most ~256 KiB, then one gemm per chunk.
-    let chunk = (65536 / k.max(1)).clamp(16, 512).min(n_out.div_ceil(nth)).max(1);
+    let chunk = (65536 / k.max(1))
+        .clamp(16, 512)
+        .min(n_out.div_ceil(nth))
+        .max(1);
     let n_chunks = n_out.div_ceil(chunk);
     pool.run(|_, _| {
         let yp = yp;
@@ -214,11 +257,22 @@ fn dense_matmul(
 
 /// Embedding lookup: `out[i * row_len ..][..row_len]` = row `ids[i]` of `table` (rows of
 /// `row_len` elements of type `ty`), dequantized to f32 exactly as llama.cpp does.
-pub fn get_rows(ty: GgmlType, table: &[u8], row_len: usize, ids: &[u32], out: &mut [f32]) -> Result<(), CpuError> {
+pub fn get_rows(
+    ty: GgmlType,
+    table: &[u8],
+    row_len: usize,
+    ids: &[u32],
+    out: &mut [f32],
+) -> Result<(), CpuError> {
     const OP: &str = "get_rows";
     let block = ty.block_size();
     if row_len % block != 0 {
-        return Err(CpuError::NotBlockAligned { op: OP, ty: ty.name(), k: row_len, block });
+        return Err(CpuError::NotBlockAligned {
+            op: OP,
+            ty: ty.name(),
+            k: row_len,
+            block,
+        });
     }
     let rb = row_len / block * ty.type_size();
     check_len(OP, "out", out.len(), ids.len().checked_mul(row_len))?;
@@ -228,7 +282,11 @@ pub fn get_rows(ty: GgmlType, table: &[u8], row_len: usize, ids: &[u32], out: &m
         if id_us >= n_rows {
             return Err(CpuError::RowOutOfRange { op: OP, id, n_rows });
         }
-        rocmforge_quant::dequantize(ty, &table[id_us * rb..(id_us + 1) * rb], &mut out[i * row_len..(i + 1) * row_len])?;
+        rocmforge_quant::dequantize(
+            ty,
+            &table[id_us * rb..(id_us + 1) * rb],
+            &mut out[i * row_len..(i + 1) * row_len],
+        )?;
     }
     Ok(())
 }

@@ -91,7 +91,11 @@ impl ThreadPool {
             }
             return ThreadPool::new(started);
         }
-        ThreadPool { shared, run_lock: Mutex::new(()), handles }
+        ThreadPool {
+            shared,
+            run_lock: Mutex::new(()),
+            handles,
+        }
     }
 
     /// The process-wide pool: `ROCMFORGE_THREADS` if set to a positive integer, else
@@ -119,8 +123,9 @@ impl ThreadPool {
         let job: &(dyn Fn(usize, usize) + Sync + '_) = &f;
         // SAFETY: erases the closure's lifetime; `Wait` below keeps `f` alive until every worker
         // has decremented `remaining`, after which none touches the pointer again.
-        let ptr: *const Job =
-            unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Job>(job) };
+        let ptr: *const Job = unsafe {
+            std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Job>(job)
+        };
         *sh.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(JobPtr(ptr));
         sh.panicked.store(false, Ordering::Relaxed);
         sh.remaining.store(n - 1, Ordering::SeqCst);
@@ -174,7 +179,9 @@ fn default_threads() -> usize {
             }
         }
     }
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn notify_all(sh: &Shared) {
@@ -201,7 +208,8 @@ fn worker(sh: Arc<Shared>, idx: usize) {
                 let g = sh.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 sh.sleepers.fetch_add(1, Ordering::SeqCst);
                 let mut g = g;
-                while sh.epoch.load(Ordering::SeqCst) == seen && !sh.shutdown.load(Ordering::SeqCst) {
+                while sh.epoch.load(Ordering::SeqCst) == seen && !sh.shutdown.load(Ordering::SeqCst)
+                {
                     g = sh.wake.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
                 sh.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -216,7 +224,9 @@ fn worker(sh: Arc<Shared>, idx: usize) {
             // SAFETY: `run` keeps the closure alive until `remaining` reaches zero, which happens
             // only after this call returns (see module header).
             let f: &Job = unsafe { &*p };
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(idx, sh.n_threads))).is_err() {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(idx, sh.n_threads)))
+                .is_err()
+            {
                 sh.panicked.store(true, Ordering::Release);
             }
         }
@@ -246,12 +256,16 @@ mod tests {
     fn nested_run_is_inline_and_panics_propagate() {
         let pool = ThreadPool::new(2);
         let count = AtomicUsize::new(0);
-        pool.run(|_, _| pool.run(|i, n| {
-            assert_eq!((i, n), (0, 1));
-            count.fetch_add(1, Ordering::Relaxed);
-        }));
+        pool.run(|_, _| {
+            pool.run(|i, n| {
+                assert_eq!((i, n), (0, 1));
+                count.fetch_add(1, Ordering::Relaxed);
+            })
+        });
         assert_eq!(count.load(Ordering::Relaxed), 2);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.run(|i, _| assert_ne!(i, 1))));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(|i, _| assert_ne!(i, 1))
+        }));
         assert!(r.is_err());
         // The pool still works afterwards.
         let c2 = AtomicUsize::new(0);

@@ -86,7 +86,11 @@ impl WPtr {
     /// # Safety
     /// Row `r` must exist in the tile.
     unsafe fn row(self, kc: &Kc, r: usize) -> WPtr {
-        WPtr { u: self.u.add(r * kc.kp), s4: self.s4.add(r * kc.kp / 4), b16: self.b16.add(r * kc.g16) }
+        WPtr {
+            u: self.u.add(r * kc.kp),
+            s4: self.s4.add(r * kc.kp / 4),
+            b16: self.b16.add(r * kc.g16),
+        }
     }
 }
 
@@ -108,7 +112,18 @@ pub(crate) fn qmatmul(
     let isa = isa.clamp();
     ACTS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut acts) => qmatmul_with(pool, isa, ty, w, n_out, k, x, n_tokens, y, &mut acts),
-        Err(_) => qmatmul_with(pool, isa, ty, w, n_out, k, x, n_tokens, y, &mut QActs::default()),
+        Err(_) => qmatmul_with(
+            pool,
+            isa,
+            ty,
+            w,
+            n_out,
+            k,
+            x,
+            n_tokens,
+            y,
+            &mut QActs::default(),
+        ),
     })
 }
 
@@ -131,7 +146,11 @@ fn qmatmul_with(
     let acts = &*acts;
 
     let row_bytes = k / ty.block_size() * ty.type_size();
-    let kc = Kc { kp, g16, bias: has_bias(ty) };
+    let kc = Kc {
+        kp,
+        g16,
+        bias: has_bias(ty),
+    };
     let wide = is_wide(ty);
     let n_tiles = n_out.div_ceil(ROW_TILE);
     let nth = pool.n_threads();
@@ -171,7 +190,11 @@ fn qmatmul_with(
                             unpack_dispatch(isa, ty, src, k, u, s4, b16);
                             zero_padding(k, u, s4, b16);
                         }
-                        let wp = WPtr { u: s.u.as_ptr(), s4: s.s4.as_ptr(), b16: s.b16.as_ptr() };
+                        let wp = WPtr {
+                            u: s.u.as_ptr(),
+                            s4: s.s4.as_ptr(),
+                            b16: s.b16.as_ptr(),
+                        };
                         let mut tt = 0;
                         while tt < tc {
                             let nt = 4.min(tc - tt);
@@ -185,7 +208,10 @@ fn qmatmul_with(
                             };
                             // SAFETY: (t, r0) is inside y (n_tokens x n_out); this thread owns rows
                             // r0..r0+nr of every token (row chunks are disjoint).
-                            let ypt = YPtr { y: unsafe { yp.0.add(t * n_out + r0) }, ld: n_out };
+                            let ypt = YPtr {
+                                y: unsafe { yp.0.add(t * n_out + r0) },
+                                ld: n_out,
+                            };
                             // SAFETY: tile rows nr <= 4 and tokens nt <= 4 exist in the buffers.
                             unsafe { run_tile(isa, wide, &kc, wp, nr, xp, nt, ypt) };
                             tt += nt;
@@ -237,7 +263,15 @@ fn quantize_all(pool: &ThreadPool, x: &[f32], k: usize, n_tokens: usize, acts: &
     }
 }
 
-fn unpack_dispatch(isa: Isa, ty: GgmlType, src: &[u8], k: usize, u: &mut [u8], s4: &mut [f32], b16: &mut [f32]) {
+fn unpack_dispatch(
+    isa: Isa,
+    ty: GgmlType,
+    src: &[u8],
+    k: usize,
+    u: &mut [u8],
+    s4: &mut [f32],
+    b16: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {
         // SAFETY: AVX2/FMA detected (isa was clamped to the CPU's level).
@@ -252,7 +286,14 @@ fn unpack_dispatch(isa: Isa, ty: GgmlType, src: &[u8], k: usize, u: &mut [u8], s
 /// with F16C doing the scale conversions.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn unpack_avx2(ty: GgmlType, src: &[u8], k: usize, u: &mut [u8], s4: &mut [f32], b16: &mut [f32]) {
+unsafe fn unpack_avx2(
+    ty: GgmlType,
+    src: &[u8],
+    k: usize,
+    u: &mut [u8],
+    s4: &mut [f32],
+    b16: &mut [f32],
+) {
     #[inline(always)]
     fn cvt(h: u16) -> f32 {
         // SAFETY: only reached from `unpack_avx2`, which runs after F16C was detected.
@@ -290,12 +331,23 @@ unsafe fn run_tile(isa: Isa, wide: bool, kc: &Kc, w: WPtr, nr: usize, x: XPtr, n
             let mut r = 0;
             while r < nr {
                 let wr = w.row(kc, r);
-                let yr = YPtr { y: y.y.add(r), ld: y.ld };
+                let yr = YPtr {
+                    y: y.y.add(r),
+                    ld: y.ld,
+                };
                 if nr - r >= $rt {
-                    if wide { by_t!($f, $rt, true, wr, yr) } else { by_t!($f, $rt, false, wr, yr) }
+                    if wide {
+                        by_t!($f, $rt, true, wr, yr)
+                    } else {
+                        by_t!($f, $rt, false, wr, yr)
+                    }
                     r += $rt;
                 } else {
-                    if wide { by_t!($f, 1, true, wr, yr) } else { by_t!($f, 1, false, wr, yr) }
+                    if wide {
+                        by_t!($f, 1, true, wr, yr)
+                    } else {
+                        by_t!($f, 1, false, wr, yr)
+                    }
                     r += 1;
                 }
             }
@@ -353,7 +405,12 @@ use std::arch::x86_64::*;
 /// As `run_tile`, and the CPU must support AVX-512 F/BW/VL/VNNI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn tile512<const R: usize, const T: usize, const WIDE: bool>(kc: &Kc, w: WPtr, x: XPtr, y: YPtr) {
+unsafe fn tile512<const R: usize, const T: usize, const WIDE: bool>(
+    kc: &Kc,
+    w: WPtr,
+    x: XPtr,
+    y: YPtr,
+) {
     let kp = kc.kp;
     let kp4 = kp / 4;
     let mut acc = [[_mm512_setzero_ps(); T]; R];
@@ -369,10 +426,15 @@ unsafe fn tile512<const R: usize, const T: usize, const WIDE: bool>(kc: &Kc, w: 
         for t in 0..T {
             let xv = _mm512_loadu_si512(x.xq.add(t * kp + c) as *const _);
             let dv = _mm512_loadu_ps(x.dx4.add(t * kp4 + l));
-            let init = if WIDE { _mm512_loadu_si512(x.xc4.add(t * kp4 + l) as *const _) } else { _mm512_setzero_si512() };
+            let init = if WIDE {
+                _mm512_loadu_si512(x.xc4.add(t * kp4 + l) as *const _)
+            } else {
+                _mm512_setzero_si512()
+            };
             for r in 0..R {
                 let i = _mm512_dpbusd_epi32(init, wv[r], xv);
-                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(sv[r], dv), acc[r][t]);
+                acc[r][t] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(sv[r], dv), acc[r][t]);
             }
         }
         c += 64;
@@ -402,7 +464,12 @@ unsafe fn tile512<const R: usize, const T: usize, const WIDE: bool>(kc: &Kc, w: 
 /// As `run_tile`, and the CPU must support AVX2 + FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile256<const R: usize, const T: usize, const WIDE: bool>(kc: &Kc, w: WPtr, x: XPtr, y: YPtr) {
+unsafe fn tile256<const R: usize, const T: usize, const WIDE: bool>(
+    kc: &Kc,
+    w: WPtr,
+    x: XPtr,
+    y: YPtr,
+) {
     let kp = kc.kp;
     let kp4 = kp / 4;
     let ones = _mm256_set1_epi16(1);
@@ -430,9 +497,14 @@ unsafe fn tile256<const R: usize, const T: usize, const WIDE: bool>(kc: &Kc, w: 
             let xv = _mm256_loadu_si256(x.xq.add(t * kp + c) as *const __m256i);
             let dv = _mm256_loadu_ps(x.dx4.add(t * kp4 + l));
             for r in 0..R {
-                let xs = if WIDE { _mm256_sign_epi8(xv, sg[r]) } else { xv };
+                let xs = if WIDE {
+                    _mm256_sign_epi8(xv, sg[r])
+                } else {
+                    xv
+                };
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[r], xs), ones);
-                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(sv[r], dv), acc[r][t]);
+                acc[r][t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(sv[r], dv), acc[r][t]);
             }
         }
         c += 32;

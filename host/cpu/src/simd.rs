@@ -29,7 +29,11 @@ impl Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
             let best = Isa::best_supported();
-            match std::env::var("ROCMFORGE_CPU_ISA").ok().as_deref().map(str::trim) {
+            match std::env::var("ROCMFORGE_CPU_ISA")
+                .ok()
+                .as_deref()
+                .map(str::trim)
+            {
                 Some("scalar") => Isa::Scalar,
                 Some("avx2") => best.min(Isa::Avx2),
                 _ => best,
@@ -61,7 +65,10 @@ impl Isa {
 
     /// Every level this machine can run (for tests comparing paths).
     pub fn all_supported() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= Isa::best_supported()).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&i| i <= Isa::best_supported())
+            .collect()
     }
 
     /// `self` if the CPU supports it, else the best supported level below it.
@@ -111,7 +118,9 @@ pub(crate) fn dot_dense_scalar(ty: Dense, w: &[u8], x: &[f32], n: usize) -> f32 
         let v = match ty {
             Dense::F32 => f32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]),
             Dense::F16 => f16_bits_to_f32(u16::from_le_bytes([w[2 * i], w[2 * i + 1]])),
-            Dense::Bf16 => f32::from_bits((u16::from_le_bytes([w[2 * i], w[2 * i + 1]]) as u32) << 16),
+            Dense::Bf16 => {
+                f32::from_bits((u16::from_le_bytes([w[2 * i], w[2 * i + 1]]) as u32) << 16)
+            }
         };
         acc[i % 8] += v * x[i];
     }
@@ -296,7 +305,9 @@ pub(crate) mod x86 {
             let v = match ty {
                 Dense::F32 => (w.add(4 * i) as *const f32).read_unaligned(),
                 Dense::F16 => super::f16_bits_to_f32((w.add(2 * i) as *const u16).read_unaligned()),
-                Dense::Bf16 => f32::from_bits(((w.add(2 * i) as *const u16).read_unaligned() as u32) << 16),
+                Dense::Bf16 => {
+                    f32::from_bits(((w.add(2 * i) as *const u16).read_unaligned() as u32) << 16)
+                }
             };
             s += v * *x.add(i);
             i += 1;
@@ -313,7 +324,11 @@ pub(crate) mod x86 {
         let mut i = 0;
         while i + 16 <= n {
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i + 8)), _mm256_loadu_ps(b.add(i + 8)), a1);
+            a1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.add(i + 8)),
+                _mm256_loadu_ps(b.add(i + 8)),
+                a1,
+            );
             i += 16;
         }
         if i + 8 <= n {
@@ -368,7 +383,10 @@ pub(crate) mod x86 {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
         // 2^n, n in [-126, 127] after the clamp; 2^(n) = (n + 127) << 23 as bits.
         let ni = _mm256_cvtps_epi32(n);
-        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_add_epi32(ni, _mm256_set1_epi32(127)),
+            23,
+        ));
         let res = _mm256_mul_ps(p, pow2);
         // Flush results for x below the clamp to exactly 0 (masked attention logits, -inf).
         let under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
@@ -401,7 +419,12 @@ pub(crate) mod x86 {
     /// # Safety
     /// AVX2 and FMA must be available; pointers valid for `n` floats.
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn silu_mul_avx2(x: *const f32, mul: Option<*const f32>, out: *mut f32, n: usize) {
+    pub(crate) unsafe fn silu_mul_avx2(
+        x: *const f32,
+        mul: Option<*const f32>,
+        out: *mut f32,
+        n: usize,
+    ) {
         let one = _mm256_set1_ps(1.0);
         let mut i = 0;
         while i + 8 <= n {
@@ -428,7 +451,12 @@ pub(crate) mod x86 {
     /// # Safety
     /// AVX2 and FMA must be available; pointers valid for `n` floats.
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn gelu_mul_avx2(x: *const f32, mul: Option<*const f32>, out: *mut f32, n: usize) {
+    pub(crate) unsafe fn gelu_mul_avx2(
+        x: *const f32,
+        mul: Option<*const f32>,
+        out: *mut f32,
+        n: usize,
+    ) {
         let one = _mm256_set1_ps(1.0);
         let half = _mm256_set1_ps(0.5);
         let mut i = 0;
@@ -440,7 +468,10 @@ pub(crate) mod x86 {
             );
             // tanh(y) = 1 - 2 / (exp(2y) + 1); exp saturates cleanly at both ends.
             let e = exp256(_mm256_add_ps(inner, inner));
-            let t = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(e, one)));
+            let t = _mm256_sub_ps(
+                one,
+                _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(e, one)),
+            );
             let mut g = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, t));
             if let Some(m) = mul {
                 g = _mm256_mul_ps(g, _mm256_loadu_ps(m.add(i)));

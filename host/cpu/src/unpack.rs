@@ -22,7 +22,21 @@ use rocmforge_quant::{get_scale_min_k4, GgmlType, KVALUES_IQ4NL};
 /// True if the quantized matmul handles `ty`.
 pub(crate) fn supported(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_NL | IQ4_XS)
+    matches!(
+        ty,
+        Q4_0 | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q8_0
+            | Q2_K
+            | Q3_K
+            | Q4_K
+            | Q5_K
+            | Q6_K
+            | Q8_K
+            | IQ4_NL
+            | IQ4_XS
+    )
 }
 
 /// True for types whose `u` is value + 128 (see module header).
@@ -97,144 +111,236 @@ pub(crate) fn unpack_row(
     let h = |b: &[u8], at: usize| cvt(u16::from_le_bytes([b[at], b[at + 1]]));
     let (u, s4, b16) = (&mut u[..k], &mut s4[..k / 4], &mut b16[..k / 16]);
     match ty {
-        Q4_0 => blocks::<18, 32, 8, 2>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            let d = h(b, 0);
-            nibbles(arr(b, 2), u);
-            fill(s4, d);
-            fill(b16, -8.0 * d);
-        }),
-        Q4_1 => blocks::<20, 32, 8, 2>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            nibbles(arr(b, 4), u);
-            fill(s4, h(b, 0));
-            fill(b16, h(b, 2));
-        }),
-        Q5_0 => blocks::<22, 32, 8, 2>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            let d = h(b, 0);
-            q5(u32::from_le_bytes(*arr(b, 2)), arr(b, 6), u);
-            fill(s4, d);
-            fill(b16, -16.0 * d);
-        }),
-        Q5_1 => blocks::<24, 32, 8, 2>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            q5(u32::from_le_bytes(*arr(b, 4)), arr(b, 8), u);
-            fill(s4, h(b, 0));
-            fill(b16, h(b, 2));
-        }),
-        Q8_0 => blocks::<34, 32, 8, 2>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            let qs: &[u8; 32] = arr(b, 2);
-            for j in 0..32 {
-                u[j] = qs[j] ^ 0x80;
-            }
-            fill(s4, h(b, 0));
-            fill(b16, 0.0);
-        }),
-        IQ4_NL => blocks::<18, 32, 8, 2>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            iq4(arr(b, 2), u);
-            fill(s4, h(b, 0));
-            fill(b16, 0.0);
-        }),
-        Q8_K => blocks::<292, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            let qs: &[u8; 256] = arr(b, 4);
-            for j in 0..256 {
-                u[j] = qs[j] ^ 0x80;
-            }
-            fill(s4, f32::from_le_bytes(*arr(b, 0)));
-            fill(b16, 0.0);
-        }),
-        Q2_K => blocks::<84, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            // scales[16] | qs[64] | d | dmin
-            let (d, dmin) = (h(b, 80), h(b, 82));
-            let qs: &[u8; 64] = arr(b, 16);
-            for n in 0..2 {
-                for j in 0..4 {
-                    for i in 0..32 {
-                        u[128 * n + 32 * j + i] = (qs[32 * n + i] >> (2 * j)) & 3;
+        Q4_0 => blocks::<18, 32, 8, 2>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                let d = h(b, 0);
+                nibbles(arr(b, 2), u);
+                fill(s4, d);
+                fill(b16, -8.0 * d);
+            },
+        ),
+        Q4_1 => blocks::<20, 32, 8, 2>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                nibbles(arr(b, 4), u);
+                fill(s4, h(b, 0));
+                fill(b16, h(b, 2));
+            },
+        ),
+        Q5_0 => blocks::<22, 32, 8, 2>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                let d = h(b, 0);
+                q5(u32::from_le_bytes(*arr(b, 2)), arr(b, 6), u);
+                fill(s4, d);
+                fill(b16, -16.0 * d);
+            },
+        ),
+        Q5_1 => blocks::<24, 32, 8, 2>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                q5(u32::from_le_bytes(*arr(b, 4)), arr(b, 8), u);
+                fill(s4, h(b, 0));
+                fill(b16, h(b, 2));
+            },
+        ),
+        Q8_0 => blocks::<34, 32, 8, 2>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                let qs: &[u8; 32] = arr(b, 2);
+                for j in 0..32 {
+                    u[j] = qs[j] ^ 0x80;
+                }
+                fill(s4, h(b, 0));
+                fill(b16, 0.0);
+            },
+        ),
+        IQ4_NL => blocks::<18, 32, 8, 2>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                iq4(arr(b, 2), u);
+                fill(s4, h(b, 0));
+                fill(b16, 0.0);
+            },
+        ),
+        Q8_K => blocks::<292, 256, 64, 16>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                let qs: &[u8; 256] = arr(b, 4);
+                for j in 0..256 {
+                    u[j] = qs[j] ^ 0x80;
+                }
+                fill(s4, f32::from_le_bytes(*arr(b, 0)));
+                fill(b16, 0.0);
+            },
+        ),
+        Q2_K => blocks::<84, 256, 64, 16>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                // scales[16] | qs[64] | d | dmin
+                let (d, dmin) = (h(b, 80), h(b, 82));
+                let qs: &[u8; 64] = arr(b, 16);
+                for n in 0..2 {
+                    for j in 0..4 {
+                        for i in 0..32 {
+                            u[128 * n + 32 * j + i] = (qs[32 * n + i] >> (2 * j)) & 3;
+                        }
                     }
                 }
-            }
-            for sb in 0..16 {
-                let sc = b[sb];
-                fill(&mut s4[4 * sb..4 * sb + 4], d * (sc & 15) as f32);
-                b16[sb] = -dmin * (sc >> 4) as f32;
-            }
-        }),
-        Q3_K => blocks::<110, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            // hmask[32] | qs[64] | scales[12] | d
-            let d = h(b, 108);
-            let hm: &[u8; 32] = arr(b, 0);
-            let qs: &[u8; 64] = arr(b, 32);
-            let sc = rocmforge_quant::blocks::q3k_scales(arr(b, 96));
-            for n in 0..2 {
-                for j in 0..4 {
-                    let shift = 4 * n + j;
-                    for i in 0..32 {
-                        let lo = (qs[32 * n + i] >> (2 * j)) & 3;
-                        let hi = ((hm[i] >> shift) & 1) << 2;
-                        u[128 * n + 32 * j + i] = lo | hi;
+                for sb in 0..16 {
+                    let sc = b[sb];
+                    fill(&mut s4[4 * sb..4 * sb + 4], d * (sc & 15) as f32);
+                    b16[sb] = -dmin * (sc >> 4) as f32;
+                }
+            },
+        ),
+        Q3_K => blocks::<110, 256, 64, 16>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                // hmask[32] | qs[64] | scales[12] | d
+                let d = h(b, 108);
+                let hm: &[u8; 32] = arr(b, 0);
+                let qs: &[u8; 64] = arr(b, 32);
+                let sc = rocmforge_quant::blocks::q3k_scales(arr(b, 96));
+                for n in 0..2 {
+                    for j in 0..4 {
+                        let shift = 4 * n + j;
+                        for i in 0..32 {
+                            let lo = (qs[32 * n + i] >> (2 * j)) & 3;
+                            let hi = ((hm[i] >> shift) & 1) << 2;
+                            u[128 * n + 32 * j + i] = lo | hi;
+                        }
                     }
                 }
-            }
-            for sb in 0..16 {
-                let s = d * sc[sb] as f32;
-                fill(&mut s4[4 * sb..4 * sb + 4], s);
-                b16[sb] = -4.0 * s;
-            }
-        }),
-        Q4_K => blocks::<144, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            let qs: &[u8; 128] = arr(b, 16);
-            for c in 0..4 {
-                for l in 0..32 {
-                    let q = qs[32 * c + l];
-                    u[64 * c + l] = q & 15;
-                    u[64 * c + 32 + l] = q >> 4;
+                for sb in 0..16 {
+                    let s = d * sc[sb] as f32;
+                    fill(&mut s4[4 * sb..4 * sb + 4], s);
+                    b16[sb] = -4.0 * s;
                 }
-            }
-            k4_scales(h(b, 0), h(b, 2), b, s4, b16);
-        }),
-        Q5_K => blocks::<176, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            let qh: &[u8; 32] = arr(b, 16);
-            let qs: &[u8; 128] = arr(b, 48);
-            for c in 0..4 {
-                for l in 0..32 {
-                    let q = qs[32 * c + l];
-                    u[64 * c + l] = (q & 15) | (((qh[l] >> (2 * c)) & 1) << 4);
-                    u[64 * c + 32 + l] = (q >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
+            },
+        ),
+        Q4_K => blocks::<144, 256, 64, 16>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                let qs: &[u8; 128] = arr(b, 16);
+                for c in 0..4 {
+                    for l in 0..32 {
+                        let q = qs[32 * c + l];
+                        u[64 * c + l] = q & 15;
+                        u[64 * c + 32 + l] = q >> 4;
+                    }
                 }
-            }
-            k4_scales(h(b, 0), h(b, 2), b, s4, b16);
-        }),
-        Q6_K => blocks::<210, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            // ql[128] | qh[64] | scales[16] (i8) | d
-            let d = h(b, 208);
-            let ql: &[u8; 128] = arr(b, 0);
-            let qh: &[u8; 64] = arr(b, 128);
-            for n in 0..2 {
-                for l in 0..32 {
-                    let hb = qh[32 * n + l];
-                    let (a, c) = (ql[64 * n + l], ql[64 * n + 32 + l]);
-                    u[128 * n + l] = (a & 15) | ((hb & 3) << 4);
-                    u[128 * n + 32 + l] = (c & 15) | (((hb >> 2) & 3) << 4);
-                    u[128 * n + 64 + l] = (a >> 4) | (((hb >> 4) & 3) << 4);
-                    u[128 * n + 96 + l] = (c >> 4) | (((hb >> 6) & 3) << 4);
+                k4_scales(h(b, 0), h(b, 2), b, s4, b16);
+            },
+        ),
+        Q5_K => blocks::<176, 256, 64, 16>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                let qh: &[u8; 32] = arr(b, 16);
+                let qs: &[u8; 128] = arr(b, 48);
+                for c in 0..4 {
+                    for l in 0..32 {
+                        let q = qs[32 * c + l];
+                        u[64 * c + l] = (q & 15) | (((qh[l] >> (2 * c)) & 1) << 4);
+                        u[64 * c + 32 + l] = (q >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
+                    }
                 }
-            }
-            for sb in 0..16 {
-                let s = d * (b[192 + sb] as i8) as f32;
-                fill(&mut s4[4 * sb..4 * sb + 4], s);
-                b16[sb] = -32.0 * s;
-            }
-        }),
-        IQ4_XS => blocks::<136, 256, 64, 16>(src, u, s4, b16, #[inline(always)] |b, u, s4, b16| {
-            // d | scales_h (u16) | scales_l[4] | qs[128]
-            let d = h(b, 0);
-            let sh = u16::from_le_bytes([b[2], b[3]]);
-            for ib32 in 0..8 {
-                let ls = ((b[4 + ib32 / 2] >> (4 * (ib32 % 2))) & 15) | ((((sh >> (2 * ib32)) & 3) as u8) << 4);
-                fill(&mut s4[8 * ib32..8 * ib32 + 8], d * (ls as i32 - 32) as f32);
-                let (uc, _) = u.as_chunks_mut::<32>();
-                iq4(arr(b, 8 + 16 * ib32), &mut uc[ib32]);
-            }
-            fill(b16, 0.0);
-        }),
+                k4_scales(h(b, 0), h(b, 2), b, s4, b16);
+            },
+        ),
+        Q6_K => blocks::<210, 256, 64, 16>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                // ql[128] | qh[64] | scales[16] (i8) | d
+                let d = h(b, 208);
+                let ql: &[u8; 128] = arr(b, 0);
+                let qh: &[u8; 64] = arr(b, 128);
+                for n in 0..2 {
+                    for l in 0..32 {
+                        let hb = qh[32 * n + l];
+                        let (a, c) = (ql[64 * n + l], ql[64 * n + 32 + l]);
+                        u[128 * n + l] = (a & 15) | ((hb & 3) << 4);
+                        u[128 * n + 32 + l] = (c & 15) | (((hb >> 2) & 3) << 4);
+                        u[128 * n + 64 + l] = (a >> 4) | (((hb >> 4) & 3) << 4);
+                        u[128 * n + 96 + l] = (c >> 4) | (((hb >> 6) & 3) << 4);
+                    }
+                }
+                for sb in 0..16 {
+                    let s = d * (b[192 + sb] as i8) as f32;
+                    fill(&mut s4[4 * sb..4 * sb + 4], s);
+                    b16[sb] = -32.0 * s;
+                }
+            },
+        ),
+        IQ4_XS => blocks::<136, 256, 64, 16>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                // d | scales_h (u16) | scales_l[4] | qs[128]
+                let d = h(b, 0);
+                let sh = u16::from_le_bytes([b[2], b[3]]);
+                for ib32 in 0..8 {
+                    let ls = ((b[4 + ib32 / 2] >> (4 * (ib32 % 2))) & 15)
+                        | ((((sh >> (2 * ib32)) & 3) as u8) << 4);
+                    fill(&mut s4[8 * ib32..8 * ib32 + 8], d * (ls as i32 - 32) as f32);
+                    let (uc, _) = u.as_chunks_mut::<32>();
+                    iq4(arr(b, 8 + 16 * ib32), &mut uc[ib32]);
+                }
+                fill(b16, 0.0);
+            },
+        ),
         _ => {}
     }
 }

@@ -1,7 +1,8 @@
 //! Kernel speed probes (ignored by default; they assert nothing about time).
 //!
 //! `cargo test --release -p rocmforge-cpu --test bench -- --ignored --nocapture`
-//! (`ROCMFORGE_THREADS=n` sets the pool size, default 2; `BENCH_ISA=Avx512|Avx2|Scalar` one path)
+//! (`ROCMFORGE_THREADS=n` sets the pool size, default 2; `BENCH_ISA=Avx512|Avx2|Scalar` one path,
+//! `BENCH_TYPE=Q4_1`, `BENCH_TOKENS=1` one shape group)
 //! Prints GFLOP/s (2 flops per multiply-add) and weight GB/s for the SmolLM2-135M shapes:
 //! 576x1536 and 1536x576 Q4_1 matvecs, the 49152x576 Q8_0 output matvec, 512-token Q4_1
 //! matmuls, and an estimate of matmul-only tokens/s for a whole SmolLM2-135M Q4_1 step.
@@ -19,7 +20,16 @@ fn weights(rng: &mut Rng, ty: GgmlType, n_out: usize, k: usize) -> Vec<u8> {
 
 /// Seconds per call (best of 5 batches).
 #[allow(clippy::too_many_arguments)]
-fn time(pool: &ThreadPool, isa: Isa, ty: GgmlType, w: &[u8], n_out: usize, k: usize, x: &[f32], n_tokens: usize) -> f64 {
+fn time(
+    pool: &ThreadPool,
+    isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    n_out: usize,
+    k: usize,
+    x: &[f32],
+    n_tokens: usize,
+) -> f64 {
     let mut y = vec![0f32; n_out * n_tokens];
     let work = (n_out * k * n_tokens) as f64;
     let iters = ((2e8 / work) as usize).clamp(1, 20000);
@@ -38,7 +48,10 @@ fn time(pool: &ThreadPool, isa: Isa, ty: GgmlType, w: &[u8], n_out: usize, k: us
 #[ignore]
 fn bench_matmul_kernels() {
     let mut rng = Rng::new(1);
-    let nth = std::env::var("ROCMFORGE_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let nth = std::env::var("ROCMFORGE_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let pool = ThreadPool::new(nth);
     println!("threads {nth}, best ISA {:?}", Isa::best_supported());
     let shapes: &[(GgmlType, usize, usize, usize)] = &[
@@ -55,6 +68,11 @@ fn bench_matmul_kernels() {
         (GgmlType::F16, 1536, 576, 512),
     ];
     for &(ty, n_out, k, n_tokens) in shapes {
+        if std::env::var("BENCH_TYPE").is_ok_and(|v| v != ty.name())
+            || std::env::var("BENCH_TOKENS").is_ok_and(|v| v != n_tokens.to_string())
+        {
+            continue;
+        }
         let w = weights(&mut rng, ty, n_out, k);
         let x = rng.vec(n_tokens * k, 1.0);
         for isa in Isa::all_supported() {
@@ -75,7 +93,15 @@ fn bench_matmul_kernels() {
     }
 
     // Whole-model matmul estimate, SmolLM2-135M Q4_1 (30 layers; output Q8_0 49152 x 576).
-    let layer: &[(usize, usize)] = &[(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
+    let layer: &[(usize, usize)] = &[
+        (576, 576),
+        (192, 576),
+        (192, 576),
+        (576, 576),
+        (1536, 576),
+        (1536, 576),
+        (576, 1536),
+    ];
     let isa = Isa::detect();
     for &n_tokens in &[1usize, 512] {
         let mut total = 0.0;
@@ -88,6 +114,10 @@ fn bench_matmul_kernels() {
         let x = rng.vec(576, 1.0);
         // Prefill only needs the logits of the last token.
         total += time(&pool, isa, GgmlType::Q8_0, &w, 49152, 576, &x, 1);
-        println!("SmolLM2-135M Q4_1 matmuls only, {n_tokens} tokens: {:.2} ms -> {:.0} tok/s", total * 1e3, n_tokens as f64 / total);
+        println!(
+            "SmolLM2-135M Q4_1 matmuls only, {n_tokens} tokens: {:.2} ms -> {:.0} tok/s",
+            total * 1e3,
+            n_tokens as f64 / total
+        );
     }
 }

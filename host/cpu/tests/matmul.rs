@@ -71,7 +71,13 @@ fn make_case(rng: &mut Rng, ty: GgmlType, n_out: usize, k: usize, n_tokens: usiz
 }
 
 /// f64 reference with dequantized W and 8-bit round-tripped x; also returns sum |w x| per output.
-fn tight_ref(ty: GgmlType, c: &Case, n_out: usize, k: usize, n_tokens: usize) -> (Vec<f64>, Vec<f64>) {
+fn tight_ref(
+    ty: GgmlType,
+    c: &Case,
+    n_out: usize,
+    k: usize,
+    n_tokens: usize,
+) -> (Vec<f64>, Vec<f64>) {
     let wd = dequantize_to_vec(ty, &c.wq, n_out * k).expect("dequantize");
     let mut xd = vec![0f64; n_tokens * k];
     let mut q = vec![0i8; k];
@@ -103,7 +109,9 @@ fn full_ref(c: &Case, n_out: usize, k: usize, n_tokens: usize) -> Vec<f64> {
     let mut y = vec![0f64; n_tokens * n_out];
     for t in 0..n_tokens {
         for r in 0..n_out {
-            y[t * n_out + r] = (0..k).map(|i| c.w[r * k + i] as f64 * c.x[t * k + i] as f64).sum();
+            y[t * n_out + r] = (0..k)
+                .map(|i| c.w[r * k + i] as f64 * c.x[t * k + i] as f64)
+                .sum();
         }
     }
     y
@@ -119,7 +127,8 @@ fn check_type(ty: GgmlType, k: usize, pool: &ThreadPool, seed: u64) {
         let mut scalar = vec![0f32; n_tokens * n_out];
         for isa in Isa::all_supported() {
             let mut y = vec![f32::NAN; n_tokens * n_out];
-            matmul_ext(pool, isa, ty, &c.wq, n_out, k, &c.x, n_tokens, None, &mut y).expect("matmul");
+            matmul_ext(pool, isa, ty, &c.wq, n_out, k, &c.x, n_tokens, None, &mut y)
+                .expect("matmul");
             for i in 0..y.len() {
                 let err = (y[i] as f64 - yt[i]).abs();
                 assert!(
@@ -131,7 +140,11 @@ fn check_type(ty: GgmlType, k: usize, pool: &ThreadPool, seed: u64) {
                 );
             }
             let rel = rel_l2(&y, &yf);
-            assert!(rel <= loose_bound(ty), "{ty} {isa:?} n_tokens={n_tokens}: rel L2 vs full precision {rel} > {}", loose_bound(ty));
+            assert!(
+                rel <= loose_bound(ty),
+                "{ty} {isa:?} n_tokens={n_tokens}: rel L2 vs full precision {rel} > {}",
+                loose_bound(ty)
+            );
             if isa == Isa::Scalar {
                 scalar = y;
             } else {
@@ -154,7 +167,11 @@ fn quantized_types_match_f64_references() {
     for (i, &ty) in QUANT_TYPES.iter().enumerate() {
         let bs = ty.block_size();
         // One k that needs padding to 64 and one that does not.
-        let ks: Vec<usize> = if bs == 32 { vec![352, 512] } else { vec![768, 512] };
+        let ks: Vec<usize> = if bs == 32 {
+            vec![352, 512]
+        } else {
+            vec![768, 512]
+        };
         for k in ks {
             check_type(ty, k, &pool, 1000 + i as u64 * 17 + k as u64);
         }
@@ -171,9 +188,24 @@ fn measured_loose_errors_are_reported() {
         let k = if ty.block_size() == 32 { 352 } else { 768 };
         let c = make_case(&mut rng, ty, 37, k, 17);
         let mut y = vec![0f32; 17 * 37];
-        matmul_ext(&pool, Isa::detect(), ty, &c.wq, 37, k, &c.x, 17, None, &mut y).expect("matmul");
+        matmul_ext(
+            &pool,
+            Isa::detect(),
+            ty,
+            &c.wq,
+            37,
+            k,
+            &c.x,
+            17,
+            None,
+            &mut y,
+        )
+        .expect("matmul");
         let rel = rel_l2(&y, &full_ref(&c, 37, k, 17));
-        println!("{ty:>7}: rel L2 vs f64 {rel:.4} (bound {})", loose_bound(ty));
+        println!(
+            "{ty:>7}: rel L2 vs f64 {rel:.4} (bound {})",
+            loose_bound(ty)
+        );
         worst.push((ty, rel));
     }
     for (ty, rel) in worst {
@@ -196,7 +228,19 @@ fn dense_types_match_f64() {
                 let bias = rng.vec(n_out, 1.0);
                 for isa in Isa::all_supported() {
                     let mut y = vec![f32::NAN; n_tokens * n_out];
-                    matmul_ext(&pool, isa, ty, &wq, n_out, k, &x, n_tokens, Some(&bias), &mut y).expect("matmul");
+                    matmul_ext(
+                        &pool,
+                        isa,
+                        ty,
+                        &wq,
+                        n_out,
+                        k,
+                        &x,
+                        n_tokens,
+                        Some(&bias),
+                        &mut y,
+                    )
+                    .expect("matmul");
                     for t in 0..n_tokens {
                         for r in 0..n_out {
                             let (mut s, mut a) = (bias[r] as f64, bias[r].abs() as f64);
@@ -206,7 +250,10 @@ fn dense_types_match_f64() {
                                 a += p.abs();
                             }
                             let got = y[t * n_out + r] as f64;
-                            assert!((got - s).abs() <= 1e-5 * a, "{ty} {isa:?} k={k} n_tokens={n_tokens} ({t},{r}): {got} vs {s}");
+                            assert!(
+                                (got - s).abs() <= 1e-5 * a,
+                                "{ty} {isa:?} k={k} n_tokens={n_tokens} ({t},{r}): {got} vs {s}"
+                            );
                         }
                     }
                 }
@@ -223,8 +270,32 @@ fn bias_is_added_to_quantized_outputs() {
     let bias = rng.vec(8, 1.0);
     let mut y0 = vec![0f32; 24];
     let mut y1 = vec![0f32; 24];
-    matmul_ext(&pool, Isa::detect(), GgmlType::Q4_1, &c.wq, 8, 64, &c.x, 3, None, &mut y0).unwrap();
-    matmul_ext(&pool, Isa::detect(), GgmlType::Q4_1, &c.wq, 8, 64, &c.x, 3, Some(&bias), &mut y1).unwrap();
+    matmul_ext(
+        &pool,
+        Isa::detect(),
+        GgmlType::Q4_1,
+        &c.wq,
+        8,
+        64,
+        &c.x,
+        3,
+        None,
+        &mut y0,
+    )
+    .unwrap();
+    matmul_ext(
+        &pool,
+        Isa::detect(),
+        GgmlType::Q4_1,
+        &c.wq,
+        8,
+        64,
+        &c.x,
+        3,
+        Some(&bias),
+        &mut y1,
+    )
+    .unwrap();
     for i in 0..24 {
         assert!((y1[i] - y0[i] - bias[i % 8]).abs() < 1e-5);
     }
@@ -246,7 +317,15 @@ fn bad_shapes_are_errors_not_panics() {
 #[test]
 fn get_rows_equals_dequantize() {
     let mut rng = Rng::new(11);
-    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+    for ty in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
         let row_len = 256;
         let n_rows = 10;
         let table_f = rng.vec(n_rows * row_len, 1.0);
@@ -256,7 +335,11 @@ fn get_rows_equals_dequantize() {
         let mut out = vec![0f32; ids.len() * row_len];
         rocmforge_cpu::get_rows(ty, &table, row_len, &ids, &mut out).unwrap();
         for (i, &id) in ids.iter().enumerate() {
-            assert_eq!(&out[i * row_len..(i + 1) * row_len], &all[id as usize * row_len..(id as usize + 1) * row_len], "{ty}");
+            assert_eq!(
+                &out[i * row_len..(i + 1) * row_len],
+                &all[id as usize * row_len..(id as usize + 1) * row_len],
+                "{ty}"
+            );
         }
         let e = rocmforge_cpu::get_rows(ty, &table, row_len, &[10], &mut out[..row_len]);
         assert!(e.is_err(), "{ty}: id out of range must fail");
