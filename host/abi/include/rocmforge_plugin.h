@@ -1,0 +1,232 @@
+/*
+ * rocmforge_plugin.h: the ROCmForge architecture-plugin C ABI, version 1.
+ *
+ * This header is the C spelling of host/abi/src/lib.rs, field for field and constant for
+ * constant; host/abi/tests/header.rs compiles a C program against it and checks every sizeof,
+ * offsetof and constant against the Rust definitions, so the two cannot drift apart silently.
+ * C99, no dependencies beyond <stdint.h> and <stddef.h>. tests/fixtures/c_plugin/tiny.c is a
+ * complete plugin written against it.
+ *
+ * How a plugin works
+ * ------------------
+ * A plugin is a shared library exporting one symbol, RF_PLUGIN_SYMBOL ("rocmforge_plugin_v1"):
+ *
+ *     const RfPluginV1 *rocmforge_plugin_v1(void);
+ *
+ * returning a pointer to a static RfPluginV1. The host reads abi_version and struct_size first
+ * (they lead every version of the table) and refuses the plugin if abi_version differs from its
+ * own or struct_size is smaller than its RfPluginV1. It then calls build(host, arch) once per
+ * model load; inside build the plugin asks the host for metadata (meta_*) and tensor shapes
+ * (tensor_shape) and records the forward graph op by op (op). The plugin never touches devices,
+ * weights or the KV cache. File names the host discovers: librocmforge_plugin_<name>.so (or
+ * .dylib) and <name>.rfplugin.so.
+ *
+ * Contract
+ * --------
+ * - Append-only tables. Fields are never removed, reordered or retyped; new fields go at the
+ *   end and struct_size says how many bytes the writer filled. A reader only reads fields that
+ *   lie inside struct_size. abi_version changes only for incompatible changes.
+ * - Strings and byte slices cross as RfStr (ptr, len): UTF-8, NOT NUL-terminated, ptr may be
+ *   NULL when len is 0.
+ * - Who frees: whoever allocates. Everything a plugin hands out (its RfPluginV1 and the arrays
+ *   and strings it points to) must stay valid for the life of the process: the host never
+ *   unloads a plugin and never frees plugin memory. Everything the host passes (the RfHostV1
+ *   table, the arch string, strings returned by meta_str) is valid only for the duration of the
+ *   build call; copy what you keep. Strings the plugin passes to the host (keys, op names,
+ *   set_error messages) need only live for the duration of the callback: the host copies them.
+ * - No unwinding across the boundary. Entry points and callbacks return a status; a C++ plugin
+ *   must catch every exception, a Rust plugin every panic (rocmforge_abi::guard does). Unwinding
+ *   through an extern "C" frame aborts the host.
+ * - Errors. build returns RF_STATUS_OK or another status. Before returning an error the plugin
+ *   describes it with host->set_error (the first message wins). When a host callback itself
+ *   fails (op rejected for a shape error or a missing tensor) the host has already recorded a
+ *   detailed message: the plugin should stop and return the status it got.
+ * - Threading: build is called on one thread; callbacks are not reentrant across builds.
+ *
+ * Graph model
+ * -----------
+ * Activations are row-major matrices [rows, cols]; rows are the batch's tokens until an
+ * RF_OP_OUTPUT_ROWS op, after which they are the rows whose outputs were asked for. Weights are
+ * leaves with GGUF dims (ne0 first): a matrix [k, n_out] is n_out rows of k values. Op
+ * parameter slots (unused inputs are RF_NO_NODE, unused params 0):
+ *
+ *   op              inputs[0..4]              iparams[0..8]                         fparams[0..8]
+ *   WEIGHT          -                         -                                     -              (tensor = GGUF name)
+ *   GET_ROWS        table [n_embd, n_vocab]   -                                     -              -> [tokens, n_embd]
+ *   RMS_NORM        x, w?                     group (0 = whole row)                 eps
+ *   LAYER_NORM      x, w?, b?                 -                                     eps
+ *   MATMUL          x [n, k], W [k, n_out], bias?  -                                -              -> [n, n_out]
+ *   ADD, MUL        a, b (same shape, or a weight vector broadcast over rows)
+ *   SCALE           x                         -                                     s
+ *   ROPE            x, freq_factors?          n_head, head_dim, n_rot, mode         freq_base, freq_scale, ext_factor,
+ *                                             (0 = interleaved pairs, 2 = NeoX        attn_factor, beta_fast, beta_slow
+ *                                             halves), n_ctx_orig
+ *   ATTENTION       q, k, v                   layer, n_head, n_head_kv, head_dim_k,  scale (0 = 1/sqrt(head_dim_k)),
+ *                                             head_dim_v, sliding_window (0 = off),  softcap (0 = off)
+ *                                             causal (0/1)
+ *   SILU, GELU, GELU_ERF   x
+ *   SWIGLU, GEGLU   gate, up                  (silu(gate) * up, gelu_tanh(gate) * up)
+ *   SOFTCAP         x                         -                                     cap  (cap * tanh(x / cap))
+ *   VIEW            x                         offset, cols
+ *   OUTPUT_ROWS     x
+ *   OUTPUT          x                         0                                                    (the logits)
+ *
+ * Modelled on the Arrow C data interface (plain structs, ownership stated per field, a version
+ * handshake) and the ggml op vocabulary.
+ */
+#ifndef ROCMFORGE_PLUGIN_H
+#define ROCMFORGE_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The exported symbol every plugin defines, and the ABI version of this header. */
+#define RF_PLUGIN_SYMBOL "rocmforge_plugin_v1"
+#define RF_ABI_VERSION 1u
+
+/* Status codes returned by entry points and host callbacks (never renumbered). */
+#define RF_STATUS_OK 0
+#define RF_STATUS_ERROR 1     /* generic failure; the message went through set_error */
+#define RF_STATUS_NOT_FOUND 2 /* a metadata key or tensor does not exist */
+#define RF_STATUS_WRONG_TYPE 3 /* a metadata key exists with another type */
+#define RF_STATUS_PANIC 4     /* the callee panicked/threw; the message went through set_error */
+#define RF_STATUS_TOO_SMALL 5 /* a caller's buffer was too small; the needed length was written */
+
+/* Load-time weight transforms a tensor-map entry may declare (applied to Hugging Face tensors). */
+#define RF_TRANSFORM_NONE 0u
+#define RF_TRANSFORM_PERMUTE_Q 1u /* HF rotate-half Q rows -> GGUF interleaved (attention.head_count) */
+#define RF_TRANSFORM_PERMUTE_K 2u /* same for K (attention.head_count_kv) */
+#define RF_TRANSFORM_ADD_ONE 3u   /* store 1 + w (Gemma RMSNorm weights) */
+
+/* Tensor-map entry flags. */
+#define RF_TENSOR_FLAG_OPTIONAL 1u /* the tensor may be absent (tied output, biases) */
+
+/* Op codes (append only; slot layout in the table above). */
+#define RF_OP_WEIGHT 1u
+#define RF_OP_GET_ROWS 2u
+#define RF_OP_RMS_NORM 3u
+#define RF_OP_LAYER_NORM 4u
+#define RF_OP_MATMUL 5u
+#define RF_OP_ADD 6u
+#define RF_OP_MUL 7u
+#define RF_OP_SCALE 8u
+#define RF_OP_ROPE 9u
+#define RF_OP_ATTENTION 10u
+#define RF_OP_SILU 11u
+#define RF_OP_GELU 12u
+#define RF_OP_GELU_ERF 13u
+#define RF_OP_SWIGLU 14u
+#define RF_OP_GEGLU 15u
+#define RF_OP_SOFTCAP 16u
+#define RF_OP_VIEW 17u
+#define RF_OP_OUTPUT_ROWS 18u
+#define RF_OP_OUTPUT 19u
+
+/* Node handle in the graph being built; RF_NO_NODE marks an unused input. */
+typedef uint32_t RfNode;
+#define RF_NO_NODE UINT32_MAX
+
+/* A borrowed UTF-8 string or byte slice: (ptr, len), never NUL-terminated by contract. */
+typedef struct RfStr {
+    const uint8_t *ptr;
+    size_t len;
+} RfStr;
+
+/* One row of a plugin's tensor table: GGUF name <- Hugging Face name ("{il}" = layer index). */
+typedef struct RfTensorMap {
+    RfStr gguf;
+    RfStr hf;
+    uint32_t flags;     /* RF_TENSOR_FLAG_* */
+    uint32_t transform; /* RF_TRANSFORM_* */
+} RfTensorMap;
+
+/* One row of a plugin's config map: GGUF key ("{arch}" = architecture) <- config.json key
+ * (dotted path for nested objects). */
+typedef struct RfConfigMap {
+    RfStr gguf;
+    RfStr hf;
+} RfConfigMap;
+
+/* An architecture claim: GGUF general.architecture name and/or HF "architectures" name. For an
+ * HF claim, gguf_arch names the GGUF architecture the converted metadata uses. */
+typedef struct RfArchClaim {
+    RfStr gguf_arch;
+    RfStr hf_arch;
+} RfArchClaim;
+
+/* One recorded op (see the slot table above). The strings only need to live for the op call. */
+typedef struct RfOp {
+    uint32_t code;      /* RF_OP_* */
+    RfNode inputs[4];   /* RF_NO_NODE when unused */
+    int64_t iparams[8]; /* 0 when unused */
+    float fparams[8];   /* 0 when unused */
+    RfStr name;         /* node name for dumps and errors, e.g. "blk.3.attn_q" */
+    RfStr tensor;       /* GGUF tensor name, for RF_OP_WEIGHT */
+} RfOp;
+
+/* The table the host gives to build (version 1, append-only). `ctx` is opaque: pass it back as
+ * the first argument of every callback. Every callback returns RF_STATUS_*. */
+typedef struct RfHostV1 {
+    uint32_t abi_version;
+    uint32_t struct_size;
+    void *ctx;
+    /* Integer metadata (any integer type, or bool as 0/1). */
+    int32_t (*meta_int)(void *ctx, RfStr key, int64_t *out);
+    /* Float metadata (any numeric type). */
+    int32_t (*meta_float)(void *ctx, RfStr key, double *out);
+    /* String metadata; *out borrows host memory valid until build returns. */
+    int32_t (*meta_str)(void *ctx, RfStr key, RfStr *out);
+    /* Numeric array metadata into buf[0..cap]; writes the length to *len. Returns
+     * RF_STATUS_TOO_SMALL (with *len set) when *len > cap: call with cap 0 to ask the length. */
+    int32_t (*meta_array_f64)(void *ctx, RfStr key, double *buf, size_t cap, size_t *len);
+    /* Tensor shape in GGUF order (ne0 first) into dims[0..4]; RF_STATUS_NOT_FOUND if absent. */
+    int32_t (*tensor_shape)(void *ctx, RfStr name, int64_t *dims, uint32_t *n_dims);
+    /* Record an op; writes the new node id to *out. A non-OK status means the host rejected it
+     * (and recorded why): stop building and return that status. */
+    int32_t (*op)(void *ctx, const RfOp *op, RfNode *out);
+    /* Describe the error build is about to return; the host copies msg (first message wins). */
+    void (*set_error)(void *ctx, RfStr msg);
+} RfHostV1;
+
+/* The table a plugin exports (version 1, append-only). All pointers are to static data. */
+typedef struct RfPluginV1 {
+    uint32_t abi_version; /* RF_ABI_VERSION */
+    uint32_t struct_size; /* sizeof(RfPluginV1) as compiled by the plugin */
+    RfStr name;           /* plugin name, e.g. "llama" */
+    RfStr version;        /* plugin version string */
+    const RfArchClaim *archs;
+    size_t n_archs;
+    const RfTensorMap *tensors;
+    size_t n_tensors;
+    const RfConfigMap *config;
+    size_t n_config;
+    /* Build the forward graph for `arch` (a GGUF architecture name) through `host`. */
+    int32_t (*build)(const RfHostV1 *host, RfStr arch);
+} RfPluginV1;
+
+/* The entry point's type; a plugin defines `RF_PLUGIN_EXPORT const RfPluginV1
+ * *rocmforge_plugin_v1(void)`. */
+typedef const RfPluginV1 *(*RfPluginEntryV1)(void);
+
+#if defined(_WIN32)
+#define RF_PLUGIN_EXPORT __declspec(dllexport)
+#elif defined(__GNUC__)
+#define RF_PLUGIN_EXPORT __attribute__((visibility("default")))
+#else
+#define RF_PLUGIN_EXPORT
+#endif
+
+/* RfStr from a string literal (not a pointer: sizeof must see the array). RF_STR_INIT is for
+ * static initializers, RF_STR_LIT for expressions. */
+#define RF_STR_INIT(s) {(const uint8_t *)(s), sizeof(s) - 1}
+#define RF_STR_LIT(s) ((RfStr)RF_STR_INIT(s))
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ROCMFORGE_PLUGIN_H */
