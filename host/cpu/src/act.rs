@@ -8,6 +8,8 @@
 //!   dx4[i/4]  f32  d_b of the block holding i            (one per SIMD i32 lane)
 //!   xs16[j]   f32  d_b * sum(xq[16j..16j+16])             (for the weights' per-16 bias B)
 //!   xc4[i/4]  i32  -128 * sum(xq[4l..4l+4])               (VNNI start value for wide weights)
+//!   d32[b]    f32  d_b                 (one per block of 32, row stride n32 = kp/32 rounded up to 16)
+//!   xs32[b]   f32  d_b * sum(xq in block b)
 //! ```
 //!
 //! Padding is all zero. llama.cpp pairs legacy types with Q8_0/Q8_1 and K-quants with Q8_K (one
@@ -42,6 +44,9 @@ pub(crate) struct QActs {
     pub dx4: Vec<f32>,
     pub xs16: Vec<f32>,
     pub xc4: Vec<i32>,
+    pub n32: usize,
+    pub d32: Vec<f32>,
+    pub xs32: Vec<f32>,
 }
 
 pub(crate) fn padded_k(k: usize) -> usize {
@@ -61,6 +66,9 @@ impl QActs {
         self.dx4.resize(n_tokens * self.kp / 4, 0.0);
         self.xs16.resize(n_tokens * self.g16, 0.0);
         self.xc4.resize(n_tokens * self.kp / 4, 0);
+        self.n32 = (self.kp / 32).div_ceil(16) * 16;
+        self.d32.resize(n_tokens * self.n32, 0.0);
+        self.xs32.resize(n_tokens * self.n32, 0.0);
     }
 }
 
@@ -70,6 +78,8 @@ pub(crate) struct TokenSlots<'a> {
     pub dx4: &'a mut [f32],
     pub xs16: &'a mut [f32],
     pub xc4: &'a mut [i32],
+    pub d32: &'a mut [f32],
+    pub xs32: &'a mut [f32],
 }
 
 /// Quantize one token row `x` (k = x.len(), a multiple of 32) into its slots, padding included.
@@ -80,11 +90,14 @@ pub(crate) fn quantize_token(x: &[f32], s: TokenSlots<'_>) {
     for (b, xb) in x.chunks_exact(32).enumerate() {
         quantize_row_q8(xb, &mut s.xq[32 * b..32 * b + 32], &mut d);
         s.dx4[8 * b..8 * b + 8].fill(d[0]);
+        s.d32[b] = d[0];
         for half in 0..2 {
             let q = &s.xq[32 * b + 16 * half..32 * b + 16 * half + 16];
             let sum: i32 = q.iter().map(|&v| v as i32).sum();
             s.xs16[2 * b + half] = d[0] * sum as f32;
         }
+        let sum: i32 = s.xq[32 * b..32 * b + 32].iter().map(|&v| v as i32).sum();
+        s.xs32[b] = d[0] * sum as f32;
         for l in 0..8 {
             let q = &s.xq[32 * b + 4 * l..32 * b + 4 * l + 4];
             s.xc4[8 * b + l] = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
@@ -94,4 +107,6 @@ pub(crate) fn quantize_token(x: &[f32], s: TokenSlots<'_>) {
     s.dx4[k / 4..].fill(0.0);
     s.xs16[k / 16..].fill(0.0);
     s.xc4[k / 4..].fill(0);
+    s.d32[k / 32..].fill(0.0);
+    s.xs32[k / 32..].fill(0.0);
 }

@@ -15,6 +15,7 @@ mod error;
 mod matmul;
 mod ops;
 mod pool;
+mod qdecode;
 mod qmatmul;
 mod simd;
 mod unpack;

@@ -146,6 +146,11 @@ fn qmatmul_with(
     let acts = &*acts;
 
     let row_bytes = k / ty.block_size() * ty.type_size();
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && n_tokens <= 3 && crate::qdecode::has_fused(ty) {
+        decode_fused(pool, ty, w, n_out, k, n_tokens, y, acts);
+        return;
+    }
     let kc = Kc {
         kp,
         g16,
@@ -223,9 +228,63 @@ fn qmatmul_with(
     });
 }
 
+/// Few-token path: rows split over threads, each row dotted straight from its GGML blocks.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn decode_fused(
+    pool: &ThreadPool,
+    ty: GgmlType,
+    w: &[u8],
+    n_out: usize,
+    k: usize,
+    n_tokens: usize,
+    y: &mut [f32],
+    acts: &QActs,
+) {
+    use crate::qdecode::{row_dot, XTok};
+    let row_bytes = k / 32 * ty.type_size();
+    let nb = k / 32;
+    let (kp, n32) = (acts.kp, acts.n32);
+    let nth = pool.n_threads();
+    let chunk = n_out.div_ceil(nth * 8).max(16);
+    let n_chunks = n_out.div_ceil(chunk);
+    let next = AtomicUsize::new(0);
+    let yp = SyncPtr(y.as_mut_ptr());
+    let toks: Vec<XTok> = (0..n_tokens)
+        .map(|t| XTok {
+            xq: acts.xq[t * kp..].as_ptr(),
+            xc4: acts.xc4[t * kp / 4..].as_ptr(),
+            d32: acts.d32[t * n32..].as_ptr(),
+            xs32: acts.xs32[t * n32..].as_ptr(),
+        })
+        .collect();
+    struct Toks(Vec<XTok>);
+    // SAFETY: read-only pointers into `acts`, which outlives the `run` below.
+    unsafe impl Sync for Toks {}
+    let toks = Toks(toks);
+    pool.run(|_, _| {
+        let (yp, toks) = (yp, &toks);
+        loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c >= n_chunks {
+                break;
+            }
+            for r in c * chunk..((c + 1) * chunk).min(n_out) {
+                let row = w[r * row_bytes..(r + 1) * row_bytes].as_ptr();
+                for (t, xt) in toks.0.iter().enumerate() {
+                    // SAFETY: AVX-512 VNNI detected (isa clamped); the row holds nb blocks; the
+                    // token arrays are padded by `QActs::reset`; (t, r) is inside y and row r
+                    // belongs to this chunk only.
+                    unsafe { *yp.0.add(t * n_out + r) = row_dot(ty, row, nb, *xt) };
+                }
+            }
+        }
+    });
+}
+
 /// Quantize every token of `x` into `acts` (in parallel for prefill).
 fn quantize_all(pool: &ThreadPool, x: &[f32], k: usize, n_tokens: usize, acts: &mut QActs) {
-    let (kp, g16) = (acts.kp, acts.g16);
+    let (kp, g16, n32) = (acts.kp, acts.g16, acts.n32);
     let slots = |acts: &mut QActs, t: usize| {
         // Pointers instead of split borrows so the closure below can be shared by threads.
         (
@@ -233,6 +292,8 @@ fn quantize_all(pool: &ThreadPool, x: &[f32], k: usize, n_tokens: usize, acts: &
             SyncPtr(acts.dx4.as_mut_ptr().wrapping_add(t * kp / 4)),
             SyncPtr(acts.xs16.as_mut_ptr().wrapping_add(t * g16)),
             SyncPtr(acts.xc4.as_mut_ptr().wrapping_add(t * kp / 4)),
+            SyncPtr(acts.d32.as_mut_ptr().wrapping_add(t * n32)),
+            SyncPtr(acts.xs32.as_mut_ptr().wrapping_add(t * n32)),
         )
     };
     let base = slots(acts, 0);
@@ -246,6 +307,8 @@ fn quantize_all(pool: &ThreadPool, x: &[f32], k: usize, n_tokens: usize, acts: &
                 dx4: std::slice::from_raw_parts_mut(b.1 .0.add(t * kp / 4), kp / 4),
                 xs16: std::slice::from_raw_parts_mut(b.2 .0.add(t * g16), g16),
                 xc4: std::slice::from_raw_parts_mut(b.3 .0.add(t * kp / 4), kp / 4),
+                d32: std::slice::from_raw_parts_mut(b.4 .0.add(t * n32), n32),
+                xs32: std::slice::from_raw_parts_mut(b.5 .0.add(t * n32), n32),
             }
         };
         quantize_token(&x[t * k..(t + 1) * k], s);
