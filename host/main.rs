@@ -106,6 +106,23 @@ enum Cmd {
     },
     /// List loaded architecture plugins and the architectures each serves.
     Plugins,
+    /// Quantize a GGUF (F32/F16/BF16, or quantized with --allow-requantize) or a Hugging Face
+    /// directory to TYPE (like llama-quantize): Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_0, F16, ...
+    Quantize {
+        input: PathBuf,
+        output: PathBuf,
+        #[arg(value_name = "TYPE")]
+        ty: String,
+        /// Worker threads (0 = all cores).
+        #[arg(long, short = 't', default_value_t = 0)]
+        threads: usize,
+        /// Allow re-quantizing tensors that are already quantized (loses quality).
+        #[arg(long)]
+        allow_requantize: bool,
+        /// Use TYPE for every tensor: no per-tensor mixing rules.
+        #[arg(long)]
+        pure: bool,
+    },
     /// Measure prompt processing and generation speed (like llama-bench).
     Bench {
         model: PathBuf,
@@ -166,6 +183,23 @@ fn real_main(cli: Cli) -> Result<()> {
             for f in &reg.failures {
                 println!("FAILED     {}: {}", f.path.display(), f.error);
             }
+        }
+        Cmd::Quantize { input, output, ty, threads, allow_requantize, pure } => {
+            let r = cli::quantize::run(&input, &output, &ty, threads, allow_requantize, pure, registry)?;
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            let types: Vec<String> = r.per_type_counts.iter().map(|(t, c)| format!("{t} {c}")).collect();
+            println!(
+                "{} -> {} ({}): {} tensors ({} converted), {:.1} MiB -> {:.1} MiB, {:.2?}; types: {}",
+                input.display(),
+                output.display(),
+                r.ftype.name(),
+                r.n_tensors,
+                r.n_converted,
+                mib(r.in_bytes),
+                mib(r.out_bytes),
+                r.elapsed,
+                types.join(", ")
+            );
         }
         Cmd::Run { model, prompt, verbose, sample } => {
             let reg = registry();

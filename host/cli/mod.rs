@@ -1,4 +1,5 @@
 //! Subcommands of the `rocmforge` binary that need more than a few lines.
 pub mod bench;
 pub mod chat;
+pub mod quantize;
 pub mod session;
