@@ -249,7 +249,7 @@ pub fn attention_isa(
     let isa = isa.clamp();
     cache.check_layer(OP, layer)?;
     let (n_kv, dk, dv) = (cache.n_head_kv, cache.head_dim_k, cache.head_dim_v);
-    if n_kv == 0 || n_head % n_kv != 0 {
+    if n_kv == 0 || !n_head.is_multiple_of(n_kv) {
         return Err(CpuError::BadHeadGrouping {
             op: OP,
             n_head,
@@ -274,8 +274,7 @@ pub fn attention_isa(
     let n_tasks = n_tokens * n_kv;
     let next = AtomicUsize::new(0);
     let op = SyncPtr(out.as_mut_ptr());
-    pool.run(|_, _| {
-        let op = op;
+    pool.run_dynamic(|_, _| {
         let mut scores: Vec<f32> = Vec::new();
         let mut krow = vec![0f32; dk];
         let mut vrow = vec![0f32; dv];
@@ -338,8 +337,9 @@ pub fn attention_isa(
                 let h = g * group + hh;
                 // SAFETY: (t, h) is inside out (n_tokens x n_head x dv, checked); each (t, g) task
                 // owns the heads of group g for token t.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(op.0.add((t * n_head + h) * dv), dv) };
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(op.get().add((t * n_head + h) * dv), dv)
+                };
                 dst.copy_from_slice(&acc[hh * dv..(hh + 1) * dv]);
             }
         }

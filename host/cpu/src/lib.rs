@@ -9,6 +9,9 @@
 //!
 //! Knows nothing of graphs, models or files. SIMD is chosen at run time ([`Isa::detect`]).
 
+// Kernels index several parallel arrays (rows x tokens x lanes) with one loop variable.
+#![allow(clippy::needless_range_loop)]
+
 mod act;
 mod attention;
 mod error;

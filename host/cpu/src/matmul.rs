@@ -108,7 +108,7 @@ pub fn matmul_ext(
         });
     }
     let block = ty.block_size();
-    if k_dim % block != 0 {
+    if !k_dim.is_multiple_of(block) {
         return Err(CpuError::NotBlockAligned {
             op: OP,
             ty: ty.name(),
@@ -181,8 +181,7 @@ fn dense_matmul(
     if n_tokens < 4 {
         let chunk = n_out.div_ceil(nth * 4).max(16);
         let n_chunks = n_out.div_ceil(chunk);
-        pool.run(|_, _| {
-            let yp = yp;
+        pool.run_dynamic(|_, _| {
             loop {
                 let c = next.fetch_add(1, Ordering::Relaxed);
                 if c >= n_chunks {
@@ -193,7 +192,7 @@ fn dense_matmul(
                     for t in 0..n_tokens {
                         let v = dot_dense(isa, ty, row, &x[t * k..(t + 1) * k], k);
                         // SAFETY: (t, r) inside y; row r belongs to this chunk only.
-                        unsafe { *yp.0.add(t * n_out + r) = v };
+                        unsafe { *yp.get().add(t * n_out + r) = v };
                     }
                 }
             }
@@ -206,8 +205,7 @@ fn dense_matmul(
         .min(n_out.div_ceil(nth))
         .max(1);
     let n_chunks = n_out.div_ceil(chunk);
-    pool.run(|_, _| {
-        let yp = yp;
+    pool.run_dynamic(|_, _| {
         CONV.with(|cell| {
             let mut fresh = Vec::new();
             let mut guard = cell.try_borrow_mut();
@@ -232,7 +230,7 @@ fn dense_matmul(
                         n_tokens,
                         nr,
                         k,
-                        yp.0.add(r0),
+                        yp.get().add(r0),
                         1,
                         n_out as isize,
                         false,
@@ -266,7 +264,7 @@ pub fn get_rows(
 ) -> Result<(), CpuError> {
     const OP: &str = "get_rows";
     let block = ty.block_size();
-    if row_len % block != 0 {
+    if !row_len.is_multiple_of(block) {
         return Err(CpuError::NotBlockAligned {
             op: OP,
             ty: ty.name(),
@@ -276,7 +274,7 @@ pub fn get_rows(
     }
     let rb = row_len / block * ty.type_size();
     check_len(OP, "out", out.len(), ids.len().checked_mul(row_len))?;
-    let n_rows = if rb == 0 { 0 } else { table.len() / rb };
+    let n_rows = table.len().checked_div(rb).unwrap_or(0);
     for (i, &id) in ids.iter().enumerate() {
         let id_us = id as usize;
         if id_us >= n_rows {

@@ -12,7 +12,7 @@ use crate::simd::{self, Isa};
 
 fn rows(op: &str, x: usize, out: usize, row_len: usize) -> usize {
     assert!(
-        row_len > 0 && x % row_len == 0 && out == x,
+        row_len > 0 && x.is_multiple_of(row_len) && out == x,
         "{op}: x has {x} values, out {out}, row_len {row_len}"
     );
     x / row_len
@@ -174,7 +174,7 @@ pub fn rope(
 ) {
     let n_dims = p.n_rot;
     assert!(
-        n_dims % 2 == 0 && n_dims <= head_dim,
+        n_dims.is_multiple_of(2) && n_dims <= head_dim,
         "rope: n_rot {n_dims} must be even and <= head_dim {head_dim}"
     );
     assert_eq!(x.len(), n_tokens * n_head * head_dim, "rope: x length");
@@ -268,7 +268,7 @@ pub fn mul(a: &[f32], b: &[f32], out: &mut [f32]) {
 
 fn binary(op: &str, a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
     assert!(
-        !b.is_empty() && a.len() % b.len() == 0 && out.len() == a.len(),
+        !b.is_empty() && a.len().is_multiple_of(b.len()) && out.len() == a.len(),
         "{op}: a {} values, b {}, out {}",
         a.len(),
         b.len(),

@@ -5,9 +5,19 @@
 //! after each job and only then sleep on a condition variable. `run(f)` calls `f(i, n)` once on
 //! every thread (the caller is thread 0) and returns when all calls have returned.
 //!
-//! Invariants: one job at a time (`run_lock`); the job pointer is only read by workers between the
-//! epoch bump that publishes it and their decrement of `remaining`, and `run` does not return (not
-//! even by unwinding) before `remaining` is zero, so the borrowed closure outlives every use.
+//! Two kinds of job. `run` is strict: every index runs, and the caller waits for all workers.
+//! `run_dynamic` is for jobs that pull work from a shared counter: a worker that has not started
+//! by the time the caller finished its own call is not waited for. On a busy machine (more
+//! runnable threads than cores) a preempted worker would otherwise stall every op for a scheduler
+//! time slice; with `run_dynamic` the caller simply does that worker's share.
+//!
+//! Invariants: one job at a time (`run_lock`). Strict: the job pointer is only dereferenced by
+//! workers between the epoch bump that publishes it and their decrement of `remaining`, and `run`
+//! does not return (not even by unwinding) before `remaining` is zero. Dynamic: a worker
+//! dereferences the pointer only after `active += 1` and then seeing `open == its epoch`; the
+//! caller sets `open = 0` and then waits for `active == 0` (both SeqCst: either the caller sees
+//! the worker's increment or the worker sees the job closed). Either way the borrowed closure
+//! outlives every use.
 //! A `run` issued from inside a job (nested) runs inline as a one-thread job instead of deadlocking.
 //! Modelled on the spin-then-sleep scheme of ggml's CPU threadpool, written from scratch.
 
@@ -27,8 +37,12 @@ struct Shared {
     n_threads: usize,
     epoch: AtomicU64,
     /// Lifetime-erased pointer to the current job; valid while `remaining > 0` (see header).
-    job: Mutex<Option<JobPtr>>,
+    job: Mutex<Option<(JobPtr, u64, bool)>>,
     remaining: AtomicUsize,
+    /// Epoch of the dynamic job still accepting workers (0 = none).
+    open: AtomicU64,
+    /// Workers inside (or deciding whether to enter) a dynamic job.
+    active: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
     sleepers: AtomicUsize,
@@ -61,6 +75,8 @@ impl ThreadPool {
             epoch: AtomicU64::new(0),
             job: Mutex::new(None),
             remaining: AtomicUsize::new(0),
+            open: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
@@ -113,6 +129,18 @@ impl ThreadPool {
     /// Call `f(i, n)` for every `i in 0..n` on `n` threads (the caller runs `i == 0`) and return
     /// when all have finished. A panic in any call is re-raised here after all calls finished.
     pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
+        self.dispatch(&f, false)
+    }
+
+    /// Like [`run`](Self::run), but only the caller's call is guaranteed: a worker joins if it
+    /// arrives before the caller's `f` returned. `f` must therefore share its work dynamically
+    /// (an atomic counter of chunks), never by thread index. Returns when every call that started
+    /// has finished.
+    pub fn run_dynamic<F: Fn(usize, usize) + Sync>(&self, f: F) {
+        self.dispatch(&f, true)
+    }
+
+    fn dispatch(&self, f: &(dyn Fn(usize, usize) + Sync + '_), dynamic: bool) {
         let n = self.shared.n_threads;
         if n == 1 || IN_JOB.with(|c| c.get()) {
             f(0, 1);
@@ -120,26 +148,35 @@ impl ThreadPool {
         }
         let _serial = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let sh = &*self.shared;
-        let job: &(dyn Fn(usize, usize) + Sync + '_) = &f;
-        // SAFETY: erases the closure's lifetime; `Wait` below keeps `f` alive until every worker
-        // has decremented `remaining`, after which none touches the pointer again.
-        let ptr: *const Job = unsafe {
-            std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Job>(job)
-        };
-        *sh.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(JobPtr(ptr));
+        // SAFETY: erases the closure's lifetime; `Wait` below keeps `f` alive until no worker can
+        // touch the pointer any more (see the module header).
+        let ptr: *const Job =
+            unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Job>(f) };
+        let epoch = sh.epoch.load(Ordering::SeqCst) + 1;
+        *sh.job.lock().unwrap_or_else(|e| e.into_inner()) = Some((JobPtr(ptr), epoch, dynamic));
         sh.panicked.store(false, Ordering::Relaxed);
-        sh.remaining.store(n - 1, Ordering::SeqCst);
-        sh.epoch.fetch_add(1, Ordering::SeqCst);
+        if dynamic {
+            sh.open.store(epoch, Ordering::SeqCst);
+        } else {
+            sh.remaining.store(n - 1, Ordering::SeqCst);
+        }
+        sh.epoch.store(epoch, Ordering::SeqCst);
         if sh.sleepers.load(Ordering::SeqCst) > 0 {
             notify_all(sh);
         }
-        struct Wait<'a>(&'a Shared);
+        struct Wait<'a>(&'a Shared, bool);
         impl Drop for Wait<'_> {
             fn drop(&mut self) {
+                let counter = if self.1 {
+                    self.0.open.store(0, Ordering::SeqCst);
+                    &self.0.active
+                } else {
+                    &self.0.remaining
+                };
                 let mut spins = 0u32;
-                while self.0.remaining.load(Ordering::Acquire) != 0 {
+                while counter.load(Ordering::SeqCst) != 0 {
                     spins = spins.wrapping_add(1);
-                    if spins % 1024 == 0 {
+                    if spins.is_multiple_of(1024) {
                         std::thread::yield_now();
                     } else {
                         std::hint::spin_loop();
@@ -147,7 +184,7 @@ impl ThreadPool {
                 }
             }
         }
-        let wait = Wait(sh);
+        let wait = Wait(sh, dynamic);
         IN_JOB.with(|c| c.set(true));
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0, n)));
         IN_JOB.with(|c| c.set(false));
@@ -204,7 +241,7 @@ fn worker(sh: Arc<Shared>, idx: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 256 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(256) && start.elapsed() > SPIN {
                 let g = sh.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 sh.sleepers.fetch_add(1, Ordering::SeqCst);
                 let mut g = g;
@@ -218,19 +255,34 @@ fn worker(sh: Arc<Shared>, idx: usize) {
                 std::hint::spin_loop();
             }
         }
-        seen = sh.epoch.load(Ordering::Acquire);
+        seen = sh.epoch.load(Ordering::SeqCst);
         let job = *sh.job.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(JobPtr(p)) = job {
-            // SAFETY: `run` keeps the closure alive until `remaining` reaches zero, which happens
-            // only after this call returns (see module header).
+        let Some((JobPtr(p), job_epoch, dynamic)) = job else {
+            continue;
+        };
+        if job_epoch != seen {
+            // A newer job was published meanwhile; the next loop iteration picks it up.
+            continue;
+        }
+        let call = || {
+            // SAFETY: the caller keeps the closure alive while we may run it (module header).
             let f: &Job = unsafe { &*p };
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(idx, sh.n_threads)))
                 .is_err()
             {
                 sh.panicked.store(true, Ordering::Release);
             }
+        };
+        if dynamic {
+            sh.active.fetch_add(1, Ordering::SeqCst);
+            if sh.open.load(Ordering::SeqCst) == seen {
+                call();
+            }
+            sh.active.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            call();
+            sh.remaining.fetch_sub(1, Ordering::Release);
         }
-        sh.remaining.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -273,6 +325,29 @@ mod tests {
             c2.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(c2.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn dynamic_jobs_cover_all_chunks() {
+        let pool = ThreadPool::new(3);
+        for _ in 0..2000 {
+            let next = AtomicUsize::new(0);
+            let done: Vec<AtomicUsize> = (0..37).map(|_| AtomicUsize::new(0)).collect();
+            pool.run_dynamic(|_, _| loop {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                if c >= done.len() {
+                    break;
+                }
+                done[c].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(done.iter().all(|d| d.load(Ordering::Relaxed) == 1));
+            // A strict job right after a dynamic one still runs on every thread.
+            let hits = AtomicUsize::new(0);
+            pool.run(|_, _| {
+                hits.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(hits.load(Ordering::Relaxed), 3);
+        }
     }
 
     #[test]

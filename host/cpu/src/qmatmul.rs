@@ -38,6 +38,13 @@ unsafe impl<T> Send for SyncPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for SyncPtr<T> {}
 
+impl<T> SyncPtr<T> {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper, not the raw field).
+    pub fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
 #[derive(Default)]
 struct Scratch {
     u: Vec<u8>,
@@ -164,8 +171,7 @@ fn qmatmul_with(
     let next = AtomicUsize::new(0);
     let yp = SyncPtr(y.as_mut_ptr());
 
-    pool.run(|_, _| {
-        let yp = yp;
+    pool.run_dynamic(|_, _| {
         SCRATCH.with(|cell| {
             let mut fresh = Scratch::default();
             let mut guard = cell.try_borrow_mut();
@@ -214,7 +220,7 @@ fn qmatmul_with(
                             // SAFETY: (t, r0) is inside y (n_tokens x n_out); this thread owns rows
                             // r0..r0+nr of every token (row chunks are disjoint).
                             let ypt = YPtr {
-                                y: unsafe { yp.0.add(t * n_out + r0) },
+                                y: unsafe { yp.get().add(t * n_out + r0) },
                                 ld: n_out,
                             };
                             // SAFETY: tile rows nr <= 4 and tokens nt <= 4 exist in the buffers.
@@ -262,8 +268,8 @@ fn decode_fused(
     // SAFETY: read-only pointers into `acts`, which outlives the `run` below.
     unsafe impl Sync for Toks {}
     let toks = Toks(toks);
-    pool.run(|_, _| {
-        let (yp, toks) = (yp, &toks);
+    pool.run_dynamic(|_, _| {
+        let toks = &toks;
         loop {
             let c = next.fetch_add(1, Ordering::Relaxed);
             if c >= n_chunks {
@@ -275,7 +281,7 @@ fn decode_fused(
                     // SAFETY: AVX-512 VNNI detected (isa clamped); the row holds nb blocks; the
                     // token arrays are padded by `QActs::reset`; (t, r) is inside y and row r
                     // belongs to this chunk only.
-                    unsafe { *yp.0.add(t * n_out + r) = row_dot(ty, row, nb, *xt) };
+                    unsafe { *yp.get().add(t * n_out + r) = row_dot(ty, row, nb, *xt) };
                 }
             }
         }
@@ -314,10 +320,13 @@ fn quantize_all(pool: &ThreadPool, x: &[f32], k: usize, n_tokens: usize, acts: &
         quantize_token(&x[t * k..(t + 1) * k], s);
     };
     if n_tokens >= 4 && pool.n_threads() > 1 {
-        pool.run(|i, n| {
-            for t in (i..n_tokens).step_by(n) {
-                one(t);
+        let next = AtomicUsize::new(0);
+        pool.run_dynamic(|_, _| loop {
+            let t = next.fetch_add(1, Ordering::Relaxed);
+            if t >= n_tokens {
+                break;
             }
+            one(t);
         });
     } else {
         for t in 0..n_tokens {

@@ -200,8 +200,7 @@ fn bad_tables_are_errors() {
         rocmforge_cpu::attention(&pool, &cache, 0, &[1, 2], &k, 1, 16, 1, &p, &mut out).is_ok()
     );
     assert!(
-        rocmforge_cpu::attention(&pool, &cache, 0, &[1], &k, 1, 0, 3, &p, &mut vec![0f32; 24])
-            .is_err(),
+        rocmforge_cpu::attention(&pool, &cache, 0, &[1], &k, 1, 0, 3, &p, &mut [0f32; 24]).is_err(),
         "q of 8 values cannot hold 3 heads of 8"
     );
 }

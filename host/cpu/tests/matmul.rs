@@ -9,6 +9,7 @@
 //!   `measured_loose_errors_are_reported` prints; a broken scale or bit layout gives ~1 or
 //!   more; small cases (1 token x 37 rows) scatter by ~30% around the measured value).
 //! - every SIMD path equals the scalar path within float error.
+//!
 //! n_tokens 1, 3, 17, 64; n_out = 37 (not a multiple of the 4-row tile); k with and without padding.
 
 mod common;

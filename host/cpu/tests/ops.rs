@@ -3,6 +3,8 @@
 //! (ggml `ops.cpp` semantics: YaRN ramp on integer i0/2, mscale *= 1 + 0.1 ln(1/freq_scale),
 //! corr dims floor/ceil clamped to [0, n_dims-1]).
 
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{max_abs, Rng};
