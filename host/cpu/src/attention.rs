@@ -13,8 +13,8 @@
 //! Attention computes, for query token t at position `pos_start + t` and head h (KV head
 //! `h / (n_head / n_head_kv)`), `softmax(scale * q.k_p)` over the allowed keys p (causal:
 //! p <= q_pos; sliding window w: p > q_pos - w; optional tanh softcap on the logits) and the
-//! weighted sum of v_p. Work is split over (token, KV head) pairs; the query heads of one GQA group
-//! share each converted K / V row.
+//! weighted sum of v_p. Work is split over (token, head) rows pulled in small chunks by the
+//! threads; K / V rows are converted from f16 in registers (F16C) as they are read.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -271,84 +271,199 @@ pub fn attention_isa(
     }
     let group = n_head / n_kv;
     let scale = params.scale.unwrap_or(1.0 / (dk as f32).sqrt());
-    let n_tasks = n_tokens * n_kv;
+    let bs = cache.block_size;
+    let ctx = RowCtx {
+        k: &cache.k,
+        v: &cache.v,
+        dk,
+        dv,
+        n_kv,
+        bs,
+        // Row (slot) index of the first slot of block `b` of this layer.
+        layer_base: layer * cache.n_blocks * bs,
+        block_table,
+        scale,
+        softcap: params.softcap,
+    };
+    let n_items = n_tokens * n_head;
+    // Items are (token, head) rows; a handful per claim keeps the counter cheap.
+    let chunk = (n_items / (pool.n_threads() * 8)).clamp(1, 16);
+    let n_chunks = n_items.div_ceil(chunk);
     let next = AtomicUsize::new(0);
     let op = SyncPtr(out.as_mut_ptr());
     pool.run_dynamic(|_, _| {
         let mut scores: Vec<f32> = Vec::new();
-        let mut krow = vec![0f32; dk];
-        let mut vrow = vec![0f32; dv];
-        let mut acc = vec![0f32; group * dv];
         loop {
-            let task = next.fetch_add(1, Ordering::Relaxed);
-            if task >= n_tasks {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c >= n_chunks {
                 break;
             }
-            let (t, g) = (task / n_kv, task % n_kv);
-            let q_pos = pos_start + t;
-            let mut lo = 0;
-            let mut hi = if params.causal { q_pos + 1 } else { seq_len };
-            if let Some(w) = params.sliding_window {
-                lo = (q_pos + 1).saturating_sub(w);
-                if !params.causal {
-                    hi = hi.min(q_pos + w);
-                }
-            }
-            let nk = hi.saturating_sub(lo);
-            scores.clear();
-            scores.resize(group * nk, 0.0);
-            for (j, p) in (lo..hi).enumerate() {
-                // Checked above: every position < seq_len has a valid block.
-                let Ok(s) = cache.slot(OP, layer, block_table, p) else {
-                    continue;
-                };
-                let base = (s * n_kv + g) * dk;
-                to_f32(&cache.k[base..base + dk], &mut krow);
-                for hh in 0..group {
-                    let h = g * group + hh;
-                    let qh = &q[(t * n_head + h) * dk..(t * n_head + h + 1) * dk];
-                    let mut sc = simd::dot_f32(isa, qh, &krow) * scale;
-                    if let Some(cap) = params.softcap {
-                        sc = cap * (sc / cap).tanh();
+            for item in c * chunk..((c + 1) * chunk).min(n_items) {
+                let (t, h) = (item / n_head, item % n_head);
+                let q_pos = pos_start + t;
+                let mut lo = 0;
+                let mut hi = if params.causal { q_pos + 1 } else { seq_len };
+                if let Some(w) = params.sliding_window {
+                    lo = (q_pos + 1).saturating_sub(w);
+                    if !params.causal {
+                        hi = hi.min(q_pos + w);
                     }
-                    scores[hh * nk + j] = sc;
                 }
-            }
-            for hh in 0..group {
-                crate::ops::softmax_isa(isa, &mut scores[hh * nk..(hh + 1) * nk]);
-            }
-            acc.fill(0.0);
-            for (j, p) in (lo..hi).enumerate() {
-                let Ok(s) = cache.slot(OP, layer, block_table, p) else {
-                    continue;
-                };
-                let base = (s * n_kv + g) * dv;
-                to_f32(&cache.v[base..base + dv], &mut vrow);
-                for hh in 0..group {
-                    simd::axpy(
-                        isa,
-                        scores[hh * nk + j],
-                        &vrow,
-                        &mut acc[hh * dv..(hh + 1) * dv],
-                    );
-                }
-            }
-            for hh in 0..group {
-                let h = g * group + hh;
-                // SAFETY: (t, h) is inside out (n_tokens x n_head x dv, checked); each (t, g) task
-                // owns the heads of group g for token t.
+                let qh = &q[(t * n_head + h) * dk..(t * n_head + h + 1) * dk];
+                // SAFETY: (t, h) is inside out (n_tokens x n_head x dv, checked above) and each
+                // item is handled by exactly one thread.
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(op.get().add((t * n_head + h) * dv), dv)
                 };
-                dst.copy_from_slice(&acc[hh * dv..(hh + 1) * dv]);
+                attn_row(isa, &ctx, h / group, qh, lo, hi, &mut scores, dst);
             }
         }
     });
     Ok(())
 }
 
-fn to_f32(src: &[u16], dst: &mut [f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = f16_bits_to_f32(s);
+/// What one attention row needs of the cache.
+struct RowCtx<'a> {
+    k: &'a [u16],
+    v: &'a [u16],
+    dk: usize,
+    dv: usize,
+    n_kv: usize,
+    bs: usize,
+    layer_base: usize,
+    block_table: &'a [u32],
+    scale: f32,
+    softcap: Option<f32>,
+}
+
+impl RowCtx<'_> {
+    /// Slot (token row) of position p; positions < seq_len were validated against the table.
+    #[inline(always)]
+    fn slot(&self, p: usize) -> usize {
+        self.layer_base + self.block_table[p / self.bs] as usize * self.bs + p % self.bs
+    }
+}
+
+/// One query row over keys lo..hi of KV head g: scores, softmax, weighted V sum into `out`.
+#[allow(clippy::too_many_arguments)]
+fn attn_row(
+    isa: Isa,
+    c: &RowCtx<'_>,
+    g: usize,
+    q: &[f32],
+    lo: usize,
+    hi: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let nk = hi.saturating_sub(lo);
+    scores.clear();
+    scores.resize(nk, 0.0);
+    out.fill(0.0);
+    if nk == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 && c.dk % 8 == 0 && c.dv % 8 == 0 {
+        // SAFETY: AVX2/FMA/F16C detected (isa clamped); dims are multiples of 8; every position
+        // in lo..hi has a validated slot, so all K/V rows read are inside the cache.
+        unsafe { attn_row_avx2(c, g, q, lo, hi, scores, out) };
+        return;
+    }
+    let mut row = vec![0f32; c.dk.max(c.dv)];
+    for (j, p) in (lo..hi).enumerate() {
+        let base = (c.slot(p) * c.n_kv + g) * c.dk;
+        simd::f16_slice_to_f32(Isa::Scalar, &c.k[base..base + c.dk], &mut row[..c.dk]);
+        let mut s = simd::dot_f32(Isa::Scalar, q, &row[..c.dk]) * c.scale;
+        if let Some(cap) = c.softcap {
+            s = cap * (s / cap).tanh();
+        }
+        scores[j] = s;
+    }
+    crate::ops::softmax_isa(Isa::Scalar, scores);
+    for (j, p) in (lo..hi).enumerate() {
+        let base = (c.slot(p) * c.n_kv + g) * c.dv;
+        simd::f16_slice_to_f32(Isa::Scalar, &c.v[base..base + c.dv], &mut row[..c.dv]);
+        simd::axpy(Isa::Scalar, scores[j], &row[..c.dv], out);
+    }
+}
+
+/// AVX2 twin of the scalar body of `attn_row`; f16 K/V converted in registers.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; dk and dv multiples of 8; slots of lo..hi valid.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attn_row_avx2(
+    c: &RowCtx<'_>,
+    g: usize,
+    q: &[f32],
+    lo: usize,
+    hi: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (kp, vp, qp, op) = (c.k.as_ptr(), c.v.as_ptr(), q.as_ptr(), out.as_mut_ptr());
+    let mut p = lo;
+    while p < hi {
+        // Walk one block at a time: its slots are contiguous.
+        let run = (c.bs - p % c.bs).min(hi - p);
+        let s0 = c.slot(p);
+        for i in 0..run {
+            let kr = kp.add(((s0 + i) * c.n_kv + g) * c.dk);
+            let mut a0 = _mm256_setzero_ps();
+            let mut a1 = _mm256_setzero_ps();
+            let mut d = 0;
+            while d + 16 <= c.dk {
+                a0 = _mm256_fmadd_ps(
+                    _mm256_cvtph_ps(_mm_loadu_si128(kr.add(d) as *const __m128i)),
+                    _mm256_loadu_ps(qp.add(d)),
+                    a0,
+                );
+                a1 = _mm256_fmadd_ps(
+                    _mm256_cvtph_ps(_mm_loadu_si128(kr.add(d + 8) as *const __m128i)),
+                    _mm256_loadu_ps(qp.add(d + 8)),
+                    a1,
+                );
+                d += 16;
+            }
+            if d < c.dk {
+                a0 = _mm256_fmadd_ps(
+                    _mm256_cvtph_ps(_mm_loadu_si128(kr.add(d) as *const __m128i)),
+                    _mm256_loadu_ps(qp.add(d)),
+                    a0,
+                );
+            }
+            let mut s = simd::x86::hsum256(_mm256_add_ps(a0, a1)) * c.scale;
+            if let Some(cap) = c.softcap {
+                s = cap * (s / cap).tanh();
+            }
+            *scores.get_unchecked_mut(p - lo + i) = s;
+        }
+        p += run;
+    }
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum = simd::x86::exp_shift_sum_avx2(scores.as_mut_ptr(), scores.len(), max);
+    let inv = 1.0 / sum;
+    let mut p = lo;
+    while p < hi {
+        let run = (c.bs - p % c.bs).min(hi - p);
+        let s0 = c.slot(p);
+        for i in 0..run {
+            let w = _mm256_set1_ps(*scores.get_unchecked(p - lo + i) * inv);
+            let vr = vp.add(((s0 + i) * c.n_kv + g) * c.dv);
+            let mut d = 0;
+            while d < c.dv {
+                let o = _mm256_fmadd_ps(
+                    w,
+                    _mm256_cvtph_ps(_mm_loadu_si128(vr.add(d) as *const __m128i)),
+                    _mm256_loadu_ps(op.add(d)),
+                );
+                _mm256_storeu_ps(op.add(d), o);
+                d += 8;
+            }
+        }
+        p += run;
     }
 }

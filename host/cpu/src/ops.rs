@@ -288,8 +288,8 @@ pub fn scale(x: &mut [f32], s: f32) {
     }
 }
 
-/// Softmax of one row in place (max-subtracted; an all `-inf` row becomes all zeros... of NaN-free
-/// input it always sums to 1).
+/// Softmax of one row in place (max-subtracted, so large logits cannot overflow; `-inf` entries
+/// become exactly 0; a row that is all `-inf` becomes all zeros rather than NaN).
 pub fn softmax_inplace(row: &mut [f32]) {
     softmax_isa(Isa::detect(), row)
 }

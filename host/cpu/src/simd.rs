@@ -148,6 +148,21 @@ pub(crate) fn dense_to_f32(ty: Dense, w: &[u8], out: &mut [f32]) {
     }
 }
 
+/// f16 bits -> f32 for a whole slice (`dst.len()` values).
+pub(crate) fn f16_slice_to_f32(isa: Isa, src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa.clamp() >= Isa::Avx2 {
+        // SAFETY: AVX2/F16C detected; both pointers valid for `n` values.
+        unsafe { x86::f16_to_f32_avx2(src.as_ptr(), dst.as_mut_ptr(), n) };
+        return;
+    }
+    let _ = isa;
+    for i in 0..n {
+        dst[i] = f16_bits_to_f32(src[i]);
+    }
+}
+
 /// `sum a[i] * b[i]` over f32 slices of equal length.
 pub(crate) fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
@@ -313,6 +328,24 @@ pub(crate) mod x86 {
             i += 1;
         }
         s
+    }
+
+    /// # Safety
+    /// AVX2 and F16C must be available; `src` valid for `n` u16, `dst` for `n` floats.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn f16_to_f32_avx2(src: *const u16, dst: *mut f32, n: usize) {
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(
+                dst.add(i),
+                _mm256_cvtph_ps(_mm_loadu_si128(src.add(i) as *const __m128i)),
+            );
+            i += 8;
+        }
+        while i < n {
+            *dst.add(i) = super::f16_bits_to_f32(*src.add(i));
+            i += 1;
+        }
     }
 
     /// # Safety

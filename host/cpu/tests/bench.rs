@@ -12,7 +12,7 @@ mod common;
 use std::time::Instant;
 
 use common::Rng;
-use rocmforge_cpu::{matmul_ext, GgmlType, Isa, ThreadPool};
+use rocmforge_cpu::{attention, matmul_ext, AttnParams, GgmlType, Isa, KvCache, ThreadPool};
 
 fn weights(rng: &mut Rng, ty: GgmlType, n_out: usize, k: usize) -> Vec<u8> {
     rocmforge_quant::quantize_to_vec(ty, &rng.vec(n_out * k, 0.05)).expect("quantize")
@@ -170,4 +170,48 @@ fn bench_matmul_kernels() {
         1.0 / best,
         bytes as f64 / best / 1e9
     );
+}
+
+#[test]
+#[ignore]
+fn bench_attention() {
+    // SmolLM2-135M shapes: 9 query heads, 3 KV heads, head_dim 64, blocks of 16.
+    let (n_head, n_kv, hd, bs) = (9, 3, 64, 16);
+    let nth = std::env::var("ROCMFORGE_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let pool = ThreadPool::new(nth);
+    let mut rng = Rng::new(3);
+    let n_ctx = 1024;
+    let mut cache = KvCache::new(1, n_kv, hd, hd, bs, n_ctx / bs);
+    let table: Vec<u32> = (0..(n_ctx / bs) as u32).rev().collect();
+    let k = rng.vec(n_ctx * n_kv * hd, 1.0);
+    cache.write(0, &table, 0, &k, &k, n_ctx).expect("write");
+    for &(n_tokens, pos_start) in &[(512usize, 0usize), (1, 511), (1, 1023)] {
+        let q = rng.vec(n_tokens * n_head * hd, 1.0);
+        let mut out = vec![0f32; n_tokens * n_head * hd];
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            attention(
+                &pool,
+                &cache,
+                0,
+                &table,
+                &q,
+                n_tokens,
+                pos_start,
+                n_head,
+                &AttnParams::default(),
+                &mut out,
+            )
+            .expect("attention");
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        println!(
+            "attention {n_tokens} queries at pos {pos_start}, threads {nth}: {:.1} us per layer",
+            best * 1e6
+        );
+    }
 }
