@@ -364,7 +364,7 @@ fn attn_row(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2 && c.dk % 8 == 0 && c.dv % 8 == 0 {
+    if isa >= Isa::Avx2 && c.dk.is_multiple_of(8) && c.dv.is_multiple_of(8) {
         // SAFETY: AVX2/FMA/F16C detected (isa clamped); dims are multiples of 8; every position
         // in lo..hi has a validated slot, so all K/V rows read are inside the cache.
         unsafe { attn_row_avx2(c, g, q, lo, hi, scores, out) };
