@@ -204,7 +204,8 @@ typedef struct RfPluginV1 {
     size_t n_tensors;
     const RfConfigMap *config;
     size_t n_config;
-    /* Build the forward graph for `arch` (a GGUF architecture name) through `host`. */
+    /* Build the forward graph for `arch` (a GGUF architecture name) through `host`. Never NULL:
+     * the host refuses a table without it. */
     int32_t (*build)(const RfHostV1 *host, RfStr arch);
 } RfPluginV1;
 

@@ -237,7 +237,11 @@ pub struct RfHostV1 {
 
 /// Run a plugin entry point body, turning a panic or an error into a status code and a message
 /// handed to the host. Every `extern "C"` function of a Rust plugin goes through this.
-pub fn guard<F: FnOnce() -> Result<(), String> + std::panic::UnwindSafe>(host: *const RfHostV1, f: F) -> i32 {
+///
+/// # Safety
+/// `host` must be null or point to a valid [`RfHostV1`] for the duration of the call (it is
+/// dereferenced to report an error).
+pub unsafe fn guard<F: FnOnce() -> Result<(), String> + std::panic::UnwindSafe>(host: *const RfHostV1, f: F) -> i32 {
     let report = |msg: &str| {
         if !host.is_null() {
             // SAFETY: the host pointer was passed to the entry point and is valid for the call.
@@ -278,13 +282,15 @@ macro_rules! export_plugin {
     (name: $name:expr, version: $ver:expr, archs: $archs:expr, tensors: $tensors:expr, config: $config:expr, build: $build:path $(,)?) => {
         #[doc(hidden)]
         unsafe extern "C" fn __rocmforge_build(host: *const $crate::RfHostV1, arch: $crate::RfStr) -> i32 {
-            $crate::guard(host, move || {
+            let body = move || {
                 // SAFETY: the host passes a valid table and a valid arch string for this call.
                 let arch = unsafe { arch.as_str() }.ok_or_else(|| "architecture name is not UTF-8".to_string())?;
                 // SAFETY: as above; the builder borrows the host table for the call only.
                 let mut b = unsafe { $crate::Builder::from_raw(host) }.map_err(|e| e.to_string())?;
                 $build(&mut b, arch).map_err(|e| e.to_string())
-            })
+            };
+            // SAFETY: `host` is the table the host passed to this entry point, valid for the call.
+            unsafe { $crate::guard(host, body) }
         }
         #[doc(hidden)]
         static __ROCMFORGE_PLUGIN: $crate::RfPluginV1 = $crate::RfPluginV1 {

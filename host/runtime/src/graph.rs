@@ -214,6 +214,12 @@ impl Graph {
             op::ROPE => {
                 let x = req(0)?;
                 let (rows, cols) = self.act(x, "x", at)?;
+                // Only the two styles the ABI defines; any other value (ggml's mrope/vision
+                // modes, a typo) must not silently run as interleaved RoPE.
+                let mode = raw.iparams[3];
+                if mode != 0 && mode != 2 {
+                    return Err(graph_err(at, format!("rope mode {mode} is not supported (0 = interleaved pairs, 2 = NeoX halves)")));
+                }
                 let p = RopeP {
                     n_head: ip(0)?,
                     head_dim: ip(1)?,

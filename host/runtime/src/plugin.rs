@@ -110,7 +110,15 @@ impl Plugin {
                 std::mem::size_of::<RfPluginV1>()
             )));
         }
-        // SAFETY: version and size checked; the table is 'static in the never-unloaded library.
+        // `build` is a non-nullable fn pointer on the Rust side, but a C plugin can leave it NULL:
+        // look at the raw bits before a reference to the table asserts it is valid.
+        // SAFETY: the size check guarantees the field lies inside the table; it is read as a
+        // plain pointer, which every bit pattern of a fn pointer is.
+        let build_fn = unsafe { std::ptr::addr_of!((*table).build).cast::<*const std::ffi::c_void>().read_unaligned() };
+        if build_fn.is_null() {
+            return Err(err("plugin table's build function is null".into()));
+        }
+        // SAFETY: version, size and build checked; the table is 'static in the never-unloaded library.
         let table: &'static RfPluginV1 = unsafe { &*table };
         let archs = slice(table.archs, table.n_archs, path, "architectures")?
             .iter()
