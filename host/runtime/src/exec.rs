@@ -293,13 +293,8 @@ impl Executor {
                 Op::MatMul { x, w, bias } => {
                     let ws = &self.wslot(*w).w;
                     let k = ws.dims[0];
-                    rocmforge_cpu::matmul(self.pool, ws.ty, ws.bytes.as_slice(), cols, k, act(*x), rows, out).map_err(map_err)?;
-                    if let Some(b) = bias {
-                        let bv = self.wvec(*b);
-                        for row in out.chunks_exact_mut(cols) {
-                            row.iter_mut().zip(bv).for_each(|(y, b)| *y += b);
-                        }
-                    }
+                    let bias = bias.map(|b| self.wvec(b));
+                    rocmforge_cpu::matmul_bias(self.pool, ws.ty, ws.bytes.as_slice(), cols, k, act(*x), rows, bias, out).map_err(map_err)?;
                 }
                 Op::Add { a, b } | Op::Mul { a, b } => {
                     let is_add = matches!(node.op, Op::Add { .. });
@@ -344,25 +339,17 @@ impl Executor {
                     let (qa, ka, va) = (act(*q), act(*k), act(*v));
                     let (qc, kc, vc) = (p.n_head * p.head_dim_k, p.n_head_kv * p.head_dim_k, p.n_head_kv * p.head_dim_v);
                     let params = AttnParams {
-                        n_head_kv: p.n_head_kv,
-                        head_dim_k: p.head_dim_k,
-                        head_dim_v: p.head_dim_v,
                         causal: p.causal,
                         sliding_window: if p.sliding_window == 0 { None } else { Some(p.sliding_window) },
-                        scale: if p.scale == 0.0 { 1.0 / (p.head_dim_k as f32).sqrt() } else { p.scale },
+                        scale: if p.scale == 0.0 { None } else { Some(p.scale) },
                         softcap: if p.softcap == 0.0 { None } else { Some(p.softcap) },
                     };
                     let mut t0 = 0usize;
                     for c in batch {
                         let nt = c.tokens.len();
-                        self.kv.write(
-                            p.layer,
-                            c.block_table,
-                            c.pos_start,
-                            &ka[t0 * kc..(t0 + nt) * kc],
-                            &va[t0 * vc..(t0 + nt) * vc],
-                            nt,
-                        );
+                        self.kv
+                            .write(p.layer, c.block_table, c.pos_start, &ka[t0 * kc..(t0 + nt) * kc], &va[t0 * vc..(t0 + nt) * vc], nt)
+                            .map_err(map_err)?;
                         rocmforge_cpu::attention(
                             self.pool,
                             &self.kv,
@@ -374,7 +361,8 @@ impl Executor {
                             p.n_head,
                             &params,
                             &mut out[t0 * cols..(t0 + nt) * cols],
-                        );
+                        )
+                        .map_err(map_err)?;
                         t0 += nt;
                     }
                 }
@@ -383,7 +371,10 @@ impl Executor {
                 Op::GeluErf { x } => rocmforge_cpu::gelu_erf(act(*x), out),
                 Op::SwiGlu { gate, up } => rocmforge_cpu::swiglu(act(*gate), act(*up), out),
                 Op::GeGlu { gate, up } => rocmforge_cpu::geglu(act(*gate), act(*up), out),
-                Op::Softcap { x, cap } => rocmforge_cpu::softcap(act(*x), *cap, out),
+                Op::Softcap { x, cap } => {
+                    out.copy_from_slice(act(*x));
+                    rocmforge_cpu::softcap(out, *cap);
+                }
                 Op::View { x, offset } => {
                     let src_cols = match self.graph.nodes[*x].shape {
                         Shape::Act { cols, .. } => cols,
