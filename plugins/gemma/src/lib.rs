@@ -1,0 +1,338 @@
+//! Gemma architecture plugin: Gemma (1), Gemma 2 and Gemma 3 text models.
+//!
+//! Four sections, as DESIGN.md §3 asks: (1) tensor table, (2) hyperparameters, (3) the graph,
+//! (4) the export. The graph follows llama.cpp's `llm_build_gemma`, `llm_build_gemma2_iswa` and
+//! `llm_build_gemma3` (src/models/gemma*.cpp), read for facts. What differs from LLaMA:
+//! - token embeddings are multiplied by sqrt(n_embd);
+//! - RMSNorm weights act as `1 + w`: llama.cpp's converter stores `1 + w` in GGUF, so GGUF norm
+//!   weights are used as they are and HF ones get the ADD_ONE load transform;
+//! - the FFN is GeGLU (tanh GELU); RoPE is NeoX style (HF rotate-half, no Q/K permutation);
+//! - Gemma 2/3: post-attention and post-FFN norms, Q scaled by 1/sqrt(query_pre_attn_scalar),
+//!   interleaved local (sliding-window) and global layers, optional final logit softcap;
+//!   Gemma 2 also softcaps attention logits;
+//! - Gemma 3: per-head q/k RMSNorm; local layers use their own RoPE base (default 10000) without
+//!   scaling, global layers use `rope.freq_base` and the declared rope scaling.
+//!
+//! Which layers are local follows llama.cpp's `load_swa_pattern`: a per-layer bool array in
+//! `{arch}.attention.sliding_window_pattern`, or a period `n` (Gemma 2: 2, Gemma 3: 6) where layer
+//! `il` is local unless `il % n == n - 1`.
+
+use rocmforge_abi::builder::{AttnOpts, RopeOpts};
+use rocmforge_abi::{arch, config, tensor, tensor_flags::OPTIONAL, transform, Builder, Meta, Node, OpError};
+
+// ---------------------------------------------------------------------------------------------
+// (1) Tensor table: GGUF name (internal vocabulary) <- Hugging Face name, flags, load transform.
+// ---------------------------------------------------------------------------------------------
+
+/// HF Gemma 1 calls its pre-FFN norm `post_attention_layernorm`; Gemma 2/3 use that name for the
+/// post-attention norm and call the pre-FFN norm `pre_feedforward_layernorm`. The host maps table
+/// rows in order and a later row for the same GGUF name wins, so the Gemma 1 row for `ffn_norm`
+/// comes first and the Gemma 2/3 row overrides it where the model has that tensor. Gemma 1's graph
+/// never reads `post_attention_norm`, so the extra mapping it gets is unused.
+static TENSORS: [rocmforge_abi::RfTensorMap; 18] = [
+    tensor("token_embd.weight", "model.embed_tokens.weight", 0, transform::NONE),
+    tensor("output_norm.weight", "model.norm.weight", 0, transform::ADD_ONE),
+    tensor("output.weight", "lm_head.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.attn_norm.weight", "model.layers.{il}.input_layernorm.weight", 0, transform::ADD_ONE),
+    tensor("blk.{il}.attn_q.weight", "model.layers.{il}.self_attn.q_proj.weight", 0, transform::NONE),
+    tensor("blk.{il}.attn_k.weight", "model.layers.{il}.self_attn.k_proj.weight", 0, transform::NONE),
+    tensor("blk.{il}.attn_v.weight", "model.layers.{il}.self_attn.v_proj.weight", 0, transform::NONE),
+    tensor("blk.{il}.attn_q_norm.weight", "model.layers.{il}.self_attn.q_norm.weight", OPTIONAL, transform::ADD_ONE),
+    tensor("blk.{il}.attn_k_norm.weight", "model.layers.{il}.self_attn.k_norm.weight", OPTIONAL, transform::ADD_ONE),
+    tensor("blk.{il}.attn_output.weight", "model.layers.{il}.self_attn.o_proj.weight", 0, transform::NONE),
+    // Gemma 1 first (see above), then Gemma 2/3.
+    tensor("blk.{il}.ffn_norm.weight", "model.layers.{il}.post_attention_layernorm.weight", 0, transform::ADD_ONE),
+    tensor("blk.{il}.post_attention_norm.weight", "model.layers.{il}.post_attention_layernorm.weight", OPTIONAL, transform::ADD_ONE),
+    tensor("blk.{il}.ffn_norm.weight", "model.layers.{il}.pre_feedforward_layernorm.weight", 0, transform::ADD_ONE),
+    tensor("blk.{il}.post_ffw_norm.weight", "model.layers.{il}.post_feedforward_layernorm.weight", OPTIONAL, transform::ADD_ONE),
+    tensor("blk.{il}.ffn_gate.weight", "model.layers.{il}.mlp.gate_proj.weight", 0, transform::NONE),
+    tensor("blk.{il}.ffn_up.weight", "model.layers.{il}.mlp.up_proj.weight", 0, transform::NONE),
+    tensor("blk.{il}.ffn_down.weight", "model.layers.{il}.mlp.down_proj.weight", 0, transform::NONE),
+    tensor("rope_freqs.weight", "", OPTIONAL, transform::NONE),
+];
+
+/// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). Where two rows
+/// name the same GGUF key, the first `config.json` key present wins.
+/// `{arch}.attention.query_pre_attn_scalar` is ours (llama.cpp derives the scale from the model
+/// size instead; see [`HParams::read`]).
+static CONFIG: [rocmforge_abi::RfConfigMap; 21] = [
+    config("{arch}.block_count", "num_hidden_layers"),
+    config("{arch}.embedding_length", "hidden_size"),
+    config("{arch}.feed_forward_length", "intermediate_size"),
+    config("{arch}.attention.head_count", "num_attention_heads"),
+    config("{arch}.attention.head_count_kv", "num_key_value_heads"),
+    config("{arch}.attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+    config("{arch}.attention.key_length", "head_dim"),
+    config("{arch}.attention.value_length", "head_dim"),
+    config("{arch}.rope.freq_base", "rope_theta"),
+    config("{arch}.rope.freq_base_swa", "rope_local_base_freq"),
+    config("{arch}.context_length", "max_position_embeddings"),
+    config("{arch}.vocab_size", "vocab_size"),
+    config("{arch}.rope.scaling.type", "rope_scaling.rope_type"),
+    config("{arch}.rope.scaling.type", "rope_scaling.type"),
+    config("{arch}.rope.scaling.factor", "rope_scaling.factor"),
+    config("{arch}.attention.sliding_window", "sliding_window"),
+    config("{arch}.attention.sliding_window_pattern", "sliding_window_pattern"),
+    config("{arch}.attention.sliding_window_pattern", "_sliding_window_pattern"),
+    config("{arch}.attn_logit_softcapping", "attn_logit_softcapping"),
+    config("{arch}.final_logit_softcapping", "final_logit_softcapping"),
+    config("{arch}.attention.query_pre_attn_scalar", "query_pre_attn_scalar"),
+];
+
+static ARCHS: [rocmforge_abi::RfArchClaim; 3] = [
+    arch("gemma", "GemmaForCausalLM"),
+    arch("gemma2", "Gemma2ForCausalLM"),
+    arch("gemma3", "Gemma3ForCausalLM"),
+];
+
+// ---------------------------------------------------------------------------------------------
+// (2) Hyperparameters, parsed once from metadata; a missing key is an error naming it.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gen {
+    Gemma1,
+    Gemma2,
+    Gemma3,
+}
+
+struct HParams {
+    gen: Gen,
+    n_layer: usize,
+    n_embd: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    eps: f32,
+    /// Q is multiplied by this before attention (attention itself then scales by 1).
+    q_scale: f32,
+    /// 0 = none.
+    attn_softcap: f32,
+    /// 0 = none.
+    final_softcap: f32,
+    /// 0 = no local layers.
+    n_swa: usize,
+    /// Per layer: local (sliding-window) attention.
+    is_swa: Vec<bool>,
+    rope_global: RopeOpts,
+    rope_local: RopeOpts,
+}
+
+impl HParams {
+    fn read(m: &impl Meta, arch: &str) -> Result<Self, OpError> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let gen = match arch {
+            "gemma" => Gen::Gemma1,
+            "gemma2" => Gen::Gemma2,
+            "gemma3" => Gen::Gemma3,
+            other => return Err(OpError(format!("the gemma plugin does not serve architecture '{other}'"))),
+        };
+        let n_layer = m.meta_usize(&key("block_count"))?;
+        let n_embd = m.meta_usize(&key("embedding_length"))?;
+        let n_head = m.meta_usize(&key("attention.head_count"))?;
+        if n_head == 0 || n_embd % n_head != 0 {
+            return Err(OpError(format!("{arch}: embedding_length {n_embd} is not a multiple of head_count {n_head}")));
+        }
+        let n_head_kv = m.meta_usize_or(&key("attention.head_count_kv"), n_head)?;
+        if n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(OpError(format!("{arch}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
+        }
+        let head_dim = m.meta_usize_or(&key("attention.key_length"), n_embd / n_head)?;
+        let n_rot = m.meta_usize_or(&key("rope.dimension_count"), head_dim)?;
+        let eps = m.meta_f32(&key("attention.layer_norm_rms_epsilon"))?;
+
+        // Q scale: HF's query_pre_attn_scalar when given; else llama.cpp's rule (gemma_pytorch's
+        // config): the 27B models (Gemma 2: 46 layers, Gemma 3: 62) use n_embd / n_head.
+        let q_scale = match m.meta_float_opt(&key("attention.query_pre_attn_scalar"))? {
+            Some(s) if s > 0.0 => 1.0 / (s as f32).sqrt(),
+            Some(s) => return Err(OpError(format!("{arch}: query_pre_attn_scalar {s} must be positive"))),
+            None => {
+                let is_27b = matches!((gen, n_layer), (Gen::Gemma2, 46) | (Gen::Gemma3, 62));
+                let d = if is_27b { n_embd / n_head } else { head_dim };
+                1.0 / (d as f32).sqrt()
+            }
+        };
+
+        // Softcaps: Gemma 2 always caps attention logits (default 50) and final logits (default
+        // 30); Gemma 3 caps final logits only when the key says so; Gemma 1 caps nothing.
+        let (attn_softcap, final_softcap) = match gen {
+            Gen::Gemma1 => (0.0, 0.0),
+            Gen::Gemma2 => (
+                m.meta_f32_or(&key("attn_logit_softcapping"), 50.0)?,
+                m.meta_f32_or(&key("final_logit_softcapping"), 30.0)?,
+            ),
+            Gen::Gemma3 => (0.0, m.meta_f32_or(&key("final_logit_softcapping"), 0.0)?),
+        };
+
+        // Local layers: Gemma 2 always has them (window default 4096, period 2); Gemma 3 only
+        // when a positive sliding window is declared (period 6).
+        let n_swa = match gen {
+            Gen::Gemma1 => 0,
+            Gen::Gemma2 => m.meta_usize_or(&key("attention.sliding_window"), 4096)?,
+            Gen::Gemma3 => m.meta_usize_or(&key("attention.sliding_window"), 0)?,
+        };
+        let is_swa = if n_swa == 0 {
+            vec![false; n_layer]
+        } else {
+            swa_pattern(m, &key("attention.sliding_window_pattern"), if gen == Gen::Gemma2 { 2 } else { 6 }, n_layer)?
+        };
+
+        let freq_base = m.meta_f32_or(&key("rope.freq_base"), 10000.0)?;
+        let rope_global = RopeOpts::new(n_head, head_dim, n_rot, true, freq_base).with_scaling_from(m, arch)?;
+        // Local layers: Gemma 2 shares the global RoPE unless a local base is given; Gemma 3's
+        // local layers use base 10000 (or the declared one) and no scaling.
+        let rope_local = match gen {
+            Gen::Gemma3 => {
+                RopeOpts::new(n_head, head_dim, n_rot, true, m.meta_f32_or(&key("rope.freq_base_swa"), 10000.0)?)
+            }
+            _ => {
+                let base = m.meta_f32_or(&key("rope.freq_base_swa"), freq_base)?;
+                RopeOpts { freq_base: base, ..rope_global.clone() }
+            }
+        };
+        Ok(HParams {
+            gen,
+            n_layer,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            eps,
+            q_scale,
+            attn_softcap,
+            final_softcap,
+            n_swa,
+            is_swa,
+            rope_global,
+            rope_local,
+        })
+    }
+}
+
+/// Which layers are local: a per-layer array (bools or 0/1) in `key`, else a period `n` (from
+/// `key` as an integer, or `default_period`) making layer `il` local unless `il % n == n - 1`
+/// (llama.cpp's `set_swa_pattern`; `n == 0` makes every layer local).
+fn swa_pattern(m: &impl Meta, key: &str, default_period: usize, n_layer: usize) -> Result<Vec<bool>, OpError> {
+    // An integer period, or (WRONG_TYPE) a per-layer array.
+    let period = match m.meta_int_opt(key) {
+        Ok(Some(p)) => usize::try_from(p).map_err(|_| OpError(format!("metadata key '{key}' = {p} is not a valid period")))?,
+        Ok(None) => default_period,
+        Err(_) => {
+            let arr = m.meta_array_opt(key)?.ok_or_else(|| OpError(format!("metadata key '{key}' vanished")))?;
+            if arr.len() != n_layer {
+                return Err(OpError(format!("metadata key '{key}' has {} entries for {n_layer} layers", arr.len())));
+            }
+            return Ok(arr.iter().map(|&v| v != 0.0).collect());
+        }
+    };
+    Ok((0..n_layer).map(|il| period == 0 || il % period < period - 1).collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// (3) The graph. Shapes: n = tokens in the batch, m = rows whose logits are wanted.
+// ---------------------------------------------------------------------------------------------
+
+fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
+    let hp = HParams::read(b, arch)?;
+    let post_norms = hp.gen != Gen::Gemma1;
+    let tok_embd = b.weight("token_embd.weight")?;
+    let rope_freqs = b.weight_opt("rope_freqs.weight")?;
+    let x = b.get_rows("inp_embd", tok_embd)?; // [n, n_embd]
+    let mut x = b.scale("inp_scaled", x, (hp.n_embd as f32).sqrt())?; // [n, n_embd]
+
+    for il in 0..hp.n_layer {
+        let w = |t: &str| format!("blk.{il}.{t}.weight");
+        let name = |t: &str| format!("blk.{il}.{t}");
+        let last = il + 1 == hp.n_layer;
+        let rope = if hp.is_swa[il] { &hp.rope_local } else { &hp.rope_global };
+
+        let attn_norm = b.weight(&w("attn_norm"))?;
+        let cur = b.rms_norm(&name("attn_norm"), x, Some(attn_norm), hp.eps, 0)?; // [n, n_embd]
+
+        let (wq, wk, wv) = (b.weight(&w("attn_q"))?, b.weight(&w("attn_k"))?, b.weight(&w("attn_v"))?);
+        let mut q = b.matmul(&name("attn_q"), cur, wq, None)?; // [n, n_head*head_dim]
+        let mut k = b.matmul(&name("attn_k"), cur, wk, None)?; // [n, n_head_kv*head_dim]
+        let v = b.matmul(&name("attn_v"), cur, wv, None)?; // [n, n_head_kv*head_dim]
+        if hp.gen == Gen::Gemma3 {
+            // Per-head RMSNorm of Q and K before RoPE.
+            let (qn, kn) = (b.weight(&w("attn_q_norm"))?, b.weight(&w("attn_k_norm"))?);
+            q = b.rms_norm(&name("attn_q_norm"), q, Some(qn), hp.eps, hp.head_dim)?; // [n, n_head*head_dim]
+            k = b.rms_norm(&name("attn_k_norm"), k, Some(kn), hp.eps, hp.head_dim)?; // [n, n_head_kv*head_dim]
+        }
+        let q = b.rope(&name("attn_q_rope"), q, rope_freqs, rope)?;
+        let rope_k = RopeOpts { n_head: hp.n_head_kv, ..rope.clone() };
+        let k = b.rope(&name("attn_k_rope"), k, rope_freqs, &rope_k)?;
+        // Scale Q itself, as llama.cpp does (its attention then scales by 1), so Q's rounding to
+        // f16 inside attention sees the same values.
+        let q = b.scale(&name("attn_q_scaled"), q, hp.q_scale)?; // [n, n_head*head_dim]
+        let attn = b.attention(
+            &name("attn"),
+            q,
+            k,
+            v,
+            &AttnOpts {
+                layer: il,
+                n_head: hp.n_head,
+                n_head_kv: hp.n_head_kv,
+                head_dim_k: hp.head_dim,
+                head_dim_v: hp.head_dim,
+                sliding_window: if hp.is_swa[il] { hp.n_swa } else { 0 },
+                causal: true,
+                scale: 1.0,
+                softcap: hp.attn_softcap,
+            },
+        )?; // [n, n_head*head_dim]
+        let wo = b.weight(&w("attn_output"))?;
+        let mut cur = b.matmul(&name("attn_output"), attn, wo, None)?; // [n, n_embd]
+        if last {
+            // Only the rows whose logits are wanted go on through the last layer's FFN.
+            cur = b.output_rows(&name("attn_out_rows"), cur)?; // [m, n_embd]
+            x = b.output_rows(&name("inp_out_rows"), x)?; // [m, n_embd]
+        }
+        if post_norms {
+            let pn = b.weight(&w("post_attention_norm"))?;
+            cur = b.rms_norm(&name("attn_post_norm"), cur, Some(pn), hp.eps, 0)?; // [n|m, n_embd]
+        }
+        let sa_out = b.add(&name("sa_out"), cur, x)?; // [n|m, n_embd]
+
+        let ffn_norm = b.weight(&w("ffn_norm"))?;
+        let cur = b.rms_norm(&name("ffn_norm"), sa_out, Some(ffn_norm), hp.eps, 0)?; // [n|m, n_embd]
+        let (w_gate, w_up, w_down) = (b.weight(&w("ffn_gate"))?, b.weight(&w("ffn_up"))?, b.weight(&w("ffn_down"))?);
+        let gate = b.matmul(&name("ffn_gate"), cur, w_gate, None)?; // [n|m, n_ff]
+        let up = b.matmul(&name("ffn_up"), cur, w_up, None)?; // [n|m, n_ff]
+        let act = b.geglu(&name("ffn_act"), gate, up)?; // [n|m, n_ff]
+        let mut cur = b.matmul(&name("ffn_down"), act, w_down, None)?; // [n|m, n_embd]
+        if post_norms {
+            let pn = b.weight(&w("post_ffw_norm"))?;
+            cur = b.rms_norm(&name("ffn_post_norm"), cur, Some(pn), hp.eps, 0)?; // [n|m, n_embd]
+        }
+        x = b.add(&name("l_out"), cur, sa_out)?; // [n|m, n_embd]
+    }
+
+    let out_norm = b.weight("output_norm.weight")?;
+    let x = b.rms_norm("result_norm", x, Some(out_norm), hp.eps, 0)?; // [m, n_embd]
+    // Tied embeddings unless the model has its own LM head.
+    let lm_head: Node = match b.weight_opt("output.weight")? {
+        Some(w) => w,
+        None => tok_embd,
+    };
+    let mut logits = b.matmul("result_output", x, lm_head, None)?; // [m, n_vocab]
+    if hp.final_softcap > 0.0 {
+        logits = b.softcap("result_softcap", logits, hp.final_softcap)?; // [m, n_vocab]
+    }
+    b.output("logits", logits)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// (4) Export.
+// ---------------------------------------------------------------------------------------------
+
+rocmforge_abi::export_plugin! {
+    name: "gemma",
+    version: env!("CARGO_PKG_VERSION"),
+    archs: ARCHS,
+    tensors: TENSORS,
+    config: CONFIG,
+    build: build,
+}
