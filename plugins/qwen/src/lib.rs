@@ -1,0 +1,316 @@
+//! Qwen architecture plugin: Qwen2 / Qwen2.5 (GGUF `qwen2`, HF `Qwen2ForCausalLM`) and dense Qwen3
+//! (GGUF `qwen3`, HF `Qwen3ForCausalLM`).
+//!
+//! Four sections, as DESIGN.md §3 asks: (1) tensor table, (2) hyperparameters, (3) the graph,
+//! (4) the export. The graph follows llama.cpp's `llama_model_qwen2::graph` / `llama_model_qwen3::graph`:
+//! the LLaMA block (pre-RMSNorm, GQA attention, SwiGLU FFN) with these differences:
+//! - RoPE is NeoX style (rotate halves). llama.cpp's converter does not permute Qwen's Q/K rows,
+//!   so GGUF and HF tensors share one layout and no PERMUTE_Q/PERMUTE_K transform is declared.
+//! - Qwen2 has biases on the Q/K/V projections (optional tensors: used when present).
+//! - Qwen3 RMS-normalizes every head of Q and K (`attn_q_norm`/`attn_k_norm`, one weight of
+//!   head_dim shared by all heads) before RoPE; these tensors are required for `qwen3`.
+//! - Without `output.weight` the token embedding doubles as the LM head (tied embeddings).
+//!
+//! Not claimed: the MoE variants (qwen2moe, qwen3moe), which need a routed-experts op.
+
+use rocmforge_abi::builder::{AttnOpts, RopeOpts};
+use rocmforge_abi::{
+    arch, config, tensor, tensor_flags::OPTIONAL, transform, Builder, Meta, Node, OpError,
+};
+
+// ---------------------------------------------------------------------------------------------
+// (1) Tensor table: GGUF name (internal vocabulary) <- Hugging Face name, flags, load transform.
+// ---------------------------------------------------------------------------------------------
+
+static TENSORS: [rocmforge_abi::RfTensorMap; 19] = [
+    tensor(
+        "token_embd.weight",
+        "model.embed_tokens.weight",
+        0,
+        transform::NONE,
+    ),
+    tensor(
+        "output_norm.weight",
+        "model.norm.weight",
+        0,
+        transform::NONE,
+    ),
+    tensor("output.weight", "lm_head.weight", OPTIONAL, transform::NONE),
+    tensor("output.bias", "lm_head.bias", OPTIONAL, transform::NONE),
+    tensor(
+        "blk.{il}.attn_norm.weight",
+        "model.layers.{il}.input_layernorm.weight",
+        0,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.attn_q.weight",
+        "model.layers.{il}.self_attn.q_proj.weight",
+        0,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.attn_k.weight",
+        "model.layers.{il}.self_attn.k_proj.weight",
+        0,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.attn_v.weight",
+        "model.layers.{il}.self_attn.v_proj.weight",
+        0,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.attn_q.bias",
+        "model.layers.{il}.self_attn.q_proj.bias",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.attn_k.bias",
+        "model.layers.{il}.self_attn.k_proj.bias",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.attn_v.bias",
+        "model.layers.{il}.self_attn.v_proj.bias",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    // Required for qwen3 (the graph asks for them with `weight`), absent in qwen2.
+    tensor(
+        "blk.{il}.attn_q_norm.weight",
+        "model.layers.{il}.self_attn.q_norm.weight",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.attn_k_norm.weight",
+        "model.layers.{il}.self_attn.k_norm.weight",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.attn_output.weight",
+        "model.layers.{il}.self_attn.o_proj.weight",
+        0,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.attn_output.bias",
+        "model.layers.{il}.self_attn.o_proj.bias",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.ffn_norm.weight",
+        "model.layers.{il}.post_attention_layernorm.weight",
+        0,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.ffn_gate.weight",
+        "model.layers.{il}.mlp.gate_proj.weight",
+        0,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.ffn_up.weight",
+        "model.layers.{il}.mlp.up_proj.weight",
+        0,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.ffn_down.weight",
+        "model.layers.{il}.mlp.down_proj.weight",
+        0,
+        transform::NONE,
+    ),
+];
+
+/// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). Qwen2's
+/// config has no `head_dim` (n_embd / n_head is used); Qwen3's has one that differs from it.
+static CONFIG: [rocmforge_abi::RfConfigMap; 13] = [
+    config("{arch}.block_count", "num_hidden_layers"),
+    config("{arch}.embedding_length", "hidden_size"),
+    config("{arch}.feed_forward_length", "intermediate_size"),
+    config("{arch}.attention.head_count", "num_attention_heads"),
+    config("{arch}.attention.head_count_kv", "num_key_value_heads"),
+    config("{arch}.attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+    config("{arch}.attention.key_length", "head_dim"),
+    config("{arch}.attention.value_length", "head_dim"),
+    config("{arch}.rope.freq_base", "rope_theta"),
+    config("{arch}.context_length", "max_position_embeddings"),
+    config("{arch}.vocab_size", "vocab_size"),
+    config("{arch}.rope.scaling.type", "rope_scaling.type"),
+    config("{arch}.rope.scaling.factor", "rope_scaling.factor"),
+];
+
+static ARCHS: [rocmforge_abi::RfArchClaim; 2] = [
+    arch("qwen2", "Qwen2ForCausalLM"),
+    arch("qwen3", "Qwen3ForCausalLM"),
+];
+
+// ---------------------------------------------------------------------------------------------
+// (2) Hyperparameters, parsed once from metadata; a missing key is an error naming it.
+// ---------------------------------------------------------------------------------------------
+
+struct HParams {
+    n_layer: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    eps: f32,
+    rope: RopeOpts,
+    /// Per-head RMSNorm of Q and K before RoPE (Qwen3).
+    qk_norm: bool,
+}
+
+impl HParams {
+    fn read(m: &impl Meta, arch: &str) -> Result<Self, OpError> {
+        let n_embd = m.meta_usize(&format!("{arch}.embedding_length"))?;
+        let n_head = m.meta_usize(&format!("{arch}.attention.head_count"))?;
+        if n_head == 0 {
+            return Err(OpError(format!("{arch}: head_count is 0")));
+        }
+        let n_head_kv = m.meta_usize_or(&format!("{arch}.attention.head_count_kv"), n_head)?;
+        if n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(OpError(format!(
+                "{arch}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
+            )));
+        }
+        // Qwen3 sets key_length explicitly (it need not equal n_embd / n_head); Qwen2 derives it.
+        let head_dim =
+            match m.meta_int_opt(&format!("{arch}.attention.key_length"))? {
+                Some(_) => m.meta_usize(&format!("{arch}.attention.key_length"))?,
+                None if n_embd % n_head == 0 => n_embd / n_head,
+                None => return Err(OpError(format!(
+                    "{arch}: embedding_length {n_embd} is not a multiple of head_count {n_head}"
+                ))),
+            };
+        let head_dim_v = m.meta_usize_or(&format!("{arch}.attention.value_length"), head_dim)?;
+        if head_dim_v != head_dim {
+            return Err(OpError(format!(
+                "{arch}: value_length {head_dim_v} differs from key_length {head_dim}"
+            )));
+        }
+        // llama.cpp asserts n_rot == head_dim for Qwen; keep partial rotary possible anyway.
+        let n_rot = m.meta_usize_or(&format!("{arch}.rope.dimension_count"), head_dim)?;
+        // Qwen's rope_theta is 1e6; the default only applies to files that omit the key.
+        let freq_base = m.meta_f32_or(&format!("{arch}.rope.freq_base"), 10000.0)?;
+        let rope =
+            RopeOpts::new(n_head, head_dim, n_rot, true, freq_base).with_scaling_from(m, arch)?;
+        Ok(HParams {
+            n_layer: m.meta_usize(&format!("{arch}.block_count"))?,
+            n_head,
+            n_head_kv,
+            head_dim,
+            // Required, as in llama.cpp's load_arch_hparams (no silent default).
+            eps: m.meta_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"))?,
+            rope,
+            qk_norm: arch == "qwen3",
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (3) The graph. Shapes: n = tokens in the batch, m = rows whose logits are wanted.
+// ---------------------------------------------------------------------------------------------
+
+fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
+    let hp = HParams::read(b, arch)?;
+    let tok_embd = b.weight("token_embd.weight")?;
+    let mut x = b.get_rows("inp_embd", tok_embd)?; // [n, n_embd]
+    let rope_k = RopeOpts {
+        n_head: hp.n_head_kv,
+        ..hp.rope.clone()
+    };
+
+    for il in 0..hp.n_layer {
+        let w = |t: &str| format!("blk.{il}.{t}.weight");
+        let name = |t: &str| format!("blk.{il}.{t}");
+        let bias = |b: &mut Builder, t: &str| b.weight_opt(&format!("blk.{il}.{t}.bias"));
+        let attn_norm = b.weight(&w("attn_norm"))?;
+        let cur = b.rms_norm(&name("attn_norm"), x, Some(attn_norm), hp.eps, 0)?; // [n, n_embd]
+
+        let (wq, wk, wv) = (
+            b.weight(&w("attn_q"))?,
+            b.weight(&w("attn_k"))?,
+            b.weight(&w("attn_v"))?,
+        );
+        let (bq, bk, bv) = (bias(b, "attn_q")?, bias(b, "attn_k")?, bias(b, "attn_v")?);
+        let mut q = b.matmul(&name("attn_q"), cur, wq, bq)?; // [n, n_head*head_dim]
+        let mut k = b.matmul(&name("attn_k"), cur, wk, bk)?; // [n, n_head_kv*head_dim]
+        let v = b.matmul(&name("attn_v"), cur, wv, bv)?; // [n, n_head_kv*head_dim]
+        if hp.qk_norm {
+            let (q_norm, k_norm) = (b.weight(&w("attn_q_norm"))?, b.weight(&w("attn_k_norm"))?);
+            q = b.rms_norm(&name("attn_q_norm"), q, Some(q_norm), hp.eps, hp.head_dim)?; // [n, n_head*head_dim]
+            k = b.rms_norm(&name("attn_k_norm"), k, Some(k_norm), hp.eps, hp.head_dim)?;
+            // [n, n_head_kv*head_dim]
+        }
+        let q = b.rope(&name("attn_q_rope"), q, None, &hp.rope)?; // [n, n_head*head_dim]
+        let k = b.rope(&name("attn_k_rope"), k, None, &rope_k)?; // [n, n_head_kv*head_dim]
+        let attn = b.attention(
+            &name("attn"),
+            q,
+            k,
+            v,
+            &AttnOpts {
+                layer: il,
+                n_head: hp.n_head,
+                n_head_kv: hp.n_head_kv,
+                head_dim_k: hp.head_dim,
+                head_dim_v: hp.head_dim,
+                sliding_window: 0,
+                causal: true,
+                scale: 0.0,
+                softcap: 0.0,
+            },
+        )?; // [n, n_head*head_dim]
+        let wo = b.weight(&w("attn_output"))?;
+        let bo = bias(b, "attn_output")?;
+        let attn_out = b.matmul(&name("attn_output"), attn, wo, bo)?; // [n, n_embd]
+        let ffn_inp = b.add(&name("ffn_inp"), attn_out, x)?; // [n, n_embd]
+
+        let ffn_norm = b.weight(&w("ffn_norm"))?;
+        let cur = b.rms_norm(&name("ffn_norm"), ffn_inp, Some(ffn_norm), hp.eps, 0)?; // [n, n_embd]
+        let (w_gate, w_up, w_down) = (
+            b.weight(&w("ffn_gate"))?,
+            b.weight(&w("ffn_up"))?,
+            b.weight(&w("ffn_down"))?,
+        );
+        let gate = b.matmul(&name("ffn_gate"), cur, w_gate, None)?; // [n, n_ff]
+        let up = b.matmul(&name("ffn_up"), cur, w_up, None)?; // [n, n_ff]
+        let act = b.swiglu(&name("ffn_act"), gate, up)?; // [n, n_ff]
+        let down = b.matmul(&name("ffn_down"), act, w_down, None)?; // [n, n_embd]
+        x = b.add(&name("l_out"), down, ffn_inp)?; // [n, n_embd]
+    }
+
+    let x = b.output_rows("out_rows", x)?; // [m, n_embd]
+    let out_norm = b.weight("output_norm.weight")?;
+    let x = b.rms_norm("result_norm", x, Some(out_norm), hp.eps, 0)?; // [m, n_embd]
+                                                                      // Tied embeddings: without output.weight the token embedding doubles as the LM head.
+    let lm_head: Node = match b.weight_opt("output.weight")? {
+        Some(w) => w,
+        None => tok_embd,
+    };
+    let out_bias = b.weight_opt("output.bias")?;
+    let logits = b.matmul("result_output", x, lm_head, out_bias)?; // [m, n_vocab]
+    b.output("logits", logits)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// (4) Export.
+// ---------------------------------------------------------------------------------------------
+
+rocmforge_abi::export_plugin! {
+    name: "qwen",
+    version: env!("CARGO_PKG_VERSION"),
+    archs: ARCHS,
+    tensors: TENSORS,
+    config: CONFIG,
+    build: build,
+}
