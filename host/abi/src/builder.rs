@@ -332,7 +332,7 @@ impl RopeOpts {
         let n_ctx_train = m.meta_usize_or(&format!("{arch}.context_length"), 0)?;
         self.n_ctx_orig = m.meta_usize_or(&format!("{arch}.rope.scaling.original_context_length"), n_ctx_train)?;
         match kind.as_str() {
-            "none" | "" => {}
+            "none" | "" | "default" => {}
             "linear" => {
                 if factor > 0.0 {
                     self.freq_scale = 1.0 / factor;

@@ -33,7 +33,8 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 13] = [
 ];
 
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name).
-static CONFIG: [rocmforge_abi::RfConfigMap; 13] = [
+/// The first entry found wins, so transformers 5's `rope_parameters` follows the older keys.
+static CONFIG: [rocmforge_abi::RfConfigMap; 16] = [
     config("{arch}.block_count", "num_hidden_layers"),
     config("{arch}.embedding_length", "hidden_size"),
     config("{arch}.feed_forward_length", "intermediate_size"),
@@ -47,6 +48,9 @@ static CONFIG: [rocmforge_abi::RfConfigMap; 13] = [
     config("{arch}.vocab_size", "vocab_size"),
     config("{arch}.rope.scaling.type", "rope_scaling.type"),
     config("{arch}.rope.scaling.factor", "rope_scaling.factor"),
+    config("{arch}.rope.freq_base", "rope_parameters.rope_theta"),
+    config("{arch}.rope.scaling.type", "rope_parameters.rope_type"),
+    config("{arch}.rope.scaling.factor", "rope_parameters.factor"),
 ];
 
 static ARCHS: [rocmforge_abi::RfArchClaim; 1] = [arch("llama", "LlamaForCausalLM")];
