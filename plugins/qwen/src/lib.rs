@@ -132,7 +132,7 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 19] = [
 
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). Qwen2's
 /// config has no `head_dim` (n_embd / n_head is used); Qwen3's has one that differs from it.
-static CONFIG: [rocmforge_abi::RfConfigMap; 13] = [
+static CONFIG: [rocmforge_abi::RfConfigMap; 16] = [
     config("{arch}.block_count", "num_hidden_layers"),
     config("{arch}.embedding_length", "hidden_size"),
     config("{arch}.feed_forward_length", "intermediate_size"),
@@ -146,6 +146,10 @@ static CONFIG: [rocmforge_abi::RfConfigMap; 13] = [
     config("{arch}.vocab_size", "vocab_size"),
     config("{arch}.rope.scaling.type", "rope_scaling.type"),
     config("{arch}.rope.scaling.factor", "rope_scaling.factor"),
+    // transformers >= 5 moves these under `rope_parameters`; the first entry found wins.
+    config("{arch}.rope.freq_base", "rope_parameters.rope_theta"),
+    config("{arch}.rope.scaling.type", "rope_parameters.rope_type"),
+    config("{arch}.rope.scaling.factor", "rope_parameters.factor"),
 ];
 
 static ARCHS: [rocmforge_abi::RfArchClaim; 2] = [
@@ -182,14 +186,15 @@ impl HParams {
             )));
         }
         // Qwen3 sets key_length explicitly (it need not equal n_embd / n_head); Qwen2 derives it.
-        let head_dim =
-            match m.meta_int_opt(&format!("{arch}.attention.key_length"))? {
-                Some(_) => m.meta_usize(&format!("{arch}.attention.key_length"))?,
-                None if n_embd % n_head == 0 => n_embd / n_head,
-                None => return Err(OpError(format!(
+        let head_dim = match m.meta_int_opt(&format!("{arch}.attention.key_length"))? {
+            Some(_) => m.meta_usize(&format!("{arch}.attention.key_length"))?,
+            None if n_embd % n_head == 0 => n_embd / n_head,
+            None => {
+                return Err(OpError(format!(
                     "{arch}: embedding_length {n_embd} is not a multiple of head_count {n_head}"
-                ))),
-            };
+                )))
+            }
+        };
         let head_dim_v = m.meta_usize_or(&format!("{arch}.attention.value_length"), head_dim)?;
         if head_dim_v != head_dim {
             return Err(OpError(format!(
