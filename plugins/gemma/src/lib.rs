@@ -52,10 +52,11 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 18] = [
 ];
 
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). Where two rows
-/// name the same GGUF key, the first `config.json` key present wins.
+/// name the same GGUF key, the first `config.json` key present wins, so transformers 5's
+/// `rope_parameters` (per layer type for Gemma 3) follows the older keys.
 /// `{arch}.attention.query_pre_attn_scalar` is ours (llama.cpp derives the scale from the model
 /// size instead; see [`HParams::read`]).
-static CONFIG: [rocmforge_abi::RfConfigMap; 21] = [
+static CONFIG: [rocmforge_abi::RfConfigMap; 28] = [
     config("{arch}.block_count", "num_hidden_layers"),
     config("{arch}.embedding_length", "hidden_size"),
     config("{arch}.feed_forward_length", "intermediate_size"),
@@ -77,6 +78,13 @@ static CONFIG: [rocmforge_abi::RfConfigMap; 21] = [
     config("{arch}.attn_logit_softcapping", "attn_logit_softcapping"),
     config("{arch}.final_logit_softcapping", "final_logit_softcapping"),
     config("{arch}.attention.query_pre_attn_scalar", "query_pre_attn_scalar"),
+    config("{arch}.rope.freq_base", "rope_parameters.full_attention.rope_theta"),
+    config("{arch}.rope.freq_base", "rope_parameters.rope_theta"),
+    config("{arch}.rope.freq_base_swa", "rope_parameters.sliding_attention.rope_theta"),
+    config("{arch}.rope.scaling.type", "rope_parameters.full_attention.rope_type"),
+    config("{arch}.rope.scaling.type", "rope_parameters.rope_type"),
+    config("{arch}.rope.scaling.factor", "rope_parameters.full_attention.factor"),
+    config("{arch}.rope.scaling.factor", "rope_parameters.factor"),
 ];
 
 static ARCHS: [rocmforge_abi::RfArchClaim; 3] = [
