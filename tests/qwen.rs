@@ -10,8 +10,9 @@
 //!   same rendered prompt greedily: `tests/fixtures/qwen2.5-coder-0.5b-chat.json`, made by
 //!   `/work/venv/bin/python scripts/fixtures/llama_cpp_chat.py
 //!   .cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf tests/fixtures/qwen2.5-coder-0.5b-chat.json`.
-//! - Tiny random Qwen2 and Qwen3 files written here with GgufWriter (smoke tests, no reference
-//!   logits yet: the HF-transformers fixtures are a later step). They pin what can be checked
+//! - Tiny random Qwen2 and Qwen3 files written here with GgufWriter (smoke tests without reference
+//!   logits; the numbers against transformers are checked by `tests/hf_tiny.rs` on its
+//!   `tests/fixtures/hf-tiny/qwen{2,3}` models). They pin what can be checked
 //!   without one: the graph builds and runs; a batched prefill and token-by-token decode agree
 //!   (KV cache, RoPE positions); the variant tensors (Qwen2's Q/K/V biases, Qwen3's q/k norms) are
 //!   actually used; a Qwen3 file without `attn_q_norm` is an error naming the tensor.
