@@ -52,7 +52,7 @@
  *
  *   op              inputs[0..4]              iparams[0..8]                         fparams[0..8]
  *   WEIGHT          -                         -                                     -              (tensor = GGUF name)
- *   GET_ROWS        table [n_embd, n_vocab]   -                                     -              -> [tokens, n_embd]
+ *   GET_ROWS        table [n_embd, n_vocab]   src (RF_ROWS_SRC_*), id (for CONSTANT) -             -> [tokens, n_embd]
  *   RMS_NORM        x, w?                     group (0 = whole row)                 eps
  *   LAYER_NORM      x, w?, b?                 -                                     eps
  *   MATMUL          x [n, k], W [k, n_out], bias?  -                                -              -> [n, n_out]
@@ -69,7 +69,12 @@
  *   SOFTCAP         x                         -                                     cap  (cap * tanh(x / cap))
  *   VIEW            x                         offset, cols
  *   OUTPUT_ROWS     x
- *   OUTPUT          x                         0                                                    (the logits)
+ *   OUTPUT          x                         kind (RF_OUTPUT_KIND_*)                              (logits or embeddings)
+ *   POOL            x [tokens, n]             mode (RF_POOL_*)                      -              -> [sequences, n]
+ *   L2_NORM         x                         -                                     eps  (x / max(|x|, eps))
+ *
+ * After POOL the rows are the batch's sequences (one row each, in chunk order); every chunk of a
+ * pooled batch must hold a whole sequence (pos_start 0).
  *
  * Modelled on the Arrow C data interface (plain structs, ownership stated per field, a version
  * handshake) and the ggml op vocabulary.
@@ -125,6 +130,22 @@ extern "C" {
 #define RF_OP_VIEW 17u
 #define RF_OP_OUTPUT_ROWS 18u
 #define RF_OP_OUTPUT 19u
+#define RF_OP_POOL 20u
+#define RF_OP_L2_NORM 21u
+
+/* GET_ROWS iparams[0]: which ids are looked up (0 = the tokens, the original meaning). */
+#define RF_ROWS_SRC_TOKENS INT64_C(0)    /* the batch's token ids */
+#define RF_ROWS_SRC_POSITIONS INT64_C(1) /* each token's position in its sequence */
+#define RF_ROWS_SRC_CONSTANT INT64_C(2)  /* iparams[1] for every token (BERT token type 0) */
+
+/* POOL iparams[0] (llama.cpp's llama_pooling_type values). */
+#define RF_POOL_MEAN INT64_C(1)
+#define RF_POOL_CLS INT64_C(2)
+#define RF_POOL_LAST INT64_C(3)
+
+/* OUTPUT iparams[0]. */
+#define RF_OUTPUT_KIND_LOGITS INT64_C(0)
+#define RF_OUTPUT_KIND_EMBEDDING INT64_C(1)
 
 /* Node handle in the graph being built; RF_NO_NODE marks an unused input. */
 typedef uint32_t RfNode;

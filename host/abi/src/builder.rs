@@ -1,8 +1,24 @@
 //! Safe Rust layer over [`RfHostV1`] for plugins written in Rust: metadata queries and one method
 //! per op. The parameter layout of each op (which `inputs`, `iparams`, `fparams` slot means what)
 //! is defined here once; the host's executor decodes the same layout (see host/runtime).
+//!
+//! Encoder additions (appended for BERT, see plugins/bert): [`Builder::get_rows_of`] looks up
+//! positions or a constant id instead of tokens (GET_ROWS `iparams[0]`, [`crate::rows_src`]);
+//! [`Builder::pool`] reduces each sequence to one row; [`Builder::l2_norm`];
+//! [`Builder::output_embedding`] marks the result as embeddings rather than logits.
 
-use crate::{op, status, RfHostV1, RfNode, RfOp, RfStr, NO_NODE};
+use crate::{op, output_kind, rows_src, status, RfHostV1, RfNode, RfOp, RfStr, NO_NODE};
+
+/// Which ids an embedding lookup reads (see [`Builder::get_rows_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowIds {
+    /// The batch's tokens.
+    Tokens,
+    /// Each token's position in its sequence.
+    Positions,
+    /// The same id for every token.
+    Constant(u32),
+}
 
 /// A node of the graph being built (activation or weight).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +155,25 @@ impl<'h> Builder<'h> {
     }
     /// Embedding lookup of the batch's tokens: table `[n_embd, n_vocab]` -> `[n_tokens, n_embd]`.
     pub fn get_rows(&mut self, name: &str, table: Node) -> Result<Node, OpError> {
-        self.op(op::GET_ROWS, name, &[Some(table)], &[], &[], "")
+        self.get_rows_of(name, table, RowIds::Tokens)
+    }
+    /// Embedding lookup of the given ids for every token of the batch -> `[n_tokens, n_embd]`.
+    pub fn get_rows_of(&mut self, name: &str, table: Node, ids: RowIds) -> Result<Node, OpError> {
+        let p = match ids {
+            RowIds::Tokens => [rows_src::TOKENS, 0],
+            RowIds::Positions => [rows_src::POSITIONS, 0],
+            RowIds::Constant(id) => [rows_src::CONSTANT, id as i64],
+        };
+        self.op(op::GET_ROWS, name, &[Some(table)], &p, &[], "")
+    }
+    /// One row per sequence of the batch from its token rows: `mode` is a [`crate::pool`] value
+    /// (mean, CLS = first token, last token). `x` must have token rows.
+    pub fn pool(&mut self, name: &str, x: Node, mode: i64) -> Result<Node, OpError> {
+        self.op(op::POOL, name, &[Some(x)], &[mode], &[], "")
+    }
+    /// `x / max(‖x‖₂, eps)` per row.
+    pub fn l2_norm(&mut self, name: &str, x: Node, eps: f32) -> Result<Node, OpError> {
+        self.op(op::L2_NORM, name, &[Some(x)], &[], &[eps], "")
     }
     /// RMSNorm over each row (or over each `group` columns, for per-head q/k norms; 0 = whole row),
     /// then multiply by `w` if given.
@@ -230,7 +264,11 @@ impl<'h> Builder<'h> {
     }
     /// Mark the graph's result (logits).
     pub fn output(&mut self, name: &str, x: Node) -> Result<Node, OpError> {
-        self.op(op::OUTPUT, name, &[Some(x)], &[0], &[], "")
+        self.op(op::OUTPUT, name, &[Some(x)], &[output_kind::LOGITS], &[], "")
+    }
+    /// Mark the graph's result as embeddings (pooled rows, or token rows without pooling).
+    pub fn output_embedding(&mut self, name: &str, x: Node) -> Result<Node, OpError> {
+        self.op(op::OUTPUT, name, &[Some(x)], &[output_kind::EMBEDDING], &[], "")
     }
 }
 

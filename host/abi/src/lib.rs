@@ -28,7 +28,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod builder;
-pub use builder::{Builder, Meta, Node, OpError};
+pub use builder::{Builder, Meta, Node, OpError, RowIds};
 
 use std::ffi::c_void;
 
@@ -192,6 +192,39 @@ pub mod op {
     pub const VIEW: u32 = 17;
     pub const OUTPUT_ROWS: u32 = 18;
     pub const OUTPUT: u32 = 19;
+    /// Reduce each sequence's token rows to one row ([`pool`] mode); rows after it are sequences.
+    pub const POOL: u32 = 20;
+    /// Divide each row by its L2 norm (sentence embeddings).
+    pub const L2_NORM: u32 = 21;
+}
+
+/// Which ids GET_ROWS looks up (its `iparams[0]`; 0 keeps the original meaning). ABI: append only.
+pub mod rows_src {
+    /// The batch's token ids (word embeddings).
+    pub const TOKENS: i64 = 0;
+    /// Each token's position in its sequence (absolute position embeddings).
+    pub const POSITIONS: i64 = 1;
+    /// One constant id, `iparams[1]`, for every token (BERT's token type 0).
+    pub const CONSTANT: i64 = 2;
+}
+
+/// POOL modes (its `iparams[0]`): the values of llama.cpp's `llama_pooling_type`, so a GGUF
+/// `{arch}.pooling_type` can be passed through. ABI: append only.
+pub mod pool {
+    /// Mean of the sequence's token rows.
+    pub const MEAN: i64 = 1;
+    /// The first token's row ([CLS]).
+    pub const CLS: i64 = 2;
+    /// The last token's row.
+    pub const LAST: i64 = 3;
+}
+
+/// OUTPUT kinds (its `iparams[0]`).
+pub mod output_kind {
+    /// Logits over the vocabulary.
+    pub const LOGITS: i64 = 0;
+    /// Embeddings (pooled rows, or token rows when the model pools nothing).
+    pub const EMBEDDING: i64 = 1;
 }
 
 /// One recorded op. Unused inputs are `u32::MAX`; unused params are 0.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rocmforge_abi::{
-    op, status, tensor_flags, transform, RfArchClaim, RfConfigMap, RfHostV1, RfNode, RfOp,
+    op, output_kind, pool, rows_src, status, tensor_flags, transform, RfArchClaim, RfConfigMap, RfHostV1, RfNode, RfOp,
     RfPluginV1, RfStr, RfTensorMap, ABI_VERSION, NO_NODE, PLUGIN_SYMBOL,
 };
 
@@ -149,8 +149,11 @@ fn all_checks() -> Checks {
     check_const!(c, "RF_TENSOR_FLAG_", tensor_flags::{ OPTIONAL });
     check_const!(c, "RF_OP_", op::{
         WEIGHT, GET_ROWS, RMS_NORM, LAYER_NORM, MATMUL, ADD, MUL, SCALE, ROPE, ATTENTION, SILU, GELU,
-        GELU_ERF, SWIGLU, GEGLU, SOFTCAP, VIEW, OUTPUT_ROWS, OUTPUT
+        GELU_ERF, SWIGLU, GEGLU, SOFTCAP, VIEW, OUTPUT_ROWS, OUTPUT, POOL, L2_NORM
     });
+    check_const!(c, "RF_ROWS_SRC_", rows_src::{ TOKENS, POSITIONS, CONSTANT });
+    check_const!(c, "RF_POOL_", pool::{ MEAN, CLS, LAST });
+    check_const!(c, "RF_OUTPUT_KIND_", output_kind::{ LOGITS, EMBEDDING });
     c.num("RF_ABI_VERSION", ABI_VERSION as i128);
     c.num("sizeof(RF_ABI_VERSION)", size_of_val(&ABI_VERSION) as i128);
     c.consts
