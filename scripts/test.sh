@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 bash scripts/fetch-test-data.sh
-# --workspace builds the plugin .so files next to the test binaries, where the host finds them.
+# The plugins are cdylibs: `cargo test` builds their test harnesses, not the .so files the host
+# loads, so build the workspace first (the .so files land in target/debug, where tests find them).
+cargo build --workspace
 cargo test --workspace --no-fail-fast "$@"

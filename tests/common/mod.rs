@@ -22,7 +22,7 @@ pub fn registry() -> Registry {
     let reg = Registry::discover();
     assert!(
         !reg.plugins.is_empty(),
-        "no plugins found next to the test binary: run `cargo test --workspace` (it builds plugins/*), failures: {:?}",
+        "no plugins found next to the test binary: run `cargo build --workspace` first (scripts/test.sh does), failures: {:?}",
         reg.failures
     );
     reg
