@@ -1,37 +1,187 @@
-//! Activation quantization for the quantized matmul: f32 rows -> 8-bit blocks of 32 with an f32
-//! scale, plus the per-lane / per-16 side arrays the kernels read.
+//! Activation quantization for the quantized matmul, bit for bit as llama.cpp's x86 CPU backend
+//! quantizes `src1` to each weight type's `vec_dot_type`, plus the side arrays the kernels read.
 //!
-//! Layout of one token (k elements, kp = k rounded up to 64, g16 = kp/16 rounded up to 16):
+//! Formats (`ActFormat`, chosen by the weight type like ggml's `type_traits_cpu[..].vec_dot_type`):
 //!
 //! ```text
-//!   xq[i]     i8   round(x[i] / d_b), |xq| <= 127, d_b = amax(block b of 32) / 127
-//!   dx4[i/4]  f32  d_b of the block holding i            (one per SIMD i32 lane)
-//!   xs16[j]   f32  d_b * sum(xq[16j..16j+16])             (for the weights' per-16 bias B)
-//!   xc4[i/4]  i32  -128 * sum(xq[4l..4l+4])               (VNNI start value for wide weights)
-//!   d32[b]    f32  d_b                 (one per block of 32, row stride n32 = kp/32 rounded up to 16)
-//!   xs32[b]   f32  d_b * sum(xq in block b)
+//!   Q8_0 (Q4_0, Q5_0, Q8_0, IQ4_NL)   per 32: amax = max|x|, d = f16(amax / 127),
+//!                                      q = round_half_even(x * (127 / amax))
+//!   Q8_1 (Q4_1, Q5_1)                 as Q8_0, plus s = f16((amax / 127) * sum(q))
+//!   Q8_K (K-quants, IQ4_XS, Q8_K)     per 256: max = the first value of largest |x|,
+//!                                      iscale = -127 / max, q = min(127, round_half_even(iscale x)),
+//!                                      d = 1 / iscale (f32), bsums = sums of 16
 //! ```
 //!
-//! Padding is all zero. llama.cpp pairs legacy types with Q8_0/Q8_1 and K-quants with Q8_K (one
-//! scale per 256); we use one f32 scale per 32 for every type, which is at least as accurate and
-//! lets one kernel serve all weight types. Scales are kept in f32 (Q8_0 stores f16).
+//! The Q8_0/Q8_1 rules are those of the AVX2 `quantize_row_q8_0` / `quantize_row_q8_1` in
+//! ggml-cpu's `arch/x86/quants.c` (the `_ref` versions round half away from zero and use `1 / d`;
+//! x86 llama.cpp never runs them), Q8_K is `quantize_row_q8_K_ref` (x86 uses it as is). Scales
+//! enter the kernels exactly as llama.cpp's dot products read them: the f16 `d` converted back.
+//!
+//! Layout of one token in `QActs` (k elements, kp = k rounded up to 64, g16 = kp/16 rounded up to
+//! 16, n32 = kp/32 rounded up to 16):
+//!
+//! ```text
+//!   xq[i]     i8   q of element i
+//!   dx4[i/4]  f32  d of the block holding i              (one per SIMD i32 lane)
+//!   xs16[j]   f32  partner of the weights' per-16 bias B: Q8_1: s of block j/2 at even j, 0 at
+//!                  odd j; Q8_K: d * bsum_j; Q8_0: 0
+//!   xc4[i/4]  i32  -128 * sum(xq[4l..4l+4])              (start value for "wide" weights)
+//!   d32[b]    f32  d of block b of 32 (Q8_0 / Q8_1; the fused decode kernels read it)
+//! ```
+//!
+//! Padding is all zero. The tests compare every format byte for byte with llama.cpp's library
+//! (`tests/fixtures/llama_cpp_act_quant.json`).
 
-/// Quantize `x` (a multiple of 32 long) to `q` with one scale per 32 in `d` (`x.len() / 32`).
-/// This is exactly the activation quantization the matmul uses (exposed for tests).
-pub fn quantize_row_q8(x: &[f32], q: &mut [i8], d: &mut [f32]) {
-    for ((xb, qb), db) in x
-        .chunks_exact(32)
-        .zip(q.chunks_exact_mut(32))
-        .zip(d.iter_mut())
-    {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let dd = amax / 127.0;
-        let id = if dd > 0.0 { 1.0 / dd } else { 0.0 };
-        for (o, &v) in qb.iter_mut().zip(xb) {
-            // `as i8` saturates and maps NaN to 0: no UB whatever the input.
-            *o = (v * id).round() as i8;
+use rocmforge_quant::{f16_to_f32, f32_to_bf16, f32_to_f16, GgmlType};
+
+use crate::error::CpuError;
+
+/// llama.cpp's activation format for a weight type (its `vec_dot_type`), quantized types only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ActFormat {
+    Q8_0,
+    Q8_1,
+    Q8K,
+}
+
+/// The activation format llama.cpp pairs with quantized weights of type `ty`.
+pub(crate) fn act_format(ty: GgmlType) -> ActFormat {
+    use GgmlType::*;
+    match ty {
+        Q4_1 | Q5_1 => ActFormat::Q8_1,
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_XS => ActFormat::Q8K,
+        _ => ActFormat::Q8_0,
+    }
+}
+
+/// One block of 32 as the AVX2 `quantize_row_q8_0/1` does it: returns (d as f32, d as stored
+/// in f16 bits, sum of q).
+#[inline(always)]
+fn q8_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, u16, i32) {
+    // `_mm256_max_ps` of |x|; NaN inputs give some result, never UB.
+    let mut amax = 0f32;
+    for &v in x {
+        let a = v.abs();
+        amax = if amax > a { amax } else { a };
+    }
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut sum = 0i32;
+    for (o, &v) in q.iter_mut().zip(x) {
+        // `_mm256_round_ps(.., _MM_ROUND_NEAREST)` = round half to even; `as i8` saturates like
+        // the packs that follow it and maps NaN to 0.
+        *o = (v * id).round_ties_even() as i8;
+        sum += *o as i32;
+    }
+    (d, f32_to_f16(d), sum)
+}
+
+/// One block of 256 as `quantize_row_q8_K_ref`: returns d.
+#[inline(always)]
+fn q8k_block(x: &[f32; 256], q: &mut [i8; 256]) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
         }
-        *db = dd;
+    }
+    if amax == 0.0 {
+        q.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (o, &v) in q.iter_mut().zip(x) {
+        // ggml's `nearest_int` (the 1.5 * 2^23 trick) rounds half to even.
+        *o = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+    }
+    1.0 / iscale
+}
+
+/// Quantize one row of activations exactly as llama.cpp's x86 CPU backend does before a matmul
+/// with weights of type `ty`. Returns the `vec_dot_type` and the row in its GGML block layout
+/// (`block_q8_0`, `block_q8_1`, `block_q8_K`; F16 / BF16 rows for F16 / BF16 weights, and the
+/// f32 bytes for F32). `x.len()` must be a multiple of that type's block size.
+pub fn quantize_activations(ty: GgmlType, x: &[f32]) -> Result<(GgmlType, Vec<u8>), CpuError> {
+    const OP: &str = "quantize_activations";
+    let vt = match ty {
+        GgmlType::F32 => GgmlType::F32,
+        GgmlType::F16 => GgmlType::F16,
+        GgmlType::BF16 => GgmlType::BF16,
+        _ if crate::unpack::supported(ty) => match act_format(ty) {
+            ActFormat::Q8_0 => GgmlType::Q8_0,
+            ActFormat::Q8_1 => GgmlType::Q8_1,
+            ActFormat::Q8K => GgmlType::Q8_K,
+        },
+        _ => {
+            return Err(CpuError::UnsupportedType {
+                op: OP,
+                ty: ty.name(),
+            })
+        }
+    };
+    let block = vt.block_size();
+    if !x.len().is_multiple_of(block) {
+        return Err(CpuError::NotBlockAligned {
+            op: OP,
+            ty: vt.name(),
+            k: x.len(),
+            block,
+        });
+    }
+    let mut out = Vec::with_capacity(x.len() / block * vt.type_size());
+    match vt {
+        GgmlType::F32 => x.iter().for_each(|v| out.extend(v.to_le_bytes())),
+        GgmlType::F16 => x
+            .iter()
+            .for_each(|&v| out.extend(f32_to_f16(v).to_le_bytes())),
+        GgmlType::BF16 => x
+            .iter()
+            .for_each(|&v| out.extend(f32_to_bf16(v).to_le_bytes())),
+        GgmlType::Q8_K => {
+            let (blocks, _) = x.as_chunks::<256>();
+            for xb in blocks {
+                let mut q = [0i8; 256];
+                let d = q8k_block(xb, &mut q);
+                out.extend(d.to_le_bytes());
+                out.extend(q.iter().map(|&v| v as u8));
+                for g in q.chunks_exact(16) {
+                    let s: i16 = g.iter().map(|&v| v as i16).sum();
+                    out.extend(s.to_le_bytes());
+                }
+            }
+        }
+        _ => {
+            let (blocks, _) = x.as_chunks::<32>();
+            for xb in blocks {
+                let mut q = [0i8; 32];
+                let (d, dh, sum) = q8_block(xb, &mut q);
+                out.extend(dh.to_le_bytes());
+                if vt == GgmlType::Q8_1 {
+                    out.extend(f32_to_f16(d * sum as f32).to_le_bytes());
+                }
+                out.extend(q.iter().map(|&v| v as u8));
+            }
+        }
+    }
+    Ok((vt, out))
+}
+
+/// Round `x` to what llama.cpp's dense dot products see for weights of type `ty`: F16 weights
+/// take f16 activations, BF16 weights bf16 ones (ggml's `vec_dot_type`), F32 stays.
+pub(crate) fn round_dense_acts(ty: GgmlType, x: &[f32], out: &mut [f32]) {
+    match ty {
+        GgmlType::F16 => {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = f16_to_f32(f32_to_f16(v));
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = rocmforge_quant::bf16_to_f32(f32_to_bf16(v));
+            }
+        }
+        _ => out.copy_from_slice(x),
     }
 }
 
@@ -46,7 +196,6 @@ pub(crate) struct QActs {
     pub xc4: Vec<i32>,
     pub n32: usize,
     pub d32: Vec<f32>,
-    pub xs32: Vec<f32>,
 }
 
 pub(crate) fn padded_k(k: usize) -> usize {
@@ -68,7 +217,6 @@ impl QActs {
         self.xc4.resize(n_tokens * self.kp / 4, 0);
         self.n32 = (self.kp / 32).div_ceil(16) * 16;
         self.d32.resize(n_tokens * self.n32, 0.0);
-        self.xs32.resize(n_tokens * self.n32, 0.0);
     }
 }
 
@@ -79,34 +227,51 @@ pub(crate) struct TokenSlots<'a> {
     pub xs16: &'a mut [f32],
     pub xc4: &'a mut [i32],
     pub d32: &'a mut [f32],
-    pub xs32: &'a mut [f32],
 }
 
-/// Quantize one token row `x` (k = x.len(), a multiple of 32) into its slots, padding included.
+/// Quantize one token row `x` (k = x.len(), a multiple of the format's block) into its slots,
+/// padding included.
 #[inline(always)]
-pub(crate) fn quantize_token(x: &[f32], s: TokenSlots<'_>) {
+pub(crate) fn quantize_token(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
     let k = x.len();
-    let mut d = [0f32; 1];
-    for (b, xb) in x.chunks_exact(32).enumerate() {
-        quantize_row_q8(xb, &mut s.xq[32 * b..32 * b + 32], &mut d);
-        s.dx4[8 * b..8 * b + 8].fill(d[0]);
-        s.d32[b] = d[0];
-        for half in 0..2 {
-            let q = &s.xq[32 * b + 16 * half..32 * b + 16 * half + 16];
-            let sum: i32 = q.iter().map(|&v| v as i32).sum();
-            s.xs16[2 * b + half] = d[0] * sum as f32;
+    match fmt {
+        ActFormat::Q8K => {
+            let (blocks, _) = x.as_chunks::<256>();
+            let (qb, _) = s.xq.as_chunks_mut::<256>();
+            for (b, (xb, q)) in blocks.iter().zip(qb).enumerate() {
+                let d = q8k_block(xb, q);
+                s.dx4[64 * b..64 * b + 64].fill(d);
+                for j in 0..16 {
+                    let sum: i32 = q[16 * j..16 * j + 16].iter().map(|&v| v as i32).sum();
+                    s.xs16[16 * b + j] = d * sum as f32;
+                }
+            }
+            s.d32.fill(0.0);
         }
-        let sum: i32 = s.xq[32 * b..32 * b + 32].iter().map(|&v| v as i32).sum();
-        s.xs32[b] = d[0] * sum as f32;
-        for l in 0..8 {
-            let q = &s.xq[32 * b + 4 * l..32 * b + 4 * l + 4];
-            s.xc4[8 * b + l] = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
+        ActFormat::Q8_0 | ActFormat::Q8_1 => {
+            let (blocks, _) = x.as_chunks::<32>();
+            let (qb, _) = s.xq.as_chunks_mut::<32>();
+            for (b, (xb, q)) in blocks.iter().zip(qb).enumerate() {
+                let (d, dh, sum) = q8_block(xb, q);
+                let dr = f16_to_f32(dh);
+                s.dx4[8 * b..8 * b + 8].fill(dr);
+                s.d32[b] = dr;
+                s.xs16[2 * b] = if fmt == ActFormat::Q8_1 {
+                    f16_to_f32(f32_to_f16(d * sum as f32))
+                } else {
+                    0.0
+                };
+                s.xs16[2 * b + 1] = 0.0;
+            }
         }
+    }
+    for (l, c) in s.xc4[..k / 4].iter_mut().enumerate() {
+        let q = &s.xq[4 * l..4 * l + 4];
+        *c = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
     }
     s.xq[k..].fill(0);
     s.dx4[k / 4..].fill(0.0);
     s.xs16[k / 16..].fill(0.0);
     s.xc4[k / 4..].fill(0);
     s.d32[k / 32..].fill(0.0);
-    s.xs32[k / 32..].fill(0.0);
 }

@@ -23,7 +23,7 @@ mod qmatmul;
 mod simd;
 mod unpack;
 
-pub use act::quantize_row_q8;
+pub use act::quantize_activations;
 pub use attention::{attention, attention_isa, AttnParams, KvCache};
 pub use error::CpuError;
 pub use matmul::{get_rows, matmul, matmul_bias, matmul_ext, supports_matmul};

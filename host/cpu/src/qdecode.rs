@@ -4,13 +4,15 @@
 //! For a token generation step every weight byte is used once, so the unpack-then-tile scheme of
 //! `qmatmul` spends more time writing and re-reading its buffers than multiplying. Here, per pair
 //! of blocks: one 512-bit `vpdpbusd` of the nibbles (expanded in registers) with 64 activation
-//! bytes, then one FMA with the pair's scales `d_w * d_x`, which come from a vector of 16 block
-//! scales built once per 16 blocks (one gather of the f16 `d`/`m` words, `vcvtph2ps`).
+//! bytes, then two 256-bit FMAs (block 2p, then 2p + 1) with the blocks' scales `d_w * d_x`,
+//! which come from a vector of 16 block scales built once per 16 blocks (one gather of the f16
+//! `d`/`m` words, `vcvtph2ps`). The result is bit-identical to `qmatmul`'s tile kernels (same
+//! canonical summation order, see there).
 //!
 //! ```text
-//!   y = sum_b d_w[b] d_x[b] I_b + sum_b m_w[b] xs[b]      I_b exact integer dot of block b
-//!   Q4_0: u = q, m = -8 d    Q4_1: u = q, m from block    Q8_0 / IQ4_NL: u = value + 128 and
-//!   I_b starts from -128 * sum(xq) (xc4), m = 0
+//!   y = sum_b d_w[b] d_x[b] I_b + sum_b m_w[b] s_x[b]     I_b exact integer dot of block b
+//!   Q4_0: u = q, I_b starts from -8 * sum(xq)     Q4_1: u = q, m from the block, s_x from Q8_1
+//!   Q8_0 / IQ4_NL: u = value + 128, I_b starts from -128 * sum(xq) (xc4)
 //! ```
 
 #[cfg(target_arch = "x86_64")]
@@ -32,15 +34,15 @@ pub(crate) struct XTok {
     pub xq: *const i8,
     pub xc4: *const i32,
     pub d32: *const f32,
-    pub xs32: *const f32,
+    pub xs16: *const f32,
 }
 
 /// Dot of one weight row (`nb` blocks of `ty`) with one quantized token.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/VNNI; `row` must be valid for `nb` blocks; the token's
-/// arrays must be padded as `QActs` pads them (xq to a multiple of 64 bytes, d32/xs32 to a
-/// multiple of 16 blocks, zero-filled). `ty` must satisfy `has_fused`.
+/// arrays must be padded as `QActs` pads them (xq to a multiple of 64 bytes, d32 to a multiple
+/// of 16 blocks, xs16 to a multiple of 32 entries, zero-filled). `ty` must satisfy `has_fused`.
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn row_dot(ty: GgmlType, row: *const u8, nb: usize, x: XTok) -> f32 {
     match ty {
@@ -89,14 +91,13 @@ unsafe fn row_dot512<const TY: u8>(row: *const u8, nb: usize, x: XTok) -> f32 {
         2 => (34, 2),
         _ => (18, 2),
     };
-    let wide = TY >= 2;
     let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     let offs = _mm512_mullo_epi32(iota, _mm512_set1_epi32(ts as i32));
     let shifts = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
     let low4 = _mm512_set1_epi8(0x0F);
     let flip = _mm256_set1_epi8(-128);
     let lut = _mm512_loadu_si512(IQ4_LUT.as_ptr() as *const _);
-    let mut acc = _mm512_setzero_ps();
+    let mut acc = _mm256_setzero_ps();
     let mut accm = _mm512_setzero_ps();
     let mut b0 = 0;
     while b0 < nb {
@@ -112,19 +113,17 @@ unsafe fn row_dot512<const TY: u8>(row: *const u8, nb: usize, x: XTok) -> f32 {
         );
         let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
         let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d32.add(b0)));
-        match TY {
-            0 => {
-                accm = _mm512_fmadd_ps(
-                    _mm512_mul_ps(dw, _mm512_set1_ps(-8.0)),
-                    _mm512_loadu_ps(x.xs32.add(b0)),
-                    accm,
-                )
+        if TY == 1 {
+            // Bias entry j = 2b holds m_b (odd entries are 0 on both sides): spread 8 blocks'
+            // minima over the even lanes of one 16-entry step, as the tile kernels see them.
+            let mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
+            let lo = _mm512_maskz_expand_ps(0x5555, mw);
+            accm = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x.xs16.add(2 * b0)), accm);
+            if ng > 8 {
+                let up = _mm512_shuffle_f32x4::<0b11_10_11_10>(mw, mw);
+                let hi = _mm512_maskz_expand_ps(0x5555, up);
+                accm = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x.xs16.add(2 * b0 + 16)), accm);
             }
-            1 => {
-                let mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
-                accm = _mm512_fmadd_ps(mw, _mm512_loadu_ps(x.xs32.add(b0)), accm);
-            }
-            _ => {}
         }
         let mut p = 0;
         while 2 * p < ng {
@@ -156,19 +155,30 @@ unsafe fn row_dot512<const TY: u8>(row: *const u8, nb: usize, x: XTok) -> f32 {
                     n
                 }
             };
-            let init = if wide {
-                _mm512_loadu_si512(x.xc4.add(b * 8) as *const _)
-            } else {
-                _mm512_setzero_si512()
+            let init = match TY {
+                // Q4_0 value = q - 8: start from -8 * sum(xq) = xc4 / 16 (exact).
+                0 => _mm512_srai_epi32::<4>(_mm512_loadu_si512(x.xc4.add(b * 8) as *const _)),
+                1 => _mm512_setzero_si512(),
+                _ => _mm512_loadu_si512(x.xc4.add(b * 8) as *const _),
             };
             let xv = _mm512_loadu_si512(x.xq.add(b * 32) as *const _);
-            let i = _mm512_dpbusd_epi32(init, u, xv);
+            let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, u, xv));
             let sv =
                 _mm512_permutexvar_ps(_mm512_loadu_si512(PAIR_IDX[p].as_ptr() as *const _), scale);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), sv, acc);
+            acc = _mm256_fmadd_ps(_mm512_castps512_ps256(f), _mm512_castps512_ps256(sv), acc);
+            // A missing second block has I = 0 and scale 0: adding fma(0, 0, acc) is exact.
+            acc = _mm256_fmadd_ps(crate::qmatmul::hi256(f), crate::qmatmul::hi256(sv), acc);
             p += 1;
         }
         b0 += 16;
     }
-    _mm512_reduce_add_ps(acc) + _mm512_reduce_add_ps(accm)
+    let v = crate::simd::x86::hsum256(acc);
+    if TY == 1 {
+        v + crate::simd::x86::hsum256(_mm256_add_ps(
+            _mm512_castps512_ps256(accm),
+            crate::qmatmul::hi256(accm),
+        ))
+    } else {
+        v
+    }
 }

@@ -8,6 +8,14 @@
 //!   I[r, t, l] = sum_{i in lane l} (u[r, i] - off) * xq[t, i]      (exact, in i32)
 //! ```
 //!
+//! Summation order (every path, scalar and SIMD, prefill and decode, computes exactly this, so
+//! they agree bit for bit): eight f32 lane accumulators, step c = 0, 32, 64, ... adds lane
+//! `l = c/4 + j` to accumulator j as `acc[j] = fma(I, S * dx, acc[j])`; then `hsum8` =
+//! `((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7))`. This is llama.cpp's x86 `ggml_vec_dot_q8_0_q8_0`
+//! (and q4_0, q4_1, q5_0, iq4_nl) order, so for those types one output equals llama.cpp's up to
+//! the Q4_1 minimum term. The bias sum (types with a minimum) uses sixteen accumulators over j
+//! (`bias_acc[j % 16] = fma(B, xs, ..)`), folded as `hsum8(lo + hi)`, added last.
+//!
 //! Kernels: AVX-512 VNNI (`vpdpbusd`, 64 bytes, 4 rows x 4 tokens), AVX2 (`vpmaddubsw` +
 //! `vpmaddwd`, 32 bytes, 2 rows x 4 tokens; wide types via the sign trick) and a scalar twin.
 //! Prefill reuse: a tile of 4 unpacked rows (L1-resident) is swept over a chunk of 64 tokens, so
@@ -21,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rocmforge_quant::GgmlType;
 
-use crate::act::{quantize_token, QActs, TokenSlots};
+use crate::act::{act_format, quantize_token, ActFormat, QActs, TokenSlots};
 use crate::pool::ThreadPool;
 use crate::simd::Isa;
 use crate::unpack::{has_bias, is_wide, unpack_row, zero_padding};
@@ -149,7 +157,7 @@ fn qmatmul_with(
 ) {
     acts.reset(k, n_tokens);
     let (kp, g16) = (acts.kp, acts.g16);
-    quantize_all(pool, x, k, n_tokens, acts);
+    quantize_all(pool, act_format(ty), x, k, n_tokens, acts);
     let acts = &*acts;
 
     let row_bytes = k / ty.block_size() * ty.type_size();
@@ -261,7 +269,7 @@ fn decode_fused(
             xq: acts.xq[t * kp..].as_ptr(),
             xc4: acts.xc4[t * kp / 4..].as_ptr(),
             d32: acts.d32[t * n32..].as_ptr(),
-            xs32: acts.xs32[t * n32..].as_ptr(),
+            xs16: acts.xs16[t * acts.g16..].as_ptr(),
         })
         .collect();
     struct Toks(Vec<XTok>);
@@ -289,7 +297,14 @@ fn decode_fused(
 }
 
 /// Quantize every token of `x` into `acts` (in parallel for prefill).
-fn quantize_all(pool: &ThreadPool, x: &[f32], k: usize, n_tokens: usize, acts: &mut QActs) {
+fn quantize_all(
+    pool: &ThreadPool,
+    fmt: ActFormat,
+    x: &[f32],
+    k: usize,
+    n_tokens: usize,
+    acts: &mut QActs,
+) {
     let (kp, g16, n32) = (acts.kp, acts.g16, acts.n32);
     let slots = |acts: &mut QActs, t: usize| {
         // Pointers instead of split borrows so the closure below can be shared by threads.
@@ -299,7 +314,6 @@ fn quantize_all(pool: &ThreadPool, x: &[f32], k: usize, n_tokens: usize, acts: &
             SyncPtr(acts.xs16.as_mut_ptr().wrapping_add(t * g16)),
             SyncPtr(acts.xc4.as_mut_ptr().wrapping_add(t * kp / 4)),
             SyncPtr(acts.d32.as_mut_ptr().wrapping_add(t * n32)),
-            SyncPtr(acts.xs32.as_mut_ptr().wrapping_add(t * n32)),
         )
     };
     let base = slots(acts, 0);
@@ -314,10 +328,9 @@ fn quantize_all(pool: &ThreadPool, x: &[f32], k: usize, n_tokens: usize, acts: &
                 xs16: std::slice::from_raw_parts_mut(b.2 .0.add(t * g16), g16),
                 xc4: std::slice::from_raw_parts_mut(b.3 .0.add(t * kp / 4), kp / 4),
                 d32: std::slice::from_raw_parts_mut(b.4 .0.add(t * n32), n32),
-                xs32: std::slice::from_raw_parts_mut(b.5 .0.add(t * n32), n32),
             }
         };
-        quantize_token(&x[t * k..(t + 1) * k], s);
+        quantize_token(fmt, &x[t * k..(t + 1) * k], s);
     };
     if n_tokens >= 4 && pool.n_threads() > 1 {
         let next = AtomicUsize::new(0);
@@ -434,7 +447,26 @@ unsafe fn run_tile(isa: Isa, wide: bool, kc: &Kc, w: WPtr, nr: usize, x: XPtr, n
     }
 }
 
-/// The portable kernel (also the oracle the SIMD kernels are tested against).
+/// The canonical horizontal sum of eight lane accumulators (see the module header); equal to
+/// llama.cpp's `hsum_float_8`.
+#[inline(always)]
+pub(crate) fn hsum8(a: [f32; 8]) -> f32 {
+    let s = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    (s[0] + s[2]) + (s[1] + s[3])
+}
+
+/// The canonical bias sum `sum_j b[j] * xs[j]` (`n` a multiple of 16), portable.
+#[inline(always)]
+pub(crate) fn bias_scalar(b: &[f32], xs: &[f32], n: usize) -> f32 {
+    let mut acc = [0f32; 16];
+    for j in 0..n {
+        acc[j % 16] = b[j].mul_add(xs[j], acc[j % 16]);
+    }
+    hsum8(std::array::from_fn(|i| acc[i] + acc[i + 8]))
+}
+
+/// The portable kernel (also the oracle the SIMD kernels are tested against, bit for bit).
+/// `mul_add` is a correctly rounded fma on every target, as the SIMD kernels' `vfmadd`.
 ///
 /// # Safety
 /// As `run_tile`.
@@ -450,20 +482,22 @@ unsafe fn tile_scalar(kc: &Kc, w: WPtr, nr: usize, x: XPtr, nt: usize, y: YPtr, 
             let dx4 = std::slice::from_raw_parts(x.dx4.add(t * kp / 4), kp / 4);
             let xs16 = std::slice::from_raw_parts(x.xs16.add(t * g16), g16);
             let xc4 = std::slice::from_raw_parts(x.xc4.add(t * kp / 4), kp / 4);
-            let mut acc = 0f32;
-            for l in 0..kp / 4 {
-                let mut i = if wide { xc4[l] } else { 0 };
-                for j in 4 * l..4 * l + 4 {
-                    i += u[j] as i32 * xq[j] as i32;
+            let mut acc = [0f32; 8];
+            for c in (0..kp).step_by(32) {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let l = c / 4 + j;
+                    let mut i = if wide { xc4[l] } else { 0 };
+                    for e in 4 * l..4 * l + 4 {
+                        i += u[e] as i32 * xq[e] as i32;
+                    }
+                    *a = (i as f32).mul_add(s4[l] * dx4[l], *a);
                 }
-                acc += i as f32 * (s4[l] * dx4[l]);
             }
+            let mut v = hsum8(acc);
             if kc.bias {
-                for j in 0..g16 {
-                    acc += b16[j] * xs16[j];
-                }
+                v += bias_scalar(b16, xs16, g16);
             }
-            *y.y.add(t * y.ld + r) = acc;
+            *y.y.add(t * y.ld + r) = v;
         }
     }
 }
@@ -471,7 +505,8 @@ unsafe fn tile_scalar(kc: &Kc, w: WPtr, nr: usize, x: XPtr, nt: usize, y: YPtr, 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// AVX-512 VNNI tile: R rows x T tokens, 64 bytes per step.
+/// AVX-512 VNNI tile: R rows x T tokens, 64 bytes per step (two canonical steps: the low and
+/// the high 256 bits are added to one 8-lane accumulator in that order).
 ///
 /// # Safety
 /// As `run_tile`, and the CPU must support AVX-512 F/BW/VL/VNNI.
@@ -485,7 +520,7 @@ unsafe fn tile512<const R: usize, const T: usize, const WIDE: bool>(
 ) {
     let kp = kc.kp;
     let kp4 = kp / 4;
-    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
     let mut c = 0;
     while c < kp {
         let l = c / 4;
@@ -504,33 +539,62 @@ unsafe fn tile512<const R: usize, const T: usize, const WIDE: bool>(
                 _mm512_setzero_si512()
             };
             for r in 0..R {
-                let i = _mm512_dpbusd_epi32(init, wv[r], xv);
-                acc[r][t] =
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(sv[r], dv), acc[r][t]);
+                let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, wv[r], xv));
+                let sc = _mm512_mul_ps(sv[r], dv);
+                let a = _mm256_fmadd_ps(
+                    _mm512_castps512_ps256(f),
+                    _mm512_castps512_ps256(sc),
+                    acc[r][t],
+                );
+                acc[r][t] = _mm256_fmadd_ps(
+                    hi256(f),
+                    hi256(sc),
+                    a,
+                );
             }
         }
         c += 64;
     }
     for r in 0..R {
         for t in 0..T {
-            let mut v = _mm512_reduce_add_ps(acc[r][t]);
+            let mut v = crate::simd::x86::hsum256(acc[r][t]);
             if kc.bias {
-                let b = w.b16.add(r * kc.g16);
-                let s = x.xs16.add(t * kc.g16);
-                let mut a = _mm512_setzero_ps();
-                let mut j = 0;
-                while j < kc.g16 {
-                    a = _mm512_fmadd_ps(_mm512_loadu_ps(b.add(j)), _mm512_loadu_ps(s.add(j)), a);
-                    j += 16;
-                }
-                v += _mm512_reduce_add_ps(a);
+                v += bias512(w.b16.add(r * kc.g16), x.xs16.add(t * kc.g16), kc.g16);
             }
             *y.y.add(t * y.ld + r) = v;
         }
     }
 }
 
-/// AVX2 tile: R rows x T tokens, 32 bytes per step.
+/// The high 256 bits of a 512-bit float vector (AVX-512 F only, no DQ).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn hi256(v: __m512) -> __m256 {
+    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+}
+
+/// The canonical bias sum (`bias_scalar`) with one 16-lane accumulator.
+///
+/// # Safety
+/// AVX-512 F; `b` and `xs` valid for `n` (a multiple of 16) floats.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn bias512(b: *const f32, xs: *const f32, n: usize) -> f32 {
+    let mut a = _mm512_setzero_ps();
+    let mut j = 0;
+    while j < n {
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(b.add(j)), _mm512_loadu_ps(xs.add(j)), a);
+        j += 16;
+    }
+    crate::simd::x86::hsum256(_mm256_add_ps(
+        _mm512_castps512_ps256(a),
+        hi256(a),
+    ))
+}
+
+/// AVX2 tile: R rows x T tokens, 32 bytes (one canonical step) per iteration.
 ///
 /// # Safety
 /// As `run_tile`, and the CPU must support AVX2 + FMA.
@@ -587,13 +651,19 @@ unsafe fn tile256<const R: usize, const T: usize, const WIDE: bool>(
             if kc.bias {
                 let b = w.b16.add(r * kc.g16);
                 let s = x.xs16.add(t * kc.g16);
-                let mut a = _mm256_setzero_ps();
+                let mut lo = _mm256_setzero_ps();
+                let mut hi = _mm256_setzero_ps();
                 let mut j = 0;
                 while j < kc.g16 {
-                    a = _mm256_fmadd_ps(_mm256_loadu_ps(b.add(j)), _mm256_loadu_ps(s.add(j)), a);
-                    j += 8;
+                    lo = _mm256_fmadd_ps(_mm256_loadu_ps(b.add(j)), _mm256_loadu_ps(s.add(j)), lo);
+                    hi = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(b.add(j + 8)),
+                        _mm256_loadu_ps(s.add(j + 8)),
+                        hi,
+                    );
+                    j += 16;
                 }
-                v += crate::simd::x86::hsum256(a);
+                v += crate::simd::x86::hsum256(_mm256_add_ps(lo, hi));
             }
             *y.y.add(t * y.ld + r) = v;
         }

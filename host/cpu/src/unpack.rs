@@ -9,9 +9,12 @@
 //!   weight[i] = S * (u[i] - off) + B,  off = 128 for "wide" types, else 0
 //! ```
 //!
-//! Narrow types (u <= 63: Q4_0/1, Q5_0/1, Q2_K..Q6_K) fold their zero point into B; wide types
-//! (8-bit values: Q8_0, Q8_K, IQ4_NL, IQ4_XS) store value + 128 and have B = 0, so the kernels can
-//! recover the exact signed integer dot (VNNI: start from -128 * sum(x); AVX2: sign trick).
+//! "Wide" types store the signed quant value + 128 and have B = 0, so the kernels get the exact
+//! signed integer dot of llama.cpp (VNNI: start from -128 * sum(x); AVX2: sign trick): the 8-bit
+//! ones (Q8_0, Q8_K, IQ4_NL, IQ4_XS) and those with a fixed offset (Q4_0: q - 8, Q5_0: q - 16,
+//! Q3_K: q - 4, Q6_K: q - 32). Types with a per-block minimum (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K)
+//! keep u = q (<= 63) and put the minimum into B: Q4_1/Q5_1 at the even index of each block
+//! (0 at the odd one, matching `act`'s xs16 = [s, 0]), K-quants per 16.
 //! Padding (k..kp) must be u = 0 with S = 0 and B = 0, so it adds nothing.
 //!
 //! Bit layouts follow llama.cpp's `ggml-common.h` / `dequantize_row_*`; the tests check every
@@ -42,7 +45,10 @@ pub(crate) fn supported(ty: GgmlType) -> bool {
 /// True for types whose `u` is value + 128 (see module header).
 pub(crate) fn is_wide(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q8_0 | Q8_K | IQ4_NL | IQ4_XS)
+    matches!(
+        ty,
+        Q4_0 | Q5_0 | Q8_0 | Q8_K | IQ4_NL | IQ4_XS | Q3_K | Q6_K
+    )
 }
 
 /// True if B is identically zero for `ty` (the kernels skip the bias dot).
@@ -76,12 +82,20 @@ fn blocks<const TS: usize, const BS: usize, const S4: usize, const B16: usize>(
     }
 }
 
+/// Nibbles to bytes, plus `add` (value + 128 - offset for wide types).
 #[inline(always)]
-fn nibbles(qs: &[u8; 16], u: &mut [u8; 32]) {
+fn nibbles(qs: &[u8; 16], u: &mut [u8; 32], add: u8) {
     for j in 0..16 {
-        u[j] = qs[j] & 15;
-        u[j + 16] = qs[j] >> 4;
+        u[j] = (qs[j] & 15) + add;
+        u[j + 16] = (qs[j] >> 4) + add;
     }
+}
+
+/// Per-block minimum of Q4_1 / Q5_1 at the block's even bias slot.
+#[inline(always)]
+fn min32(b16: &mut [f32; 2], m: f32) {
+    b16[0] = m;
+    b16[1] = 0.0;
 }
 
 #[inline(always)]
@@ -118,10 +132,9 @@ pub(crate) fn unpack_row(
             b16,
             #[inline(always)]
             |b, u, s4, b16| {
-                let d = h(b, 0);
-                nibbles(arr(b, 2), u);
-                fill(s4, d);
-                fill(b16, -8.0 * d);
+                nibbles(arr(b, 2), u, 120);
+                fill(s4, h(b, 0));
+                fill(b16, 0.0);
             },
         ),
         Q4_1 => blocks::<20, 32, 8, 2>(
@@ -131,9 +144,9 @@ pub(crate) fn unpack_row(
             b16,
             #[inline(always)]
             |b, u, s4, b16| {
-                nibbles(arr(b, 4), u);
+                nibbles(arr(b, 4), u, 0);
                 fill(s4, h(b, 0));
-                fill(b16, h(b, 2));
+                min32(b16, h(b, 2));
             },
         ),
         Q5_0 => blocks::<22, 32, 8, 2>(
@@ -143,10 +156,9 @@ pub(crate) fn unpack_row(
             b16,
             #[inline(always)]
             |b, u, s4, b16| {
-                let d = h(b, 0);
-                q5(u32::from_le_bytes(*arr(b, 2)), arr(b, 6), u);
-                fill(s4, d);
-                fill(b16, -16.0 * d);
+                q5(u32::from_le_bytes(*arr(b, 2)), arr(b, 6), u, 112);
+                fill(s4, h(b, 0));
+                fill(b16, 0.0);
             },
         ),
         Q5_1 => blocks::<24, 32, 8, 2>(
@@ -156,9 +168,9 @@ pub(crate) fn unpack_row(
             b16,
             #[inline(always)]
             |b, u, s4, b16| {
-                q5(u32::from_le_bytes(*arr(b, 4)), arr(b, 8), u);
+                q5(u32::from_le_bytes(*arr(b, 4)), arr(b, 8), u, 0);
                 fill(s4, h(b, 0));
-                fill(b16, h(b, 2));
+                min32(b16, h(b, 2));
             },
         ),
         Q8_0 => blocks::<34, 32, 8, 2>(
@@ -245,15 +257,14 @@ pub(crate) fn unpack_row(
                         for i in 0..32 {
                             let lo = (qs[32 * n + i] >> (2 * j)) & 3;
                             let hi = ((hm[i] >> shift) & 1) << 2;
-                            u[128 * n + 32 * j + i] = lo | hi;
+                            u[128 * n + 32 * j + i] = (lo | hi) + 124;
                         }
                     }
                 }
                 for sb in 0..16 {
-                    let s = d * sc[sb] as f32;
-                    fill(&mut s4[4 * sb..4 * sb + 4], s);
-                    b16[sb] = -4.0 * s;
+                    fill(&mut s4[4 * sb..4 * sb + 4], d * sc[sb] as f32);
                 }
+                fill(b16, 0.0);
             },
         ),
         Q4_K => blocks::<144, 256, 64, 16>(
@@ -308,17 +319,16 @@ pub(crate) fn unpack_row(
                     for l in 0..32 {
                         let hb = qh[32 * n + l];
                         let (a, c) = (ql[64 * n + l], ql[64 * n + 32 + l]);
-                        u[128 * n + l] = (a & 15) | ((hb & 3) << 4);
-                        u[128 * n + 32 + l] = (c & 15) | (((hb >> 2) & 3) << 4);
-                        u[128 * n + 64 + l] = (a >> 4) | (((hb >> 4) & 3) << 4);
-                        u[128 * n + 96 + l] = (c >> 4) | (((hb >> 6) & 3) << 4);
+                        u[128 * n + l] = ((a & 15) | ((hb & 3) << 4)) + 96;
+                        u[128 * n + 32 + l] = ((c & 15) | (((hb >> 2) & 3) << 4)) + 96;
+                        u[128 * n + 64 + l] = ((a >> 4) | (((hb >> 4) & 3) << 4)) + 96;
+                        u[128 * n + 96 + l] = ((c >> 4) | (((hb >> 6) & 3) << 4)) + 96;
                     }
                 }
                 for sb in 0..16 {
-                    let s = d * (b[192 + sb] as i8) as f32;
-                    fill(&mut s4[4 * sb..4 * sb + 4], s);
-                    b16[sb] = -32.0 * s;
+                    fill(&mut s4[4 * sb..4 * sb + 4], d * (b[192 + sb] as i8) as f32);
                 }
+                fill(b16, 0.0);
             },
         ),
         IQ4_XS => blocks::<136, 256, 64, 16>(
@@ -346,10 +356,10 @@ pub(crate) fn unpack_row(
 }
 
 #[inline(always)]
-fn q5(qh: u32, qs: &[u8; 16], u: &mut [u8; 32]) {
+fn q5(qh: u32, qs: &[u8; 16], u: &mut [u8; 32], add: u8) {
     for j in 0..16 {
-        u[j] = (qs[j] & 15) | ((((qh >> j) & 1) as u8) << 4);
-        u[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+        u[j] = ((qs[j] & 15) | ((((qh >> j) & 1) as u8) << 4)) + add;
+        u[j + 16] = ((qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4)) + add;
     }
 }
 

@@ -1,22 +1,24 @@
 //! Quantized and dense matmul against f64 references, every weight type, every ISA path.
 //!
 //! For each type: random W quantized with `rocmforge_quant::quantize`, random x.
-//! - tight: reference = dequantize(W) (rocmforge_quant, independent of our unpacker) times the
-//!   8-bit quantize-dequantize of x (`quantize_row_q8`, exactly what the kernel consumes), in f64;
-//!   only the summation order differs, so |y - ref| <= 2e-5 * sum_k |w_k x_k| per output.
+//! - tight: reference = dequantize(W) (rocmforge_quant, independent of our unpacker) times x as
+//!   `quantize_activations` quantizes it (llama.cpp's Q8_0 / Q8_1 / Q8_K, checked byte for byte
+//!   against llama.cpp in `llama_cpp_act.rs`), in f64; for Q4_1/Q5_1 the minimum term uses the
+//!   Q8_1 block sum `s` as llama.cpp does. Only the summation order differs, so
+//!   |y - ref| <= 2e-5 * sum_k |w_k x_k| per output.
 //! - loose: reference = full-precision f32 W and x in f64; the relative L2 error is bounded per
 //!   type by the weight format's precision (bounds in `loose_bound`, about 2x what
 //!   `measured_loose_errors_are_reported` prints; a broken scale or bit layout gives ~1 or
 //!   more; small cases (1 token x 37 rows) scatter by ~30% around the measured value).
-//! - every SIMD path equals the scalar path within float error.
+//! - every SIMD path equals the scalar path bit for bit (one summation order everywhere).
 //!
 //! n_tokens 1, 3, 17, 64; n_out = 37 (not a multiple of the 4-row tile); k with and without padding.
 
 mod common;
 
 use common::{rel_l2, Rng};
-use rocmforge_cpu::{matmul_ext, quantize_row_q8, GgmlType, Isa, ThreadPool};
-use rocmforge_quant::{dequantize_to_vec, quantize_to_vec};
+use rocmforge_cpu::{matmul_ext, quantize_activations, GgmlType, Isa, ThreadPool};
+use rocmforge_quant::{dequantize_to_vec, f16_to_f32, quantize_to_vec};
 
 const QUANT_TYPES: &[GgmlType] = &[
     GgmlType::Q4_0,
@@ -71,7 +73,53 @@ fn make_case(rng: &mut Rng, ty: GgmlType, n_out: usize, k: usize, n_tokens: usiz
     Case { w, wq, x }
 }
 
-/// f64 reference with dequantized W and 8-bit round-tripped x; also returns sum |w x| per output.
+/// x as the kernels consume it: dequantized values and, per block of 32, the Q8_1 sum `s`
+/// (zero for other formats), decoded from llama.cpp's block bytes.
+fn act_ref(ty: GgmlType, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let (vt, b) = quantize_activations(ty, x).expect("quantize activations");
+    let h = |at: usize| f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]])) as f64;
+    let mut xd = Vec::with_capacity(x.len());
+    let mut s = vec![0f64; x.len() / 32];
+    match vt {
+        GgmlType::Q8_K => {
+            for blk in b.chunks_exact(292) {
+                let d = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]) as f64;
+                xd.extend(blk[4..260].iter().map(|&q| d * q as i8 as f64));
+            }
+        }
+        GgmlType::Q8_1 => {
+            for (i, blk) in b.chunks_exact(36).enumerate() {
+                let d = h(i * 36);
+                s[i] = h(i * 36 + 2);
+                xd.extend(blk[4..].iter().map(|&q| d * q as i8 as f64));
+            }
+        }
+        _ => {
+            for (i, blk) in b.chunks_exact(34).enumerate() {
+                let d = h(i * 34);
+                xd.extend(blk[2..].iter().map(|&q| d * q as i8 as f64));
+            }
+        }
+    }
+    (xd, s)
+}
+
+/// The per-block minimum `m` of Q4_1 / Q5_1 rows (f16 at byte 2 of each block), else None.
+fn block_mins(ty: GgmlType, wq: &[u8], n: usize) -> Option<Vec<f64>> {
+    let ts = match ty {
+        GgmlType::Q4_1 => 20,
+        GgmlType::Q5_1 => 24,
+        _ => return None,
+    };
+    Some(
+        (0..n / 32)
+            .map(|b| f16_to_f32(u16::from_le_bytes([wq[b * ts + 2], wq[b * ts + 3]])) as f64)
+            .collect(),
+    )
+}
+
+/// f64 reference with dequantized W and x as the kernel quantizes it; also returns sum |w x|
+/// per output.
 fn tight_ref(
     ty: GgmlType,
     c: &Case,
@@ -80,24 +128,26 @@ fn tight_ref(
     n_tokens: usize,
 ) -> (Vec<f64>, Vec<f64>) {
     let wd = dequantize_to_vec(ty, &c.wq, n_out * k).expect("dequantize");
-    let mut xd = vec![0f64; n_tokens * k];
-    let mut q = vec![0i8; k];
-    let mut d = vec![0f32; k / 32];
-    for t in 0..n_tokens {
-        quantize_row_q8(&c.x[t * k..(t + 1) * k], &mut q, &mut d);
-        for i in 0..k {
-            xd[t * k + i] = q[i] as f64 * d[i / 32] as f64;
-        }
-    }
+    let mins = block_mins(ty, &c.wq, n_out * k);
     let mut y = vec![0f64; n_tokens * n_out];
     let mut l1 = vec![0f64; n_tokens * n_out];
     for t in 0..n_tokens {
+        let (xd, xs) = act_ref(ty, &c.x[t * k..(t + 1) * k]);
         for r in 0..n_out {
             let (mut s, mut a) = (0f64, 0f64);
             for i in 0..k {
-                let p = wd[r * k + i] as f64 * xd[t * k + i];
+                // llama.cpp: d_w d_x sum(q_w q_x) + m * s, with s the f16 block sum of Q8_1.
+                let m = mins.as_ref().map_or(0.0, |m| m[(r * k + i) / 32]);
+                let p = (wd[r * k + i] as f64 - m) * xd[i];
                 s += p;
                 a += p.abs();
+            }
+            if let Some(m) = &mins {
+                for b in 0..k / 32 {
+                    let p = m[r * k / 32 + b] * xs[b];
+                    s += p;
+                    a += p.abs();
+                }
             }
             y[t * n_out + r] = s;
             l1[t * n_out + r] = a;
@@ -150,8 +200,9 @@ fn check_type(ty: GgmlType, k: usize, pool: &ThreadPool, seed: u64) {
                 scalar = y;
             } else {
                 for i in 0..y.len() {
-                    assert!(
-                        (y[i] - scalar[i]).abs() as f64 <= 1e-5 * l1[i] + 1e-30,
+                    assert_eq!(
+                        y[i].to_bits(),
+                        scalar[i].to_bits(),
                         "{ty} {isa:?} differs from scalar at {i}: {} vs {}",
                         y[i],
                         scalar[i]
@@ -226,6 +277,9 @@ fn dense_types_match_f64() {
                 let wq = quantize_to_vec(ty, &w).expect("quantize");
                 let wd = dequantize_to_vec(ty, &wq, n_out * k).expect("dequantize");
                 let x = rng.vec(n_tokens * k, 1.0);
+                // F16 / BF16 weights see f16 / bf16 activations (ggml's vec_dot_type).
+                let (_, xb) = quantize_activations(ty, &x).expect("round activations");
+                let xr = dequantize_to_vec(ty, &xb, x.len()).expect("decode activations");
                 let bias = rng.vec(n_out, 1.0);
                 for isa in Isa::all_supported() {
                     let mut y = vec![f32::NAN; n_tokens * n_out];
@@ -246,7 +300,7 @@ fn dense_types_match_f64() {
                         for r in 0..n_out {
                             let (mut s, mut a) = (bias[r] as f64, bias[r].abs() as f64);
                             for i in 0..k {
-                                let p = wd[r * k + i] as f64 * x[t * k + i] as f64;
+                                let p = wd[r * k + i] as f64 * xr[t * k + i] as f64;
                                 s += p;
                                 a += p.abs();
                             }
