@@ -5,6 +5,17 @@
 //! HF: the plugin's config map turns `config.json` keys into GGUF keys, its tensor map turns HF
 //! tensor names into GGUF names, and its declared transforms (Q/K row permutation, `1 + w`) are
 //! applied once, at load; such weights are owned copies. Nothing here knows an architecture.
+//!
+//! Experts: a tensor-map row whose HF pattern has `{xid}` names one tensor per expert
+//! (`model.layers.{il}.block_sparse_moe.experts.{xid}.w1.weight`); experts 0, 1, ... are taken
+//! while they exist and stacked, in order, into the GGUF layout with one more, outermost dim
+//! (`[n_embd, n_ff]` per expert -> `[n_embd, n_ff, n_expert]`, expert `e` at byte
+//! `e * bytes_per_expert`), as llama.cpp's converter does. All experts share shape and dtype.
+//!
+//! A tensor-map entry whose HF name is `config:<dotted.path>` takes its values from a numeric
+//! array in `config.json` instead of a safetensors tensor: a 1-D f32 tensor (e.g. Phi-3's LongRoPE
+//! `rope_parameters.long_factor` -> `rope_factors_long.weight`, as llama.cpp's converter writes it).
+//! For such entries the first one found wins, like the config map.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,11 +28,35 @@ use rocmforge_quant::GgmlType;
 use crate::plugin::{Plugin, Registry};
 use crate::RuntimeError;
 
+/// Experts stacked into one GGUF tensor (tensor-map HF patterns with `{xid}`): the HF tensors of
+/// experts 0, 1, ..., all of one shape and dtype. See the module header.
+#[derive(Clone, Debug)]
+struct Stacked {
+    experts: Vec<String>,
+    transform: u32,
+}
+
 /// Where a GGUF-named tensor of an HF model comes from.
 #[derive(Clone, Debug)]
 struct HfRef {
     hf: String,
     transform: u32,
+    /// Values of a `config:` entry (a 1-D f32 tensor); None for safetensors tensors.
+    config_values: Option<Vec<f32>>,
+}
+
+/// HF-name prefix of tensor-map entries read from a `config.json` numeric array.
+const CONFIG_TENSOR_PREFIX: &str = "config:";
+
+/// Follow a dotted path (`rope_parameters.long_factor`) into `config.json`.
+fn config_path<'a>(cfg: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    path.split('.').try_fold(cfg, |v, part| v.get(part))
+}
+
+/// A non-empty array of numbers as f32, or None.
+fn config_f32_array(v: &serde_json::Value) -> Option<Vec<f32>> {
+    let a = v.as_array().filter(|a| !a.is_empty())?;
+    a.iter().map(|x| x.as_f64().map(|f| f as f32)).collect()
 }
 
 enum Container {
@@ -34,6 +69,10 @@ pub struct ModelSource {
     path: PathBuf,
     arch: String,
     c: Container,
+    /// HF only: GGUF name -> stacked experts.
+    stacked: HashMap<String, Stacked>,
+    /// The plugin whose maps turned an HF directory into this source (None for GGUF files).
+    opened_by: Option<String>,
 }
 
 /// Weight bytes: a view into a mapped GGUF file, or an owned (converted) buffer.
@@ -84,7 +123,7 @@ impl ModelSource {
         } else {
             let f = GgufFile::open(path)?;
             let arch = f.architecture()?.to_string();
-            Ok(ModelSource { path: path.to_path_buf(), arch, c: Container::Gguf(Arc::new(f)) })
+            Ok(ModelSource { path: path.to_path_buf(), arch, c: Container::Gguf(Arc::new(f)), stacked: HashMap::new(), opened_by: None })
         }
     }
 
@@ -97,19 +136,10 @@ impl ModelSource {
         }
         for (gguf_key, hf_key) in &plugin.config {
             let key = gguf_key.replace("{arch}", arch);
-            let mut v = Some(&cfg);
-            for part in hf_key.split('.') {
-                v = v.and_then(|x| x.get(part));
+            if meta.iter().any(|(k, _)| *k == key) {
+                continue; // the first config key found wins
             }
-            let value = match v {
-                Some(serde_json::Value::Bool(b)) => GgufValue::Bool(*b),
-                Some(serde_json::Value::Number(n)) if n.is_u64() => GgufValue::U64(n.as_u64().unwrap_or(0)),
-                Some(serde_json::Value::Number(n)) if n.is_i64() => GgufValue::I64(n.as_i64().unwrap_or(0)),
-                Some(serde_json::Value::Number(n)) => GgufValue::F64(n.as_f64().unwrap_or(0.0)),
-                Some(serde_json::Value::String(s)) => GgufValue::Str(s.clone()),
-                _ => continue,
-            };
-            if !meta.iter().any(|(k, _)| *k == key) {
+            if let Some(value) = config_value(&cfg, hf_key) {
                 meta.push((key, value));
             }
         }
@@ -119,8 +149,16 @@ impl ModelSource {
             .and_then(|(_, v)| v.as_u64())
             .unwrap_or(0) as usize;
         let mut map = HashMap::new();
+        let mut stacked = HashMap::new();
         for t in &plugin.tensors {
             if t.hf.is_empty() {
+                continue;
+            }
+            if let Some(cfg_key) = t.hf.strip_prefix(CONFIG_TENSOR_PREFIX) {
+                // Numeric config arrays: only global (non-{il}) names make sense.
+                if let Some(values) = config_path(&cfg, cfg_key).and_then(config_f32_array) {
+                    map.entry(t.gguf.clone()).or_insert(HfRef { hf: t.hf.clone(), transform: t.transform, config_values: Some(values) });
+                }
                 continue;
             }
             let layers: Vec<Option<usize>> =
@@ -131,12 +169,30 @@ impl ModelSource {
                     None => s.to_string(),
                 };
                 let hf = sub(&t.hf);
+                if hf.contains("{xid}") {
+                    if let Some(experts) = expert_names(&dir, &hf, &sub(&t.gguf))? {
+                        stacked.insert(sub(&t.gguf), Stacked { experts, transform: t.transform });
+                    }
+                    continue;
+                }
                 if dir.tensor(&hf).is_some() {
-                    map.insert(sub(&t.gguf), HfRef { hf, transform: t.transform });
+                    map.insert(sub(&t.gguf), HfRef { hf, transform: t.transform, config_values: None });
                 }
             }
         }
-        Ok(ModelSource { path, arch: arch.to_string(), c: Container::Hf { dir: Arc::new(dir), meta, map } })
+        Ok(ModelSource {
+            path,
+            arch: arch.to_string(),
+            c: Container::Hf { dir: Arc::new(dir), meta, map },
+            stacked,
+            opened_by: Some(plugin.name.clone()),
+        })
+    }
+
+    /// Name of the plugin whose maps opened this HF directory (None for GGUF files): that plugin
+    /// serves it (see `Registry::for_source`).
+    pub fn opened_by(&self) -> Option<&str> {
+        self.opened_by.as_deref()
     }
 
     pub fn path(&self) -> &Path {
@@ -185,7 +241,7 @@ impl ModelSource {
         match &self.c {
             Container::Gguf(f) => f.tensors().iter().map(|t| t.name.clone()).collect(),
             Container::Hf { map, .. } => {
-                let mut v: Vec<String> = map.keys().cloned().collect();
+                let mut v: Vec<String> = map.keys().chain(self.stacked.keys()).cloned().collect();
                 v.sort_by_key(|n| tensor_sort_key(n));
                 v
             }
@@ -194,10 +250,24 @@ impl ModelSource {
 
     /// Type and GGUF dims of a tensor, if the model has it.
     pub fn tensor_info(&self, name: &str) -> Option<(GgmlType, Vec<usize>)> {
+        if let (Some(st), Container::Hf { dir, .. }) = (self.stacked.get(name), &self.c) {
+            let t = dir.tensor(st.experts.first()?)?;
+            let ty = match t.dtype {
+                HfDtype::F16 => GgmlType::F16,
+                HfDtype::BF16 => GgmlType::BF16,
+                _ => GgmlType::F32,
+            };
+            let mut dims: Vec<usize> = t.shape.iter().rev().map(|&d| d as usize).collect();
+            dims.push(st.experts.len());
+            return Some((ty, dims));
+        }
         match &self.c {
             Container::Gguf(f) => f.tensor(name).map(|t| (t.ty, t.dims.iter().map(|&d| d as usize).collect())),
             Container::Hf { dir, map, .. } => {
                 let r = map.get(name)?;
+                if let Some(v) = &r.config_values {
+                    return Some((GgmlType::F32, vec![v.len()]));
+                }
                 let t = dir.tensor(&r.hf)?;
                 let ty = match t.dtype {
                     HfDtype::F32 => GgmlType::F32,
@@ -213,6 +283,9 @@ impl ModelSource {
 
     /// Load a weight (zero-copy for GGUF; converted and transformed for HF).
     pub fn weight(&self, name: &str) -> Result<Weight, RuntimeError> {
+        if let (Some(st), Container::Hf { dir, .. }) = (self.stacked.get(name), &self.c) {
+            return self.stacked_weight(dir, name, st);
+        }
         match &self.c {
             Container::Gguf(f) => {
                 let t = f.tensor(name).ok_or_else(|| RuntimeError::MissingTensor { name: name.to_string() })?;
@@ -226,6 +299,12 @@ impl ModelSource {
             }
             Container::Hf { dir, map, .. } => {
                 let r = map.get(name).ok_or_else(|| RuntimeError::MissingTensor { name: name.to_string() })?;
+                if let Some(v) = &r.config_values {
+                    let dims = vec![v.len()];
+                    let mut bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    self.apply_transform(name, r.transform, GgmlType::F32, &dims, &mut bytes)?;
+                    return Ok(Weight { name: name.to_string(), ty: GgmlType::F32, dims, bytes: WeightBytes::Owned(bytes) });
+                }
                 let t = dir.tensor(&r.hf).ok_or_else(|| RuntimeError::MissingTensor { name: name.to_string() })?;
                 let dims: Vec<usize> = t.shape.iter().rev().map(|&d| d as usize).collect();
                 let (ty, mut bytes) = match t.dtype {
@@ -242,6 +321,36 @@ impl ModelSource {
                 Ok(Weight { name: name.to_string(), ty, dims, bytes: WeightBytes::Owned(bytes) })
             }
         }
+    }
+
+    /// Load experts one by one (each converted and transformed as a 2-D matrix) and concatenate
+    /// them: expert `e` is the `e`-th slice of the outermost GGUF dim.
+    fn stacked_weight(&self, dir: &HfModelDir, name: &str, st: &Stacked) -> Result<Weight, RuntimeError> {
+        let mut out: Option<(GgmlType, Vec<usize>, Vec<u8>)> = None;
+        for hf in &st.experts {
+            let t = dir.tensor(hf).ok_or_else(|| RuntimeError::MissingTensor { name: hf.clone() })?;
+            let dims: Vec<usize> = t.shape.iter().rev().map(|&d| d as usize).collect();
+            let (ty, mut bytes) = match t.dtype {
+                HfDtype::F16 | HfDtype::BF16 if st.transform == rocmforge_abi::transform::NONE => {
+                    let ty = if t.dtype == HfDtype::F16 { GgmlType::F16 } else { GgmlType::BF16 };
+                    (ty, dir.tensor_bytes(hf)?.to_vec())
+                }
+                _ => (GgmlType::F32, dir.tensor_f32(hf)?.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()),
+            };
+            self.apply_transform(name, st.transform, ty, &dims, &mut bytes)?;
+            match &mut out {
+                None => {
+                    let mut all = Vec::with_capacity(bytes.len() * st.experts.len());
+                    all.extend_from_slice(&bytes);
+                    out = Some((ty, dims, all));
+                }
+                Some((ty0, dims0, all)) if *ty0 == ty && *dims0 == dims => all.extend_from_slice(&bytes),
+                Some(_) => return Err(RuntimeError::Weight { name: name.into(), what: format!("expert tensor '{hf}' differs in shape or dtype") }),
+            }
+        }
+        let (ty, mut dims, bytes) = out.ok_or_else(|| RuntimeError::MissingTensor { name: name.to_string() })?;
+        dims.push(st.experts.len());
+        Ok(Weight { name: name.to_string(), ty, dims, bytes: WeightBytes::Owned(bytes) })
     }
 
     fn meta_usize(&self, key: &str) -> Result<usize, RuntimeError> {
@@ -278,6 +387,41 @@ impl ModelSource {
     }
 }
 
+/// The GGUF value of a config-map entry: `a.b.c` is a dotted path into `config.json`; scalars map
+/// to scalars, arrays of numbers / bools / strings to GGUF arrays, and `path==text` maps an array
+/// of strings to a bool array (`true` where the element equals `text`, e.g. transformers'
+/// `layer_types==sliding_attention` for per-layer sliding-window flags).
+fn config_value(cfg: &serde_json::Value, hf_key: &str) -> Option<GgufValue> {
+    use rocmforge_model::gguf::GgufArray;
+    use serde_json::Value as J;
+    let (path, equals) = match hf_key.split_once("==") {
+        Some((p, v)) => (p, Some(v)),
+        None => (hf_key, None),
+    };
+    let v = config_path(cfg, path)?;
+    if let Some(text) = equals {
+        let arr = v.as_array()?;
+        return Some(GgufValue::Array(GgufArray::Bool(arr.iter().map(|e| e.as_str() == Some(text)).collect())));
+    }
+    Some(match v {
+        J::Bool(b) => GgufValue::Bool(*b),
+        J::Number(n) if n.is_u64() => GgufValue::U64(n.as_u64()?),
+        J::Number(n) if n.is_i64() => GgufValue::I64(n.as_i64()?),
+        J::Number(n) => GgufValue::F64(n.as_f64()?),
+        J::String(s) => GgufValue::Str(s.clone()),
+        J::Array(a) if !a.is_empty() && a.iter().all(J::is_number) => {
+            GgufValue::Array(GgufArray::F64(a.iter().filter_map(J::as_f64).collect()))
+        }
+        J::Array(a) if !a.is_empty() && a.iter().all(J::is_boolean) => {
+            GgufValue::Array(GgufArray::Bool(a.iter().filter_map(J::as_bool).collect()))
+        }
+        J::Array(a) if !a.is_empty() && a.iter().all(J::is_string) => {
+            GgufValue::Array(GgufArray::Str(a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()))
+        }
+        _ => return None,
+    })
+}
+
 /// HF rotate-half row order -> GGUF interleaved row order, per head (llama.cpp's converter
 /// `permute`): new row `h*hd + 2*j + i` takes old row `h*hd + i*hd/2 + j`.
 fn permute_rows_for_rope(name: &str, ty: GgmlType, dims: &[usize], bytes: &mut [u8], n_head: usize) -> Result<(), RuntimeError> {
@@ -298,6 +442,18 @@ fn permute_rows_for_rope(name: &str, ty: GgmlType, dims: &[usize], bytes: &mut [
         }
     }
     Ok(())
+}
+
+/// The HF tensors of experts 0, 1, ... for a pattern with `{xid}` (as many as exist; None when
+/// there is not even expert 0). Every expert must match expert 0's shape and dtype.
+fn expert_names(dir: &HfModelDir, pattern: &str, gguf: &str) -> Result<Option<Vec<String>>, RuntimeError> {
+    let experts: Vec<String> = (0usize..).map(|e| pattern.replace("{xid}", &e.to_string())).take_while(|n| dir.tensor(n).is_some()).collect();
+    let Some(first) = experts.first().and_then(|n| dir.tensor(n)) else { return Ok(None) };
+    let (shape, dtype) = (first.shape.clone(), first.dtype.clone());
+    if let Some(bad) = experts.iter().find(|n| dir.tensor(n).is_some_and(|t| t.shape != shape || t.dtype != dtype)) {
+        return Err(RuntimeError::Weight { name: gguf.into(), what: format!("expert tensor '{bad}' differs in shape or dtype from '{}'", experts[0]) });
+    }
+    Ok(Some(experts))
 }
 
 /// Order tensors like converters do: globals first, then blocks by index.

@@ -56,7 +56,7 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 18] = [
 /// `rope_parameters` (per layer type for Gemma 3) follows the older keys.
 /// `{arch}.attention.query_pre_attn_scalar` is ours (llama.cpp derives the scale from the model
 /// size instead; see [`HParams::read`]).
-static CONFIG: [rocmforge_abi::RfConfigMap; 28] = [
+static CONFIG: [rocmforge_abi::RfConfigMap; 29] = [
     config("{arch}.block_count", "num_hidden_layers"),
     config("{arch}.embedding_length", "hidden_size"),
     config("{arch}.feed_forward_length", "intermediate_size"),
@@ -73,6 +73,7 @@ static CONFIG: [rocmforge_abi::RfConfigMap; 28] = [
     config("{arch}.rope.scaling.type", "rope_scaling.type"),
     config("{arch}.rope.scaling.factor", "rope_scaling.factor"),
     config("{arch}.attention.sliding_window", "sliding_window"),
+    config("{arch}.attention.sliding_window_pattern", "layer_types==sliding_attention"),
     config("{arch}.attention.sliding_window_pattern", "sliding_window_pattern"),
     config("{arch}.attention.sliding_window_pattern", "_sliding_window_pattern"),
     config("{arch}.attn_logit_softcapping", "attn_logit_softcapping"),

@@ -283,7 +283,8 @@ impl GgufArray {
             GgufArray::U64(v) => v.iter().map(|&x| x as f64).collect(),
             GgufArray::I64(v) => v.iter().map(|&x| x as f64).collect(),
             GgufArray::F64(v) => v.clone(),
-            GgufArray::Bool(_) | GgufArray::Str(_) | GgufArray::Array(_) => return None,
+            GgufArray::Bool(v) => v.iter().map(|&b| f64::from(u8::from(b))).collect(),
+            GgufArray::Str(_) | GgufArray::Array(_) => return None,
         })
     }
 
