@@ -136,6 +136,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Sentence embeddings of an encoder model (BERT): prints {"model", "embeddings": [[...], ...]}.
+    Embed {
+        model: PathBuf,
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
 }
 
 fn registry() -> Registry {
@@ -245,6 +251,11 @@ fn real_main(cli: Cli) -> Result<()> {
                     println!("| {} | CPU | {} | {} | {:.2} ± {:.2} |", model.file_name().and_then(|n| n.to_str()).unwrap_or("?"), threads, r.test, r.mean, r.stddev);
                 }
             }
+        }
+        Cmd::Embed { model, texts } => {
+            let reg = registry();
+            let v = cli::embed::run(&model, &texts, &reg)?;
+            println!("{}", serde_json::json!({"model": model.display().to_string(), "embeddings": v}));
         }
     }
     Ok(())

@@ -20,11 +20,16 @@
 //! position and its KV block table (blocks of `block_size` tokens), and says which logits it
 //! wants. The KV block allocation itself belongs to the engine; this module only reads and writes
 //! the blocks it is given.
+//!
+//! Encoders: a graph with a POOL op (embeddings) needs each chunk to be a whole sequence
+//! (`pos_start` 0), since a pooled row sums over every token of its sequence; its output then has
+//! one row per chunk. Non-causal attention still goes through the KV cache (written, then read),
+//! which keeps one attention path for every model.
 
 use rocmforge_cpu::{AttnParams, KvCache, RopeParams, ThreadPool};
 use rocmforge_quant::GgmlType;
 
-use crate::graph::{Graph, Op, Rows, Shape};
+use crate::graph::{Graph, Op, PoolMode, RowSrc, Rows, Shape};
 use crate::source::{ModelSource, Weight};
 use crate::RuntimeError;
 
@@ -97,7 +102,7 @@ impl Arena {
 fn inputs_of(op: &Op) -> Vec<usize> {
     match *op {
         Op::Weight { .. } => vec![],
-        Op::GetRows { table } => vec![table],
+        Op::GetRows { table, .. } => vec![table],
         Op::RmsNorm { x, w, .. } => std::iter::once(x).chain(w).collect(),
         Op::LayerNorm { x, w, b, .. } => std::iter::once(x).chain(w).chain(b).collect(),
         Op::MatMul { x, w, bias } => [x, w].into_iter().chain(bias).collect(),
@@ -112,7 +117,9 @@ fn inputs_of(op: &Op) -> Vec<usize> {
         | Op::Softcap { x, .. }
         | Op::View { x, .. }
         | Op::OutputRows { x }
-        | Op::Output { x } => vec![x],
+        | Op::Output { x }
+        | Op::Pool { x, .. }
+        | Op::L2Norm { x, .. } => vec![x],
     }
 }
 
@@ -209,6 +216,11 @@ impl Executor {
         self.kv_cfg
     }
 
+    /// Whether the output rows are embeddings (the plugin's OUTPUT kind) rather than logits.
+    pub fn is_embedding(&self) -> bool {
+        self.graph.embedding
+    }
+
     /// Columns of the output (the vocabulary size for logits).
     pub fn n_out_cols(&self) -> usize {
         self.n_out_cols
@@ -229,8 +241,8 @@ impl Executor {
         self.wslot(i).vec.as_deref().expect("planned: element-wise weights have an f32 copy")
     }
 
-    /// Run one forward pass. Returns the output rows (logits of the rows asked for, in chunk order)
-    /// as a flat `[n_rows, n_out_cols]` vector.
+    /// Run one forward pass. Returns the output rows (logits of the rows asked for, in chunk order;
+    /// for a pooling embedding model one row per chunk) as a flat `[n_rows, n_out_cols]` vector.
     pub fn forward(&mut self, batch: &SeqBatch) -> Result<Vec<f32>, RuntimeError> {
         let n_tokens: usize = batch.iter().map(|c| c.tokens.len()).sum();
         if n_tokens == 0 {
@@ -256,10 +268,19 @@ impl Executor {
             tokens.extend_from_slice(c.tokens);
             positions.extend((c.pos_start..c.pos_start + c.tokens.len()).map(|p| p as i32));
         }
-        self.ensure_rows(n_tokens);
+        let pools = self.graph.nodes.iter().any(|n| matches!(n.op, Op::Pool { .. }));
+        if pools && batch.iter().any(|c| c.pos_start != 0 || c.tokens.is_empty()) {
+            return Err(RuntimeError::Batch("a pooling (embedding) model needs every sequence whole and non-empty in one chunk (pos_start 0)".into()));
+        }
+        let n_seqs = batch.len();
+        self.ensure_rows(n_tokens.max(n_seqs));
         let arena = Arena { base: self.arena.as_mut_ptr(), row_cap: self.row_cap };
         let n_outputs = out_ids.len();
-        let rows_of = |r: Rows| if r == Rows::Tokens { n_tokens } else { n_outputs };
+        let rows_of = |r: Rows| match r {
+            Rows::Tokens => n_tokens,
+            Rows::Outputs => n_outputs,
+            Rows::Seqs => n_seqs,
+        };
         let mut result = Vec::new();
 
         for i in 0..self.graph.nodes.len() {
@@ -279,9 +300,20 @@ impl Executor {
             let map_err = |e: rocmforge_cpu::CpuError| RuntimeError::Cpu(format!("{}: {e}", node.name));
             match &node.op {
                 Op::Weight { .. } => {}
-                Op::GetRows { table } => {
+                Op::GetRows { table, src } => {
                     let w = &self.wslot(*table).w;
-                    rocmforge_cpu::get_rows(w.ty, w.bytes.as_slice(), cols, &tokens, out).map_err(map_err)?;
+                    let ids: std::borrow::Cow<[u32]> = match src {
+                        RowSrc::Tokens => (&tokens[..]).into(),
+                        RowSrc::Positions => {
+                            let n_rows = w.dims.get(1).copied().unwrap_or(0);
+                            if let Some(&p) = positions.iter().find(|&&p| p as usize >= n_rows) {
+                                return Err(RuntimeError::Batch(format!("{}: position {p} beyond the {n_rows} positions the model has", node.name)));
+                            }
+                            positions.iter().map(|&p| p as u32).collect::<Vec<u32>>().into()
+                        }
+                        RowSrc::Constant(id) => vec![*id; n_tokens].into(),
+                    };
+                    rocmforge_cpu::get_rows(w.ty, w.bytes.as_slice(), cols, &ids, out).map_err(map_err)?;
                 }
                 Op::RmsNorm { x, w, eps, group } => {
                     let len = if *group == 0 { cols } else { *group };
@@ -393,6 +425,33 @@ impl Executor {
                 Op::Output { x } => {
                     out.copy_from_slice(act(*x));
                     result = out.to_vec();
+                }
+                Op::Pool { x, mode } => {
+                    let src = act(*x);
+                    let mut t0 = 0usize;
+                    for (orow, c) in out.chunks_exact_mut(cols).zip(batch) {
+                        let nt = c.tokens.len();
+                        let tok_row = |t: usize| &src[(t0 + t) * cols..(t0 + t + 1) * cols];
+                        match mode {
+                            PoolMode::Cls => orow.copy_from_slice(tok_row(0)),
+                            PoolMode::Last => orow.copy_from_slice(tok_row(nt - 1)),
+                            PoolMode::Mean => {
+                                // Sum in f64: a mean over hundreds of tokens stays exact to f32.
+                                let mut acc = vec![0f64; cols];
+                                for t in 0..nt {
+                                    acc.iter_mut().zip(tok_row(t)).for_each(|(a, &v)| *a += v as f64);
+                                }
+                                orow.iter_mut().zip(&acc).for_each(|(o, a)| *o = (a / nt as f64) as f32);
+                            }
+                        }
+                        t0 += nt;
+                    }
+                }
+                Op::L2Norm { x, eps } => {
+                    for (orow, xrow) in out.chunks_exact_mut(cols).zip(act(*x).chunks_exact(cols)) {
+                        let norm = xrow.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt().max(*eps as f64);
+                        orow.iter_mut().zip(xrow).for_each(|(o, &v)| *o = (v as f64 / norm) as f32);
+                    }
                 }
             }
         }

@@ -5,8 +5,12 @@
 //! an OUTPUT_ROWS op). Column counts are fixed when the graph is built, so every shape mismatch is
 //! found at load time with the node's name, never as garbage at run time. Weights are leaves with
 //! GGUF dims (ne0 first). Nodes are stored in recording order, which is a valid execution order.
+//!
+//! Encoders (BERT): GET_ROWS may look up positions or a constant id instead of tokens; POOL turns
+//! token rows into one row per sequence (`Rows::Seqs`); OUTPUT's kind says whether the result is
+//! logits or embeddings ([`Graph::embedding`]).
 
-use rocmforge_abi::{op, RfOp};
+use rocmforge_abi::{op, output_kind, pool, rows_src, RfOp};
 
 use crate::RuntimeError;
 
@@ -15,13 +19,31 @@ use crate::RuntimeError;
 pub enum Rows {
     Tokens,
     Outputs,
+    /// One row per sequence of the batch (after POOL).
+    Seqs,
+}
+
+/// Which ids a GET_ROWS looks up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowSrc {
+    Tokens,
+    Positions,
+    Constant(u32),
+}
+
+/// How POOL reduces a sequence's token rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMode {
+    Mean,
+    Cls,
+    Last,
 }
 
 /// Decoded op with typed parameters (the ABI's slot layout is decoded once, here).
 #[derive(Clone, Debug)]
 pub enum Op {
     Weight { tensor: String },
-    GetRows { table: usize },
+    GetRows { table: usize, src: RowSrc },
     RmsNorm { x: usize, w: Option<usize>, eps: f32, group: usize },
     LayerNorm { x: usize, w: Option<usize>, b: Option<usize>, eps: f32 },
     MatMul { x: usize, w: usize, bias: Option<usize> },
@@ -39,6 +61,8 @@ pub enum Op {
     View { x: usize, offset: usize },
     OutputRows { x: usize },
     Output { x: usize },
+    Pool { x: usize, mode: PoolMode },
+    L2Norm { x: usize, eps: f32 },
 }
 
 #[derive(Clone, Debug)]
@@ -100,6 +124,8 @@ pub struct Graph {
     pub output: Option<usize>,
     /// Per layer index (as given by ATTENTION ops).
     pub layers: Vec<Option<LayerKv>>,
+    /// OUTPUT kind: embeddings (true) or logits.
+    pub embedding: bool,
 }
 
 impl Graph {
@@ -160,7 +186,16 @@ impl Graph {
                     return Err(graph_err(at, format!("embedding table must be 2-D, has dims {d:?}")));
                 }
                 let cols = d[0];
-                (Op::GetRows { table: t }, Shape::Act { rows: Rows::Tokens, cols })
+                let src = match raw.iparams[0] {
+                    rows_src::TOKENS => RowSrc::Tokens,
+                    rows_src::POSITIONS => RowSrc::Positions,
+                    rows_src::CONSTANT => {
+                        let id = u32::try_from(raw.iparams[1]).ok().filter(|&id| (id as usize) < d[1]);
+                        RowSrc::Constant(id.ok_or_else(|| graph_err(at, format!("constant row {} outside a table of {} rows", raw.iparams[1], d[1])))?)
+                    }
+                    other => return Err(graph_err(at, format!("unknown GET_ROWS source {other}"))),
+                };
+                (Op::GetRows { table: t, src }, Shape::Act { rows: Rows::Tokens, cols })
             }
             op::RMS_NORM | op::LAYER_NORM => {
                 let x = req(0)?;
@@ -323,7 +358,7 @@ impl Graph {
                 let x = req(0)?;
                 let (rows, cols) = self.act(x, "x", at)?;
                 if rows != Rows::Tokens {
-                    return Err(graph_err(at, "output rows selected twice".into()));
+                    return Err(graph_err(at, format!("output rows are selected from token rows, got {rows:?}")));
                 }
                 (Op::OutputRows { x }, Shape::Act { rows: Rows::Outputs, cols })
             }
@@ -333,8 +368,32 @@ impl Graph {
                 if self.output.is_some() {
                     return Err(graph_err(at, "graph has two outputs".into()));
                 }
+                self.embedding = match raw.iparams[0] {
+                    output_kind::LOGITS => false,
+                    output_kind::EMBEDDING => true,
+                    other => return Err(graph_err(at, format!("unknown OUTPUT kind {other}"))),
+                };
                 self.output = Some(self.nodes.len());
                 (Op::Output { x }, Shape::Act { rows, cols })
+            }
+            op::POOL => {
+                let x = req(0)?;
+                let (rows, cols) = self.act(x, "x", at)?;
+                if rows != Rows::Tokens {
+                    return Err(graph_err(at, format!("pool runs on token rows, got {rows:?}")));
+                }
+                let mode = match raw.iparams[0] {
+                    pool::MEAN => PoolMode::Mean,
+                    pool::CLS => PoolMode::Cls,
+                    pool::LAST => PoolMode::Last,
+                    other => return Err(graph_err(at, format!("unknown pool mode {other} (1 = mean, 2 = cls, 3 = last)"))),
+                };
+                (Op::Pool { x, mode }, Shape::Act { rows: Rows::Seqs, cols })
+            }
+            op::L2_NORM => {
+                let x = req(0)?;
+                let (rows, cols) = self.act(x, "x", at)?;
+                (Op::L2Norm { x, eps: fp(0) }, Shape::Act { rows, cols })
             }
             code => return Err(graph_err(at, format!("unknown op code {code} (plugin newer than host?)"))),
         };
