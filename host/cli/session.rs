@@ -75,7 +75,7 @@ impl Session {
             bail!("model not found: {}", path.display());
         }
         let src = ModelSource::open(path, registry)?;
-        let plugin = registry.for_gguf_arch(src.arch())?;
+        let plugin = registry.for_source(&src)?;
         let graph = build_graph(plugin, &src)?;
         let n_train = src.meta(&format!("{}.context_length", src.arch())).and_then(|v| v.as_u64()).unwrap_or(4096) as usize;
         // Ollama's default context is 4096; never more than the model was trained for.

@@ -40,7 +40,7 @@ impl Runner {
     pub fn load(path: &std::path::Path, n_ctx: usize) -> Runner {
         let reg = registry();
         let src = ModelSource::open(path, &reg).expect("open model");
-        let plugin = reg.for_gguf_arch(src.arch()).expect("plugin");
+        let plugin = reg.for_source(&src).expect("plugin");
         let graph = build_graph(plugin, &src).expect("graph");
         let n_blocks = n_ctx.div_ceil(16);
         let exec = Executor::new(graph, &src, KvConfig { block_size: 16, n_blocks }).expect("executor");

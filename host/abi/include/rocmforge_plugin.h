@@ -15,7 +15,7 @@
  *
  * returning a pointer to a static RfPluginV1. The host reads abi_version and struct_size first
  * (they lead every version of the table) and refuses the plugin if abi_version differs from its
- * own or struct_size is smaller than its RfPluginV1. It then calls build(host, arch) once per
+ * own or struct_size is smaller than the first version of RfPluginV1 (ending at build). It then calls build(host, arch) once per
  * model load; inside build the plugin asks the host for metadata (meta_*) and tensor shapes
  * (tensor_shape) and records the forward graph op by op (op). The plugin never touches devices,
  * weights or the KV cache. File names the host discovers: librocmforge_plugin_<name>.so (or
@@ -72,6 +72,17 @@
  *   OUTPUT          x                         kind (RF_OUTPUT_KIND_*)                              (logits or embeddings)
  *   POOL            x [tokens, n]             mode (RF_POOL_*)                      -              -> [sequences, n]
  *   L2_NORM         x                         -                                     eps  (x / max(|x|, eps))
+ *   MOE_ROUTE       logits [n, n_expert]      k (experts used), gating (RF_MOE_GATING_*)  -        -> [n, 2k]: k weights, then
+ *                                                                                                  the k expert ids as floats
+ *   MOE_GATE_UP     x [n, n_embd], route (a MOE_ROUTE node), gate_exps, up_exps [n_embd, n_ff, n_expert]
+ *                                             k, activation (RF_MOE_ACT_*)          -              -> [n, k*n_ff]
+ *   MOE_DOWN        h [n, k*n_ff], route, down_exps [n_ff, n_embd, n_expert]
+ *                                             k                                     -              -> [n, n_embd]
+ *
+ * Mixture of experts is three ops because an op has four inputs: router logits come from an
+ * ordinary MATMUL, MOE_ROUTE picks k experts per row, MOE_GATE_UP runs only the selected experts'
+ * gate/up projections (slot s of a row fills columns [s*n_ff, (s+1)*n_ff)), and MOE_DOWN sums the
+ * selected experts' down projections weighted by the routing weights.
  *
  * After POOL the rows are the batch's sequences (one row each, in chunk order); every chunk of a
  * pooled batch must hold a whole sequence (pos_start 0).
@@ -132,6 +143,18 @@ extern "C" {
 #define RF_OP_OUTPUT 19u
 #define RF_OP_POOL 20u
 #define RF_OP_L2_NORM 21u
+#define RF_OP_MOE_ROUTE 22u
+#define RF_OP_MOE_GATE_UP 23u
+#define RF_OP_MOE_DOWN 24u
+
+/* MOE_ROUTE iparams[1]: softmax over all experts, then top-k as is, or top-k renormalised to
+ * sum 1 (= softmax over the top-k logits: Mixtral, Qwen3-MoE norm_topk_prob). */
+#define RF_MOE_GATING_SOFTMAX INT64_C(0)
+#define RF_MOE_GATING_SOFTMAX_NORM INT64_C(1)
+
+/* MOE_GATE_UP iparams[1]. */
+#define RF_MOE_ACT_SWIGLU INT64_C(0) /* silu(gate) * up */
+#define RF_MOE_ACT_GEGLU INT64_C(1)  /* gelu_tanh(gate) * up */
 
 /* GET_ROWS iparams[0]: which ids are looked up (0 = the tokens, the original meaning). */
 #define RF_ROWS_SRC_TOKENS INT64_C(0)    /* the batch's token ids */
@@ -157,7 +180,8 @@ typedef struct RfStr {
     size_t len;
 } RfStr;
 
-/* One row of a plugin's tensor table: GGUF name <- Hugging Face name ("{il}" = layer index). */
+/* One row of a plugin's tensor table: GGUF name <- Hugging Face name ("{il}" = layer index; "{xid}"
+ * in the HF name = expert index: experts 0..n are stacked into one tensor with one more dim). */
 typedef struct RfTensorMap {
     RfStr gguf;
     RfStr hf;
@@ -178,6 +202,15 @@ typedef struct RfArchClaim {
     RfStr gguf_arch;
     RfStr hf_arch;
 } RfArchClaim;
+
+/* A conditional GGUF claim: the plugin serves files whose general.architecture is gguf_arch AND
+ * whose metadata key `key` ("{arch}" = gguf_arch) is present with a non-zero number, true, a
+ * non-empty string or a non-empty array. It takes precedence over plain claims of gguf_arch
+ * (Mixtral GGUF files say "llama" and carry llama.expert_count). */
+typedef struct RfMetaClaim {
+    RfStr gguf_arch;
+    RfStr key;
+} RfMetaClaim;
 
 /* One recorded op (see the slot table above). The strings only need to live for the op call. */
 typedef struct RfOp {
@@ -228,6 +261,10 @@ typedef struct RfPluginV1 {
     /* Build the forward graph for `arch` (a GGUF architecture name) through `host`. Never NULL:
      * the host refuses a table without it. */
     int32_t (*build)(const RfHostV1 *host, RfStr arch);
+    /* Appended: conditional GGUF claims (may be NULL with n_meta_claims 0). A host reads them
+     * only when struct_size covers them. */
+    const RfMetaClaim *meta_claims;
+    size_t n_meta_claims;
 } RfPluginV1;
 
 /* The entry point's type; a plugin defines `RF_PLUGIN_EXPORT const RfPluginV1

@@ -262,6 +262,22 @@ impl<'h> Builder<'h> {
     pub fn output_rows(&mut self, name: &str, x: Node) -> Result<Node, OpError> {
         self.op(op::OUTPUT_ROWS, name, &[Some(x)], &[], &[], "")
     }
+    /// Mixture of experts, routing: from router `logits [n, n_expert]` pick `n_expert_used` experts
+    /// per row with `gating` ([`crate::moe_gating`]) -> `[n, 2·n_expert_used]` (weights, then ids).
+    pub fn moe_route(&mut self, name: &str, logits: Node, n_expert_used: usize, gating: i64) -> Result<Node, OpError> {
+        self.op(op::MOE_ROUTE, name, &[Some(logits)], &[n_expert_used as i64, gating], &[], "")
+    }
+    /// Mixture of experts, gate/up: for each row and each expert `e` that `route` selected,
+    /// `act(x·gate_e) * (x·up_e)` with stacked weights `[n_embd, n_ff, n_expert]`
+    /// -> `[n, n_expert_used·n_ff]` (one `n_ff` slice per routing slot). `act`: [`crate::moe_act`].
+    pub fn moe_gate_up(&mut self, name: &str, x: Node, route: Node, gate_exps: Node, up_exps: Node, n_expert_used: usize, act: i64) -> Result<Node, OpError> {
+        self.op(op::MOE_GATE_UP, name, &[Some(x), Some(route), Some(gate_exps), Some(up_exps)], &[n_expert_used as i64, act], &[], "")
+    }
+    /// Mixture of experts, down: `Σ_slots weight · (h_slot · down_e)` with stacked
+    /// `down_exps [n_ff, n_embd, n_expert]` -> `[n, n_embd]`.
+    pub fn moe_down(&mut self, name: &str, h: Node, route: Node, down_exps: Node, n_expert_used: usize) -> Result<Node, OpError> {
+        self.op(op::MOE_DOWN, name, &[Some(h), Some(route), Some(down_exps)], &[n_expert_used as i64], &[], "")
+    }
     /// Mark the graph's result (logits).
     pub fn output(&mut self, name: &str, x: Node) -> Result<Node, OpError> {
         self.op(op::OUTPUT, name, &[Some(x)], &[output_kind::LOGITS], &[], "")

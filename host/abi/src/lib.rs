@@ -117,7 +117,9 @@ pub mod tensor_flags {
 }
 
 /// One row of a plugin's tensor table: a GGUF tensor name (the internal vocabulary) and the Hugging
-/// Face name it comes from. `{il}` in either pattern stands for the layer index.
+/// Face name it comes from. `{il}` in either pattern stands for the layer index. `{xid}` in the HF
+/// pattern only stands for an expert index: the host stacks experts 0, 1, ... (as many as exist)
+/// into one tensor with one more GGUF dimension (`ffn_gate_exps`: `[n_embd, n_ff, n_expert]`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RfTensorMap {
@@ -163,6 +165,23 @@ pub struct RfPluginV1 {
     pub n_config: usize,
     /// Build the forward graph for `arch` (a GGUF architecture name) through `host`.
     pub build: unsafe extern "C" fn(host: *const RfHostV1, arch: RfStr) -> i32,
+    /// Appended: conditional GGUF claims (see [`RfMetaClaim`]). A host reads these two fields only
+    /// when `struct_size` covers them; older plugins have none.
+    pub meta_claims: *const RfMetaClaim,
+    pub n_meta_claims: usize,
+}
+
+/// A conditional claim on GGUF files, decided by data in the file: the plugin serves files whose
+/// `general.architecture` is `gguf_arch` AND whose metadata key `key` (`{arch}` = `gguf_arch`) is
+/// present with a non-zero number, `true`, a non-empty string or a non-empty array. A matching
+/// conditional claim takes precedence over every plain [`RfArchClaim`] for the same architecture.
+/// Example: Mixtral GGUF files say `general.architecture = llama`; the plugin that serves them
+/// claims `("llama", "{arch}.expert_count")`, and ordinary llama files stay with the llama plugin.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RfMetaClaim {
+    pub gguf_arch: RfStr,
+    pub key: RfStr,
 }
 
 // SAFETY: the table only holds pointers to 'static immutable data and a function pointer.
@@ -196,6 +215,30 @@ pub mod op {
     pub const POOL: u32 = 20;
     /// Divide each row by its L2 norm (sentence embeddings).
     pub const L2_NORM: u32 = 21;
+    /// Mixture of experts, step 1: top-k expert selection from router logits ([`moe_gating`]).
+    pub const MOE_ROUTE: u32 = 22;
+    /// Mixture of experts, step 2: `act(x·gate_e) * (x·up_e)` for each selected expert `e`.
+    pub const MOE_GATE_UP: u32 = 23;
+    /// Mixture of experts, step 3: `Σ_slots weight · (h_slot · down_e)`.
+    pub const MOE_DOWN: u32 = 24;
+}
+
+/// MOE_ROUTE gating (its `iparams[1]`): how router logits become expert weights. ABI: append only.
+pub mod moe_gating {
+    /// Softmax over all experts, keep the top-k probabilities as they are (Qwen2-MoE,
+    /// Qwen3-MoE with `norm_topk_prob = false`).
+    pub const SOFTMAX: i64 = 0;
+    /// Softmax over all experts, top-k, then divide by the sum of the k kept probabilities, which
+    /// equals a softmax over the top-k logits (Mixtral; Qwen3-MoE with `norm_topk_prob = true`).
+    pub const SOFTMAX_NORM: i64 = 1;
+}
+
+/// MOE_GATE_UP activation (its `iparams[1]`). ABI: append only.
+pub mod moe_act {
+    /// `silu(gate) * up`.
+    pub const SWIGLU: i64 = 0;
+    /// `gelu_tanh(gate) * up`.
+    pub const GEGLU: i64 = 1;
 }
 
 /// Which ids GET_ROWS looks up (its `iparams[0]`; 0 keeps the original meaning). ABI: append only.
@@ -313,6 +356,14 @@ pub unsafe fn guard<F: FnOnce() -> Result<(), String> + std::panic::UnwindSafe>(
 #[macro_export]
 macro_rules! export_plugin {
     (name: $name:expr, version: $ver:expr, archs: $archs:expr, tensors: $tensors:expr, config: $config:expr, build: $build:path $(,)?) => {
+        $crate::export_plugin! {
+            name: $name, version: $ver, archs: $archs, tensors: $tensors, config: $config, build: $build,
+            meta_claims: [] as [$crate::RfMetaClaim; 0],
+        }
+    };
+    (name: $name:expr, version: $ver:expr, archs: $archs:expr, tensors: $tensors:expr, config: $config:expr, build: $build:path, meta_claims: $claims:expr $(,)?) => {
+        #[doc(hidden)]
+        static __ROCMFORGE_META_CLAIMS: &[$crate::RfMetaClaim] = &$claims;
         #[doc(hidden)]
         unsafe extern "C" fn __rocmforge_build(host: *const $crate::RfHostV1, arch: $crate::RfStr) -> i32 {
             let body = move || {
@@ -338,6 +389,8 @@ macro_rules! export_plugin {
             config: $config.as_ptr(),
             n_config: $config.len(),
             build: __rocmforge_build,
+            meta_claims: __ROCMFORGE_META_CLAIMS.as_ptr(),
+            n_meta_claims: __ROCMFORGE_META_CLAIMS.len(),
         };
         /// The plugin entry point (see rocmforge_abi::PLUGIN_SYMBOL).
         #[no_mangle]
@@ -356,4 +409,7 @@ pub const fn tensor(gguf: &'static str, hf: &'static str, flags: u32, transform:
 }
 pub const fn config(gguf: &'static str, hf: &'static str) -> RfConfigMap {
     RfConfigMap { gguf: RfStr::new(gguf), hf: RfStr::new(hf) }
+}
+pub const fn meta_claim(gguf_arch: &'static str, key: &'static str) -> RfMetaClaim {
+    RfMetaClaim { gguf_arch: RfStr::new(gguf_arch), key: RfStr::new(key) }
 }

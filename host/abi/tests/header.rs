@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rocmforge_abi::{
-    op, output_kind, pool, rows_src, status, tensor_flags, transform, RfArchClaim, RfConfigMap, RfHostV1, RfNode, RfOp,
-    RfPluginV1, RfStr, RfTensorMap, ABI_VERSION, NO_NODE, PLUGIN_SYMBOL,
+    moe_act, moe_gating, op, output_kind, pool, rows_src, status, tensor_flags, transform, RfArchClaim, RfConfigMap, RfHostV1,
+    RfMetaClaim, RfNode, RfOp, RfPluginV1, RfStr, RfTensorMap, ABI_VERSION, NO_NODE, PLUGIN_SYMBOL,
 };
 
 const LIB_RS: &str = include_str!("../src/lib.rs");
@@ -108,9 +108,12 @@ fn all_checks() -> Checks {
             n_tensors,
             config,
             n_config,
-            build
+            build,
+            meta_claims,
+            n_meta_claims
         }
     );
+    check_struct!(c, RfMetaClaim { gguf_arch, key });
     check_struct!(
         c,
         RfOp {
@@ -149,8 +152,10 @@ fn all_checks() -> Checks {
     check_const!(c, "RF_TENSOR_FLAG_", tensor_flags::{ OPTIONAL });
     check_const!(c, "RF_OP_", op::{
         WEIGHT, GET_ROWS, RMS_NORM, LAYER_NORM, MATMUL, ADD, MUL, SCALE, ROPE, ATTENTION, SILU, GELU,
-        GELU_ERF, SWIGLU, GEGLU, SOFTCAP, VIEW, OUTPUT_ROWS, OUTPUT, POOL, L2_NORM
+        GELU_ERF, SWIGLU, GEGLU, SOFTCAP, VIEW, OUTPUT_ROWS, OUTPUT, POOL, L2_NORM, MOE_ROUTE, MOE_GATE_UP, MOE_DOWN
     });
+    check_const!(c, "RF_MOE_GATING_", moe_gating::{ SOFTMAX, SOFTMAX_NORM });
+    check_const!(c, "RF_MOE_ACT_", moe_act::{ SWIGLU, GEGLU });
     check_const!(c, "RF_ROWS_SRC_", rows_src::{ TOKENS, POSITIONS, CONSTANT });
     check_const!(c, "RF_POOL_", pool::{ MEAN, CLS, LAST });
     check_const!(c, "RF_OUTPUT_KIND_", output_kind::{ LOGITS, EMBEDDING });
@@ -401,7 +406,7 @@ static int32_t build(const RfHostV1 *host, RfStr arch) { (void)arch; return host
 static const RfArchClaim archs[1] = {{RF_STR_INIT("x"), RF_STR_INIT("XForCausalLM")}};
 static const RfTensorMap tensors[1] = {{RF_STR_INIT("output.weight"), RF_STR_INIT("lm_head.weight"), RF_TENSOR_FLAG_OPTIONAL, RF_TRANSFORM_NONE}};
 static const RfPluginV1 table = {RF_ABI_VERSION, sizeof(RfPluginV1), RF_STR_INIT("x"), RF_STR_INIT("0"),
-    archs, 1, tensors, 1, NULL, 0, build};
+    archs, 1, tensors, 1, NULL, 0, build, NULL, 0};
 RF_PLUGIN_EXPORT const RfPluginV1 *rocmforge_plugin_v1(void) { return &table; }
 RfPluginEntryV1 entry = rocmforge_plugin_v1;
 "#,

@@ -102,6 +102,9 @@ impl Arena {
 fn inputs_of(op: &Op) -> Vec<usize> {
     match *op {
         Op::Weight { .. } => vec![],
+        Op::MoeRoute { logits, .. } => vec![logits],
+        Op::MoeGateUp { x, route, gate, up, .. } => vec![x, route, gate, up],
+        Op::MoeDown { h, route, down, .. } => vec![h, route, down],
         Op::GetRows { table, .. } => vec![table],
         Op::RmsNorm { x, w, .. } => std::iter::once(x).chain(w).collect(),
         Op::LayerNorm { x, w, b, .. } => std::iter::once(x).chain(w).chain(b).collect(),
@@ -300,6 +303,14 @@ impl Executor {
             let map_err = |e: rocmforge_cpu::CpuError| RuntimeError::Cpu(format!("{}: {e}", node.name));
             match &node.op {
                 Op::Weight { .. } => {}
+                Op::MoeRoute { logits, n_expert, k, renorm } => crate::moe::route(act(*logits), *n_expert, *k, *renorm, out),
+                Op::MoeGateUp { x, route, gate, up, k, n_ff, geglu } => {
+                    let (g, u) = (&self.wslot(*gate).w, &self.wslot(*up).w);
+                    crate::moe::gate_up(self.pool, act(*x), act(*route), *k, g, u, *n_ff, *geglu, out).map_err(map_err)?;
+                }
+                Op::MoeDown { h, route, down, k, n_ff } => {
+                    crate::moe::down(self.pool, act(*h), act(*route), *k, &self.wslot(*down).w, *n_ff, cols, out).map_err(map_err)?;
+                }
                 Op::GetRows { table, src } => {
                     let w = &self.wslot(*table).w;
                     let ids: std::borrow::Cow<[u32]> = match src {

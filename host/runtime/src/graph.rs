@@ -61,6 +61,12 @@ pub enum Op {
     View { x: usize, offset: usize },
     OutputRows { x: usize },
     Output { x: usize },
+    /// Top-k routing: `logits [n, n_expert]` -> `[n, 2k]` (k weights, then k expert ids).
+    MoeRoute { logits: usize, n_expert: usize, k: usize, renorm: bool },
+    /// Selected experts' `act(x·gate_e) * (x·up_e)` -> `[n, k·n_ff]`.
+    MoeGateUp { x: usize, route: usize, gate: usize, up: usize, k: usize, n_ff: usize, geglu: bool },
+    /// `Σ_s w_s · (h_s · down_e)` -> `[n, n_embd]`.
+    MoeDown { h: usize, route: usize, down: usize, k: usize, n_ff: usize },
     Pool { x: usize, mode: PoolMode },
     L2Norm { x: usize, eps: f32 },
 }
@@ -394,6 +400,60 @@ impl Graph {
                 let x = req(0)?;
                 let (rows, cols) = self.act(x, "x", at)?;
                 (Op::L2Norm { x, eps: fp(0) }, Shape::Act { rows, cols })
+            }
+            op::MOE_ROUTE => {
+                let logits = req(0)?;
+                let (rows, n_expert) = self.act(logits, "logits", at)?;
+                let k = ip(0)?;
+                if k == 0 || k > n_expert {
+                    return Err(graph_err(at, format!("{k} experts used out of {n_expert}")));
+                }
+                let renorm = match raw.iparams[1] {
+                    rocmforge_abi::moe_gating::SOFTMAX => false,
+                    rocmforge_abi::moe_gating::SOFTMAX_NORM => true,
+                    other => return Err(graph_err(at, format!("unknown MoE gating {other} (0 = softmax, 1 = softmax + renormalised top-k)"))),
+                };
+                (Op::MoeRoute { logits, n_expert, k, renorm }, Shape::Act { rows, cols: 2 * k })
+            }
+            op::MOE_GATE_UP | op::MOE_DOWN => {
+                let (x, route) = (req(0)?, req(1)?);
+                let (rows, cols) = self.act(x, "x", at)?;
+                let k = ip(0)?;
+                // The route must come from MOE_ROUTE: its ids are then valid expert indices.
+                let (n_expert, rk) = match self.nodes.get(route).map(|n| (&n.op, &n.shape)) {
+                    Some((Op::MoeRoute { n_expert, k, .. }, Shape::Act { rows: rr, .. })) if *rr == rows => (*n_expert, *k),
+                    _ => return Err(graph_err(at, "route must be a MOE_ROUTE node over the same rows".into())),
+                };
+                if rk != k {
+                    return Err(graph_err(at, format!("{k} experts used, but the route selects {rk}")));
+                }
+                let w_in = |i: usize, what: &str| -> Result<(usize, usize), RuntimeError> {
+                    let w = req(i)?;
+                    let d = self.weight(w, what, at)?;
+                    if d.len() != 3 || d[2] != n_expert {
+                        return Err(graph_err(at, format!("{what} '{}' dims {d:?} are not [_, _, {n_expert}]", self.nodes[w].name)));
+                    }
+                    Ok((d[0], d[1]))
+                };
+                if raw.code == op::MOE_GATE_UP {
+                    let (gk, n_ff) = w_in(2, "gate_exps")?;
+                    if gk != cols || w_in(3, "up_exps")? != (gk, n_ff) {
+                        return Err(graph_err(at, format!("expert gate/up weights do not take rows of {cols} to the same n_ff {n_ff}")));
+                    }
+                    let geglu = match raw.iparams[1] {
+                        rocmforge_abi::moe_act::SWIGLU => false,
+                        rocmforge_abi::moe_act::GEGLU => true,
+                        other => return Err(graph_err(at, format!("unknown MoE activation {other}"))),
+                    };
+                    let (gate, up) = (req(2)?, req(3)?);
+                    (Op::MoeGateUp { x, route, gate, up, k, n_ff, geglu }, Shape::Act { rows, cols: k * n_ff })
+                } else {
+                    let (n_ff, n_embd) = w_in(2, "down_exps")?;
+                    if cols != k * n_ff {
+                        return Err(graph_err(at, format!("h has {cols} columns, expected {k} × n_ff {n_ff}")));
+                    }
+                    (Op::MoeDown { h: x, route, down: req(2)?, k, n_ff }, Shape::Act { rows, cols: n_embd })
+                }
             }
             code => return Err(graph_err(at, format!("unknown op code {code} (plugin newer than host?)"))),
         };

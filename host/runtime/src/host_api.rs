@@ -186,7 +186,7 @@ pub fn build_graph(plugin: &Plugin, src: &ModelSource) -> Result<Graph, RuntimeE
     };
     let arch = src.arch().to_string();
     // SAFETY: the table and ctx outlive the call; the plugin's build function follows the ABI.
-    let rc = unsafe { (plugin.table.build)(&table, RfStr::new(&arch)) };
+    let rc = unsafe { (plugin.build)(&table, RfStr::new(&arch)) };
     let Ctx { graph, host_error, plugin_error, .. } = cx;
     if let Some(e) = host_error {
         return Err(match e {

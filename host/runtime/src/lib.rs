@@ -5,6 +5,7 @@
 pub mod exec;
 pub mod graph;
 pub mod host_api;
+mod moe;
 pub mod plugin;
 pub mod source;
 

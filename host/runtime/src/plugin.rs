@@ -9,7 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use rocmforge_abi::{RfPluginV1, ABI_VERSION, PLUGIN_SYMBOL};
+use rocmforge_abi::{RfMetaClaim, RfPluginV1, ABI_VERSION, PLUGIN_SYMBOL};
+
+use crate::source::ModelSource;
 
 use crate::RuntimeError;
 
@@ -32,7 +34,9 @@ pub struct Plugin {
     pub tensors: Vec<TensorMapEntry>,
     /// (GGUF key pattern, config.json key).
     pub config: Vec<(String, String)>,
-    pub(crate) table: &'static RfPluginV1,
+    /// Conditional GGUF claims (GGUF architecture, metadata key pattern): see [`RfMetaClaim`].
+    pub meta_claims: Vec<(String, String)>,
+    pub(crate) build: unsafe extern "C" fn(host: *const rocmforge_abi::RfHostV1, arch: rocmforge_abi::RfStr) -> i32,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -104,11 +108,11 @@ impl Plugin {
         if ver != ABI_VERSION {
             return Err(err(format!("plugin ABI version {ver}, this host speaks version {ABI_VERSION}")));
         }
-        if (size as usize) < std::mem::size_of::<RfPluginV1>() {
-            return Err(err(format!(
-                "plugin table is {size} bytes, version {ABI_VERSION} needs {}",
-                std::mem::size_of::<RfPluginV1>()
-            )));
+        // The first version of the table ends at `build`; fields after it were appended and are
+        // read only when `struct_size` covers them.
+        let base_size = std::mem::offset_of!(RfPluginV1, meta_claims);
+        if (size as usize) < base_size {
+            return Err(err(format!("plugin table is {size} bytes, version {ABI_VERSION} needs {base_size}")));
         }
         // `build` is a non-nullable fn pointer on the Rust side, but a C plugin can leave it NULL:
         // look at the raw bits before a reference to the table asserts it is valid.
@@ -118,13 +122,39 @@ impl Plugin {
         if build_fn.is_null() {
             return Err(err("plugin table's build function is null".into()));
         }
-        // SAFETY: version, size and build checked; the table is 'static in the never-unloaded library.
-        let table: &'static RfPluginV1 = unsafe { &*table };
-        let archs = slice(table.archs, table.n_archs, path, "architectures")?
+        // SAFETY: the size check guarantees the field lies inside the table; non-null was checked
+        // above and every non-null bit pattern is a valid fn pointer of the ABI's type.
+        let build = unsafe { std::ptr::addr_of!((*table).build).read() };
+        let covers = |end: usize| size as usize >= end;
+        let meta_claims_raw: &'static [RfMetaClaim] =
+            if covers(std::mem::offset_of!(RfPluginV1, n_meta_claims) + std::mem::size_of::<usize>()) {
+                // SAFETY: struct_size covers both appended fields (checked just above).
+                let (ptr, n) = unsafe { (std::ptr::addr_of!((*table).meta_claims).read(), std::ptr::addr_of!((*table).n_meta_claims).read()) };
+                slice(ptr, n, path, "meta claims")?
+            } else {
+                &[]
+            };
+        // Fields of the first version, read through raw pointers: an older plugin's table is
+        // shorter than this host's RfPluginV1, so no reference to the whole struct is formed.
+        // SAFETY: every field read below lies inside `base_size` bytes, checked above; the table
+        // is 'static in the never-unloaded library.
+        let (t_name, t_version, t_archs, t_n_archs, t_tensors, t_n_tensors, t_config, t_n_config) = unsafe {
+            (
+                std::ptr::addr_of!((*table).name).read(),
+                std::ptr::addr_of!((*table).version).read(),
+                std::ptr::addr_of!((*table).archs).read(),
+                std::ptr::addr_of!((*table).n_archs).read(),
+                std::ptr::addr_of!((*table).tensors).read(),
+                std::ptr::addr_of!((*table).n_tensors).read(),
+                std::ptr::addr_of!((*table).config).read(),
+                std::ptr::addr_of!((*table).n_config).read(),
+            )
+        };
+        let archs = slice(t_archs, t_n_archs, path, "architectures")?
             .iter()
             .map(|a| Ok((copy_str(a.gguf_arch, path, "arch")?, copy_str(a.hf_arch, path, "arch")?)))
             .collect::<Result<Vec<_>, RuntimeError>>()?;
-        let tensors = slice(table.tensors, table.n_tensors, path, "tensor table")?
+        let tensors = slice(t_tensors, t_n_tensors, path, "tensor table")?
             .iter()
             .map(|t| {
                 Ok(TensorMapEntry {
@@ -135,23 +165,43 @@ impl Plugin {
                 })
             })
             .collect::<Result<Vec<_>, RuntimeError>>()?;
-        let config = slice(table.config, table.n_config, path, "config table")?
+        let config = slice(t_config, t_n_config, path, "config table")?
             .iter()
             .map(|c| Ok((copy_str(c.gguf, path, "config key")?, copy_str(c.hf, path, "config key")?)))
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        let meta_claims = meta_claims_raw
+            .iter()
+            .map(|c| Ok((copy_str(c.gguf_arch, path, "meta claim arch")?, copy_str(c.key, path, "meta claim key")?)))
             .collect::<Result<Vec<_>, RuntimeError>>()?;
         if archs.is_empty() {
             return Err(err("plugin claims no architecture".into()));
         }
         Ok(Plugin {
-            name: copy_str(table.name, path, "name")?,
-            version: copy_str(table.version, path, "version")?,
+            name: copy_str(t_name, path, "name")?,
+            version: copy_str(t_version, path, "version")?,
             path: path.to_path_buf(),
             archs,
             tensors,
             config,
-            table,
+            meta_claims,
+            build,
         })
     }
+}
+
+/// Whether a metadata value "is set" for a conditional claim: a non-zero number, `true`, a
+/// non-empty string or array.
+fn meta_is_set(v: &rocmforge_model::gguf::GgufValue) -> bool {
+    if let Some(b) = v.as_bool() {
+        return b;
+    }
+    if let Some(x) = v.as_f64() {
+        return x != 0.0;
+    }
+    if let Some(s) = v.as_str() {
+        return !s.is_empty();
+    }
+    v.as_array().is_some_and(|a| !a.is_empty())
 }
 
 fn is_plugin_file(p: &Path) -> bool {
@@ -228,11 +278,36 @@ impl Registry {
         reg
     }
 
-    /// The plugin serving a GGUF architecture.
+    /// The plugin serving a model, decided by data in it:
+    ///
+    /// 1. an HF directory: the plugin whose claim opened it (its maps produced the metadata);
+    /// 2. a plugin whose conditional claim ([`RfMetaClaim`]) on the model's GGUF architecture
+    ///    matches the metadata (e.g. `llama.expert_count > 0`: Mixtral, served by mistral);
+    /// 3. otherwise the first plugin claiming the GGUF architecture ([`Registry::for_gguf_arch`]).
+    pub fn for_source(&self, src: &ModelSource) -> Result<&Plugin, RuntimeError> {
+        if let Some(name) = src.opened_by() {
+            if let Some(p) = self.plugins.iter().find(|p| p.name == name) {
+                return Ok(p);
+            }
+        }
+        let arch = src.arch();
+        let matched = self.plugins.iter().find(|p| {
+            p.meta_claims.iter().any(|(a, key)| a == arch && src.meta(&key.replace("{arch}", arch)).is_some_and(meta_is_set))
+        });
+        match matched {
+            Some(p) => Ok(p),
+            None => self.for_gguf_arch(arch),
+        }
+    }
+
+    /// The first plugin claiming a GGUF architecture without condition: a plugin with a
+    /// conditional claim on `arch` serves it only when the condition holds, which only
+    /// [`Registry::for_source`] can tell (the mistral plugin's HF claims map to `llama`, yet it must
+    /// not take ordinary llama files). Prefer `for_source`.
     pub fn for_gguf_arch(&self, arch: &str) -> Result<&Plugin, RuntimeError> {
         self.plugins
             .iter()
-            .find(|p| p.gguf_archs().any(|a| a == arch))
+            .find(|p| p.gguf_archs().any(|a| a == arch) && !p.meta_claims.iter().any(|(a, _)| a == arch))
             .ok_or_else(|| RuntimeError::UnknownArch { arch: arch.to_string(), available: self.available() })
     }
 

@@ -698,7 +698,8 @@ fn abi_version_mismatch_names_both_versions() {
 #[test]
 fn too_short_plugin_table_is_refused() {
     let msg = load_err(&plugins().short_table);
-    let need = std::mem::size_of::<rocmforge_abi::RfPluginV1>();
+    // The first version of the table ends at `build`; later fields are appended (meta_claims).
+    let need = std::mem::offset_of!(rocmforge_abi::RfPluginV1, meta_claims);
     assert!(
         msg.contains(&format!("plugin table is 8 bytes, version 1 needs {need}")),
         "{msg}"
