@@ -49,10 +49,14 @@ fn convert_f32(dir: &Path, tag: &str) -> PathBuf {
     gguf
 }
 
-/// Tiny model: f16 KV cache rounding only, so far below the 1e-3 bound.
-const TINY_MAX_COS_DIST: f64 = 1e-4;
-/// The task's bound for real models.
-const MAX_COS_DIST: f64 = 1e-3;
+/// Tiny model: f16 KV cache rounding only (measured 3e-9). The bounds are far below the 1e-3 the
+/// embeddings must meet, so that a wrong detail (GELU tanh for erf, a missing token-type row,
+/// eps) fails here instead of hiding under a loose tolerance.
+const TINY_MAX_COS_DIST: f64 = 1e-7;
+/// F32 weights of the HF dir (measured 3e-8).
+const HF_MAX_COS_DIST: f64 = 1e-6;
+/// F16 weights (measured 2.7e-7); also what `rocmforge embed` must reach. Required: 1e-3.
+const MAX_COS_DIST: f64 = 1e-5;
 
 #[test]
 fn tiny_bert_matches_transformers_pooled_output() {
@@ -138,7 +142,7 @@ fn check_minilm(path: &Path, max: f64) {
 
 #[test]
 fn minilm_hf_dir_matches_sentence_transformers() {
-    check_minilm(&model("all-MiniLM-L6-v2"), MAX_COS_DIST);
+    check_minilm(&model("all-MiniLM-L6-v2"), HF_MAX_COS_DIST);
 }
 
 #[test]
@@ -146,10 +150,10 @@ fn minilm_f16_gguf_matches_sentence_transformers() {
     check_minilm(&model("all-MiniLM-L6-v2-f16.gguf"), MAX_COS_DIST);
 }
 
-/// Q8_0 weights and activations lose more: llama.cpp's own Q8_0 output is ~1e-3 away too.
+/// Q8_0 weights (and Q8 activations in the matmuls) lose more: measured 8.8e-4.
 #[test]
 fn minilm_q8_0_gguf_close_to_sentence_transformers() {
-    check_minilm(&model("all-MiniLM-L6-v2-q8_0.gguf"), 5e-3);
+    check_minilm(&model("all-MiniLM-L6-v2-q8_0.gguf"), 2e-3);
 }
 
 #[test]
