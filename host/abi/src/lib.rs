@@ -120,6 +120,8 @@ pub mod tensor_flags {
 /// Face name it comes from. `{il}` in either pattern stands for the layer index. `{xid}` in the HF
 /// pattern only stands for an expert index: the host stacks experts 0, 1, ... (as many as exist)
 /// into one tensor with one more GGUF dimension (`ffn_gate_exps`: `[n_embd, n_ff, n_expert]`).
+/// An HF pattern `config:<dotted.path>` names a numeric array in `config.json` that becomes a 1-D
+/// f32 tensor (Phi-3's LongRoPE `rope_parameters.long_factor` -> `rope_factors_long.weight`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RfTensorMap {
