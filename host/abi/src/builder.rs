@@ -270,6 +270,7 @@ impl<'h> Builder<'h> {
     /// Mixture of experts, gate/up: for each row and each expert `e` that `route` selected,
     /// `act(x·gate_e) * (x·up_e)` with stacked weights `[n_embd, n_ff, n_expert]`
     /// -> `[n, n_expert_used·n_ff]` (one `n_ff` slice per routing slot). `act`: [`crate::moe_act`].
+    #[allow(clippy::too_many_arguments)]
     pub fn moe_gate_up(&mut self, name: &str, x: Node, route: Node, gate_exps: Node, up_exps: Node, n_expert_used: usize, act: i64) -> Result<Node, OpError> {
         self.op(op::MOE_GATE_UP, name, &[Some(x), Some(route), Some(gate_exps), Some(up_exps)], &[n_expert_used as i64, act], &[], "")
     }

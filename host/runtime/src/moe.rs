@@ -161,6 +161,60 @@ pub(crate) fn down(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::WeightBytes;
+    use rocmforge_quant::GgmlType;
+
+    fn stacked(name: &str, dims: [usize; 3], seed: usize) -> (Weight, Vec<f32>) {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| (((i * 37 + seed * 101) % 61) as f32 - 30.0) / 40.0).collect();
+        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        (Weight { name: name.into(), ty: GgmlType::F32, dims: dims.to_vec(), bytes: WeightBytes::Owned(bytes) }, v)
+    }
+
+    /// The three MoE steps against a dense f64 evaluation: every token runs its k experts'
+    /// SwiGLU FFNs one by one, weighted and summed. Seven tokens over four experts makes some
+    /// experts serve several tokens (the grouped path) and possibly none (skipped).
+    #[test]
+    fn moe_ffn_matches_f64_reference() {
+        let (n_tok, n_embd, n_ff, n_expert, k) = (7usize, 8usize, 5usize, 4usize, 2usize);
+        let pool = ThreadPool::global();
+        let x: Vec<f32> = (0..n_tok * n_embd).map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0).collect();
+        let logits: Vec<f32> = (0..n_tok * n_expert).map(|i| ((i * 29 % 11) as f32 - 5.0) / 3.0).collect();
+        let (gate, gv) = stacked("gate", [n_embd, n_ff, n_expert], 1);
+        let (up, uv) = stacked("up", [n_embd, n_ff, n_expert], 2);
+        let (wdown, dv) = stacked("down", [n_ff, n_embd, n_expert], 3);
+        let mut r = vec![0f32; n_tok * 2 * k];
+        route(&logits, n_expert, k, true, &mut r);
+        let mut h = vec![0f32; n_tok * k * n_ff];
+        gate_up(pool, &x, &r, k, &gate, &up, n_ff, false, &mut h).unwrap();
+        let mut y = vec![0f32; n_tok * n_embd];
+        down(pool, &h, &r, k, &wdown, n_ff, n_embd, &mut y).unwrap();
+        for t in 0..n_tok {
+            let xt = &x[t * n_embd..(t + 1) * n_embd];
+            let mut want = vec![0f64; n_embd];
+            for s in 0..k {
+                let (w, e) = (r[t * 2 * k + s] as f64, r[t * 2 * k + k + s] as usize);
+                // Expert e's row j of a [k_dim, n_out, n_expert] tensor starts at (e*n_out + j)*k_dim.
+                let dot = |m: &[f32], k_dim: usize, n_out: usize, j: usize, v: &[f64]| -> f64 {
+                    (0..k_dim).map(|i| m[(e * n_out + j) * k_dim + i] as f64 * v[i]).sum()
+                };
+                let xd: Vec<f64> = xt.iter().map(|&v| v as f64).collect();
+                let act: Vec<f64> = (0..n_ff)
+                    .map(|j| {
+                        let g = dot(&gv, n_embd, n_ff, j, &xd);
+                        g / (1.0 + (-g).exp()) * dot(&uv, n_embd, n_ff, j, &xd)
+                    })
+                    .collect();
+                for (o, wo) in want.iter_mut().enumerate() {
+                    *wo += w * dot(&dv, n_ff, n_embd, o, &act);
+                }
+            }
+            for (o, &wo) in want.iter().enumerate() {
+                let got = y[t * n_embd + o] as f64;
+                assert!((got - wo).abs() < 1e-5 * (1.0 + wo.abs()), "token {t} col {o}: {got} vs {wo}");
+            }
+        }
+    }
 
     /// Routing against an f64 evaluation of the same definition (softmax, top-k, renormalise).
     #[test]
