@@ -55,8 +55,9 @@
  *   GET_ROWS        table [n_embd, n_vocab]   src (RF_ROWS_SRC_*), id (for CONSTANT) -             -> [tokens, n_embd]
  *   RMS_NORM        x, w?                     group (0 = whole row)                 eps
  *   LAYER_NORM      x, w?, b?                 -                                     eps
- *   MATMUL          x [n, k], W [k, n_out], bias?  -                                -              -> [n, n_out]
- *   ADD, MUL        a, b (same shape, or a weight vector broadcast over rows)
+ *   MATMUL          x [n, k], W [k, n_out] (1-D W [k] = [k, 1]), bias?  -           -              -> [n, n_out]
+ *   ADD, MUL        a, b (same shape, a weight vector broadcast over rows, or an activation [n, 1]
+ *                   broadcast over columns)
  *   SCALE           x                         -                                     s
  *   ROPE            x, freq_factors?          n_head, head_dim, n_rot, mode         freq_base, freq_scale, ext_factor,
  *                                             (0 = interleaved pairs, 2 = NeoX        attn_factor, beta_fast, beta_slow
@@ -64,7 +65,7 @@
  *   ATTENTION       q, k, v                   layer, n_head, n_head_kv, head_dim_k,  scale (0 = 1/sqrt(head_dim_k)),
  *                                             head_dim_v, sliding_window (0 = off),  softcap (0 = off)
  *                                             causal (0/1)
- *   SILU, GELU, GELU_ERF   x
+ *   SILU, GELU, GELU_ERF, SIGMOID   x
  *   SWIGLU, GEGLU   gate, up                  (silu(gate) * up, gelu_tanh(gate) * up)
  *   SOFTCAP         x                         -                                     cap  (cap * tanh(x / cap))
  *   VIEW            x                         offset, cols
@@ -146,6 +147,7 @@ extern "C" {
 #define RF_OP_MOE_ROUTE 22u
 #define RF_OP_MOE_GATE_UP 23u
 #define RF_OP_MOE_DOWN 24u
+#define RF_OP_SIGMOID 25u
 
 /* MOE_ROUTE iparams[1]: softmax over all experts, then top-k as is, or top-k renormalised to
  * sum 1 (= softmax over the top-k logits: Mixtral, Qwen3-MoE norm_topk_prob). */

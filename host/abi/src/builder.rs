@@ -184,15 +184,17 @@ impl<'h> Builder<'h> {
     pub fn layer_norm(&mut self, name: &str, x: Node, w: Option<Node>, b: Option<Node>, eps: f32) -> Result<Node, OpError> {
         self.op(op::LAYER_NORM, name, &[Some(x), w, b], &[], &[eps], "")
     }
-    /// `x [n, k] · Wᵀ` with W in GGUF layout `[k, n_out]`, plus optional bias `[n_out]` -> `[n, n_out]`.
+    /// `x [n, k] · Wᵀ` with W in GGUF layout `[k, n_out]` (a 1-D `[k]` is `[k, 1]`), plus optional
+    /// bias `[n_out]` -> `[n, n_out]`.
     pub fn matmul(&mut self, name: &str, x: Node, w: Node, bias: Option<Node>) -> Result<Node, OpError> {
         self.op(op::MATMUL, name, &[Some(x), Some(w), bias], &[], &[], "")
     }
-    /// Element-wise add; `b` is the same shape as `a` or a vector broadcast over rows.
+    /// Element-wise add; `b` is the same shape as `a`, a weight vector broadcast over rows, or an
+    /// activation `[n, 1]` broadcast over columns (one value per row).
     pub fn add(&mut self, name: &str, a: Node, b: Node) -> Result<Node, OpError> {
         self.op(op::ADD, name, &[Some(a), Some(b)], &[], &[], "")
     }
-    /// Element-wise multiply; `b` as for [`Builder::add`].
+    /// Element-wise multiply; `b` as for [`Builder::add`] (e.g. `[n, 1]` gates scaling each row).
     pub fn mul(&mut self, name: &str, a: Node, b: Node) -> Result<Node, OpError> {
         self.op(op::MUL, name, &[Some(a), Some(b)], &[], &[], "")
     }
@@ -232,6 +234,10 @@ impl<'h> Builder<'h> {
     }
     pub fn silu(&mut self, name: &str, x: Node) -> Result<Node, OpError> {
         self.op(op::SILU, name, &[Some(x)], &[], &[], "")
+    }
+    /// `1 / (1 + exp(-x))`.
+    pub fn sigmoid(&mut self, name: &str, x: Node) -> Result<Node, OpError> {
+        self.op(op::SIGMOID, name, &[Some(x)], &[], &[], "")
     }
     /// GELU, tanh approximation (ggml_gelu).
     pub fn gelu(&mut self, name: &str, x: Node) -> Result<Node, OpError> {

@@ -223,6 +223,8 @@ pub mod op {
     pub const MOE_GATE_UP: u32 = 23;
     /// Mixture of experts, step 3: `Σ_slots weight · (h_slot · down_e)`.
     pub const MOE_DOWN: u32 = 24;
+    /// `1 / (1 + exp(-x))` (Qwen2-MoE's shared-expert gate).
+    pub const SIGMOID: u32 = 25;
 }
 
 /// MOE_ROUTE gating (its `iparams[1]`): how router logits become expert weights. ABI: append only.

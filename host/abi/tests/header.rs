@@ -152,7 +152,7 @@ fn all_checks() -> Checks {
     check_const!(c, "RF_TENSOR_FLAG_", tensor_flags::{ OPTIONAL });
     check_const!(c, "RF_OP_", op::{
         WEIGHT, GET_ROWS, RMS_NORM, LAYER_NORM, MATMUL, ADD, MUL, SCALE, ROPE, ATTENTION, SILU, GELU,
-        GELU_ERF, SWIGLU, GEGLU, SOFTCAP, VIEW, OUTPUT_ROWS, OUTPUT, POOL, L2_NORM, MOE_ROUTE, MOE_GATE_UP, MOE_DOWN
+        GELU_ERF, SWIGLU, GEGLU, SOFTCAP, VIEW, OUTPUT_ROWS, OUTPUT, POOL, L2_NORM, MOE_ROUTE, MOE_GATE_UP, MOE_DOWN, SIGMOID
     });
     check_const!(c, "RF_MOE_GATING_", moe_gating::{ SOFTMAX, SOFTMAX_NORM });
     check_const!(c, "RF_MOE_ACT_", moe_act::{ SWIGLU, GEGLU });

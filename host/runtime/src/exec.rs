@@ -115,6 +115,7 @@ fn inputs_of(op: &Op) -> Vec<usize> {
         Op::SwiGlu { gate, up } | Op::GeGlu { gate, up } => vec![gate, up],
         Op::Scale { x, .. }
         | Op::Silu { x }
+        | Op::Sigmoid { x }
         | Op::Gelu { x }
         | Op::GeluErf { x }
         | Op::Softcap { x, .. }
@@ -346,8 +347,20 @@ impl Executor {
                         Shape::Weight(_) => self.wvec(*b),
                         Shape::Act { .. } => act(*b),
                     };
+                    // b: a weight vector (every row), an activation of a's shape, or an activation
+                    // [rows, 1] (one value per row, e.g. a per-token gate). Decided by shape, not
+                    // length: [rows, 1] and a vector have the same length when rows == cols.
+                    let per_row = matches!(self.graph.nodes[*b].shape, Shape::Act { cols: 1, .. }) && cols != 1;
+                    let mut scalar = vec![0f32; if per_row { cols } else { 0 }];
                     for (r, (orow, arow)) in out.chunks_exact_mut(cols).zip(av.chunks_exact(cols)).enumerate() {
-                        let brow = if bv.len() == cols { bv } else { &bv[r * cols..(r + 1) * cols] };
+                        let brow = if per_row {
+                            scalar.fill(bv[r]);
+                            &scalar[..]
+                        } else if bv.len() == cols {
+                            bv
+                        } else {
+                            &bv[r * cols..(r + 1) * cols]
+                        };
                         if is_add {
                             for ((o, x), y) in orow.iter_mut().zip(arow).zip(brow) {
                                 *o = x + y;
@@ -410,6 +423,7 @@ impl Executor {
                     }
                 }
                 Op::Silu { x } => rocmforge_cpu::silu(act(*x), out),
+                Op::Sigmoid { x } => out.iter_mut().zip(act(*x)).for_each(|(o, &v)| *o = 1.0 / (1.0 + (-v).exp())),
                 Op::Gelu { x } => rocmforge_cpu::gelu(act(*x), out),
                 Op::GeluErf { x } => rocmforge_cpu::gelu_erf(act(*x), out),
                 Op::SwiGlu { gate, up } => rocmforge_cpu::swiglu(act(*gate), act(*up), out),

@@ -67,6 +67,7 @@ pub enum Op {
     MoeGateUp { x: usize, route: usize, gate: usize, up: usize, k: usize, n_ff: usize, geglu: bool },
     /// `Σ_s w_s · (h_s · down_e)` -> `[n, n_embd]`.
     MoeDown { h: usize, route: usize, down: usize, k: usize, n_ff: usize },
+    Sigmoid { x: usize },
     Pool { x: usize, mode: PoolMode },
     L2Norm { x: usize, eps: f32 },
 }
@@ -227,10 +228,11 @@ impl Graph {
                 let (x, w) = (req(0)?, req(1)?);
                 let (rows, k) = self.act(x, "x", at)?;
                 let d = self.weight(w, "w", at)?;
-                if d.len() != 2 || d[0] != k {
+                // A 1-D weight [k] is a matrix [k, 1] (one output column, e.g. a per-token gate).
+                if !(d.len() == 2 || d.len() == 1) || d[0] != k {
                     return Err(graph_err(at, format!("weight '{}' dims {d:?} do not take rows of {k}", self.nodes[w].name)));
                 }
-                let n_out = d[1];
+                let n_out = d.get(1).copied().unwrap_or(1);
                 if let Some(b) = inp(2) {
                     self.vector(b, n_out, "bias", at)?;
                 }
@@ -240,7 +242,7 @@ impl Graph {
                 let (a, b) = (req(0)?, req(1)?);
                 let (rows, cols) = self.act(a, "a", at)?;
                 match &self.nodes.get(b).map(|n| &n.shape) {
-                    Some(Shape::Act { rows: rb, cols: cb }) if *rb == rows && *cb == cols => {}
+                    Some(Shape::Act { rows: rb, cols: cb }) if *rb == rows && (*cb == cols || *cb == 1) => {}
                     Some(Shape::Weight(_)) => self.vector(b, cols, "b", at)?,
                     _ => return Err(graph_err(at, format!("operand b does not match [{rows:?}, {cols}]"))),
                 }
@@ -324,11 +326,12 @@ impl Graph {
                 let cols = p.n_head * p.head_dim_v;
                 (Op::Attention { q, k, v, p }, Shape::Act { rows: Rows::Tokens, cols })
             }
-            op::SILU | op::GELU | op::GELU_ERF => {
+            op::SILU | op::GELU | op::GELU_ERF | op::SIGMOID => {
                 let x = req(0)?;
                 let (rows, cols) = self.act(x, "x", at)?;
                 let op = match raw.code {
                     op::SILU => Op::Silu { x },
+                    op::SIGMOID => Op::Sigmoid { x },
                     op::GELU => Op::Gelu { x },
                     _ => Op::GeluErf { x },
                 };

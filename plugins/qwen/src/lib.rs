@@ -11,18 +11,25 @@
 //!   head_dim shared by all heads) before RoPE; these tensors are required for `qwen3`.
 //! - Without `output.weight` the token embedding doubles as the LM head (tied embeddings).
 //!
-//! Not claimed: the MoE variants (qwen2moe, qwen3moe), which need a routed-experts op.
+//! Mixture-of-experts variants (GGUF `qwen2moe` / `qwen3moe`, HF `Qwen2MoeForCausalLM` /
+//! `Qwen3MoeForCausalLM`; transformers' `Qwen2MoeSparseMoeBlock`, llama.cpp's `build_moe_ffn`):
+//! the FFN is a router (`ffn_gate_inp`), softmax, top-k (`expert_used_count`) experts, their k
+//! weights renormalised when `expert_weights_norm` (HF `norm_topk_prob`; llama.cpp's defaults
+//! when a GGUF file omits it: false for qwen2moe, true for qwen3moe), through the graph's
+//! MOE_ROUTE / MOE_GATE_UP / MOE_DOWN ops. Qwen2-MoE adds a shared expert, a dense SwiGLU FFN
+//! scaled per token by `sigmoid(x · ffn_gate_inp_shexp)`, expressed with ordinary ops.
 
 use rocmforge_abi::builder::{AttnOpts, RopeOpts};
 use rocmforge_abi::{
-    arch, config, tensor, tensor_flags::OPTIONAL, transform, Builder, Meta, Node, OpError,
+    arch, config, moe_act, moe_gating, tensor, tensor_flags::OPTIONAL, transform, Builder, Meta,
+    Node, OpError,
 };
 
 // ---------------------------------------------------------------------------------------------
 // (1) Tensor table: GGUF name (internal vocabulary) <- Hugging Face name, flags, load transform.
 // ---------------------------------------------------------------------------------------------
 
-static TENSORS: [rocmforge_abi::RfTensorMap; 19] = [
+static TENSORS: [rocmforge_abi::RfTensorMap; 27] = [
     tensor(
         "token_embd.weight",
         "model.embed_tokens.weight",
@@ -110,29 +117,80 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 19] = [
         0,
         transform::NONE,
     ),
+    // Dense FFN (required by the dense archs through `weight`; absent in MoE layers).
     tensor(
         "blk.{il}.ffn_gate.weight",
         "model.layers.{il}.mlp.gate_proj.weight",
-        0,
+        OPTIONAL,
         transform::NONE,
     ),
     tensor(
         "blk.{il}.ffn_up.weight",
         "model.layers.{il}.mlp.up_proj.weight",
-        0,
+        OPTIONAL,
         transform::NONE,
     ),
     tensor(
         "blk.{il}.ffn_down.weight",
         "model.layers.{il}.mlp.down_proj.weight",
-        0,
+        OPTIONAL,
+        transform::NONE,
+    ),
+    // Routed experts: `{xid}` = expert index, stacked by the host into [n_embd, n_ff_exp, n_expert].
+    tensor(
+        "blk.{il}.ffn_gate_inp.weight",
+        "model.layers.{il}.mlp.gate.weight",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.ffn_gate_exps.weight",
+        "model.layers.{il}.mlp.experts.{xid}.gate_proj.weight",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.ffn_up_exps.weight",
+        "model.layers.{il}.mlp.experts.{xid}.up_proj.weight",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.ffn_down_exps.weight",
+        "model.layers.{il}.mlp.experts.{xid}.down_proj.weight",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    // Qwen2-MoE's shared expert and its per-token gate ([n_embd, 1] from HF, [n_embd] in llama.cpp's GGUF).
+    tensor(
+        "blk.{il}.ffn_gate_inp_shexp.weight",
+        "model.layers.{il}.mlp.shared_expert_gate.weight",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.ffn_gate_shexp.weight",
+        "model.layers.{il}.mlp.shared_expert.gate_proj.weight",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.ffn_up_shexp.weight",
+        "model.layers.{il}.mlp.shared_expert.up_proj.weight",
+        OPTIONAL,
+        transform::NONE,
+    ),
+    tensor(
+        "blk.{il}.ffn_down_shexp.weight",
+        "model.layers.{il}.mlp.shared_expert.down_proj.weight",
+        OPTIONAL,
         transform::NONE,
     ),
 ];
 
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). Qwen2's
 /// config has no `head_dim` (n_embd / n_head is used); Qwen3's has one that differs from it.
-static CONFIG: [rocmforge_abi::RfConfigMap; 16] = [
+static CONFIG: [rocmforge_abi::RfConfigMap; 22] = [
     config("{arch}.block_count", "num_hidden_layers"),
     config("{arch}.embedding_length", "hidden_size"),
     config("{arch}.feed_forward_length", "intermediate_size"),
@@ -150,11 +208,24 @@ static CONFIG: [rocmforge_abi::RfConfigMap; 16] = [
     config("{arch}.rope.freq_base", "rope_parameters.rope_theta"),
     config("{arch}.rope.scaling.type", "rope_parameters.rope_type"),
     config("{arch}.rope.scaling.factor", "rope_parameters.factor"),
+    // MoE: Qwen2-MoE calls the expert count `num_experts`, Qwen3-MoE `num_local_experts` (both
+    // spellings exist across transformers versions).
+    config("{arch}.expert_count", "num_experts"),
+    config("{arch}.expert_count", "num_local_experts"),
+    config("{arch}.expert_used_count", "num_experts_per_tok"),
+    config("{arch}.expert_feed_forward_length", "moe_intermediate_size"),
+    config(
+        "{arch}.expert_shared_feed_forward_length",
+        "shared_expert_intermediate_size",
+    ),
+    config("{arch}.expert_weights_norm", "norm_topk_prob"),
 ];
 
-static ARCHS: [rocmforge_abi::RfArchClaim; 2] = [
+static ARCHS: [rocmforge_abi::RfArchClaim; 4] = [
     arch("qwen2", "Qwen2ForCausalLM"),
     arch("qwen3", "Qwen3ForCausalLM"),
+    arch("qwen2moe", "Qwen2MoeForCausalLM"),
+    arch("qwen3moe", "Qwen3MoeForCausalLM"),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -170,6 +241,9 @@ struct HParams {
     rope: RopeOpts,
     /// Per-head RMSNorm of Q and K before RoPE (Qwen3).
     qk_norm: bool,
+    /// MoE archs: experts used per token (0 = dense FFN) and whether their weights are renormalised.
+    n_expert_used: usize,
+    norm_topk: bool,
 }
 
 impl HParams {
@@ -215,7 +289,23 @@ impl HParams {
             // Required, as in llama.cpp's load_arch_hparams (no silent default).
             eps: m.meta_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"))?,
             rope,
-            qk_norm: arch == "qwen3",
+            qk_norm: arch == "qwen3" || arch == "qwen3moe",
+            n_expert_used: match arch {
+                "qwen2moe" | "qwen3moe" => {
+                    let n_expert = m.meta_usize(&format!("{arch}.expert_count"))?;
+                    let k = m.meta_usize(&format!("{arch}.expert_used_count"))?;
+                    if k == 0 || k > n_expert {
+                        return Err(OpError(format!(
+                            "{arch}: expert_used_count {k} must be in 1..={n_expert} (expert_count)"
+                        )));
+                    }
+                    k
+                }
+                _ => 0,
+            },
+            norm_topk: m
+                .meta_int_opt(&format!("{arch}.expert_weights_norm"))?
+                .map_or(arch == "qwen3moe", |v| v != 0),
         })
     }
 }
@@ -223,6 +313,60 @@ impl HParams {
 // ---------------------------------------------------------------------------------------------
 // (3) The graph. Shapes: n = tokens in the batch, m = rows whose logits are wanted.
 // ---------------------------------------------------------------------------------------------
+
+/// Dense SwiGLU FFN of layer `il` with tensors `ffn_{gate,up,down}{suffix}` -> `[n, n_embd]`.
+fn swiglu_ffn(b: &mut Builder, il: usize, suffix: &str, cur: Node) -> Result<Node, OpError> {
+    let t = |p: &str| format!("blk.{il}.ffn_{p}{suffix}");
+    let (w_gate, w_up, w_down) = (
+        b.weight(&format!("{}.weight", t("gate")))?,
+        b.weight(&format!("{}.weight", t("up")))?,
+        b.weight(&format!("{}.weight", t("down")))?,
+    );
+    let gate = b.matmul(&t("gate"), cur, w_gate, None)?; // [n, n_ff]
+    let up = b.matmul(&t("up"), cur, w_up, None)?; // [n, n_ff]
+    let act = b.swiglu(&t("act"), gate, up)?; // [n, n_ff]
+    b.matmul(&t("down"), act, w_down, None) // [n, n_embd]
+}
+
+/// Routed experts of layer `il` (plus Qwen2-MoE's gated shared expert) -> `[n, n_embd]`.
+fn moe_ffn(b: &mut Builder, hp: &HParams, il: usize, cur: Node) -> Result<Node, OpError> {
+    let w = |t: &str| format!("blk.{il}.{t}.weight");
+    let name = |t: &str| format!("blk.{il}.{t}");
+    let k = hp.n_expert_used;
+    let router = b.weight(&w("ffn_gate_inp"))?; // [n_embd, n_expert]
+    let logits = b.matmul(&name("ffn_moe_logits"), cur, router, None)?; // [n, n_expert]
+    let gating = if hp.norm_topk {
+        moe_gating::SOFTMAX_NORM
+    } else {
+        moe_gating::SOFTMAX
+    };
+    let route = b.moe_route(&name("ffn_moe_route"), logits, k, gating)?; // [n, 2k]
+    let (gate_exps, up_exps, down_exps) = (
+        b.weight(&w("ffn_gate_exps"))?,
+        b.weight(&w("ffn_up_exps"))?,
+        b.weight(&w("ffn_down_exps"))?,
+    );
+    let h = b.moe_gate_up(
+        &name("ffn_moe_gate_up"),
+        cur,
+        route,
+        gate_exps,
+        up_exps,
+        k,
+        moe_act::SWIGLU,
+    )?; // [n, k*n_ff_exp]
+    let moe = b.moe_down(&name("ffn_moe_down"), h, route, down_exps, k)?; // [n, n_embd]
+    match b.weight_opt(&w("ffn_gate_inp_shexp"))? {
+        None => Ok(moe),
+        Some(shexp_gate) => {
+            let shexp = swiglu_ffn(b, il, "_shexp", cur)?; // [n, n_embd]
+            let g = b.matmul(&name("ffn_shexp_gate"), cur, shexp_gate, None)?; // [n, 1]
+            let g = b.sigmoid(&name("ffn_shexp_gate_act"), g)?; // [n, 1]
+            let shexp = b.mul(&name("ffn_shexp_gated"), shexp, g)?; // [n, n_embd]
+            b.add(&name("ffn_moe_out"), moe, shexp) // [n, n_embd]
+        }
+    }
+}
 
 fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
     let hp = HParams::read(b, arch)?;
@@ -281,15 +425,11 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
 
         let ffn_norm = b.weight(&w("ffn_norm"))?;
         let cur = b.rms_norm(&name("ffn_norm"), ffn_inp, Some(ffn_norm), hp.eps, 0)?; // [n, n_embd]
-        let (w_gate, w_up, w_down) = (
-            b.weight(&w("ffn_gate"))?,
-            b.weight(&w("ffn_up"))?,
-            b.weight(&w("ffn_down"))?,
-        );
-        let gate = b.matmul(&name("ffn_gate"), cur, w_gate, None)?; // [n, n_ff]
-        let up = b.matmul(&name("ffn_up"), cur, w_up, None)?; // [n, n_ff]
-        let act = b.swiglu(&name("ffn_act"), gate, up)?; // [n, n_ff]
-        let down = b.matmul(&name("ffn_down"), act, w_down, None)?; // [n, n_embd]
+        let down = if hp.n_expert_used == 0 {
+            swiglu_ffn(b, il, "", cur)? // [n, n_embd]
+        } else {
+            moe_ffn(b, &hp, il, cur)? // [n, n_embd]
+        };
         x = b.add(&name("l_out"), down, ffn_inp)?; // [n, n_embd]
     }
 
