@@ -230,9 +230,26 @@ pub(crate) struct TokenSlots<'a> {
 }
 
 /// Quantize one token row `x` (k = x.len(), a multiple of the format's block) into its slots,
-/// padding included.
-#[inline(always)]
+/// padding included. With AVX2 the same code is compiled for AVX2, where `round_ties_even` is
+/// one `vroundps` instead of a libm call (identical results: every step is exact IEEE).
 pub(crate) fn quantize_token(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() >= crate::simd::Isa::Avx2 {
+        // SAFETY: AVX2/FMA were detected.
+        unsafe { quantize_token_avx2(fmt, x, s) };
+        return;
+    }
+    quantize_token_portable(fmt, x, s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_token_avx2(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
+    quantize_token_portable(fmt, x, s)
+}
+
+#[inline(always)]
+fn quantize_token_portable(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
     let k = x.len();
     match fmt {
         ActFormat::Q8K => {

@@ -58,6 +58,9 @@ struct Scratch {
     u: Vec<u8>,
     s4: Vec<f32>,
     b16: Vec<f32>,
+    /// AVX-512 only: `u` and `s4` with row pairs interleaved per step of 32 (see `interleave`).
+    up: Vec<u8>,
+    s4p: Vec<f32>,
 }
 
 thread_local! {
@@ -190,6 +193,12 @@ fn qmatmul_with(
             s.u.resize(ROW_TILE * kp, 0);
             s.s4.resize(ROW_TILE * kp / 4, 0.0);
             s.b16.resize(ROW_TILE * g16, 0.0);
+            // Prefill re-lays each tile once for 64 tokens; decode reads the rows in place.
+            let paired = isa == Isa::Avx512 && n_tokens > 3;
+            if paired {
+                s.up.resize(ROW_TILE * kp, 0);
+                s.s4p.resize(ROW_TILE * kp / 4, 0.0);
+            }
             loop {
                 let c = next.fetch_add(1, Ordering::Relaxed);
                 if c >= n_chunks {
@@ -209,10 +218,25 @@ fn qmatmul_with(
                             unpack_dispatch(isa, ty, src, k, u, s4, b16);
                             zero_padding(k, u, s4, b16);
                         }
-                        let wp = WPtr {
-                            u: s.u.as_ptr(),
-                            s4: s.s4.as_ptr(),
-                            b16: s.b16.as_ptr(),
+                        if isa == Isa::Avx512 {
+                            // Missing rows of the last tile: zeros (computed, never stored).
+                            s.u[nr * kp..].fill(0);
+                            s.s4[nr * kp / 4..].fill(0.0);
+                            s.b16[nr * g16..].fill(0.0);
+                        }
+                        let wp = if paired {
+                            interleave(kp, &s.u, &s.s4, &mut s.up, &mut s.s4p);
+                            WPtr {
+                                u: s.up.as_ptr(),
+                                s4: s.s4p.as_ptr(),
+                                b16: s.b16.as_ptr(),
+                            }
+                        } else {
+                            WPtr {
+                                u: s.u.as_ptr(),
+                                s4: s.s4.as_ptr(),
+                                b16: s.b16.as_ptr(),
+                            }
                         };
                         let mut tt = 0;
                         while tt < tc {
@@ -232,7 +256,7 @@ fn qmatmul_with(
                                 ld: n_out,
                             };
                             // SAFETY: tile rows nr <= 4 and tokens nt <= 4 exist in the buffers.
-                            unsafe { run_tile(isa, wide, &kc, wp, nr, xp, nt, ypt) };
+                            unsafe { run_tile(isa, wide, paired, &kc, wp, nr, xp, nt, ypt) };
                             tt += nt;
                         }
                     }
@@ -240,6 +264,24 @@ fn qmatmul_with(
             }
         });
     });
+}
+
+/// Re-lay a tile of 4 unpacked rows for `tile512`: per row pair p and step st of 32 elements,
+/// 64 bytes `[row 2p, row 2p+1]` of u and 16 lane scales, so one 512-bit op serves two rows of
+/// the same block and each half keeps the canonical per-row summation order.
+fn interleave(kp: usize, u: &[u8], s4: &[f32], up: &mut [u8], s4p: &mut [f32]) {
+    let steps = kp / 32;
+    for p in 0..ROW_TILE / 2 {
+        for st in 0..steps {
+            for h in 0..2 {
+                let r = 2 * p + h;
+                let o = (p * steps + st) * 64 + 32 * h;
+                up[o..o + 32].copy_from_slice(&u[r * kp + 32 * st..r * kp + 32 * st + 32]);
+                let o = (p * steps + st) * 16 + 8 * h;
+                s4p[o..o + 8].copy_from_slice(&s4[r * kp / 4 + 8 * st..r * kp / 4 + 8 * st + 8]);
+            }
+        }
+    }
 }
 
 /// Few-token path: rows split over threads, each row dotted straight from its GGML blocks.
@@ -255,41 +297,72 @@ fn decode_fused(
     y: &mut [f32],
     acts: &QActs,
 ) {
-    use crate::qdecode::{row_dot, XTok};
+    use crate::qdecode::{rows_dot, XTok};
     let row_bytes = k / 32 * ty.type_size();
     let nb = k / 32;
-    let (kp, n32) = (acts.kp, acts.n32);
+    let (kp, n32, g16) = (acts.kp, acts.n32, acts.g16);
     let nth = pool.n_threads();
-    let chunk = n_out.div_ceil(nth * 8).max(16);
-    let n_chunks = n_out.div_ceil(chunk);
+    // Chunks of whole groups of 4 rows.
+    let n_quads = n_out.div_ceil(4);
+    let chunk = n_quads.div_ceil(nth * 8).max(4);
+    let n_chunks = n_quads.div_ceil(chunk);
     let next = AtomicUsize::new(0);
     let yp = SyncPtr(y.as_mut_ptr());
-    let toks: Vec<XTok> = (0..n_tokens)
-        .map(|t| XTok {
+    let mut toks = [XTok {
+        xq: std::ptr::null(),
+        xc4: std::ptr::null(),
+        d32: std::ptr::null(),
+        xs16: std::ptr::null(),
+    }; 3];
+    for (t, xt) in toks.iter_mut().enumerate().take(n_tokens) {
+        *xt = XTok {
             xq: acts.xq[t * kp..].as_ptr(),
             xc4: acts.xc4[t * kp / 4..].as_ptr(),
             d32: acts.d32[t * n32..].as_ptr(),
-            xs16: acts.xs16[t * acts.g16..].as_ptr(),
-        })
-        .collect();
-    struct Toks(Vec<XTok>);
+            xs16: acts.xs16[t * g16..].as_ptr(),
+        };
+    }
+    struct Toks([XTok; 3]);
     // SAFETY: read-only pointers into `acts`, which outlives the `run` below.
     unsafe impl Sync for Toks {}
     let toks = Toks(toks);
+    let wp = w.as_ptr();
+    struct W(*const u8);
+    // SAFETY: read-only pointer into `w`, which outlives the `run` below.
+    unsafe impl Sync for W {}
+    let wp = W(wp);
     pool.run_dynamic(|_, _| {
         let toks = &toks;
+        let wp = &wp;
         loop {
             let c = next.fetch_add(1, Ordering::Relaxed);
             if c >= n_chunks {
                 break;
             }
-            for r in c * chunk..((c + 1) * chunk).min(n_out) {
-                let row = w[r * row_bytes..(r + 1) * row_bytes].as_ptr();
-                for (t, xt) in toks.0.iter().enumerate() {
-                    // SAFETY: AVX-512 VNNI detected (isa clamped); the row holds nb blocks; the
-                    // token arrays are padded by `QActs::reset`; (t, r) is inside y and row r
-                    // belongs to this chunk only.
-                    unsafe { *yp.get().add(t * n_out + r) = row_dot(ty, row, nb, *xt) };
+            for q in c * chunk..((c + 1) * chunk).min(n_quads) {
+                let r0 = 4 * q;
+                let nr = 4.min(n_out - r0);
+                // Missing rows of the last group repeat the group's last row (results dropped).
+                // SAFETY: every row index < n_out, so each pointer starts a whole row inside `w`.
+                let rows: [*const u8; 4] =
+                    std::array::from_fn(|i| unsafe { wp.0.add((r0 + i.min(nr - 1)) * row_bytes) });
+                // Stream the next group into L1 while this one computes: the block scales are
+                // gathered, and gathers that miss stall the whole group.
+                let next_end = ((r0 + 8).min(n_out)) * row_bytes;
+                let mut off = (r0 + 4) * row_bytes;
+                while off < next_end {
+                    // SAFETY: prefetch of an address inside `w` (a hint, never faults).
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(wp.0.add(off) as *const i8) };
+                    off += 64;
+                }
+                for (t, xt) in toks.0.iter().enumerate().take(n_tokens) {
+                    // SAFETY: AVX-512 VNNI detected (isa clamped); rows hold nb blocks; the token
+                    // arrays are padded by `QActs::reset`.
+                    let v = unsafe { rows_dot(ty, rows, nb, *xt) };
+                    for (i, &vi) in v.iter().enumerate().take(nr) {
+                        // SAFETY: (t, r0 + i) is inside y; these rows belong to this chunk only.
+                        unsafe { *yp.get().add(t * n_out + r0 + i) = vi };
+                    }
                 }
             }
         }
@@ -400,7 +473,17 @@ unsafe fn f16c_cvt(h: u16) -> f32 {
 /// `w` must hold `nr` unpacked rows, `x` `nt` quantized tokens, `y` must be writable at
 /// `t * ld + r` for t < nt, r < nr; `isa` must be supported by the CPU.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_tile(isa: Isa, wide: bool, kc: &Kc, w: WPtr, nr: usize, x: XPtr, nt: usize, y: YPtr) {
+unsafe fn run_tile(
+    isa: Isa,
+    wide: bool,
+    paired: bool,
+    kc: &Kc,
+    w: WPtr,
+    nr: usize,
+    x: XPtr,
+    nt: usize,
+    y: YPtr,
+) {
     macro_rules! by_t {
         ($f:ident, $r:literal, $wide:literal, $w:expr, $y:expr) => {
             match nt {
@@ -440,7 +523,22 @@ unsafe fn run_tile(isa: Isa, wide: bool, kc: &Kc, w: WPtr, nr: usize, x: XPtr, n
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => rows!(tile512, 4),
+        Isa::Avx512 => match (nt, wide, paired) {
+            (1, false, false) => tile512::<1, false, false>(kc, w, nr, x, y),
+            (2, false, false) => tile512::<2, false, false>(kc, w, nr, x, y),
+            (_, false, false) => tile512::<3, false, false>(kc, w, nr, x, y),
+            (1, true, false) => tile512::<1, true, false>(kc, w, nr, x, y),
+            (2, true, false) => tile512::<2, true, false>(kc, w, nr, x, y),
+            (_, true, false) => tile512::<3, true, false>(kc, w, nr, x, y),
+            (1, false, true) => tile512::<1, false, true>(kc, w, nr, x, y),
+            (2, false, true) => tile512::<2, false, true>(kc, w, nr, x, y),
+            (3, false, true) => tile512::<3, false, true>(kc, w, nr, x, y),
+            (_, false, true) => tile512::<4, false, true>(kc, w, nr, x, y),
+            (1, true, true) => tile512::<1, true, true>(kc, w, nr, x, y),
+            (2, true, true) => tile512::<2, true, true>(kc, w, nr, x, y),
+            (3, true, true) => tile512::<3, true, true>(kc, w, nr, x, y),
+            (_, true, true) => tile512::<4, true, true>(kc, w, nr, x, y),
+        },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => rows!(tile256, 2),
         _ => tile_scalar(kc, w, nr, x, nt, y, wide),
@@ -505,63 +603,84 @@ unsafe fn tile_scalar(kc: &Kc, w: WPtr, nr: usize, x: XPtr, nt: usize, y: YPtr, 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// AVX-512 VNNI tile: R rows x T tokens, 64 bytes per step (two canonical steps: the low and
-/// the high 256 bits are added to one 8-lane accumulator in that order).
+/// AVX-512 VNNI tile: 4 rows (two pairs) x T tokens, 32 elements per step: the low 256 bits of
+/// each vector belong to row 2p, the high ones to row 2p + 1, so each half is one canonical
+/// 8-lane accumulator. PAIRED: `w` in the interleaved layout (`interleave`, one 512-bit load per
+/// pair); else row-major (two 256-bit loads per pair, for decode where a tile is used once).
 ///
 /// # Safety
-/// As `run_tile`, and the CPU must support AVX-512 F/BW/VL/VNNI.
+/// As `run_tile` with `w` holding 4 rows (missing ones zero), and the CPU must support AVX-512
+/// F/BW/VL/VNNI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn tile512<const R: usize, const T: usize, const WIDE: bool>(
+unsafe fn tile512<const T: usize, const WIDE: bool, const PAIRED: bool>(
     kc: &Kc,
     w: WPtr,
+    nr: usize,
     x: XPtr,
     y: YPtr,
 ) {
     let kp = kc.kp;
     let kp4 = kp / 4;
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    let mut c = 0;
-    while c < kp {
-        let l = c / 4;
-        let mut wv = [_mm512_setzero_si512(); R];
-        let mut sv = [_mm512_setzero_ps(); R];
-        for r in 0..R {
-            wv[r] = _mm512_loadu_si512(w.u.add(r * kp + c) as *const _);
-            sv[r] = _mm512_loadu_ps(w.s4.add(r * kp4 + l));
+    let steps = kp / 32;
+    let mut acc = [[_mm512_setzero_ps(); T]; 2];
+    for st in 0..steps {
+        let mut wv = [_mm512_setzero_si512(); 2];
+        let mut sv = [_mm512_setzero_ps(); 2];
+        for p in 0..2 {
+            if PAIRED {
+                wv[p] = _mm512_loadu_si512(w.u.add((p * steps + st) * 64) as *const _);
+                sv[p] = _mm512_loadu_ps(w.s4.add((p * steps + st) * 16));
+            } else {
+                let (r0, r1) = (2 * p * kp + 32 * st, (2 * p + 1) * kp + 32 * st);
+                wv[p] = _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(w.u.add(r0) as *const __m256i)),
+                    _mm256_loadu_si256(w.u.add(r1) as *const __m256i),
+                );
+                sv[p] = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                    _mm512_castpd256_pd512(_mm256_loadu_pd(w.s4.add(r0 / 4) as *const f64)),
+                    _mm256_loadu_pd(w.s4.add(r1 / 4) as *const f64),
+                ));
+            }
         }
         for t in 0..T {
-            let xv = _mm512_loadu_si512(x.xq.add(t * kp + c) as *const _);
-            let dv = _mm512_loadu_ps(x.dx4.add(t * kp4 + l));
+            let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                x.xq.add(t * kp + 32 * st) as *const __m256i
+            ));
+            let dv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(
+                x.dx4.add(t * kp4 + 8 * st) as *const f64,
+            )));
             let init = if WIDE {
-                _mm512_loadu_si512(x.xc4.add(t * kp4 + l) as *const _)
+                _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    x.xc4.add(t * kp4 + 8 * st) as *const __m256i
+                ))
             } else {
                 _mm512_setzero_si512()
             };
-            for r in 0..R {
-                let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, wv[r], xv));
-                let sc = _mm512_mul_ps(sv[r], dv);
-                let a = _mm256_fmadd_ps(
-                    _mm512_castps512_ps256(f),
-                    _mm512_castps512_ps256(sc),
-                    acc[r][t],
-                );
-                acc[r][t] = _mm256_fmadd_ps(
-                    hi256(f),
-                    hi256(sc),
-                    a,
-                );
+            for p in 0..2 {
+                let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, wv[p], xv));
+                acc[p][t] = _mm512_fmadd_ps(f, _mm512_mul_ps(sv[p], dv), acc[p][t]);
             }
         }
-        c += 64;
     }
-    for r in 0..R {
+    for p in 0..2 {
         for t in 0..T {
-            let mut v = crate::simd::x86::hsum256(acc[r][t]);
-            if kc.bias {
-                v += bias512(w.b16.add(r * kc.g16), x.xs16.add(t * kc.g16), kc.g16);
+            for h in 0..2 {
+                let r = 2 * p + h;
+                if r >= nr {
+                    continue;
+                }
+                let a = if h == 0 {
+                    _mm512_castps512_ps256(acc[p][t])
+                } else {
+                    hi256(acc[p][t])
+                };
+                let mut v = crate::simd::x86::hsum256(a);
+                if kc.bias {
+                    v += bias512(w.b16.add(r * kc.g16), x.xs16.add(t * kc.g16), kc.g16);
+                }
+                *y.y.add(t * y.ld + r) = v;
             }
-            *y.y.add(t * y.ld + r) = v;
         }
     }
 }
