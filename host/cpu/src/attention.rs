@@ -14,7 +14,21 @@
 //! `h / (n_head / n_head_kv)`), `softmax(scale * q.k_p)` over the allowed keys p (causal:
 //! p <= q_pos; sliding window w: p > q_pos - w; optional tanh softcap on the logits) and the
 //! weighted sum of v_p. Work is split over (token, head) rows pulled in small chunks by the
-//! threads; K / V rows are converted from f16 in registers (F16C) as they are read.
+//! threads.
+//!
+//! Numerics are those of llama.cpp's non-flash CPU attention with an f16 cache, bit for bit:
+//! - q is rounded to f16 (the `vec_dot_type` of the F16 cache in `kq = mul_mat(k, q)`); the
+//!   softmax probabilities are rounded to f16 for `kqv = mul_mat(v, kq)`.
+//! - each f16 dot product (exact f32 products) is summed in the order of the kernel llama.cpp
+//!   runs: one token (`ggml_vec_dot_f16`, AVX-512): four 16-lane accumulators over steps of 64,
+//!   folded (a0 + a2) + (a1 + a3), then the 16-lane fold of `_mm512_reduce_add_ps`; more tokens
+//!   (llamafile tinyBLAS): one 16-lane accumulator over steps of 16, then the same 16-lane fold.
+//!   Lanes are aligned on key position 0 (llama.cpp's cache cells of the sequence).
+//! - softmax as `ggml_compute_forward_soft_max_f32`: scores times the scale, max, `ggml_v_expf`
+//!   (its polynomial, reproduced with `mul_add`) per 16 key positions, each block's 16-lane sum
+//!   added in f64, then the probabilities times `(float)(1.0 / sum)`.
+//! One portable body (`mul_add` is a correctly rounded fma everywhere) is compiled for AVX-512,
+//! AVX2 and the baseline, so every path gives the same bits.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -291,8 +305,16 @@ pub fn attention_isa(
     let n_chunks = n_items.div_ceil(chunk);
     let next = AtomicUsize::new(0);
     let op = SyncPtr(out.as_mut_ptr());
+    // llama.cpp runs tinyBLAS for the f16 attention matmuls when the batch has two or more
+    // tokens and the summed dimension is a multiple of 16 (and the output rows a multiple of 4),
+    // else `ggml_vec_dot_f16`; we follow it (module header).
+    let tiny = n_tokens >= 2;
+    let orders = (
+        if tiny && dk.is_multiple_of(16) { DotOrder::Tiny } else { DotOrder::VecDot },
+        if tiny && dv.is_multiple_of(4) { DotOrder::Tiny } else { DotOrder::VecDot },
+    );
     pool.run_dynamic(|_, _| {
-        let mut scores: Vec<f32> = Vec::new();
+        let mut bufs = RowBufs::default();
         loop {
             let c = next.fetch_add(1, Ordering::Relaxed);
             if c >= n_chunks {
@@ -315,7 +337,7 @@ pub fn attention_isa(
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(op.get().add((t * n_head + h) * dv), dv)
                 };
-                attn_row(isa, &ctx, h / group, qh, lo, hi, &mut scores, dst);
+                attn_row(isa, &ctx, h / group, qh, lo, hi, orders, &mut bufs, dst);
             }
         }
     });
@@ -344,6 +366,72 @@ impl RowCtx<'_> {
     }
 }
 
+/// Summation order of one f16 dot product (see the module header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DotOrder {
+    /// `ggml_vec_dot_f16`: accumulators a0..a3 (16 lanes) over steps of 64, leftovers in f64.
+    VecDot,
+    /// tinyBLAS: one 16-lane accumulator over steps of 16 (n a multiple of 16).
+    Tiny,
+}
+
+/// Scratch of one attention row.
+#[derive(Default)]
+struct RowBufs {
+    qf: Vec<f32>,
+    kr: Vec<f32>,
+    scores: Vec<f32>,
+    vb: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// `_mm512_reduce_add_ps` as GCC implements it: (hi8 + lo8), (hi4 + lo4), then (0+2) + (1+3).
+#[inline(always)]
+fn reduce16(a: &[f32; 16]) -> f32 {
+    let t: [f32; 8] = std::array::from_fn(|i| a[8 + i] + a[i]);
+    let s: [f32; 4] = std::array::from_fn(|i| t[4 + i] + t[i]);
+    (s[0] + s[2]) + (s[1] + s[3])
+}
+
+#[inline(always)]
+fn round_f16(x: f32) -> f32 {
+    f16_bits_to_f32(rocmforge_quant::f32_to_f16(x))
+}
+
+/// Dot product of `a` and `b` (f16 values held in f32, so every product is exact) in `order`.
+#[inline(always)]
+fn dot_f16(order: DotOrder, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    match order {
+        DotOrder::Tiny => {
+            let mut acc = [0f32; 16];
+            for l in (0..n).step_by(16) {
+                for i in 0..16 {
+                    acc[i] = a[l + i].mul_add(b[l + i], acc[i]);
+                }
+            }
+            reduce16(&acc)
+        }
+        DotOrder::VecDot => {
+            let np = n & !63;
+            let mut acc = [[0f32; 16]; 4];
+            for c in (0..np).step_by(64) {
+                for (j, aj) in acc.iter_mut().enumerate() {
+                    for i in 0..16 {
+                        aj[i] = a[c + 16 * j + i].mul_add(b[c + 16 * j + i], aj[i]);
+                    }
+                }
+            }
+            let x: [f32; 16] = std::array::from_fn(|i| (acc[0][i] + acc[2][i]) + (acc[1][i] + acc[3][i]));
+            let mut sum = reduce16(&x) as f64;
+            for i in np..n {
+                sum += (a[i] * b[i]) as f64;
+            }
+            sum as f32
+        }
+    }
+}
+
 /// One query row over keys lo..hi of KV head g: scores, softmax, weighted V sum into `out`.
 #[allow(clippy::too_many_arguments)]
 fn attn_row(
@@ -353,117 +441,151 @@ fn attn_row(
     q: &[f32],
     lo: usize,
     hi: usize,
-    scores: &mut Vec<f32>,
+    orders: (DotOrder, DotOrder),
+    bufs: &mut RowBufs,
     out: &mut [f32],
 ) {
-    let nk = hi.saturating_sub(lo);
-    scores.clear();
-    scores.resize(nk, 0.0);
-    out.fill(0.0);
-    if nk == 0 {
-        return;
-    }
     #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2 && c.dk.is_multiple_of(8) && c.dv.is_multiple_of(8) {
-        // SAFETY: AVX2/FMA/F16C detected (isa clamped); dims are multiples of 8; every position
-        // in lo..hi has a validated slot, so all K/V rows read are inside the cache.
-        unsafe { attn_row_avx2(c, g, q, lo, hi, scores, out) };
-        return;
-    }
-    let mut row = vec![0f32; c.dk.max(c.dv)];
-    for (j, p) in (lo..hi).enumerate() {
-        let base = (c.slot(p) * c.n_kv + g) * c.dk;
-        simd::f16_slice_to_f32(Isa::Scalar, &c.k[base..base + c.dk], &mut row[..c.dk]);
-        let mut s = simd::dot_f32(Isa::Scalar, q, &row[..c.dk]) * c.scale;
-        if let Some(cap) = c.softcap {
-            s = cap * (s / cap).tanh();
+    {
+        if isa >= Isa::Avx512 {
+            // SAFETY: AVX-512 F/BW/VL detected (isa clamped).
+            unsafe { attn_row_avx512(isa, c, g, q, lo, hi, orders, bufs, out) };
+            return;
         }
-        scores[j] = s;
+        if isa >= Isa::Avx2 {
+            // SAFETY: AVX2/FMA/F16C detected (isa clamped).
+            unsafe { attn_row_avx2(isa, c, g, q, lo, hi, orders, bufs, out) };
+            return;
+        }
     }
-    crate::ops::softmax_isa(Isa::Scalar, scores);
-    for (j, p) in (lo..hi).enumerate() {
-        let base = (c.slot(p) * c.n_kv + g) * c.dv;
-        simd::f16_slice_to_f32(Isa::Scalar, &c.v[base..base + c.dv], &mut row[..c.dv]);
-        simd::axpy(Isa::Scalar, scores[j], &row[..c.dv], out);
-    }
+    attn_row_body(isa, c, g, q, lo, hi, orders, bufs, out)
 }
 
-/// AVX2 twin of the scalar body of `attn_row`; f16 K/V converted in registers.
+/// `attn_row_body` compiled for AVX-512 (same bits, wider code).
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be available; dk and dv multiples of 8; slots of lo..hi valid.
+/// AVX-512 F/BW/VL, AVX2, FMA and F16C must be available.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attn_row_avx2(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attn_row_avx512(
+    isa: Isa,
     c: &RowCtx<'_>,
     g: usize,
     q: &[f32],
     lo: usize,
     hi: usize,
-    scores: &mut [f32],
+    orders: (DotOrder, DotOrder),
+    bufs: &mut RowBufs,
     out: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
-    let (kp, vp, qp, op) = (c.k.as_ptr(), c.v.as_ptr(), q.as_ptr(), out.as_mut_ptr());
-    let mut p = lo;
-    while p < hi {
-        // Walk one block at a time: its slots are contiguous.
-        let run = (c.bs - p % c.bs).min(hi - p);
-        let s0 = c.slot(p);
-        for i in 0..run {
-            let kr = kp.add(((s0 + i) * c.n_kv + g) * c.dk);
-            let mut a0 = _mm256_setzero_ps();
-            let mut a1 = _mm256_setzero_ps();
-            let mut d = 0;
-            while d + 16 <= c.dk {
-                a0 = _mm256_fmadd_ps(
-                    _mm256_cvtph_ps(_mm_loadu_si128(kr.add(d) as *const __m128i)),
-                    _mm256_loadu_ps(qp.add(d)),
-                    a0,
-                );
-                a1 = _mm256_fmadd_ps(
-                    _mm256_cvtph_ps(_mm_loadu_si128(kr.add(d + 8) as *const __m128i)),
-                    _mm256_loadu_ps(qp.add(d + 8)),
-                    a1,
-                );
-                d += 16;
-            }
-            if d < c.dk {
-                a0 = _mm256_fmadd_ps(
-                    _mm256_cvtph_ps(_mm_loadu_si128(kr.add(d) as *const __m128i)),
-                    _mm256_loadu_ps(qp.add(d)),
-                    a0,
-                );
-            }
-            let mut s = simd::x86::hsum256(_mm256_add_ps(a0, a1)) * c.scale;
-            if let Some(cap) = c.softcap {
-                s = cap * (s / cap).tanh();
-            }
-            *scores.get_unchecked_mut(p - lo + i) = s;
-        }
-        p += run;
+    attn_row_body(isa, c, g, q, lo, hi, orders, bufs, out)
+}
+
+/// `attn_row_body` compiled for AVX2 + FMA (same bits).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attn_row_avx2(
+    isa: Isa,
+    c: &RowCtx<'_>,
+    g: usize,
+    q: &[f32],
+    lo: usize,
+    hi: usize,
+    orders: (DotOrder, DotOrder),
+    bufs: &mut RowBufs,
+    out: &mut [f32],
+) {
+    attn_row_body(isa, c, g, q, lo, hi, orders, bufs, out)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attn_row_body(
+    isa: Isa,
+    c: &RowCtx<'_>,
+    g: usize,
+    q: &[f32],
+    lo: usize,
+    hi: usize,
+    (kq_order, kqv_order): (DotOrder, DotOrder),
+    b: &mut RowBufs,
+    out: &mut [f32],
+) {
+    let (dk, dv) = (c.dk, c.dv);
+    out.fill(0.0);
+    if hi <= lo {
+        return;
     }
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let sum = simd::x86::exp_shift_sum_avx2(scores.as_mut_ptr(), scores.len(), max);
-    let inv = 1.0 / sum;
-    let mut p = lo;
-    while p < hi {
-        let run = (c.bs - p % c.bs).min(hi - p);
-        let s0 = c.slot(p);
-        for i in 0..run {
-            let w = _mm256_set1_ps(*scores.get_unchecked(p - lo + i) * inv);
-            let vr = vp.add(((s0 + i) * c.n_kv + g) * c.dv);
-            let mut d = 0;
-            while d < c.dv {
-                let o = _mm256_fmadd_ps(
-                    w,
-                    _mm256_cvtph_ps(_mm_loadu_si128(vr.add(d) as *const __m128i)),
-                    _mm256_loadu_ps(op.add(d)),
-                );
-                _mm256_storeu_ps(op.add(d), o);
-                d += 8;
-            }
+    b.qf.resize(dk, 0.0);
+    for (o, &v) in b.qf.iter_mut().zip(q) {
+        *o = round_f16(v);
+    }
+    b.kr.resize(dk, 0.0);
+    // Scores over whole 16-position blocks (lanes aligned on position 0); outside lo..hi: 0.
+    let (blk0, blk1) = (lo / 16, (hi - 1) / 16 + 1);
+    let base = 16 * blk0;
+    b.scores.clear();
+    b.scores.resize(16 * (blk1 - blk0), 0.0);
+    let mut max = f32::NEG_INFINITY;
+    for p in lo..hi {
+        let kb = (c.slot(p) * c.n_kv + g) * dk;
+        simd::f16_slice_to_f32(isa, &c.k[kb..kb + dk], &mut b.kr);
+        let mut s = dot_f16(kq_order, &b.kr, &b.qf) * c.scale;
+        if let Some(cap) = c.softcap {
+            s = cap * (s / cap).tanh();
         }
-        p += run;
+        b.scores[p - base] = s;
+        max = max.max(s);
+    }
+    let mut sum = 0f64;
+    for blk in 0..blk1 - blk0 {
+        let e = <&mut [f32; 16]>::try_from(&mut b.scores[16 * blk..16 * blk + 16])
+            .unwrap_or_else(|_| unreachable!("16-element block"));
+        for (i, v) in e.iter_mut().enumerate() {
+            let p = base + 16 * blk + i;
+            *v = if p >= lo && p < hi { crate::simd::ggml_expf(*v - max) } else { 0.0 };
+        }
+        sum += reduce16(e) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in b.scores.iter_mut() {
+        *v = round_f16(*v * inv);
+    }
+    // Weighted V sum, per output element d a dot over key positions in `kqv_order`:
+    // acc[a][lane][d], a = accumulator (VecDot: (position % 64) / 16; Tiny: 0), lane = position % 16.
+    let n_acc = if kqv_order == DotOrder::VecDot { 4 } else { 1 };
+    b.acc.clear();
+    b.acc.resize(n_acc * 16 * dv, 0.0);
+    b.vb.resize(dv, 0.0);
+    for p in lo..hi {
+        let pw = b.scores[p - base];
+        if pw == 0.0 {
+            // fma(v, 0, acc) = acc: skipping is exact.
+            continue;
+        }
+        let vbase = (c.slot(p) * c.n_kv + g) * dv;
+        simd::f16_slice_to_f32(isa, &c.v[vbase..vbase + dv], &mut b.vb);
+        let a = if n_acc == 4 { (p % 64) / 16 } else { 0 };
+        let row = &mut b.acc[(a * 16 + p % 16) * dv..(a * 16 + p % 16 + 1) * dv];
+        for (o, &v) in row.iter_mut().zip(&b.vb) {
+            *o = v.mul_add(pw, *o);
+        }
+    }
+    // Fold: VecDot (a0 + a2) + (a1 + a3) per lane, then the 16-lane `reduce16` per d.
+    let lane = |b: &RowBufs, a: usize, l: usize, d: usize| b.acc[(a * 16 + l) * dv + d];
+    for (d, o) in out.iter_mut().enumerate() {
+        let x: [f32; 16] = std::array::from_fn(|l| {
+            if n_acc == 4 {
+                (lane(b, 0, l, d) + lane(b, 2, l, d)) + (lane(b, 1, l, d) + lane(b, 3, l, d))
+            } else {
+                lane(b, 0, l, d)
+            }
+        });
+        *o = reduce16(&x);
     }
 }

@@ -191,30 +191,52 @@ pub fn rope(
         );
     }
     let mut cache = vec![0f32; n_dims];
-    let half = n_dims / 2;
     for t in 0..n_tokens {
         rope_cache(positions[t] as f32, p, &mut cache);
-        for h in 0..n_head {
-            let v = &mut x[(t * n_head + h) * head_dim..(t * n_head + h + 1) * head_dim];
-            for i0 in (0..n_dims).step_by(2) {
-                let (c, s) = (cache[i0], cache[i0 + 1]);
-                let (a, b) = if p.neox {
-                    (i0 / 2, i0 / 2 + half)
-                } else {
-                    (i0, i0 + 1)
-                };
-                let (x0, x1) = (v[a], v[b]);
-                v[a] = x0 * c - x1 * s;
-                v[b] = x0 * s + x1 * c;
-            }
+        let xt = &mut x[t * n_head * head_dim..(t + 1) * n_head * head_dim];
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect() >= Isa::Avx2 {
+            // SAFETY: AVX2/FMA detected.
+            unsafe { rotate_fma(xt, n_head, head_dim, &cache, p.neox) };
+            continue;
+        }
+        rotate(xt, n_head, head_dim, &cache, p.neox);
+    }
+}
+
+/// Rotate the pairs of every head of one token. The arithmetic is ggml's `rotate_pairs` as GCC
+/// contracts it in llama.cpp's x86 build (checked against its output bit for bit):
+/// `x0' = fma(x0, cos, -(x1 * sin))`, `x1' = fma(x0, sin, x1 * cos)`.
+#[inline(always)]
+fn rotate(x: &mut [f32], n_head: usize, head_dim: usize, cache: &[f32], neox: bool) {
+    let n_dims = cache.len();
+    let half = n_dims / 2;
+    for v in x.chunks_exact_mut(head_dim).take(n_head) {
+        for i0 in (0..n_dims).step_by(2) {
+            let (c, s) = (cache[i0], cache[i0 + 1]);
+            let (a, b) = if neox {
+                (i0 / 2, i0 / 2 + half)
+            } else {
+                (i0, i0 + 1)
+            };
+            let (x0, x1) = (v[a], v[b]);
+            v[a] = x0.mul_add(c, -(x1 * s));
+            v[b] = x0.mul_add(s, x1 * c);
         }
     }
+}
+
+/// `rotate` with hardware FMA (`mul_add` is otherwise a libm call).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rotate_fma(x: &mut [f32], n_head: usize, head_dim: usize, cache: &[f32], neox: bool) {
+    rotate(x, n_head, head_dim, cache, neox)
 }
 
 /// SiLU: `out = x * sigmoid(x)`.
 pub fn silu(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "silu: lengths");
-    simd::silu_mul(Isa::detect(), x, None, out);
+    simd::silu_ggml(Isa::detect(), x, None, out);
 }
 
 /// GELU, tanh approximation (ggml's `ggml_gelu`).
@@ -237,7 +259,7 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
         gate.len() == up.len() && gate.len() == out.len(),
         "swiglu: lengths"
     );
-    simd::silu_mul(Isa::detect(), gate, Some(up), out);
+    simd::silu_ggml(Isa::detect(), gate, Some(up), out);
 }
 
 /// GEGLU: `out = gelu(gate) * up` (tanh approximation).

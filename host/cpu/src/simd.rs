@@ -163,37 +163,6 @@ pub(crate) fn f16_slice_to_f32(isa: Isa, src: &[u16], dst: &mut [f32]) {
     }
 }
 
-/// `sum a[i] * b[i]` over f32 slices of equal length.
-pub(crate) fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    #[cfg(target_arch = "x86_64")]
-    if isa.clamp() >= Isa::Avx2 {
-        // SAFETY: features detected; both pointers valid for `n` floats.
-        return unsafe { x86::dot_f32_avx2(a.as_ptr(), b.as_ptr(), n) };
-    }
-    let _ = isa;
-    let mut acc = [0f32; 8];
-    for i in 0..n {
-        acc[i % 8] += a[i] * b[i];
-    }
-    acc.iter().sum()
-}
-
-/// `y[i] += a * x[i]`.
-pub(crate) fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    #[cfg(target_arch = "x86_64")]
-    if isa.clamp() >= Isa::Avx2 {
-        // SAFETY: features detected; both pointers valid for `n` floats.
-        unsafe { x86::axpy_avx2(a, x.as_ptr(), y.as_mut_ptr(), n) };
-        return;
-    }
-    let _ = isa;
-    for i in 0..n {
-        y[i] += a * x[i];
-    }
-}
-
 /// In place `v[i] = exp(v[i] - shift)`, returning the sum of the results.
 pub(crate) fn exp_shift_sum(isa: Isa, v: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -208,30 +177,6 @@ pub(crate) fn exp_shift_sum(isa: Isa, v: &mut [f32], shift: f32) -> f32 {
         s += *e;
     }
     s
-}
-
-/// `out[i] = f(x[i])` where `f(v) = v * sigmoid(v)` (SiLU), optionally times `mul[i]` (SwiGLU).
-pub(crate) fn silu_mul(isa: Isa, x: &[f32], mul: Option<&[f32]>, out: &mut [f32]) {
-    let n = x.len().min(out.len());
-    #[cfg(target_arch = "x86_64")]
-    if isa.clamp() >= Isa::Avx2 {
-        let mp = mul.map(|m| {
-            assert!(m.len() >= n);
-            m.as_ptr()
-        });
-        // SAFETY: features detected; all pointers valid for `n` floats (checked above).
-        unsafe { x86::silu_mul_avx2(x.as_ptr(), mp, out.as_mut_ptr(), n) };
-        return;
-    }
-    let _ = isa;
-    for i in 0..n {
-        let v = x[i];
-        let s = v / (1.0 + (-v).exp());
-        out[i] = match mul {
-            Some(m) => s * m[i],
-            None => s,
-        };
-    }
 }
 
 /// ggml's tanh-approximation GELU, optionally times `mul[i]` (GEGLU).
@@ -255,6 +200,105 @@ pub(crate) fn gelu_mul(isa: Isa, x: &[f32], mul: Option<&[f32]>, out: &mut [f32]
             None => g,
         };
     }
+}
+
+/// `ggml_v_expf` (ggml-cpu `vec.h`, AVX-512 version) for one lane, bit for bit: the same fmas,
+/// and `_mm512_scalef_ps(j, n)` as two exact power-of-two factors (|n| <= 192 splits into halves
+/// of at most 96; only the last multiply rounds, as scalef does). Branch-free so loops over it
+/// vectorise.
+#[inline(always)]
+pub(crate) fn ggml_expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4B40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3FB8_AA3B), r); // 0x1.715476p+0
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35BF_BE8E), // 0x1.7f7d1cp-20
+        (-n).mul_add(f32::from_bits(0x3F31_7200), x), // 0x1.62e4p-1
+    );
+    let u = b * b;
+    let j = f32::from_bits(0x3C07_2010) // 0x1.0e4020p-7
+        .mul_add(b, f32::from_bits(0x3D2B_9F17)) // 0x1.573e2ep-5
+        .mul_add(
+            u,
+            // 0x1.555e66p-3, 0x1.fffdb6p-2
+            f32::from_bits(0x3E2A_AF33).mul_add(b, f32::from_bits(0x3EFF_FEDB)),
+        )
+        .mul_add(u, f32::from_bits(0x3F7F_FFF6).mul_add(b, 1.0)); // 0x1.ffffecp-1
+    let e = n as i32; // saturating; only used where |n| <= 192
+    let e1 = e >> 1;
+    let e2 = e - e1;
+    let pow2 = |k: i32| f32::from_bits(((k.clamp(-126, 127) + 127) as u32) << 23);
+    let res = (j * pow2(e1)) * pow2(e2);
+    if n.abs() > 192.0 {
+        if n <= 0.0 {
+            0.0
+        } else {
+            f32::INFINITY
+        }
+    } else {
+        res
+    }
+}
+
+/// ggml's x86 `ggml_vec_silu_f32` / `ggml_vec_swiglu_f32` (AVX-512 build), bit for bit: blocks
+/// of 16 use `ggml_v_silu` = x / (1 + ggml_v_expf(0 - x)), the remainder `x / (1 + expf(-x))`
+/// with libm's expf; SwiGLU multiplies by `mul` last.
+#[inline(always)]
+fn silu_ggml_body(x: &[f32], mul: Option<&[f32]>, out: &mut [f32]) {
+    let n = x.len().min(out.len());
+    let nv = n & !15;
+    for i in 0..nv {
+        let v = x[i];
+        let s = v / (1.0 + ggml_expf(0.0 - v));
+        out[i] = match mul {
+            Some(m) => s * m[i],
+            None => s,
+        };
+    }
+    for i in nv..n {
+        let v = x[i];
+        let s = v / (1.0 + (-v).exp());
+        out[i] = match mul {
+            Some(m) => s * m[i],
+            None => s,
+        };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn silu_ggml_avx512(x: &[f32], mul: Option<&[f32]>, out: &mut [f32]) {
+    silu_ggml_body(x, mul, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_ggml_avx2(x: &[f32], mul: Option<&[f32]>, out: &mut [f32]) {
+    silu_ggml_body(x, mul, out)
+}
+
+/// SiLU (optionally times `mul`: SwiGLU) exactly as llama.cpp's x86 CPU backend computes it;
+/// every ISA level gives the same bits.
+pub(crate) fn silu_ggml(isa: Isa, x: &[f32], mul: Option<&[f32]>, out: &mut [f32]) {
+    if let Some(m) = mul {
+        assert!(m.len() >= x.len().min(out.len()));
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let isa = isa.clamp();
+        if isa >= Isa::Avx512 {
+            // SAFETY: AVX-512 F/BW/VL detected.
+            unsafe { silu_ggml_avx512(x, mul, out) };
+            return;
+        }
+        if isa >= Isa::Avx2 {
+            // SAFETY: AVX2/FMA detected.
+            unsafe { silu_ggml_avx2(x, mul, out) };
+            return;
+        }
+    }
+    let _ = isa;
+    silu_ggml_body(x, mul, out)
 }
 
 pub(crate) const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -348,51 +392,6 @@ pub(crate) mod x86 {
         }
     }
 
-    /// # Safety
-    /// AVX2 and FMA must be available; both pointers valid for `n` floats.
-    #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn dot_f32_avx2(a: *const f32, b: *const f32, n: usize) -> f32 {
-        let mut a0 = _mm256_setzero_ps();
-        let mut a1 = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), a0);
-            a1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.add(i + 8)),
-                _mm256_loadu_ps(b.add(i + 8)),
-                a1,
-            );
-            i += 16;
-        }
-        if i + 8 <= n {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), a0);
-            i += 8;
-        }
-        let mut s = hsum256(_mm256_add_ps(a0, a1));
-        while i < n {
-            s += *a.add(i) * *b.add(i);
-            i += 1;
-        }
-        s
-    }
-
-    /// # Safety
-    /// AVX2 and FMA must be available; both pointers valid for `n` floats.
-    #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn axpy_avx2(a: f32, x: *const f32, y: *mut f32, n: usize) {
-        let av = _mm256_set1_ps(a);
-        let mut i = 0;
-        while i + 8 <= n {
-            let r = _mm256_fmadd_ps(av, _mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(y.add(i)));
-            _mm256_storeu_ps(y.add(i), r);
-            i += 8;
-        }
-        while i < n {
-            *y.add(i) += a * *x.add(i);
-            i += 1;
-        }
-    }
-
     /// exp(x) for 8 lanes; relative error < 3e-7 on [-87, 88]; below -87.33 the result is 0.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -447,38 +446,6 @@ pub(crate) mod x86 {
             i += 1;
         }
         s
-    }
-
-    /// # Safety
-    /// AVX2 and FMA must be available; pointers valid for `n` floats.
-    #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn silu_mul_avx2(
-        x: *const f32,
-        mul: Option<*const f32>,
-        out: *mut f32,
-        n: usize,
-    ) {
-        let one = _mm256_set1_ps(1.0);
-        let mut i = 0;
-        while i + 8 <= n {
-            let v = _mm256_loadu_ps(x.add(i));
-            let e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), v));
-            let mut s = _mm256_div_ps(v, _mm256_add_ps(one, e));
-            if let Some(m) = mul {
-                s = _mm256_mul_ps(s, _mm256_loadu_ps(m.add(i)));
-            }
-            _mm256_storeu_ps(out.add(i), s);
-            i += 8;
-        }
-        while i < n {
-            let v = *x.add(i);
-            let mut s = v / (1.0 + (-v).exp());
-            if let Some(m) = mul {
-                s *= *m.add(i);
-            }
-            *out.add(i) = s;
-            i += 1;
-        }
     }
 
     /// # Safety
