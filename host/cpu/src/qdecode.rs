@@ -101,7 +101,8 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
     let flip = _mm256_set1_epi8(-128);
     let lut = _mm512_loadu_si512(IQ4_LUT.as_ptr() as *const _);
     let mut acc = [_mm512_setzero_ps(); 2];
-    let mut accm = [_mm512_setzero_ps(); 4];
+    // Q4_1 minimum term, llama.cpp's order: one sequential fma per block and row.
+    let mut summ = [0f32; 4];
     let mut b0 = 0;
     while b0 < nb {
         let ng = 16.min(nb - b0);
@@ -118,17 +119,13 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
             );
             scale[r] = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)), xd);
             if TY == 1 {
-                // Bias entry j = 2b holds m_b (odd entries are 0 on both sides): spread 8
-                // blocks' minima over the even lanes of one 16-entry step, as the tile kernels
-                // see them.
-                let mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
-                let lo = _mm512_maskz_expand_ps(0x5555, mw);
-                accm[r] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x.xs16.add(2 * b0)), accm[r]);
-                if ng > 8 {
-                    let up = _mm512_shuffle_f32x4::<0b11_10_11_10>(mw, mw);
-                    let hi = _mm512_maskz_expand_ps(0x5555, up);
-                    accm[r] =
-                        _mm512_fmadd_ps(hi, _mm512_loadu_ps(x.xs16.add(2 * b0 + 16)), accm[r]);
+                let mut mw = [0f32; 16];
+                _mm512_storeu_ps(
+                    mw.as_mut_ptr(),
+                    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))),
+                );
+                for (i, &m) in mw.iter().enumerate().take(ng) {
+                    summ[r] = m.mul_add(*x.xs16.add(2 * (b0 + i)), summ[r]);
                 }
             }
         }
@@ -188,10 +185,7 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
         };
         out[r] = crate::simd::x86::hsum256(half);
         if TY == 1 {
-            out[r] += crate::simd::x86::hsum256(_mm256_add_ps(
-                _mm512_castps512_ps256(accm[r]),
-                crate::qmatmul::hi256(accm[r]),
-            ));
+            out[r] += summ[r];
         }
     }
     out

@@ -13,8 +13,9 @@
 //! `l = c/4 + j` to accumulator j as `acc[j] = fma(I, S * dx, acc[j])`; then `hsum8` =
 //! `((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7))`. This is llama.cpp's x86 `ggml_vec_dot_q8_0_q8_0`
 //! (and q4_0, q4_1, q5_0, iq4_nl) order, so for those types one output equals llama.cpp's up to
-//! the Q4_1 minimum term. The bias sum (types with a minimum) uses sixteen accumulators over j
-//! (`bias_acc[j % 16] = fma(B, xs, ..)`), folded as `hsum8(lo + hi)`, added last.
+//! the Q4_1 minimum term. The bias sum (types with a minimum), added last: Q4_1 / Q5_1 as
+//! llama.cpp, one sequential `fma(m_b, s_b, sum)` per block (entries j = 2b); K-quants sixteen
+//! accumulators over j (`bias_acc[j % 16] = fma(B, xs, ..)`), folded as `hsum8(lo + hi)`.
 //!
 //! Kernels: AVX-512 VNNI (`vpdpbusd`, 64 bytes, 4 rows x 4 tokens), AVX2 (`vpmaddubsw` +
 //! `vpmaddwd`, 32 bytes, 2 rows x 4 tokens; wide types via the sign trick) and a scalar twin.
@@ -74,6 +75,8 @@ struct Kc {
     kp: usize,
     g16: usize,
     bias: bool,
+    /// Bias summed block by block in sequence (Q4_1 / Q5_1, see the module header).
+    seq_bias: bool,
 }
 
 /// Row 0 of an unpacked tile (row strides kp, kp/4, g16).
@@ -173,6 +176,7 @@ fn qmatmul_with(
         kp,
         g16,
         bias: has_bias(ty),
+        seq_bias: act_format(ty) == ActFormat::Q8_1,
     };
     let wide = is_wide(ty);
     let n_tiles = n_out.div_ceil(ROW_TILE);
@@ -563,6 +567,20 @@ pub(crate) fn bias_scalar(b: &[f32], xs: &[f32], n: usize) -> f32 {
     hsum8(std::array::from_fn(|i| acc[i] + acc[i + 8]))
 }
 
+/// llama.cpp's Q4_1 / Q5_1 minimum term: `sum = fma(m_b, s_b, sum)` for blocks b in order
+/// (entries 2b of the per-16 arrays; odd entries are 0).
+///
+/// # Safety
+/// `b` and `xs` valid for `2 * nb` floats.
+#[inline(always)]
+pub(crate) unsafe fn bias_seq(b: *const f32, xs: *const f32, nb: usize) -> f32 {
+    let mut sum = 0f32;
+    for blk in 0..nb {
+        sum = (*b.add(2 * blk)).mul_add(*xs.add(2 * blk), sum);
+    }
+    sum
+}
+
 /// The portable kernel (also the oracle the SIMD kernels are tested against, bit for bit).
 /// `mul_add` is a correctly rounded fma on every target, as the SIMD kernels' `vfmadd`.
 ///
@@ -592,7 +610,9 @@ unsafe fn tile_scalar(kc: &Kc, w: WPtr, nr: usize, x: XPtr, nt: usize, y: YPtr, 
                 }
             }
             let mut v = hsum8(acc);
-            if kc.bias {
+            if kc.seq_bias {
+                v += bias_seq(b16.as_ptr(), xs16.as_ptr(), kp / 32);
+            } else if kc.bias {
                 v += bias_scalar(b16, xs16, g16);
             }
             *y.y.add(t * y.ld + r) = v;
@@ -676,7 +696,9 @@ unsafe fn tile512<const T: usize, const WIDE: bool, const PAIRED: bool>(
                     hi256(acc[p][t])
                 };
                 let mut v = crate::simd::x86::hsum256(a);
-                if kc.bias {
+                if kc.seq_bias {
+                    v += bias_seq(w.b16.add(r * kc.g16), x.xs16.add(t * kc.g16), kp / 32);
+                } else if kc.bias {
                     v += bias512(w.b16.add(r * kc.g16), x.xs16.add(t * kc.g16), kc.g16);
                 }
                 *y.y.add(t * y.ld + r) = v;
@@ -767,7 +789,9 @@ unsafe fn tile256<const R: usize, const T: usize, const WIDE: bool>(
     for r in 0..R {
         for t in 0..T {
             let mut v = crate::simd::x86::hsum256(acc[r][t]);
-            if kc.bias {
+            if kc.seq_bias {
+                v += bias_seq(w.b16.add(r * kc.g16), x.xs16.add(t * kc.g16), kp / 32);
+            } else if kc.bias {
                 let b = w.b16.add(r * kc.g16);
                 let s = x.xs16.add(t * kc.g16);
                 let mut lo = _mm256_setzero_ps();
