@@ -4,16 +4,32 @@
 //!
 //! References: `tests/fixtures/*.greedy.json`, produced by `scripts/fixtures/llama_cpp_greedy.py`
 //! (llama-cpp-python 0.3.36, CPU); the command is recorded inside each fixture.
+//!
+//! Bounds. The CPU backend reproduces llama.cpp's x86 arithmetic bit for bit for F32-activation
+//! ops, attention, Q8_0/Q8_1 activations and the Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 dot products, so the
+//! Q4_1 and Q8_0 models give llama.cpp's logits exactly (bound `EXACT`, a float-printing margin).
+//! K-quant dot products are summed in another order than llama.cpp's kernels (ulp-level
+//! differences), and 8-bit activations turn any 1-ulp difference into visible noise: an activation
+//! that lands on the other side of a rounding step moves by a whole quantization step. Perturbing
+//! one exact model's Q8_0 matmuls by 1 ulp gives the same 0.1-1.1 logit noise, so `KQUANT_NOISE`
+//! bounds that noise rather than a systematic error. F16 uses llama.cpp's f16 activations but
+//! another dense summation order (continuous, no amplification).
 
 mod common;
 
 use common::{check, model, repo};
 
 #[test]
-#[ignore = "our activation quantization (one f32 scale per 32) differs from llama.cpp's Q8_0/Q8_1 (f16 scales) and Q8_K (per 256), moving logits by up to ~1; see issue 3"]
 fn smollm2_q4_1_greedy_matches_llama_cpp() {
-    check(&model("SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2-q4_1.greedy.json", 1.0);
+    check(&model("SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2-q4_1.greedy.json", EXACT);
 }
+
+/// Logit bound for models whose arithmetic is llama.cpp's bit for bit (measured: 0).
+const EXACT: f32 = 1e-4;
+/// Dense F16 (measured max 0.035).
+const DENSE: f32 = 0.05;
+/// K-quant models (measured max 1.3, median 0.15; see the module header).
+const KQUANT_NOISE: f32 = 2.0;
 
 fn sha256_hex(path: &std::path::Path) -> String {
     use sha2::Digest;
@@ -25,7 +41,7 @@ fn sha256_hex(path: &std::path::Path) -> String {
 
 /// The same prompts through SmolLM2 re-quantized by `rocmforge quantize`: the file must be
 /// byte-identical to the one llama.cpp produced the reference with, then decode like llama.cpp.
-fn requantized(ty: &str) {
+fn requantized(ty: &str, max_logit_diff: f32) {
     let fixture = format!("smollm2-{}.greedy.json", ty.to_lowercase());
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(repo().join("tests/fixtures").join(&fixture)).unwrap()).unwrap();
     let dir = std::env::temp_dir().join(format!("rf-requant-{}-{ty}", std::process::id()));
@@ -37,29 +53,26 @@ fn requantized(ty: &str) {
         .unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     assert_eq!(sha256_hex(&out), j["model_sha256"].as_str().unwrap(), "{ty}: our quantized file differs from the one llama.cpp ran");
-    check(&out, &fixture, 1.0);
+    check(&out, &fixture, max_logit_diff);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
-#[ignore = "our activation quantization (one f32 scale per 32) differs from llama.cpp's Q8_0/Q8_1 (f16 scales) and Q8_K (per 256), moving logits by up to ~1; see issue 3"]
 fn smollm2_requantized_q8_0() {
-    requantized("Q8_0");
+    requantized("Q8_0", EXACT);
 }
 
 #[test]
-#[ignore = "our activation quantization (one f32 scale per 32) differs from llama.cpp's Q8_0/Q8_1 (f16 scales) and Q8_K (per 256), moving logits by up to ~1; see issue 3"]
 fn smollm2_requantized_q4_k_m() {
-    requantized("Q4_K_M");
+    requantized("Q4_K_M", KQUANT_NOISE);
 }
 
 #[test]
-#[ignore = "our activation quantization (one f32 scale per 32) differs from llama.cpp's Q8_0/Q8_1 (f16 scales) and Q8_K (per 256), moving logits by up to ~1; see issue 3"]
 fn smollm2_requantized_q6_k() {
-    requantized("Q6_K");
+    requantized("Q6_K", KQUANT_NOISE);
 }
 
 #[test]
 fn smollm2_requantized_f16() {
-    requantized("F16");
+    requantized("F16", DENSE);
 }
