@@ -169,6 +169,9 @@ pub(crate) struct QActs {
     pub xc4: Vec<i32>,
     pub n32: usize,
     pub d32: Vec<f32>,
+    /// The input and format these buffers were filled from (`holds`).
+    src: Vec<f32>,
+    src_key: Option<(ActFormat, usize)>,
 }
 
 pub(crate) fn padded_k(k: usize) -> usize {
@@ -180,8 +183,27 @@ pub(crate) fn padded_g16(kp: usize) -> usize {
 }
 
 impl QActs {
+    /// True if the buffers already hold `x` (all tokens, row length `k`) in format `fmt`.
+    pub fn holds(&self, fmt: ActFormat, k: usize, x: &[f32]) -> bool {
+        self.src_key == Some((fmt, k))
+            && self.src.len() == x.len()
+            && self
+                .src
+                .iter()
+                .zip(x)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+
+    /// Record the input the buffers were just filled from.
+    pub fn remember(&mut self, fmt: ActFormat, k: usize, x: &[f32]) {
+        self.src.clear();
+        self.src.extend_from_slice(x);
+        self.src_key = Some((fmt, k));
+    }
+
     /// Size the buffers for `n_tokens` rows of `k` elements (contents are overwritten later).
     pub fn reset(&mut self, k: usize, n_tokens: usize) {
+        self.src_key = None;
         self.kp = padded_k(k);
         self.g16 = padded_g16(self.kp);
         self.xq.resize(n_tokens * self.kp, 0);

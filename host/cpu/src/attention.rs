@@ -447,6 +447,12 @@ fn attn_row(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
+        if isa >= Isa::Avx512 && c.dk.is_multiple_of(64) && c.dv.is_multiple_of(16) {
+            // SAFETY: AVX-512 F/BW/VL detected (isa clamped); dims checked; every position in
+            // lo..hi has a validated slot.
+            unsafe { attn_row_512(c, g, q, lo, hi, orders, bufs, out) };
+            return;
+        }
         if isa >= Isa::Avx512 {
             // SAFETY: AVX-512 F/BW/VL detected (isa clamped).
             unsafe { attn_row_avx512(isa, c, g, q, lo, hi, orders, bufs, out) };
@@ -459,6 +465,175 @@ fn attn_row(
         }
     }
     attn_row_body(isa, c, g, q, lo, hi, orders, bufs, out)
+}
+
+/// `_mm512_reduce_add_ps` as GCC expands it (see `reduce16`), spelled out.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn reduce16_512(v: std::arch::x86_64::__m512) -> f32 {
+    use std::arch::x86_64::*;
+    let t = _mm256_add_ps(crate::qmatmul::hi256(v), _mm512_castps512_ps256(v));
+    let s = _mm_add_ps(_mm256_extractf128_ps::<1>(t), _mm256_castps256_ps128(t));
+    let u = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)))
+}
+
+/// `ggml_v_expf` on 16 lanes (the same operations as `simd::ggml_expf`, which is its lane-wise
+/// twin).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn expf_512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let c = |b: u32| _mm512_set1_ps(f32::from_bits(b));
+    let r = c(0x4B40_0000);
+    let z = _mm512_fmadd_ps(x, c(0x3FB8_AA3B), r);
+    let n = _mm512_sub_ps(z, r);
+    let b = _mm512_fnmadd_ps(n, c(0x35BF_BE8E), _mm512_fnmadd_ps(n, c(0x3F31_7200), x));
+    let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+    let u = _mm512_mul_ps(b, b);
+    let j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(
+            _mm512_fmadd_ps(c(0x3C07_2010), b, c(0x3D2B_9F17)),
+            u,
+            _mm512_fmadd_ps(c(0x3E2A_AF33), b, c(0x3EFF_FEDB)),
+        ),
+        u,
+        _mm512_fmadd_ps(c(0x3F7F_FFF6), b, _mm512_set1_ps(1.0)),
+    );
+    let res = _mm512_scalef_ps(j, n);
+    if big == 0 {
+        return res;
+    }
+    let le0 = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
+    let alt = _mm512_mask_blend_ps(le0, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
+    _mm512_mask_blend_ps(big, res, alt)
+}
+
+/// The AVX-512 row for dk % 64 == 0, dv % 16 == 0: `attn_row_body`'s arithmetic, one 16-lane
+/// accumulator per zmm (bit-identical; the portable body is the reference in the tests).
+///
+/// # Safety
+/// AVX-512 F/BW/VL, FMA and F16C must be available; dims as above; slots of lo..hi valid.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attn_row_512(
+    c: &RowCtx<'_>,
+    g: usize,
+    q: &[f32],
+    lo: usize,
+    hi: usize,
+    (kq_order, kqv_order): (DotOrder, DotOrder),
+    b: &mut RowBufs,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    let (dk, dv) = (c.dk, c.dv);
+    if hi <= lo {
+        out.fill(0.0);
+        return;
+    }
+    let r16 = |v: __m512| _mm512_cvtph_ps(_mm512_cvtps_ph::<RNE>(v));
+    b.qf.resize(dk, 0.0);
+    let qf = b.qf.as_mut_ptr();
+    for i in (0..dk).step_by(16) {
+        _mm512_storeu_ps(qf.add(i), r16(_mm512_loadu_ps(q.as_ptr().add(i))));
+    }
+    let ldh = |p: *const u16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+    let (blk0, blk1) = (lo / 16, (hi - 1) / 16 + 1);
+    let base = 16 * blk0;
+    b.scores.clear();
+    b.scores.resize(16 * (blk1 - blk0), 0.0);
+    let sc = b.scores.as_mut_ptr();
+    let mut max = f32::NEG_INFINITY;
+    for p in lo..hi {
+        let kr = c.k.as_ptr().add((c.slot(p) * c.n_kv + g) * dk);
+        let s = match kq_order {
+            DotOrder::VecDot => {
+                let mut acc = [_mm512_setzero_ps(); 4];
+                for c0 in (0..dk).step_by(64) {
+                    for (a, acc) in acc.iter_mut().enumerate() {
+                        let o = c0 + 16 * a;
+                        *acc = _mm512_fmadd_ps(ldh(kr.add(o)), _mm512_loadu_ps(qf.add(o)), *acc);
+                    }
+                }
+                reduce16_512(_mm512_add_ps(
+                    _mm512_add_ps(acc[0], acc[2]),
+                    _mm512_add_ps(acc[1], acc[3]),
+                ))
+            }
+            DotOrder::Tiny => {
+                let mut acc = _mm512_setzero_ps();
+                for l in (0..dk).step_by(16) {
+                    acc = _mm512_fmadd_ps(ldh(kr.add(l)), _mm512_loadu_ps(qf.add(l)), acc);
+                }
+                reduce16_512(acc)
+            }
+        };
+        let mut s = s * c.scale;
+        if let Some(cap) = c.softcap {
+            s = cap * (s / cap).tanh();
+        }
+        *sc.add(p - base) = s;
+        max = max.max(s);
+    }
+    let mut sum = 0f64;
+    let mx = _mm512_set1_ps(max);
+    for blk in 0..blk1 - blk0 {
+        let p0 = base + 16 * blk;
+        // Lanes outside lo..hi are masked keys: exactly 0.
+        let first = lo.saturating_sub(p0).min(16);
+        let last = (hi - p0).min(16);
+        let mask: __mmask16 = (((1u32 << last) - 1) & !((1u32 << first) - 1)) as u16;
+        let e = _mm512_maskz_mov_ps(mask, expf_512(_mm512_sub_ps(_mm512_loadu_ps(sc.add(16 * blk)), mx)));
+        _mm512_storeu_ps(sc.add(16 * blk), e);
+        sum += reduce16_512(e) as f64;
+    }
+    let inv = _mm512_set1_ps((1.0 / sum) as f32);
+    for blk in 0..blk1 - blk0 {
+        let v = _mm512_loadu_ps(sc.add(16 * blk));
+        _mm512_storeu_ps(sc.add(16 * blk), r16(_mm512_mul_ps(v, inv)));
+    }
+    let n_acc = if kqv_order == DotOrder::VecDot { 4 } else { 1 };
+    b.acc.clear();
+    b.acc.resize(n_acc * 16 * dv, 0.0);
+    let acc = b.acc.as_mut_ptr();
+    for p in lo..hi {
+        let pw = *sc.add(p - base);
+        if pw == 0.0 {
+            continue;
+        }
+        let vr = c.v.as_ptr().add((c.slot(p) * c.n_kv + g) * dv);
+        let a = if n_acc == 4 { (p % 64) / 16 } else { 0 };
+        let row = acc.add((a * 16 + p % 16) * dv);
+        let w = _mm512_set1_ps(pw);
+        for d in (0..dv).step_by(16) {
+            _mm512_storeu_ps(
+                row.add(d),
+                _mm512_fmadd_ps(ldh(vr.add(d)), w, _mm512_loadu_ps(row.add(d))),
+            );
+        }
+    }
+    let lane = |a: usize, l: usize, d: usize| _mm512_loadu_ps(acc.add((a * 16 + l) * dv + d));
+    for d in (0..dv).step_by(16) {
+        let x: [__m512; 16] = std::array::from_fn(|l| {
+            if n_acc == 4 {
+                _mm512_add_ps(
+                    _mm512_add_ps(lane(0, l, d), lane(2, l, d)),
+                    _mm512_add_ps(lane(1, l, d), lane(3, l, d)),
+                )
+            } else {
+                lane(0, l, d)
+            }
+        });
+        let t: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(x[8 + i], x[i]));
+        let s4: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(t[4 + i], t[i]));
+        let r = _mm512_add_ps(_mm512_add_ps(s4[0], s4[2]), _mm512_add_ps(s4[1], s4[3]));
+        _mm512_storeu_ps(out.as_mut_ptr().add(d), r);
+    }
 }
 
 /// `attn_row_body` compiled for AVX-512 (same bits, wider code).

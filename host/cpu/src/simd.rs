@@ -41,8 +41,13 @@ impl Isa {
         })
     }
 
-    /// The best level the CPU supports, ignoring the environment.
+    /// The best level the CPU supports, ignoring the environment. Cached (kernels clamp often).
     pub fn best_supported() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(Isa::probe)
+    }
+
+    fn probe() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2")
