@@ -107,3 +107,11 @@ fn unknown_architecture_and_missing_tensor_are_named() {
     assert!(err.contains("missing tensor 'blk.3.ffn_up.weight' required by architecture 'llama'"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn generate_refuses_an_embedding_model() {
+    let m = model("all-MiniLM-L6-v2-f16.gguf").display().to_string();
+    let (ok, _, err) = rocmforge(&["generate", &m, "hello", "-n", "4"], None);
+    assert!(!ok);
+    assert!(err.contains("is an embedding model") && err.contains("rocmforge embed"), "{err}");
+}

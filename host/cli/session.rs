@@ -82,6 +82,9 @@ impl Session {
         let n_ctx = n_ctx.unwrap_or(4096).min(n_train).max(KV_BLOCK);
         let n_blocks = n_ctx.div_ceil(KV_BLOCK);
         let exec = Executor::new(graph, &src, KvConfig { block_size: KV_BLOCK, n_blocks })?;
+        if exec.is_embedding() {
+            bail!("{} is an embedding model ({}): use `rocmforge embed`, it does not generate text", path.display(), src.arch());
+        }
         let (tok, template_src) = match (src.gguf(), src.hf()) {
             (Some(f), _) => (
                 Tokenizer::from_gguf(f).with_context(|| format!("tokenizer of {}", path.display()))?,
