@@ -102,29 +102,7 @@ pub fn matmul_ext(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<(), CpuError> {
-    const OP: &str = "matmul";
-    if !supports_matmul(ty) {
-        return Err(CpuError::UnsupportedType {
-            op: OP,
-            ty: ty.name(),
-        });
-    }
-    let block = ty.block_size();
-    if !k_dim.is_multiple_of(block) {
-        return Err(CpuError::NotBlockAligned {
-            op: OP,
-            ty: ty.name(),
-            k: k_dim,
-            block,
-        });
-    }
-    let row_bytes = k_dim / block * ty.type_size();
-    check_len(OP, "weights (bytes)", w.len(), n_out.checked_mul(row_bytes))?;
-    check_len(OP, "x", x.len(), n_tokens.checked_mul(k_dim))?;
-    check_len(OP, "y", y.len(), n_tokens.checked_mul(n_out))?;
-    if let Some(b) = bias {
-        check_len(OP, "bias", b.len(), Some(n_out))?;
-    }
+    validate("matmul", ty, w, n_out, k_dim, x, n_tokens, bias, y)?;
     if n_out == 0 || n_tokens == 0 {
         return Ok(());
     }
@@ -133,11 +111,109 @@ pub fn matmul_ext(
         Some(d) => dense_matmul(pool, isa, d, w, n_out, k_dim, x, n_tokens, y),
         None => qmatmul(pool, isa, ty, w, n_out, k_dim, x, n_tokens, y),
     }
+    add_bias(bias, n_out, y);
+    Ok(())
+}
+
+fn add_bias(bias: Option<&[f32]>, n_out: usize, y: &mut [f32]) {
     if let Some(b) = bias {
         for row in y.chunks_exact_mut(n_out) {
             for (o, &bv) in row.iter_mut().zip(b) {
                 *o += bv;
             }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn validate(
+    op: &'static str,
+    ty: GgmlType,
+    w: &[u8],
+    n_out: usize,
+    k_dim: usize,
+    x: &[f32],
+    n_tokens: usize,
+    bias: Option<&[f32]>,
+    y: &[f32],
+) -> Result<(), CpuError> {
+    if !supports_matmul(ty) {
+        return Err(CpuError::UnsupportedType { op, ty: ty.name() });
+    }
+    let block = ty.block_size();
+    if !k_dim.is_multiple_of(block) {
+        return Err(CpuError::NotBlockAligned {
+            op,
+            ty: ty.name(),
+            k: k_dim,
+            block,
+        });
+    }
+    let row_bytes = k_dim / block * ty.type_size();
+    check_len(op, "weights (bytes)", w.len(), n_out.checked_mul(row_bytes))?;
+    check_len(op, "x", x.len(), n_tokens.checked_mul(k_dim))?;
+    check_len(op, "y", y.len(), n_tokens.checked_mul(n_out))?;
+    if let Some(b) = bias {
+        check_len(op, "bias", b.len(), Some(n_out))?;
+    }
+    Ok(())
+}
+
+/// One matrix of [`matmul_many`]: `y = W x (+ bias)` with `W` `n_out` rows of type `ty`.
+pub struct MatmulOut<'a> {
+    pub ty: GgmlType,
+    pub w: &'a [u8],
+    pub n_out: usize,
+    pub bias: Option<&'a [f32]>,
+    pub y: &'a mut [f32],
+}
+
+/// Several matrices times the same `x` (`n_tokens x k_dim`), e.g. a layer's Q/K/V projections:
+/// each output is exactly what [`matmul_bias`] gives, but the activations are quantized once
+/// and, for decode-sized batches, all rows run in one thread-pool job (fewer synchronisations).
+pub fn matmul_many(
+    pool: &ThreadPool,
+    k_dim: usize,
+    x: &[f32],
+    n_tokens: usize,
+    outs: &mut [MatmulOut<'_>],
+) -> Result<(), CpuError> {
+    for o in outs.iter() {
+        validate(
+            "matmul_many",
+            o.ty,
+            o.w,
+            o.n_out,
+            k_dim,
+            x,
+            n_tokens,
+            o.bias,
+            o.y,
+        )?;
+    }
+    if n_tokens == 0 || outs.iter().any(|o| o.n_out == 0) {
+        for o in outs.iter_mut() {
+            matmul_bias(pool, o.ty, o.w, o.n_out, k_dim, x, n_tokens, o.bias, o.y)?;
+        }
+        return Ok(());
+    }
+    let jobs: Vec<(GgmlType, &[u8], usize)> = outs.iter().map(|o| (o.ty, o.w, o.n_out)).collect();
+    let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut *o.y).collect();
+    let fused = crate::qmatmul::qmatmul_many(
+        pool,
+        Isa::detect(),
+        &jobs,
+        &mut ys,
+        k_dim,
+        x,
+        n_tokens,
+    );
+    drop(ys);
+    for o in outs.iter_mut() {
+        if fused {
+            add_bias(o.bias, o.n_out, o.y);
+        } else {
+            matmul_bias(pool, o.ty, o.w, o.n_out, k_dim, x, n_tokens, o.bias, o.y)?;
         }
     }
     Ok(())

@@ -176,7 +176,14 @@ fn qmatmul_with(
     let row_bytes = k / ty.block_size() * ty.type_size();
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && n_tokens <= 3 && crate::qdecode::has_fused(ty) {
-        decode_fused(pool, ty, w, n_out, k, n_tokens, y, acts);
+        let job = FusedJob {
+            ty,
+            w: w.as_ptr(),
+            n_out,
+            y: y.as_mut_ptr(),
+        };
+        // SAFETY: shapes validated by `matmul_ext`; AVX-512 VNNI detected (isa clamped).
+        unsafe { decode_fused(pool, &[job], k, n_tokens, acts) };
         return;
     }
     let kc = Kc {
@@ -295,30 +302,48 @@ fn interleave(kp: usize, u: &[u8], s4: &[f32], up: &mut [u8], s4p: &mut [f32]) {
     }
 }
 
-/// Few-token path: rows split over threads, each row dotted straight from its GGML blocks.
+/// One weight matrix of a fused decode call (see `decode_fused`).
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn decode_fused(
+#[derive(Clone, Copy)]
+pub(crate) struct FusedJob {
+    pub ty: GgmlType,
+    /// `n_out` rows of `k` elements of `ty`.
+    pub w: *const u8,
+    pub n_out: usize,
+    /// `n_tokens x n_out` outputs.
+    pub y: *mut f32,
+}
+
+/// Few-token path: the rows of one or more matrices sharing the same quantized input split over
+/// threads in one job, each row dotted straight from its GGML blocks (four rows at a time).
+///
+/// # Safety
+/// Every job's `w` must hold `n_out` rows of `k` elements of its type (which must satisfy
+/// `qdecode::has_fused`), `y` must be valid for `n_tokens * n_out` writes and not overlap any
+/// other job's `y`; `acts` holds `n_tokens` (<= 3) quantized tokens of length `k`; the CPU must
+/// support AVX-512 VNNI.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn decode_fused(
     pool: &ThreadPool,
-    ty: GgmlType,
-    w: &[u8],
-    n_out: usize,
+    jobs: &[FusedJob],
     k: usize,
     n_tokens: usize,
-    y: &mut [f32],
     acts: &QActs,
 ) {
     use crate::qdecode::{rows_dot, XTok};
-    let row_bytes = k / 32 * ty.type_size();
     let nb = k / 32;
     let (kp, n32, g16) = (acts.kp, acts.n32, acts.g16);
     let nth = pool.n_threads();
-    // Chunks of whole groups of 4 rows.
-    let n_quads = n_out.div_ceil(4);
+    // Groups of 4 rows ("quads"), numbered across the jobs.
+    let mut starts = Vec::with_capacity(jobs.len() + 1);
+    starts.push(0usize);
+    for j in jobs {
+        starts.push(starts[starts.len() - 1] + j.n_out.div_ceil(4));
+    }
+    let n_quads = starts[jobs.len()];
     let chunk = n_quads.div_ceil(nth * 8).max(4);
     let n_chunks = n_quads.div_ceil(chunk);
     let next = AtomicUsize::new(0);
-    let yp = SyncPtr(y.as_mut_ptr());
     let mut toks = [XTok {
         xq: std::ptr::null(),
         xc4: std::ptr::null(),
@@ -333,51 +358,128 @@ fn decode_fused(
             xs16: acts.xs16[t * g16..].as_ptr(),
         };
     }
-    struct Toks([XTok; 3]);
-    // SAFETY: read-only pointers into `acts`, which outlives the `run` below.
-    unsafe impl Sync for Toks {}
-    let toks = Toks(toks);
-    let wp = w.as_ptr();
-    struct W(*const u8);
-    // SAFETY: read-only pointer into `w`, which outlives the `run` below.
-    unsafe impl Sync for W {}
-    let wp = W(wp);
+    struct Shared<'a>([XTok; 3], &'a [FusedJob], Vec<usize>);
+    // SAFETY: read-only pointers into `acts` and the weights, and output pointers whose rows are
+    // written by exactly one thread (chunks are disjoint); all outlive the `run` below.
+    unsafe impl Sync for Shared<'_> {}
+    let sh = Shared(toks, jobs, starts);
     pool.run_dynamic(|_, _| {
-        let toks = &toks;
-        let wp = &wp;
+        let sh = &sh;
+        let mut j = 0;
         loop {
             let c = next.fetch_add(1, Ordering::Relaxed);
             if c >= n_chunks {
                 break;
             }
             for q in c * chunk..((c + 1) * chunk).min(n_quads) {
-                let r0 = 4 * q;
-                let nr = 4.min(n_out - r0);
+                while q >= sh.2[j + 1] {
+                    j += 1;
+                }
+                while q < sh.2[j] {
+                    j -= 1;
+                }
+                let job = sh.1[j];
+                let row_bytes = nb * job.ty.type_size();
+                let r0 = 4 * (q - sh.2[j]);
+                let nr = 4.min(job.n_out - r0);
                 // Missing rows of the last group repeat the group's last row (results dropped).
-                // SAFETY: every row index < n_out, so each pointer starts a whole row inside `w`.
-                let rows: [*const u8; 4] =
-                    std::array::from_fn(|i| unsafe { wp.0.add((r0 + i.min(nr - 1)) * row_bytes) });
-                // Stream the next group into L1 while this one computes: the block scales are
-                // gathered, and gathers that miss stall the whole group.
-                let next_end = ((r0 + 8).min(n_out)) * row_bytes;
-                let mut off = (r0 + 4) * row_bytes;
-                while off < next_end {
-                    // SAFETY: prefetch of an address inside `w` (a hint, never faults).
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(wp.0.add(off) as *const i8) };
+                // SAFETY: every row index < n_out, so each pointer starts a whole row.
+                let rows: [*const u8; 4] = std::array::from_fn(|i| unsafe {
+                    job.w.add((r0 + i.min(nr - 1)) * row_bytes)
+                });
+                // Stream the next group (of this matrix, or the next matrix's first) into L1
+                // while this one computes: the block scales are gathered, and gathers that miss
+                // stall the whole group.
+                let (pw, p0, p1) = if r0 + 4 < job.n_out {
+                    (job.w, (r0 + 4) * row_bytes, (r0 + 8).min(job.n_out) * row_bytes)
+                } else if j + 1 < sh.1.len() {
+                    let nj = sh.1[j + 1];
+                    (nj.w, 0, 4.min(nj.n_out) * nb * nj.ty.type_size())
+                } else {
+                    (job.w, 0, 0)
+                };
+                let mut off = p0;
+                while off < p1 {
+                    // SAFETY: prefetch of an address inside a weight matrix (never faults).
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(pw.add(off) as *const i8) };
                     off += 64;
                 }
-                for (t, xt) in toks.0.iter().enumerate().take(n_tokens) {
-                    // SAFETY: AVX-512 VNNI detected (isa clamped); rows hold nb blocks; the token
+                for (t, xt) in sh.0.iter().enumerate().take(n_tokens) {
+                    // SAFETY: AVX-512 VNNI detected (caller); rows hold nb blocks; the token
                     // arrays are padded by `QActs::reset`.
-                    let v = unsafe { rows_dot(ty, rows, nb, *xt) };
+                    let v = unsafe { rows_dot(job.ty, rows, nb, *xt) };
                     for (i, &vi) in v.iter().enumerate().take(nr) {
-                        // SAFETY: (t, r0 + i) is inside y; these rows belong to this chunk only.
-                        unsafe { *yp.get().add(t * n_out + r0 + i) = vi };
+                        // SAFETY: (t, r0 + i) is inside this job's y; these rows belong to this
+                        // chunk only.
+                        unsafe { *job.y.add(t * job.n_out + r0 + i) = vi };
                     }
                 }
             }
         }
     });
+}
+
+/// Several matrices times the same input (the Q/K/V or gate/up projections of a layer): one
+/// activation quantization and, on the fused decode path, one thread-pool job for all rows.
+/// Arguments validated by `matmul::matmul_many`. Returns false (nothing done) when the fused
+/// path does not apply; the caller then runs the matrices one by one.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn qmatmul_many(
+    pool: &ThreadPool,
+    isa: Isa,
+    jobs: &[(GgmlType, &[u8], usize)],
+    ys: &mut [&mut [f32]],
+    k: usize,
+    x: &[f32],
+    n_tokens: usize,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let Some(&(ty0, _, _)) = jobs.first() else {
+            return true;
+        };
+        let fmt = act_format(ty0);
+        let fusable = isa.clamp() == Isa::Avx512
+            && n_tokens <= 3
+            && jobs
+                .iter()
+                .all(|&(ty, _, _)| crate::qdecode::has_fused(ty) && act_format(ty) == fmt);
+        if !fusable {
+            return false;
+        }
+        ACTS.with(|cell| {
+            let mut fresh = QActs::default();
+            let mut guard = cell.try_borrow_mut();
+            let acts: &mut QActs = match guard.as_mut() {
+                Ok(g) => g,
+                Err(_) => &mut fresh,
+            };
+            if !acts.holds(fmt, k, x) {
+                acts.reset(k, n_tokens);
+                quantize_all(pool, fmt, x, k, n_tokens, acts);
+                acts.remember(fmt, k, x);
+            }
+            let fj: Vec<FusedJob> = jobs
+                .iter()
+                .zip(ys.iter_mut())
+                .map(|(&(ty, w, n_out), y)| FusedJob {
+                    ty,
+                    w: w.as_ptr(),
+                    n_out,
+                    y: y.as_mut_ptr(),
+                })
+                .collect();
+            // SAFETY: shapes validated by `matmul_many`; the outputs are distinct `&mut`
+            // slices; AVX-512 VNNI detected (isa clamped).
+            unsafe { decode_fused(pool, &fj, k, n_tokens, acts) };
+        });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (pool, isa, jobs, ys, k, x, n_tokens);
+        false
+    }
 }
 
 /// Quantize every token of `x` into `acts` (in parallel for prefill).

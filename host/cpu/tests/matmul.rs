@@ -397,3 +397,55 @@ fn get_rows_equals_dequantize() {
         assert!(e.is_err(), "{ty}: id out of range must fail");
     }
 }
+
+#[test]
+fn matmul_many_equals_separate_matmuls() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng::new(77);
+    let k = 576;
+    for types in [
+        vec![GgmlType::Q4_1, GgmlType::Q4_1, GgmlType::Q4_1],
+        vec![GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::IQ4_NL],
+        vec![GgmlType::Q8_0, GgmlType::Q4_1],
+        vec![GgmlType::Q6_K, GgmlType::F16],
+    ] {
+        for &n_tokens in &[1usize, 3, 17] {
+            let shapes: Vec<usize> = (0..types.len()).map(|i| [37usize, 192, 5][i % 3]).collect();
+            let kk = if types.iter().any(|t| t.block_size() == 256) { 768 } else { k };
+            let ws: Vec<Vec<u8>> = types
+                .iter()
+                .zip(&shapes)
+                .map(|(&t, &n)| quantize_to_vec(t, &rng.vec(n * kk, 0.05)).expect("quantize"))
+                .collect();
+            let biases: Vec<Vec<f32>> = shapes.iter().map(|&n| rng.vec(n, 1.0)).collect();
+            let x = rng.vec(n_tokens * kk, 1.0);
+            let mut want: Vec<Vec<f32>> = Vec::new();
+            for i in 0..types.len() {
+                let mut y = vec![f32::NAN; n_tokens * shapes[i]];
+                let b = (i % 2 == 0).then_some(&biases[i][..]);
+                rocmforge_cpu::matmul_bias(&pool, types[i], &ws[i], shapes[i], kk, &x, n_tokens, b, &mut y)
+                    .expect("matmul");
+                want.push(y);
+            }
+            let mut got: Vec<Vec<f32>> = shapes.iter().map(|&n| vec![f32::NAN; n_tokens * n]).collect();
+            let mut outs: Vec<rocmforge_cpu::MatmulOut> = got
+                .iter_mut()
+                .enumerate()
+                .map(|(i, y)| rocmforge_cpu::MatmulOut {
+                    ty: types[i],
+                    w: &ws[i],
+                    n_out: shapes[i],
+                    bias: (i % 2 == 0).then_some(&biases[i][..]),
+                    y,
+                })
+                .collect();
+            rocmforge_cpu::matmul_many(&pool, kk, &x, n_tokens, &mut outs).expect("matmul_many");
+            for i in 0..types.len() {
+                assert!(
+                    got[i].iter().zip(&want[i]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{types:?} n_tokens {n_tokens}: output {i} differs"
+                );
+            }
+        }
+    }
+}

@@ -245,6 +245,35 @@ impl Executor {
         self.wslot(i).vec.as_deref().expect("planned: element-wise weights have an f32 copy")
     }
 
+    /// Node `i` (a MATMUL) and the MATMULs right after it (weight nodes in between skipped) that
+    /// read the same input with the same row count and the same k, when all their output column
+    /// ranges are disjoint from each other and from the input's (the plan guarantees this for
+    /// outputs still read later; a never-read output may share columns).
+    fn matmul_group(&self, i: usize) -> Vec<usize> {
+        let nodes = &self.graph.nodes;
+        let (Op::MatMul { x, w, .. }, Shape::Act { rows, .. }) = (&nodes[i].op, &nodes[i].shape) else { return vec![i] };
+        let k = self.wslot(*w).w.dims[0];
+        let mut group = vec![i];
+        for (j, n) in nodes.iter().enumerate().skip(i + 1) {
+            match (&n.op, &n.shape) {
+                (Op::Weight { .. }, _) => {}
+                (Op::MatMul { x: xj, w: wj, .. }, Shape::Act { rows: rj, .. }) if xj == x && rj == rows && self.wslot(*wj).w.dims[0] == k => group.push(j),
+                _ => break,
+            }
+        }
+        let range = |j: usize| match nodes[j].shape {
+            Shape::Act { cols, .. } => (self.col_off[j], self.col_off[j] + cols),
+            Shape::Weight(_) => (0, 0),
+        };
+        let mut ranges: Vec<(usize, usize)> = group.iter().map(|&j| range(j)).collect();
+        ranges.push(range(*x));
+        ranges.sort_unstable();
+        if ranges.windows(2).any(|r| r[0].1 > r[1].0) {
+            return vec![i];
+        }
+        group
+    }
+
     /// Run one forward pass. Returns the output rows (logits of the rows asked for, in chunk order;
     /// for a pooling embedding model one row per chunk) as a flat `[n_rows, n_out_cols]` vector.
     pub fn forward(&mut self, batch: &SeqBatch) -> Result<Vec<f32>, RuntimeError> {
@@ -286,8 +315,13 @@ impl Executor {
             Rows::Seqs => n_seqs,
         };
         let mut result = Vec::new();
+        // Nodes below this index were already computed as part of a matmul group.
+        let mut done_until = 0usize;
 
         for i in 0..self.graph.nodes.len() {
+            if i < done_until {
+                continue;
+            }
             let node = &self.graph.nodes[i];
             let Shape::Act { rows, cols } = node.shape else { continue };
             let rows = rows_of(rows);
@@ -337,8 +371,35 @@ impl Executor {
                 Op::MatMul { x, w, bias } => {
                     let ws = &self.wslot(*w).w;
                     let k = ws.dims[0];
-                    let bias = bias.map(|b| self.wvec(b));
-                    rocmforge_cpu::matmul_bias(self.pool, ws.ty, ws.bytes.as_slice(), cols, k, act(*x), rows, bias, out).map_err(map_err)?;
+                    let group = self.matmul_group(i);
+                    if group.len() > 1 {
+                        // Sibling projections of one input (Q/K/V, gate/up): one call, one
+                        // quantization, one thread-pool job; same numbers as one by one.
+                        let mut outs = Vec::with_capacity(group.len());
+                        let mut out_i = Some(out);
+                        for &j in &group {
+                            let Op::MatMul { w: wj, bias: bj, .. } = self.graph.nodes[j].op else { unreachable!("matmul_group") };
+                            let Shape::Act { cols: cj, .. } = self.graph.nodes[j].shape else { unreachable!("matmul_group") };
+                            let wsj = &self.wslot(wj).w;
+                            outs.push(rocmforge_cpu::MatmulOut {
+                                ty: wsj.ty,
+                                w: wsj.bytes.as_slice(),
+                                n_out: cj,
+                                bias: bj.map(|b| self.wvec(b)),
+                                // SAFETY: `matmul_group` checked these column ranges are pairwise
+                                // disjoint and disjoint from x's; node i's is `out` itself.
+                                y: match out_i.take() {
+                                    Some(o) if j == i => o,
+                                    _ => unsafe { arena.get(self.col_off[j], rows * cj) },
+                                },
+                            });
+                        }
+                        rocmforge_cpu::matmul_many(self.pool, k, act(*x), rows, &mut outs).map_err(map_err)?;
+                        done_until = group[group.len() - 1] + 1;
+                    } else {
+                        let bias = bias.map(|b| self.wvec(b));
+                        rocmforge_cpu::matmul_bias(self.pool, ws.ty, ws.bytes.as_slice(), cols, k, act(*x), rows, bias, out).map_err(map_err)?;
+                    }
                 }
                 Op::Add { a, b } | Op::Mul { a, b } => {
                     let is_add = matches!(node.op, Op::Add { .. });
