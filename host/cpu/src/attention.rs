@@ -549,8 +549,21 @@ unsafe fn attn_row_512(
     b.scores.resize(16 * (blk1 - blk0), 0.0);
     let sc = b.scores.as_mut_ptr();
     let mut max = f32::NEG_INFINITY;
+    // K and V rows usually come from DRAM in decode (the weights streamed through the caches
+    // in between): fetch the K row a few keys ahead and this key's V row for the second pass.
+    let pf = |p: *const u16, bytes: usize| {
+        let mut o = 0;
+        while o < bytes {
+            _mm_prefetch::<_MM_HINT_T0>((p as *const i8).add(o));
+            o += 64;
+        }
+    };
     for p in lo..hi {
         let kr = c.k.as_ptr().add((c.slot(p) * c.n_kv + g) * dk);
+        if p + 8 < hi {
+            pf(c.k.as_ptr().add((c.slot(p + 8) * c.n_kv + g) * dk), 2 * dk);
+        }
+        pf(c.v.as_ptr().add((c.slot(p) * c.n_kv + g) * dv), 2 * dv);
         let s = match kq_order {
             DotOrder::VecDot => {
                 let mut acc = [_mm512_setzero_ps(); 4];

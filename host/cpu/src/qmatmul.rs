@@ -341,8 +341,6 @@ pub(crate) unsafe fn decode_fused(
         starts.push(starts[starts.len() - 1] + j.n_out.div_ceil(4));
     }
     let n_quads = starts[jobs.len()];
-    let chunk = n_quads.div_ceil(nth * 8).max(4);
-    let n_chunks = n_quads.div_ceil(chunk);
     let next = AtomicUsize::new(0);
     let mut toks = [XTok {
         xq: std::ptr::null(),
@@ -367,11 +365,20 @@ pub(crate) unsafe fn decode_fused(
         let sh = &sh;
         let mut j = 0;
         loop {
-            let c = next.fetch_add(1, Ordering::Relaxed);
-            if c >= n_chunks {
+            // Guided chunks: a share of what is left (at most 64 groups), so the last claims
+            // are small and no thread idles long at the end.
+            let cur = next.load(Ordering::Relaxed);
+            if cur >= n_quads {
                 break;
             }
-            for q in c * chunk..((c + 1) * chunk).min(n_quads) {
+            let take = ((n_quads - cur) / (2 * nth)).clamp(1, 64);
+            if next
+                .compare_exchange_weak(cur, cur + take, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            for q in cur..cur + take {
                 while q >= sh.2[j + 1] {
                     j += 1;
                 }
