@@ -111,21 +111,11 @@ pub fn quantize_activations(ty: GgmlType, x: &[f32]) -> Result<(GgmlType, Vec<u8
             ActFormat::Q8_1 => GgmlType::Q8_1,
             ActFormat::Q8K => GgmlType::Q8_K,
         },
-        _ => {
-            return Err(CpuError::UnsupportedType {
-                op: OP,
-                ty: ty.name(),
-            })
-        }
+        _ => return Err(CpuError::UnsupportedType { op: OP, ty: ty.name() }),
     };
     let block = vt.block_size();
     if !x.len().is_multiple_of(block) {
-        return Err(CpuError::NotBlockAligned {
-            op: OP,
-            ty: vt.name(),
-            k: x.len(),
-            block,
-        });
+        return Err(CpuError::NotBlockAligned { op: OP, ty: vt.name(), k: x.len(), block });
     }
     let mut out = Vec::with_capacity(x.len() / block * vt.type_size());
     match vt {
@@ -185,13 +175,7 @@ pub(crate) fn padded_g16(kp: usize) -> usize {
 impl QActs {
     /// True if the buffers already hold `x` (all tokens, row length `k`) in format `fmt`.
     pub fn holds(&self, fmt: ActFormat, k: usize, x: &[f32]) -> bool {
-        self.src_key == Some((fmt, k))
-            && self.src.len() == x.len()
-            && self
-                .src
-                .iter()
-                .zip(x)
-                .all(|(a, b)| a.to_bits() == b.to_bits())
+        self.src_key == Some((fmt, k)) && self.src.len() == x.len() && self.src.iter().zip(x).all(|(a, b)| a.to_bits() == b.to_bits())
     }
 
     /// Record the input the buffers were just filled from.
@@ -268,11 +252,7 @@ fn quantize_token_portable(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
                 let dr = f16_to_f32(dh);
                 s.dx4[8 * b..8 * b + 8].fill(dr);
                 s.d32[b] = dr;
-                s.xs16[2 * b] = if fmt == ActFormat::Q8_1 {
-                    f16_to_f32(f32_to_f16(d * sum as f32))
-                } else {
-                    0.0
-                };
+                s.xs16[2 * b] = if fmt == ActFormat::Q8_1 { f16_to_f32(f32_to_f16(d * sum as f32)) } else { 0.0 };
                 s.xs16[2 * b + 1] = 0.0;
             }
         }

@@ -27,8 +27,10 @@
 //! - softmax as `ggml_compute_forward_soft_max_f32`: scores times the scale, max, `ggml_v_expf`
 //!   (its polynomial, reproduced with `mul_add`) per 16 key positions, each block's 16-lane sum
 //!   added in f64, then the probabilities times `(float)(1.0 / sum)`.
-//! One portable body (`mul_add` is a correctly rounded fma everywhere) is compiled for AVX-512,
-//! AVX2 and the baseline, so every path gives the same bits.
+//!
+//! One portable body (`mul_add` is a correctly rounded fma everywhere) is compiled for AVX2 and
+//! the baseline, and an AVX-512 twin (`attn_row_512`) performs the same operations, so every path
+//! gives the same bits (the tests compare them).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -64,25 +66,13 @@ pub struct AttnParams {
 
 impl Default for AttnParams {
     fn default() -> Self {
-        AttnParams {
-            scale: None,
-            causal: true,
-            sliding_window: None,
-            softcap: None,
-        }
+        AttnParams { scale: None, causal: true, sliding_window: None, softcap: None }
     }
 }
 
 impl KvCache {
     /// Zeroed cache of `n_blocks` blocks of `block_size` tokens for each of `n_layer` layers.
-    pub fn new(
-        n_layer: usize,
-        n_head_kv: usize,
-        head_dim_k: usize,
-        head_dim_v: usize,
-        block_size: usize,
-        n_blocks: usize,
-    ) -> Self {
+    pub fn new(n_layer: usize, n_head_kv: usize, head_dim_k: usize, head_dim_v: usize, block_size: usize, n_blocks: usize) -> Self {
         let slots = n_layer * n_blocks * block_size * n_head_kv;
         KvCache {
             n_layer,
@@ -116,37 +106,18 @@ impl KvCache {
     }
 
     /// Index of (layer, pos) in slot units, after checking the block table and block id.
-    fn slot(
-        &self,
-        op: &'static str,
-        layer: usize,
-        block_table: &[u32],
-        pos: usize,
-    ) -> Result<usize, CpuError> {
+    fn slot(&self, op: &'static str, layer: usize, block_table: &[u32], pos: usize) -> Result<usize, CpuError> {
         let index = pos / self.block_size.max(1);
-        let block = *block_table.get(index).ok_or(CpuError::BlockTableTooShort {
-            op,
-            pos,
-            index,
-            len: block_table.len(),
-        })?;
+        let block = *block_table.get(index).ok_or(CpuError::BlockTableTooShort { op, pos, index, len: block_table.len() })?;
         if block as usize >= self.n_blocks {
-            return Err(CpuError::BlockOutOfRange {
-                op,
-                block,
-                n_blocks: self.n_blocks,
-            });
+            return Err(CpuError::BlockOutOfRange { op, block, n_blocks: self.n_blocks });
         }
         Ok((layer * self.n_blocks + block as usize) * self.block_size + pos % self.block_size)
     }
 
     fn check_layer(&self, op: &'static str, layer: usize) -> Result<(), CpuError> {
         if layer >= self.n_layer {
-            return Err(CpuError::LayerOutOfRange {
-                op,
-                layer,
-                n_layer: self.n_layer,
-            });
+            return Err(CpuError::LayerOutOfRange { op, layer, n_layer: self.n_layer });
         }
         Ok(())
     }
@@ -164,24 +135,15 @@ impl KvCache {
     ) -> Result<(), CpuError> {
         const OP: &str = "kv_write";
         self.check_layer(OP, layer)?;
-        let (hk, hv) = (
-            self.n_head_kv * self.head_dim_k,
-            self.n_head_kv * self.head_dim_v,
-        );
+        let (hk, hv) = (self.n_head_kv * self.head_dim_k, self.n_head_kv * self.head_dim_v);
         crate::matmul::check_len(OP, "k", k.len(), n_tokens.checked_mul(hk))?;
         crate::matmul::check_len(OP, "v", v.len(), n_tokens.checked_mul(hv))?;
         for t in 0..n_tokens {
             let s = self.slot(OP, layer, block_table, pos_start + t)?;
-            for (d, &x) in self.k[s * hk..(s + 1) * hk]
-                .iter_mut()
-                .zip(&k[t * hk..(t + 1) * hk])
-            {
+            for (d, &x) in self.k[s * hk..(s + 1) * hk].iter_mut().zip(&k[t * hk..(t + 1) * hk]) {
                 *d = rocmforge_quant::f32_to_f16(x);
             }
-            for (d, &x) in self.v[s * hv..(s + 1) * hv]
-                .iter_mut()
-                .zip(&v[t * hv..(t + 1) * hv])
-            {
+            for (d, &x) in self.v[s * hv..(s + 1) * hv].iter_mut().zip(&v[t * hv..(t + 1) * hv]) {
                 *d = rocmforge_quant::f32_to_f16(x);
             }
         }
@@ -189,22 +151,10 @@ impl KvCache {
     }
 
     /// Read back K (or V) of head `h` at `pos` as f32 (for tests and debugging).
-    pub fn read(
-        &self,
-        layer: usize,
-        block_table: &[u32],
-        pos: usize,
-        h: usize,
-        value: bool,
-        out: &mut [f32],
-    ) -> Result<(), CpuError> {
+    pub fn read(&self, layer: usize, block_table: &[u32], pos: usize, h: usize, value: bool, out: &mut [f32]) -> Result<(), CpuError> {
         self.check_layer("kv_read", layer)?;
         let s = self.slot("kv_read", layer, block_table, pos)?;
-        let (buf, hd) = if value {
-            (&self.v, self.head_dim_v)
-        } else {
-            (&self.k, self.head_dim_k)
-        };
+        let (buf, hd) = if value { (&self.v, self.head_dim_v) } else { (&self.k, self.head_dim_k) };
         let base = (s * self.n_head_kv + h.min(self.n_head_kv.saturating_sub(1))) * hd;
         for (o, &b) in out.iter_mut().zip(&buf[base..base + hd]) {
             *o = f16_bits_to_f32(b);
@@ -229,19 +179,7 @@ pub fn attention(
     params: &AttnParams,
     out: &mut [f32],
 ) -> Result<(), CpuError> {
-    attention_isa(
-        pool,
-        Isa::detect(),
-        cache,
-        layer,
-        block_table,
-        q,
-        n_tokens,
-        pos_start,
-        n_head,
-        params,
-        out,
-    )
+    attention_isa(pool, Isa::detect(), cache, layer, block_table, q, n_tokens, pos_start, n_head, params, out)
 }
 
 /// [`attention`] at an explicit instruction-set level (tests compare paths).
@@ -264,11 +202,7 @@ pub fn attention_isa(
     cache.check_layer(OP, layer)?;
     let (n_kv, dk, dv) = (cache.n_head_kv, cache.head_dim_k, cache.head_dim_v);
     if n_kv == 0 || !n_head.is_multiple_of(n_kv) {
-        return Err(CpuError::BadHeadGrouping {
-            op: OP,
-            n_head,
-            n_head_kv: n_kv,
-        });
+        return Err(CpuError::BadHeadGrouping { op: OP, n_head, n_head_kv: n_kv });
     }
     crate::matmul::check_len(OP, "q", q.len(), n_tokens.checked_mul(n_head * dk))?;
     crate::matmul::check_len(OP, "out", out.len(), n_tokens.checked_mul(n_head * dv))?;
@@ -277,10 +211,7 @@ pub fn attention_isa(
     }
     let seq_len = pos_start + n_tokens;
     // Check every block the queries will touch once, up front, so the workers cannot fail.
-    for p in (0..seq_len)
-        .step_by(cache.block_size.max(1))
-        .chain(std::iter::once(seq_len - 1))
-    {
+    for p in (0..seq_len).step_by(cache.block_size.max(1)).chain(std::iter::once(seq_len - 1)) {
         cache.slot(OP, layer, block_table, p)?;
     }
     let group = n_head / n_kv;
@@ -334,9 +265,7 @@ pub fn attention_isa(
                 let qh = &q[(t * n_head + h) * dk..(t * n_head + h + 1) * dk];
                 // SAFETY: (t, h) is inside out (n_tokens x n_head x dv, checked above) and each
                 // item is handled by exactly one thread.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(op.get().add((t * n_head + h) * dv), dv)
-                };
+                let dst = unsafe { std::slice::from_raw_parts_mut(op.get().add((t * n_head + h) * dv), dv) };
                 attn_row(isa, &ctx, h / group, qh, lo, hi, orders, &mut bufs, dst);
             }
         }
@@ -494,11 +423,7 @@ unsafe fn expf_512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
     let u = _mm512_mul_ps(b, b);
     let j = _mm512_fmadd_ps(
-        _mm512_fmadd_ps(
-            _mm512_fmadd_ps(c(0x3C07_2010), b, c(0x3D2B_9F17)),
-            u,
-            _mm512_fmadd_ps(c(0x3E2A_AF33), b, c(0x3EFF_FEDB)),
-        ),
+        _mm512_fmadd_ps(_mm512_fmadd_ps(c(0x3C07_2010), b, c(0x3D2B_9F17)), u, _mm512_fmadd_ps(c(0x3E2A_AF33), b, c(0x3EFF_FEDB))),
         u,
         _mm512_fmadd_ps(c(0x3F7F_FFF6), b, _mm512_set1_ps(1.0)),
     );
@@ -573,10 +498,7 @@ unsafe fn attn_row_512(
                         *acc = _mm512_fmadd_ps(ldh(kr.add(o)), _mm512_loadu_ps(qf.add(o)), *acc);
                     }
                 }
-                reduce16_512(_mm512_add_ps(
-                    _mm512_add_ps(acc[0], acc[2]),
-                    _mm512_add_ps(acc[1], acc[3]),
-                ))
+                reduce16_512(_mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3])))
             }
             DotOrder::Tiny => {
                 let mut acc = _mm512_setzero_ps();
@@ -624,20 +546,14 @@ unsafe fn attn_row_512(
         let row = acc.add((a * 16 + p % 16) * dv);
         let w = _mm512_set1_ps(pw);
         for d in (0..dv).step_by(16) {
-            _mm512_storeu_ps(
-                row.add(d),
-                _mm512_fmadd_ps(ldh(vr.add(d)), w, _mm512_loadu_ps(row.add(d))),
-            );
+            _mm512_storeu_ps(row.add(d), _mm512_fmadd_ps(ldh(vr.add(d)), w, _mm512_loadu_ps(row.add(d))));
         }
     }
     let lane = |a: usize, l: usize, d: usize| _mm512_loadu_ps(acc.add((a * 16 + l) * dv + d));
     for d in (0..dv).step_by(16) {
         let x: [__m512; 16] = std::array::from_fn(|l| {
             if n_acc == 4 {
-                _mm512_add_ps(
-                    _mm512_add_ps(lane(0, l, d), lane(2, l, d)),
-                    _mm512_add_ps(lane(1, l, d), lane(3, l, d)),
-                )
+                _mm512_add_ps(_mm512_add_ps(lane(0, l, d), lane(2, l, d)), _mm512_add_ps(lane(1, l, d), lane(3, l, d)))
             } else {
                 lane(0, l, d)
             }
@@ -732,8 +648,7 @@ fn attn_row_body(
     }
     let mut sum = 0f64;
     for blk in 0..blk1 - blk0 {
-        let e = <&mut [f32; 16]>::try_from(&mut b.scores[16 * blk..16 * blk + 16])
-            .unwrap_or_else(|_| unreachable!("16-element block"));
+        let e = <&mut [f32; 16]>::try_from(&mut b.scores[16 * blk..16 * blk + 16]).unwrap_or_else(|_| unreachable!("16-element block"));
         for (i, v) in e.iter_mut().enumerate() {
             let p = base + 16 * blk + i;
             *v = if p >= lo && p < hi { crate::simd::ggml_expf(*v - max) } else { 0.0 };

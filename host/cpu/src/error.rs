@@ -8,50 +8,19 @@ pub enum CpuError {
     #[error("{op}: tensor type {ty} is not supported")]
     UnsupportedType { op: &'static str, ty: &'static str },
     #[error("{op}: length {k} is not a multiple of the {ty} block size {block}")]
-    NotBlockAligned {
-        op: &'static str,
-        ty: &'static str,
-        k: usize,
-        block: usize,
-    },
+    NotBlockAligned { op: &'static str, ty: &'static str, k: usize, block: usize },
     #[error("{op}: {what} has length {got}, expected {want}")]
-    BadLength {
-        op: &'static str,
-        what: &'static str,
-        got: usize,
-        want: usize,
-    },
+    BadLength { op: &'static str, what: &'static str, got: usize, want: usize },
     #[error("{op}: row id {id} out of range (table has {n_rows} rows)")]
-    RowOutOfRange {
-        op: &'static str,
-        id: u32,
-        n_rows: usize,
-    },
+    RowOutOfRange { op: &'static str, id: u32, n_rows: usize },
     #[error("{op}: position {pos} needs block-table entry {index}, table has {len}")]
-    BlockTableTooShort {
-        op: &'static str,
-        pos: usize,
-        index: usize,
-        len: usize,
-    },
+    BlockTableTooShort { op: &'static str, pos: usize, index: usize, len: usize },
     #[error("{op}: block id {block} out of range (cache has {n_blocks} blocks)")]
-    BlockOutOfRange {
-        op: &'static str,
-        block: u32,
-        n_blocks: usize,
-    },
+    BlockOutOfRange { op: &'static str, block: u32, n_blocks: usize },
     #[error("{op}: layer {layer} out of range (cache has {n_layer} layers)")]
-    LayerOutOfRange {
-        op: &'static str,
-        layer: usize,
-        n_layer: usize,
-    },
+    LayerOutOfRange { op: &'static str, layer: usize, n_layer: usize },
     #[error("{op}: {n_head} query heads are not a multiple of {n_head_kv} KV heads")]
-    BadHeadGrouping {
-        op: &'static str,
-        n_head: usize,
-        n_head_kv: usize,
-    },
+    BadHeadGrouping { op: &'static str, n_head: usize, n_head_kv: usize },
     #[error(transparent)]
     Quant(#[from] QuantError),
 }

@@ -46,18 +46,7 @@ pub fn matmul(
     n_tokens: usize,
     y: &mut [f32],
 ) -> Result<(), CpuError> {
-    matmul_ext(
-        pool,
-        Isa::detect(),
-        ty,
-        w,
-        n_out,
-        k_dim,
-        x,
-        n_tokens,
-        None,
-        y,
-    )
+    matmul_ext(pool, Isa::detect(), ty, w, n_out, k_dim, x, n_tokens, None, y)
 }
 
 /// [`matmul`] plus an optional bias (`n_out` values added to every token's output row).
@@ -73,18 +62,7 @@ pub fn matmul_bias(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<(), CpuError> {
-    matmul_ext(
-        pool,
-        Isa::detect(),
-        ty,
-        w,
-        n_out,
-        k_dim,
-        x,
-        n_tokens,
-        bias,
-        y,
-    )
+    matmul_ext(pool, Isa::detect(), ty, w, n_out, k_dim, x, n_tokens, bias, y)
 }
 
 /// [`matmul_bias`] at an explicit instruction-set level (clamped to what the CPU has); used by
@@ -142,12 +120,7 @@ fn validate(
     }
     let block = ty.block_size();
     if !k_dim.is_multiple_of(block) {
-        return Err(CpuError::NotBlockAligned {
-            op,
-            ty: ty.name(),
-            k: k_dim,
-            block,
-        });
+        return Err(CpuError::NotBlockAligned { op, ty: ty.name(), k: k_dim, block });
     }
     let row_bytes = k_dim / block * ty.type_size();
     check_len(op, "weights (bytes)", w.len(), n_out.checked_mul(row_bytes))?;
@@ -171,25 +144,9 @@ pub struct MatmulOut<'a> {
 /// Several matrices times the same `x` (`n_tokens x k_dim`), e.g. a layer's Q/K/V projections:
 /// each output is exactly what [`matmul_bias`] gives, but the activations are quantized once
 /// and, for decode-sized batches, all rows run in one thread-pool job (fewer synchronisations).
-pub fn matmul_many(
-    pool: &ThreadPool,
-    k_dim: usize,
-    x: &[f32],
-    n_tokens: usize,
-    outs: &mut [MatmulOut<'_>],
-) -> Result<(), CpuError> {
+pub fn matmul_many(pool: &ThreadPool, k_dim: usize, x: &[f32], n_tokens: usize, outs: &mut [MatmulOut<'_>]) -> Result<(), CpuError> {
     for o in outs.iter() {
-        validate(
-            "matmul_many",
-            o.ty,
-            o.w,
-            o.n_out,
-            k_dim,
-            x,
-            n_tokens,
-            o.bias,
-            o.y,
-        )?;
+        validate("matmul_many", o.ty, o.w, o.n_out, k_dim, x, n_tokens, o.bias, o.y)?;
     }
     if n_tokens == 0 || outs.iter().any(|o| o.n_out == 0) {
         for o in outs.iter_mut() {
@@ -199,15 +156,7 @@ pub fn matmul_many(
     }
     let jobs: Vec<(GgmlType, &[u8], usize)> = outs.iter().map(|o| (o.ty, o.w, o.n_out)).collect();
     let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut *o.y).collect();
-    let fused = crate::qmatmul::qmatmul_many(
-        pool,
-        Isa::detect(),
-        &jobs,
-        &mut ys,
-        k_dim,
-        x,
-        n_tokens,
-    );
+    let fused = crate::qmatmul::qmatmul_many(pool, Isa::detect(), &jobs, &mut ys, k_dim, x, n_tokens);
     drop(ys);
     for o in outs.iter_mut() {
         if fused {
@@ -219,20 +168,10 @@ pub fn matmul_many(
     Ok(())
 }
 
-pub(crate) fn check_len(
-    op: &'static str,
-    what: &'static str,
-    got: usize,
-    want: Option<usize>,
-) -> Result<(), CpuError> {
+pub(crate) fn check_len(op: &'static str, what: &'static str, got: usize, want: Option<usize>) -> Result<(), CpuError> {
     match want {
         Some(w) if w == got => Ok(()),
-        _ => Err(CpuError::BadLength {
-            op,
-            what,
-            got,
-            want: want.unwrap_or(usize::MAX),
-        }),
+        _ => Err(CpuError::BadLength { op, what, got, want: want.unwrap_or(usize::MAX) }),
     }
 }
 
@@ -241,17 +180,7 @@ thread_local! {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn dense_matmul(
-    pool: &ThreadPool,
-    isa: Isa,
-    ty: Dense,
-    w: &[u8],
-    n_out: usize,
-    k: usize,
-    x: &[f32],
-    n_tokens: usize,
-    y: &mut [f32],
-) {
+fn dense_matmul(pool: &ThreadPool, isa: Isa, ty: Dense, w: &[u8], n_out: usize, k: usize, x: &[f32], n_tokens: usize, y: &mut [f32]) {
     let rb = k * ty.size();
     let nth = pool.n_threads();
     let yp = SyncPtr(y.as_mut_ptr());
@@ -278,10 +207,7 @@ fn dense_matmul(
         return;
     }
     // Prefill: rows converted to f32 in chunks of at most ~256 KiB, then one gemm per chunk.
-    let chunk = (65536 / k.max(1))
-        .clamp(16, 512)
-        .min(n_out.div_ceil(nth))
-        .max(1);
+    let chunk = (65536 / k.max(1)).clamp(16, 512).min(n_out.div_ceil(nth)).max(1);
     let n_chunks = n_out.div_ceil(chunk);
     pool.run_dynamic(|_, _| {
         CONV.with(|cell| {
@@ -333,22 +259,11 @@ fn dense_matmul(
 
 /// Embedding lookup: `out[i * row_len ..][..row_len]` = row `ids[i]` of `table` (rows of
 /// `row_len` elements of type `ty`), dequantized to f32 exactly as llama.cpp does.
-pub fn get_rows(
-    ty: GgmlType,
-    table: &[u8],
-    row_len: usize,
-    ids: &[u32],
-    out: &mut [f32],
-) -> Result<(), CpuError> {
+pub fn get_rows(ty: GgmlType, table: &[u8], row_len: usize, ids: &[u32], out: &mut [f32]) -> Result<(), CpuError> {
     const OP: &str = "get_rows";
     let block = ty.block_size();
     if !row_len.is_multiple_of(block) {
-        return Err(CpuError::NotBlockAligned {
-            op: OP,
-            ty: ty.name(),
-            k: row_len,
-            block,
-        });
+        return Err(CpuError::NotBlockAligned { op: OP, ty: ty.name(), k: row_len, block });
     }
     let rb = row_len / block * ty.type_size();
     check_len(OP, "out", out.len(), ids.len().checked_mul(row_len))?;
@@ -358,11 +273,7 @@ pub fn get_rows(
         if id_us >= n_rows {
             return Err(CpuError::RowOutOfRange { op: OP, id, n_rows });
         }
-        rocmforge_quant::dequantize(
-            ty,
-            &table[id_us * rb..(id_us + 1) * rb],
-            &mut out[i * row_len..(i + 1) * row_len],
-        )?;
+        rocmforge_quant::dequantize(ty, &table[id_us * rb..(id_us + 1) * rb], &mut out[i * row_len..(i + 1) * row_len])?;
     }
     Ok(())
 }

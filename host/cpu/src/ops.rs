@@ -11,10 +11,7 @@
 use crate::simd::{self, Isa};
 
 fn rows(op: &str, x: usize, out: usize, row_len: usize) -> usize {
-    assert!(
-        row_len > 0 && x.is_multiple_of(row_len) && out == x,
-        "{op}: x has {x} values, out {out}, row_len {row_len}"
-    );
+    assert!(row_len > 0 && x.is_multiple_of(row_len) && out == x, "{op}: x has {x} values, out {out}, row_len {row_len}");
     x / row_len
 }
 
@@ -46,14 +43,7 @@ pub fn rms_norm(x: &[f32], w: Option<&[f32]>, eps: f32, row_len: usize, out: &mu
 }
 
 /// Layer norm per row: `out = (x - mean) / sqrt(var + eps) * w + b`.
-pub fn layer_norm(
-    x: &[f32],
-    w: Option<&[f32]>,
-    b: Option<&[f32]>,
-    eps: f32,
-    row_len: usize,
-    out: &mut [f32],
-) {
+pub fn layer_norm(x: &[f32], w: Option<&[f32]>, b: Option<&[f32]>, eps: f32, row_len: usize, out: &mut [f32]) {
     let n = rows("layer_norm", x.len(), out.len(), row_len);
     for v in [w, b].into_iter().flatten() {
         assert_eq!(v.len(), row_len, "layer_norm: weight/bias length");
@@ -121,17 +111,8 @@ impl Default for RopeParams {
 }
 
 /// ggml's `ggml_rope_yarn_corr_dims`: the dims where YaRN's ramp starts and ends.
-pub fn rope_yarn_corr_dims(
-    n_dims: usize,
-    n_ctx_orig: usize,
-    freq_base: f32,
-    beta_fast: f32,
-    beta_slow: f32,
-) -> [f32; 2] {
-    let corr_dim = |n_rot: f32| {
-        n_dims as f32 * (n_ctx_orig as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln()
-            / (2.0 * freq_base.ln())
-    };
+pub fn rope_yarn_corr_dims(n_dims: usize, n_ctx_orig: usize, freq_base: f32, beta_fast: f32, beta_slow: f32) -> [f32; 2] {
+    let corr_dim = |n_rot: f32| n_dims as f32 * (n_ctx_orig as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln() / (2.0 * freq_base.ln());
     let start = corr_dim(beta_fast).floor();
     let end = corr_dim(beta_slow).ceil();
     [start.max(0.0), end.min(n_dims as f32 - 1.0)]
@@ -164,31 +145,13 @@ pub fn rope_cache(pos: f32, p: &RopeParams, cache: &mut [f32]) {
 }
 
 /// Rotate `x` (`n_tokens x n_head x head_dim`) in place; token t is at `positions[t]`.
-pub fn rope(
-    x: &mut [f32],
-    n_tokens: usize,
-    n_head: usize,
-    head_dim: usize,
-    positions: &[i32],
-    p: &RopeParams,
-) {
+pub fn rope(x: &mut [f32], n_tokens: usize, n_head: usize, head_dim: usize, positions: &[i32], p: &RopeParams) {
     let n_dims = p.n_rot;
-    assert!(
-        n_dims.is_multiple_of(2) && n_dims <= head_dim,
-        "rope: n_rot {n_dims} must be even and <= head_dim {head_dim}"
-    );
+    assert!(n_dims.is_multiple_of(2) && n_dims <= head_dim, "rope: n_rot {n_dims} must be even and <= head_dim {head_dim}");
     assert_eq!(x.len(), n_tokens * n_head * head_dim, "rope: x length");
-    assert!(
-        positions.len() >= n_tokens,
-        "rope: {} positions for {n_tokens} tokens",
-        positions.len()
-    );
+    assert!(positions.len() >= n_tokens, "rope: {} positions for {n_tokens} tokens", positions.len());
     if let Some(f) = &p.freq_factors {
-        assert!(
-            f.len() >= n_dims / 2,
-            "rope: {} freq_factors for n_rot {n_dims}",
-            f.len()
-        );
+        assert!(f.len() >= n_dims / 2, "rope: {} freq_factors for n_rot {n_dims}", f.len());
     }
     let mut cache = vec![0f32; n_dims];
     for t in 0..n_tokens {
@@ -214,11 +177,7 @@ fn rotate(x: &mut [f32], n_head: usize, head_dim: usize, cache: &[f32], neox: bo
     for v in x.chunks_exact_mut(head_dim).take(n_head) {
         for i0 in (0..n_dims).step_by(2) {
             let (c, s) = (cache[i0], cache[i0 + 1]);
-            let (a, b) = if neox {
-                (i0 / 2, i0 / 2 + half)
-            } else {
-                (i0, i0 + 1)
-            };
+            let (a, b) = if neox { (i0 / 2, i0 / 2 + half) } else { (i0, i0 + 1) };
             let (x0, x1) = (v[a], v[b]);
             v[a] = x0.mul_add(c, -(x1 * s));
             v[b] = x0.mul_add(s, x1 * c);
@@ -255,19 +214,13 @@ pub fn gelu_erf(x: &[f32], out: &mut [f32]) {
 
 /// SwiGLU: `out = silu(gate) * up`.
 pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(
-        gate.len() == up.len() && gate.len() == out.len(),
-        "swiglu: lengths"
-    );
+    assert!(gate.len() == up.len() && gate.len() == out.len(), "swiglu: lengths");
     simd::silu_ggml(Isa::detect(), gate, Some(up), out);
 }
 
 /// GEGLU: `out = gelu(gate) * up` (tanh approximation).
 pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(
-        gate.len() == up.len() && gate.len() == out.len(),
-        "geglu: lengths"
-    );
+    assert!(gate.len() == up.len() && gate.len() == out.len(), "geglu: lengths");
     simd::gelu_mul(Isa::detect(), gate, Some(up), out);
 }
 

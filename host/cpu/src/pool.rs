@@ -86,9 +86,7 @@ impl ThreadPool {
         let mut handles = Vec::with_capacity(n - 1);
         for idx in 1..n {
             let sh = Arc::clone(&shared);
-            let h = std::thread::Builder::new()
-                .name(format!("rocmforge-cpu-{idx}"))
-                .spawn(move || worker(sh, idx));
+            let h = std::thread::Builder::new().name(format!("rocmforge-cpu-{idx}")).spawn(move || worker(sh, idx));
             match h {
                 Ok(h) => handles.push(h),
                 // Could not start a thread (resource limits): run with the ones we have.
@@ -107,11 +105,7 @@ impl ThreadPool {
             }
             return ThreadPool::new(started);
         }
-        ThreadPool {
-            shared,
-            run_lock: Mutex::new(()),
-            handles,
-        }
+        ThreadPool { shared, run_lock: Mutex::new(()), handles }
     }
 
     /// The process-wide pool: `ROCMFORGE_THREADS` if set to a positive integer, else
@@ -150,8 +144,7 @@ impl ThreadPool {
         let sh = &*self.shared;
         // SAFETY: erases the closure's lifetime; `Wait` below keeps `f` alive until no worker can
         // touch the pointer any more (see the module header).
-        let ptr: *const Job =
-            unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Job>(f) };
+        let ptr: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync + '_), &'static Job>(f) };
         let epoch = sh.epoch.load(Ordering::SeqCst) + 1;
         *sh.job.lock().unwrap_or_else(|e| e.into_inner()) = Some((JobPtr(ptr), epoch, dynamic));
         sh.panicked.store(false, Ordering::Relaxed);
@@ -216,9 +209,7 @@ fn default_threads() -> usize {
             }
         }
     }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn notify_all(sh: &Shared) {
@@ -245,8 +236,7 @@ fn worker(sh: Arc<Shared>, idx: usize) {
                 let g = sh.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 sh.sleepers.fetch_add(1, Ordering::SeqCst);
                 let mut g = g;
-                while sh.epoch.load(Ordering::SeqCst) == seen && !sh.shutdown.load(Ordering::SeqCst)
-                {
+                while sh.epoch.load(Ordering::SeqCst) == seen && !sh.shutdown.load(Ordering::SeqCst) {
                     g = sh.wake.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
                 sh.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -267,9 +257,7 @@ fn worker(sh: Arc<Shared>, idx: usize) {
         let call = || {
             // SAFETY: the caller keeps the closure alive while we may run it (module header).
             let f: &Job = unsafe { &*p };
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(idx, sh.n_threads)))
-                .is_err()
-            {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(idx, sh.n_threads))).is_err() {
                 sh.panicked.store(true, Ordering::Release);
             }
         };
@@ -315,9 +303,7 @@ mod tests {
             })
         });
         assert_eq!(count.load(Ordering::Relaxed), 2);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pool.run(|i, _| assert_ne!(i, 1))
-        }));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.run(|i, _| assert_ne!(i, 1))));
         assert!(r.is_err());
         // The pool still works afterwards.
         let c2 = AtomicUsize::new(0);

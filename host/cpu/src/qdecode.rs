@@ -22,10 +22,7 @@ use rocmforge_quant::{GgmlType, KVALUES_IQ4NL};
 
 /// Types with a fused decode kernel.
 pub(crate) fn has_fused(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::IQ4_NL
-    )
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::IQ4_NL)
 }
 
 /// Activations of one token, as `act::QActs` lays them out.
@@ -111,19 +108,11 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
         let mut scale = [_mm512_setzero_ps(); 4];
         for r in 0..4 {
             // Lane i: the 4 bytes at the start of block b0 + i (d, then m or the first quants).
-            let dm = _mm512_mask_i32gather_epi32::<1>(
-                _mm512_setzero_si512(),
-                mask,
-                offs,
-                rows[r].add(b0 * ts) as *const i32,
-            );
+            let dm = _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, offs, rows[r].add(b0 * ts) as *const i32);
             scale[r] = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)), xd);
             if TY == 1 {
                 let mut mw = [0f32; 16];
-                _mm512_storeu_ps(
-                    mw.as_mut_ptr(),
-                    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))),
-                );
+                _mm512_storeu_ps(mw.as_mut_ptr(), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
                 for (i, &m) in mw.iter().enumerate().take(ng) {
                     summ[r] = m.mul_add(*x.xs16.add(2 * (b0 + i)), summ[r]);
                 }
@@ -135,9 +124,7 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
             let init = match TY {
                 1 => _mm512_setzero_si512(),
                 _ => {
-                    let c = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                        x.xc4.add(b * 8) as *const __m256i
-                    ));
+                    let c = _mm512_broadcast_i64x4(_mm256_loadu_si256(x.xc4.add(b * 8) as *const __m256i));
                     if TY == 0 {
                         // Q4_0 value = q - 8: start from -8 * sum(xq) = xc4 / 16 (exact).
                         _mm512_srai_epi32::<4>(c)
@@ -178,11 +165,7 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
     let mut out = [0f32; 4];
     for r in 0..4 {
         let a = acc[r / 2];
-        let half = if r % 2 == 0 {
-            _mm512_castps512_ps256(a)
-        } else {
-            crate::qmatmul::hi256(a)
-        };
+        let half = if r % 2 == 0 { _mm512_castps512_ps256(a) } else { crate::qmatmul::hi256(a) };
         out[r] = crate::simd::x86::hsum256(half);
         if TY == 1 {
             out[r] += summ[r];

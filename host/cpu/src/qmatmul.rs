@@ -107,11 +107,7 @@ impl WPtr {
     /// # Safety
     /// Row `r` must exist in the tile.
     unsafe fn row(self, kc: &Kc, r: usize) -> WPtr {
-        WPtr {
-            u: self.u.add(r * kc.kp),
-            s4: self.s4.add(r * kc.kp / 4),
-            b16: self.b16.add(r * kc.g16),
-        }
+        WPtr { u: self.u.add(r * kc.kp), s4: self.s4.add(r * kc.kp / 4), b16: self.b16.add(r * kc.g16) }
     }
 }
 
@@ -133,18 +129,7 @@ pub(crate) fn qmatmul(
     let isa = isa.clamp();
     ACTS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut acts) => qmatmul_with(pool, isa, ty, w, n_out, k, x, n_tokens, y, &mut acts),
-        Err(_) => qmatmul_with(
-            pool,
-            isa,
-            ty,
-            w,
-            n_out,
-            k,
-            x,
-            n_tokens,
-            y,
-            &mut QActs::default(),
-        ),
+        Err(_) => qmatmul_with(pool, isa, ty, w, n_out, k, x, n_tokens, y, &mut QActs::default()),
     })
 }
 
@@ -176,22 +161,12 @@ fn qmatmul_with(
     let row_bytes = k / ty.block_size() * ty.type_size();
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && n_tokens <= 3 && crate::qdecode::has_fused(ty) {
-        let job = FusedJob {
-            ty,
-            w: w.as_ptr(),
-            n_out,
-            y: y.as_mut_ptr(),
-        };
+        let job = FusedJob { ty, w: w.as_ptr(), n_out, y: y.as_mut_ptr() };
         // SAFETY: shapes validated by `matmul_ext`; AVX-512 VNNI detected (isa clamped).
         unsafe { decode_fused(pool, &[job], k, n_tokens, acts) };
         return;
     }
-    let kc = Kc {
-        kp,
-        g16,
-        bias: has_bias(ty),
-        seq_bias: act_format(ty) == ActFormat::Q8_1,
-    };
+    let kc = Kc { kp, g16, bias: has_bias(ty), seq_bias: act_format(ty) == ActFormat::Q8_1 };
     let wide = is_wide(ty);
     let n_tiles = n_out.div_ceil(ROW_TILE);
     let nth = pool.n_threads();
@@ -244,17 +219,9 @@ fn qmatmul_with(
                         }
                         let wp = if paired {
                             interleave(kp, &s.u, &s.s4, &mut s.up, &mut s.s4p);
-                            WPtr {
-                                u: s.up.as_ptr(),
-                                s4: s.s4p.as_ptr(),
-                                b16: s.b16.as_ptr(),
-                            }
+                            WPtr { u: s.up.as_ptr(), s4: s.s4p.as_ptr(), b16: s.b16.as_ptr() }
                         } else {
-                            WPtr {
-                                u: s.u.as_ptr(),
-                                s4: s.s4.as_ptr(),
-                                b16: s.b16.as_ptr(),
-                            }
+                            WPtr { u: s.u.as_ptr(), s4: s.s4.as_ptr(), b16: s.b16.as_ptr() }
                         };
                         let mut tt = 0;
                         while tt < tc {
@@ -269,10 +236,7 @@ fn qmatmul_with(
                             };
                             // SAFETY: (t, r0) is inside y (n_tokens x n_out); this thread owns rows
                             // r0..r0+nr of every token (row chunks are disjoint).
-                            let ypt = YPtr {
-                                y: unsafe { yp.get().add(t * n_out + r0) },
-                                ld: n_out,
-                            };
+                            let ypt = YPtr { y: unsafe { yp.get().add(t * n_out + r0) }, ld: n_out };
                             // SAFETY: tile rows nr <= 4 and tokens nt <= 4 exist in the buffers.
                             unsafe { run_tile(isa, wide, paired, &kc, wp, nr, xp, nt, ypt) };
                             tt += nt;
@@ -323,13 +287,7 @@ pub(crate) struct FusedJob {
 /// other job's `y`; `acts` holds `n_tokens` (<= 3) quantized tokens of length `k`; the CPU must
 /// support AVX-512 VNNI.
 #[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn decode_fused(
-    pool: &ThreadPool,
-    jobs: &[FusedJob],
-    k: usize,
-    n_tokens: usize,
-    acts: &QActs,
-) {
+pub(crate) unsafe fn decode_fused(pool: &ThreadPool, jobs: &[FusedJob], k: usize, n_tokens: usize, acts: &QActs) {
     use crate::qdecode::{rows_dot, XTok};
     let nb = k / 32;
     let (kp, n32, g16) = (acts.kp, acts.n32, acts.g16);
@@ -342,12 +300,7 @@ pub(crate) unsafe fn decode_fused(
     }
     let n_quads = starts[jobs.len()];
     let next = AtomicUsize::new(0);
-    let mut toks = [XTok {
-        xq: std::ptr::null(),
-        xc4: std::ptr::null(),
-        d32: std::ptr::null(),
-        xs16: std::ptr::null(),
-    }; 3];
+    let mut toks = [XTok { xq: std::ptr::null(), xc4: std::ptr::null(), d32: std::ptr::null(), xs16: std::ptr::null() }; 3];
     for (t, xt) in toks.iter_mut().enumerate().take(n_tokens) {
         *xt = XTok {
             xq: acts.xq[t * kp..].as_ptr(),
@@ -372,10 +325,7 @@ pub(crate) unsafe fn decode_fused(
                 break;
             }
             let take = ((n_quads - cur) / (2 * nth)).clamp(1, 64);
-            if next
-                .compare_exchange_weak(cur, cur + take, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-            {
+            if next.compare_exchange_weak(cur, cur + take, Ordering::Relaxed, Ordering::Relaxed).is_err() {
                 continue;
             }
             for q in cur..cur + take {
@@ -391,9 +341,7 @@ pub(crate) unsafe fn decode_fused(
                 let nr = 4.min(job.n_out - r0);
                 // Missing rows of the last group repeat the group's last row (results dropped).
                 // SAFETY: every row index < n_out, so each pointer starts a whole row.
-                let rows: [*const u8; 4] = std::array::from_fn(|i| unsafe {
-                    job.w.add((r0 + i.min(nr - 1)) * row_bytes)
-                });
+                let rows: [*const u8; 4] = std::array::from_fn(|i| unsafe { job.w.add((r0 + i.min(nr - 1)) * row_bytes) });
                 // Stream the next group (of this matrix, or the next matrix's first) into L1
                 // while this one computes: the block scales are gathered, and gathers that miss
                 // stall the whole group.
@@ -448,9 +396,7 @@ pub(crate) fn qmatmul_many(
         let fmt = act_format(ty0);
         let fusable = isa.clamp() == Isa::Avx512
             && n_tokens <= 3
-            && jobs
-                .iter()
-                .all(|&(ty, _, _)| crate::qdecode::has_fused(ty) && act_format(ty) == fmt);
+            && jobs.iter().all(|&(ty, _, _)| crate::qdecode::has_fused(ty) && act_format(ty) == fmt);
         if !fusable {
             return false;
         }
@@ -469,12 +415,7 @@ pub(crate) fn qmatmul_many(
             let fj: Vec<FusedJob> = jobs
                 .iter()
                 .zip(ys.iter_mut())
-                .map(|(&(ty, w, n_out), y)| FusedJob {
-                    ty,
-                    w: w.as_ptr(),
-                    n_out,
-                    y: y.as_mut_ptr(),
-                })
+                .map(|(&(ty, w, n_out), y)| FusedJob { ty, w: w.as_ptr(), n_out, y: y.as_mut_ptr() })
                 .collect();
             // SAFETY: shapes validated by `matmul_many`; the outputs are distinct `&mut`
             // slices; AVX-512 VNNI detected (isa clamped).
@@ -490,14 +431,7 @@ pub(crate) fn qmatmul_many(
 }
 
 /// Quantize every token of `x` into `acts` (in parallel for prefill).
-fn quantize_all(
-    pool: &ThreadPool,
-    fmt: ActFormat,
-    x: &[f32],
-    k: usize,
-    n_tokens: usize,
-    acts: &mut QActs,
-) {
+fn quantize_all(pool: &ThreadPool, fmt: ActFormat, x: &[f32], k: usize, n_tokens: usize, acts: &mut QActs) {
     let (kp, g16, n32) = (acts.kp, acts.g16, acts.n32);
     let slots = |acts: &mut QActs, t: usize| {
         // Pointers instead of split borrows so the closure below can be shared by threads.
@@ -541,15 +475,7 @@ fn quantize_all(
     }
 }
 
-fn unpack_dispatch(
-    isa: Isa,
-    ty: GgmlType,
-    src: &[u8],
-    k: usize,
-    u: &mut [u8],
-    s4: &mut [f32],
-    b16: &mut [f32],
-) {
+fn unpack_dispatch(isa: Isa, ty: GgmlType, src: &[u8], k: usize, u: &mut [u8], s4: &mut [f32], b16: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {
         // SAFETY: AVX2/FMA detected (isa was clamped to the CPU's level).
@@ -564,14 +490,7 @@ fn unpack_dispatch(
 /// with F16C doing the scale conversions.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn unpack_avx2(
-    ty: GgmlType,
-    src: &[u8],
-    k: usize,
-    u: &mut [u8],
-    s4: &mut [f32],
-    b16: &mut [f32],
-) {
+unsafe fn unpack_avx2(ty: GgmlType, src: &[u8], k: usize, u: &mut [u8], s4: &mut [f32], b16: &mut [f32]) {
     #[inline(always)]
     fn cvt(h: u16) -> f32 {
         // SAFETY: only reached from `unpack_avx2`, which runs after F16C was detected.
@@ -593,17 +512,7 @@ unsafe fn f16c_cvt(h: u16) -> f32 {
 /// `w` must hold `nr` unpacked rows, `x` `nt` quantized tokens, `y` must be writable at
 /// `t * ld + r` for t < nt, r < nr; `isa` must be supported by the CPU.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_tile(
-    isa: Isa,
-    wide: bool,
-    paired: bool,
-    kc: &Kc,
-    w: WPtr,
-    nr: usize,
-    x: XPtr,
-    nt: usize,
-    y: YPtr,
-) {
+unsafe fn run_tile(isa: Isa, wide: bool, paired: bool, kc: &Kc, w: WPtr, nr: usize, x: XPtr, nt: usize, y: YPtr) {
     macro_rules! by_t {
         ($f:ident, $r:literal, $wide:literal, $w:expr, $y:expr) => {
             match nt {
@@ -619,10 +528,7 @@ unsafe fn run_tile(
             let mut r = 0;
             while r < nr {
                 let wr = w.row(kc, r);
-                let yr = YPtr {
-                    y: y.y.add(r),
-                    ld: y.ld,
-                };
+                let yr = YPtr { y: y.y.add(r), ld: y.ld };
                 if nr - r >= $rt {
                     if wide {
                         by_t!($f, $rt, true, wr, yr)
@@ -749,13 +655,7 @@ use std::arch::x86_64::*;
 /// F/BW/VL/VNNI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn tile512<const T: usize, const WIDE: bool, const PAIRED: bool>(
-    kc: &Kc,
-    w: WPtr,
-    nr: usize,
-    x: XPtr,
-    y: YPtr,
-) {
+unsafe fn tile512<const T: usize, const WIDE: bool, const PAIRED: bool>(kc: &Kc, w: WPtr, nr: usize, x: XPtr, y: YPtr) {
     let kp = kc.kp;
     let kp4 = kp / 4;
     let steps = kp / 32;
@@ -780,16 +680,10 @@ unsafe fn tile512<const T: usize, const WIDE: bool, const PAIRED: bool>(
             }
         }
         for t in 0..T {
-            let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                x.xq.add(t * kp + 32 * st) as *const __m256i
-            ));
-            let dv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(
-                x.dx4.add(t * kp4 + 8 * st) as *const f64,
-            )));
+            let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(x.xq.add(t * kp + 32 * st) as *const __m256i));
+            let dv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(x.dx4.add(t * kp4 + 8 * st) as *const f64)));
             let init = if WIDE {
-                _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                    x.xc4.add(t * kp4 + 8 * st) as *const __m256i
-                ))
+                _mm512_broadcast_i64x4(_mm256_loadu_si256(x.xc4.add(t * kp4 + 8 * st) as *const __m256i))
             } else {
                 _mm512_setzero_si512()
             };
@@ -806,11 +700,7 @@ unsafe fn tile512<const T: usize, const WIDE: bool, const PAIRED: bool>(
                 if r >= nr {
                     continue;
                 }
-                let a = if h == 0 {
-                    _mm512_castps512_ps256(acc[p][t])
-                } else {
-                    hi256(acc[p][t])
-                };
+                let a = if h == 0 { _mm512_castps512_ps256(acc[p][t]) } else { hi256(acc[p][t]) };
                 let mut v = crate::simd::x86::hsum256(a);
                 if kc.seq_bias {
                     v += bias_seq(w.b16.add(r * kc.g16), x.xs16.add(t * kc.g16), kp / 32);
@@ -845,10 +735,7 @@ pub(crate) unsafe fn bias512(b: *const f32, xs: *const f32, n: usize) -> f32 {
         a = _mm512_fmadd_ps(_mm512_loadu_ps(b.add(j)), _mm512_loadu_ps(xs.add(j)), a);
         j += 16;
     }
-    crate::simd::x86::hsum256(_mm256_add_ps(
-        _mm512_castps512_ps256(a),
-        hi256(a),
-    ))
+    crate::simd::x86::hsum256(_mm256_add_ps(_mm512_castps512_ps256(a), hi256(a)))
 }
 
 /// AVX2 tile: R rows x T tokens, 32 bytes (one canonical step) per iteration.
@@ -857,12 +744,7 @@ pub(crate) unsafe fn bias512(b: *const f32, xs: *const f32, n: usize) -> f32 {
 /// As `run_tile`, and the CPU must support AVX2 + FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile256<const R: usize, const T: usize, const WIDE: bool>(
-    kc: &Kc,
-    w: WPtr,
-    x: XPtr,
-    y: YPtr,
-) {
+unsafe fn tile256<const R: usize, const T: usize, const WIDE: bool>(kc: &Kc, w: WPtr, x: XPtr, y: YPtr) {
     let kp = kc.kp;
     let kp4 = kp / 4;
     let ones = _mm256_set1_epi16(1);
@@ -890,14 +772,9 @@ unsafe fn tile256<const R: usize, const T: usize, const WIDE: bool>(
             let xv = _mm256_loadu_si256(x.xq.add(t * kp + c) as *const __m256i);
             let dv = _mm256_loadu_ps(x.dx4.add(t * kp4 + l));
             for r in 0..R {
-                let xs = if WIDE {
-                    _mm256_sign_epi8(xv, sg[r])
-                } else {
-                    xv
-                };
+                let xs = if WIDE { _mm256_sign_epi8(xv, sg[r]) } else { xv };
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[r], xs), ones);
-                acc[r][t] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(sv[r], dv), acc[r][t]);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(sv[r], dv), acc[r][t]);
             }
         }
         c += 32;
@@ -915,11 +792,7 @@ unsafe fn tile256<const R: usize, const T: usize, const WIDE: bool>(
                 let mut j = 0;
                 while j < kc.g16 {
                     lo = _mm256_fmadd_ps(_mm256_loadu_ps(b.add(j)), _mm256_loadu_ps(s.add(j)), lo);
-                    hi = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(b.add(j + 8)),
-                        _mm256_loadu_ps(s.add(j + 8)),
-                        hi,
-                    );
+                    hi = _mm256_fmadd_ps(_mm256_loadu_ps(b.add(j + 8)), _mm256_loadu_ps(s.add(j + 8)), hi);
                     j += 16;
                 }
                 v += crate::simd::x86::hsum256(_mm256_add_ps(lo, hi));

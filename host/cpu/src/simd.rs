@@ -1,5 +1,6 @@
 //! Instruction-set dispatch and the small float SIMD primitives every op shares: dot products of
-//! f32 / f16 / bf16 rows with f32 vectors, `y += a * x`, and a vectorised `exp`.
+//! f32 / f16 / bf16 rows with f32 vectors, a vectorised `exp` (softmax, GELU), and llama.cpp's
+//! own `ggml_v_expf` / SiLU reproduced bit for bit (`ggml_expf`, `silu_ggml`).
 //!
 //! Dispatch is decided once at run time (`Isa::detect`, cached): never `-C target-cpu=native`,
 //! never compile-time `target_feature` cfgs. Each fast path is a `#[target_feature] unsafe fn`
@@ -7,7 +8,8 @@
 //! can lower (never raise) the choice, for tests and benchmarks.
 //!
 //! Invariants: every SIMD function has a scalar twin with the same contract; results differ only by
-//! summation order (and for `exp`, by the polynomial's < 3e-7 relative error).
+//! summation order (and for `exp`, by the polynomial's < 3e-7 relative error), except the ggml
+//! replicas, which give the same bits at every level.
 //! The exp polynomial follows the classic Cephes range reduction (x = n ln2 + r, |r| <= ln2/2).
 
 use std::sync::OnceLock;
@@ -29,11 +31,7 @@ impl Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
             let best = Isa::best_supported();
-            match std::env::var("ROCMFORGE_CPU_ISA")
-                .ok()
-                .as_deref()
-                .map(str::trim)
-            {
+            match std::env::var("ROCMFORGE_CPU_ISA").ok().as_deref().map(str::trim) {
                 Some("scalar") => Isa::Scalar,
                 Some("avx2") => best.min(Isa::Avx2),
                 _ => best,
@@ -50,9 +48,7 @@ impl Isa {
     fn probe() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c");
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
             let avx512 = avx2
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
@@ -70,10 +66,7 @@ impl Isa {
 
     /// Every level this machine can run (for tests comparing paths).
     pub fn all_supported() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
-            .into_iter()
-            .filter(|&i| i <= Isa::best_supported())
-            .collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= Isa::best_supported()).collect()
     }
 
     /// `self` if the CPU supports it, else the best supported level below it.
@@ -123,9 +116,7 @@ pub(crate) fn dot_dense_scalar(ty: Dense, w: &[u8], x: &[f32], n: usize) -> f32 
         let v = match ty {
             Dense::F32 => f32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]),
             Dense::F16 => f16_bits_to_f32(u16::from_le_bytes([w[2 * i], w[2 * i + 1]])),
-            Dense::Bf16 => {
-                f32::from_bits((u16::from_le_bytes([w[2 * i], w[2 * i + 1]]) as u32) << 16)
-            }
+            Dense::Bf16 => f32::from_bits((u16::from_le_bytes([w[2 * i], w[2 * i + 1]]) as u32) << 16),
         };
         acc[i % 8] += v * x[i];
     }
@@ -217,7 +208,7 @@ pub(crate) fn ggml_expf(x: f32) -> f32 {
     let z = x.mul_add(f32::from_bits(0x3FB8_AA3B), r); // 0x1.715476p+0
     let n = z - r;
     let b = (-n).mul_add(
-        f32::from_bits(0x35BF_BE8E), // 0x1.7f7d1cp-20
+        f32::from_bits(0x35BF_BE8E),                  // 0x1.7f7d1cp-20
         (-n).mul_add(f32::from_bits(0x3F31_7200), x), // 0x1.62e4p-1
     );
     let u = b * b;
@@ -369,9 +360,7 @@ pub(crate) mod x86 {
             let v = match ty {
                 Dense::F32 => (w.add(4 * i) as *const f32).read_unaligned(),
                 Dense::F16 => super::f16_bits_to_f32((w.add(2 * i) as *const u16).read_unaligned()),
-                Dense::Bf16 => {
-                    f32::from_bits(((w.add(2 * i) as *const u16).read_unaligned() as u32) << 16)
-                }
+                Dense::Bf16 => f32::from_bits(((w.add(2 * i) as *const u16).read_unaligned() as u32) << 16),
             };
             s += v * *x.add(i);
             i += 1;
@@ -385,10 +374,7 @@ pub(crate) mod x86 {
     pub(crate) unsafe fn f16_to_f32_avx2(src: *const u16, dst: *mut f32, n: usize) {
         let mut i = 0;
         while i + 8 <= n {
-            _mm256_storeu_ps(
-                dst.add(i),
-                _mm256_cvtph_ps(_mm_loadu_si128(src.add(i) as *const __m128i)),
-            );
+            _mm256_storeu_ps(dst.add(i), _mm256_cvtph_ps(_mm_loadu_si128(src.add(i) as *const __m128i)));
             i += 8;
         }
         while i < n {
@@ -403,10 +389,7 @@ pub(crate) mod x86 {
     pub(crate) unsafe fn exp256(x: __m256) -> __m256 {
         let lo = _mm256_set1_ps(-87.336_55);
         let xc = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.376_26));
-        let n = _mm256_round_ps(
-            _mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-        );
+        let n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         // r = x - n ln2, in two steps for accuracy (Cody-Waite).
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), xc);
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
@@ -420,10 +403,7 @@ pub(crate) mod x86 {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
         // 2^n, n in [-126, 127] after the clamp; 2^(n) = (n + 127) << 23 as bits.
         let ni = _mm256_cvtps_epi32(n);
-        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_add_epi32(ni, _mm256_set1_epi32(127)),
-            23,
-        ));
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
         let res = _mm256_mul_ps(p, pow2);
         // Flush results for x below the clamp to exactly 0 (masked attention logits, -inf).
         let under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
@@ -456,12 +436,7 @@ pub(crate) mod x86 {
     /// # Safety
     /// AVX2 and FMA must be available; pointers valid for `n` floats.
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn gelu_mul_avx2(
-        x: *const f32,
-        mul: Option<*const f32>,
-        out: *mut f32,
-        n: usize,
-    ) {
+    pub(crate) unsafe fn gelu_mul_avx2(x: *const f32, mul: Option<*const f32>, out: *mut f32, n: usize) {
         let one = _mm256_set1_ps(1.0);
         let half = _mm256_set1_ps(0.5);
         let mut i = 0;
@@ -473,10 +448,7 @@ pub(crate) mod x86 {
             );
             // tanh(y) = 1 - 2 / (exp(2y) + 1); exp saturates cleanly at both ends.
             let e = exp256(_mm256_add_ps(inner, inner));
-            let t = _mm256_sub_ps(
-                one,
-                _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(e, one)),
-            );
+            let t = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(e, one)));
             let mut g = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, t));
             if let Some(m) = mul {
                 g = _mm256_mul_ps(g, _mm256_loadu_ps(m.add(i)));

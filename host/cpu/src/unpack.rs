@@ -25,30 +25,13 @@ use rocmforge_quant::{get_scale_min_k4, GgmlType, KVALUES_IQ4NL};
 /// True if the quantized matmul handles `ty`.
 pub(crate) fn supported(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(
-        ty,
-        Q4_0 | Q4_1
-            | Q5_0
-            | Q5_1
-            | Q8_0
-            | Q2_K
-            | Q3_K
-            | Q4_K
-            | Q5_K
-            | Q6_K
-            | Q8_K
-            | IQ4_NL
-            | IQ4_XS
-    )
+    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_NL | IQ4_XS)
 }
 
 /// True for types whose `u` is value + 128 (see module header).
 pub(crate) fn is_wide(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(
-        ty,
-        Q4_0 | Q5_0 | Q8_0 | Q8_K | IQ4_NL | IQ4_XS | Q3_K | Q6_K
-    )
+    matches!(ty, Q4_0 | Q5_0 | Q8_0 | Q8_K | IQ4_NL | IQ4_XS | Q3_K | Q6_K)
 }
 
 /// True if B is identically zero for `ty` (the kernels skip the bias dot).
@@ -342,8 +325,7 @@ pub(crate) fn unpack_row(
                 let d = h(b, 0);
                 let sh = u16::from_le_bytes([b[2], b[3]]);
                 for ib32 in 0..8 {
-                    let ls = ((b[4 + ib32 / 2] >> (4 * (ib32 % 2))) & 15)
-                        | ((((sh >> (2 * ib32)) & 3) as u8) << 4);
+                    let ls = ((b[4 + ib32 / 2] >> (4 * (ib32 % 2))) & 15) | ((((sh >> (2 * ib32)) & 3) as u8) << 4);
                     fill(&mut s4[8 * ib32..8 * ib32 + 8], d * (ls as i32 - 32) as f32);
                     let (uc, _) = u.as_chunks_mut::<32>();
                     iq4(arr(b, 8 + 16 * ib32), &mut uc[ib32]);

@@ -52,9 +52,7 @@ fn reference(
             let keys: Vec<usize> = (0..seq_len)
                 .filter(|&kp| {
                     let causal_ok = !p.causal || kp <= qp;
-                    let win_ok = p
-                        .sliding_window
-                        .is_none_or(|w| kp + w > qp && (p.causal || qp + w > kp));
+                    let win_ok = p.sliding_window.is_none_or(|w| kp + w > qp && (p.causal || qp + w > kp));
                     causal_ok && win_ok
                 })
                 .collect();
@@ -63,8 +61,7 @@ fn reference(
                 .map(|&kp| {
                     let mut s = 0f64;
                     for d in 0..dk {
-                        s += r16(q[(t * n_head + h) * dk + d] as f64)
-                            * seq.k[(kp * n_kv + g) * dk + d] as f64;
+                        s += r16(q[(t * n_head + h) * dk + d] as f64) * seq.k[(kp * n_kv + g) * dk + d] as f64;
                     }
                     s *= scale;
                     if let Some(c) = p.softcap {
@@ -97,39 +94,14 @@ fn paged_attention_matches_dense_f64() {
     let mut rng = Rng::new(42);
     let mut cache = KvCache::new(n_layer, n_kv, dk, dv, BS, n_blocks);
     // Two sequences interleaved in the pool, neither contiguous nor ordered.
-    let mut seqs = [
-        Seq {
-            table: vec![13, 2, 9, 0, 21],
-            k: vec![],
-            v: vec![],
-        },
-        Seq {
-            table: vec![5, 17, 1, 11, 3],
-            k: vec![],
-            v: vec![],
-        },
-    ];
+    let mut seqs = [Seq { table: vec![13, 2, 9, 0, 21], k: vec![], v: vec![] }, Seq { table: vec![5, 17, 1, 11, 3], k: vec![], v: vec![] }];
     let layer = 1;
     let params = [
         AttnParams::default(),
-        AttnParams {
-            sliding_window: Some(5),
-            ..Default::default()
-        },
-        AttnParams {
-            softcap: Some(5.0),
-            scale: Some(0.5),
-            ..Default::default()
-        },
-        AttnParams {
-            causal: false,
-            ..Default::default()
-        },
-        AttnParams {
-            causal: false,
-            sliding_window: Some(7),
-            ..Default::default()
-        },
+        AttnParams { sliding_window: Some(5), ..Default::default() },
+        AttnParams { softcap: Some(5.0), scale: Some(0.5), ..Default::default() },
+        AttnParams { causal: false, ..Default::default() },
+        AttnParams { causal: false, sliding_window: Some(7), ..Default::default() },
     ];
     // Steps: prefill 17 (crosses a block), decode 1, chunk of 20 (crosses two), decode 1 ...
     for &n_tokens in &[17usize, 1, 20, 1, 15, 3] {
@@ -137,23 +109,16 @@ fn paged_attention_matches_dense_f64() {
             let pos_start = seq.k.len() / (n_kv * dk);
             let k = rng.vec(n_tokens * n_kv * dk, 1.0);
             let v = rng.vec(n_tokens * n_kv * dv, 1.0);
-            cache
-                .write(layer, &seq.table, pos_start, &k, &v, n_tokens)
-                .expect("write");
+            cache.write(layer, &seq.table, pos_start, &k, &v, n_tokens).expect("write");
             seq.k.extend(f16_round(&k));
             seq.v.extend(f16_round(&v));
             let q = rng.vec(n_tokens * n_head * dk, 1.0);
             for p in &params {
-                let (want, slack) =
-                    reference(seq, &q, n_tokens, pos_start, n_head, n_kv, dk, dv, p);
+                let (want, slack) = reference(seq, &q, n_tokens, pos_start, n_head, n_kv, dk, dv, p);
                 let mut first: Option<Vec<f32>> = None;
                 for isa in Isa::all_supported() {
                     let mut out = vec![f32::NAN; n_tokens * n_head * dv];
-                    attention_isa(
-                        &pool, isa, &cache, layer, &seq.table, &q, n_tokens, pos_start, n_head, p,
-                        &mut out,
-                    )
-                    .expect("attention");
+                    attention_isa(&pool, isa, &cache, layer, &seq.table, &q, n_tokens, pos_start, n_head, p, &mut out).expect("attention");
                     let vmax = seq.v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
                     for i in 0..out.len() {
                         let err = (out[i] as f64 - want[i]).abs();
@@ -166,10 +131,9 @@ fn paged_attention_matches_dense_f64() {
                     }
                     match &first {
                         None => first = Some(out),
-                        Some(f) => assert!(
-                            f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{isa:?} differs from the scalar path"
-                        ),
+                        Some(f) => {
+                            assert!(f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?} differs from the scalar path")
+                        }
                     }
                 }
             }
@@ -177,16 +141,9 @@ fn paged_attention_matches_dense_f64() {
     }
     // Layer 0 was never written: its blocks are still zero, and reading layer 1 back is exact.
     let mut row = vec![0f32; dk];
-    cache
-        .read(layer, &seqs[0].table, 20, 1, false, &mut row)
-        .unwrap();
-    assert_eq!(
-        &row[..],
-        &seqs[0].k[(20 * n_kv + 1) * dk..(20 * n_kv + 2) * dk]
-    );
-    cache
-        .read(0, &seqs[0].table, 20, 1, false, &mut row)
-        .unwrap();
+    cache.read(layer, &seqs[0].table, 20, 1, false, &mut row).unwrap();
+    assert_eq!(&row[..], &seqs[0].k[(20 * n_kv + 1) * dk..(20 * n_kv + 2) * dk]);
+    cache.read(0, &seqs[0].table, 20, 1, false, &mut row).unwrap();
     assert!(row.iter().all(|&x| x == 0.0));
 }
 
@@ -196,24 +153,13 @@ fn bad_tables_are_errors() {
     let mut cache = KvCache::new(1, 1, 8, 8, BS, 4);
     let k = vec![0f32; 8];
     assert!(cache.write(0, &[1], 15, &k, &k, 1).is_ok());
-    assert!(
-        cache.write(0, &[1], 16, &k, &k, 1).is_err(),
-        "table too short"
-    );
-    assert!(
-        cache.write(0, &[4], 0, &k, &k, 1).is_err(),
-        "block id out of range"
-    );
-    assert!(
-        cache.write(1, &[0], 0, &k, &k, 1).is_err(),
-        "layer out of range"
-    );
+    assert!(cache.write(0, &[1], 16, &k, &k, 1).is_err(), "table too short");
+    assert!(cache.write(0, &[4], 0, &k, &k, 1).is_err(), "block id out of range");
+    assert!(cache.write(1, &[0], 0, &k, &k, 1).is_err(), "layer out of range");
     let mut out = vec![0f32; 8];
     let p = AttnParams::default();
     assert!(rocmforge_cpu::attention(&pool, &cache, 0, &[1], &k, 1, 16, 1, &p, &mut out).is_err());
-    assert!(
-        rocmforge_cpu::attention(&pool, &cache, 0, &[1, 2], &k, 1, 16, 1, &p, &mut out).is_ok()
-    );
+    assert!(rocmforge_cpu::attention(&pool, &cache, 0, &[1, 2], &k, 1, 16, 1, &p, &mut out).is_ok());
     assert!(
         rocmforge_cpu::attention(&pool, &cache, 0, &[1], &k, 1, 0, 3, &p, &mut [0f32; 24]).is_err(),
         "q of 8 values cannot hold 3 heads of 8"

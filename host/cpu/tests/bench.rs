@@ -20,16 +20,7 @@ fn weights(rng: &mut Rng, ty: GgmlType, n_out: usize, k: usize) -> Vec<u8> {
 
 /// Seconds per call (best of 5 batches).
 #[allow(clippy::too_many_arguments)]
-fn time(
-    pool: &ThreadPool,
-    isa: Isa,
-    ty: GgmlType,
-    w: &[u8],
-    n_out: usize,
-    k: usize,
-    x: &[f32],
-    n_tokens: usize,
-) -> f64 {
+fn time(pool: &ThreadPool, isa: Isa, ty: GgmlType, w: &[u8], n_out: usize, k: usize, x: &[f32], n_tokens: usize) -> f64 {
     let mut y = vec![0f32; n_out * n_tokens];
     let work = (n_out * k * n_tokens) as f64;
     let iters = ((2e8 / work) as usize).clamp(1, 20000);
@@ -48,10 +39,7 @@ fn time(
 #[ignore]
 fn bench_matmul_kernels() {
     let mut rng = Rng::new(1);
-    let nth = std::env::var("ROCMFORGE_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let nth = std::env::var("ROCMFORGE_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let pool = ThreadPool::new(nth);
     println!("threads {nth}, best ISA {:?}", Isa::best_supported());
     let shapes: &[(GgmlType, usize, usize, usize)] = &[
@@ -93,15 +81,7 @@ fn bench_matmul_kernels() {
     }
 
     // Whole-model matmul estimate, SmolLM2-135M Q4_1 (30 layers; output Q8_0 49152 x 576).
-    let layer: &[(usize, usize)] = &[
-        (576, 576),
-        (192, 576),
-        (192, 576),
-        (576, 576),
-        (1536, 576),
-        (1536, 576),
-        (576, 1536),
-    ];
+    let layer: &[(usize, usize)] = &[(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
     let isa = Isa::detect();
     for &n_tokens in &[1usize, 512] {
         let mut total = 0.0;
@@ -114,11 +94,7 @@ fn bench_matmul_kernels() {
         let x = rng.vec(576, 1.0);
         // Prefill only needs the logits of the last token.
         total += time(&pool, isa, GgmlType::Q8_0, &w, 49152, 576, &x, 1);
-        println!(
-            "SmolLM2-135M Q4_1 matmuls only, {n_tokens} tokens: {:.2} ms -> {:.0} tok/s",
-            total * 1e3,
-            n_tokens as f64 / total
-        );
+        println!("SmolLM2-135M Q4_1 matmuls only, {n_tokens} tokens: {:.2} ms -> {:.0} tok/s", total * 1e3, n_tokens as f64 / total);
     }
 
     // Cold version of the decode estimate: all 30 layers' distinct weights (~96 MB with the
@@ -126,39 +102,17 @@ fn bench_matmul_kernels() {
     let mut model: Vec<(GgmlType, usize, usize, Vec<u8>)> = Vec::new();
     for _ in 0..30 {
         for &(n_out, k) in layer {
-            model.push((
-                GgmlType::Q4_1,
-                n_out,
-                k,
-                weights(&mut rng, GgmlType::Q4_1, n_out, k),
-            ));
+            model.push((GgmlType::Q4_1, n_out, k, weights(&mut rng, GgmlType::Q4_1, n_out, k)));
         }
     }
-    model.push((
-        GgmlType::Q8_0,
-        49152,
-        576,
-        weights(&mut rng, GgmlType::Q8_0, 49152, 576),
-    ));
+    model.push((GgmlType::Q8_0, 49152, 576, weights(&mut rng, GgmlType::Q8_0, 49152, 576)));
     let xs = rng.vec(1536, 1.0);
     let mut y = vec![0f32; 49152];
     let mut best = f64::MAX;
     for _ in 0..20 {
         let t0 = Instant::now();
         for (ty, n_out, k, w) in &model {
-            matmul_ext(
-                &pool,
-                isa,
-                *ty,
-                w,
-                *n_out,
-                *k,
-                &xs[..*k],
-                1,
-                None,
-                &mut y[..*n_out],
-            )
-            .expect("matmul");
+            matmul_ext(&pool, isa, *ty, w, *n_out, *k, &xs[..*k], 1, None, &mut y[..*n_out]).expect("matmul");
         }
         best = best.min(t0.elapsed().as_secs_f64());
     }
@@ -177,10 +131,7 @@ fn bench_matmul_kernels() {
 fn bench_attention() {
     // SmolLM2-135M shapes: 9 query heads, 3 KV heads, head_dim 64, blocks of 16.
     let (n_head, n_kv, hd, bs) = (9, 3, 64, 16);
-    let nth = std::env::var("ROCMFORGE_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let nth = std::env::var("ROCMFORGE_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let pool = ThreadPool::new(nth);
     let mut rng = Rng::new(3);
     let n_ctx = 1024;
@@ -194,24 +145,9 @@ fn bench_attention() {
         let mut best = f64::MAX;
         for _ in 0..5 {
             let t0 = Instant::now();
-            attention(
-                &pool,
-                &cache,
-                0,
-                &table,
-                &q,
-                n_tokens,
-                pos_start,
-                n_head,
-                &AttnParams::default(),
-                &mut out,
-            )
-            .expect("attention");
+            attention(&pool, &cache, 0, &table, &q, n_tokens, pos_start, n_head, &AttnParams::default(), &mut out).expect("attention");
             best = best.min(t0.elapsed().as_secs_f64());
         }
-        println!(
-            "attention {n_tokens} queries at pos {pos_start}, threads {nth}: {:.1} us per layer",
-            best * 1e6
-        );
+        println!("attention {n_tokens} queries at pos {pos_start}, threads {nth}: {:.1} us per layer", best * 1e6);
     }
 }

@@ -105,9 +105,20 @@ fn quantized_dots_match_llama_cpp_vec_dot() {
                     let err = (y[r] as f64 - want[xi][r] as f64).abs() / l1.max(1e-30);
                     worst = worst.max(err);
                     if exact {
-                        assert_eq!(y[r].to_bits(), want[xi][r].to_bits(), "{t} {isa:?} x {xi} row {r}: {} vs llama.cpp {}", y[r], want[xi][r]);
+                        assert_eq!(
+                            y[r].to_bits(),
+                            want[xi][r].to_bits(),
+                            "{t} {isa:?} x {xi} row {r}: {} vs llama.cpp {}",
+                            y[r],
+                            want[xi][r]
+                        );
                     } else {
-                        assert!(err <= 2.5e-7, "{t} {isa:?} x {xi} row {r}: {} vs llama.cpp {} (err {err:e} of sum |w x|)", y[r], want[xi][r]);
+                        assert!(
+                            err <= 2.5e-7,
+                            "{t} {isa:?} x {xi} row {r}: {} vs llama.cpp {} (err {err:e} of sum |w x|)",
+                            y[r],
+                            want[xi][r]
+                        );
                     }
                 }
             }

@@ -111,22 +111,12 @@ fn block_mins(ty: GgmlType, wq: &[u8], n: usize) -> Option<Vec<f64>> {
         GgmlType::Q5_1 => 24,
         _ => return None,
     };
-    Some(
-        (0..n / 32)
-            .map(|b| f16_to_f32(u16::from_le_bytes([wq[b * ts + 2], wq[b * ts + 3]])) as f64)
-            .collect(),
-    )
+    Some((0..n / 32).map(|b| f16_to_f32(u16::from_le_bytes([wq[b * ts + 2], wq[b * ts + 3]])) as f64).collect())
 }
 
 /// f64 reference with dequantized W and x as the kernel quantizes it; also returns sum |w x|
 /// per output.
-fn tight_ref(
-    ty: GgmlType,
-    c: &Case,
-    n_out: usize,
-    k: usize,
-    n_tokens: usize,
-) -> (Vec<f64>, Vec<f64>) {
+fn tight_ref(ty: GgmlType, c: &Case, n_out: usize, k: usize, n_tokens: usize) -> (Vec<f64>, Vec<f64>) {
     let wd = dequantize_to_vec(ty, &c.wq, n_out * k).expect("dequantize");
     let mins = block_mins(ty, &c.wq, n_out * k);
     let mut y = vec![0f64; n_tokens * n_out];
@@ -160,9 +150,7 @@ fn full_ref(c: &Case, n_out: usize, k: usize, n_tokens: usize) -> Vec<f64> {
     let mut y = vec![0f64; n_tokens * n_out];
     for t in 0..n_tokens {
         for r in 0..n_out {
-            y[t * n_out + r] = (0..k)
-                .map(|i| c.w[r * k + i] as f64 * c.x[t * k + i] as f64)
-                .sum();
+            y[t * n_out + r] = (0..k).map(|i| c.w[r * k + i] as f64 * c.x[t * k + i] as f64).sum();
         }
     }
     y
@@ -178,8 +166,7 @@ fn check_type(ty: GgmlType, k: usize, pool: &ThreadPool, seed: u64) {
         let mut scalar = vec![0f32; n_tokens * n_out];
         for isa in Isa::all_supported() {
             let mut y = vec![f32::NAN; n_tokens * n_out];
-            matmul_ext(pool, isa, ty, &c.wq, n_out, k, &c.x, n_tokens, None, &mut y)
-                .expect("matmul");
+            matmul_ext(pool, isa, ty, &c.wq, n_out, k, &c.x, n_tokens, None, &mut y).expect("matmul");
             for i in 0..y.len() {
                 let err = (y[i] as f64 - yt[i]).abs();
                 assert!(
@@ -191,22 +178,12 @@ fn check_type(ty: GgmlType, k: usize, pool: &ThreadPool, seed: u64) {
                 );
             }
             let rel = rel_l2(&y, &yf);
-            assert!(
-                rel <= loose_bound(ty),
-                "{ty} {isa:?} n_tokens={n_tokens}: rel L2 vs full precision {rel} > {}",
-                loose_bound(ty)
-            );
+            assert!(rel <= loose_bound(ty), "{ty} {isa:?} n_tokens={n_tokens}: rel L2 vs full precision {rel} > {}", loose_bound(ty));
             if isa == Isa::Scalar {
                 scalar = y;
             } else {
                 for i in 0..y.len() {
-                    assert_eq!(
-                        y[i].to_bits(),
-                        scalar[i].to_bits(),
-                        "{ty} {isa:?} differs from scalar at {i}: {} vs {}",
-                        y[i],
-                        scalar[i]
-                    );
+                    assert_eq!(y[i].to_bits(), scalar[i].to_bits(), "{ty} {isa:?} differs from scalar at {i}: {} vs {}", y[i], scalar[i]);
                 }
             }
         }
@@ -219,11 +196,7 @@ fn quantized_types_match_f64_references() {
     for (i, &ty) in QUANT_TYPES.iter().enumerate() {
         let bs = ty.block_size();
         // One k that needs padding to 64 and one that does not.
-        let ks: Vec<usize> = if bs == 32 {
-            vec![352, 512]
-        } else {
-            vec![768, 512]
-        };
+        let ks: Vec<usize> = if bs == 32 { vec![352, 512] } else { vec![768, 512] };
         for k in ks {
             check_type(ty, k, &pool, 1000 + i as u64 * 17 + k as u64);
         }
@@ -240,24 +213,9 @@ fn measured_loose_errors_are_reported() {
         let k = if ty.block_size() == 32 { 352 } else { 768 };
         let c = make_case(&mut rng, ty, 37, k, 17);
         let mut y = vec![0f32; 17 * 37];
-        matmul_ext(
-            &pool,
-            Isa::detect(),
-            ty,
-            &c.wq,
-            37,
-            k,
-            &c.x,
-            17,
-            None,
-            &mut y,
-        )
-        .expect("matmul");
+        matmul_ext(&pool, Isa::detect(), ty, &c.wq, 37, k, &c.x, 17, None, &mut y).expect("matmul");
         let rel = rel_l2(&y, &full_ref(&c, 37, k, 17));
-        println!(
-            "{ty:>7}: rel L2 vs f64 {rel:.4} (bound {})",
-            loose_bound(ty)
-        );
+        println!("{ty:>7}: rel L2 vs f64 {rel:.4} (bound {})", loose_bound(ty));
         worst.push((ty, rel));
     }
     for (ty, rel) in worst {
@@ -280,19 +238,7 @@ fn dense_types_match_f64() {
                 let bias = rng.vec(n_out, 1.0);
                 for isa in Isa::all_supported() {
                     let mut y = vec![f32::NAN; n_tokens * n_out];
-                    matmul_ext(
-                        &pool,
-                        isa,
-                        ty,
-                        &wq,
-                        n_out,
-                        k,
-                        &x,
-                        n_tokens,
-                        Some(&bias),
-                        &mut y,
-                    )
-                    .expect("matmul");
+                    matmul_ext(&pool, isa, ty, &wq, n_out, k, &x, n_tokens, Some(&bias), &mut y).expect("matmul");
                     for t in 0..n_tokens {
                         for r in 0..n_out {
                             let (mut s, mut a) = (bias[r] as f64, bias[r].abs() as f64);
@@ -302,10 +248,7 @@ fn dense_types_match_f64() {
                                 a += p.abs();
                             }
                             let got = y[t * n_out + r] as f64;
-                            assert!(
-                                (got - s).abs() <= 1e-5 * a,
-                                "{ty} {isa:?} k={k} n_tokens={n_tokens} ({t},{r}): {got} vs {s}"
-                            );
+                            assert!((got - s).abs() <= 1e-5 * a, "{ty} {isa:?} k={k} n_tokens={n_tokens} ({t},{r}): {got} vs {s}");
                         }
                     }
                 }
@@ -322,32 +265,8 @@ fn bias_is_added_to_quantized_outputs() {
     let bias = rng.vec(8, 1.0);
     let mut y0 = vec![0f32; 24];
     let mut y1 = vec![0f32; 24];
-    matmul_ext(
-        &pool,
-        Isa::detect(),
-        GgmlType::Q4_1,
-        &c.wq,
-        8,
-        64,
-        &c.x,
-        3,
-        None,
-        &mut y0,
-    )
-    .unwrap();
-    matmul_ext(
-        &pool,
-        Isa::detect(),
-        GgmlType::Q4_1,
-        &c.wq,
-        8,
-        64,
-        &c.x,
-        3,
-        Some(&bias),
-        &mut y1,
-    )
-    .unwrap();
+    matmul_ext(&pool, Isa::detect(), GgmlType::Q4_1, &c.wq, 8, 64, &c.x, 3, None, &mut y0).unwrap();
+    matmul_ext(&pool, Isa::detect(), GgmlType::Q4_1, &c.wq, 8, 64, &c.x, 3, Some(&bias), &mut y1).unwrap();
     for i in 0..24 {
         assert!((y1[i] - y0[i] - bias[i % 8]).abs() < 1e-5);
     }
@@ -369,15 +288,7 @@ fn bad_shapes_are_errors_not_panics() {
 #[test]
 fn get_rows_equals_dequantize() {
     let mut rng = Rng::new(11);
-    for ty in [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q4_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4_K,
-        GgmlType::Q6_K,
-    ] {
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
         let row_len = 256;
         let n_rows = 10;
         let table_f = rng.vec(n_rows * row_len, 1.0);
@@ -387,11 +298,7 @@ fn get_rows_equals_dequantize() {
         let mut out = vec![0f32; ids.len() * row_len];
         rocmforge_cpu::get_rows(ty, &table, row_len, &ids, &mut out).unwrap();
         for (i, &id) in ids.iter().enumerate() {
-            assert_eq!(
-                &out[i * row_len..(i + 1) * row_len],
-                &all[id as usize * row_len..(id as usize + 1) * row_len],
-                "{ty}"
-            );
+            assert_eq!(&out[i * row_len..(i + 1) * row_len], &all[id as usize * row_len..(id as usize + 1) * row_len], "{ty}");
         }
         let e = rocmforge_cpu::get_rows(ty, &table, row_len, &[10], &mut out[..row_len]);
         assert!(e.is_err(), "{ty}: id out of range must fail");
@@ -412,19 +319,15 @@ fn matmul_many_equals_separate_matmuls() {
         for &n_tokens in &[1usize, 3, 17] {
             let shapes: Vec<usize> = (0..types.len()).map(|i| [37usize, 192, 5][i % 3]).collect();
             let kk = if types.iter().any(|t| t.block_size() == 256) { 768 } else { k };
-            let ws: Vec<Vec<u8>> = types
-                .iter()
-                .zip(&shapes)
-                .map(|(&t, &n)| quantize_to_vec(t, &rng.vec(n * kk, 0.05)).expect("quantize"))
-                .collect();
+            let ws: Vec<Vec<u8>> =
+                types.iter().zip(&shapes).map(|(&t, &n)| quantize_to_vec(t, &rng.vec(n * kk, 0.05)).expect("quantize")).collect();
             let biases: Vec<Vec<f32>> = shapes.iter().map(|&n| rng.vec(n, 1.0)).collect();
             let x = rng.vec(n_tokens * kk, 1.0);
             let mut want: Vec<Vec<f32>> = Vec::new();
             for i in 0..types.len() {
                 let mut y = vec![f32::NAN; n_tokens * shapes[i]];
                 let b = (i % 2 == 0).then_some(&biases[i][..]);
-                rocmforge_cpu::matmul_bias(&pool, types[i], &ws[i], shapes[i], kk, &x, n_tokens, b, &mut y)
-                    .expect("matmul");
+                rocmforge_cpu::matmul_bias(&pool, types[i], &ws[i], shapes[i], kk, &x, n_tokens, b, &mut y).expect("matmul");
                 want.push(y);
             }
             let mut got: Vec<Vec<f32>> = shapes.iter().map(|&n| vec![f32::NAN; n_tokens * n]).collect();

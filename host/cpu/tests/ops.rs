@@ -24,16 +24,11 @@ fn rms_norm_matches_f64() {
             let xr = &x[r * n..(r + 1) * n];
             let ms: f64 = xr.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / n as f64;
             for i in 0..n {
-                want[r * n + i] =
-                    xr[i] as f64 / (ms + 1e-5).sqrt() * wopt.map_or(1.0, |w| w[i] as f64);
+                want[r * n + i] = xr[i] as f64 / (ms + 1e-5).sqrt() * wopt.map_or(1.0, |w| w[i] as f64);
             }
         }
         let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-        assert!(
-            max_abs(&out, &want) <= 1e-6 * scale,
-            "rms_norm err {}",
-            max_abs(&out, &want)
-        );
+        assert!(max_abs(&out, &want) <= 1e-6 * scale, "rms_norm err {}", max_abs(&out, &want));
     }
 }
 
@@ -58,29 +53,15 @@ fn layer_norm_matches_f64() {
             want[r * n + i] = (xr[i] - mean) / (var + 1e-5).sqrt() * w[i] as f64 + b[i] as f64;
         }
     }
-    assert!(
-        max_abs(&out, &want) <= 2e-5,
-        "layer_norm err {}",
-        max_abs(&out, &want)
-    );
+    assert!(max_abs(&out, &want) <= 2e-5, "layer_norm err {}", max_abs(&out, &want));
 }
 
 /// f64 rope following the formulas (exact powers instead of ggml's repeated f32 products).
-fn rope_ref(
-    x: &[f32],
-    n_tokens: usize,
-    n_head: usize,
-    hd: usize,
-    pos: &[i32],
-    p: &RopeParams,
-) -> Vec<f64> {
+fn rope_ref(x: &[f32], n_tokens: usize, n_head: usize, hd: usize, pos: &[i32], p: &RopeParams) -> Vec<f64> {
     let nd = p.n_rot;
     let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let (base, fs, ext) = (p.freq_base as f64, p.freq_scale as f64, p.ext_factor as f64);
-    let corr = |beta: f64| {
-        nd as f64 * (p.n_ctx_orig as f64 / (beta * 2.0 * std::f64::consts::PI)).ln()
-            / (2.0 * base.ln())
-    };
+    let corr = |beta: f64| nd as f64 * (p.n_ctx_orig as f64 / (beta * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
     let lo = corr(p.beta_fast as f64).floor().max(0.0);
     let hi = corr(p.beta_slow as f64).ceil().min(nd as f64 - 1.0);
     for t in 0..n_tokens {
@@ -98,11 +79,7 @@ fn rope_ref(
                     ms *= 1.0 + 0.1 * (1.0 / fs).ln();
                 }
                 let (c, s) = (theta.cos() * ms, theta.sin() * ms);
-                let (a, b) = if p.neox {
-                    (j, j + nd / 2)
-                } else {
-                    (2 * j, 2 * j + 1)
-                };
+                let (a, b) = if p.neox { (j, j + nd / 2) } else { (2 * j, 2 * j + 1) };
                 let (x0, x1) = (v[a], v[b]);
                 v[a] = x0 * c - x1 * s;
                 v[b] = x0 * s + x1 * c;
@@ -119,59 +96,12 @@ fn rope_matches_f64_all_variants() {
     let positions = [0i32, 1, 7, 100, 300];
     let ff: Vec<f32> = (0..24).map(|i| 1.0 + (i % 5) as f32).collect();
     let variants = [
-        (
-            "normal",
-            RopeParams {
-                n_rot: 64,
-                neox: false,
-                ..Default::default()
-            },
-        ),
-        (
-            "neox",
-            RopeParams {
-                n_rot: 64,
-                neox: true,
-                freq_base: 500000.0,
-                ..Default::default()
-            },
-        ),
-        (
-            "partial neox",
-            RopeParams {
-                n_rot: 32,
-                neox: true,
-                ..Default::default()
-            },
-        ),
-        (
-            "linear",
-            RopeParams {
-                n_rot: 64,
-                freq_scale: 0.25,
-                ..Default::default()
-            },
-        ),
-        (
-            "yarn",
-            RopeParams {
-                n_rot: 64,
-                neox: true,
-                freq_scale: 0.25,
-                ext_factor: 1.0,
-                n_ctx_orig: 4096,
-                ..Default::default()
-            },
-        ),
-        (
-            "freq_factors",
-            RopeParams {
-                n_rot: 48,
-                neox: true,
-                freq_factors: Some(ff.clone()),
-                ..Default::default()
-            },
-        ),
+        ("normal", RopeParams { n_rot: 64, neox: false, ..Default::default() }),
+        ("neox", RopeParams { n_rot: 64, neox: true, freq_base: 500000.0, ..Default::default() }),
+        ("partial neox", RopeParams { n_rot: 32, neox: true, ..Default::default() }),
+        ("linear", RopeParams { n_rot: 64, freq_scale: 0.25, ..Default::default() }),
+        ("yarn", RopeParams { n_rot: 64, neox: true, freq_scale: 0.25, ext_factor: 1.0, n_ctx_orig: 4096, ..Default::default() }),
+        ("freq_factors", RopeParams { n_rot: 48, neox: true, freq_factors: Some(ff.clone()), ..Default::default() }),
     ];
     for (name, p) in variants {
         let x = rng.vec(n_tokens * n_head * hd, 1.0);
@@ -183,11 +113,7 @@ fn rope_matches_f64_all_variants() {
             let bound = 4e-6 * (1.0 + positions[t] as f64) * 8.0;
             let s = t * n_head * hd..(t + 1) * n_head * hd;
             let err = max_abs(&y[s.clone()], &want[s]);
-            assert!(
-                err <= bound,
-                "{name} token {t} (pos {}): err {err} > {bound}",
-                positions[t]
-            );
+            assert!(err <= bound, "{name} token {t} (pos {}): err {err} > {bound}", positions[t]);
         }
         // Unrotated tail dims are untouched.
         for i in p.n_rot..hd {
@@ -207,9 +133,7 @@ fn yarn_corr_dims_match_formula() {
     // n_dims 128, n_ctx_orig 4096, base 10000, beta 32 / 1: computed by hand from the formula
     // n_dims * ln(n_ctx / (beta * 2 pi)) / (2 ln base) in the f64 reference below.
     let got = rope_yarn_corr_dims(128, 4096, 10000.0, 32.0, 1.0);
-    let f = |beta: f64| {
-        128.0 * (4096.0 / (beta * 2.0 * std::f64::consts::PI)).ln() / (2.0 * 10000f64.ln())
-    };
+    let f = |beta: f64| 128.0 * (4096.0 / (beta * 2.0 * std::f64::consts::PI)).ln() / (2.0 * 10000f64.ln());
     assert_eq!(got[0] as f64, f(32.0).floor().max(0.0));
     assert_eq!(got[1] as f64, f(1.0).ceil().min(127.0));
 }
@@ -235,47 +159,22 @@ fn activations_match_f64() {
     let n = x.len();
     let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let silu_ref: Vec<f64> = xd.iter().map(|&v| v / (1.0 + (-v).exp())).collect();
-    let gelu_ref: Vec<f64> = xd
-        .iter()
-        .map(|&v| {
-            0.5 * v
-                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
-        })
-        .collect();
-    let gelu_erf_ref: Vec<f64> = xd
-        .iter()
-        .map(|&v| 0.5 * v * (1.0 + erf_ref(v / 2f64.sqrt())))
-        .collect();
+    let gelu_ref: Vec<f64> =
+        xd.iter().map(|&v| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())).collect();
+    let gelu_erf_ref: Vec<f64> = xd.iter().map(|&v| 0.5 * v * (1.0 + erf_ref(v / 2f64.sqrt()))).collect();
     let mut out = vec![0f32; n];
-    let rel = |got: &[f32], want: &[f64]| {
-        got.iter()
-            .zip(want)
-            .map(|(&g, &w)| (g as f64 - w).abs() / (1.0 + w.abs()))
-            .fold(0.0, f64::max)
-    };
+    let rel = |got: &[f32], want: &[f64]| got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs() / (1.0 + w.abs())).fold(0.0, f64::max);
     silu(&x, &mut out);
     assert!(rel(&out, &silu_ref) < 2e-6, "silu {}", rel(&out, &silu_ref));
     gelu(&x, &mut out);
     assert!(rel(&out, &gelu_ref) < 2e-6, "gelu {}", rel(&out, &gelu_ref));
     gelu_erf(&x, &mut out);
-    assert!(
-        rel(&out, &gelu_erf_ref) < 2e-6,
-        "gelu_erf {}",
-        rel(&out, &gelu_erf_ref)
-    );
+    assert!(rel(&out, &gelu_erf_ref) < 2e-6, "gelu_erf {}", rel(&out, &gelu_erf_ref));
     swiglu(&x, &up, &mut out);
-    let want: Vec<f64> = silu_ref
-        .iter()
-        .zip(&up)
-        .map(|(s, &u)| s * u as f64)
-        .collect();
+    let want: Vec<f64> = silu_ref.iter().zip(&up).map(|(s, &u)| s * u as f64).collect();
     assert!(rel(&out, &want) < 2e-6, "swiglu");
     geglu(&x, &up, &mut out);
-    let want: Vec<f64> = gelu_ref
-        .iter()
-        .zip(&up)
-        .map(|(s, &u)| s * u as f64)
-        .collect();
+    let want: Vec<f64> = gelu_ref.iter().zip(&up).map(|(s, &u)| s * u as f64).collect();
     assert!(rel(&out, &want) < 2e-6, "geglu");
     let mut sc = x.clone();
     softcap(&mut sc, 30.0);
@@ -296,11 +195,7 @@ fn softmax_and_elementwise_match_f64() {
         let sum: f64 = xd.iter().map(|v| (v - m).exp()).sum();
         let want: Vec<f64> = xd.iter().map(|v| (v - m).exp() / sum).collect();
         softmax_inplace(&mut row);
-        assert!(
-            max_abs(&row, &want) < 1e-6,
-            "softmax len {len}: {}",
-            max_abs(&row, &want)
-        );
+        assert!(max_abs(&row, &want) < 1e-6, "softmax len {len}: {}", max_abs(&row, &want));
         if len > 2 {
             assert_eq!(row[1], 0.0);
         }

@@ -49,8 +49,5 @@ pub fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
 
 /// max |a - b|.
 pub fn max_abs(a: &[f32], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max)
 }
