@@ -1,11 +1,19 @@
 //! ROCmForge CPU backend: the compute kernels the graph executor calls on the CPU.
 //!
-//! - [`matmul`] / [`matmul_bias`]: `y = W x` for F32/F16/BF16 and every GGML quant type the model
-//!   files use (Q4_0/1, Q5_0/1, Q8_0, Q2_K..Q6_K, Q8_K, IQ4_NL, IQ4_XS), with activations
-//!   quantized to 8 bits and integer dot products (AVX-512 VNNI, AVX2, scalar).
+//! - [`matmul`] / [`matmul_bias`] / [`matmul_many`]: `y = W x` for F32/F16/BF16 and every GGML
+//!   quant type the model files use (Q4_0/1, Q5_0/1, Q8_0, Q2_K..Q6_K, Q8_K, IQ4_NL, IQ4_XS), with
+//!   activations quantized as llama.cpp does ([`quantize_activations`]) and integer dot products
+//!   (AVX-512 VNNI, AVX2, scalar).
 //! - [`get_rows`], [`rms_norm`], [`layer_norm`], [`rope`], activations and GLUs, [`softmax_inplace`].
 //! - [`KvCache`] + [`attention`]: paged KV memory addressed through block tables.
 //! - [`ThreadPool`]: persistent workers; every parallel op takes one.
+//!
+//! Numerics: every ISA path gives the same bits as the portable one, and the kernels reproduce
+//! llama.cpp's x86 CPU backend bit for bit where that is feasible (activation quantization,
+//! Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 dot products, attention with an f16 cache, RoPE, RMS norm, SiLU /
+//! SwiGLU): with 8-bit activations any 1-ulp difference upstream flips roundings and shows as
+//! ~0.1-1 logit noise, so "close" is not enough. K-quant dots and dense F16/BF16 dots use their
+//! own (fixed) summation order.
 //!
 //! Knows nothing of graphs, models or files. SIMD is chosen at run time ([`Isa::detect`]).
 
