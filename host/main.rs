@@ -179,7 +179,10 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Plugins => {
             let reg = registry();
             if reg.plugins.is_empty() {
-                println!("no plugins found; searched: {}", rocmforge_runtime::plugin::search_path().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+                println!(
+                    "no plugins found; searched: {}",
+                    rocmforge_runtime::plugin::search_path().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                );
             }
             for p in &reg.plugins {
                 let gguf: Vec<&str> = p.gguf_archs().collect();
@@ -242,13 +245,24 @@ fn real_main(cli: Cli) -> Result<()> {
             let res = cli::bench::run(&mut s, n_prompt, n_gen, reps.max(1))?;
             let threads = rocmforge_cpu::ThreadPool::global().n_threads();
             if json {
-                let v: Vec<serde_json::Value> = res.iter().map(|r| serde_json::json!({"test": r.test, "t/s": r.mean, "stddev": r.stddev})).collect();
-                println!("{}", serde_json::json!({"model": model.display().to_string(), "backend": "CPU", "threads": threads, "results": v}));
+                let v: Vec<serde_json::Value> =
+                    res.iter().map(|r| serde_json::json!({"test": r.test, "t/s": r.mean, "stddev": r.stddev})).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"model": model.display().to_string(), "backend": "CPU", "threads": threads, "results": v})
+                );
             } else {
                 println!("| model | backend | threads | test | t/s |");
                 println!("| --- | --- | --- | --- | --- |");
                 for r in &res {
-                    println!("| {} | CPU | {} | {} | {:.2} ± {:.2} |", model.file_name().and_then(|n| n.to_str()).unwrap_or("?"), threads, r.test, r.mean, r.stddev);
+                    println!(
+                        "| {} | CPU | {} | {} | {:.2} ± {:.2} |",
+                        model.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+                        threads,
+                        r.test,
+                        r.mean,
+                        r.stddev
+                    );
                 }
             }
         }

@@ -31,12 +31,17 @@ fn tiny_dir() -> PathBuf {
 fn tiny_reference() -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
     let dir = tiny_dir();
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
-    let seqs: Vec<Vec<u32>> =
-        j["sequences"].as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect();
+    let seqs: Vec<Vec<u32>> = j["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
+        .collect();
     let dims = |k: &str| -> Vec<usize> { j["shape"][k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect() };
     let n_hidden: usize = dims("hidden").iter().product();
     let pooled_dims = dims("pooled");
-    let all: Vec<f32> = std::fs::read(dir.join("logits.f32")).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let all: Vec<f32> =
+        std::fs::read(dir.join("logits.f32")).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     assert_eq!(all.len(), n_hidden + pooled_dims.iter().product::<usize>(), "logits.f32 size");
     let pooled = all[n_hidden..].chunks(pooled_dims[1]).map(<[f32]>::to_vec).collect();
     (seqs, pooled)

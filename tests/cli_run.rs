@@ -27,7 +27,8 @@ fn smol() -> String {
 /// `generate --temperature 0` prints exactly the text of llama.cpp's greedy tokens.
 #[test]
 fn generate_greedy_prints_llama_cpp_continuation() {
-    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(repo().join("tests/fixtures/smollm2-q4_1.greedy.json")).unwrap()).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("tests/fixtures/smollm2-q4_1.greedy.json")).unwrap()).unwrap();
     let case = &j["cases"][0];
     let prompt = case["prompt"].as_str().unwrap();
     let want_ids: Vec<u32> = case["generated"].as_array().unwrap()[..24].iter().map(|v| v.as_u64().unwrap() as u32).collect();
@@ -63,7 +64,8 @@ fn run_one_shot_matches_llama_cpp_chat_and_piped_stdin() {
         let (ok, out, err) = rocmforge(&args, None);
         assert!(ok, "{err}");
         assert_eq!(out, want, "question {q:?}");
-        let (ok, out2, err) = rocmforge(&["run", &smol(), "--temperature", "0", "--repeat-penalty", "1", "-n", &n], Some(&format!("{q}\n")));
+        let (ok, out2, err) =
+            rocmforge(&["run", &smol(), "--temperature", "0", "--repeat-penalty", "1", "-n", &n], Some(&format!("{q}\n")));
         assert!(ok, "{err}");
         assert_eq!(out2, want, "piped question {q:?}");
     }

@@ -41,7 +41,13 @@ fn load_fixture() -> Vec<Case> {
                 .as_array()
                 .expect("top_logits")
                 .iter()
-                .map(|row| row.as_array().expect("row").iter().map(|e| (e[0].as_u64().expect("id") as u32, e[1].as_f64().expect("v") as f32)).collect())
+                .map(|row| {
+                    row.as_array()
+                        .expect("row")
+                        .iter()
+                        .map(|e| (e[0].as_u64().expect("id") as u32, e[1].as_f64().expect("v") as f32))
+                        .collect()
+                })
                 .collect(),
         })
         .collect()
@@ -82,7 +88,7 @@ fn gemma3_270m_logits_track_llama_cpp() {
 /// Greedy decoding token by token: tokens must be llama.cpp's up to the end of each case or up to
 /// a near-tie of llama.cpp's own top two (margin < 0.3); logits within 1.0 everywhere compared.
 #[test]
-#[ignore = "our activation quantization (f32 scale per 32) differs from llama.cpp's Q8_0/Q8_K: logits differ by ~0.27 already at position 0 and reach 1.016 (case 3, position 35) while decoding; tokens match up to near-ties. Re-enable once the CPU kernels quantize activations like llama.cpp"]
+#[ignore = "K-quant dot products (Q4_K, Q6_K) still sum in another order than llama.cpp's three K-quant kernels; 8-bit activations amplify those ulps to logit differences up to ~1.9 (the Q4_1/Q8_0 paths are bit-exact). Tokens match up to near-ties; re-enable once the K-quant kernels follow llama.cpp's summation orders"]
 fn gemma3_270m_greedy_matches_llama_cpp() {
     let cases = load_fixture();
     let mut r = Runner::load(&model(MODEL), 512);

@@ -43,11 +43,7 @@ const N_CTX: usize = 64;
 
 fn fixture(name: &str) -> PathBuf {
     let p = repo().join("tests/fixtures").join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: it is committed; regenerate with scripts/fixtures/tiny_llama_hf.py",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: it is committed; regenerate with scripts/fixtures/tiny_llama_hf.py", p.display());
     p
 }
 
@@ -60,22 +56,13 @@ struct Reference {
 
 impl Reference {
     fn load() -> Reference {
-        let j: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(fixture("tiny-llama.logits.json")).expect("read"),
-        )
-        .expect("json");
+        let j: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("tiny-llama.logits.json")).expect("read")).expect("json");
         let n_vocab = j["n_vocab"].as_u64().expect("n_vocab") as usize;
         let sequences: Vec<Vec<u32>> = j["sequences"]
             .as_array()
             .expect("sequences")
             .iter()
-            .map(|s| {
-                s.as_array()
-                    .expect("seq")
-                    .iter()
-                    .map(|t| t.as_u64().expect("id") as u32)
-                    .collect()
-            })
+            .map(|s| s.as_array().expect("seq").iter().map(|t| t.as_u64().expect("id") as u32).collect())
             .collect();
         let logits = j["models"]
             .as_object()
@@ -90,41 +77,24 @@ impl Reference {
                         seq.as_array()
                             .expect("rows")
                             .iter()
-                            .flat_map(|row| {
-                                row.as_array()
-                                    .expect("row")
-                                    .iter()
-                                    .map(|v| v.as_f64().expect("f") as f32)
-                            })
+                            .flat_map(|row| row.as_array().expect("row").iter().map(|v| v.as_f64().expect("f") as f32))
                             .collect()
                     })
                     .collect();
                 (name.clone(), per_seq)
             })
             .collect();
-        Reference {
-            sequences,
-            logits,
-            n_vocab,
-        }
+        Reference { sequences, logits, n_vocab }
     }
 
     fn model(&self, name: &str) -> &[Vec<f32>] {
-        &self
-            .logits
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("no reference for {name}"))
-            .1
+        &self.logits.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no reference for {name}")).1
     }
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Our logits for every sequence: the whole sequence in one batch, and again fed as a 5-token
@@ -171,21 +141,14 @@ fn check_against_llama_cpp(path: &Path, reference: &str, bound: f32) -> f32 {
             worst = worst.max(d);
         }
     }
-    eprintln!(
-        "{}: max |ours - llama.cpp| over all logits = {worst:.5} (bound {bound})",
-        path.display()
-    );
+    eprintln!("{}: max |ours - llama.cpp| over all logits = {worst:.5} (bound {bound})", path.display());
     worst
 }
 
 #[test]
 fn gguf_conversion_matches_llama_cpp() {
     check_against_llama_cpp(&fixture("tiny-llama.f32.gguf"), "tiny-llama", MAX_DIFF);
-    check_against_llama_cpp(
-        &fixture("tiny-llama-tied.f32.gguf"),
-        "tiny-llama-tied",
-        MAX_DIFF,
-    );
+    check_against_llama_cpp(&fixture("tiny-llama-tied.f32.gguf"), "tiny-llama-tied", MAX_DIFF);
 }
 
 #[test]
@@ -205,10 +168,7 @@ fn hf_half_precision_dirs_match_llama_cpp() {
             worst = worst.max(max_abs_diff(a, b));
         }
         eprintln!("{dir}: max |ours - ours(F32 dir)| = {worst:.6}");
-        assert!(
-            worst <= MAX_DIFF_SAME_NUMBERS,
-            "{dir}: {worst} from the F32 directory holding the same numbers"
-        );
+        assert!(worst <= MAX_DIFF_SAME_NUMBERS, "{dir}: {worst} from the F32 directory holding the same numbers");
     }
 }
 
@@ -218,10 +178,7 @@ fn hf_half_precision_dirs_match_llama_cpp() {
 #[test]
 fn hf_dir_presents_the_converted_gguf() {
     let reg = registry();
-    for (dir, gguf) in [
-        ("tiny-llama-hf", "tiny-llama.f32.gguf"),
-        ("tiny-llama-hf-tied", "tiny-llama-tied.f32.gguf"),
-    ] {
+    for (dir, gguf) in [("tiny-llama-hf", "tiny-llama.f32.gguf"), ("tiny-llama-hf-tied", "tiny-llama-tied.f32.gguf")] {
         let hf = ModelSource::open(&fixture(dir), &reg).expect("open HF dir");
         let gg = ModelSource::open(&fixture(gguf), &reg).expect("open GGUF");
         assert_eq!(hf.arch(), "llama");
@@ -229,60 +186,35 @@ fn hf_dir_presents_the_converted_gguf() {
         let mut gg_names = gg.tensor_names();
         hf_names.sort();
         gg_names.sort();
-        assert_eq!(
-            hf_names, gg_names,
-            "{dir}: tensor set differs from the converter's"
-        );
+        assert_eq!(hf_names, gg_names, "{dir}: tensor set differs from the converter's");
         for name in &gg_names {
             let a = hf.weight(name).expect("HF weight");
             let b = gg.weight(name).expect("GGUF weight");
             assert_eq!(a.dims, b.dims, "{dir}: dims of {name}");
             let (va, vb) = (a.to_f32().expect("f32"), b.to_f32().expect("f32"));
-            let bad = va
-                .iter()
-                .zip(&vb)
-                .position(|(x, y)| x.to_bits() != y.to_bits());
-            assert!(
-                bad.is_none(),
-                "{dir}: {name} differs from the converter's at element {bad:?}"
-            );
+            let bad = va.iter().zip(&vb).position(|(x, y)| x.to_bits() != y.to_bits());
+            assert!(bad.is_none(), "{dir}: {name} differs from the converter's at element {bad:?}");
         }
         let mut n_keys = 0;
         for (key, v) in hf.metadata() {
             if key == "general.name" {
                 continue;
             }
-            let w = gg.meta(&key).unwrap_or_else(|| {
-                panic!("{dir}: config map produced {key}, the converter did not")
-            });
+            let w = gg.meta(&key).unwrap_or_else(|| panic!("{dir}: config map produced {key}, the converter did not"));
             let same = match (v.as_f64(), w.as_f64(), v.as_i64(), w.as_i64()) {
                 // Integers must match exactly; floats to f32 precision (GGUF stores f32).
                 (_, _, Some(x), Some(y)) => x == y,
                 (Some(x), Some(y), _, _) => (x as f32) == (y as f32),
                 _ => v.as_str() == w.as_str() && v.as_str().is_some(),
             };
-            assert!(
-                same,
-                "{dir}: {key} is {v:?} from config.json, {w:?} in the converted GGUF"
-            );
+            assert!(same, "{dir}: {key} is {v:?} from config.json, {w:?} in the converted GGUF");
             n_keys += 1;
         }
-        for key in [
-            "block_count",
-            "attention.head_count_kv",
-            "attention.key_length",
-            "rope.freq_base",
-            "attention.layer_norm_rms_epsilon",
-        ] {
-            assert!(
-                hf.meta(&format!("llama.{key}")).is_some(),
-                "{dir}: llama.{key} not mapped from config.json"
-            );
+        for key in ["block_count", "attention.head_count_kv", "attention.key_length", "rope.freq_base", "attention.layer_norm_rms_epsilon"]
+        {
+            assert!(hf.meta(&format!("llama.{key}")).is_some(), "{dir}: llama.{key} not mapped from config.json");
         }
-        eprintln!(
-            "{dir}: {} tensors identical to the converter's, {n_keys} metadata keys agree",
-            gg_names.len()
-        );
+        eprintln!("{dir}: {} tensors identical to the converter's, {n_keys} metadata keys agree", gg_names.len());
     }
 }
 
@@ -294,23 +226,13 @@ fn dropped_config_key_is_caught() {
     for key in ["rms_norm_eps", "rope_theta"] {
         let tmp = TempDir::copy_of(&fixture("tiny-llama-hf"), &format!("no-{key}"));
         let cfg_path = tmp.0.join("config.json");
-        let mut cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&cfg_path).expect("read")).expect("json");
-        cfg.as_object_mut()
-            .expect("object")
-            .remove(key)
-            .expect("key present");
+        let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).expect("read")).expect("json");
+        cfg.as_object_mut().expect("object").remove(key).expect("key present");
         std::fs::write(&cfg_path, serde_json::to_vec(&cfg).expect("json")).expect("write");
-        let worst = run_all(&tmp.0, &rf)
-            .iter()
-            .zip(rf.model("tiny-llama"))
-            .map(|((whole, _), want)| max_abs_diff(whole, want))
-            .fold(0.0, f32::max);
+        let worst =
+            run_all(&tmp.0, &rf).iter().zip(rf.model("tiny-llama")).map(|((whole, _), want)| max_abs_diff(whole, want)).fold(0.0, f32::max);
         eprintln!("without {key}: max |ours - llama.cpp| = {worst:.3}");
-        assert!(
-            worst > 10.0 * MAX_DIFF,
-            "dropping {key} moved the logits only by {worst}"
-        );
+        assert!(worst > 10.0 * MAX_DIFF, "dropping {key} moved the logits only by {worst}");
     }
 }
 
@@ -319,8 +241,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn copy_of(src: &Path, tag: &str) -> TempDir {
-        let d =
-            std::env::temp_dir().join(format!("rocmforge-hf-llama-{tag}-{}", std::process::id()));
+        let d = std::env::temp_dir().join(format!("rocmforge-hf-llama-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("mkdir");
         for e in std::fs::read_dir(src).expect("read_dir") {
@@ -342,8 +263,7 @@ fn unknown_hf_architecture_lists_available_ones() {
     let reg = registry();
     let tmp = TempDir::copy_of(&fixture("tiny-llama-hf"), "unknown-arch");
     let cfg_path = tmp.0.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).expect("read")).expect("json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).expect("read")).expect("json");
     cfg["architectures"] = serde_json::json!(["FrobnicatorForCausalLM"]);
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg).expect("json")).expect("write");
     let err = match ModelSource::open(&tmp.0, &reg) {
@@ -354,21 +274,12 @@ fn unknown_hf_architecture_lists_available_ones() {
     match &err {
         RuntimeError::UnknownArch { arch, available } => {
             assert_eq!(arch, "FrobnicatorForCausalLM");
-            assert!(
-                available.iter().any(|a| a == "LlamaForCausalLM"),
-                "available: {available:?}"
-            );
-            assert!(
-                available.iter().any(|a| a == "llama"),
-                "available: {available:?}"
-            );
+            assert!(available.iter().any(|a| a == "LlamaForCausalLM"), "available: {available:?}");
+            assert!(available.iter().any(|a| a == "llama"), "available: {available:?}");
         }
         other => panic!("expected UnknownArch, got {other:?}"),
     }
-    assert!(
-        msg.contains("FrobnicatorForCausalLM") && msg.contains("LlamaForCausalLM"),
-        "message: {msg}"
-    );
+    assert!(msg.contains("FrobnicatorForCausalLM") && msg.contains("LlamaForCausalLM"), "message: {msg}");
 }
 
 /// Rewrite a safetensors file without one tensor (format: u64 LE header length, JSON header,
@@ -376,8 +287,7 @@ fn unknown_hf_architecture_lists_available_ones() {
 fn drop_tensor(path: &Path, victim: &str) {
     let bytes = std::fs::read(path).expect("read");
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + n]).expect("header");
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).expect("header");
     let data = &bytes[8 + n..];
     assert!(header.contains_key(victim), "fixture has no {victim}");
     let mut out_header = serde_json::Map::new();
@@ -391,10 +301,7 @@ fn drop_tensor(path: &Path, victim: &str) {
             continue;
         }
         let off = info["data_offsets"].as_array().expect("offsets");
-        let (a, b) = (
-            off[0].as_u64().expect("a") as usize,
-            off[1].as_u64().expect("b") as usize,
-        );
+        let (a, b) = (off[0].as_u64().expect("a") as usize, off[1].as_u64().expect("b") as usize);
         let mut info = info.clone();
         info["data_offsets"] = serde_json::json!([out_data.len(), out_data.len() + (b - a)]);
         out_data.extend_from_slice(&data[a..b]);
@@ -412,14 +319,8 @@ fn drop_tensor(path: &Path, victim: &str) {
 fn missing_hf_tensor_is_named_with_the_architecture() {
     let reg = registry();
     for (hf_name, gguf_name) in [
-        (
-            "model.layers.1.mlp.down_proj.weight",
-            "blk.1.ffn_down.weight",
-        ),
-        (
-            "model.layers.0.self_attn.k_proj.weight",
-            "blk.0.attn_k.weight",
-        ),
+        ("model.layers.1.mlp.down_proj.weight", "blk.1.ffn_down.weight"),
+        ("model.layers.0.self_attn.k_proj.weight", "blk.0.attn_k.weight"),
         ("model.norm.weight", "output_norm.weight"),
     ] {
         let tmp = TempDir::copy_of(&fixture("tiny-llama-hf"), "missing-tensor");
@@ -438,10 +339,7 @@ fn missing_hf_tensor_is_named_with_the_architecture() {
             }
             other => panic!("expected MissingTensorOfArch, got {other:?}"),
         }
-        assert!(
-            msg.contains(gguf_name) && msg.contains("llama"),
-            "message: {msg}"
-        );
+        assert!(msg.contains(gguf_name) && msg.contains("llama"), "message: {msg}");
         eprintln!("without {hf_name}: {msg}");
     }
 }

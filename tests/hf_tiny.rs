@@ -68,8 +68,13 @@ fn claimed_architectures_match_transformers() {
         let e_hf = run_and_compare(&dir, &j, &want);
         let mut errs = vec![("HF dir", e_hf, MAX_REL_ERR)];
         for (ty, bound) in [("F32", MAX_REL_ERR), ("F16", MAX_REL_ERR_F16)] {
-            let gguf = std::env::temp_dir().join(format!("rf-hftiny-{}-{}-{ty}.gguf", std::process::id(), dir.file_name().unwrap().to_string_lossy()));
-            let st = std::process::Command::new(env!("CARGO_BIN_EXE_rocmforge")).arg("quantize").arg(&dir).arg(&gguf).arg(ty).output().unwrap();
+            let gguf = std::env::temp_dir().join(format!(
+                "rf-hftiny-{}-{}-{ty}.gguf",
+                std::process::id(),
+                dir.file_name().unwrap().to_string_lossy()
+            ));
+            let st =
+                std::process::Command::new(env!("CARGO_BIN_EXE_rocmforge")).arg("quantize").arg(&dir).arg(&gguf).arg(ty).output().unwrap();
             assert!(st.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&st.stderr));
             errs.push((ty, run_and_compare(&gguf, &j, &want), bound));
             let _ = std::fs::remove_file(&gguf);

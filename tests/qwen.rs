@@ -88,7 +88,8 @@ fn tiny_tensors(arch: &str, skip: &[&str], tweak: Option<&str>) -> Vec<(String, 
     let hd = if arch == "qwen3" { HEAD_DIM_QWEN3 } else { N_EMBD / N_HEAD };
     let (nq, nkv) = ((N_HEAD * hd) as u64, (N_HEAD_KV * hd) as u64);
     let (e, ff, v) = (N_EMBD as u64, N_FF as u64, N_VOCAB as u64);
-    let mut spec: Vec<(String, Vec<u64>, f32)> = vec![("token_embd.weight".into(), vec![e, v], 1.0), ("output_norm.weight".into(), vec![e], 0.0)];
+    let mut spec: Vec<(String, Vec<u64>, f32)> =
+        vec![("token_embd.weight".into(), vec![e, v], 1.0), ("output_norm.weight".into(), vec![e], 0.0)];
     for il in 0..N_LAYER {
         let t = |s: &str| format!("blk.{il}.{s}");
         spec.push((t("attn_norm.weight"), vec![e], 0.0));

@@ -86,7 +86,11 @@ pub fn run(s: &mut Session, prompt: Option<String>, opts: &GenOptions, verbose: 
         turn(s, &messages, opts, verbose)?;
         return Ok(());
     }
-    eprintln!("Chatting with {} ({}). Type /bye to exit, /clear to start over, \"\"\" for multi-line input.", s.src.path().display(), s.plugin);
+    eprintln!(
+        "Chatting with {} ({}). Type /bye to exit, /clear to start over, \"\"\" for multi-line input.",
+        s.src.path().display(),
+        s.plugin
+    );
     let mut lines = stdin.lock().lines();
     loop {
         eprint!(">>> ");
@@ -119,7 +123,9 @@ pub fn run(s: &mut Session, prompt: Option<String>, opts: &GenOptions, verbose: 
                 continue;
             }
             "/?" | "/help" => {
-                eprintln!("Available commands:\n  /clear   Clear session context\n  /bye     Exit\n  \"\"\"      Begin/end a multi-line message");
+                eprintln!(
+                    "Available commands:\n  /clear   Clear session context\n  /bye     Exit\n  \"\"\"      Begin/end a multi-line message"
+                );
                 continue;
             }
             _ => {}

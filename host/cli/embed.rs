@@ -47,7 +47,11 @@ pub fn run(model: &Path, texts: &[String], registry: &Registry) -> Result<Vec<Ve
         let c = SeqChunk { tokens: &ids, pos_start: 0, block_table: &table, logits: Logits::Last };
         let v = exec.forward(std::slice::from_ref(&c))?;
         if v.len() != n_embd {
-            bail!("{} outputs {} values for one text, expected one pooled row of {n_embd} (a model without pooling?)", model.display(), v.len());
+            bail!(
+                "{} outputs {} values for one text, expected one pooled row of {n_embd} (a model without pooling?)",
+                model.display(),
+                v.len()
+            );
         }
         out.push(v);
     }

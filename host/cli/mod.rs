@@ -1,6 +1,6 @@
 //! Subcommands of the `rocmforge` binary that need more than a few lines.
 pub mod bench;
 pub mod chat;
+pub mod embed;
 pub mod quantize;
 pub mod session;
-pub mod embed;

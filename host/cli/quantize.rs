@@ -42,7 +42,15 @@ impl QuantInput for SourceInput<'_> {
     }
 }
 
-pub fn run(input: &Path, output: &Path, ty: &str, threads: usize, allow_requantize: bool, pure: bool, registry: impl FnOnce() -> Registry) -> Result<QuantizeReport> {
+pub fn run(
+    input: &Path,
+    output: &Path,
+    ty: &str,
+    threads: usize,
+    allow_requantize: bool,
+    pure: bool,
+    registry: impl FnOnce() -> Registry,
+) -> Result<QuantizeReport> {
     let ftype = FileType::from_name(ty)?;
     let mut opts = QuantizeOptions::new(ftype);
     opts.n_threads = threads;

@@ -90,10 +90,9 @@ impl Session {
                 Tokenizer::from_gguf(f).with_context(|| format!("tokenizer of {}", path.display()))?,
                 f.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string),
             ),
-            (None, Some(d)) => (
-                Tokenizer::from_hf_dir(d.path()).with_context(|| format!("tokenizer of {}", path.display()))?,
-                d.chat_template(),
-            ),
+            (None, Some(d)) => {
+                (Tokenizer::from_hf_dir(d.path()).with_context(|| format!("tokenizer of {}", path.display()))?, d.chat_template())
+            }
             _ => bail!("unsupported model container"),
         };
         let template = ChatTemplate::or_chatml(template_src.as_deref()).context("chat template")?;
@@ -129,7 +128,13 @@ impl Session {
         let mut out = Vec::new();
         for chunk in tokens.chunks(PREFILL_CHUNK) {
             let is_last = std::ptr::eq(chunk.as_ptr_range().end, tokens.as_ptr_range().end);
-            let logits = if all { Logits::All } else if is_last { Logits::Last } else { Logits::None };
+            let logits = if all {
+                Logits::All
+            } else if is_last {
+                Logits::Last
+            } else {
+                Logits::None
+            };
             let c = SeqChunk { tokens: chunk, pos_start: self.cached.len(), block_table: &self.table, logits };
             let l = self.exec.forward(std::slice::from_ref(&c))?;
             out.extend_from_slice(&l);

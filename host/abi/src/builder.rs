@@ -83,11 +83,7 @@ impl<'h> Builder<'h> {
         // SAFETY: non-null and valid per the caller's contract.
         let h = unsafe { &*host };
         if h.abi_version != crate::ABI_VERSION {
-            return Err(OpError(format!(
-                "host ABI version {} but plugin built for {}",
-                h.abi_version,
-                crate::ABI_VERSION
-            )));
+            return Err(OpError(format!("host ABI version {} but plugin built for {}", h.abi_version, crate::ABI_VERSION)));
         }
         if (h.struct_size as usize) < std::mem::size_of::<RfHostV1>() {
             return Err(OpError(format!("host table of {} bytes is older than this plugin expects", h.struct_size)));
@@ -116,15 +112,17 @@ impl<'h> Builder<'h> {
         Ok(self.tensor_shape(name)?.is_some())
     }
 
-    fn op(&mut self, code: u32, name: &str, inputs: &[Option<Node>], iparams: &[i64], fparams: &[f32], tensor: &str) -> Result<Node, OpError> {
-        let mut o = RfOp {
-            code,
-            inputs: [NO_NODE; 4],
-            iparams: [0; 8],
-            fparams: [0.0; 8],
-            name: RfStr::new(name),
-            tensor: RfStr::new(tensor),
-        };
+    fn op(
+        &mut self,
+        code: u32,
+        name: &str,
+        inputs: &[Option<Node>],
+        iparams: &[i64],
+        fparams: &[f32],
+        tensor: &str,
+    ) -> Result<Node, OpError> {
+        let mut o =
+            RfOp { code, inputs: [NO_NODE; 4], iparams: [0; 8], fparams: [0.0; 8], name: RfStr::new(name), tensor: RfStr::new(tensor) };
         for (slot, n) in o.inputs.iter_mut().zip(inputs) {
             *slot = n.map(|n| n.0).unwrap_or(NO_NODE);
         }
@@ -277,7 +275,16 @@ impl<'h> Builder<'h> {
     /// `act(x·gate_e) * (x·up_e)` with stacked weights `[n_embd, n_ff, n_expert]`
     /// -> `[n, n_expert_used·n_ff]` (one `n_ff` slice per routing slot). `act`: [`crate::moe_act`].
     #[allow(clippy::too_many_arguments)]
-    pub fn moe_gate_up(&mut self, name: &str, x: Node, route: Node, gate_exps: Node, up_exps: Node, n_expert_used: usize, act: i64) -> Result<Node, OpError> {
+    pub fn moe_gate_up(
+        &mut self,
+        name: &str,
+        x: Node,
+        route: Node,
+        gate_exps: Node,
+        up_exps: Node,
+        n_expert_used: usize,
+        act: i64,
+    ) -> Result<Node, OpError> {
         self.op(op::MOE_GATE_UP, name, &[Some(x), Some(route), Some(gate_exps), Some(up_exps)], &[n_expert_used as i64, act], &[], "")
     }
     /// Mixture of experts, down: `Σ_slots weight · (h_slot · down_e)` with stacked

@@ -304,11 +304,9 @@ pub struct RfHostV1 {
     /// String metadata, borrowed for the duration of `build`.
     pub meta_str: unsafe extern "C" fn(ctx: *mut c_void, key: RfStr, out: *mut RfStr) -> i32,
     /// Numeric array metadata into `buf[..cap]`; writes the length to `len` (TOO_SMALL if > cap).
-    pub meta_array_f64:
-        unsafe extern "C" fn(ctx: *mut c_void, key: RfStr, buf: *mut f64, cap: usize, len: *mut usize) -> i32,
+    pub meta_array_f64: unsafe extern "C" fn(ctx: *mut c_void, key: RfStr, buf: *mut f64, cap: usize, len: *mut usize) -> i32,
     /// Shape of a tensor in GGUF order (ne0 first), up to 4 dims; NOT_FOUND if absent.
-    pub tensor_shape:
-        unsafe extern "C" fn(ctx: *mut c_void, name: RfStr, dims: *mut i64, n_dims: *mut u32) -> i32,
+    pub tensor_shape: unsafe extern "C" fn(ctx: *mut c_void, name: RfStr, dims: *mut i64, n_dims: *mut u32) -> i32,
     /// Record an op; writes the new node id.
     pub op: unsafe extern "C" fn(ctx: *mut c_void, op: *const RfOp, out: *mut RfNode) -> i32,
     /// Give the host an error message (copied by the host).

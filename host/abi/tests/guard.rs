@@ -9,9 +9,7 @@
 
 use std::ffi::c_void;
 
-use rocmforge_abi::{
-    arch, guard, op, status, Builder, Meta, OpError, RfHostV1, RfNode, RfOp, RfStr, ABI_VERSION,
-};
+use rocmforge_abi::{arch, guard, op, status, Builder, Meta, OpError, RfHostV1, RfNode, RfOp, RfStr, ABI_VERSION};
 
 /// What the mock host saw.
 #[derive(Default)]
@@ -42,13 +40,7 @@ unsafe extern "C" fn meta_float(_: *mut c_void, _: RfStr, _: *mut f64) -> i32 {
 unsafe extern "C" fn meta_str(_: *mut c_void, _: RfStr, _: *mut RfStr) -> i32 {
     status::NOT_FOUND
 }
-unsafe extern "C" fn meta_array_f64(
-    _: *mut c_void,
-    _: RfStr,
-    _: *mut f64,
-    _: usize,
-    _: *mut usize,
-) -> i32 {
+unsafe extern "C" fn meta_array_f64(_: *mut c_void, _: RfStr, _: *mut f64, _: usize, _: *mut usize) -> i32 {
     status::NOT_FOUND
 }
 unsafe extern "C" fn tensor_shape(_: *mut c_void, _: RfStr, _: *mut i64, _: *mut u32) -> i32 {
@@ -57,12 +49,7 @@ unsafe extern "C" fn tensor_shape(_: *mut c_void, _: RfStr, _: *mut i64, _: *mut
 unsafe extern "C" fn record_op(ctx: *mut c_void, o: *const RfOp, out: *mut RfNode) -> i32 {
     let m = mock(ctx);
     // SAFETY: the op and its strings are valid for the call (ABI).
-    let (code, name) = unsafe {
-        (
-            (*o).code,
-            String::from_utf8_lossy((*o).name.as_bytes()).into_owned(),
-        )
-    };
+    let (code, name) = unsafe { ((*o).code, String::from_utf8_lossy((*o).name.as_bytes()).into_owned()) };
     m.ops.push((code, name));
     // SAFETY: out is writable (ABI).
     unsafe { *out = (m.ops.len() - 1) as RfNode };
@@ -109,10 +96,7 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
             let i = b.meta_usize("t.block_count")?;
             Err(OpError(format!("unreachable {}", v[i])))
         }
-        "error" => Err(OpError(format!(
-            "missing metadata key '{}'",
-            "t.embedding_length"
-        ))),
+        "error" => Err(OpError(format!("missing metadata key '{}'", "t.embedding_length"))),
         _ => {
             let x = b.weight("token_embd.weight")?;
             let x = b.get_rows("inp_embd", x)?;
@@ -143,10 +127,7 @@ fn exported_table_is_well_formed() {
     // SAFETY: the entry point returns a pointer to a 'static table.
     let t = unsafe { &*rocmforge_plugin_v1() };
     assert_eq!(t.abi_version, ABI_VERSION);
-    assert_eq!(
-        t.struct_size as usize,
-        std::mem::size_of::<rocmforge_abi::RfPluginV1>()
-    );
+    assert_eq!(t.struct_size as usize, std::mem::size_of::<rocmforge_abi::RfPluginV1>());
     // SAFETY: 'static strings from the macro.
     assert_eq!(unsafe { t.name.as_str() }, Some("guard-test"));
     assert_eq!(t.n_archs, 1);
@@ -167,10 +148,7 @@ fn panic_with_formatted_message_keeps_the_message() {
     let h = host_table(&mut m);
     let rc = call_build(&h, "panic_string");
     assert_eq!(rc, status::PANIC);
-    assert_eq!(
-        m.errors,
-        vec!["plugin panicked: layer 3 of 2 has no weights".to_string()]
-    );
+    assert_eq!(m.errors, vec!["plugin panicked: layer 3 of 2 has no weights".to_string()]);
 }
 
 #[test]
@@ -179,11 +157,7 @@ fn index_out_of_bounds_panic_is_caught() {
     let h = host_table(&mut m);
     assert_eq!(call_build(&h, "index"), status::PANIC);
     assert_eq!(m.errors.len(), 1);
-    assert!(
-        m.errors[0].starts_with("plugin panicked: index out of bounds"),
-        "{:?}",
-        m.errors
-    );
+    assert!(m.errors[0].starts_with("plugin panicked: index out of bounds"), "{:?}", m.errors);
 }
 
 #[test]
@@ -191,10 +165,7 @@ fn error_in_build_becomes_status_error_and_message() {
     let mut m = Mock::default();
     let h = host_table(&mut m);
     assert_eq!(call_build(&h, "error"), status::ERROR);
-    assert_eq!(
-        m.errors,
-        vec!["missing metadata key 't.embedding_length'".to_string()]
-    );
+    assert_eq!(m.errors, vec!["missing metadata key 't.embedding_length'".to_string()]);
 }
 
 #[test]
@@ -214,17 +185,8 @@ fn plugin_refuses_a_host_of_another_abi_version() {
     let mut h = host_table(&mut m);
     h.abi_version = ABI_VERSION + 1;
     assert_eq!(call_build(&h, "ok"), status::ERROR);
-    assert_eq!(
-        m.errors,
-        vec![format!(
-            "host ABI version {} but plugin built for {ABI_VERSION}",
-            ABI_VERSION + 1
-        )]
-    );
-    assert!(
-        m.ops.is_empty(),
-        "no op may be recorded through a refused table"
-    );
+    assert_eq!(m.errors, vec![format!("host ABI version {} but plugin built for {ABI_VERSION}", ABI_VERSION + 1)]);
+    assert!(m.ops.is_empty(), "no op may be recorded through a refused table");
 }
 
 #[test]
@@ -233,10 +195,7 @@ fn plugin_refuses_a_host_table_that_is_too_small() {
     let mut h = host_table(&mut m);
     h.struct_size = 16;
     assert_eq!(call_build(&h, "ok"), status::ERROR);
-    assert_eq!(
-        m.errors,
-        vec!["host table of 16 bytes is older than this plugin expects".to_string()]
-    );
+    assert_eq!(m.errors, vec!["host table of 16 bytes is older than this plugin expects".to_string()]);
     assert!(m.ops.is_empty());
 }
 
@@ -252,29 +211,12 @@ fn guard_directly_ok_error_panic() {
     let h = host_table(&mut m);
     assert_eq!(g(&h, || Ok(())), status::OK);
     assert_eq!(g(&h, || Err("bad".into())), status::ERROR);
-    assert_eq!(
-        g(&h, || -> Result<(), String> {
-            std::panic::panic_any(17u32)
-        }),
-        status::PANIC
-    );
-    assert_eq!(
-        m.errors,
-        vec![
-            "bad".to_string(),
-            "plugin panicked: unknown panic".to_string()
-        ]
-    );
+    assert_eq!(g(&h, || -> Result<(), String> { std::panic::panic_any(17u32) }), status::PANIC);
+    assert_eq!(m.errors, vec!["bad".to_string(), "plugin panicked: unknown panic".to_string()]);
 }
 
 #[test]
 fn guard_with_null_host_still_catches() {
-    assert_eq!(
-        g(std::ptr::null(), || panic!("nobody to tell")),
-        status::PANIC
-    );
-    assert_eq!(
-        g(std::ptr::null(), || Err("nobody to tell".into())),
-        status::ERROR
-    );
+    assert_eq!(g(std::ptr::null(), || panic!("nobody to tell")), status::PANIC);
+    assert_eq!(g(std::ptr::null(), || Err("nobody to tell".into())), status::ERROR);
 }

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rocmforge_abi::{
-    moe_act, moe_gating, op, output_kind, pool, rows_src, status, tensor_flags, transform, RfArchClaim, RfConfigMap, RfHostV1,
-    RfMetaClaim, RfNode, RfOp, RfPluginV1, RfStr, RfTensorMap, ABI_VERSION, NO_NODE, PLUGIN_SYMBOL,
+    moe_act, moe_gating, op, output_kind, pool, rows_src, status, tensor_flags, transform, RfArchClaim, RfConfigMap, RfHostV1, RfMetaClaim,
+    RfNode, RfOp, RfPluginV1, RfStr, RfTensorMap, ABI_VERSION, NO_NODE, PLUGIN_SYMBOL,
 };
 
 const LIB_RS: &str = include_str!("../src/lib.rs");
@@ -48,10 +48,7 @@ struct Checks {
 
 impl Checks {
     fn num(&mut self, c_expr: impl Into<String>, rust: i128) {
-        self.list.push(Check {
-            c_expr: c_expr.into(),
-            rust,
-        });
+        self.list.push(Check { c_expr: c_expr.into(), rust });
     }
 }
 
@@ -84,15 +81,7 @@ macro_rules! check_const {
 fn all_checks() -> Checks {
     let mut c = Checks::default();
     check_struct!(c, RfStr { ptr, len });
-    check_struct!(
-        c,
-        RfTensorMap {
-            gguf,
-            hf,
-            flags,
-            transform
-        }
-    );
+    check_struct!(c, RfTensorMap { gguf, hf, flags, transform });
     check_struct!(c, RfConfigMap { gguf, hf });
     check_struct!(c, RfArchClaim { gguf_arch, hf_arch });
     check_struct!(
@@ -114,38 +103,14 @@ fn all_checks() -> Checks {
         }
     );
     check_struct!(c, RfMetaClaim { gguf_arch, key });
+    check_struct!(c, RfOp { code, inputs, iparams, fparams, name, tensor });
     check_struct!(
         c,
-        RfOp {
-            code,
-            inputs,
-            iparams,
-            fparams,
-            name,
-            tensor
-        }
-    );
-    check_struct!(
-        c,
-        RfHostV1 {
-            abi_version,
-            struct_size,
-            ctx,
-            meta_int,
-            meta_float,
-            meta_str,
-            meta_array_f64,
-            tensor_shape,
-            op,
-            set_error
-        }
+        RfHostV1 { abi_version, struct_size, ctx, meta_int, meta_float, meta_str, meta_array_f64, tensor_shape, op, set_error }
     );
     c.num("sizeof(RfNode)", size_of::<RfNode>() as i128);
     c.num("(RfNode)-1 > 0", 1); // unsigned, as Rust's u32
-    c.num(
-        "sizeof(RfPluginEntryV1)",
-        size_of::<unsafe extern "C" fn() -> *const RfPluginV1>() as i128,
-    );
+    c.num("sizeof(RfPluginEntryV1)", size_of::<unsafe extern "C" fn() -> *const RfPluginV1>() as i128);
 
     check_const!(c, "RF_STATUS_", status::{ OK, ERROR, NOT_FOUND, WRONG_TYPE, PANIC, TOO_SMALL });
     check_const!(c, "RF_TRANSFORM_", transform::{ NONE, PERMUTE_Q, PERMUTE_K, ADD_ONE });
@@ -161,14 +126,12 @@ fn all_checks() -> Checks {
     check_const!(c, "RF_OUTPUT_KIND_", output_kind::{ LOGITS, EMBEDDING });
     c.num("RF_ABI_VERSION", ABI_VERSION as i128);
     c.num("sizeof(RF_ABI_VERSION)", size_of_val(&ABI_VERSION) as i128);
-    c.consts
-        .push(("ABI_VERSION".into(), "RF_ABI_VERSION".into()));
+    c.consts.push(("ABI_VERSION".into(), "RF_ABI_VERSION".into()));
     c.num("RF_NO_NODE", NO_NODE as i128);
     c.num("sizeof(RF_NO_NODE)", size_of_val(&NO_NODE) as i128);
     c.consts.push(("NO_NODE".into(), "RF_NO_NODE".into()));
     // PLUGIN_SYMBOL is a string: checked separately (first line the program prints).
-    c.consts
-        .push(("PLUGIN_SYMBOL".into(), "RF_PLUGIN_SYMBOL".into()));
+    c.consts.push(("PLUGIN_SYMBOL".into(), "RF_PLUGIN_SYMBOL".into()));
     c
 }
 
@@ -180,23 +143,16 @@ fn abi_dir() -> PathBuf {
 fn cc(args: &[&str], what: &str) {
     let result = Command::new("cc").args(args).output();
     match result {
-        Err(e) => panic!(
-            "cannot run the C compiler `cc` ({e}): install gcc or clang; this test compiles {what}"
-        ),
+        Err(e) => panic!("cannot run the C compiler `cc` ({e}): install gcc or clang; this test compiles {what}"),
         Ok(o) if !o.status.success() => {
-            panic!(
-                "cc failed on {what}:\n{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )
+            panic!("cc failed on {what}:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
         }
         Ok(_) => {}
     }
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("abi-header-{}-{name}", std::process::id()));
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("abi-header-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).expect("create scratch dir under CARGO_TARGET_TMPDIR");
     d
 }
@@ -208,10 +164,7 @@ fn header_layout_and_constants_match_rust() {
     prog.push_str(&checks.prelude);
     prog.push_str("int main(void) {\n    printf(\"%s\\n\", RF_PLUGIN_SYMBOL);\n");
     for ch in &checks.list {
-        prog.push_str(&format!(
-            "    printf(\"%lld\\n\", (long long)({}));\n",
-            ch.c_expr
-        ));
+        prog.push_str(&format!("    printf(\"%lld\\n\", (long long)({}));\n", ch.c_expr));
     }
     prog.push_str("    return 0;\n}\n");
 
@@ -239,34 +192,16 @@ fn header_layout_and_constants_match_rust() {
     assert!(out.status.success(), "layout probe failed");
     let text = String::from_utf8(out.stdout).expect("probe output is ASCII");
     let mut lines = text.lines();
-    assert_eq!(
-        lines.next().map(str::as_bytes),
-        Some(PLUGIN_SYMBOL),
-        "RF_PLUGIN_SYMBOL"
-    );
+    assert_eq!(lines.next().map(str::as_bytes), Some(PLUGIN_SYMBOL), "RF_PLUGIN_SYMBOL");
     let mut mismatches = Vec::new();
     for ch in &checks.list {
-        let got: i128 = lines
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .expect("one number per check");
+        let got: i128 = lines.next().and_then(|l| l.trim().parse().ok()).expect("one number per check");
         if got != ch.rust {
-            mismatches.push(format!(
-                "{}: C says {got}, Rust says {}",
-                ch.c_expr, ch.rust
-            ));
+            mismatches.push(format!("{}: C says {got}, Rust says {}", ch.c_expr, ch.rust));
         }
     }
-    assert!(
-        mismatches.is_empty(),
-        "header and Rust ABI disagree:\n{}",
-        mismatches.join("\n")
-    );
-    assert!(
-        checks.list.len() > 100,
-        "suspiciously few checks: {}",
-        checks.list.len()
-    );
+    assert!(mismatches.is_empty(), "header and Rust ABI disagree:\n{}", mismatches.join("\n"));
+    assert!(checks.list.len() > 100, "suspiciously few checks: {}", checks.list.len());
 }
 
 /// `pub struct RfXxx { pub a: .., pub b: .. }` blocks of lib.rs: struct name -> field names.
@@ -275,11 +210,7 @@ fn rust_struct_fields() -> Vec<(String, Vec<String>)> {
     let mut cur: Option<(String, Vec<String>)> = None;
     for line in LIB_RS.lines() {
         if let Some(rest) = line.strip_prefix("pub struct ") {
-            let name = rest
-                .split(|c: char| !c.is_alphanumeric() && c != '_')
-                .next()
-                .unwrap_or("")
-                .to_string();
+            let name = rest.split(|c: char| !c.is_alphanumeric() && c != '_').next().unwrap_or("").to_string();
             if rest.trim_end().ends_with('{') {
                 cur = Some((name, Vec::new()));
             }
@@ -305,10 +236,7 @@ fn rust_consts() -> BTreeSet<String> {
     for line in LIB_RS.lines() {
         if let Some(rest) = line.strip_prefix("pub mod ") {
             if rest.trim_end().ends_with('{') {
-                module = Some(
-                    rest.trim_end_matches(|c: char| c == '{' || c.is_whitespace())
-                        .to_string(),
-                );
+                module = Some(rest.trim_end_matches(|c: char| c == '{' || c.is_whitespace()).to_string());
             }
             continue;
         }
@@ -316,11 +244,7 @@ fn rust_consts() -> BTreeSet<String> {
             module = None;
             continue;
         }
-        if let Some(rest) = line
-            .trim_start()
-            .strip_prefix("pub const ")
-            .filter(|r| !r.starts_with("fn "))
-        {
+        if let Some(rest) = line.trim_start().strip_prefix("pub const ").filter(|r| !r.starts_with("fn ")) {
             let name = rest.split(':').next().unwrap_or("").trim();
             // `impl` blocks hold associated consts (RfStr::EMPTY), not ABI constants.
             if line.starts_with("pub const ") || module.is_some() {
@@ -339,34 +263,18 @@ fn every_rust_field_and_constant_is_checked() {
     let checks = all_checks();
     let rust = rust_struct_fields();
     let rf: Vec<_> = rust.iter().filter(|(n, _)| n.starts_with("Rf")).collect();
-    assert!(
-        rf.len() >= 7,
-        "parsed only {} Rf structs from lib.rs: {rust:?}",
-        rf.len()
-    );
+    assert!(rf.len() >= 7, "parsed only {} Rf structs from lib.rs: {rust:?}", rf.len());
     for (name, fields) in rf {
-        let covered = checks
-            .fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("struct {name} is not checked against the header"));
+        let covered =
+            checks.fields.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("struct {name} is not checked against the header"));
         let covered: Vec<String> = covered.1.iter().map(|s| s.to_string()).collect();
-        assert_eq!(
-            &covered, fields,
-            "fields of {name} (in order) differ between lib.rs and this test's list"
-        );
+        assert_eq!(&covered, fields, "fields of {name} (in order) differ between lib.rs and this test's list");
     }
     let consts = rust_consts();
-    assert!(
-        consts.contains("op::OUTPUT") && consts.contains("status::PANIC"),
-        "lib.rs parse failed: {consts:?}"
-    );
+    assert!(consts.contains("op::OUTPUT") && consts.contains("status::PANIC"), "lib.rs parse failed: {consts:?}");
     let covered: BTreeSet<String> = checks.consts.iter().map(|(r, _)| r.clone()).collect();
     let missing: Vec<_> = consts.difference(&covered).collect();
-    assert!(
-        missing.is_empty(),
-        "constants of lib.rs not checked against the header: {missing:?}"
-    );
+    assert!(missing.is_empty(), "constants of lib.rs not checked against the header: {missing:?}");
 }
 
 #[test]
@@ -377,20 +285,12 @@ fn every_header_define_is_checked() {
     let defined: BTreeSet<String> = HEADER
         .lines()
         .filter_map(|l| l.trim_start().strip_prefix("#define "))
-        .map(|r| {
-            r.split(|c: char| !c.is_alphanumeric() && c != '_')
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
+        .map(|r| r.split(|c: char| !c.is_alphanumeric() && c != '_').next().unwrap_or("").to_string())
         .filter(|n| n.starts_with("RF_") && !helpers.contains(&n.as_str()))
         .collect();
     let covered: BTreeSet<String> = checks.consts.iter().map(|(_, c)| c.clone()).collect();
     let unchecked: Vec<_> = defined.difference(&covered).collect();
-    assert!(
-        unchecked.is_empty(),
-        "header defines not checked against Rust: {unchecked:?}"
-    );
+    assert!(unchecked.is_empty(), "header defines not checked against Rust: {unchecked:?}");
     assert!(defined.len() >= 30, "parsed only {} defines", defined.len());
 }
 

@@ -10,19 +10,13 @@ use thiserror::Error;
 pub enum ChatError {
     /// The template source does not compile.
     #[error("chat template syntax error at line {line:?}: {message}")]
-    Syntax {
-        line: Option<usize>,
-        message: String,
-    },
+    Syntax { line: Option<usize>, message: String },
     /// The template called `raise_exception(message)`: the conversation is not acceptable.
     #[error("{message}")]
     Raised { message: String },
     /// Any other failure while rendering (undefined attribute, type error, ...).
     #[error("chat template render error at line {line:?}: {message}")]
-    Render {
-        line: Option<usize>,
-        message: String,
-    },
+    Render { line: Option<usize>, message: String },
     /// The template ran out of fuel or recursion depth (it loops or recurses without bound).
     #[error("chat template too complex: {message}")]
     TooComplex { message: String },

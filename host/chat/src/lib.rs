@@ -19,6 +19,4 @@ mod template;
 
 pub use error::ChatError;
 pub use message::{ChatMessage, ContentPart, FunctionCall, MessageContent, ToolCall};
-pub use template::{
-    rewrite_source, ChatTemplate, RenderRequest, CHATML_TEMPLATE, DEFAULT_FUEL, DEFAULT_MAX_OUTPUT,
-};
+pub use template::{rewrite_source, ChatTemplate, RenderRequest, CHATML_TEMPLATE, DEFAULT_FUEL, DEFAULT_MAX_OUTPUT};

@@ -34,11 +34,7 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with plain text content.
     pub fn text(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: Some(MessageContent::Text(content.into())),
-            ..Default::default()
-        }
+        ChatMessage { role: role.into(), content: Some(MessageContent::Text(content.into())), ..Default::default() }
     }
 }
 
@@ -93,10 +89,7 @@ pub struct FunctionCall {
 impl FunctionCall {
     /// Builds a call from OpenAI's wire form, where `arguments` is a JSON string.
     pub fn from_openai(name: impl Into<String>, arguments: &str) -> Self {
-        FunctionCall {
-            name: name.into(),
-            arguments: parse_arguments(Json::String(arguments.to_string())),
-        }
+        FunctionCall { name: name.into(), arguments: parse_arguments(Json::String(arguments.to_string())) }
     }
 }
 

@@ -19,19 +19,12 @@ use minijinja::{Error, ErrorKind, State, Value};
 
 /// jinja2's `iterable` test.
 pub fn is_iterable(value: &Value) -> bool {
-    !matches!(
-        value.kind(),
-        ValueKind::None | ValueKind::Bool | ValueKind::Number
-    ) && (value.is_undefined() || value.try_iter().is_ok())
+    !matches!(value.kind(), ValueKind::None | ValueKind::Bool | ValueKind::Number) && (value.is_undefined() || value.try_iter().is_ok())
 }
 
 /// jinja2's `sequence` test.
 pub fn is_sequence(value: &Value) -> bool {
-    value.is_undefined()
-        || matches!(
-            value.kind(),
-            ValueKind::String | ValueKind::Seq | ValueKind::Map
-        )
+    value.is_undefined() || matches!(value.kind(), ValueKind::String | ValueKind::Seq | ValueKind::Map)
 }
 
 /// Python's type name for the values that cannot be iterated.
@@ -47,32 +40,15 @@ fn python_type_name(value: &Value) -> &'static str {
 
 /// Passes an iterable through and fails like Python for anything `for` cannot loop over.
 pub fn py_iterable(value: Value) -> Result<Value, Error> {
-    if matches!(
-        value.kind(),
-        ValueKind::None | ValueKind::Bool | ValueKind::Number
-    ) {
-        return Err(Error::new(
-            ErrorKind::InvalidOperation,
-            format!("'{}' object is not iterable", python_type_name(&value)),
-        ));
+    if matches!(value.kind(), ValueKind::None | ValueKind::Bool | ValueKind::Number) {
+        return Err(Error::new(ErrorKind::InvalidOperation, format!("'{}' object is not iterable", python_type_name(&value))));
     }
     Ok(value)
 }
 
 /// Python's `str.splitlines()` line boundaries.
 fn is_line_break(c: char) -> bool {
-    matches!(
-        c,
-        '\n' | '\r'
-            | '\u{0b}'
-            | '\u{0c}'
-            | '\u{1c}'
-            | '\u{1d}'
-            | '\u{1e}'
-            | '\u{85}'
-            | '\u{2028}'
-            | '\u{2029}'
-    )
+    matches!(c, '\n' | '\r' | '\u{0b}' | '\u{0c}' | '\u{1c}' | '\u{1d}' | '\u{1e}' | '\u{85}' | '\u{2028}' | '\u{2029}')
 }
 
 /// Python's `str.splitlines()` (without keepends).
@@ -103,13 +79,7 @@ fn splitlines(s: &str) -> Vec<&str> {
 pub fn indent(state: &State, args: Rest<ValueOrKwargs>) -> Result<Value, Error> {
     // Filters take at most five typed arguments, so the state comes with manual parsing.
     let args = args.into_values();
-    let (value, width, first, blank, kwargs): (
-        String,
-        Option<Value>,
-        Option<bool>,
-        Option<bool>,
-        Kwargs,
-    ) = from_args(&args)?;
+    let (value, width, first, blank, kwargs): (String, Option<Value>, Option<bool>, Option<bool>, Kwargs) = from_args(&args)?;
     let width = match width {
         Some(w) => Some(w),
         None => kwargs.get::<Option<Value>>("width")?,
@@ -132,12 +102,7 @@ pub fn indent(state: &State, args: Rest<ValueOrKwargs>) -> Result<Value, Error> 
                 state.consume_fuel((n / 64) as u64)?;
                 " ".repeat(n)
             }
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::InvalidOperation,
-                    "indent width must be int or str",
-                ))
-            }
+            _ => return Err(Error::new(ErrorKind::InvalidOperation, "indent width must be int or str")),
         },
     };
 

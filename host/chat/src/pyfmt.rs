@@ -75,13 +75,7 @@ pub fn tojson(state: &State, value: &Value, kwargs: Kwargs) -> Result<Value, Err
         _ if indent.is_some() => (",".to_string(), ": ".to_string()),
         _ => (", ".to_string(), ": ".to_string()),
     };
-    let style = JsonStyle {
-        indent,
-        item_sep,
-        key_sep,
-        sort_keys: sort_keys.unwrap_or(false),
-        ensure_ascii: ensure_ascii.unwrap_or(false),
-    };
+    let style = JsonStyle { indent, item_sep, key_sep, sort_keys: sort_keys.unwrap_or(false), ensure_ascii: ensure_ascii.unwrap_or(false) };
     let mut out = String::new();
     write_json(&mut out, value, &style, 0)?;
     // Large outputs are paid for like other created data so fuel bounds them too.
@@ -99,10 +93,7 @@ fn not_serializable(value: &Value) -> Error {
         ValueKind::Iterable => "generator".to_string(),
         other => other.to_string(),
     };
-    Error::new(
-        ErrorKind::BadSerialization,
-        format!("Object of type {kind} is not JSON serializable"),
-    )
+    Error::new(ErrorKind::BadSerialization, format!("Object of type {kind} is not JSON serializable"))
 }
 
 fn newline_indent(out: &mut String, style: &JsonStyle, depth: usize) {
@@ -114,12 +105,7 @@ fn newline_indent(out: &mut String, style: &JsonStyle, depth: usize) {
     }
 }
 
-fn write_json(
-    out: &mut String,
-    value: &Value,
-    style: &JsonStyle,
-    depth: usize,
-) -> Result<(), Error> {
+fn write_json(out: &mut String, value: &Value, style: &JsonStyle, depth: usize) -> Result<(), Error> {
     if depth > MAX_DEPTH {
         return Err(invalid("tojson: value nested too deeply"));
     }
@@ -188,13 +174,7 @@ fn json_key(key: &Value) -> Result<String, Error> {
             s
         }
         _ => {
-            return Err(Error::new(
-                ErrorKind::BadSerialization,
-                format!(
-                    "keys must be str, int, float, bool or None, not {}",
-                    key.kind()
-                ),
-            ))
+            return Err(Error::new(ErrorKind::BadSerialization, format!("keys must be str, int, float, bool or None, not {}", key.kind())))
         }
     })
 }
@@ -311,11 +291,7 @@ pub fn write_repr(out: &mut String, value: &Value, depth: usize) -> Result<(), E
 
 /// Python's `repr(str)`: single quotes unless the text has `'` and no `"`.
 fn write_repr_str(out: &mut String, s: &str) {
-    let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
+    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
     out.push(quote);
     for c in s.chars() {
         match c {

@@ -102,11 +102,7 @@ impl ChatTemplate {
     /// Like [`ChatTemplate::new`] with explicit fuel and output limits.
     pub fn with_limits(source: &str, fuel: u64, max_output: usize) -> Result<Self, ChatError> {
         let mut env = Environment::new();
-        let syntax = SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .map_err(|e| syntax_error(&e))?;
+        let syntax = SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(|e| syntax_error(&e))?;
         env.set_syntax(syntax);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_fuel(Some(fuel));
@@ -119,8 +115,7 @@ impl ChatTemplate {
         env.add_test("sequence", pycompat::is_sequence);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(TEMPLATE_NAME, rewrite_source(source))
-            .map_err(|e| syntax_error(&e))?;
+        env.add_template_owned(TEMPLATE_NAME, rewrite_source(source)).map_err(|e| syntax_error(&e))?;
         Ok(ChatTemplate { env, max_output })
     }
 
@@ -146,14 +141,8 @@ impl ChatTemplate {
 
     /// Renders the prompt for `req`.
     pub fn render(&self, req: &RenderRequest<'_>) -> Result<String, ChatError> {
-        let now = req
-            .now
-            .unwrap_or_else(|| chrono::Local::now().naive_local());
-        let mut pairs: Vec<(String, Value)> = req
-            .extra
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from(Serde(v))))
-            .collect();
+        let now = req.now.unwrap_or_else(|| chrono::Local::now().naive_local());
+        let mut pairs: Vec<(String, Value)> = req.extra.iter().map(|(k, v)| (k.clone(), Value::from(Serde(v)))).collect();
         let tools = match req.tools {
             Some(t) => Value::from(Serde(t)),
             None => Value::from(()),
@@ -162,39 +151,21 @@ impl ChatTemplate {
             ("messages".to_string(), Value::from(Serde(req.messages))),
             ("tools".to_string(), tools),
             ("documents".to_string(), Value::from(())),
-            (
-                "add_generation_prompt".to_string(),
-                Value::from(req.add_generation_prompt),
-            ),
+            ("add_generation_prompt".to_string(), Value::from(req.add_generation_prompt)),
             ("bos_token".to_string(), Value::from(req.bos_token)),
             ("eos_token".to_string(), Value::from(req.eos_token)),
-            (
-                NOW_VAR.to_string(),
-                Value::from(now.format(NOW_FORMAT).to_string()),
-            ),
+            (NOW_VAR.to_string(), Value::from(now.format(NOW_FORMAT).to_string())),
         ]);
         let ctx = Value::from_pairs(pairs);
 
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|e| syntax_error(&e))?;
-        let mut out = LimitedWriter {
-            buf: Vec::new(),
-            limit: self.max_output,
-            exceeded: false,
-        };
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| syntax_error(&e))?;
+        let mut out = LimitedWriter { buf: Vec::new(), limit: self.max_output, exceeded: false };
         let result = template.render_captured_to(ctx, &mut out).map(|_| ());
         if out.exceeded {
-            return Err(ChatError::OutputTooLarge {
-                limit: self.max_output,
-            });
+            return Err(ChatError::OutputTooLarge { limit: self.max_output });
         }
         result.map_err(|e| render_error(&e))?;
-        String::from_utf8(out.buf).map_err(|e| ChatError::Render {
-            line: None,
-            message: format!("output is not UTF-8: {e}"),
-        })
+        String::from_utf8(out.buf).map_err(|e| ChatError::Render { line: None, message: format!("output is not UTF-8: {e}") })
     }
 }
 
@@ -246,13 +217,8 @@ fn rewrite_for(body: &str) -> Option<String> {
     let (target, after) = (&rest[..in_pos], rest[in_pos + 4..].trim_start());
     let expr_end = after.find(char::is_whitespace).unwrap_or(after.len());
     let (expr, tail) = (&after[..expr_end], after[expr_end..].trim());
-    let simple = expr
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && expr
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.[]'\"".contains(c));
+    let simple = expr.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && expr.chars().all(|c| c.is_ascii_alphanumeric() || "_.[]'\"".contains(c));
     let tail_ok = tail.is_empty() || tail.starts_with("if ") || tail == "recursive";
     if !simple || !tail_ok {
         return None;
@@ -276,24 +242,18 @@ fn split_ws_marker_back(s: &str) -> (&str, &str) {
 
 /// Prints like jinja2: containers and floats as Python `repr`, everything else via minijinja's
 /// default (which already spells `True`/`False`/`None` like Python).
-fn python_formatter(
-    out: &mut minijinja::Output,
-    state: &mut State,
-    value: &Value,
-) -> Result<(), Error> {
+fn python_formatter(out: &mut minijinja::Output, state: &mut State, value: &Value) -> Result<(), Error> {
     match value.kind() {
         ValueKind::Number if !value.is_integer() => {
             let mut s = String::new();
             pyfmt::write_repr(&mut s, value, 0)?;
-            out.write_str(&s)
-                .map_err(|e| Error::new(ErrorKind::WriteFailure, "write failed").with_source(e))
+            out.write_str(&s).map_err(|e| Error::new(ErrorKind::WriteFailure, "write failed").with_source(e))
         }
         ValueKind::Seq | ValueKind::Map => {
             let mut s = String::new();
             pyfmt::write_repr(&mut s, value, 0)?;
             state.consume_fuel((s.len() / 64) as u64)?;
-            out.write_str(&s)
-                .map_err(|e| Error::new(ErrorKind::WriteFailure, "write failed").with_source(e))
+            out.write_str(&s).map_err(|e| Error::new(ErrorKind::WriteFailure, "write failed").with_source(e))
         }
         _ => minijinja::escape_formatter(out, state, value),
     }
@@ -308,25 +268,15 @@ fn raise_exception(message: Value) -> Result<Value, Error> {
 fn strftime_now(state: &State, format: String) -> Result<String, Error> {
     let now = state
         .lookup(NOW_VAR)
-        .and_then(|v| {
-            v.as_str()
-                .and_then(|s| NaiveDateTime::parse_from_str(s, NOW_FORMAT).ok())
-        })
+        .and_then(|v| v.as_str().and_then(|s| NaiveDateTime::parse_from_str(s, NOW_FORMAT).ok()))
         .unwrap_or_else(|| chrono::Local::now().naive_local());
     let items: Vec<Item<'_>> = StrftimeItems::new(&format).collect();
     if items.iter().any(|i| matches!(i, Item::Error)) {
-        return Err(Error::new(
-            ErrorKind::InvalidOperation,
-            format!("strftime_now: invalid format {format:?}"),
-        ));
+        return Err(Error::new(ErrorKind::InvalidOperation, format!("strftime_now: invalid format {format:?}")));
     }
     let mut s = String::new();
-    write!(s, "{}", now.format_with_items(items.into_iter())).map_err(|_| {
-        Error::new(
-            ErrorKind::InvalidOperation,
-            format!("strftime_now: cannot format {format:?}"),
-        )
-    })?;
+    write!(s, "{}", now.format_with_items(items.into_iter()))
+        .map_err(|_| Error::new(ErrorKind::InvalidOperation, format!("strftime_now: cannot format {format:?}")))?;
     Ok(s)
 }
 
@@ -353,38 +303,26 @@ impl io::Write for LimitedWriter {
 }
 
 fn syntax_error(e: &Error) -> ChatError {
-    ChatError::Syntax {
-        line: e.line(),
-        message: e.to_string(),
-    }
+    ChatError::Syntax { line: e.line(), message: e.to_string() }
 }
 
 fn render_error(e: &Error) -> ChatError {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(raised) = err.downcast_ref::<Raised>() {
-            return ChatError::Raised {
-                message: raised.0.clone(),
-            };
+            return ChatError::Raised { message: raised.0.clone() };
         }
         cur = err.source();
     }
     // minijinja's recursion limit and its range() cap (100,000 items, the same cap as jinja2's
     // sandbox MAX_RANGE) are the other two guards against runaway templates.
     let bounded = e.kind() == ErrorKind::InvalidOperation
-        && e.detail().is_some_and(|d| {
-            d.contains("recursion limit exceeded") || d.contains("range has too many elements")
-        });
+        && e.detail().is_some_and(|d| d.contains("recursion limit exceeded") || d.contains("range has too many elements"));
     if e.kind() == ErrorKind::OutOfFuel || bounded {
-        return ChatError::TooComplex {
-            message: e.to_string(),
-        };
+        return ChatError::TooComplex { message: e.to_string() };
     }
     if e.kind() == ErrorKind::SyntaxError {
         return syntax_error(e);
     }
-    ChatError::Render {
-        line: e.line(),
-        message: e.to_string(),
-    }
+    ChatError::Render { line: e.line(), message: e.to_string() }
 }

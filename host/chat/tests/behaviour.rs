@@ -4,9 +4,7 @@
 //! output size) and the OpenAI tool-call argument conversion.
 
 use chrono::NaiveDateTime;
-use rocmforge_chat::{
-    ChatError, ChatMessage, ChatTemplate, FunctionCall, MessageContent, RenderRequest,
-};
+use rocmforge_chat::{ChatError, ChatMessage, ChatTemplate, FunctionCall, MessageContent, RenderRequest};
 use serde_json::{json, Value as Json};
 use std::path::PathBuf;
 
@@ -16,14 +14,12 @@ fn repo_root() -> PathBuf {
 
 fn fixture() -> Json {
     let path = repo_root().join("host/chat/tests/fixtures/chat_templates.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).expect("fixture is JSON")
 }
 
 fn fixture_now(f: &Json) -> NaiveDateTime {
-    NaiveDateTime::parse_from_str(f["now"].as_str().expect("now"), "%Y-%m-%dT%H:%M:%S")
-        .expect("clock")
+    NaiveDateTime::parse_from_str(f["now"].as_str().expect("now"), "%Y-%m-%dT%H:%M:%S").expect("clock")
 }
 
 #[test]
@@ -43,8 +39,7 @@ fn snippets_match_python_jinja2() {
             extra: sn["kwargs"].as_object().cloned().unwrap_or_default(),
             now: Some(now),
         };
-        let actual = ChatTemplate::new(sn["template"].as_str().expect("template"))
-            .and_then(|t| t.render(&req));
+        let actual = ChatTemplate::new(sn["template"].as_str().expect("template")).and_then(|t| t.render(&req));
         let want = &sn["result"];
         let ok = match (&actual, want.get("output"), want.get("raised")) {
             (Ok(got), Some(exp), _) => exp.as_str() == Some(got.as_str()),
@@ -62,15 +57,9 @@ fn snippets_match_python_jinja2() {
 
 #[test]
 fn raise_exception_becomes_raised_error() {
-    let t =
-        ChatTemplate::new("{{ raise_exception('System role not supported') }}").expect("compiles");
+    let t = ChatTemplate::new("{{ raise_exception('System role not supported') }}").expect("compiles");
     let err = t.render(&RenderRequest::new(&[])).expect_err("raises");
-    assert_eq!(
-        err,
-        ChatError::Raised {
-            message: "System role not supported".into()
-        }
-    );
+    assert_eq!(err, ChatError::Raised { message: "System role not supported".into() });
     assert_eq!(err.to_string(), "System role not supported");
 }
 
@@ -78,57 +67,30 @@ fn raise_exception_becomes_raised_error() {
 fn runaway_loops_and_recursion_are_bounded() {
     // Python's sandbox refuses range(10**9) as well (see the `range_too_big` snippet).
     let big = ChatTemplate::new("{% for i in range(10**9) %}x{% endfor %}").expect("compiles");
-    assert!(matches!(
-        big.render(&RenderRequest::new(&[])),
-        Err(ChatError::TooComplex { .. })
-    ));
+    assert!(matches!(big.render(&RenderRequest::new(&[])), Err(ChatError::TooComplex { .. })));
 
     // Nested loops within the range limit: 10^10 iterations, stopped by fuel.
-    let nested = ChatTemplate::new(
-        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-    )
-    .expect("compiles");
-    assert!(matches!(
-        nested.render(&RenderRequest::new(&[])),
-        Err(ChatError::TooComplex { .. })
-    ));
+    let nested = ChatTemplate::new("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}").expect("compiles");
+    assert!(matches!(nested.render(&RenderRequest::new(&[])), Err(ChatError::TooComplex { .. })));
 
-    let recursive = ChatTemplate::new("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")
-        .expect("compiles");
-    assert!(matches!(
-        recursive.render(&RenderRequest::new(&[])),
-        Err(ChatError::TooComplex { .. })
-    ));
+    let recursive = ChatTemplate::new("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").expect("compiles");
+    assert!(matches!(recursive.render(&RenderRequest::new(&[])), Err(ChatError::TooComplex { .. })));
 }
 
 #[test]
 fn output_size_is_bounded() {
-    let t = ChatTemplate::with_limits(
-        "{% for i in range(1000) %}{{ 'x' * 1000 }}{% endfor %}",
-        rocmforge_chat::DEFAULT_FUEL,
-        100_000,
-    )
-    .expect("compiles");
-    assert_eq!(
-        t.render(&RenderRequest::new(&[])),
-        Err(ChatError::OutputTooLarge { limit: 100_000 })
-    );
+    let t = ChatTemplate::with_limits("{% for i in range(1000) %}{{ 'x' * 1000 }}{% endfor %}", rocmforge_chat::DEFAULT_FUEL, 100_000)
+        .expect("compiles");
+    assert_eq!(t.render(&RenderRequest::new(&[])), Err(ChatError::OutputTooLarge { limit: 100_000 }));
     // The same template fits the default limit.
-    let t =
-        ChatTemplate::new("{% for i in range(1000) %}{{ 'x' * 1000 }}{% endfor %}").expect("ok");
-    assert_eq!(
-        t.render(&RenderRequest::new(&[])).map(|s| s.len()),
-        Ok(1_000_000)
-    );
+    let t = ChatTemplate::new("{% for i in range(1000) %}{{ 'x' * 1000 }}{% endfor %}").expect("ok");
+    assert_eq!(t.render(&RenderRequest::new(&[])).map(|s| s.len()), Ok(1_000_000));
 }
 
 #[test]
 fn syntax_errors_are_reported_with_line() {
     let err = ChatTemplate::new("line one\n{% if x %}never closed").expect_err("bad syntax");
-    assert!(
-        matches!(err, ChatError::Syntax { line: Some(_), .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, ChatError::Syntax { line: Some(_), .. }), "{err:?}");
 }
 
 /// OpenAI clients send `arguments` as a JSON string; every reference template must render
@@ -149,13 +111,9 @@ fn tool_call_arguments_json_string_reaches_templates_as_map() {
         }
     }
     assert_eq!(n_calls, 1);
-    let messages: Vec<ChatMessage> =
-        serde_json::from_value(conv["messages"].clone()).expect("messages");
+    let messages: Vec<ChatMessage> = serde_json::from_value(conv["messages"].clone()).expect("messages");
     let call = &messages[2].tool_calls.as_ref().expect("tool_calls")[0];
-    assert_eq!(
-        call.function.arguments,
-        json!({"location": "Paris", "unit": "celsius"})
-    );
+    assert_eq!(call.function.arguments, json!({"location": "Paris", "unit": "celsius"}));
 
     let tools = conv["tools"].clone();
     let mut compared = 0;
@@ -167,12 +125,7 @@ fn tool_call_arguments_json_string_reaches_templates_as_map() {
             rocmforge_chat::CHATML_TEMPLATE.to_string()
         } else {
             let path = repo_root().join(format!(".cache/llama.cpp/models/templates/{name}.jinja"));
-            std::fs::read_to_string(&path).unwrap_or_else(|e| {
-                panic!(
-                    "cannot read {}: {e}; run scripts/fetch-test-data.sh",
-                    path.display()
-                )
-            })
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}; run scripts/fetch-test-data.sh", path.display()))
         };
         let req = RenderRequest {
             messages: &messages,
@@ -195,18 +148,9 @@ fn tool_call_arguments_json_string_reaches_templates_as_map() {
 
 #[test]
 fn tool_call_arguments_that_are_not_a_json_object_stay_strings() {
-    assert_eq!(
-        FunctionCall::from_openai("f", "{\"a\": 1}").arguments,
-        json!({"a": 1})
-    );
-    assert_eq!(
-        FunctionCall::from_openai("f", "not json").arguments,
-        json!("not json")
-    );
-    assert_eq!(
-        FunctionCall::from_openai("f", "[1, 2]").arguments,
-        json!("[1, 2]")
-    );
+    assert_eq!(FunctionCall::from_openai("f", "{\"a\": 1}").arguments, json!({"a": 1}));
+    assert_eq!(FunctionCall::from_openai("f", "not json").arguments, json!("not json"));
+    assert_eq!(FunctionCall::from_openai("f", "[1, 2]").arguments, json!("[1, 2]"));
 }
 
 #[test]
@@ -219,16 +163,9 @@ fn messages_round_trip_without_null_fields() {
     .expect("message");
     assert!(matches!(m.content, Some(MessageContent::Parts(ref p)) if p.len() == 2));
     let back = serde_json::to_value(&m).expect("serialise");
-    assert_eq!(
-        back,
-        json!({"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image"}], "thinking": "kept"})
-    );
-    let null_content: ChatMessage =
-        serde_json::from_value(json!({"role": "assistant", "content": null})).expect("message");
-    assert_eq!(
-        serde_json::to_value(&null_content).expect("ser"),
-        json!({"role": "assistant"})
-    );
+    assert_eq!(back, json!({"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image"}], "thinking": "kept"}));
+    let null_content: ChatMessage = serde_json::from_value(json!({"role": "assistant", "content": null})).expect("message");
+    assert_eq!(serde_json::to_value(&null_content).expect("ser"), json!({"role": "assistant"}));
 }
 
 #[test]
@@ -241,8 +178,5 @@ fn chatml_default_renders_generation_prompt() {
     let with = t.render(&req).expect("renders");
     req.add_generation_prompt = false;
     let without = t.render(&req).expect("renders");
-    assert_eq!(
-        with.strip_suffix("<|im_start|>assistant\n"),
-        Some(without.as_str())
-    );
+    assert_eq!(with.strip_suffix("<|im_start|>assistant\n"), Some(without.as_str()));
 }

@@ -49,19 +49,14 @@ fn fnv1a64(data: &[u8]) -> String {
 
 fn load_fixture() -> Json {
     let path = repo_root().join("host/chat/tests/fixtures/chat_templates.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).expect("fixture is JSON")
 }
 
 fn template_source(name: &str) -> String {
     let path = repo_root().join(format!(".cache/llama.cpp/models/templates/{name}.jinja"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e}; run scripts/fetch-test-data.sh to get llama.cpp's templates",
-            path.display()
-        )
-    })
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}; run scripts/fetch-test-data.sh to get llama.cpp's templates", path.display()))
 }
 
 fn first_difference(a: &str, b: &str) -> String {
@@ -71,52 +66,34 @@ fn first_difference(a: &str, b: &str) -> String {
         let end = s.ceil_char_boundary((pos + 60).min(s.len()));
         s[start..end].to_string()
     };
-    format!(
-        "at byte {pos}:\n    expected …{:?}…\n    actual   …{:?}…",
-        ctx(a),
-        ctx(b)
-    )
+    format!("at byte {pos}:\n    expected …{:?}…\n    actual   …{:?}…", ctx(a), ctx(b))
 }
 
 #[test]
 fn reference_templates_match_python_jinja2() {
     let fixture = load_fixture();
-    let now =
-        NaiveDateTime::parse_from_str(fixture["now"].as_str().expect("now"), "%Y-%m-%dT%H:%M:%S")
-            .expect("fixture clock");
+    let now = NaiveDateTime::parse_from_str(fixture["now"].as_str().expect("now"), "%Y-%m-%dT%H:%M:%S").expect("fixture clock");
     let conversations = fixture["conversations"].as_object().expect("conversations");
     let templates = fixture["templates"].as_object().expect("templates");
-    assert!(
-        templates.len() >= 71,
-        "expected llama.cpp's 70 templates plus ChatML"
-    );
+    assert!(templates.len() >= 71, "expected llama.cpp's 70 templates plus ChatML");
 
     let mut failures = Vec::new();
     let mut exact = 0usize;
     let mut total = 0usize;
     let mut known_seen = Vec::new();
     for (name, entry) in templates {
-        let source = if name == CHATML_NAME {
-            rocmforge_chat::CHATML_TEMPLATE.to_string()
-        } else {
-            template_source(name)
-        };
+        let source = if name == CHATML_NAME { rocmforge_chat::CHATML_TEMPLATE.to_string() } else { template_source(name) };
         assert_eq!(
             fnv1a64(source.as_bytes()),
             entry["fnv1a64"].as_str().expect("hash"),
             "template {name} changed since the fixture was made: rerun {}",
             fixture["command"]
         );
-        let template = if name == CHATML_NAME {
-            Ok(ChatTemplate::chatml_default())
-        } else {
-            ChatTemplate::new(&source)
-        };
+        let template = if name == CHATML_NAME { Ok(ChatTemplate::chatml_default()) } else { ChatTemplate::new(&source) };
         for (case, expected) in entry["cases"].as_object().expect("cases") {
             total += 1;
             let conv = &conversations[case.as_str()];
-            let messages: Vec<ChatMessage> =
-                serde_json::from_value(conv["messages"].clone()).expect("messages");
+            let messages: Vec<ChatMessage> = serde_json::from_value(conv["messages"].clone()).expect("messages");
             let tools = conv["tools"].clone();
             let req = RenderRequest {
                 messages: &messages,
@@ -127,17 +104,11 @@ fn reference_templates_match_python_jinja2() {
                 extra: conv["kwargs"].as_object().cloned().unwrap_or_default(),
                 now: Some(now),
             };
-            let actual = template
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|t| t.render(&req));
-            let known = KNOWN_DIFFERENCES
-                .iter()
-                .find(|(t, c, _)| t == name && c == case);
+            let actual = template.as_ref().map_err(Clone::clone).and_then(|t| t.render(&req));
+            let known = KNOWN_DIFFERENCES.iter().find(|(t, c, _)| t == name && c == case);
             let id = format!("{name} [{case}]");
             // (exact match, what differs, whether we at least rendered or raised the same way)
-            let (ok, detail, sane) = match (expected.get("output"), expected.get("raised"), &actual)
-            {
+            let (ok, detail, sane) = match (expected.get("output"), expected.get("raised"), &actual) {
                 (Some(want), _, Ok(got)) => {
                     let want = want.as_str().expect("output");
                     (want == got, first_difference(want, got), true)
@@ -146,41 +117,20 @@ fn reference_templates_match_python_jinja2() {
                 (None, Some(msg), Err(ChatError::Raised { message })) => {
                     let msg = msg.as_str().expect("raised");
                     let same = msg == message;
-                    (
-                        same,
-                        format!("raised {message:?}, Python raised {msg:?}"),
-                        same,
-                    )
+                    (same, format!("raised {message:?}, Python raised {msg:?}"), same)
                 }
-                (None, Some(msg), other) => (
-                    false,
-                    format!("Python raised {msg}, we gave {other:?}"),
-                    false,
-                ),
-                (None, None, Err(ChatError::Raised { message })) => (
-                    false,
-                    format!(
-                        "Python failed with {}, we raised {message:?}",
-                        expected["error"]
-                    ),
-                    false,
-                ),
+                (None, Some(msg), other) => (false, format!("Python raised {msg}, we gave {other:?}"), false),
+                (None, None, Err(ChatError::Raised { message })) => {
+                    (false, format!("Python failed with {}, we raised {message:?}", expected["error"]), false)
+                }
                 (None, None, Err(_)) => (true, String::new(), true),
-                (None, None, Ok(_)) => (
-                    false,
-                    format!("Python failed with {}, we rendered", expected["error"]),
-                    true,
-                ),
+                (None, None, Ok(_)) => (false, format!("Python failed with {}, we rendered", expected["error"]), true),
             };
             match (ok, known) {
                 (true, None) => exact += 1,
-                (true, Some(_)) => failures.push(format!(
-                    "{id}: listed in KNOWN_DIFFERENCES but now matches: remove it"
-                )),
+                (true, Some(_)) => failures.push(format!("{id}: listed in KNOWN_DIFFERENCES but now matches: remove it")),
                 (false, Some((_, _, why))) if sane => known_seen.push(format!("{id}: {why}")),
-                (false, Some(_)) => {
-                    failures.push(format!("{id}: known difference got worse: {detail}"))
-                }
+                (false, Some(_)) => failures.push(format!("{id}: known difference got worse: {detail}")),
                 (false, None) => failures.push(format!("{id}: {detail}")),
             }
         }
@@ -189,10 +139,5 @@ fn reference_templates_match_python_jinja2() {
     for k in &known_seen {
         eprintln!("known difference: {k}");
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {total} renders wrong:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {total} renders wrong:\n{}", failures.len(), failures.join("\n"));
 }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: not a GGUF file (magic {magic:02x?}, expected \"GGUF\")")]
     BadMagic { path: PathBuf, magic: [u8; 4] },
     #[error("{path}: unsupported GGUF version {version} (supported: 2, 3)")]
@@ -23,9 +27,17 @@ pub enum ModelError {
     #[error("{path}: tensor '{tensor}' has dtype {dtype}, which ROCmForge cannot run yet")]
     UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
     #[error("{path}: {source}")]
-    Quant { path: PathBuf, #[source] source: rocmforge_quant::QuantError },
+    Quant {
+        path: PathBuf,
+        #[source]
+        source: rocmforge_quant::QuantError,
+    },
     #[error("{path}: invalid JSON: {source}")]
-    Json { path: PathBuf, #[source] source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("unknown quantization type '{name}'; valid types: {valid}")]
     UnknownFileType { name: String, valid: String },
     #[error("{path}: tensor '{tensor}' is already quantized ({from}); requantizing it to {to} loses quality and is off unless asked for (--allow-requantize)")]

@@ -138,28 +138,16 @@ pub struct SafetensorsHeader {
 }
 
 /// Parse and validate a whole safetensors file held in `bytes` (header and data ranges).
-pub fn parse_safetensors_header(
-    path: &Path,
-    bytes: &[u8],
-) -> Result<SafetensorsHeader, ModelError> {
-    let malformed = |what: String| ModelError::Malformed {
-        path: path.to_path_buf(),
-        what,
-    };
+pub fn parse_safetensors_header(path: &Path, bytes: &[u8]) -> Result<SafetensorsHeader, ModelError> {
+    let malformed = |what: String| ModelError::Malformed { path: path.to_path_buf(), what };
     let Some(len_bytes) = bytes.get(..8) else {
-        return Err(ModelError::Truncated {
-            path: path.to_path_buf(),
-            offset: 0,
-            what: "safetensors header length (8 bytes)".into(),
-        });
+        return Err(ModelError::Truncated { path: path.to_path_buf(), offset: 0, what: "safetensors header length (8 bytes)".into() });
     };
     let mut n = [0u8; 8];
     n.copy_from_slice(len_bytes);
     let n = u64::from_le_bytes(n);
     if n > MAX_HEADER_LEN {
-        return Err(malformed(format!(
-            "header length {n} exceeds the limit of {MAX_HEADER_LEN} bytes"
-        )));
+        return Err(malformed(format!("header length {n} exceeds the limit of {MAX_HEADER_LEN} bytes")));
     }
     let file_len = bytes.len() as u64;
     if 8 + n > file_len {
@@ -171,12 +159,8 @@ pub fn parse_safetensors_header(
     }
     let data_start = 8 + n;
     let data_len = file_len - data_start;
-    let json: Value = serde_json::from_slice(&bytes[8..data_start as usize]).map_err(|source| {
-        ModelError::Json {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
+    let json: Value =
+        serde_json::from_slice(&bytes[8..data_start as usize]).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?;
     let Value::Object(map) = json else {
         return Err(malformed("safetensors header is not a JSON object".into()));
     };
@@ -194,19 +178,13 @@ pub fn parse_safetensors_header(
             };
             for (k, v) in m {
                 let Value::String(v) = v else {
-                    return Err(malformed(format!(
-                        "__metadata__ value of '{k}' is not a string"
-                    )));
+                    return Err(malformed(format!("__metadata__ value of '{k}' is not a string")));
                 };
                 metadata.push((k, v));
             }
             continue;
         }
-        let bad = |what: String| ModelError::BadTensor {
-            path: path.to_path_buf(),
-            tensor: name.clone(),
-            what,
-        };
+        let bad = |what: String| ModelError::BadTensor { path: path.to_path_buf(), tensor: name.clone(), what };
         let Some(dtype) = entry.get("dtype").and_then(Value::as_str) else {
             return Err(bad("missing or non-string \"dtype\"".into()));
         };
@@ -216,9 +194,7 @@ pub fn parse_safetensors_header(
             None => None,
         };
         let Some(shape) = shape else {
-            return Err(bad(
-                "\"shape\" is not an array of non-negative integers".into()
-            ));
+            return Err(bad("\"shape\" is not an array of non-negative integers".into()));
         };
         let offsets = entry.get("data_offsets").and_then(Value::as_array);
         let (begin, end) = match offsets.map(|a| a.as_slice()) {
@@ -229,9 +205,7 @@ pub fn parse_safetensors_header(
             _ => return Err(bad("\"data_offsets\" is not a [begin, end] pair".into())),
         };
         if begin > end || end > data_len {
-            return Err(bad(format!(
-                "data_offsets [{begin}, {end}] do not fit the {data_len}-byte data section"
-            )));
+            return Err(bad(format!("data_offsets [{begin}, {end}] do not fit the {data_len}-byte data section")));
         }
         if let Some(bits) = dtype.bits() {
             let want = shape
@@ -240,19 +214,14 @@ pub fn parse_safetensors_header(
                 .and_then(|n| n.checked_mul(bits))
                 .ok_or_else(|| bad(format!("size of shape {shape:?} as {dtype} overflows")))?;
             if want % 8 != 0 || want / 8 != end - begin {
-                return Err(bad(format!(
-                    "shape {shape:?} as {dtype} needs {} bits, data_offsets give {} bytes",
-                    want,
-                    end - begin
-                )));
+                return Err(bad(format!("shape {shape:?} as {dtype} needs {} bits, data_offsets give {} bytes", want, end - begin)));
             }
         }
         let range = data_start + begin..data_start + end;
         tensors.push((HfTensor { name, dtype, shape }, range));
     }
 
-    let mut by_offset: Vec<&(HfTensor, Range<u64>)> =
-        tensors.iter().filter(|(_, r)| !r.is_empty()).collect();
+    let mut by_offset: Vec<&(HfTensor, Range<u64>)> = tensors.iter().filter(|(_, r)| !r.is_empty()).collect();
     by_offset.sort_by_key(|(_, r)| r.start);
     for w in by_offset.windows(2) {
         if w[0].1.end > w[1].1.start {
@@ -264,11 +233,7 @@ pub fn parse_safetensors_header(
         }
     }
     tensors.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-    Ok(SafetensorsHeader {
-        data_start,
-        tensors,
-        metadata,
-    })
+    Ok(SafetensorsHeader { data_start, tensors, metadata })
 }
 
 struct Shard {
@@ -307,14 +272,8 @@ impl std::fmt::Debug for HfModelDir {
 }
 
 fn read_json(path: &Path) -> Result<Value, ModelError> {
-    let text = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_slice(&text).map_err(|source| ModelError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
+    let text = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_slice(&text).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })
 }
 
 fn read_json_opt(path: &Path) -> Result<Option<Value>, ModelError> {
@@ -326,10 +285,7 @@ fn read_json_opt(path: &Path) -> Result<Option<Value>, ModelError> {
 }
 
 fn map_file(path: &Path) -> Result<memmap2::Mmap, ModelError> {
-    let io = |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| ModelError::Io { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     // SAFETY: read-only private map owned by `HfModelDir`; as with every mmap model loader we
     // rely on weight files not being truncated while open. All ranges handed out were validated
@@ -351,10 +307,7 @@ impl HfModelDir {
         let index_path = dir.join("model.safetensors.index.json");
         let (shard_names, weight_map) = if index_path.is_file() {
             let index = read_json(&index_path)?;
-            let malformed = |what: String| ModelError::Malformed {
-                path: index_path.clone(),
-                what,
-            };
+            let malformed = |what: String| ModelError::Malformed { path: index_path.clone(), what };
             let Some(wm) = index.get("weight_map").and_then(Value::as_object) else {
                 return Err(malformed("no \"weight_map\" object".into()));
             };
@@ -362,15 +315,11 @@ impl HfModelDir {
             let mut weight_map = Vec::with_capacity(wm.len());
             for (tensor, file) in wm {
                 let Some(file) = file.as_str() else {
-                    return Err(malformed(format!(
-                        "weight_map entry of '{tensor}' is not a string"
-                    )));
+                    return Err(malformed(format!("weight_map entry of '{tensor}' is not a string")));
                 };
                 let p = Path::new(file);
                 if file.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
-                    return Err(malformed(format!(
-                        "shard '{file}' of '{tensor}' is not a relative path inside the model directory"
-                    )));
+                    return Err(malformed(format!("shard '{file}' of '{tensor}' is not a relative path inside the model directory")));
                 }
                 if !names.iter().any(|n| n == file) {
                     names.push(file.to_string());
@@ -383,8 +332,7 @@ impl HfModelDir {
         } else {
             return Err(ModelError::Malformed {
                 path: dir.clone(),
-                what: "no model.safetensors or model.safetensors.index.json in the directory"
-                    .into(),
+                what: "no model.safetensors or model.safetensors.index.json in the directory".into(),
             });
         };
 
@@ -400,20 +348,13 @@ impl HfModelDir {
                     return Err(ModelError::BadTensor {
                         path: path.clone(),
                         tensor: tensor.name.clone(),
-                        what: format!(
-                            "also present in shard {}",
-                            shards_path(&shards, prev).display()
-                        ),
+                        what: format!("also present in shard {}", shards_path(&shards, prev).display()),
                     });
                 }
                 // Ranges were validated against the map's length, which fits in usize.
                 let range = range.start as usize..range.end as usize;
                 where_.insert(tensor.name.clone(), si);
-                entries.push(Entry {
-                    tensor,
-                    shard: si,
-                    range,
-                });
+                entries.push(Entry { tensor, shard: si, range });
             }
             shards.push(Shard { path, map });
         }
@@ -429,22 +370,8 @@ impl HfModelDir {
             }
         }
         entries.sort_by(|a, b| a.tensor.name.cmp(&b.tensor.name));
-        let index = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.tensor.name.clone(), i))
-            .collect();
-        Ok(HfModelDir {
-            dir,
-            config,
-            tokenizer_json,
-            tokenizer_config,
-            generation_config,
-            chat_template,
-            shards,
-            entries,
-            index,
-        })
+        let index = entries.iter().enumerate().map(|(i, e)| (e.tensor.name.clone(), i)).collect();
+        Ok(HfModelDir { dir, config, tokenizer_json, tokenizer_config, generation_config, chat_template, shards, entries, index })
     }
 
     pub fn path(&self) -> &Path {
@@ -460,11 +387,7 @@ impl HfModelDir {
         self.config
             .get("architectures")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
             .unwrap_or_default()
     }
 
@@ -502,28 +425,22 @@ impl HfModelDir {
     }
 
     fn entry(&self, name: &str) -> Result<&Entry, ModelError> {
-        self.index
-            .get(name)
-            .map(|&i| &self.entries[i])
-            .ok_or_else(|| ModelError::BadTensor {
-                path: self.dir.clone(),
-                tensor: name.to_string(),
-                what: "no such tensor in the model".into(),
-            })
+        self.index.get(name).map(|&i| &self.entries[i]).ok_or_else(|| ModelError::BadTensor {
+            path: self.dir.clone(),
+            tensor: name.to_string(),
+            what: "no such tensor in the model".into(),
+        })
     }
 
     /// The tensor's raw little-endian bytes, without copying.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8], ModelError> {
         let e = self.entry(name)?;
         let shard = &self.shards[e.shard];
-        shard
-            .map
-            .get(e.range.clone())
-            .ok_or_else(|| ModelError::BadTensor {
-                path: shard.path.clone(),
-                tensor: name.to_string(),
-                what: "data range outside the file".into(),
-            })
+        shard.map.get(e.range.clone()).ok_or_else(|| ModelError::BadTensor {
+            path: shard.path.clone(),
+            tensor: name.to_string(),
+            what: "data range outside the file".into(),
+        })
     }
 
     /// The tensor converted to `f32` (from F32, F16 or BF16); any other dtype is
@@ -532,18 +449,9 @@ impl HfModelDir {
         let e = self.entry(name)?;
         let bytes = self.tensor_bytes(name)?;
         Ok(match e.tensor.dtype {
-            HfDtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            HfDtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            HfDtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+            HfDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            HfDtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            HfDtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             ref other => {
                 return Err(ModelError::UnsupportedDtype {
                     path: self.shards[e.shard].path.clone(),
@@ -556,34 +464,23 @@ impl HfModelDir {
 }
 
 fn shards_path(shards: &[Shard], i: usize) -> &Path {
-    shards
-        .get(i)
-        .map(|s| s.path.as_path())
-        .unwrap_or(Path::new("?"))
+    shards.get(i).map(|s| s.path.as_path()).unwrap_or(Path::new("?"))
 }
 
-fn load_chat_template(
-    dir: &Path,
-    tokenizer_config: Option<&Value>,
-) -> Result<Option<String>, ModelError> {
+fn load_chat_template(dir: &Path, tokenizer_config: Option<&Value>) -> Result<Option<String>, ModelError> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
-        let t = std::fs::read_to_string(&jinja).map_err(|source| ModelError::Io {
-            path: jinja.clone(),
-            source,
-        })?;
+        let t = std::fs::read_to_string(&jinja).map_err(|source| ModelError::Io { path: jinja.clone(), source })?;
         return Ok(Some(t));
     }
-    Ok(
-        match tokenizer_config.and_then(|c| c.get("chat_template")) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                .and_then(|t| t.get("template"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            _ => None,
-        },
-    )
+    Ok(match tokenizer_config.and_then(|c| c.get("chat_template")) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        _ => None,
+    })
 }

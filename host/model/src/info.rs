@@ -190,7 +190,8 @@ impl ModelInfo {
             .collect();
         let tc = d.tokenizer_config();
         let tok_str = |k: &str| {
-            tc.and_then(|c| c.get(k)).and_then(|v| v.as_str().map(str::to_string).or_else(|| v.get("content")?.as_str().map(str::to_string)))
+            tc.and_then(|c| c.get(k))
+                .and_then(|v| v.as_str().map(str::to_string).or_else(|| v.get("content")?.as_str().map(str::to_string)))
         };
         let file_bytes = d.shard_paths().iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
         let tokenizer = d.tokenizer_json_path().map(|p| {

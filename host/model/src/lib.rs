@@ -8,6 +8,6 @@
 pub mod error;
 pub mod gguf;
 pub mod hf;
-pub mod quantize;
 pub mod info;
+pub mod quantize;
 pub use error::ModelError;

@@ -13,9 +13,7 @@ fn root() -> PathBuf {
 }
 
 fn fill(n: u64, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed))
-        .collect()
+    (0..n).map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed)).collect()
 }
 
 fn write(w: &GgufWriter) -> Vec<u8> {
@@ -38,18 +36,9 @@ fn all_types() -> Vec<u8> {
     w.set("i64", GgufValue::I64(-4));
     w.set("f64", GgufValue::F64(0.25));
     w.set("arr.f32", GgufValue::Array(GgufArray::F32(vec![1.0, 2.0])));
-    w.set(
-        "arr.bool",
-        GgufValue::Array(GgufArray::Bool(vec![false, true])),
-    );
+    w.set("arr.bool", GgufValue::Array(GgufArray::Bool(vec![false, true])));
     w.set("arr.u64", GgufValue::Array(GgufArray::U64(vec![9])));
-    w.set(
-        "arr.nested",
-        GgufValue::Array(GgufArray::Array(vec![
-            GgufArray::I16(vec![1, 2]),
-            GgufArray::Str(vec!["s".into()]),
-        ])),
-    );
+    w.set("arr.nested", GgufValue::Array(GgufArray::Array(vec![GgufArray::I16(vec![1, 2]), GgufArray::Str(vec!["s".into()])])));
     for (name, dims, ty) in [
         ("f32", vec![4, 2], GgmlType::F32),
         ("f16", vec![3], GgmlType::F16),
@@ -79,43 +68,21 @@ fn tiny_llama() -> Vec<u8> {
     w.set("general.architecture", GgufValue::Str("llama".into()));
     w.set("llama.block_count", GgufValue::U32(1));
     w.set("llama.embedding_length", GgufValue::U32(32));
-    w.set(
-        "llama.attention.layer_norm_rms_epsilon",
-        GgufValue::F32(1e-5),
-    );
+    w.set("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(1e-5));
     w.set("tokenizer.ggml.model", GgufValue::Str("gpt2".into()));
-    let tokens: Vec<String> = ["<s>", "</s>", "a", "b", "ab", "Ġ", "Ġa"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    w.set(
-        "tokenizer.ggml.tokens",
-        GgufValue::Array(GgufArray::Str(tokens)),
-    );
-    w.set(
-        "tokenizer.ggml.token_type",
-        GgufValue::Array(GgufArray::I32(vec![3, 3, 1, 1, 1, 1, 1])),
-    );
-    w.set(
-        "tokenizer.ggml.merges",
-        GgufValue::Array(GgufArray::Str(vec!["a b".into(), "Ġ a".into()])),
-    );
-    w.add_tensor_info("token_embd.weight", vec![32, 7], GgmlType::Q8_0)
-        .unwrap();
-    w.add_tensor_info("blk.0.attn_norm.weight", vec![32], GgmlType::F32)
-        .unwrap();
-    w.add_tensor_info("output_norm.weight", vec![32], GgmlType::F32)
-        .unwrap();
+    let tokens: Vec<String> = ["<s>", "</s>", "a", "b", "ab", "Ġ", "Ġa"].iter().map(|s| s.to_string()).collect();
+    w.set("tokenizer.ggml.tokens", GgufValue::Array(GgufArray::Str(tokens)));
+    w.set("tokenizer.ggml.token_type", GgufValue::Array(GgufArray::I32(vec![3, 3, 1, 1, 1, 1, 1])));
+    w.set("tokenizer.ggml.merges", GgufValue::Array(GgufArray::Str(vec!["a b".into(), "Ġ a".into()])));
+    w.add_tensor_info("token_embd.weight", vec![32, 7], GgmlType::Q8_0).unwrap();
+    w.add_tensor_info("blk.0.attn_norm.weight", vec![32], GgmlType::F32).unwrap();
+    w.add_tensor_info("output_norm.weight", vec![32], GgmlType::F32).unwrap();
     write(&w)
 }
 
 fn seeds() -> Vec<(&'static str, Vec<u8>, bool)> {
     let smol = root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        smol.exists(),
-        "{} missing: run scripts/fetch-test-data.sh",
-        smol.display()
-    );
+    assert!(smol.exists(), "{} missing: run scripts/fetch-test-data.sh", smol.display());
     let smol_head = std::fs::read(&smol).unwrap()[..64 * 1024].to_vec();
     vec![
         ("all_types.gguf", all_types(), true),
@@ -130,22 +97,13 @@ fn gguf_fuzz_seeds_are_current_and_valid() {
     let dir = root().join("fuzz/corpus/gguf_parse");
     let write_mode = std::env::var_os("ROCMFORGE_WRITE_FUZZ_SEEDS").is_some();
     for (name, bytes, valid) in seeds() {
-        assert_eq!(
-            GgufFile::from_bytes(Path::new(name), bytes.clone()).is_ok(),
-            valid,
-            "{name}"
-        );
+        assert_eq!(GgufFile::from_bytes(Path::new(name), bytes.clone()).is_ok(), valid, "{name}");
         let p = dir.join(name);
         if write_mode {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(&p, &bytes).unwrap();
         }
-        let on_disk = std::fs::read(&p)
-            .unwrap_or_else(|e| panic!("{}: {e} (regenerate, see header)", p.display()));
-        assert!(
-            on_disk == bytes,
-            "{} is stale: regenerate (see the header of this test)",
-            p.display()
-        );
+        let on_disk = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (regenerate, see header)", p.display()));
+        assert!(on_disk == bytes, "{} is stale: regenerate (see the header of this test)", p.display());
     }
 }

@@ -11,21 +11,13 @@ use rocmforge_model::ModelError;
 use serde_json::Value;
 
 fn repo_path(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-test-data.sh",
-        p.display()
-    );
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    assert!(p.exists(), "{} is missing: run scripts/fetch-test-data.sh", p.display());
     p
 }
 
 fn fixture(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
 }
@@ -37,9 +29,7 @@ fn same_scalar(v: &GgufValue, want: &Value) -> bool {
         GgufValue::Bool(b) => want.as_bool() == Some(*b),
         // serde_json's default float parsing may be 1 ulp off, hence the f64-ulp-sized tolerance.
         GgufValue::F32(_) | GgufValue::F64(_) => match (v.as_f64(), want.as_f64()) {
-            (Some(a), Some(w)) => {
-                a == w || (a - w).abs() <= 4.0 * f64::EPSILON * a.abs().max(w.abs())
-            }
+            (Some(a), Some(w)) => a == w || (a - w).abs() <= 4.0 * f64::EPSILON * a.abs().max(w.abs()),
             _ => false,
         },
         _ => v.as_i64() == want.as_i64() || (v.as_u64().is_some() && v.as_u64() == want.as_u64()),
@@ -58,46 +48,25 @@ fn check_against_fixture(fixture_name: &str) {
     assert_eq!(f.metadata().len(), kv.len(), "metadata count");
     for ((key, v), want) in f.metadata().iter().zip(kv) {
         assert_eq!(key, want["key"].as_str().unwrap(), "metadata order");
-        assert_eq!(
-            v.type_name(),
-            want["type"].as_str().unwrap(),
-            "type of {key}"
-        );
+        assert_eq!(v.type_name(), want["type"].as_str().unwrap(), "type of {key}");
         if let Some(a) = v.as_array() {
-            assert_eq!(
-                a.elem_type_name(),
-                want["elem_type"].as_str().unwrap(),
-                "elem type of {key}"
-            );
-            assert_eq!(
-                a.len() as u64,
-                want["len"].as_u64().unwrap(),
-                "len of {key}"
-            );
+            assert_eq!(a.elem_type_name(), want["elem_type"].as_str().unwrap(), "elem type of {key}");
+            assert_eq!(a.len() as u64, want["len"].as_u64().unwrap(), "len of {key}");
             let head = want["head"].as_array().unwrap();
-            let elems: Vec<GgufValue> = match (a.as_str_slice(), a.as_bool_slice(), a.to_f64_vec())
-            {
+            let elems: Vec<GgufValue> = match (a.as_str_slice(), a.as_bool_slice(), a.to_f64_vec()) {
                 (Some(s), _, _) => s.iter().map(|x| GgufValue::Str(x.clone())).collect(),
                 (_, Some(b), _) => b.iter().map(|&x| GgufValue::Bool(x)).collect(),
                 (_, _, Some(n)) => n.into_iter().map(GgufValue::F64).collect(),
                 _ => panic!("unexpected nested array in {key}"),
             };
             for (i, w) in head.iter().enumerate() {
-                assert!(
-                    same_scalar(&elems[i], w),
-                    "{key}[{i}]: {:?} vs {w}",
-                    elems[i]
-                );
+                assert!(same_scalar(&elems[i], w), "{key}[{i}]: {:?} vs {w}", elems[i]);
             }
             if let Some(last) = elems.last() {
                 assert!(same_scalar(last, &want["last"]), "{key}[last]: {last:?}");
             }
         } else {
-            assert!(
-                same_scalar(v, &want["value"]),
-                "{key}: {v:?} vs {}",
-                want["value"]
-            );
+            assert!(same_scalar(v, &want["value"]), "{key}: {v:?} vs {}", want["value"]);
         }
     }
 
@@ -105,20 +74,10 @@ fn check_against_fixture(fixture_name: &str) {
     assert_eq!(f.tensors().len(), tensors.len());
     for (t, want) in f.tensors().iter().zip(tensors) {
         assert_eq!(t.name, want["name"].as_str().unwrap());
-        let dims: Vec<u64> = want["dims"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap())
-            .collect();
+        let dims: Vec<u64> = want["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
         assert_eq!(t.dims, dims, "{}", t.name);
         assert_eq!(t.ty.name(), want["type"].as_str().unwrap(), "{}", t.name);
-        assert_eq!(
-            f.data_offset() + t.offset,
-            want["data_offset"].as_u64().unwrap(),
-            "{}",
-            t.name
-        );
+        assert_eq!(f.data_offset() + t.offset, want["data_offset"].as_u64().unwrap(), "{}", t.name);
         assert_eq!(t.n_bytes, want["n_bytes"].as_u64().unwrap(), "{}", t.name);
         let data = f.tensor_data(t);
         assert_eq!(data.len() as u64, t.n_bytes);
@@ -151,16 +110,8 @@ fn typed_accessors_on_real_file() {
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.architecture().unwrap(), "llama");
     let fx = fixture("gguf_ref_smollm2.json");
-    let want_blocks = fx["kv"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["key"] == "llama.block_count")
-        .unwrap();
-    assert_eq!(
-        f.get_u64("llama.block_count").unwrap(),
-        want_blocks["value"].as_u64().unwrap()
-    );
+    let want_blocks = fx["kv"].as_array().unwrap().iter().find(|k| k["key"] == "llama.block_count").unwrap();
+    assert_eq!(f.get_u64("llama.block_count").unwrap(), want_blocks["value"].as_u64().unwrap());
     assert_eq!(f.opt_u64("llama.no_such_key").unwrap(), None);
     match f.get_u64("llama.no_such_key") {
         Err(ModelError::MissingKey { path: p, key }) => {
@@ -173,10 +124,7 @@ fn typed_accessors_on_real_file() {
         Err(ModelError::WrongType { got, want, .. }) => assert_eq!((got, want), ("u32", "string")),
         other => panic!("expected WrongType, got {other:?}"),
     }
-    assert!(matches!(
-        f.opt_bool("general.architecture"),
-        Err(ModelError::WrongType { .. })
-    ));
+    assert!(matches!(f.opt_bool("general.architecture"), Err(ModelError::WrongType { .. })));
     assert!(f.get_f64("llama.attention.layer_norm_rms_epsilon").unwrap() > 0.0);
     let tokens = f.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap();
     assert_eq!(tokens.as_str_slice().unwrap().len(), tokens.len());
@@ -187,20 +135,12 @@ fn typed_accessors_on_real_file() {
 fn rewrite_is_byte_exact(rel: &str) {
     let f = GgufFile::open(repo_path(rel)).unwrap();
     let w = GgufWriter::from_file(&f).unwrap();
-    assert_eq!(
-        w.tensor_infos().unwrap(),
-        f.tensors(),
-        "offsets are assigned like the original"
-    );
+    assert_eq!(w.tensor_infos().unwrap(), f.tensors(), "offsets are assigned like the original");
     let out = w.to_bytes(|i| Ok(f.tensor_data(&f.tensors()[i]))).unwrap();
     let orig = f.as_bytes();
     if out != orig {
         let first = out.iter().zip(orig).position(|(a, b)| a != b);
-        panic!(
-            "{rel}: rewrite differs (len {} vs {}), first differing byte {first:?}",
-            out.len(),
-            orig.len()
-        );
+        panic!("{rel}: rewrite differs (len {} vs {}), first differing byte {first:?}", out.len(), orig.len());
     }
 }
 

@@ -15,10 +15,7 @@ fn all_values() -> Vec<(String, GgufValue)> {
         GgufArray::Array(vec![GgufArray::F64(vec![0.5]), GgufArray::Bool(vec![])]),
     ]);
     vec![
-        (
-            "general.architecture".into(),
-            GgufValue::Str("llama".into()),
-        ),
+        ("general.architecture".into(), GgufValue::Str("llama".into())),
         ("t.u8".into(), GgufValue::U8(200)),
         ("t.i8".into(), GgufValue::I8(-100)),
         ("t.u16".into(), GgufValue::U16(60000)),
@@ -32,58 +29,26 @@ fn all_values() -> Vec<(String, GgufValue)> {
         ("t.u64".into(), GgufValue::U64(u64::MAX)),
         ("t.i64".into(), GgufValue::I64(i64::MIN)),
         ("t.f64".into(), GgufValue::F64(std::f64::consts::PI)),
-        (
-            "a.u8".into(),
-            GgufValue::Array(GgufArray::U8(vec![0, 1, 255])),
-        ),
-        (
-            "a.i8".into(),
-            GgufValue::Array(GgufArray::I8(vec![-128, 127])),
-        ),
-        (
-            "a.u16".into(),
-            GgufValue::Array(GgufArray::U16(vec![1, 65535])),
-        ),
+        ("a.u8".into(), GgufValue::Array(GgufArray::U8(vec![0, 1, 255]))),
+        ("a.i8".into(), GgufValue::Array(GgufArray::I8(vec![-128, 127]))),
+        ("a.u16".into(), GgufValue::Array(GgufArray::U16(vec![1, 65535]))),
         ("a.i16".into(), GgufValue::Array(GgufArray::I16(vec![-1]))),
         ("a.u32".into(), GgufValue::Array(GgufArray::U32(vec![7; 5]))),
         ("a.i32".into(), GgufValue::Array(GgufArray::I32(vec![]))),
-        (
-            "a.f32".into(),
-            GgufValue::Array(GgufArray::F32(vec![1.0, f32::INFINITY, -0.0])),
-        ),
-        (
-            "a.bool".into(),
-            GgufValue::Array(GgufArray::Bool(vec![true, false, true])),
-        ),
-        (
-            "a.str".into(),
-            GgufValue::Array(GgufArray::Str(vec!["x".into(), String::new(), "yz".into()])),
-        ),
-        (
-            "a.u64".into(),
-            GgufValue::Array(GgufArray::U64(vec![u64::MAX])),
-        ),
-        (
-            "a.i64".into(),
-            GgufValue::Array(GgufArray::I64(vec![i64::MIN, 0])),
-        ),
-        (
-            "a.f64".into(),
-            GgufValue::Array(GgufArray::F64(vec![1e300])),
-        ),
+        ("a.f32".into(), GgufValue::Array(GgufArray::F32(vec![1.0, f32::INFINITY, -0.0]))),
+        ("a.bool".into(), GgufValue::Array(GgufArray::Bool(vec![true, false, true]))),
+        ("a.str".into(), GgufValue::Array(GgufArray::Str(vec!["x".into(), String::new(), "yz".into()]))),
+        ("a.u64".into(), GgufValue::Array(GgufArray::U64(vec![u64::MAX]))),
+        ("a.i64".into(), GgufValue::Array(GgufArray::I64(vec![i64::MIN, 0]))),
+        ("a.f64".into(), GgufValue::Array(GgufArray::F64(vec![1e300]))),
         ("a.nested".into(), GgufValue::Array(nested)),
-        (
-            "a.empty_nested".into(),
-            GgufValue::Array(GgufArray::Array(vec![])),
-        ),
+        ("a.empty_nested".into(), GgufValue::Array(GgufArray::Array(vec![]))),
     ]
 }
 
 /// Deterministic filler bytes for tensor `i`.
 fn data_for(t: &TensorInfo, i: usize) -> Vec<u8> {
-    (0..t.n_bytes)
-        .map(|k| (k as usize * 31 + i * 7) as u8)
-        .collect()
+    (0..t.n_bytes).map(|k| (k as usize * 31 + i * 7) as u8).collect()
 }
 
 fn sample_writer() -> GgufWriter {
@@ -91,16 +56,11 @@ fn sample_writer() -> GgufWriter {
     for (k, v) in all_values() {
         w.set(k, v);
     }
-    w.add_tensor_info("f32.weight", vec![3, 2], GgmlType::F32)
-        .unwrap();
-    w.add_tensor_info("q4.weight", vec![64, 2], GgmlType::Q4_0)
-        .unwrap();
-    w.add_tensor_info("f16.odd", vec![5], GgmlType::F16)
-        .unwrap();
-    w.add_tensor_info("empty", vec![0, 4], GgmlType::F32)
-        .unwrap();
-    w.add_tensor_info("qk.weight", vec![256, 1, 1, 2], GgmlType::Q4_K)
-        .unwrap();
+    w.add_tensor_info("f32.weight", vec![3, 2], GgmlType::F32).unwrap();
+    w.add_tensor_info("q4.weight", vec![64, 2], GgmlType::Q4_0).unwrap();
+    w.add_tensor_info("f16.odd", vec![5], GgmlType::F16).unwrap();
+    w.add_tensor_info("empty", vec![0, 4], GgmlType::F32).unwrap();
+    w.add_tensor_info("qk.weight", vec![256, 1, 1, 2], GgmlType::Q4_K).unwrap();
     w
 }
 
@@ -127,10 +87,7 @@ fn round_trip_every_value_type_and_tensors() {
     }
     assert_eq!(f.tensor("q4.weight").unwrap().n_elements(), 128);
     // Re-writing the read file gives the same bytes.
-    let again = GgufWriter::from_file(&f)
-        .unwrap()
-        .to_bytes(|i| Ok(f.tensor_data(&f.tensors()[i])))
-        .unwrap();
+    let again = GgufWriter::from_file(&f).unwrap().to_bytes(|i| Ok(f.tensor_data(&f.tensors()[i]))).unwrap();
     assert_eq!(again, bytes);
     // The last tensor is padded too: the file ends on an alignment boundary.
     assert_eq!(bytes.len() % 32, 0);
@@ -148,10 +105,7 @@ fn custom_alignment_and_version_2() {
     for t in f.tensors() {
         assert_eq!(t.offset % 256, 0);
     }
-    let again = GgufWriter::from_file(&f)
-        .unwrap()
-        .to_bytes(|i| Ok(f.tensor_data(&f.tensors()[i])))
-        .unwrap();
+    let again = GgufWriter::from_file(&f).unwrap().to_bytes(|i| Ok(f.tensor_data(&f.tensors()[i]))).unwrap();
     assert_eq!(again, bytes);
     assert!(w.set_version(1).is_err());
 }
@@ -213,19 +167,12 @@ fn write_file_then_open() {
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.path(), path);
     assert_eq!(f.as_bytes(), write(&w).as_slice());
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "no .partial file left: {leftovers:?}");
 
     // A failing data callback leaves nothing behind.
     let bad = dir.path().join("bad.gguf");
-    let err = w
-        .write_file(&bad, |_| {
-            Err::<Vec<u8>, _>(ModelError::Other("boom".into()))
-        })
-        .unwrap_err();
+    let err = w.write_file(&bad, |_| Err::<Vec<u8>, _>(ModelError::Other("boom".into()))).unwrap_err();
     assert!(matches!(err, ModelError::Other(_)));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
@@ -237,16 +184,11 @@ fn streaming_writer_checks_order_and_lengths() {
     let mut out = Vec::new();
     w.write_header(&mut out).unwrap();
     // Out of order.
-    let err = w
-        .write_tensor_data(&mut out, 1, &data_for(&infos[1], 1))
-        .unwrap_err();
+    let err = w.write_tensor_data(&mut out, 1, &data_for(&infos[1], 1)).unwrap_err();
     assert!(err.to_string().contains("out of order"), "{err}");
     // Wrong length.
     let err = w.write_tensor_data(&mut out, 0, &[0u8; 5]).unwrap_err();
-    assert!(
-        matches!(&err, ModelError::BadTensor { tensor, .. } if tensor == "f32.weight"),
-        "{err}"
-    );
+    assert!(matches!(&err, ModelError::BadTensor { tensor, .. } if tensor == "f32.weight"), "{err}");
     // No such tensor.
     assert!(w.write_tensor_data(&mut out, 99, &[]).is_err());
     for (i, t) in infos.iter().enumerate() {
@@ -259,21 +201,13 @@ fn streaming_writer_checks_order_and_lengths() {
 fn add_tensor_info_rejects_bad_shapes() {
     let mut w = GgufWriter::new();
     w.add_tensor_info("a", vec![32], GgmlType::Q8_0).unwrap();
-    let dup = w
-        .add_tensor_info("a", vec![32], GgmlType::Q8_0)
-        .unwrap_err();
+    let dup = w.add_tensor_info("a", vec![32], GgmlType::Q8_0).unwrap_err();
     assert!(dup.to_string().contains("duplicate"), "{dup}");
-    let blocks = w
-        .add_tensor_info("b", vec![33, 2], GgmlType::Q8_0)
-        .unwrap_err();
+    let blocks = w.add_tensor_info("b", vec![33, 2], GgmlType::Q8_0).unwrap_err();
     assert!(blocks.to_string().contains("multiple of"), "{blocks}");
-    let overflow = w
-        .add_tensor_info("c", vec![1 << 32, 1 << 32], GgmlType::F32)
-        .unwrap_err();
+    let overflow = w.add_tensor_info("c", vec![1 << 32, 1 << 32], GgmlType::F32).unwrap_err();
     assert!(overflow.to_string().contains("overflow"), "{overflow}");
-    let dims = w
-        .add_tensor_info("d", vec![1; 9], GgmlType::F32)
-        .unwrap_err();
+    let dims = w.add_tensor_info("d", vec![1; 9], GgmlType::F32).unwrap_err();
     assert!(dims.to_string().contains("dims"), "{dims}");
     assert_eq!(w.n_tensors(), 1);
 }
@@ -294,9 +228,7 @@ fn writer_rejects_bad_alignment_and_deep_nesting() {
     w.set("deep", GgufValue::Array(a.clone()));
     assert!(w.write_header(&mut Vec::new()).is_err());
     // Depth 8 is fine and reads back.
-    let GgufArray::Array(inner) = a else {
-        unreachable!()
-    };
+    let GgufArray::Array(inner) = a else { unreachable!() };
     w.set("deep", GgufValue::Array(inner[0].clone()));
     let bytes = w.to_bytes(|_| Ok(Vec::new())).unwrap();
     let f = GgufFile::from_bytes(Path::new("mem"), bytes).unwrap();

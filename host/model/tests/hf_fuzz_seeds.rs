@@ -15,31 +15,16 @@ fn root() -> PathBuf {
 }
 
 fn file(tensors: &[(&str, Dtype, Vec<usize>, usize)], meta: bool) -> Vec<u8> {
-    let data: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|t| (0..t.3).map(|i| (i * 13 + 1) as u8).collect())
-        .collect();
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .zip(&data)
-        .map(|(t, d)| {
-            (
-                t.0.to_string(),
-                TensorView::new(t.1, t.2.clone(), d).unwrap(),
-            )
-        })
-        .collect();
+    let data: Vec<Vec<u8>> = tensors.iter().map(|t| (0..t.3).map(|i| (i * 13 + 1) as u8).collect()).collect();
+    let views: Vec<(String, TensorView)> =
+        tensors.iter().zip(&data).map(|(t, d)| (t.0.to_string(), TensorView::new(t.1, t.2.clone(), d).unwrap())).collect();
     let info = meta.then(|| HashMap::from([("format".to_string(), "pt".to_string())]));
     safetensors::serialize(views, info).unwrap()
 }
 
 fn seeds() -> Vec<(&'static str, Vec<u8>, bool)> {
     let minilm = root().join(".cache/models/all-MiniLM-L6-v2/model.safetensors");
-    assert!(
-        minilm.exists(),
-        "{} missing: run scripts/fetch-test-data.sh",
-        minilm.display()
-    );
+    assert!(minilm.exists(), "{} missing: run scripts/fetch-test-data.sh", minilm.display());
     let bytes = std::fs::read(&minilm).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     vec![
@@ -58,22 +43,11 @@ fn seeds() -> Vec<(&'static str, Vec<u8>, bool)> {
         ),
         (
             "fp8_u8_bool.safetensors",
-            file(
-                &[
-                    ("q", Dtype::F8_E4M3, vec![4], 4),
-                    ("b", Dtype::BOOL, vec![2], 2),
-                    ("u", Dtype::U8, vec![0], 0),
-                ],
-                false,
-            ),
+            file(&[("q", Dtype::F8_E4M3, vec![4], 4), ("b", Dtype::BOOL, vec![2], 2), ("u", Dtype::U8, vec![0], 0)], false),
             true,
         ),
         ("empty.safetensors", file(&[], false), true),
-        (
-            "minilm_header_only.safetensors",
-            bytes[..8 + n].to_vec(),
-            false,
-        ),
+        ("minilm_header_only.safetensors", bytes[..8 + n].to_vec(), false),
     ]
 }
 
@@ -89,12 +63,7 @@ fn safetensors_fuzz_seeds_are_current_and_valid() {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(&p, &bytes).unwrap();
         }
-        let on_disk = std::fs::read(&p)
-            .unwrap_or_else(|e| panic!("{}: {e} (regenerate, see header)", p.display()));
-        assert!(
-            on_disk == bytes,
-            "{} is stale: regenerate (see the header of this test)",
-            p.display()
-        );
+        let on_disk = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (regenerate, see header)", p.display()));
+        assert!(on_disk == bytes, "{} is stale: regenerate (see the header of this test)", p.display());
     }
 }

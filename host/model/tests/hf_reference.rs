@@ -11,11 +11,7 @@ use serde_json::Value;
 
 fn minilm_dir() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models/all-MiniLM-L6-v2");
-    assert!(
-        p.join("model.safetensors").exists(),
-        "{} missing: run scripts/fetch-test-data.sh",
-        p.display()
-    );
+    assert!(p.join("model.safetensors").exists(), "{} missing: run scripts/fetch-test-data.sh", p.display());
     p
 }
 
@@ -35,19 +31,11 @@ fn minilm_tensor_table_matches_safetensors_py() {
         assert_eq!(t.name, w["name"].as_str().unwrap(), "sorted by name");
         // safetensors-py reports dtypes by their safetensors names ("F32", "I64").
         assert_eq!(t.dtype.name(), w["dtype"].as_str().unwrap(), "{}", t.name);
-        let shape: Vec<u64> = w["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap())
-            .collect();
+        let shape: Vec<u64> = w["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
         assert_eq!(t.shape, shape, "{}", t.name);
         assert_eq!(m.tensor(&t.name), Some(*t));
         let bits = t.dtype.bits().unwrap();
-        assert_eq!(
-            m.tensor_bytes(&t.name).unwrap().len() as u64 * 8,
-            t.n_elements() * bits
-        );
+        assert_eq!(m.tensor_bytes(&t.name).unwrap().len() as u64 * 8, t.n_elements() * bits);
     }
 }
 
@@ -58,18 +46,10 @@ fn minilm_values_match_safetensors_py() {
     for (name, s) in fx["samples"].as_object().unwrap() {
         let t = m.tensor(name).unwrap();
         let values: Vec<f64> = match t.dtype {
-            HfDtype::I64 => m
-                .tensor_bytes(name)
-                .unwrap()
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            _ => m
-                .tensor_f32(name)
-                .unwrap()
-                .into_iter()
-                .map(f64::from)
-                .collect(),
+            HfDtype::I64 => {
+                m.tensor_bytes(name).unwrap().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+            }
+            _ => m.tensor_f32(name).unwrap().into_iter().map(f64::from).collect(),
         };
         assert_eq!(values.len() as u64, t.n_elements());
         // serde_json's default float parsing may be 1 ulp off in f64; every value here is an
@@ -77,18 +57,11 @@ fn minilm_values_match_safetensors_py() {
         for (i, w) in s["head"].as_array().unwrap().iter().enumerate() {
             assert_eq!(values[i] as f32, w.as_f64().unwrap() as f32, "{name}[{i}]");
         }
-        assert_eq!(
-            *values.last().unwrap() as f32,
-            s["last"].as_f64().unwrap() as f32,
-            "{name}[last]"
-        );
+        assert_eq!(*values.last().unwrap() as f32, s["last"].as_f64().unwrap() as f32, "{name}[last]");
         let sum: f64 = values.iter().sum();
         let want = s["sum_f64"].as_f64().unwrap();
         let scale: f64 = values.iter().map(|v| v.abs()).sum::<f64>().max(1.0);
-        assert!(
-            (sum - want).abs() <= 1e-12 * scale,
-            "{name}: sum {sum} vs {want}"
-        );
+        assert!((sum - want).abs() <= 1e-12 * scale, "{name}: sum {sum} vs {want}");
     }
 }
 
@@ -99,23 +72,14 @@ fn minilm_dir_files_and_dtype_errors() {
     assert_eq!(m.path(), dir);
     assert_eq!(m.architectures(), ["BertModel"]);
     assert_eq!(m.config()["hidden_size"], 384);
-    assert_eq!(
-        m.tokenizer_json_path(),
-        Some(dir.join("tokenizer.json").as_path())
-    );
-    assert_eq!(
-        m.tokenizer_config().unwrap()["tokenizer_class"],
-        "BertTokenizer"
-    );
+    assert_eq!(m.tokenizer_json_path(), Some(dir.join("tokenizer.json").as_path()));
+    assert_eq!(m.tokenizer_config().unwrap()["tokenizer_class"], "BertTokenizer");
     assert!(m.generation_config().is_none());
     assert!(m.chat_template().is_none());
     assert_eq!(m.shard_paths(), [dir.join("model.safetensors").as_path()]);
     match m.tensor_f32("embeddings.position_ids") {
         Err(ModelError::UnsupportedDtype { tensor, dtype, .. }) => {
-            assert_eq!(
-                (tensor.as_str(), dtype.as_str()),
-                ("embeddings.position_ids", "I64")
-            );
+            assert_eq!((tensor.as_str(), dtype.as_str()), ("embeddings.position_ids", "I64"));
         }
         other => panic!("expected UnsupportedDtype, got {other:?}"),
     }

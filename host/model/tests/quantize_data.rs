@@ -75,21 +75,9 @@ fn norm(seed: u64, n: u64) -> Vec<f32> {
 /// The synthetic model: names and shapes of a llama GGUF, tensors in the order a converter writes.
 fn synthetic_tensors() -> Vec<(String, Vec<u64>, Vec<f32>)> {
     let mut t = vec![
-        (
-            "token_embd.weight".to_string(),
-            vec![N_EMBD, N_VOCAB],
-            weights(1, N_EMBD, N_VOCAB),
-        ),
-        (
-            "output_norm.weight".to_string(),
-            vec![N_EMBD],
-            norm(2, N_EMBD),
-        ),
-        (
-            "output.weight".to_string(),
-            vec![N_EMBD, N_VOCAB],
-            weights(3, N_EMBD, N_VOCAB),
-        ),
+        ("token_embd.weight".to_string(), vec![N_EMBD, N_VOCAB], weights(1, N_EMBD, N_VOCAB)),
+        ("output_norm.weight".to_string(), vec![N_EMBD], norm(2, N_EMBD)),
+        ("output.weight".to_string(), vec![N_EMBD, N_VOCAB], weights(3, N_EMBD, N_VOCAB)),
     ];
     let n_embd_kv = N_EMBD / N_HEAD * N_HEAD_KV;
     for il in 0..N_LAYER {
@@ -98,42 +86,14 @@ fn synthetic_tensors() -> Vec<(String, Vec<u64>, Vec<f32>)> {
             t.push((format!("blk.{il}.{name}"), dims, data));
         };
         add("attn_norm.weight", vec![N_EMBD], norm(s, N_EMBD));
-        add(
-            "attn_q.weight",
-            vec![N_EMBD, N_EMBD],
-            weights(s + 1, N_EMBD, N_EMBD),
-        );
-        add(
-            "attn_k.weight",
-            vec![N_EMBD, n_embd_kv],
-            weights(s + 2, N_EMBD, n_embd_kv),
-        );
-        add(
-            "attn_v.weight",
-            vec![N_EMBD, n_embd_kv],
-            weights(s + 3, N_EMBD, n_embd_kv),
-        );
-        add(
-            "attn_output.weight",
-            vec![N_EMBD, N_EMBD],
-            weights(s + 4, N_EMBD, N_EMBD),
-        );
+        add("attn_q.weight", vec![N_EMBD, N_EMBD], weights(s + 1, N_EMBD, N_EMBD));
+        add("attn_k.weight", vec![N_EMBD, n_embd_kv], weights(s + 2, N_EMBD, n_embd_kv));
+        add("attn_v.weight", vec![N_EMBD, n_embd_kv], weights(s + 3, N_EMBD, n_embd_kv));
+        add("attn_output.weight", vec![N_EMBD, N_EMBD], weights(s + 4, N_EMBD, N_EMBD));
         add("ffn_norm.weight", vec![N_EMBD], norm(s + 5, N_EMBD));
-        add(
-            "ffn_gate.weight",
-            vec![N_EMBD, N_FF],
-            weights(s + 6, N_EMBD, N_FF),
-        );
-        add(
-            "ffn_up.weight",
-            vec![N_EMBD, N_FF],
-            weights(s + 7, N_EMBD, N_FF),
-        );
-        add(
-            "ffn_down.weight",
-            vec![N_FF, N_EMBD],
-            weights(s + 8, N_FF, N_EMBD),
-        );
+        add("ffn_gate.weight", vec![N_EMBD, N_FF], weights(s + 6, N_EMBD, N_FF));
+        add("ffn_up.weight", vec![N_EMBD, N_FF], weights(s + 7, N_EMBD, N_FF));
+        add("ffn_down.weight", vec![N_FF, N_EMBD], weights(s + 8, N_FF, N_EMBD));
     }
     t
 }
@@ -149,29 +109,15 @@ fn write_input(path: &Path) {
     w.set("llama.embedding_length", GgufValue::U32(N_EMBD as u32));
     w.set("llama.feed_forward_length", GgufValue::U32(N_FF as u32));
     w.set("llama.attention.head_count", GgufValue::U32(N_HEAD as u32));
-    w.set(
-        "llama.attention.head_count_kv",
-        GgufValue::U32(N_HEAD_KV as u32),
-    );
-    w.set(
-        "llama.attention.layer_norm_rms_epsilon",
-        GgufValue::F32(1e-5),
-    );
+    w.set("llama.attention.head_count_kv", GgufValue::U32(N_HEAD_KV as u32));
+    w.set("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(1e-5));
     w.set("llama.rope.freq_base", GgufValue::F32(10000.0));
     w.set("llama.vocab_size", GgufValue::U32(N_VOCAB as u32));
     let tensors = synthetic_tensors();
     for (name, dims, _) in &tensors {
-        w.add_tensor_info(name.clone(), dims.clone(), GgmlType::F32)
-            .unwrap();
+        w.add_tensor_info(name.clone(), dims.clone(), GgmlType::F32).unwrap();
     }
-    w.write_file(path, |i| {
-        Ok(tensors[i]
-            .2
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect::<Vec<u8>>())
-    })
-    .unwrap();
+    w.write_file(path, |i| Ok(tensors[i].2.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())).unwrap();
 }
 
 fn fixture() -> Value {
@@ -184,8 +130,7 @@ fn fixture() -> Value {
 #[test]
 #[ignore]
 fn write_synthetic_input() {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/quantize_synthetic_f32.gguf");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/quantize_synthetic_f32.gguf");
     write_input(&p);
     eprintln!("wrote {}", p.display());
 }
@@ -197,16 +142,8 @@ fn quantized_bytes_match_llama_cpp() {
     let input = dir.path().join("in.gguf");
     write_input(&input);
     let in_bytes = std::fs::read(&input).unwrap();
-    assert_eq!(
-        in_bytes.len() as u64,
-        fx["input_bytes"].as_u64().unwrap(),
-        "input size"
-    );
-    assert_eq!(
-        fnv1a64(&in_bytes),
-        fx["input_fnv1a64"].as_str().unwrap(),
-        "input file changed"
-    );
+    assert_eq!(in_bytes.len() as u64, fx["input_bytes"].as_u64().unwrap(), "input size");
+    assert_eq!(fnv1a64(&in_bytes), fx["input_fnv1a64"].as_str().unwrap(), "input file changed");
     let ftypes = fx["ftypes"].as_object().unwrap();
     assert!(ftypes.len() >= 2);
     let mut failures = Vec::new();
@@ -219,11 +156,7 @@ fn quantized_bytes_match_llama_cpp() {
         let out_bytes = std::fs::read(&out).unwrap();
         let file = GgufFile::open(&out).unwrap();
         let want_tensors = want["tensors"].as_array().unwrap();
-        assert_eq!(
-            file.tensors().len(),
-            want_tensors.len(),
-            "{ft_name}: tensor count"
-        );
+        assert_eq!(file.tensors().len(), want_tensors.len(), "{ft_name}: tensor count");
         assert_eq!(report.n_tensors, want_tensors.len());
         let mut matching = 0;
         for (t, w) in file.tensors().iter().zip(want_tensors) {
@@ -234,21 +167,15 @@ fn quantized_bytes_match_llama_cpp() {
             if ok {
                 matching += 1;
             } else {
-                failures.push(format!(
-                    "{ft_name}: ours {} {} ({} bytes), llama.cpp {}",
-                    t.name, t.ty, t.n_bytes, w
-                ));
+                failures.push(format!("{ft_name}: ours {} {} ({} bytes), llama.cpp {}", t.name, t.ty, t.n_bytes, w));
             }
         }
-        let same_file = out_bytes.len() as u64 == want["file_bytes"].as_u64().unwrap()
-            && fnv1a64(&out_bytes) == want["file_fnv1a64"].as_str().unwrap();
+        let same_file =
+            out_bytes.len() as u64 == want["file_bytes"].as_u64().unwrap() && fnv1a64(&out_bytes) == want["file_fnv1a64"].as_str().unwrap();
         if !same_file {
             failures.push(format!("{ft_name}: whole file differs from llama.cpp's"));
         }
-        eprintln!(
-            "{ft_name}: {matching}/{} tensors byte-identical to llama.cpp, whole file identical: {same_file}",
-            want_tensors.len()
-        );
+        eprintln!("{ft_name}: {matching}/{} tensors byte-identical to llama.cpp, whole file identical: {same_file}", want_tensors.len());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

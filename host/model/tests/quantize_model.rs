@@ -13,23 +13,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rocmforge_model::gguf::{GgufFile, GgufValue, GgufWriter};
-use rocmforge_model::quantize::{
-    plan_model, quantize_file, FileType, QuantizeOptions, QuantizeReport,
-};
+use rocmforge_model::quantize::{plan_model, quantize_file, FileType, QuantizeOptions, QuantizeReport};
 use rocmforge_model::ModelError;
 use rocmforge_quant::GgmlType;
 
 const SMOLLM2: &str = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn repo_path(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-test-data.sh",
-        p.display()
-    );
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    assert!(p.exists(), "{} is missing: run scripts/fetch-test-data.sh", p.display());
     p
 }
 
@@ -75,41 +67,25 @@ fn quantize_and_check(ftype: FileType, max_rel_rms: f32) -> QuantizeReport {
         report.out_bytes as f64 / 1048576.0,
         report.per_type_counts
     );
-    assert_eq!(
-        calls.load(Ordering::Relaxed),
-        plan.len(),
-        "one progress call per tensor"
-    );
+    assert_eq!(calls.load(Ordering::Relaxed), plan.len(), "one progress call per tensor");
     assert_eq!(last.load(Ordering::Relaxed), plan.len());
 
     let out = GgufFile::open(&out_path).unwrap();
-    assert_eq!(
-        report.file_bytes,
-        std::fs::metadata(&out_path).unwrap().len()
-    );
+    assert_eq!(report.file_bytes, std::fs::metadata(&out_path).unwrap().len());
     assert_eq!(out.tensors().len(), input.tensors().len());
     assert_eq!(report.n_tensors, input.tensors().len());
     // Metadata: every input key copied unchanged except the two the quantizer owns, which
     // come last (llama.cpp removes and re-adds them).
     let md = out.metadata();
     let n = md.len();
-    assert_eq!(
-        md[n - 2],
-        ("general.quantization_version".into(), GgufValue::U32(2))
-    );
-    assert_eq!(
-        md[n - 1],
-        ("general.file_type".into(), GgufValue::U32(ftype.id()))
-    );
+    assert_eq!(md[n - 2], ("general.quantization_version".into(), GgufValue::U32(2)));
+    assert_eq!(md[n - 1], ("general.file_type".into(), GgufValue::U32(ftype.id())));
     for (k, v) in input.metadata() {
         if k != "general.file_type" && k != "general.quantization_version" {
             assert_eq!(out.get(k), Some(v), "metadata {k}");
         }
     }
-    assert_eq!(
-        n,
-        input.metadata().len() + usize::from(input.get("general.file_type").is_none())
-    );
+    assert_eq!(n, input.metadata().len() + usize::from(input.get("general.file_type").is_none()));
 
     let mut out_bytes = 0;
     for (p, t) in plan.iter().zip(out.tensors()) {
@@ -118,20 +94,10 @@ fn quantize_and_check(ftype: FileType, max_rel_rms: f32) -> QuantizeReport {
         let src = input.tensor(&t.name).unwrap();
         assert_eq!(t.n_elements(), src.n_elements(), "{}", t.name);
         let rows = t.n_elements() / t.dims[0];
-        assert_eq!(
-            t.n_bytes,
-            t.ty.row_bytes(t.dims[0]).unwrap() * rows,
-            "{}",
-            t.name
-        );
+        assert_eq!(t.n_bytes, t.ty.row_bytes(t.dims[0]).unwrap() * rows, "{}", t.name);
         out_bytes += t.n_bytes;
         if t.ty == src.ty {
-            assert_eq!(
-                out.tensor_data(t),
-                input.tensor_data(src),
-                "{} copied",
-                t.name
-            );
+            assert_eq!(out.tensor_data(t), input.tensor_data(src), "{} copied", t.name);
         } else {
             // Values survive: relative RMS error of the requantized tensor vs the input.
             let n = t.n_elements() as usize;
@@ -143,13 +109,7 @@ fn quantize_and_check(ftype: FileType, max_rel_rms: f32) -> QuantizeReport {
                 norm += f64::from(*x).powi(2);
             }
             let rel = (err / norm.max(1e-30)).sqrt() as f32;
-            assert!(
-                rel < max_rel_rms,
-                "{}: {} -> {}: relative RMS error {rel}",
-                t.name,
-                src.ty,
-                t.ty
-            );
+            assert!(rel < max_rel_rms, "{}: {} -> {}: relative RMS error {rel}", t.name, src.ty, t.ty);
         }
     }
     assert_eq!(out_bytes, report.out_bytes);
@@ -178,13 +138,7 @@ fn same_type_needs_no_requantize_and_copies_bytes() {
     let in_path = repo_path(SMOLLM2);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("same.gguf");
-    let r = quantize_file(
-        &in_path,
-        &out,
-        &QuantizeOptions::new(FileType::Q4_1),
-        &|_, _, _| {},
-    )
-    .unwrap();
+    let r = quantize_file(&in_path, &out, &QuantizeOptions::new(FileType::Q4_1), &|_, _, _| {}).unwrap();
     assert_eq!(r.n_converted, 0);
     assert_eq!(r.in_bytes, r.out_bytes);
 }
@@ -205,24 +159,8 @@ fn requantize_is_refused_unless_asked() {
     let in_path = repo_path(SMOLLM2);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.gguf");
-    let e = quantize_file(
-        &in_path,
-        &out,
-        &QuantizeOptions::new(FileType::Q8_0),
-        &|_, _, _| {},
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            &e,
-            ModelError::RequantizeDisabled {
-                from: "Q4_1",
-                to: "Q8_0",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    let e = quantize_file(&in_path, &out, &QuantizeOptions::new(FileType::Q8_0), &|_, _, _| {}).unwrap_err();
+    assert!(matches!(&e, ModelError::RequantizeDisabled { from: "Q4_1", to: "Q8_0", .. }), "{e}");
     assert!(e.to_string().contains("--allow-requantize"), "{e}");
     assert!(!out.exists(), "nothing written on error");
 }
@@ -231,17 +169,8 @@ fn requantize_is_refused_unless_asked() {
 fn missing_input_names_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.gguf");
-    let e = quantize_file(
-        &missing,
-        &dir.path().join("o.gguf"),
-        &QuantizeOptions::new(FileType::Q8_0),
-        &|_, _, _| {},
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&e, ModelError::Io { path, .. } if path == &missing),
-        "{e}"
-    );
+    let e = quantize_file(&missing, &dir.path().join("o.gguf"), &QuantizeOptions::new(FileType::Q8_0), &|_, _, _| {}).unwrap_err();
+    assert!(matches!(&e, ModelError::Io { path, .. } if path == &missing), "{e}");
 }
 
 /// A one-layer F32 llama with 256-wide rows; `poison` puts a NaN in `blk.0.attn_q.weight`.
@@ -257,14 +186,11 @@ fn tiny_f32(path: &Path, poison: bool) {
         ("blk.0.ffn_down.weight", vec![256, 256]),
     ];
     for (name, dims) in &shapes {
-        w.add_tensor_info(*name, dims.clone(), GgmlType::F32)
-            .unwrap();
+        w.add_tensor_info(*name, dims.clone(), GgmlType::F32).unwrap();
     }
     w.write_file(path, |i| {
         let n: u64 = shapes[i].1.iter().product();
-        let mut v: Vec<f32> = (0..n)
-            .map(|j| ((j * 7919 % 1000) as f32 - 500.0) / 1000.0)
-            .collect();
+        let mut v: Vec<f32> = (0..n).map(|j| ((j * 7919 % 1000) as f32 - 500.0) / 1000.0).collect();
         if poison && i == 2 {
             v[5] = f32::NAN;
         }
@@ -278,17 +204,8 @@ fn q2_k_s_needs_an_imatrix() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.gguf");
     tiny_f32(&input, false);
-    let e = quantize_file(
-        &input,
-        &dir.path().join("o.gguf"),
-        &QuantizeOptions::new(FileType::Q2_K_S),
-        &|_, _, _| {},
-    )
-    .unwrap_err();
-    assert!(
-        matches!(e, ModelError::NeedsImatrix { ty: "Q2_K", .. }),
-        "{e}"
-    );
+    let e = quantize_file(&input, &dir.path().join("o.gguf"), &QuantizeOptions::new(FileType::Q2_K_S), &|_, _, _| {}).unwrap_err();
+    assert!(matches!(e, ModelError::NeedsImatrix { ty: "Q2_K", .. }), "{e}");
 }
 
 #[test]
@@ -297,25 +214,10 @@ fn nan_input_and_same_path_are_refused() {
     let input = dir.path().join("in.gguf");
     tiny_f32(&input, true);
     let out = dir.path().join("o.gguf");
-    let e = quantize_file(
-        &input,
-        &out,
-        &QuantizeOptions::new(FileType::Q8_0),
-        &|_, _, _| {},
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&e, ModelError::BadTensor { tensor, .. } if tensor == "blk.0.attn_q.weight"),
-        "{e}"
-    );
+    let e = quantize_file(&input, &out, &QuantizeOptions::new(FileType::Q8_0), &|_, _, _| {}).unwrap_err();
+    assert!(matches!(&e, ModelError::BadTensor { tensor, .. } if tensor == "blk.0.attn_q.weight"), "{e}");
     assert!(!out.exists());
-    let e = quantize_file(
-        &input,
-        &input,
-        &QuantizeOptions::new(FileType::Q8_0),
-        &|_, _, _| {},
-    )
-    .unwrap_err();
+    let e = quantize_file(&input, &input, &QuantizeOptions::new(FileType::Q8_0), &|_, _, _| {}).unwrap_err();
     assert!(e.to_string().contains("same file"), "{e}");
     // The input is untouched and still valid.
     assert_eq!(GgufFile::open(&input).unwrap().tensors().len(), 4);
@@ -327,29 +229,16 @@ fn pure_skips_the_mix_and_f16_converts_every_matrix() {
     let input = dir.path().join("in.gguf");
     tiny_f32(&input, false);
     let f = GgufFile::open(&input).unwrap();
-    let types = |opts: &QuantizeOptions| -> Vec<(String, GgmlType)> {
-        plan_model(&f, opts)
-            .unwrap()
-            .into_iter()
-            .map(|p| (p.name, p.to))
-            .collect()
-    };
+    let types =
+        |opts: &QuantizeOptions| -> Vec<(String, GgmlType)> { plan_model(&f, opts).unwrap().into_iter().map(|p| (p.name, p.to)).collect() };
     let mut opts = QuantizeOptions::new(FileType::Q4_K_M);
     opts.pure = true;
     for (name, ty) in types(&opts) {
-        let want = if name.ends_with("norm.weight") {
-            GgmlType::F32
-        } else {
-            GgmlType::Q4_K
-        };
+        let want = if name.ends_with("norm.weight") { GgmlType::F32 } else { GgmlType::Q4_K };
         assert_eq!(ty, want, "{name}");
     }
     for (name, ty) in types(&QuantizeOptions::new(FileType::F16)) {
-        let want = if name.ends_with("norm.weight") {
-            GgmlType::F32
-        } else {
-            GgmlType::F16
-        };
+        let want = if name.ends_with("norm.weight") { GgmlType::F32 } else { GgmlType::F16 };
         assert_eq!(ty, want, "{name}");
     }
 }

@@ -12,14 +12,8 @@ use rocmforge_model::quantize::{plan_model, FileType, QuantizeOptions};
 use serde_json::Value;
 
 fn repo_path(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-test-data.sh",
-        p.display()
-    );
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    assert!(p.exists(), "{} is missing: run scripts/fetch-test-data.sh", p.display());
     p
 }
 
@@ -33,26 +27,13 @@ fn check_model(key: &str) {
     let fx = fixture();
     let model = &fx["models"][key];
     let file = GgufFile::open(repo_path(model["file"].as_str().unwrap())).unwrap();
-    let want_names: Vec<&str> = model["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let want_names: Vec<&str> = model["tensors"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     let ftypes = model["ftypes"].as_object().unwrap();
-    assert!(
-        ftypes.len() >= 7,
-        "fixture lists {} file types",
-        ftypes.len()
-    );
+    assert!(ftypes.len() >= 7, "fixture lists {} file types", ftypes.len());
     let mut failures = Vec::new();
     for (ft_name, want) in ftypes {
         let ftype = FileType::from_name(ft_name).unwrap();
-        assert_eq!(
-            u64::from(ftype.id()),
-            want["file_type"].as_u64().unwrap(),
-            "{ft_name}: general.file_type id"
-        );
+        assert_eq!(u64::from(ftype.id()), want["file_type"].as_u64().unwrap(), "{ft_name}: general.file_type id");
         let mut opts = QuantizeOptions::new(ftype);
         opts.allow_requantize = true;
         let plan = plan_model(&file, &opts).unwrap();
@@ -65,23 +46,12 @@ fn check_model(key: &str) {
             if p.to.name() == w {
                 matching += 1;
             } else {
-                failures.push(format!(
-                    "{key} {ft_name} {}: ours {} llama.cpp {w}",
-                    p.name, p.to
-                ));
+                failures.push(format!("{key} {ft_name} {}: ours {} llama.cpp {w}", p.name, p.to));
             }
         }
-        eprintln!(
-            "{key} {ft_name}: {matching}/{} tensor types match llama.cpp",
-            plan.len()
-        );
+        eprintln!("{key} {ft_name}: {matching}/{} tensor types match llama.cpp", plan.len());
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]

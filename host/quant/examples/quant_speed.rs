@@ -29,11 +29,6 @@ fn main() {
         let t0 = Instant::now();
         dequantize(t, &q, &mut y).unwrap();
         let td = t0.elapsed().as_secs_f64();
-        println!(
-            "{:7} quantize {:8.1} M elem/s   dequantize {:8.1} M elem/s",
-            t.name(),
-            n as f64 / tq / 1e6,
-            n as f64 / td / 1e6
-        );
+        println!("{:7} quantize {:8.1} M elem/s   dequantize {:8.1} M elem/s", t.name(), n as f64 / tq / 1e6, n as f64 / td / 1e6);
     }
 }

@@ -19,9 +19,7 @@ pub const QK_K: usize = 256;
 pub const QK32: usize = 32;
 
 /// Non-linear 4-bit codebook of IQ4_NL / IQ4_XS (sorted ascending).
-pub const KVALUES_IQ4NL: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 /// E2M1 (FP4) values doubled, as MXFP4 stores them (scale is halved to compensate).
 pub const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
@@ -322,16 +320,9 @@ impl_block! {
 pub fn cast_blocks<B: Block>(bytes: &[u8]) -> Result<&[B], QuantError> {
     let size = std::mem::size_of::<B>();
     if !bytes.len().is_multiple_of(size) {
-        return Err(QuantError::BadLength {
-            ty: B::TYPE.name(),
-            got: bytes.len(),
-            want: bytes.len() / size * size,
-        });
+        return Err(QuantError::BadLength { ty: B::TYPE.name(), got: bytes.len(), want: bytes.len() / size * size });
     }
-    bytemuck::try_cast_slice(bytes).map_err(|_| QuantError::Misaligned {
-        ty: B::TYPE.name(),
-        align: std::mem::align_of::<B>(),
-    })
+    bytemuck::try_cast_slice(bytes).map_err(|_| QuantError::Misaligned { ty: B::TYPE.name(), align: std::mem::align_of::<B>() })
 }
 
 #[cfg(test)]
@@ -343,9 +334,7 @@ mod tests {
         // Pack with the layout drawn above (written independently of the unpacker) and unpack.
         for seed in 0..64u32 {
             let sc: Vec<u8> = (0..8).map(|j| ((seed * 7 + j * 13) % 64) as u8).collect();
-            let mn: Vec<u8> = (0..8)
-                .map(|j| ((seed * 11 + j * 5 + 3) % 64) as u8)
-                .collect();
+            let mn: Vec<u8> = (0..8).map(|j| ((seed * 11 + j * 5 + 3) % 64) as u8).collect();
             let mut q = [0u8; 12];
             for j in 0..4 {
                 q[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
@@ -362,17 +351,8 @@ mod tests {
     fn cast_blocks_checks_length_and_alignment() {
         let buf = vec![0u16; 200];
         let bytes: &[u8] = bytemuck::cast_slice(&buf);
-        assert_eq!(
-            cast_blocks::<BlockQ4K>(&bytes[..288]).map(|b| b.len()),
-            Ok(2)
-        );
-        assert!(matches!(
-            cast_blocks::<BlockQ4K>(&bytes[..287]),
-            Err(QuantError::BadLength { .. })
-        ));
-        assert!(matches!(
-            cast_blocks::<BlockQ4_0>(&bytes[1..19]),
-            Err(QuantError::Misaligned { .. })
-        ));
+        assert_eq!(cast_blocks::<BlockQ4K>(&bytes[..288]).map(|b| b.len()), Ok(2));
+        assert!(matches!(cast_blocks::<BlockQ4K>(&bytes[..287]), Err(QuantError::BadLength { .. })));
+        assert!(matches!(cast_blocks::<BlockQ4_0>(&bytes[1..19]), Err(QuantError::Misaligned { .. })));
     }
 }

@@ -18,11 +18,7 @@ pub fn f16_to_f32(h: u16) -> f32 {
     let normalized = f32::from_bits((two_w >> 4) + (0xE0 << 23)) * f32::from_bits(0x0780_0000);
     // Subnormals: build 0.5 + m * 2^-24 and subtract 0.5.
     let denormalized = f32::from_bits((two_w >> 17) | (126 << 23)) - 0.5;
-    let bits = if two_w < (1 << 27) {
-        denormalized.to_bits()
-    } else {
-        normalized.to_bits()
-    };
+    let bits = if two_w < (1 << 27) { denormalized.to_bits() } else { normalized.to_bits() };
     f32::from_bits(sign | bits)
 }
 
@@ -42,11 +38,7 @@ pub fn f32_to_f16(f: f32) -> u16 {
     let exp_bits = (bits >> 13) & 0x7C00;
     let mantissa_bits = bits & 0x0FFF;
     let nonsign = exp_bits + mantissa_bits;
-    let out = if shl1_w > 0xFF00_0000 {
-        0x7E00
-    } else {
-        nonsign
-    };
+    let out = if shl1_w > 0xFF00_0000 { 0x7E00 } else { nonsign };
     ((sign >> 16) | out) as u16
 }
 

@@ -66,10 +66,7 @@ fn pack_indices(x: &[f32], inv: f32, qs: &mut [u8]) {
 
 pub fn quantize_iq4_nl(x: &[f32]) -> BlockIq4Nl {
     let d = search_scale(x);
-    let mut b = BlockIq4Nl {
-        d: f32_to_f16(d),
-        qs: [0; 16],
-    };
+    let mut b = BlockIq4Nl { d: f32_to_f16(d), qs: [0; 16] };
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     pack_indices(x, id, &mut b.qs);
     b
@@ -96,12 +93,7 @@ pub fn quantize_iq4_xs(x: &[f32]) -> BlockIq4Xs {
     // Group scales become 6-bit signed multiples (offset 32) of d; the levels are then
     // re-derived against the f32 (not f16-rounded) group scale, as llama.cpp does.
     let d = -max_scale / 32.0;
-    let mut b = BlockIq4Xs {
-        d: f32_to_f16(d),
-        scales_h: 0,
-        scales_l: [0; 4],
-        qs: [0; 128],
-    };
+    let mut b = BlockIq4Xs { d: f32_to_f16(d), scales_h: 0, scales_l: [0; 4], qs: [0; 128] };
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     for (g, &s) in scales.iter().enumerate() {
         let l = nearest_int(id * s).clamp(-32, 31);
@@ -118,8 +110,7 @@ pub fn quantize_iq4_xs(x: &[f32]) -> BlockIq4Xs {
 pub fn dequantize_iq4_xs(b: &BlockIq4Xs, y: &mut [f32]) {
     let d = f16_to_f32(b.d);
     for g in 0..QK_K / 32 {
-        let ls = ((b.scales_l[g / 2] >> (4 * (g % 2))) & 0xF) as i32
-            | ((((b.scales_h >> (2 * g)) & 3) as i32) << 4);
+        let ls = ((b.scales_l[g / 2] >> (4 * (g % 2))) & 0xF) as i32 | ((((b.scales_h >> (2 * g)) & 3) as i32) << 4);
         let dl = d * (ls - 32) as f32;
         for j in 0..16 {
             let q = b.qs[16 * g + j];

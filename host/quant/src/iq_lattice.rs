@@ -6,9 +6,7 @@
 //! `(d * (0.5 + s)) * 0.25`, then `* grid * sign`). Quantizing to these types needs an
 //! importance matrix and large search tables and is not provided here.
 
-use crate::blocks::{
-    BlockIq1M, BlockIq1S, BlockIq2S, BlockIq2Xs, BlockIq2Xxs, BlockIq3S, BlockIq3Xxs,
-};
+use crate::blocks::{BlockIq1M, BlockIq1S, BlockIq2S, BlockIq2Xs, BlockIq2Xxs, BlockIq3S, BlockIq3Xxs};
 use crate::fp::f16_to_f32;
 use crate::iq_grids::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
 
@@ -59,10 +57,7 @@ pub fn dequantize_iq2_xs(b: &BlockIq2Xs, y: &mut [f32]) {
     let d = f16_to_f32(b.d);
     for ib in 0..8 {
         let sc = b.scales[ib];
-        let db = [
-            d * (0.5 + (sc & 0xF) as f32) * 0.25,
-            d * (0.5 + (sc >> 4) as f32) * 0.25,
-        ];
+        let db = [d * (0.5 + (sc & 0xF) as f32) * 0.25, d * (0.5 + (sc >> 4) as f32) * 0.25];
         for l in 0..4 {
             let q = b.qs[4 * ib + l];
             let grid = IQ2XS_GRID[(q & 511) as usize];
@@ -78,10 +73,7 @@ pub fn dequantize_iq2_s(b: &BlockIq2S, y: &mut [f32]) {
     let d = f16_to_f32(b.d);
     for ib in 0..8 {
         let sc = b.scales[ib];
-        let db = [
-            d * (0.5 + (sc & 0xF) as f32) * 0.25,
-            d * (0.5 + (sc >> 4) as f32) * 0.25,
-        ];
+        let db = [d * (0.5 + (sc & 0xF) as f32) * 0.25, d * (0.5 + (sc >> 4) as f32) * 0.25];
         let qh = b.qh[ib] as usize;
         for l in 0..4 {
             let idx = b.qs[4 * ib + l] as usize | ((qh << (8 - 2 * l)) & 0x300);
@@ -139,11 +131,7 @@ pub fn dequantize_iq1_s(b: &BlockIq1S, y: &mut [f32]) {
     for ib in 0..8 {
         let qh = b.qh[ib] as usize;
         let dl = d * (2 * ((qh >> 12) & 7) + 1) as f32;
-        let delta = if qh & 0x8000 != 0 {
-            -IQ1S_DELTA
-        } else {
-            IQ1S_DELTA
-        };
+        let delta = if qh & 0x8000 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
         for l in 0..4 {
             let grid = IQ1S_GRID[b.qs[4 * ib + l] as usize | (((qh >> (3 * l)) & 7) << 8)];
             for j in 0..8 {
@@ -154,17 +142,12 @@ pub fn dequantize_iq1_s(b: &BlockIq1S, y: &mut [f32]) {
 }
 
 pub fn dequantize_iq1_m(b: &BlockIq1M, y: &mut [f32]) {
-    let sc: [u16; 4] =
-        std::array::from_fn(|i| u16::from_le_bytes([b.scales[2 * i], b.scales[2 * i + 1]]));
-    let d_bits =
-        (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000);
+    let sc: [u16; 4] = std::array::from_fn(|i| u16::from_le_bytes([b.scales[2 * i], b.scales[2 * i + 1]]));
+    let d_bits = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000);
     let d = f16_to_f32(d_bits);
     for ib in 0..8 {
         let s = sc[ib / 2] as usize >> (6 * (ib % 2));
-        let dl = [
-            d * (2 * (s & 7) + 1) as f32,
-            d * (2 * ((s >> 3) & 7) + 1) as f32,
-        ];
+        let dl = [d * (2 * (s & 7) + 1) as f32, d * (2 * ((s >> 3) & 7) + 1) as f32];
         let (h0, h1) = (b.qh[2 * ib] as usize, b.qh[2 * ib + 1] as usize);
         let q = &b.qs[4 * ib..4 * ib + 4];
         let idx = [
@@ -174,12 +157,7 @@ pub fn dequantize_iq1_m(b: &BlockIq1M, y: &mut [f32]) {
             q[3] as usize | ((h1 << 4) & 0x700),
         ];
         let shift = |bit: bool| if bit { -IQ1S_DELTA } else { IQ1S_DELTA };
-        let delta = [
-            shift(h0 & 0x08 != 0),
-            shift(h0 & 0x80 != 0),
-            shift(h1 & 0x08 != 0),
-            shift(h1 & 0x80 != 0),
-        ];
+        let delta = [shift(h0 & 0x08 != 0), shift(h0 & 0x80 != 0), shift(h1 & 0x08 != 0), shift(h1 & 0x80 != 0)];
         for l in 0..4 {
             let grid = IQ1S_GRID[idx[l]];
             for j in 0..8 {

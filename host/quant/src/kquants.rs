@@ -11,27 +11,19 @@
 // mirroring the block layout; iterator zips would hide that correspondence.
 #![allow(clippy::needless_range_loop)]
 
-use crate::blocks::{
-    get_scale_min_k4, q3k_scales, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K,
-};
+use crate::blocks::{get_scale_min_k4, q3k_scales, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 use crate::fp::{f16_to_f32, f32_to_f16};
-use crate::ksearch::{
-    make_q3_quants, make_qkx2_quants, make_qx_quants_rmse1, nearest_int, Qkx2, GROUP_MAX_EPS,
-};
+use crate::ksearch::{make_q3_quants, make_qkx2_quants, make_qx_quants_rmse1, nearest_int, Qkx2, GROUP_MAX_EPS};
 
 /// Group `g` of `N` elements of a block, as an array (the caller passes whole blocks).
 #[inline]
 fn group<const N: usize, T>(x: &[T], g: usize) -> &[T; N] {
-    x[N * g..N * (g + 1)]
-        .try_into()
-        .expect("block holds whole groups")
+    x[N * g..N * (g + 1)].try_into().expect("block holds whole groups")
 }
 
 #[inline]
 fn group_mut<const N: usize, T>(x: &mut [T], g: usize) -> &mut [T; N] {
-    (&mut x[N * g..N * (g + 1)])
-        .try_into()
-        .expect("block holds whole groups")
+    (&mut x[N * g..N * (g + 1)]).try_into().expect("block holds whole groups")
 }
 
 /// Pack 256 two-bit values: byte `l` of half `h` (0..2) holds elements
@@ -49,12 +41,7 @@ fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; 64]) {
 // ------------------------------------------------------------------------------ Q2_K
 
 pub fn quantize_q2_k(x: &[f32]) -> BlockQ2K {
-    let p = Qkx2 {
-        nmax: 3,
-        rmin: -0.5,
-        rdelta: 0.1,
-        nstep: 15,
-    };
+    let p = Qkx2 { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15 };
     let mut l = [0u8; QK_K];
     let mut weights = [0.0f32; 16];
     let mut scales = [0.0f32; 16];
@@ -75,12 +62,7 @@ pub fn quantize_q2_k(x: &[f32]) -> BlockQ2K {
             max_min = m;
         }
     }
-    let mut b = BlockQ2K {
-        scales: [0; 16],
-        qs: [0; 64],
-        d: 0,
-        dmin: 0,
-    };
+    let mut b = BlockQ2K { scales: [0; 16], qs: [0; 64], d: 0, dmin: 0 };
     if max_scale > 0.0 {
         let iscale = 15.0 / max_scale;
         for g in 0..16 {
@@ -137,12 +119,7 @@ pub fn quantize_q3_k(x: &[f32]) -> BlockQ3K {
             max_scale = scales[g];
         }
     }
-    let mut b = BlockQ3K {
-        hmask: [0; 32],
-        qs: [0; 64],
-        scales: [0; 12],
-        d: 0,
-    };
+    let mut b = BlockQ3K { hmask: [0; 32], qs: [0; 64], scales: [0; 12], d: 0 };
     if max_scale != 0.0 {
         // 6-bit scales with offset 32: low nibbles in bytes 0..8 (groups g and g+8 share a
         // byte), high bit pairs in bytes 8..12 (byte 8 + g%4, pair g/4).
@@ -225,11 +202,7 @@ fn quantize_k4_k5(x: &[f32], p: &Qkx2) -> (u16, u16, [u8; 12], [u8; QK_K]) {
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut packed = [0u8; 12];
     for g in 0..8 {
@@ -263,12 +236,7 @@ fn quantize_k4_k5(x: &[f32], p: &Qkx2) -> (u16, u16, [u8; 12], [u8; QK_K]) {
 }
 
 pub fn quantize_q4_k(x: &[f32]) -> BlockQ4K {
-    let p = Qkx2 {
-        nmax: 15,
-        rmin: -1.0,
-        rdelta: 0.1,
-        nstep: 20,
-    };
+    let p = Qkx2 { nmax: 15, rmin: -1.0, rdelta: 0.1, nstep: 20 };
     let (d, dmin, scales, l) = quantize_k4_k5(x, &p);
     // Each 64-element chunk c: byte 32c + j = element 64c + j (low), 64c + 32 + j (high).
     let mut qs = [0u8; 128];
@@ -277,12 +245,7 @@ pub fn quantize_q4_k(x: &[f32]) -> BlockQ4K {
             qs[32 * c + j] = l[64 * c + j] | (l[64 * c + 32 + j] << 4);
         }
     }
-    BlockQ4K {
-        d,
-        dmin,
-        scales,
-        qs,
-    }
+    BlockQ4K { d, dmin, scales, qs }
 }
 
 pub fn dequantize_q4_k(b: &BlockQ4K, y: &mut [f32]) {
@@ -302,12 +265,7 @@ pub fn dequantize_q4_k(b: &BlockQ4K, y: &mut [f32]) {
 }
 
 pub fn quantize_q5_k(x: &[f32]) -> BlockQ5K {
-    let p = Qkx2 {
-        nmax: 31,
-        rmin: -0.5,
-        rdelta: 0.1,
-        nstep: 15,
-    };
+    let p = Qkx2 { nmax: 31, rmin: -0.5, rdelta: 0.1, nstep: 15 };
     let (d, dmin, scales, l) = quantize_k4_k5(x, &p);
     // Low nibbles as Q4_K; the fifth bit of element 64c + j goes to qh[j] bit 2c, of
     // element 64c + 32 + j to qh[j] bit 2c + 1.
@@ -320,13 +278,7 @@ pub fn quantize_q5_k(x: &[f32]) -> BlockQ5K {
             qs[32 * c + j] = (a & 0xF) | ((b & 0xF) << 4);
         }
     }
-    BlockQ5K {
-        d,
-        dmin,
-        scales,
-        qh,
-        qs,
-    }
+    BlockQ5K { d, dmin, scales, qh, qs }
 }
 
 pub fn dequantize_q5_k(b: &BlockQ5K, y: &mut [f32]) {
@@ -361,12 +313,7 @@ pub fn quantize_q6_k(x: &[f32]) -> BlockQ6K {
             max_scale = s;
         }
     }
-    let mut b = BlockQ6K {
-        ql: [0; 128],
-        qh: [0; 64],
-        scales: [0; 16],
-        d: 0,
-    };
+    let mut b = BlockQ6K { ql: [0; 128], qh: [0; 64], scales: [0; 16], d: 0 };
     if max_abs_scale < GROUP_MAX_EPS {
         return b;
     }
@@ -391,16 +338,10 @@ pub fn quantize_q6_k(x: &[f32]) -> BlockQ6K {
     for h in 0..2 {
         for j in 0..32 {
             let a = 128 * h + j;
-            let q = [
-                l[a] as u8,
-                l[a + 32] as u8,
-                l[a + 64] as u8,
-                l[a + 96] as u8,
-            ];
+            let q = [l[a] as u8, l[a + 32] as u8, l[a + 64] as u8, l[a + 96] as u8];
             b.ql[64 * h + j] = (q[0] & 0xF) | ((q[2] & 0xF) << 4);
             b.ql[64 * h + 32 + j] = (q[1] & 0xF) | ((q[3] & 0xF) << 4);
-            b.qh[32 * h + j] =
-                (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
+            b.qh[32 * h + j] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
         }
     }
     b
@@ -428,11 +369,7 @@ pub fn dequantize_q6_k(b: &BlockQ6K, y: &mut [f32]) {
 // ------------------------------------------------------------------------------ Q8_K
 
 pub fn quantize_q8_k(x: &[f32]) -> BlockQ8K {
-    let mut b = BlockQ8K {
-        d: 0.0,
-        qs: [0; 256],
-        bsums: [0; 16],
-    };
+    let mut b = BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] };
     let (mut max, mut amax) = (0.0f32, 0.0f32);
     for &v in x {
         if v.abs() > amax {

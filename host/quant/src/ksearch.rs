@@ -171,12 +171,7 @@ pub struct Qkx2 {
 /// squares, and keeps the one with the lowest weighted error (absolute error if `MAD`, as
 /// Q2_K uses, else squared). Returns `(scale, -min)`. Sizes are compile-time so the inner
 /// loops run without bounds checks.
-pub fn make_qkx2_quants<const N: usize, const MAD: bool>(
-    p: &Qkx2,
-    x: &[f32; N],
-    weights: &[f32; N],
-    levels: &mut [u8; N],
-) -> (f32, f32) {
+pub fn make_qkx2_quants<const N: usize, const MAD: bool>(p: &Qkx2, x: &[f32; N], weights: &[f32; N], levels: &mut [u8; N]) -> (f32, f32) {
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = weights[0];
     let mut sum_x = sum_w * x[0];
@@ -251,15 +246,7 @@ mod tests {
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
-        for (x, want) in [
-            (0.5f32, 0),
-            (1.5, 2),
-            (2.5, 2),
-            (-0.5, 0),
-            (-1.5, -2),
-            (3.49, 3),
-            (-7.51, -8),
-        ] {
+        for (x, want) in [(0.5f32, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (3.49, 3), (-7.51, -8)] {
             assert_eq!(nearest_int(x), want, "{x}");
         }
     }
@@ -276,14 +263,8 @@ mod tests {
         for x in -140..=130 {
             let x = x as f32 + 0.25;
             let got = best_index_int8(&v, x);
-            let brute = (0..16)
-                .min_by(|&a, &b| (v[a] as f32 - x).abs().total_cmp(&(v[b] as f32 - x).abs()))
-                .unwrap();
-            assert_eq!(
-                (v[got] as f32 - x).abs(),
-                (v[brute] as f32 - x).abs(),
-                "{x}"
-            );
+            let brute = (0..16).min_by(|&a, &b| (v[a] as f32 - x).abs().total_cmp(&(v[b] as f32 - x).abs())).unwrap();
+            assert_eq!((v[got] as f32 - x).abs(), (v[brute] as f32 - x).abs(), "{x}");
         }
     }
 }

@@ -55,10 +55,7 @@ pub fn quantize_q4_0(x: &[f32]) -> BlockQ4_0 {
         let hi = ((x[j + 16] * id + 8.5) as i8).min(15) as u8;
         *q = lo | (hi << 4);
     }
-    BlockQ4_0 {
-        d: f32_to_f16(d),
-        qs,
-    }
+    BlockQ4_0 { d: f32_to_f16(d), qs }
 }
 
 pub fn dequantize_q4_0(b: &BlockQ4_0, y: &mut [f32]) {
@@ -79,11 +76,7 @@ pub fn quantize_q4_1(x: &[f32]) -> BlockQ4_1 {
         let hi = (((x[j + 16] - min) * id + 0.5) as i8).min(15) as u8;
         *q = lo | (hi << 4);
     }
-    BlockQ4_1 {
-        d: f32_to_f16(d),
-        m: f32_to_f16(min),
-        qs,
-    }
+    BlockQ4_1 { d: f32_to_f16(d), m: f32_to_f16(min), qs }
 }
 
 pub fn dequantize_q4_1(b: &BlockQ4_1, y: &mut [f32]) {
@@ -124,11 +117,7 @@ pub fn quantize_q5_0(x: &[f32]) -> BlockQ5_0 {
         *lj = ((v * id + 16.5) as i8).min(31) as u8;
     }
     let (qh, qs) = pack5(&l);
-    BlockQ5_0 {
-        d: f32_to_f16(d),
-        qh,
-        qs,
-    }
+    BlockQ5_0 { d: f32_to_f16(d), qh, qs }
 }
 
 pub fn dequantize_q5_0(b: &BlockQ5_0, y: &mut [f32]) {
@@ -150,12 +139,7 @@ pub fn quantize_q5_1(x: &[f32]) -> BlockQ5_1 {
         *lj = ((v - min) * id + 0.5) as u8;
     }
     let (qh, qs) = pack5(&l);
-    BlockQ5_1 {
-        d: f32_to_f16(d),
-        m: f32_to_f16(min),
-        qh,
-        qs,
-    }
+    BlockQ5_1 { d: f32_to_f16(d), m: f32_to_f16(min), qh, qs }
 }
 
 pub fn dequantize_q5_1(b: &BlockQ5_1, y: &mut [f32]) {
@@ -171,9 +155,7 @@ pub fn dequantize_q5_1(b: &BlockQ5_1, y: &mut [f32]) {
 #[inline]
 fn q8_scale(x: &[f32]) -> (f32, f32) {
     // C's MAX(a, b) macro, including its NaN behaviour (a NaN input propagates).
-    let amax = x
-        .iter()
-        .fold(0.0f32, |a, v| if a > v.abs() { a } else { v.abs() });
+    let amax = x.iter().fold(0.0f32, |a, v| if a > v.abs() { a } else { v.abs() });
     let d = amax / 127.0;
     (d, inverse_or_zero(d))
 }
@@ -184,10 +166,7 @@ pub fn quantize_q8_0(x: &[f32]) -> BlockQ8_0 {
     for (q, &v) in qs.iter_mut().zip(x) {
         *q = (v * id).round() as i8;
     }
-    BlockQ8_0 {
-        d: f32_to_f16(d),
-        qs,
-    }
+    BlockQ8_0 { d: f32_to_f16(d), qs }
 }
 
 pub fn dequantize_q8_0(b: &BlockQ8_0, y: &mut [f32]) {
@@ -205,11 +184,7 @@ pub fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
         *q = (v * id).round() as i8;
         sum += *q as i32;
     }
-    BlockQ8_1 {
-        d: f32_to_f16(d),
-        s: f32_to_f16(sum as f32 * d),
-        qs,
-    }
+    BlockQ8_1 { d: f32_to_f16(d), s: f32_to_f16(sum as f32 * d), qs }
 }
 
 /// llama.cpp has no Q8_1 dequantizer (it is an activation format); `s` is redundant.

@@ -71,22 +71,14 @@ fn unsupported(ty: GgmlType, op: &'static str) -> QuantError {
 fn bytes_for(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
     let block = ty.block_size();
     if !n.is_multiple_of(block) {
-        return Err(QuantError::NotBlockAligned {
-            ty: ty.name(),
-            n,
-            block,
-        });
+        return Err(QuantError::NotBlockAligned { ty: ty.name(), n, block });
     }
     Ok(n / block * ty.type_size())
 }
 
 fn check_len(ty: GgmlType, got: usize, want: usize) -> Result<(), QuantError> {
     if got != want {
-        return Err(QuantError::BadLength {
-            ty: ty.name(),
-            got,
-            want,
-        });
+        return Err(QuantError::BadLength { ty: ty.name(), got, want });
     }
     Ok(())
 }

@@ -12,8 +12,7 @@ const POW3: [u8; 6] = [1, 3, 9, 27, 81, 243];
 
 /// C's MAX-based abs max (a NaN propagates).
 fn absmax(x: &[f32]) -> f32 {
-    x.iter()
-        .fold(0.0f32, |a, v| if a > v.abs() { a } else { v.abs() })
+    x.iter().fold(0.0f32, |a, v| if a > v.abs() { a } else { v.abs() })
 }
 
 #[inline]
@@ -37,11 +36,7 @@ fn unpack_trit(q: u8, n: usize) -> f32 {
 pub fn quantize_tq1_0(x: &[f32]) -> BlockTq1_0 {
     let d = absmax(x);
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut b = BlockTq1_0 {
-        qs: [0; 48],
-        qh: [0; 4],
-        d: f32_to_f16(d),
-    };
+    let mut b = BlockTq1_0 { qs: [0; 48], qh: [0; 4], d: f32_to_f16(d) };
     // qs[0..32]: elements 0..160 (byte m holds m, m+32, ..., m+128);
     // qs[32..48]: elements 160..240 (byte m holds 160+m, +16, ...);
     // qh[0..4]: elements 240..256 (byte j holds 240+j, +4, +8, +12, then a zero trit).
@@ -77,10 +72,7 @@ pub fn dequantize_tq1_0(b: &BlockTq1_0, y: &mut [f32]) {
 pub fn quantize_tq2_0(x: &[f32]) -> BlockTq2_0 {
     let d = absmax(x);
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut b = BlockTq2_0 {
-        qs: [0; 64],
-        d: f32_to_f16(d),
-    };
+    let mut b = BlockTq2_0 { qs: [0; 64], d: f32_to_f16(d) };
     for c in 0..2 {
         for m in 0..32 {
             let mut q = 0u8;
@@ -137,11 +129,7 @@ pub fn quantize_mxfp4(x: &[f32]) -> BlockMxfp4 {
         }
     }
     // Largest value lands in the top binade of E2M1 (max 6 = 1.5 * 2^2).
-    let e = if amax > 0.0 {
-        (amax.log2().floor() - 2.0 + 127.0) as u8
-    } else {
-        0
-    };
+    let e = if amax > 0.0 { (amax.log2().floor() - 2.0 + 127.0) as u8 } else { 0 };
     let d = e8m0_half(e);
     let mut b = BlockMxfp4 { e, qs: [0; 16] };
     for j in 0..16 {

@@ -10,17 +10,9 @@ pub enum QuantError {
     #[error("tensor type {ty} is not supported for {op} yet")]
     Unsupported { ty: &'static str, op: &'static str },
     #[error("{ty}: {n} elements is not a multiple of the block size {block}")]
-    NotBlockAligned {
-        ty: &'static str,
-        n: usize,
-        block: usize,
-    },
+    NotBlockAligned { ty: &'static str, n: usize, block: usize },
     #[error("{ty}: buffer of {got} bytes, expected {want}")]
-    BadLength {
-        ty: &'static str,
-        got: usize,
-        want: usize,
-    },
+    BadLength { ty: &'static str, got: usize, want: usize },
     #[error("{ty}: block data is not {align}-byte aligned")]
     Misaligned { ty: &'static str, align: usize },
 }
@@ -90,11 +82,7 @@ ggml_types! {
 impl GgmlType {
     /// Parse a type name, case-insensitively (`q4_k`, `Q8_0`, `bf16`).
     pub fn from_name(name: &str) -> Result<Self, QuantError> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|t| t.name().eq_ignore_ascii_case(name))
-            .ok_or_else(|| QuantError::UnknownTypeName(name.to_string()))
+        Self::ALL.iter().copied().find(|t| t.name().eq_ignore_ascii_case(name)).ok_or_else(|| QuantError::UnknownTypeName(name.to_string()))
     }
 
     /// True for block-quantized types (anything with more than one element per block).

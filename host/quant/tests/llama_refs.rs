@@ -11,8 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use rocmforge_quant::{
-    can_dequantize, can_quantize, dequantize, dequantize_to_vec, f16_to_f32, quantize,
-    quantize_to_vec, GgmlType, QuantError,
+    can_dequantize, can_quantize, dequantize, dequantize_to_vec, f16_to_f32, quantize, quantize_to_vec, GgmlType, QuantError,
 };
 use serde_json::Value;
 
@@ -34,22 +33,14 @@ fn read_bytes(name: &str) -> Vec<u8> {
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// Byte range of a test model; fails with instructions when the test data is missing.
 fn model_bytes(rel: &str, offset: u64, len: usize) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
     let path = repo_root().join(rel);
-    let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run scripts/fetch-test-data.sh first",
-            path.display()
-        )
-    });
+    let mut f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-test-data.sh first", path.display()));
     f.seek(SeekFrom::Start(offset)).expect("seek");
     let mut buf = vec![0u8; len];
     f.read_exact(&mut buf).expect("read tensor bytes");
@@ -61,9 +52,7 @@ fn ty(name: &str) -> GgmlType {
 }
 
 fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811C_9DC5u32, |h, &b| {
-        (h ^ b as u32).wrapping_mul(0x0100_0193)
-    })
+    bytes.iter().fold(0x811C_9DC5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
 }
 
 /// Compare our bytes with llama.cpp's; on mismatch say how many blocks differ and by how much
@@ -75,24 +64,11 @@ fn assert_same_bytes(t: GgmlType, ours: &[u8], want: &[u8], what: &str) {
     }
     let ts = t.type_size();
     let n_blocks = want.len() / ts;
-    let bad: Vec<usize> = (0..n_blocks)
-        .filter(|&b| ours[b * ts..(b + 1) * ts] != want[b * ts..(b + 1) * ts])
-        .collect();
+    let bad: Vec<usize> = (0..n_blocks).filter(|&b| ours[b * ts..(b + 1) * ts] != want[b * ts..(b + 1) * ts]).collect();
     let n = n_blocks * t.block_size();
-    let (a, b) = (
-        dequantize_to_vec(t, ours, n).unwrap(),
-        dequantize_to_vec(t, want, n).unwrap(),
-    );
-    let max_diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    panic!(
-        "{t} {what}: {} of {n_blocks} blocks differ (first {:?}), max |dequant diff| {max_diff}",
-        bad.len(),
-        &bad[..bad.len().min(8)]
-    );
+    let (a, b) = (dequantize_to_vec(t, ours, n).unwrap(), dequantize_to_vec(t, want, n).unwrap());
+    let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    panic!("{t} {what}: {} of {n_blocks} blocks differ (first {:?}), max |dequant diff| {max_diff}", bad.len(), &bad[..bad.len().min(8)]);
 }
 
 #[test]
@@ -106,11 +82,7 @@ fn dequantize_is_bitwise_equal_to_llama_cpp() {
         let want = f32s(&read_bytes(entry["dequant"].as_str().unwrap()));
         let got = dequantize_to_vec(t, &q, want.len()).unwrap_or_else(|e| panic!("{name}: {e}"));
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(
-                g.to_bits(),
-                w.to_bits(),
-                "{name} element {i}: {g} vs llama.cpp {w}"
-            );
+            assert_eq!(g.to_bits(), w.to_bits(), "{name} element {i}: {g} vs llama.cpp {w}");
         }
     }
 }
@@ -170,26 +142,12 @@ fn xorshift_input(rows: usize, seed: u32) -> Vec<f32> {
 fn check_row_hashes(what: &str, input: &[f32], hashes: &serde_json::Map<String, Value>) {
     for (name, want) in hashes {
         let t = ty(name);
-        let want: Vec<u32> = want
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = want.as_array().unwrap().iter().map(|h| h.as_u64().unwrap() as u32).collect();
         let ours = quantize_to_vec(t, input).unwrap();
         let row_bytes = 256 / t.block_size() * t.type_size();
-        let bad: Vec<usize> = ours
-            .chunks(row_bytes)
-            .zip(&want)
-            .enumerate()
-            .filter(|(_, (r, &h))| fnv1a32(r) != h)
-            .map(|(i, _)| i)
-            .collect();
-        assert_eq!(
-            ours.len() / row_bytes,
-            want.len(),
-            "{name} {what}: row count"
-        );
+        let bad: Vec<usize> =
+            ours.chunks(row_bytes).zip(&want).enumerate().filter(|(_, (r, &h))| fnv1a32(r) != h).map(|(i, _)| i).collect();
+        assert_eq!(ours.len() / row_bytes, want.len(), "{name} {what}: row count");
         assert!(
             bad.is_empty(),
             "{name} {what}: {} of {} rows differ from llama.cpp (first {:?})",
@@ -204,10 +162,7 @@ fn check_row_hashes(what: &str, input: &[f32], hashes: &serde_json::Map<String, 
 fn quantize_matches_llama_cpp_on_bulk_pseudo_random_rows() {
     let m = manifest();
     let bulk = &m["bulk"];
-    let input = xorshift_input(
-        bulk["rows"].as_u64().unwrap() as usize,
-        bulk["seed"].as_u64().unwrap() as u32,
-    );
+    let input = xorshift_input(bulk["rows"].as_u64().unwrap() as usize, bulk["seed"].as_u64().unwrap() as u32);
     check_row_hashes("bulk", &input, bulk["row_hashes"].as_object().unwrap());
 }
 
@@ -216,41 +171,23 @@ fn quantize_matches_llama_cpp_on_real_f16_weights() {
     let m = manifest();
     let rw = &m["real_weights"];
     let n = rw["n"].as_u64().unwrap() as usize;
-    let raw = model_bytes(
-        rw["file"].as_str().unwrap(),
-        rw["offset"].as_u64().unwrap(),
-        2 * n,
-    );
+    let raw = model_bytes(rw["file"].as_str().unwrap(), rw["offset"].as_u64().unwrap(), 2 * n);
     let input = dequantize_to_vec(GgmlType::F16, &raw, n).unwrap();
-    assert!(
-        input.iter().any(|&v| v != 0.0),
-        "read real weights, not zeros"
-    );
-    check_row_hashes(
-        "real weights",
-        &input,
-        rw["row_hashes"].as_object().unwrap(),
-    );
+    assert!(input.iter().any(|&v| v != 0.0), "read real weights, not zeros");
+    check_row_hashes("real weights", &input, rw["row_hashes"].as_object().unwrap());
 }
 
 #[test]
 fn real_model_tensors_dequantize_like_llama_cpp() {
     let m = manifest();
     let tensors = m["real_tensors"].as_array().unwrap();
-    let types: Vec<&str> = tensors
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
+    let types: Vec<&str> = tensors.iter().map(|e| e["type"].as_str().unwrap()).collect();
     for want in ["Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"] {
         assert!(types.contains(&want), "fixture has a real {want} tensor");
     }
     for e in tensors {
         let t = ty(e["type"].as_str().unwrap());
-        let raw = model_bytes(
-            e["file"].as_str().unwrap(),
-            e["offset"].as_u64().unwrap(),
-            e["nbytes"].as_u64().unwrap() as usize,
-        );
+        let raw = model_bytes(e["file"].as_str().unwrap(), e["offset"].as_u64().unwrap(), e["nbytes"].as_u64().unwrap() as usize);
         let want = f32s(&read_bytes(e["expected"].as_str().unwrap()));
         assert_eq!(want.len() as u64, e["n"].as_u64().unwrap());
         let got = dequantize_to_vec(t, &raw, want.len()).unwrap();
@@ -293,11 +230,7 @@ fn round_trip_error_is_within_bit_width_bounds() {
             if r == 4 {
                 // One outlier 250x the rest: its group's small values are legitimately lost;
                 // what must survive is the outlier itself.
-                assert!(
-                    (yr[37] - 25.0).abs() < 25.0 * 0.1,
-                    "{t}: outlier 25.0 decoded as {}",
-                    yr[37]
-                );
+                assert!((yr[37] - 25.0).abs() < 25.0 * 0.1, "{t}: outlier 25.0 decoded as {}", yr[37]);
                 continue;
             }
             let sx: f64 = xr.iter().map(|&v| (v as f64).powi(2)).sum();
@@ -310,16 +243,9 @@ fn round_trip_error_is_within_bit_width_bounds() {
             if !f32_scaled && xr.iter().all(|v| v.abs() < 1e-6) {
                 continue;
             }
-            let se: f64 = xr
-                .iter()
-                .zip(yr)
-                .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-                .sum();
+            let se: f64 = xr.iter().zip(yr).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
             let rel = (se / sx).sqrt();
-            assert!(
-                rel < bound,
-                "{t} row {r}: relative RMS error {rel:.4} >= {bound}"
-            );
+            assert!(rel < bound, "{t} row {r}: relative RMS error {rel:.4} >= {bound}");
         }
     }
 }
@@ -332,55 +258,19 @@ fn wrong_lengths_and_unsupported_types_are_errors() {
             let x = vec![0.5f32; 256];
             let mut q = quantize_to_vec(t, &x).unwrap();
             assert_eq!(q.len() as u64, t.row_bytes(256).unwrap());
-            assert!(
-                matches!(
-                    quantize(t, &x, &mut q[1..]),
-                    Err(QuantError::BadLength { .. })
-                ),
-                "{t}"
-            );
+            assert!(matches!(quantize(t, &x, &mut q[1..]), Err(QuantError::BadLength { .. })), "{t}");
             if bs > 1 {
-                assert!(
-                    matches!(
-                        quantize_to_vec(t, &x[..bs - 1]),
-                        Err(QuantError::NotBlockAligned { .. })
-                    ),
-                    "{t}"
-                );
+                assert!(matches!(quantize_to_vec(t, &x[..bs - 1]), Err(QuantError::NotBlockAligned { .. })), "{t}");
             }
             let mut y = vec![0f32; 256];
-            assert!(
-                matches!(
-                    dequantize(t, &q[..q.len() - 1], &mut y),
-                    Err(QuantError::BadLength { .. })
-                ),
-                "{t}"
-            );
-            assert!(
-                matches!(
-                    dequantize_to_vec(t, &q, 512),
-                    Err(QuantError::BadLength { .. })
-                ),
-                "{t}"
-            );
+            assert!(matches!(dequantize(t, &q[..q.len() - 1], &mut y), Err(QuantError::BadLength { .. })), "{t}");
+            assert!(matches!(dequantize_to_vec(t, &q, 512), Err(QuantError::BadLength { .. })), "{t}");
         } else {
-            assert!(
-                matches!(
-                    quantize_to_vec(t, &[0.0; 256]),
-                    Err(QuantError::Unsupported { .. })
-                ),
-                "{t}"
-            );
+            assert!(matches!(quantize_to_vec(t, &[0.0; 256]), Err(QuantError::Unsupported { .. })), "{t}");
         }
         if !can_dequantize(t) {
             let raw = vec![0u8; t.row_bytes(256).unwrap() as usize];
-            assert!(
-                matches!(
-                    dequantize_to_vec(t, &raw, 256),
-                    Err(QuantError::Unsupported { .. })
-                ),
-                "{t}"
-            );
+            assert!(matches!(dequantize_to_vec(t, &raw, 256), Err(QuantError::Unsupported { .. })), "{t}");
         }
     }
     assert!(can_dequantize(GgmlType::Q4_K) && can_quantize(GgmlType::IQ4_XS));
@@ -401,17 +291,13 @@ fn hostile_bytes_and_floats_never_panic() {
     for &t in GgmlType::ALL {
         let n = 1024;
         if can_dequantize(t) {
-            let raw: Vec<u8> = (0..t.row_bytes(n as u64).unwrap())
-                .map(|_| next() as u8)
-                .collect();
+            let raw: Vec<u8> = (0..t.row_bytes(n as u64).unwrap()).map(|_| next() as u8).collect();
             dequantize_to_vec(t, &raw, n).unwrap();
         }
         if can_quantize(t) {
             let x: Vec<f32> = (0..n).map(|_| f32::from_bits(next())).collect();
             quantize_to_vec(t, &x).unwrap();
-            let big: Vec<f32> = (0..n)
-                .map(|i| if i % 3 == 0 { 3e38 } else { -1e30 })
-                .collect();
+            let big: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 3e38 } else { -1e30 }).collect();
             quantize_to_vec(t, &big).unwrap();
         }
     }
@@ -448,49 +334,25 @@ fn lattice_iq_types_dequantize_like_llama_cpp() {
     let m = manifest();
     let lat = &m["lattice"];
     let types = lat["types"].as_object().unwrap();
-    assert_eq!(
-        types.len(),
-        7,
-        "IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M"
-    );
+    assert_eq!(types.len(), 7, "IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M");
     let nblocks = lat["blocks"].as_u64().unwrap() as usize;
     let seed = lat["seed"].as_u64().unwrap() as u32;
     for (name, e) in types {
         let t = ty(name);
         assert!(can_dequantize(t) && !can_quantize(t), "{name}");
         let q = read_bytes(e["quant"].as_str().unwrap());
-        assert_eq!(
-            q,
-            lattice_blocks(t, nblocks, seed ^ t.id()),
-            "{name}: block generator matches the script"
-        );
+        assert_eq!(q, lattice_blocks(t, nblocks, seed ^ t.id()), "{name}: block generator matches the script");
         let want = f32s(&read_bytes(e["dequant"].as_str().unwrap()));
         let got = dequantize_to_vec(t, &q, want.len()).unwrap();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(
-                g.to_bits(),
-                w.to_bits(),
-                "{name} element {i}: {g} vs llama.cpp {w}"
-            );
+            assert_eq!(g.to_bits(), w.to_bits(), "{name} element {i}: {g} vs llama.cpp {w}");
         }
         // 512 more blocks, compared through per-block hashes of the decoded f32 bits.
         let bulk = lattice_blocks(t, 512, e["bulk_seed"].as_u64().unwrap() as u32);
         let y = dequantize_to_vec(t, &bulk, 512 * 256).unwrap();
         let bytes: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let want: Vec<u32> = e["bulk_hashes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h.as_u64().unwrap() as u32)
-            .collect();
-        let bad = bytes
-            .chunks(1024)
-            .zip(&want)
-            .filter(|(c, &h)| fnv1a32(c) != h)
-            .count();
-        assert_eq!(
-            bad, 0,
-            "{name}: {bad} of 512 blocks decode differently from llama.cpp"
-        );
+        let want: Vec<u32> = e["bulk_hashes"].as_array().unwrap().iter().map(|h| h.as_u64().unwrap() as u32).collect();
+        let bad = bytes.chunks(1024).zip(&want).filter(|(c, &h)| fnv1a32(c) != h).count();
+        assert_eq!(bad, 0, "{name}: {bad} of 512 blocks decode differently from llama.cpp");
     }
 }

@@ -149,7 +149,10 @@ impl Executor {
                 let w = src.weight(tensor)?;
                 let vec = if needs_vec[i] { Some(w.to_f32()?) } else { None };
                 if !needs_vec[i] && !matches!(w.ty, GgmlType::F32) && !rocmforge_quant::can_dequantize(w.ty) {
-                    return Err(RuntimeError::Weight { name: tensor.clone(), what: format!("type {} is not supported by the CPU backend", w.ty) });
+                    return Err(RuntimeError::Weight {
+                        name: tensor.clone(),
+                        what: format!("type {} is not supported by the CPU backend", w.ty),
+                    });
                 }
                 weights.push(Some(WeightSlot { w, vec }));
             } else {
@@ -190,12 +193,17 @@ impl Executor {
             Some(Shape::Act { cols, .. }) => *cols,
             _ => 0,
         };
-        let geo = graph.layers.first().copied().flatten().ok_or_else(|| RuntimeError::Graph {
-            node: "graph".into(),
-            what: "no attention layer".into(),
-        })?;
+        let geo = graph
+            .layers
+            .first()
+            .copied()
+            .flatten()
+            .ok_or_else(|| RuntimeError::Graph { node: "graph".into(), what: "no attention layer".into() })?;
         if graph.layers.iter().any(|l| *l != Some(geo)) {
-            return Err(RuntimeError::Graph { node: "graph".into(), what: "layers with different KV geometry are not supported yet".into() });
+            return Err(RuntimeError::Graph {
+                node: "graph".into(),
+                what: "layers with different KV geometry are not supported yet".into(),
+            });
         }
         let kv = KvCache::new(graph.layers.len(), geo.n_head_kv, geo.head_dim_k, geo.head_dim_v, kv_cfg.block_size, kv_cfg.n_blocks);
         Ok(Executor {
@@ -257,7 +265,11 @@ impl Executor {
         for (j, n) in nodes.iter().enumerate().skip(i + 1) {
             match (&n.op, &n.shape) {
                 (Op::Weight { .. }, _) => {}
-                (Op::MatMul { x: xj, w: wj, .. }, Shape::Act { rows: rj, .. }) if xj == x && rj == rows && self.wslot(*wj).w.dims[0] == k => group.push(j),
+                (Op::MatMul { x: xj, w: wj, .. }, Shape::Act { rows: rj, .. })
+                    if xj == x && rj == rows && self.wslot(*wj).w.dims[0] == k =>
+                {
+                    group.push(j)
+                }
                 _ => break,
             }
         }
@@ -287,7 +299,11 @@ impl Executor {
         for c in batch {
             let need = (c.pos_start + c.tokens.len()).div_ceil(self.kv_cfg.block_size);
             if c.block_table.len() < need {
-                return Err(RuntimeError::Batch(format!("block table of {} blocks for {} positions", c.block_table.len(), c.pos_start + c.tokens.len())));
+                return Err(RuntimeError::Batch(format!(
+                    "block table of {} blocks for {} positions",
+                    c.block_table.len(),
+                    c.pos_start + c.tokens.len()
+                )));
             }
             if let Some(&b) = c.block_table.iter().find(|&&b| b as usize >= self.kv_cfg.n_blocks) {
                 return Err(RuntimeError::Batch(format!("KV block {b} out of range (pool of {})", self.kv_cfg.n_blocks)));
@@ -303,7 +319,9 @@ impl Executor {
         }
         let pools = self.graph.nodes.iter().any(|n| matches!(n.op, Op::Pool { .. }));
         if pools && batch.iter().any(|c| c.pos_start != 0 || c.tokens.is_empty()) {
-            return Err(RuntimeError::Batch("a pooling (embedding) model needs every sequence whole and non-empty in one chunk (pos_start 0)".into()));
+            return Err(RuntimeError::Batch(
+                "a pooling (embedding) model needs every sequence whole and non-empty in one chunk (pos_start 0)".into(),
+            ));
         }
         let n_seqs = batch.len();
         self.ensure_rows(n_tokens.max(n_seqs));
@@ -353,7 +371,10 @@ impl Executor {
                         RowSrc::Positions => {
                             let n_rows = w.dims.get(1).copied().unwrap_or(0);
                             if let Some(&p) = positions.iter().find(|&&p| p as usize >= n_rows) {
-                                return Err(RuntimeError::Batch(format!("{}: position {p} beyond the {n_rows} positions the model has", node.name)));
+                                return Err(RuntimeError::Batch(format!(
+                                    "{}: position {p} beyond the {n_rows} positions the model has",
+                                    node.name
+                                )));
                             }
                             positions.iter().map(|&p| p as u32).collect::<Vec<u32>>().into()
                         }
@@ -398,7 +419,8 @@ impl Executor {
                         done_until = group[group.len() - 1] + 1;
                     } else {
                         let bias = bias.map(|b| self.wvec(b));
-                        rocmforge_cpu::matmul_bias(self.pool, ws.ty, ws.bytes.as_slice(), cols, k, act(*x), rows, bias, out).map_err(map_err)?;
+                        rocmforge_cpu::matmul_bias(self.pool, ws.ty, ws.bytes.as_slice(), cols, k, act(*x), rows, bias, out)
+                            .map_err(map_err)?;
                     }
                 }
                 Op::Add { a, b } | Op::Mul { a, b } => {

@@ -42,34 +42,120 @@ pub enum PoolMode {
 /// Decoded op with typed parameters (the ABI's slot layout is decoded once, here).
 #[derive(Clone, Debug)]
 pub enum Op {
-    Weight { tensor: String },
-    GetRows { table: usize, src: RowSrc },
-    RmsNorm { x: usize, w: Option<usize>, eps: f32, group: usize },
-    LayerNorm { x: usize, w: Option<usize>, b: Option<usize>, eps: f32 },
-    MatMul { x: usize, w: usize, bias: Option<usize> },
-    Add { a: usize, b: usize },
-    Mul { a: usize, b: usize },
-    Scale { x: usize, s: f32 },
-    Rope { x: usize, freq_factors: Option<usize>, p: RopeP },
-    Attention { q: usize, k: usize, v: usize, p: AttnP },
-    Silu { x: usize },
-    Gelu { x: usize },
-    GeluErf { x: usize },
-    SwiGlu { gate: usize, up: usize },
-    GeGlu { gate: usize, up: usize },
-    Softcap { x: usize, cap: f32 },
-    View { x: usize, offset: usize },
-    OutputRows { x: usize },
-    Output { x: usize },
+    Weight {
+        tensor: String,
+    },
+    GetRows {
+        table: usize,
+        src: RowSrc,
+    },
+    RmsNorm {
+        x: usize,
+        w: Option<usize>,
+        eps: f32,
+        group: usize,
+    },
+    LayerNorm {
+        x: usize,
+        w: Option<usize>,
+        b: Option<usize>,
+        eps: f32,
+    },
+    MatMul {
+        x: usize,
+        w: usize,
+        bias: Option<usize>,
+    },
+    Add {
+        a: usize,
+        b: usize,
+    },
+    Mul {
+        a: usize,
+        b: usize,
+    },
+    Scale {
+        x: usize,
+        s: f32,
+    },
+    Rope {
+        x: usize,
+        freq_factors: Option<usize>,
+        p: RopeP,
+    },
+    Attention {
+        q: usize,
+        k: usize,
+        v: usize,
+        p: AttnP,
+    },
+    Silu {
+        x: usize,
+    },
+    Gelu {
+        x: usize,
+    },
+    GeluErf {
+        x: usize,
+    },
+    SwiGlu {
+        gate: usize,
+        up: usize,
+    },
+    GeGlu {
+        gate: usize,
+        up: usize,
+    },
+    Softcap {
+        x: usize,
+        cap: f32,
+    },
+    View {
+        x: usize,
+        offset: usize,
+    },
+    OutputRows {
+        x: usize,
+    },
+    Output {
+        x: usize,
+    },
     /// Top-k routing: `logits [n, n_expert]` -> `[n, 2k]` (k weights, then k expert ids).
-    MoeRoute { logits: usize, n_expert: usize, k: usize, renorm: bool },
+    MoeRoute {
+        logits: usize,
+        n_expert: usize,
+        k: usize,
+        renorm: bool,
+    },
     /// Selected experts' `act(x·gate_e) * (x·up_e)` -> `[n, k·n_ff]`.
-    MoeGateUp { x: usize, route: usize, gate: usize, up: usize, k: usize, n_ff: usize, geglu: bool },
+    MoeGateUp {
+        x: usize,
+        route: usize,
+        gate: usize,
+        up: usize,
+        k: usize,
+        n_ff: usize,
+        geglu: bool,
+    },
     /// `Σ_s w_s · (h_s · down_e)` -> `[n, n_embd]`.
-    MoeDown { h: usize, route: usize, down: usize, k: usize, n_ff: usize },
-    Sigmoid { x: usize },
-    Pool { x: usize, mode: PoolMode },
-    L2Norm { x: usize, eps: f32 },
+    MoeDown {
+        h: usize,
+        route: usize,
+        down: usize,
+        k: usize,
+        n_ff: usize,
+    },
+    Sigmoid {
+        x: usize,
+    },
+    Pool {
+        x: usize,
+        mode: PoolMode,
+    },
+    L2Norm {
+        x: usize,
+        eps: f32,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -170,7 +256,13 @@ impl Graph {
 
     /// Decode, check and append an op recorded through the ABI. `weight_dims` resolves a tensor
     /// name to its GGUF dims (None: the model has no such tensor).
-    pub fn push(&mut self, raw: &RfOp, name: String, tensor: String, weight_dims: impl Fn(&str) -> Option<Vec<usize>>) -> Result<usize, RuntimeError> {
+    pub fn push(
+        &mut self,
+        raw: &RfOp,
+        name: String,
+        tensor: String,
+        weight_dims: impl Fn(&str) -> Option<Vec<usize>>,
+    ) -> Result<usize, RuntimeError> {
         let at = name.as_str();
         let inp = |i: usize| -> Option<usize> {
             let v = raw.inputs[i];
@@ -198,7 +290,9 @@ impl Graph {
                     rows_src::POSITIONS => RowSrc::Positions,
                     rows_src::CONSTANT => {
                         let id = u32::try_from(raw.iparams[1]).ok().filter(|&id| (id as usize) < d[1]);
-                        RowSrc::Constant(id.ok_or_else(|| graph_err(at, format!("constant row {} outside a table of {} rows", raw.iparams[1], d[1])))?)
+                        RowSrc::Constant(
+                            id.ok_or_else(|| graph_err(at, format!("constant row {} outside a table of {} rows", raw.iparams[1], d[1])))?,
+                        )
                     }
                     other => return Err(graph_err(at, format!("unknown GET_ROWS source {other}"))),
                 };
@@ -306,11 +400,9 @@ impl Graph {
                 if p.n_head_kv == 0 || p.n_head % p.n_head_kv != 0 {
                     return Err(graph_err(at, format!("n_head {} is not a multiple of n_head_kv {}", p.n_head, p.n_head_kv)));
                 }
-                for (id, want, what) in [
-                    (q, p.n_head * p.head_dim_k, "q"),
-                    (k, p.n_head_kv * p.head_dim_k, "k"),
-                    (v, p.n_head_kv * p.head_dim_v, "v"),
-                ] {
+                for (id, want, what) in
+                    [(q, p.n_head * p.head_dim_k, "q"), (k, p.n_head_kv * p.head_dim_k, "k"), (v, p.n_head_kv * p.head_dim_v, "v")]
+                {
                     let (rows, cols) = self.act(id, what, at)?;
                     if rows != Rows::Tokens || cols != want {
                         return Err(graph_err(at, format!("{what} is [{rows:?}, {cols}], expected [Tokens, {want}]")));
@@ -414,7 +506,9 @@ impl Graph {
                 let renorm = match raw.iparams[1] {
                     rocmforge_abi::moe_gating::SOFTMAX => false,
                     rocmforge_abi::moe_gating::SOFTMAX_NORM => true,
-                    other => return Err(graph_err(at, format!("unknown MoE gating {other} (0 = softmax, 1 = softmax + renormalised top-k)"))),
+                    other => {
+                        return Err(graph_err(at, format!("unknown MoE gating {other} (0 = softmax, 1 = softmax + renormalised top-k)")))
+                    }
                 };
                 (Op::MoeRoute { logits, n_expert, k, renorm }, Shape::Act { rows, cols: 2 * k })
             }

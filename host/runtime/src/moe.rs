@@ -64,12 +64,9 @@ fn groups(route: &[f32], k: usize, n_expert: usize) -> Vec<Vec<(usize, usize)>> 
 /// Bytes of expert `e` of a stacked weight `[k_dim, n_out, n_expert]`.
 fn expert_bytes(w: &Weight, e: usize) -> Result<&[u8], CpuError> {
     let (k_dim, n_out) = (w.dims[0], w.dims[1]);
-    let row = w.ty.row_bytes(k_dim as u64).ok_or(CpuError::NotBlockAligned {
-        op: "moe",
-        ty: w.ty.name(),
-        k: k_dim,
-        block: w.ty.block_size(),
-    })? as usize;
+    let row =
+        w.ty.row_bytes(k_dim as u64).ok_or(CpuError::NotBlockAligned { op: "moe", ty: w.ty.name(), k: k_dim, block: w.ty.block_size() })?
+            as usize;
     let per = row * n_out;
     let all = w.bytes.as_slice();
     all.get(e * per..(e + 1) * per).ok_or(CpuError::BadLength { op: "moe", what: "expert weights", got: all.len(), want: (e + 1) * per })

@@ -129,7 +129,8 @@ impl Plugin {
         let meta_claims_raw: &'static [RfMetaClaim] =
             if covers(std::mem::offset_of!(RfPluginV1, n_meta_claims) + std::mem::size_of::<usize>()) {
                 // SAFETY: struct_size covers both appended fields (checked just above).
-                let (ptr, n) = unsafe { (std::ptr::addr_of!((*table).meta_claims).read(), std::ptr::addr_of!((*table).n_meta_claims).read()) };
+                let (ptr, n) =
+                    unsafe { (std::ptr::addr_of!((*table).meta_claims).read(), std::ptr::addr_of!((*table).n_meta_claims).read()) };
                 slice(ptr, n, path, "meta claims")?
             } else {
                 &[]
@@ -206,8 +207,7 @@ fn meta_is_set(v: &rocmforge_model::gguf::GgufValue) -> bool {
 
 fn is_plugin_file(p: &Path) -> bool {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    name.starts_with("librocmforge_plugin_") && (name.ends_with(".so") || name.ends_with(".dylib"))
-        || name.ends_with(".rfplugin.so")
+    name.starts_with("librocmforge_plugin_") && (name.ends_with(".so") || name.ends_with(".dylib")) || name.ends_with(".rfplugin.so")
 }
 
 /// Directories searched for plugins, in order.
@@ -291,9 +291,10 @@ impl Registry {
             }
         }
         let arch = src.arch();
-        let matched = self.plugins.iter().find(|p| {
-            p.meta_claims.iter().any(|(a, key)| a == arch && src.meta(&key.replace("{arch}", arch)).is_some_and(meta_is_set))
-        });
+        let matched = self
+            .plugins
+            .iter()
+            .find(|p| p.meta_claims.iter().any(|(a, key)| a == arch && src.meta(&key.replace("{arch}", arch)).is_some_and(meta_is_set)));
         match matched {
             Some(p) => Ok(p),
             None => self.for_gguf_arch(arch),

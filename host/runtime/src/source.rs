@@ -114,10 +114,12 @@ impl ModelSource {
         if path.is_dir() {
             let dir = HfModelDir::open(path)?;
             let archs = dir.architectures();
-            let hf_arch = archs.first().cloned().ok_or_else(|| RuntimeError::Model(rocmforge_model::ModelError::Malformed {
-                path: path.join("config.json"),
-                what: "no \"architectures\" entry".into(),
-            }))?;
+            let hf_arch = archs.first().cloned().ok_or_else(|| {
+                RuntimeError::Model(rocmforge_model::ModelError::Malformed {
+                    path: path.join("config.json"),
+                    what: "no \"architectures\" entry".into(),
+                })
+            })?;
             let (plugin, arch) = registry.for_hf_arch(&hf_arch)?;
             Self::from_hf(dir, plugin, &arch)
         } else {
@@ -143,11 +145,7 @@ impl ModelSource {
                 meta.push((key, value));
             }
         }
-        let n_layer = meta
-            .iter()
-            .find(|(k, _)| *k == format!("{arch}.block_count"))
-            .and_then(|(_, v)| v.as_u64())
-            .unwrap_or(0) as usize;
+        let n_layer = meta.iter().find(|(k, _)| *k == format!("{arch}.block_count")).and_then(|(_, v)| v.as_u64()).unwrap_or(0) as usize;
         let mut map = HashMap::new();
         let mut stacked = HashMap::new();
         for t in &plugin.tensors {
@@ -161,8 +159,7 @@ impl ModelSource {
                 }
                 continue;
             }
-            let layers: Vec<Option<usize>> =
-                if t.gguf.contains("{il}") { (0..n_layer).map(Some).collect() } else { vec![None] };
+            let layers: Vec<Option<usize>> = if t.gguf.contains("{il}") { (0..n_layer).map(Some).collect() } else { vec![None] };
             for il in layers {
                 let sub = |s: &str| match il {
                     Some(i) => s.replace("{il}", &i.to_string()),
@@ -345,7 +342,9 @@ impl ModelSource {
                     out = Some((ty, dims, all));
                 }
                 Some((ty0, dims0, all)) if *ty0 == ty && *dims0 == dims => all.extend_from_slice(&bytes),
-                Some(_) => return Err(RuntimeError::Weight { name: name.into(), what: format!("expert tensor '{hf}' differs in shape or dtype") }),
+                Some(_) => {
+                    return Err(RuntimeError::Weight { name: name.into(), what: format!("expert tensor '{hf}' differs in shape or dtype") })
+                }
             }
         }
         let (ty, mut dims, bytes) = out.ok_or_else(|| RuntimeError::MissingTensor { name: name.to_string() })?;
@@ -354,10 +353,10 @@ impl ModelSource {
     }
 
     fn meta_usize(&self, key: &str) -> Result<usize, RuntimeError> {
-        self.meta(key).and_then(|v| v.as_u64()).map(|v| v as usize).ok_or_else(|| RuntimeError::Weight {
-            name: key.to_string(),
-            what: "metadata needed by a load transform is missing".into(),
-        })
+        self.meta(key)
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .ok_or_else(|| RuntimeError::Weight { name: key.to_string(), what: "metadata needed by a load transform is missing".into() })
     }
 
     fn apply_transform(&self, name: &str, transform: u32, ty: GgmlType, dims: &[usize], bytes: &mut [u8]) -> Result<(), RuntimeError> {
@@ -447,11 +446,15 @@ fn permute_rows_for_rope(name: &str, ty: GgmlType, dims: &[usize], bytes: &mut [
 /// The HF tensors of experts 0, 1, ... for a pattern with `{xid}` (as many as exist; None when
 /// there is not even expert 0). Every expert must match expert 0's shape and dtype.
 fn expert_names(dir: &HfModelDir, pattern: &str, gguf: &str) -> Result<Option<Vec<String>>, RuntimeError> {
-    let experts: Vec<String> = (0usize..).map(|e| pattern.replace("{xid}", &e.to_string())).take_while(|n| dir.tensor(n).is_some()).collect();
+    let experts: Vec<String> =
+        (0usize..).map(|e| pattern.replace("{xid}", &e.to_string())).take_while(|n| dir.tensor(n).is_some()).collect();
     let Some(first) = experts.first().and_then(|n| dir.tensor(n)) else { return Ok(None) };
     let (shape, dtype) = (first.shape.clone(), first.dtype.clone());
     if let Some(bad) = experts.iter().find(|n| dir.tensor(n).is_some_and(|t| t.shape != shape || t.dtype != dtype)) {
-        return Err(RuntimeError::Weight { name: gguf.into(), what: format!("expert tensor '{bad}' differs in shape or dtype from '{}'", experts[0]) });
+        return Err(RuntimeError::Weight {
+            name: gguf.into(),
+            what: format!("expert tensor '{bad}' differs in shape or dtype from '{}'", experts[0]),
+        });
     }
     Ok(Some(experts))
 }

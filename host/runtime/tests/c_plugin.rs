@@ -59,28 +59,15 @@ fn cc_plugin(out: &Path, defines: &[&str]) {
     let src = repo_root().join("tests/fixtures/c_plugin/tiny.c");
     let inc = repo_root().join("host/abi/include");
     let mut cmd = Command::new("cc");
-    cmd.args([
-        "-std=c99",
-        "-O1",
-        "-Wall",
-        "-Wextra",
-        "-pedantic",
-        "-Werror",
-        "-shared",
-        "-fPIC",
-        "-fvisibility=hidden",
-    ])
-    .arg("-I")
-    .arg(&inc)
-    .args(defines)
-    .arg(&src)
-    .arg("-o")
-    .arg(out);
+    cmd.args(["-std=c99", "-O1", "-Wall", "-Wextra", "-pedantic", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden"])
+        .arg("-I")
+        .arg(&inc)
+        .args(defines)
+        .arg(&src)
+        .arg("-o")
+        .arg(out);
     match cmd.output() {
-        Err(e) => panic!(
-            "cannot run the C compiler `cc` ({e}): install gcc or clang; this test compiles {}",
-            src.display()
-        ),
+        Err(e) => panic!("cannot run the C compiler `cc` ({e}): install gcc or clang; this test compiles {}", src.display()),
         Ok(o) if !o.status.success() => panic!(
             "cc {defines:?} failed on {}:\n{}{}",
             src.display(),
@@ -94,8 +81,7 @@ fn cc_plugin(out: &Path, defines: &[&str]) {
 fn plugins() -> &'static Plugins {
     static P: OnceLock<Plugins> = OnceLock::new();
     P.get_or_init(|| {
-        let work =
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("c_plugin-{}", std::process::id()));
+        let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("c_plugin-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         let mixed_dir = work.join("mixed");
         std::fs::create_dir_all(&mixed_dir).expect("create the test plugin directory");
@@ -118,16 +104,9 @@ fn plugins() -> &'static Plugins {
         cc_plugin(&p.null_build, &["-DTINYC_NULL_BUILD"]);
         cc_plugin(&p.rope_mode1, &["-DTINYC_ROPE_MODE=1"]);
         cc_plugin(&mixed_dir.join("librocmforge_plugin_tinyc.so"), &[]);
-        cc_plugin(
-            &mixed_dir.join("librocmforge_plugin_zz_abi99.so"),
-            &["-DTINYC_ABI_VERSION=99"],
-        );
+        cc_plugin(&mixed_dir.join("librocmforge_plugin_zz_abi99.so"), &["-DTINYC_ABI_VERSION=99"]);
         cc_plugin(&mixed_dir.join("broken.rfplugin.so"), &["-DTINYC_NO_ENTRY"]);
-        std::fs::write(
-            mixed_dir.join("README.txt"),
-            "not a plugin: ignored by discovery",
-        )
-        .expect("write README.txt");
+        std::fs::write(mixed_dir.join("README.txt"), "not a plugin: ignored by discovery").expect("write README.txt");
         p
     })
 }
@@ -148,16 +127,7 @@ struct Hp {
     freq_base: f32,
 }
 
-const HP: Hp = Hp {
-    n_vocab: 64,
-    n_embd: 32,
-    n_head: 4,
-    n_head_kv: 2,
-    n_ff: 48,
-    n_layer: 2,
-    eps: 1e-5,
-    freq_base: 100.0,
-};
+const HP: Hp = Hp { n_vocab: 64, n_embd: 32, n_head: 4, n_head_kv: 2, n_ff: 48, n_layer: 2, eps: 1e-5, freq_base: 100.0 };
 
 impl Hp {
     fn head_dim(&self) -> usize {
@@ -193,11 +163,7 @@ fn random_tensors(hp: &Hp, seed: u64) -> Vec<T> {
     let mut rng = Rng(seed);
     let mut t = |name: String, dims: Vec<usize>, center: f32, spread: f32| {
         let n = dims.iter().product();
-        T {
-            name,
-            dims,
-            data: (0..n).map(|_| center + spread * rng.uniform()).collect(),
-        }
+        T { name, dims, data: (0..n).map(|_| center + spread * rng.uniform()).collect() }
     };
     let (e, hd) = (hp.n_embd, hp.head_dim());
     // Matrices scaled ~1/sqrt(k) (k = ne0) so activations stay O(1); norms around 1.
@@ -207,19 +173,9 @@ fn random_tensors(hp: &Hp, seed: u64) -> Vec<T> {
         let n = |s: &str| format!("blk.{il}.{s}.weight");
         v.push(t(n("attn_norm"), vec![e], 1.0, 0.2));
         v.push(t(n("attn_q"), vec![e, hp.n_head * hd], 0.0, 2.0 * mat(e)));
-        v.push(t(
-            n("attn_k"),
-            vec![e, hp.n_head_kv * hd],
-            0.0,
-            2.0 * mat(e),
-        ));
+        v.push(t(n("attn_k"), vec![e, hp.n_head_kv * hd], 0.0, 2.0 * mat(e)));
         v.push(t(n("attn_v"), vec![e, hp.n_head_kv * hd], 0.0, mat(e)));
-        v.push(t(
-            n("attn_output"),
-            vec![hp.n_head * hd, e],
-            0.0,
-            mat(hp.n_head * hd),
-        ));
+        v.push(t(n("attn_output"), vec![hp.n_head * hd, e], 0.0, mat(hp.n_head * hd)));
         v.push(t(n("ffn_norm"), vec![e], 1.0, 0.2));
         v.push(t(n("ffn_gate"), vec![e, hp.n_ff], 0.0, 2.0 * mat(e)));
         v.push(t(n("ffn_up"), vec![e, hp.n_ff], 0.0, mat(e)));
@@ -238,26 +194,14 @@ fn u32v(x: usize) -> GgufValue {
 fn metadata(hp: &Hp, arch: &str) -> Vec<(String, GgufValue)> {
     vec![
         ("general.architecture".into(), GgufValue::Str(arch.into())),
-        (
-            "general.name".into(),
-            GgufValue::Str("tinyc random test model".into()),
-        ),
+        ("general.name".into(), GgufValue::Str("tinyc random test model".into())),
         (format!("{arch}.block_count"), u32v(hp.n_layer)),
         (format!("{arch}.embedding_length"), u32v(hp.n_embd)),
         (format!("{arch}.feed_forward_length"), u32v(hp.n_ff)),
         (format!("{arch}.attention.head_count"), u32v(hp.n_head)),
-        (
-            format!("{arch}.attention.head_count_kv"),
-            GgufValue::Array(GgufArray::U32(vec![hp.n_head_kv as u32; hp.n_layer])),
-        ),
-        (
-            format!("{arch}.attention.layer_norm_rms_epsilon"),
-            GgufValue::F32(hp.eps),
-        ),
-        (
-            format!("{arch}.rope.freq_base"),
-            GgufValue::F32(hp.freq_base),
-        ),
+        (format!("{arch}.attention.head_count_kv"), GgufValue::Array(GgufArray::U32(vec![hp.n_head_kv as u32; hp.n_layer]))),
+        (format!("{arch}.attention.layer_norm_rms_epsilon"), GgufValue::F32(hp.eps)),
+        (format!("{arch}.rope.freq_base"), GgufValue::F32(hp.freq_base)),
     ]
 }
 
@@ -267,21 +211,9 @@ fn write_gguf(path: &Path, meta: &[(String, GgufValue)], tensors: &[T]) {
         w.set(k.clone(), v.clone());
     }
     for t in tensors {
-        w.add_tensor_info(
-            t.name.clone(),
-            t.dims.iter().map(|&d| d as u64).collect(),
-            GgmlType::F32,
-        )
-        .expect("tensor info");
+        w.add_tensor_info(t.name.clone(), t.dims.iter().map(|&d| d as u64).collect(), GgmlType::F32).expect("tensor info");
     }
-    w.write_file(path, |i| {
-        Ok(tensors[i]
-            .data
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect::<Vec<u8>>())
-    })
-    .expect("write GGUF");
+    w.write_file(path, |i| Ok(tensors[i].data.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())).expect("write GGUF");
 }
 
 /// Write a model variant to the work directory and return its path.
@@ -296,18 +228,13 @@ fn model_file(name: &str, meta: &[(String, GgufValue)], tensors: &[T]) -> PathBu
 // ---------------------------------------------------------------------------------------------
 
 fn get<'a>(ts: &'a [T], name: &str) -> Vec<f64> {
-    let t: &'a T = ts
-        .iter()
-        .find(|t| t.name == name)
-        .unwrap_or_else(|| panic!("reference: no tensor {name}"));
+    let t: &'a T = ts.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("reference: no tensor {name}"));
     t.data.iter().map(|&x| x as f64).collect()
 }
 
 /// `W x` for W in GGUF layout `[k, n_out]`: n_out rows of k.
 fn matvec(w: &[f64], x: &[f64]) -> Vec<f64> {
-    w.chunks_exact(x.len())
-        .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
-        .collect()
+    w.chunks_exact(x.len()).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
 }
 
 fn rmsnorm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
@@ -324,11 +251,7 @@ fn rope(x: &mut [f64], head_dim: usize, pos: usize, base: f64, neox: bool) {
         for i in 0..head_dim / 2 {
             let theta = pos as f64 * base.powf(-2.0 * i as f64 / head_dim as f64);
             let (c, s) = (theta.cos(), theta.sin());
-            let (a, b) = if neox {
-                (i, i + head_dim / 2)
-            } else {
-                (2 * i, 2 * i + 1)
-            };
+            let (a, b) = if neox { (i, i + head_dim / 2) } else { (2 * i, 2 * i + 1) };
             let (x0, x1) = (head[a], head[b]);
             head[a] = x0 * c - x1 * s;
             head[b] = x0 * s + x1 * c;
@@ -339,15 +262,8 @@ fn rope(x: &mut [f64], head_dim: usize, pos: usize, base: f64, neox: bool) {
 /// Logits for every position of `tokens` (one sequence from position 0), with the LM head
 /// `output.weight` when the model has one, else the token embedding (tied).
 fn reference_logits(hp: &Hp, ts: &[T], tokens: &[u32], neox: bool) -> Vec<Vec<f64>> {
-    let head = if ts.iter().any(|t| t.name == "output.weight") {
-        get(ts, "output.weight")
-    } else {
-        get(ts, "token_embd.weight")
-    };
-    reference_hidden(hp, ts, tokens, neox)
-        .iter()
-        .map(|h| matvec(&head, h))
-        .collect()
+    let head = if ts.iter().any(|t| t.name == "output.weight") { get(ts, "output.weight") } else { get(ts, "token_embd.weight") };
+    reference_hidden(hp, ts, tokens, neox).iter().map(|h| matvec(&head, h)).collect()
 }
 
 /// The final normed hidden state (what the LM head multiplies) of every position.
@@ -355,20 +271,11 @@ fn reference_hidden(hp: &Hp, ts: &[T], tokens: &[u32], neox: bool) -> Vec<Vec<f6
     let (e, hd, eps) = (hp.n_embd, hp.head_dim(), hp.eps as f64);
     let group = hp.n_head / hp.n_head_kv;
     let embd = get(ts, "token_embd.weight");
-    let mut xs: Vec<Vec<f64>> = tokens
-        .iter()
-        .map(|&t| embd[t as usize * e..(t as usize + 1) * e].to_vec())
-        .collect();
+    let mut xs: Vec<Vec<f64>> = tokens.iter().map(|&t| embd[t as usize * e..(t as usize + 1) * e].to_vec()).collect();
     for il in 0..hp.n_layer {
         let w = |s: &str| get(ts, &format!("blk.{il}.{s}.weight"));
         let (wq, wk, wv, wo) = (w("attn_q"), w("attn_k"), w("attn_v"), w("attn_output"));
-        let (an, fnw, wg, wu, wd) = (
-            w("attn_norm"),
-            w("ffn_norm"),
-            w("ffn_gate"),
-            w("ffn_up"),
-            w("ffn_down"),
-        );
+        let (an, fnw, wg, wu, wd) = (w("attn_norm"), w("ffn_norm"), w("ffn_gate"), w("ffn_up"), w("ffn_down"));
         let mut qs = Vec::new();
         let mut ks = Vec::new();
         let mut vs = Vec::new();
@@ -388,13 +295,7 @@ fn reference_hidden(hp: &Hp, ts: &[T], tokens: &[u32], neox: bool) -> Vec<Vec<f6
                 let kvh = h / group; // query head h reads KV head h / (n_head / n_head_kv)
                 let q = &qs[pos][h * hd..(h + 1) * hd];
                 let scores: Vec<f64> = (0..=pos)
-                    .map(|s| {
-                        q.iter()
-                            .zip(&ks[s][kvh * hd..(kvh + 1) * hd])
-                            .map(|(a, b)| a * b)
-                            .sum::<f64>()
-                            / (hd as f64).sqrt()
-                    })
+                    .map(|s| q.iter().zip(&ks[s][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
                     .collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let p: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
@@ -409,11 +310,7 @@ fn reference_hidden(hp: &Hp, ts: &[T], tokens: &[u32], neox: bool) -> Vec<Vec<f6
             let x1: Vec<f64> = x.iter().zip(&o).map(|(a, b)| a + b).collect();
             let h2 = rmsnorm(&x1, &fnw, eps);
             let (g, u) = (matvec(&wg, &h2), matvec(&wu, &h2));
-            let act: Vec<f64> = g
-                .iter()
-                .zip(&u)
-                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-                .collect();
+            let act: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
             let d = matvec(&wd, &act);
             *x = x1.iter().zip(&d).map(|(a, b)| a + b).collect();
         }
@@ -451,10 +348,7 @@ fn build(reg: &Registry, model: &Path) -> Result<rocmforge_runtime::Graph, Runti
 
 fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -467,31 +361,14 @@ fn c_plugin_loads_with_its_tables() {
     assert_eq!(reg.plugins.len(), 1);
     let p = &reg.plugins[0];
     assert_eq!((p.name.as_str(), p.version.as_str()), ("tinyc", "0.1.0"));
-    assert_eq!(
-        p.archs,
-        vec![("tinyc".to_string(), "TinyCForCausalLM".to_string())]
-    );
+    assert_eq!(p.archs, vec![("tinyc".to_string(), "TinyCForCausalLM".to_string())]);
     assert_eq!(p.tensors.len(), 12);
-    let out = p
-        .tensors
-        .iter()
-        .find(|t| t.gguf == "output.weight")
-        .expect("output.weight row");
+    let out = p.tensors.iter().find(|t| t.gguf == "output.weight").expect("output.weight row");
     assert!(out.optional && out.hf == "lm_head.weight");
-    let q = p
-        .tensors
-        .iter()
-        .find(|t| t.gguf == "blk.{il}.attn_q.weight")
-        .expect("attn_q row");
+    let q = p.tensors.iter().find(|t| t.gguf == "blk.{il}.attn_q.weight").expect("attn_q row");
     assert_eq!(q.transform, rocmforge_abi::transform::PERMUTE_Q);
-    assert!(p.config.contains(&(
-        "{arch}.rope.freq_base".to_string(),
-        "rope_theta".to_string()
-    )));
-    assert_eq!(
-        reg.available(),
-        vec!["TinyCForCausalLM".to_string(), "tinyc".to_string()]
-    );
+    assert!(p.config.contains(&("{arch}.rope.freq_base".to_string(), "rope_theta".to_string())));
+    assert_eq!(reg.available(), vec!["TinyCForCausalLM".to_string(), "tinyc".to_string()]);
 }
 
 #[test]
@@ -507,15 +384,7 @@ fn c_plugin_graph_matches_f64_reference() {
     assert_eq!(graph.layers.len(), HP.n_layer);
     assert!(graph.nodes.iter().any(|n| n.name == "blk.1.attn_k_rope"));
 
-    let mut exec = Executor::new(
-        graph,
-        &src,
-        KvConfig {
-            block_size: 2,
-            n_blocks: 8,
-        },
-    )
-    .expect("executor");
+    let mut exec = Executor::new(graph, &src, KvConfig { block_size: 2, n_blocks: 8 }).expect("executor");
     assert_eq!(exec.n_out_cols(), HP.n_vocab);
     let tokens: [u32; 7] = [1, 17, 42, 5, 63, 0, 29];
     let other: [u32; 3] = [7, 7, 50];
@@ -525,37 +394,15 @@ fn c_plugin_graph_matches_f64_reference() {
     let table_b = [1u32, 3];
     let out1 = exec
         .forward(&[
-            SeqChunk {
-                tokens: &tokens[..5],
-                pos_start: 0,
-                block_table: &table_a,
-                logits: Logits::All,
-            },
-            SeqChunk {
-                tokens: &other,
-                pos_start: 0,
-                block_table: &table_b,
-                logits: Logits::Last,
-            },
+            SeqChunk { tokens: &tokens[..5], pos_start: 0, block_table: &table_a, logits: Logits::All },
+            SeqChunk { tokens: &other, pos_start: 0, block_table: &table_b, logits: Logits::Last },
         ])
         .expect("prefill");
     assert_eq!(out1.len(), 6 * HP.n_vocab);
-    let out2 = exec
-        .forward(&[SeqChunk {
-            tokens: &tokens[5..6],
-            pos_start: 5,
-            block_table: &table_a,
-            logits: Logits::Last,
-        }])
-        .expect("decode 1");
-    let out3 = exec
-        .forward(&[SeqChunk {
-            tokens: &tokens[6..7],
-            pos_start: 6,
-            block_table: &table_a,
-            logits: Logits::Last,
-        }])
-        .expect("decode 2");
+    let out2 =
+        exec.forward(&[SeqChunk { tokens: &tokens[5..6], pos_start: 5, block_table: &table_a, logits: Logits::Last }]).expect("decode 1");
+    let out3 =
+        exec.forward(&[SeqChunk { tokens: &tokens[6..7], pos_start: 6, block_table: &table_a, logits: Logits::Last }]).expect("decode 2");
 
     let want_a = reference_logits(&HP, &ts, &tokens, false);
     let want_b = reference_logits(&HP, &ts, &other, false);
@@ -570,19 +417,12 @@ fn c_plugin_graph_matches_f64_reference() {
         ("A pos 5", &out2[..], &want_a[5]),
         ("A pos 6", &out3[..], &want_a[6]),
     ];
-    let scale = want_a
-        .iter()
-        .chain(&want_b)
-        .flatten()
-        .fold(1.0f64, |m, x| m.max(x.abs()));
+    let scale = want_a.iter().chain(&want_b).flatten().fold(1.0f64, |m, x| m.max(x.abs()));
     let bound = 2e-3 * scale;
     let mut worst = 0.0f64;
     for (what, got, want) in &rows {
         let d = max_abs_diff(got, want);
-        assert!(
-            d <= bound,
-            "{what}: max |logit - f64 reference| = {d:.3e} > bound {bound:.3e}"
-        );
+        assert!(d <= bound, "{what}: max |logit - f64 reference| = {d:.3e} > bound {bound:.3e}");
         worst = worst.max(d);
     }
     eprintln!("tinyc (C plugin) vs f64 reference: max abs error {worst:.3e} (bound {bound:.3e}, max |logit| {scale:.3})");
@@ -590,10 +430,7 @@ fn c_plugin_graph_matches_f64_reference() {
     // The comparison can fail: the same model with NeoX-style RoPE differs by far more.
     let neox = reference_logits(&HP, &ts, &tokens, true);
     let d_neox = max_abs_diff(&out3, &neox[6]);
-    assert!(
-        d_neox > 10.0 * bound,
-        "NeoX reference should not match: {d_neox:.3e} vs bound {bound:.3e}"
-    );
+    assert!(d_neox > 10.0 * bound, "NeoX reference should not match: {d_neox:.3e} vs bound {bound:.3e}");
 }
 
 #[test]
@@ -615,42 +452,17 @@ fn c_plugin_scalar_head_count_kv_and_untied_output() {
     }
     let model = model_file("untied", &meta, &ts);
     let graph = build(&reg, &model).expect("graph");
-    let lm = graph
-        .nodes
-        .iter()
-        .filter(|n| n.name == "output.weight")
-        .count();
-    assert_eq!(
-        lm, 1,
-        "the plugin must use output.weight when the model has it"
-    );
+    let lm = graph.nodes.iter().filter(|n| n.name == "output.weight").count();
+    assert_eq!(lm, 1, "the plugin must use output.weight when the model has it");
     let src = ModelSource::open(&model, &reg).expect("open");
-    let mut exec = Executor::new(
-        graph,
-        &src,
-        KvConfig {
-            block_size: 4,
-            n_blocks: 2,
-        },
-    )
-    .expect("executor");
+    let mut exec = Executor::new(graph, &src, KvConfig { block_size: 4, n_blocks: 2 }).expect("executor");
     let tokens = [3u32, 60, 12];
-    let got = exec
-        .forward(&[SeqChunk {
-            tokens: &tokens,
-            pos_start: 0,
-            block_table: &[1, 0],
-            logits: Logits::Last,
-        }])
-        .expect("forward");
+    let got = exec.forward(&[SeqChunk { tokens: &tokens, pos_start: 0, block_table: &[1, 0], logits: Logits::Last }]).expect("forward");
     let want = reference_logits(&HP, &ts, &tokens, false);
     let want = &want[tokens.len() - 1];
     let bound = 2e-3 * want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
     let d = max_abs_diff(&got, want);
-    assert!(
-        d <= bound,
-        "untied head: max abs error {d:.3e} > bound {bound:.3e}"
-    );
+    assert!(d <= bound, "untied head: max abs error {d:.3e} > bound {bound:.3e}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -659,17 +471,10 @@ fn c_plugin_scalar_head_count_kv_and_untied_output() {
 
 fn load_err(path: &Path) -> String {
     match rocmforge_runtime::Plugin::load(path) {
-        Ok(p) => panic!(
-            "{} loaded as plugin '{}' but must be refused",
-            path.display(),
-            p.name
-        ),
+        Ok(p) => panic!("{} loaded as plugin '{}' but must be refused", path.display(), p.name),
         Err(e @ RuntimeError::Plugin { .. }) => {
             let msg = e.to_string();
-            assert!(
-                msg.contains(&path.display().to_string()),
-                "error does not name the file: {msg}"
-            );
+            assert!(msg.contains(&path.display().to_string()), "error does not name the file: {msg}");
             msg
         }
         Err(e) => panic!("expected RuntimeError::Plugin, got {e:?}"),
@@ -685,14 +490,8 @@ fn missing_entry_symbol_is_refused() {
 #[test]
 fn abi_version_mismatch_names_both_versions() {
     let msg = load_err(&plugins().abi99);
-    assert!(
-        msg.contains("99") && msg.contains(&rocmforge_abi::ABI_VERSION.to_string()),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("plugin ABI version 99, this host speaks version 1"),
-        "{msg}"
-    );
+    assert!(msg.contains("99") && msg.contains(&rocmforge_abi::ABI_VERSION.to_string()), "{msg}");
+    assert!(msg.contains("plugin ABI version 99, this host speaks version 1"), "{msg}");
 }
 
 #[test]
@@ -700,10 +499,7 @@ fn too_short_plugin_table_is_refused() {
     let msg = load_err(&plugins().short_table);
     // The first version of the table ends at `build`; later fields are appended (meta_claims).
     let need = std::mem::offset_of!(rocmforge_abi::RfPluginV1, meta_claims);
-    assert!(
-        msg.contains(&format!("plugin table is 8 bytes, version 1 needs {need}")),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("plugin table is 8 bytes, version 1 needs {need}")), "{msg}");
 }
 
 #[test]
@@ -727,48 +523,18 @@ fn directory_with_good_and_bad_plugins_keeps_the_good_one() {
     let reg = Registry::from_paths(std::slice::from_ref(&p.mixed_dir));
     let names: Vec<&str> = reg.plugins.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, vec!["tinyc"]);
-    let mut failed: Vec<String> = reg
-        .failures
-        .iter()
-        .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
+    let mut failed: Vec<String> = reg.failures.iter().map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
     failed.sort();
-    assert_eq!(
-        failed,
-        vec![
-            "broken.rfplugin.so".to_string(),
-            "librocmforge_plugin_zz_abi99.so".to_string()
-        ]
-    );
+    assert_eq!(failed, vec!["broken.rfplugin.so".to_string(), "librocmforge_plugin_zz_abi99.so".to_string()]);
     for f in &reg.failures {
-        assert!(
-            f.error.contains(&f.path.display().to_string()),
-            "failure does not name its file: {}",
-            f.error
-        );
+        assert!(f.error.contains(&f.path.display().to_string()), "failure does not name its file: {}", f.error);
     }
     // The surviving plugin serves models as if nothing had failed.
     let (model, _) = good_model();
     let src = ModelSource::open(&model, &reg).expect("open");
-    let graph = build_graph(reg.for_gguf_arch("tinyc").expect("tinyc"), &src)
-        .expect("graph from the surviving plugin");
-    let mut exec = Executor::new(
-        graph,
-        &src,
-        KvConfig {
-            block_size: 4,
-            n_blocks: 1,
-        },
-    )
-    .expect("executor");
-    let out = exec
-        .forward(&[SeqChunk {
-            tokens: &[1, 2],
-            pos_start: 0,
-            block_table: &[0],
-            logits: Logits::Last,
-        }])
-        .expect("forward");
+    let graph = build_graph(reg.for_gguf_arch("tinyc").expect("tinyc"), &src).expect("graph from the surviving plugin");
+    let mut exec = Executor::new(graph, &src, KvConfig { block_size: 4, n_blocks: 1 }).expect("executor");
+    let out = exec.forward(&[SeqChunk { tokens: &[1, 2], pos_start: 0, block_table: &[0], logits: Logits::Last }]).expect("forward");
     assert!(out.len() == HP.n_vocab && out.iter().all(|x| x.is_finite()));
 }
 
@@ -784,26 +550,12 @@ fn build_error_via_set_error_surfaces_in_plugin_build() {
     let (model, _) = good_model();
     match build(&reg, &model) {
         Err(e @ RuntimeError::PluginBuild { .. }) => {
-            let RuntimeError::PluginBuild {
-                plugin,
-                path,
-                arch,
-                what,
-            } = &e
-            else {
-                unreachable!()
-            };
+            let RuntimeError::PluginBuild { plugin, path, arch, what } = &e else { unreachable!() };
             assert_eq!((plugin.as_str(), arch.as_str()), ("tinyc", "tinyc"));
             assert_eq!(path, &p.fail_build);
-            assert_eq!(
-                what,
-                "tinyc: refusing to build 'tinyc' (built with TINYC_FAIL_BUILD)"
-            );
+            assert_eq!(what, "tinyc: refusing to build 'tinyc' (built with TINYC_FAIL_BUILD)");
             let msg = e.to_string();
-            assert!(
-                msg.contains(&p.fail_build.display().to_string()) && msg.contains(what.as_str()),
-                "{msg}"
-            );
+            assert!(msg.contains(&p.fail_build.display().to_string()) && msg.contains(what.as_str()), "{msg}");
         }
         other => panic!("expected PluginBuild, got {other:?}"),
     }
@@ -813,19 +565,13 @@ fn build_error_via_set_error_surfaces_in_plugin_build() {
 fn shape_error_names_the_node() {
     let reg = load_good_registry();
     let mut ts = random_tensors(&HP, 1);
-    let q = ts
-        .iter_mut()
-        .find(|t| t.name == "blk.0.attn_q.weight")
-        .expect("attn_q");
+    let q = ts.iter_mut().find(|t| t.name == "blk.0.attn_q.weight").expect("attn_q");
     q.dims = vec![HP.n_embd / 2, 2 * HP.n_head * HP.head_dim()]; // same element count, wrong k
     let model = model_file("bad_shape", &metadata(&HP, "tinyc"), &ts);
     match build(&reg, &model) {
         Err(RuntimeError::Graph { node, what }) => {
             assert_eq!(node, "blk.0.attn_q");
-            assert!(
-                what.contains("blk.0.attn_q.weight") && what.contains(&HP.n_embd.to_string()),
-                "{what}"
-            );
+            assert!(what.contains("blk.0.attn_q.weight") && what.contains(&HP.n_embd.to_string()), "{what}");
         }
         other => panic!("expected a Graph error, got {other:?}"),
     }
@@ -834,25 +580,14 @@ fn shape_error_names_the_node() {
 #[test]
 fn missing_tensor_names_tensor_and_architecture() {
     let reg = load_good_registry();
-    let ts: Vec<T> = random_tensors(&HP, 2)
-        .into_iter()
-        .filter(|t| t.name != "blk.1.ffn_up.weight")
-        .collect();
+    let ts: Vec<T> = random_tensors(&HP, 2).into_iter().filter(|t| t.name != "blk.1.ffn_up.weight").collect();
     let model = model_file("missing_tensor", &metadata(&HP, "tinyc"), &ts);
     match build(&reg, &model) {
         Err(e @ RuntimeError::MissingTensorOfArch { .. }) => {
             let msg = e.to_string();
-            let RuntimeError::MissingTensorOfArch { name, arch } = e else {
-                unreachable!()
-            };
-            assert_eq!(
-                (name.as_str(), arch.as_str()),
-                ("blk.1.ffn_up.weight", "tinyc")
-            );
-            assert_eq!(
-                msg,
-                "missing tensor 'blk.1.ffn_up.weight' required by architecture 'tinyc'"
-            );
+            let RuntimeError::MissingTensorOfArch { name, arch } = e else { unreachable!() };
+            assert_eq!((name.as_str(), arch.as_str()), ("blk.1.ffn_up.weight", "tinyc"));
+            assert_eq!(msg, "missing tensor 'blk.1.ffn_up.weight' required by architecture 'tinyc'");
         }
         other => panic!("expected MissingTensorOfArch, got {other:?}"),
     }
@@ -866,18 +601,10 @@ fn unknown_architecture_lists_available_ones() {
     match build(&reg, &model) {
         Err(e @ RuntimeError::UnknownArch { .. }) => {
             let msg = e.to_string();
-            let RuntimeError::UnknownArch { arch, available } = e else {
-                unreachable!()
-            };
+            let RuntimeError::UnknownArch { arch, available } = e else { unreachable!() };
             assert_eq!(arch, "mystery");
-            assert_eq!(
-                available,
-                vec!["TinyCForCausalLM".to_string(), "tinyc".to_string()]
-            );
-            assert!(
-                msg.contains("mystery") && msg.contains("TinyCForCausalLM, tinyc"),
-                "{msg}"
-            );
+            assert_eq!(available, vec!["TinyCForCausalLM".to_string(), "tinyc".to_string()]);
+            assert!(msg.contains("mystery") && msg.contains("TinyCForCausalLM, tinyc"), "{msg}");
         }
         other => panic!("expected UnknownArch, got {other:?}"),
     }
@@ -907,18 +634,8 @@ fn plugin_side_metadata_errors_surface_with_their_message() {
     let u32s = |v: Vec<u32>| Some(GgufValue::Array(GgufArray::U32(v)));
     // (case, metadata key, new value or None to remove it, message the C plugin gives)
     let cases: Vec<(&str, &str, Option<GgufValue>, &str)> = vec![
-        (
-            "no_block_count",
-            "tinyc.block_count",
-            None,
-            "tinyc: missing metadata key 'tinyc.block_count'",
-        ),
-        (
-            "kv_array_len",
-            kv,
-            u32s(vec![2, 2, 2]),
-            "tinyc: 'tinyc.attention.head_count_kv' has 3 entries, block_count is 2",
-        ),
+        ("no_block_count", "tinyc.block_count", None, "tinyc: missing metadata key 'tinyc.block_count'"),
+        ("kv_array_len", kv, u32s(vec![2, 2, 2]), "tinyc: 'tinyc.attention.head_count_kv' has 3 entries, block_count is 2"),
         (
             // An empty array: the plugin asks its length with a NULL buffer of capacity 0.
             "kv_array_empty",

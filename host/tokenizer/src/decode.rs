@@ -18,14 +18,10 @@
 //! hold-back idea of HF `DecodeStream` / vLLM's incremental detokenizer.
 
 use crate::unicode;
-use crate::vocab::{
-    Vocab, VocabType, ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED,
-};
+use crate::vocab::{Vocab, VocabType, ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED};
 
 fn token_to_byte(text: &str) -> u8 {
-    text.get(3..5)
-        .and_then(|h| u8::from_str_radix(h, 16).ok())
-        .unwrap_or(0)
+    text.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0)
 }
 
 /// The bytes of one token (llama.cpp `token_to_piece` with `lstrip = 0`).
@@ -124,12 +120,7 @@ pub(crate) fn clean_spaces(t: &mut Vec<u8>) {
 }
 
 /// llama.cpp `detokenize(tokens, remove_special, unparse_special)` as bytes.
-pub(crate) fn detokenize(
-    vocab: &Vocab,
-    ids: &[u32],
-    remove_special: bool,
-    unparse_special: bool,
-) -> Vec<u8> {
+pub(crate) fn detokenize(vocab: &Vocab, ids: &[u32], remove_special: bool, unparse_special: bool) -> Vec<u8> {
     let mut ids = ids;
     let mut remove_space = vocab.add_space_prefix;
     if remove_special && vocab.add_bos && !ids.is_empty() && Some(ids[0]) == vocab.bos {
@@ -157,9 +148,7 @@ pub(crate) fn detokenize(
 /// `?!.,`. If the last three bytes before the cut are none of ` '?!.,` nothing near the cut can
 /// be deleted, and no decision on either side reads across it.
 fn safe_cut(b: &[u8], k: usize) -> bool {
-    b[k.saturating_sub(3)..k]
-        .iter()
-        .all(|c| !matches!(c, b' ' | b'\'' | b'?' | b'!' | b'.' | b','))
+    b[k.saturating_sub(3)..k].iter().all(|c| !matches!(c, b' ' | b'\'' | b'?' | b'!' | b'.' | b','))
 }
 
 /// Number of trailing bytes that start a UTF-8 sequence still waiting for continuation bytes.
@@ -191,12 +180,7 @@ pub(crate) struct ByteStream {
 
 impl ByteStream {
     pub(crate) fn new(skip_special: bool) -> Self {
-        ByteStream {
-            remove_special: skip_special,
-            unparse_special: !skip_special,
-            first: true,
-            pending: Vec::new(),
-        }
+        ByteStream { remove_special: skip_special, unparse_special: !skip_special, first: true, pending: Vec::new() }
     }
 
     pub(crate) fn push(&mut self, vocab: &Vocab, id: u32) -> String {
@@ -226,10 +210,7 @@ impl ByteStream {
             complete
         } else {
             let p = &self.pending;
-            (1..=complete)
-                .rev()
-                .find(|&k| (k == complete || p[k - 1].is_ascii()) && safe_cut(p, k))
-                .unwrap_or(0)
+            (1..=complete).rev().find(|&k| (k == complete || p[k - 1].is_ascii()) && safe_cut(p, k)).unwrap_or(0)
         };
         if cut == 0 {
             return String::new();
@@ -256,10 +237,7 @@ mod tests {
     fn clean_spaces_passes() {
         assert_eq!(clean("Hello , world !"), "Hello, world!");
         assert_eq!(clean("a ' b"), "a'b");
-        assert_eq!(
-            clean("it 's I 'm we 're they 've"),
-            "it's I'm we're they've"
-        );
+        assert_eq!(clean("it 's I 'm we 're they 've"), "it's I'm we're they've");
         assert_eq!(clean("don 't you 'd"), "don 't you 'd");
     }
 
@@ -280,11 +258,7 @@ mod tests {
                 let full = clean(text);
                 for cut in 1..buf.len() {
                     if safe_cut(&buf, cut) {
-                        assert_eq!(
-                            clean(&text[..cut]) + &clean(&text[cut..]),
-                            full,
-                            "{text:?} cut at {cut}"
-                        );
+                        assert_eq!(clean(&text[..cut]) + &clean(&text[cut..]), full, "{text:?} cut at {cut}");
                     }
                 }
             }

@@ -34,21 +34,14 @@ fn is_c_space(b: u8) -> bool {
 /// Cuts special tokens out of `text` (llama.cpp `tokenizer_st_partition`).
 pub(crate) fn partition(vocab: &Vocab, text: &str, parse_special: bool) -> Vec<Fragment> {
     let bytes = text.as_bytes();
-    let mut frags = if text.is_empty() {
-        Vec::new()
-    } else {
-        vec![Fragment::Text(0, text.len())]
-    };
+    let mut frags = if text.is_empty() { Vec::new() } else { vec![Fragment::Text(0, text.len())] };
     for &id in &vocab.special_cache {
         let attr = vocab.attr(id);
         if !parse_special && attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0 {
             continue;
         }
         let needle = vocab.tokens[id as usize].as_str();
-        if !frags
-            .iter()
-            .any(|f| matches!(f, Fragment::Text(s, l) if text[*s..*s + *l].contains(needle)))
-        {
+        if !frags.iter().any(|f| matches!(f, Fragment::Text(s, l) if text[*s..*s + *l].contains(needle))) {
             continue;
         }
         let mut out = Vec::with_capacity(frags.len() + 2);
@@ -98,22 +91,13 @@ pub(crate) fn partition(vocab: &Vocab, text: &str, parse_special: bool) -> Vec<F
 }
 
 /// Full tokenization of `text` (llama.cpp `tokenize(raw_text, add_special, parse_special)`).
-pub(crate) fn tokenize(
-    vocab: &Vocab,
-    text: &str,
-    add_special: bool,
-    parse_special: bool,
-) -> Result<Vec<u32>, TokenizerError> {
+pub(crate) fn tokenize(vocab: &Vocab, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
     let frags = partition(vocab, text, parse_special);
     let mut out = Vec::new();
     match vocab.ty {
         VocabType::Spm => {
             if add_special && vocab.add_bos {
-                out.push(
-                    vocab
-                        .bos
-                        .ok_or(TokenizerError::MissingSpecial { what: "bos" })?,
-                );
+                out.push(vocab.bos.ok_or(TokenizerError::MissingSpecial { what: "bos" })?);
             }
             let mut prev_special = true;
             for f in frags {
@@ -134,20 +118,12 @@ pub(crate) fn tokenize(
                 }
             }
             if add_special && vocab.add_eos {
-                out.push(
-                    vocab
-                        .eos
-                        .ok_or(TokenizerError::MissingSpecial { what: "eos" })?,
-                );
+                out.push(vocab.eos.ok_or(TokenizerError::MissingSpecial { what: "eos" })?);
             }
         }
         VocabType::Bpe => {
             if add_special && vocab.add_bos {
-                out.push(
-                    vocab
-                        .bos
-                        .ok_or(TokenizerError::MissingSpecial { what: "bos" })?,
-                );
+                out.push(vocab.bos.ok_or(TokenizerError::MissingSpecial { what: "bos" })?);
             }
             for f in frags {
                 match f {
@@ -163,19 +139,13 @@ pub(crate) fn tokenize(
                 }
             }
             if add_special && vocab.add_eos {
-                out.push(
-                    vocab
-                        .eos
-                        .ok_or(TokenizerError::MissingSpecial { what: "eos" })?,
-                );
+                out.push(vocab.eos.ok_or(TokenizerError::MissingSpecial { what: "eos" })?);
             }
         }
         VocabType::Wpm => {
             // llama.cpp adds [CLS] ... [SEP] whenever add_special, regardless of add_bos.
             if add_special {
-                out.push(vocab.bos.ok_or(TokenizerError::MissingSpecial {
-                    what: "bos ([CLS])",
-                })?);
+                out.push(vocab.bos.ok_or(TokenizerError::MissingSpecial { what: "bos ([CLS])" })?);
             }
             for f in frags {
                 match f {
@@ -184,9 +154,7 @@ pub(crate) fn tokenize(
                 }
             }
             if add_special {
-                out.push(vocab.sep.ok_or(TokenizerError::MissingSpecial {
-                    what: "sep ([SEP])",
-                })?);
+                out.push(vocab.sep.ok_or(TokenizerError::MissingSpecial { what: "sep ([SEP])" })?);
             }
         }
     }
@@ -206,12 +174,7 @@ fn utf8_symbols(text: &str) -> Vec<Sym> {
     let n = text.chars().count();
     text.char_indices()
         .enumerate()
-        .map(|(i, (s, c))| Sym {
-            start: s,
-            len: c.len_utf8(),
-            prev: i.checked_sub(1),
-            next: if i + 1 < n { Some(i + 1) } else { None },
-        })
+        .map(|(i, (s, c))| Sym { start: s, len: c.len_utf8(), prev: i.checked_sub(1), next: if i + 1 < n { Some(i + 1) } else { None } })
         .collect()
 }
 
@@ -226,9 +189,7 @@ struct SpmBigram {
 impl Eq for SpmBigram {}
 impl Ord for SpmBigram {
     fn cmp(&self, o: &Self) -> Ordering {
-        self.score
-            .total_cmp(&o.score)
-            .then_with(|| o.left.cmp(&self.left))
+        self.score.total_cmp(&o.score).then_with(|| o.left.cmp(&self.left))
     }
 }
 impl PartialOrd for SpmBigram {
@@ -240,20 +201,14 @@ impl PartialOrd for SpmBigram {
 fn spm_tokenize(vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
     let mut syms = utf8_symbols(text);
     let mut heap = BinaryHeap::new();
-    let try_add =
-        |syms: &[Sym], heap: &mut BinaryHeap<SpmBigram>, l: Option<usize>, r: Option<usize>| {
-            let (Some(l), Some(r)) = (l, r) else { return };
-            let (a, b) = (syms[l], syms[r]);
-            let piece = &text[a.start..b.start + b.len];
-            if let Some(id) = vocab.text_to_token(piece) {
-                heap.push(SpmBigram {
-                    score: vocab.scores[id as usize],
-                    left: l,
-                    right: r,
-                    size: piece.len(),
-                });
-            }
-        };
+    let try_add = |syms: &[Sym], heap: &mut BinaryHeap<SpmBigram>, l: Option<usize>, r: Option<usize>| {
+        let (Some(l), Some(r)) = (l, r) else { return };
+        let (a, b) = (syms[l], syms[r]);
+        let piece = &text[a.start..b.start + b.len];
+        if let Some(id) = vocab.text_to_token(piece) {
+            heap.push(SpmBigram { score: vocab.scores[id as usize], left: l, right: r, size: piece.len() });
+        }
+    };
     for i in 1..syms.len() {
         try_add(&syms, &mut heap, Some(i - 1), Some(i));
     }
@@ -311,27 +266,14 @@ fn bpe_tokenize(vocab: &Vocab, text: &str, out: &mut Vec<u32>) {
     let byte_encode = vocab.pre.as_ref().is_none_or(|p| p.byte_encode);
     let is_gemma4 = vocab.pre.as_ref().is_some_and(|p| p.name == "gemma4");
     for word in pretok.split(text) {
-        let whole = (vocab.ignore_merges
-            || (is_gemma4 && !word.is_empty() && word.bytes().all(|b| b == b'\n')))
+        let whole = (vocab.ignore_merges || (is_gemma4 && !word.is_empty() && word.bytes().all(|b| b == b'\n')))
             && vocab.text_to_token(&word).is_some();
-        let mut syms = if whole {
-            vec![Sym {
-                start: 0,
-                len: word.len(),
-                prev: None,
-                next: None,
-            }]
-        } else {
-            utf8_symbols(&word)
-        };
+        let mut syms = if whole { vec![Sym { start: 0, len: word.len(), prev: None, next: None }] } else { utf8_symbols(&word) };
         let mut heap = BpeQueue::new();
         let try_add = |syms: &[Sym], heap: &mut BpeQueue, l: Option<usize>, r: Option<usize>| {
             let (Some(l), Some(r)) = (l, r) else { return };
             let (a, b) = (syms[l], syms[r]);
-            let (lt, rt) = (
-                &word[a.start..a.start + a.len],
-                &word[b.start..b.start + b.len],
-            );
+            let (lt, rt) = (&word[a.start..a.start + a.len], &word[b.start..b.start + b.len]);
             if let Some(rank) = vocab.merges.get(lt, rt) {
                 heap.push(Reverse((rank, l, r, a.len, b.len)));
             }
@@ -396,11 +338,7 @@ fn is_chinese_char(c: u32) -> bool {
 fn wpm_preprocess(vocab: &Vocab, text: &str) -> Vec<String> {
     let mut words = vec![String::new()];
     for c0 in text.chars() {
-        let c = if vocab.strip_accents {
-            unicode::nfd_first(c0)
-        } else {
-            c0
-        };
+        let c = if vocab.strip_accents { unicode::nfd_first(c0) } else { c0 };
         let f = unicode::flags(c);
         if f.is_whitespace() {
             if !words.last().is_some_and(String::is_empty) {
@@ -414,13 +352,8 @@ fn wpm_preprocess(vocab: &Vocab, text: &str) -> Vec<String> {
         if vocab.strip_accents && f.is_accent_mark() {
             continue;
         }
-        let single =
-            f.is_punctuation() || ((c as u32) < 0x7F && f.is_symbol()) || is_chinese_char(c as u32);
-        let c = if vocab.lowercase {
-            unicode::to_lower(c)
-        } else {
-            c
-        };
+        let single = f.is_punctuation() || ((c as u32) < 0x7F && f.is_symbol()) || is_chinese_char(c as u32);
+        let c = if vocab.lowercase { unicode::to_lower(c) } else { c };
         if single {
             if !words.last().is_some_and(String::is_empty) {
                 words.push(String::new());
@@ -453,10 +386,7 @@ fn wpm_tokenize(vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<(), Tok
             let mut matched = false;
             let mut j = n.min(i + vocab.max_token_len + 1);
             while j > i {
-                if let Some(id) = std::str::from_utf8(&wb[i..j])
-                    .ok()
-                    .and_then(|s| vocab.text_to_token(s))
-                {
+                if let Some(id) = std::str::from_utf8(&wb[i..j]).ok().and_then(|s| vocab.text_to_token(s)) {
                     out.push(id);
                     matched = true;
                     i = j - 1;
@@ -471,11 +401,7 @@ fn wpm_tokenize(vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<(), Tok
             i += 1;
         }
         if out.len() == before {
-            out.push(
-                vocab
-                    .unk
-                    .ok_or(TokenizerError::MissingSpecial { what: "unk" })?,
-            );
+            out.push(vocab.unk.ok_or(TokenizerError::MissingSpecial { what: "unk" })?);
         }
     }
     Ok(())

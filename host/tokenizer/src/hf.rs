@@ -33,10 +33,7 @@ pub(crate) struct HfTokenizer {
 }
 
 fn hf_err(path: &Path, e: impl std::fmt::Display) -> TokenizerError {
-    TokenizerError::HfLoad {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
+    TokenizerError::HfLoad { path: path.to_path_buf(), message: e.to_string() }
 }
 
 /// `"bos_token": "<s>"` or `{"content": "<s>", ...}`.
@@ -51,19 +48,9 @@ fn token_name(v: Option<&Value>) -> Option<String> {
 impl HfTokenizer {
     pub(crate) fn load(dir: &Path) -> Result<Self, TokenizerError> {
         let path = dir.join("tokenizer.json");
-        let raw = std::fs::read(&path).map_err(|source| TokenizerError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let json: Value = serde_json::from_slice(&raw).map_err(|source| TokenizerError::Json {
-            path: path.clone(),
-            source,
-        })?;
-        let model_type = json
-            .pointer("/model/type")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown")
-            .to_string();
+        let raw = std::fs::read(&path).map_err(|source| TokenizerError::Io { path: path.clone(), source })?;
+        let json: Value = serde_json::from_slice(&raw).map_err(|source| TokenizerError::Json { path: path.clone(), source })?;
+        let model_type = json.pointer("/model/type").and_then(Value::as_str).unwrap_or("unknown").to_string();
         let mut tok = tokenizers::Tokenizer::from_bytes(&raw).map_err(|e| hf_err(&path, e))?;
         tok.with_padding(None);
         tok.with_truncation(None).map_err(|e| hf_err(&path, e))?;
@@ -88,35 +75,18 @@ impl HfTokenizer {
 
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Option<Value> = match std::fs::read(&cfg_path) {
-            Ok(b) => Some(
-                serde_json::from_slice(&b).map_err(|source| TokenizerError::Json {
-                    path: cfg_path.clone(),
-                    source,
-                })?,
-            ),
+            Ok(b) => Some(serde_json::from_slice(&b).map_err(|source| TokenizerError::Json { path: cfg_path.clone(), source })?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(TokenizerError::Io {
-                    path: cfg_path,
-                    source,
-                })
-            }
+            Err(source) => return Err(TokenizerError::Io { path: cfg_path, source }),
         };
         let id_of = |name: Option<String>| name.and_then(|s| tok.token_to_id(&s));
         let bos = id_of(cfg.as_ref().and_then(|c| token_name(c.get("bos_token"))));
         let eos = id_of(cfg.as_ref().and_then(|c| token_name(c.get("eos_token"))));
         // add_bos: the config's flag, else whether the post-processor puts BOS in front.
-        let add_bos = match cfg
-            .as_ref()
-            .and_then(|c| c.get("add_bos_token"))
-            .and_then(Value::as_bool)
-        {
+        let add_bos = match cfg.as_ref().and_then(|c| c.get("add_bos_token")).and_then(Value::as_bool) {
             Some(b) => b,
             None => match bos {
-                Some(b) => tok
-                    .encode("a", true)
-                    .map(|e| e.get_ids().first() == Some(&b))
-                    .unwrap_or(false),
+                Some(b) => tok.encode("a", true).map(|e| e.get_ids().first() == Some(&b)).unwrap_or(false),
                 None => false,
             },
         };
@@ -127,41 +97,13 @@ impl HfTokenizer {
             }
         }
         let wordpiece = model_type == "WordPiece";
-        let unk = json
-            .pointer("/model/unk_token")
-            .and_then(Value::as_str)
-            .and_then(|s| tok.token_to_id(s));
-        Ok(HfTokenizer {
-            tok,
-            tok_plain,
-            model_type,
-            id_to_token,
-            special,
-            bos,
-            eos,
-            unk,
-            add_bos,
-            eog,
-            wordpiece,
-        })
+        let unk = json.pointer("/model/unk_token").and_then(Value::as_str).and_then(|s| tok.token_to_id(s));
+        Ok(HfTokenizer { tok, tok_plain, model_type, id_to_token, special, bos, eos, unk, add_bos, eog, wordpiece })
     }
 
-    pub(crate) fn encode(
-        &self,
-        text: &str,
-        add_special: bool,
-        parse_special: bool,
-    ) -> Result<Vec<u32>, TokenizerError> {
-        let t = if parse_special {
-            &self.tok
-        } else {
-            &self.tok_plain
-        };
-        let enc = t
-            .encode(text, add_special)
-            .map_err(|e| TokenizerError::Hf {
-                message: e.to_string(),
-            })?;
+    pub(crate) fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        let t = if parse_special { &self.tok } else { &self.tok_plain };
+        let enc = t.encode(text, add_special).map_err(|e| TokenizerError::Hf { message: e.to_string() })?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -180,10 +122,7 @@ impl HfTokenizer {
                 None => format!(" {text}").into_bytes(),
             };
         }
-        self.tok
-            .decode(&[id], false)
-            .unwrap_or_default()
-            .into_bytes()
+        self.tok.decode(&[id], false).unwrap_or_default().into_bytes()
     }
 }
 
@@ -198,10 +137,7 @@ pub(crate) struct HfStream {
 
 impl HfStream {
     pub(crate) fn new(skip_special: bool) -> Self {
-        HfStream {
-            skip_special,
-            ..Default::default()
-        }
+        HfStream { skip_special, ..Default::default() }
     }
 
     pub(crate) fn push(&mut self, hf: &HfTokenizer, id: u32) -> String {
@@ -214,10 +150,7 @@ impl HfStream {
     }
 
     fn step(&mut self, hf: &HfTokenizer, all: bool) -> String {
-        let prefix = hf.decode(
-            &self.ids[self.prefix_offset..self.read_offset],
-            self.skip_special,
-        );
+        let prefix = hf.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special);
         let full = hf.decode(&self.ids[self.prefix_offset..], self.skip_special);
         if full.len() <= prefix.len() || (!all && full.ends_with('\u{FFFD}')) {
             return String::new();

@@ -33,17 +33,9 @@ pub enum TokenizerError {
     #[error("GGUF metadata key '{key}' is missing")]
     MissingKey { key: &'static str },
     #[error("GGUF metadata key '{key}' has type {found}, expected {expected}")]
-    WrongType {
-        key: &'static str,
-        expected: &'static str,
-        found: String,
-    },
+    WrongType { key: &'static str, expected: &'static str, found: String },
     #[error("GGUF array '{key}' has {found} entries, expected at least {expected}")]
-    ArrayLength {
-        key: &'static str,
-        found: usize,
-        expected: usize,
-    },
+    ArrayLength { key: &'static str, found: usize, expected: usize },
     #[error("unknown tokenizer model '{model}'")]
     UnknownModel { model: String },
     #[error("unknown pre-tokenizer '{pre}'")]
@@ -55,15 +47,9 @@ pub enum TokenizerError {
     #[error("the vocabulary defines no {what} token but tokenization needs one")]
     MissingSpecial { what: &'static str },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: invalid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Json { path: PathBuf, source: serde_json::Error },
     #[error("{path}: cannot load tokenizer: {message}")]
     HfLoad { path: PathBuf, message: String },
     #[error("tokenizers: {message}")]
@@ -116,36 +102,23 @@ impl Tokenizer {
             vocab::VocabType::Spm => format!("{} (SPM)", vocab.model),
             vocab::VocabType::Wpm => format!("{} (WordPiece)", vocab.model),
             vocab::VocabType::Bpe => {
-                let pre = raw_pre
-                    .or_else(|| vocab.pre.as_ref().map(|p| p.name.to_string()))
-                    .unwrap_or_default();
+                let pre = raw_pre.or_else(|| vocab.pre.as_ref().map(|p| p.name.to_string())).unwrap_or_default();
                 format!("{} ({pre})", vocab.model)
             }
         };
-        Ok(Tokenizer {
-            inner: Inner::Gguf(Box::new(vocab)),
-            kind,
-        })
+        Ok(Tokenizer { inner: Inner::Gguf(Box::new(vocab)), kind })
     }
 
     /// Loads `dir/tokenizer.json` (and `dir/tokenizer_config.json` if present).
     pub fn from_hf_dir(dir: &Path) -> Result<Self, TokenizerError> {
         let hf = hf::HfTokenizer::load(dir)?;
         let kind = format!("tokenizer.json ({})", hf.model_type);
-        Ok(Tokenizer {
-            inner: Inner::Hf(Box::new(hf)),
-            kind,
-        })
+        Ok(Tokenizer { inner: Inner::Hf(Box::new(hf)), kind })
     }
 
     /// Text → ids. `add_special`: BOS/EOS (CLS/SEP) as the model says; `parse_special`:
     /// special-token texts in `text` become their ids instead of being tokenized as text.
-    pub fn encode(
-        &self,
-        text: &str,
-        add_special: bool,
-        parse_special: bool,
-    ) -> Result<Vec<u32>, TokenizerError> {
+    pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
         match &self.inner {
             Inner::Gguf(v) => encode::tokenize(v, text, add_special, parse_special),
             Inner::Hf(h) => h.encode(text, add_special, parse_special),
@@ -156,10 +129,7 @@ impl Tokenizer {
     /// unparse_special = !skip_special)`; invalid UTF-8 becomes U+FFFD.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
         match &self.inner {
-            Inner::Gguf(v) => {
-                String::from_utf8_lossy(&decode::detokenize(v, ids, skip_special, !skip_special))
-                    .into_owned()
-            }
+            Inner::Gguf(v) => String::from_utf8_lossy(&decode::detokenize(v, ids, skip_special, !skip_special)).into_owned(),
             Inner::Hf(h) => h.decode(ids, skip_special),
         }
     }

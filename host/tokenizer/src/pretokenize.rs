@@ -30,8 +30,7 @@ const NEWLINES: &str = r"[^\n]+|[\n]+";
 // Non-ASCII characters are written as escapes: some are canonical singletons (e.g. U+1FD3,
 // U+2126) that an editor's NFC normalisation would silently change into other codepoints.
 const DEEPSEEK_LLM_LETTERS: &str = "\\s?[A-Za-z\u{B5}\u{C0}-\u{D6}\u{D8}-\u{F6}\u{F8}-\u{1BA}\u{1BC}-\u{1BF}\u{1C4}-\u{293}\u{295}-\u{2AF}\u{370}-\u{373}\u{376}\u{377}\u{37B}-\u{37D}\u{37F}\u{386}\u{388}-\u{38A}\u{38C}\u{38E}-\u{3A1}\u{3A3}-\u{3F5}\u{3F7}-\u{481}\u{48A}-\u{52F}\u{531}-\u{556}\u{10A0}-\u{10C5}\u{13A0}-\u{13F5}\u{13F8}-\u{13FD}\u{1C90}-\u{1CBA}\u{1CBD}-\u{1CBF}\u{1D00}-\u{1D2B}\u{1D6B}-\u{1D77}\u{1D79}-\u{1D9A}\u{1E00}-\u{1F15}\u{1F18}-\u{1F1D}\u{1F20}-\u{1F45}\u{1F48}-\u{1F4D}\u{1F50}-\u{1F57}\u{1F59}\u{1F5B}\u{1F5D}\u{1F5F}-\u{1F7D}\u{1F80}-\u{1FB4}\u{1FB6}-\u{1FBC}\u{1FBE}\u{1FC2}-\u{1FC4}\u{1FC6}-\u{1FCC}\u{1FD0}-\u{1FD3}\u{1FD6}-\u{1FDB}\u{1FE0}-\u{1FEC}\u{1FF2}-\u{1FF4}\u{1FF6}-\u{1FFC}\u{2102}\u{2107}\u{210A}-\u{2113}\u{2115}\u{2119}-\u{211D}\u{2124}\u{2126}\u{2128}\u{212A}-\u{212D}\u{212F}-\u{2134}\u{2139}\u{213C}-\u{213F}\u{2145}-\u{2149}\u{214E}\u{2183}\u{2184}\u{2C00}-\u{2C7B}\u{2C7E}-\u{2CE4}\u{2CEB}-\u{2CEE}\u{2CF2}\u{2CF3}\u{A640}-\u{A66D}\u{A680}-\u{A69B}\u{A722}-\u{A76F}\u{A771}-\u{A787}\u{A78B}-\u{A78E}\u{AB70}-\u{ABBF}\u{FB00}-\u{FB06}\u{FB13}-\u{FB17}\u{FF21}-\u{FF3A}\u{FF41}-\u{FF5A}\u{10400}-\u{1044F}\u{104B0}-\u{104D3}\u{104D8}-\u{104FB}\u{10C80}-\u{10CB2}\u{10CC0}-\u{10CF2}\u{118A0}-\u{118DF}\u{1E900}-\u{1E943}]+";
-const DEEPSEEK_LLM_PUNCT: &str =
-    "\\s?[!-/:-~\u{FF01}-\u{FF0F}\u{FF1A}-\u{FF5E}\u{2018}-\u{201F}\u{3000}-\u{3002}]+";
+const DEEPSEEK_LLM_PUNCT: &str = "\\s?[!-/:-~\u{FF01}-\u{FF0F}\u{FF1A}-\u{FF5E}\u{2018}-\u{201F}\u{3000}-\u{3002}]+";
 const CJK_HANGUL: &str = "[\u{4E00}-\u{9FA5}\u{800}-\u{4E00}\u{AC00}-\u{D7FF}]+";
 const BLOOM: &str = " ?[^(\\s|.,!?\u{2026}\u{3002}\u{FF0C}\u{3001}\u{964}\u{6D4}\u{60C})]+";
 
@@ -76,14 +75,7 @@ impl PreSpec {
 
 const RE_DEFAULT: &[&str] = &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"];
 const RE_LLAMA3: &[&str] = &[LLAMA3];
-const RE_DEEPSEEK_LLM: &[&str] = &[
-    "[\r\n]",
-    DEEPSEEK_LLM_LETTERS,
-    DEEPSEEK_LLM_PUNCT,
-    r"\s+$",
-    CJK_HANGUL,
-    r"\p{N}+",
-];
+const RE_DEEPSEEK_LLM: &[&str] = &["[\r\n]", DEEPSEEK_LLM_LETTERS, DEEPSEEK_LLM_PUNCT, r"\s+$", CJK_HANGUL, r"\p{N}+"];
 const RE_DEEPSEEK_CODER: &[&str] = &["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", CJK_HANGUL, r"\p{N}"];
 const RE_FALCON: &[&str] = &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"];
 const RE_STARCODER: &[&str] = &[r"\p{N}", GPT2];
@@ -103,12 +95,9 @@ pub(crate) fn pre_spec(pre: Option<&str>) -> Result<PreSpec, TokenizerError> {
     };
     let spec = match pre {
         "default" => PreSpec::new("default", RE_DEFAULT),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-        | "lfm2" | "jina-v5-nano" => PreSpec {
-            ignore_merges: true,
-            add_bos: Some(true),
-            ..PreSpec::new("llama3", RE_LLAMA3)
-        },
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano" => {
+            PreSpec { ignore_merges: true, add_bos: Some(true), ..PreSpec::new("llama3", RE_LLAMA3) }
+        }
         "dbrx" => PreSpec::new("dbrx", RE_LLAMA3),
         "smaug-bpe" => PreSpec::new("smaug-bpe", RE_LLAMA3),
         "deepseek-llm" => PreSpec::new("deepseek-llm", RE_DEEPSEEK_LLM).no_clean(),
@@ -116,8 +105,8 @@ pub(crate) fn pre_spec(pre: Option<&str>) -> Result<PreSpec, TokenizerError> {
         "falcon" => PreSpec::new("falcon", RE_FALCON),
         "mpt" => PreSpec::new("mpt", RE_GPT2),
         "starcoder" => PreSpec::new("starcoder", RE_STARCODER),
-        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
-        | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4" => PreSpec::new("gpt-2", RE_GPT2),
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert"
+        | "exaone4" => PreSpec::new("gpt-2", RE_GPT2),
         "olmo" => PreSpec::new("olmo", RE_GPT2),
         "jais" => PreSpec::new("jais", RE_GPT2),
         "refact" => PreSpec::new("refact", RE_STARCODER),
@@ -127,9 +116,7 @@ pub(crate) fn pre_spec(pre: Option<&str>) -> Result<PreSpec, TokenizerError> {
         "exaone" => PreSpec::new("exaone", RE_STARCODER),
         "minerva-7b" => PreSpec::new("minerva-7b", RE_STARCODER),
         "mellum2" => PreSpec::new("mellum2", RE_STARCODER),
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" => {
-            PreSpec::new("qwen2", RE_QWEN2).no_clean()
-        }
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" => PreSpec::new("qwen2", RE_QWEN2).no_clean(),
         "megrez" => PreSpec::new("megrez", RE_QWEN2),
         "stablelm2" => PreSpec::new("stablelm2", RE_QWEN2),
         "qwen35" => PreSpec::new("qwen35", RE_QWEN35).no_clean(),
@@ -137,26 +124,12 @@ pub(crate) fn pre_spec(pre: Option<&str>) -> Result<PreSpec, TokenizerError> {
         "bloom" => PreSpec::new("bloom", RE_BLOOM),
         "gpt3-finnish" => PreSpec::new("gpt3-finnish", RE_BLOOM),
         "viking" => PreSpec::new("viking", RE_VIKING).no_clean(),
-        "chatglm-bpe" => PreSpec {
-            no_bos: true,
-            ..PreSpec::new("chatglm-bpe", RE_LLAMA3)
-        },
-        "glm4" | "glm5" => PreSpec {
-            no_bos: true,
-            ignore_merges: true,
-            ..PreSpec::new("glm4", RE_LLAMA3)
-        },
-        "gemma4" | "granite-embed-multi-311m" => PreSpec {
-            byte_encode: false,
-            escape_whitespaces: true,
-            add_bos: None,
-            ..PreSpec::new("gemma4", RE_NEWLINES)
-        },
-        other => {
-            return Err(TokenizerError::UnknownPre {
-                pre: other.to_string(),
-            })
+        "chatglm-bpe" => PreSpec { no_bos: true, ..PreSpec::new("chatglm-bpe", RE_LLAMA3) },
+        "glm4" | "glm5" => PreSpec { no_bos: true, ignore_merges: true, ..PreSpec::new("glm4", RE_LLAMA3) },
+        "gemma4" | "granite-embed-multi-311m" => {
+            PreSpec { byte_encode: false, escape_whitespaces: true, add_bos: None, ..PreSpec::new("gemma4", RE_NEWLINES) }
         }
+        other => return Err(TokenizerError::UnknownPre { pre: other.to_string() }),
     };
     Ok(spec)
 }
@@ -198,10 +171,7 @@ fn category_class(name: &str) -> Option<(char, &'static str)> {
     Some(match name {
         "N" => (PH_NUMBER, r"\x30-\x39"),
         "L" | "Lu" | "Ll" | "Lt" | "Lm" | "Lo" => (PH_LETTER, r"\x41-\x5A\x61-\x7A"),
-        "P" => (
-            PH_PUNCT,
-            r"\x21-\x23\x25-\x2A\x2C-\x2F\x3A-\x3B\x3F-\x40\x5B-\x5D\x5F\x7B\x7D",
-        ),
+        "P" => (PH_PUNCT, r"\x21-\x23\x25-\x2A\x2C-\x2F\x3A-\x3B\x3F-\x40\x5B-\x5D\x5F\x7B\x7D"),
         "M" => (PH_ACCENT, ""),
         "S" => (PH_SYMBOL, r"\x24\x2B\x3C-\x3E\x5E\x60\x7C\x7E"),
         _ => return None,
@@ -282,24 +252,14 @@ impl PreTokenizer {
                 NEWLINES => Step::Newlines,
                 _ => {
                     let collapsed = expr.contains(r"\p{");
-                    let src = if collapsed {
-                        collapse_regex(expr)
-                    } else {
-                        expr.to_string()
-                    };
-                    let re = regex::Regex::new(&src).map_err(|e| TokenizerError::BadRegex {
-                        pre: spec.name,
-                        message: e.to_string(),
-                    })?;
+                    let src = if collapsed { collapse_regex(expr) } else { expr.to_string() };
+                    let re = regex::Regex::new(&src).map_err(|e| TokenizerError::BadRegex { pre: spec.name, message: e.to_string() })?;
                     Step::Regex { re, collapsed }
                 }
             };
             steps.push(step);
         }
-        Ok(PreTokenizer {
-            steps,
-            byte_encode: spec.byte_encode,
-        })
+        Ok(PreTokenizer { steps, byte_encode: spec.byte_encode })
     }
 
     /// Splits `text` into pieces (byte-encoded when the spec says so).
@@ -318,11 +278,7 @@ impl PreTokenizer {
         for len in offsets {
             let word: String = cpts[start..start + len].iter().collect();
             start += len;
-            words.push(if self.byte_encode {
-                unicode::byte_encode(&word)
-            } else {
-                word
-            });
+            words.push(if self.byte_encode { unicode::byte_encode(&word) } else { word });
         }
         words
     }
@@ -375,10 +331,7 @@ fn newline_split(cpts: &[char], offsets: &[usize]) -> Vec<usize> {
         let mut pos = 0;
         while pos < chunk.len() {
             let nl = chunk[pos] == '\n';
-            let run = chunk[pos..]
-                .iter()
-                .take_while(|&&c| (c == '\n') == nl)
-                .count();
+            let run = chunk[pos..].iter().take_while(|&&c| (c == '\n') == nl).count();
             out.push(run);
             pos += run;
         }
@@ -433,10 +386,7 @@ fn custom_split(cpts: &[char], offsets: &[usize], step: &Step) -> Vec<usize> {
                 }
                 if pos + 2 < end {
                     let n2 = lower(cpt(pos + 2));
-                    if matches!(
-                        (n1, n2),
-                        (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))
-                    ) {
+                    if matches!((n1, n2), (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))) {
                         pos += add(pos + 3, &mut out);
                         continue;
                     }
@@ -466,8 +416,7 @@ fn custom_split(cpts: &[char], offsets: &[usize], step: &Step) -> Vec<usize> {
                     continue;
                 }
                 // ` ?[^\s\p{L}\p{N}]+`
-                let other =
-                    |g: CptFlags| !(g.is_whitespace() || g.is_letter() || g.is_number()) && g.any();
+                let other = |g: CptFlags| !(g.is_whitespace() || g.is_letter() || g.is_number()) && g.any();
                 if other(f2) {
                     pos += sp;
                     while other(f2) {
@@ -500,9 +449,7 @@ fn custom_split(cpts: &[char], offsets: &[usize], step: &Step) -> Vec<usize> {
             let qwen35 = matches!(step, Step::Qwen35);
             let wordish = |g: CptFlags| g.is_letter() || (qwen35 && g.is_accent_mark());
             // `[^\r\n\p{L}\p{N}]?\p{L}+` (Qwen3.5: `[\p{L}\p{M}]+`)
-            if !(c == Some('\r') || c == Some('\n') || f.is_number())
-                && (wordish(f) || wordish(fl(pos + 1)))
-            {
+            if !(c == Some('\r') || c == Some('\n') || f.is_number()) && (wordish(f) || wordish(fl(pos + 1))) {
                 pos += 1;
                 while wordish(fl(pos)) {
                     pos += 1;
@@ -530,12 +477,7 @@ fn custom_split(cpts: &[char], offsets: &[usize], step: &Step) -> Vec<usize> {
                 continue;
             }
             // ` ?[^\s\p{L}\p{N}]+[\r\n]*` (Qwen3.5 also excludes \p{M})
-            let other = |g: CptFlags| {
-                !(g.is_whitespace()
-                    || g.is_letter()
-                    || g.is_number()
-                    || (qwen35 && g.is_accent_mark()))
-            };
+            let other = |g: CptFlags| !(g.is_whitespace() || g.is_letter() || g.is_number() || (qwen35 && g.is_accent_mark()));
             let mut f2 = if c == Some(' ') { fl(pos + 1) } else { f };
             if other(f2) && f.any() {
                 pos += usize::from(c == Some(' '));
@@ -588,11 +530,7 @@ mod tests {
 
     fn pieces(pre: &str, text: &str) -> Vec<String> {
         let spec = pre_spec(Some(pre)).expect("known pre");
-        let p = PreTokenizer::new(&PreSpec {
-            byte_encode: false,
-            ..spec
-        })
-        .expect("compiles");
+        let p = PreTokenizer::new(&PreSpec { byte_encode: false, ..spec }).expect("compiles");
         p.split(text)
     }
 
@@ -631,10 +569,7 @@ mod tests {
 
     #[test]
     fn gpt2_splits_like_the_regex() {
-        assert_eq!(
-            pieces("gpt-2", "Hello world's  end"),
-            ["Hello", " world", "'s", " ", " end"]
-        );
+        assert_eq!(pieces("gpt-2", "Hello world's  end"), ["Hello", " world", "'s", " ", " end"]);
         assert_eq!(pieces("llama-bpe", "12345 x"), ["123", "45", " x"]);
         assert_eq!(pieces("starcoder", "a 12"), ["a", " ", "1", "2"]);
     }

@@ -78,11 +78,7 @@ fn class_ranges(name: &str) -> Vec<(u32, u32)> {
         return Vec::new();
     };
     match hir.kind() {
-        HirKind::Class(Class::Unicode(cls)) => cls
-            .ranges()
-            .iter()
-            .map(|r| (r.start() as u32, r.end() as u32))
-            .collect(),
+        HirKind::Class(Class::Unicode(cls)) => cls.ranges().iter().map(|r| (r.start() as u32, r.end() as u32)).collect(),
         _ => Vec::new(),
     }
 }
@@ -149,9 +145,7 @@ pub(crate) fn byte_to_unicode() -> &'static [char; 256] {
         let mut map = ['\0'; 256];
         let mut n = 0u32;
         for (b, slot) in map.iter_mut().enumerate() {
-            let printable = (0x21..=0x7E).contains(&b)
-                || (0xA1..=0xAC).contains(&b)
-                || (0xAE..=0xFF).contains(&b);
+            let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
             *slot = if printable {
                 char::from_u32(b as u32).unwrap_or('\0')
             } else {
@@ -167,13 +161,7 @@ pub(crate) fn byte_to_unicode() -> &'static [char; 256] {
 /// Inverse of [`byte_to_unicode`].
 pub(crate) fn unicode_to_byte() -> &'static HashMap<char, u8> {
     static MAP: OnceLock<HashMap<char, u8>> = OnceLock::new();
-    MAP.get_or_init(|| {
-        byte_to_unicode()
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect()
-    })
+    MAP.get_or_init(|| byte_to_unicode().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect())
 }
 
 /// GPT-2 byte-level encoding of a UTF-8 string.

@@ -69,11 +69,7 @@ pub struct GgufVocab {
 }
 
 fn wrong_type(key: &'static str, expected: &'static str, v: &GgufValue) -> TokenizerError {
-    TokenizerError::WrongType {
-        key,
-        expected,
-        found: v.type_name().to_string(),
-    }
+    TokenizerError::WrongType { key, expected, found: v.type_name().to_string() }
 }
 
 impl GgufVocab {
@@ -82,39 +78,24 @@ impl GgufVocab {
         let str_key = |key: &'static str| -> Result<Option<String>, TokenizerError> {
             match f.get(key) {
                 None => Ok(None),
-                Some(v) => v
-                    .as_str()
-                    .map(|s| Some(s.to_string()))
-                    .ok_or_else(|| wrong_type(key, "string", v)),
+                Some(v) => v.as_str().map(|s| Some(s.to_string())).ok_or_else(|| wrong_type(key, "string", v)),
             }
         };
         let bool_key = |key: &'static str| -> Result<Option<bool>, TokenizerError> {
             match f.get(key) {
                 None => Ok(None),
-                Some(v) => v
-                    .as_bool()
-                    .map(Some)
-                    .ok_or_else(|| wrong_type(key, "bool", v)),
+                Some(v) => v.as_bool().map(Some).ok_or_else(|| wrong_type(key, "bool", v)),
             }
         };
         let id_key = |key: &'static str| -> Result<Option<u64>, TokenizerError> {
             match f.get(key) {
                 None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .map(Some)
-                    .ok_or_else(|| wrong_type(key, "unsigned integer", v)),
+                Some(v) => v.as_u64().map(Some).ok_or_else(|| wrong_type(key, "unsigned integer", v)),
             }
         };
-        let model = str_key("tokenizer.ggml.model")?.ok_or(TokenizerError::MissingKey {
-            key: "tokenizer.ggml.model",
-        })?;
+        let model = str_key("tokenizer.ggml.model")?.ok_or(TokenizerError::MissingKey { key: "tokenizer.ggml.model" })?;
         let tokens = match f.get("tokenizer.ggml.tokens") {
-            None => {
-                return Err(TokenizerError::MissingKey {
-                    key: "tokenizer.ggml.tokens",
-                })
-            }
+            None => return Err(TokenizerError::MissingKey { key: "tokenizer.ggml.tokens" }),
             Some(v) => match v.as_array() {
                 Some(GgufArray::Str(t)) => t.clone(),
                 _ => return Err(wrong_type("tokenizer.ggml.tokens", "array of strings", v)),
@@ -125,13 +106,7 @@ impl GgufVocab {
             Some(v) => match v.as_array() {
                 Some(GgufArray::F32(s)) => Some(s.clone()),
                 Some(GgufArray::I32(s)) => Some(s.iter().map(|&x| x as f32).collect()),
-                _ => {
-                    return Err(wrong_type(
-                        "tokenizer.ggml.scores",
-                        "array of f32 or i32",
-                        v,
-                    ))
-                }
+                _ => return Err(wrong_type("tokenizer.ggml.scores", "array of f32 or i32", v)),
             },
         };
         let token_types = match f.get("tokenizer.ggml.token_type") {
@@ -157,12 +132,9 @@ impl GgufVocab {
             sep: id_key("tokenizer.ggml.seperator_token_id")?,
             pad: id_key("tokenizer.ggml.padding_token_id")?,
             mask: id_key("tokenizer.ggml.mask_token_id")?,
-            fim_pre: id_key("tokenizer.ggml.fim_pre_token_id")?
-                .or(id_key("tokenizer.ggml.prefix_token_id")?),
-            fim_suf: id_key("tokenizer.ggml.fim_suf_token_id")?
-                .or(id_key("tokenizer.ggml.suffix_token_id")?),
-            fim_mid: id_key("tokenizer.ggml.fim_mid_token_id")?
-                .or(id_key("tokenizer.ggml.middle_token_id")?),
+            fim_pre: id_key("tokenizer.ggml.fim_pre_token_id")?.or(id_key("tokenizer.ggml.prefix_token_id")?),
+            fim_suf: id_key("tokenizer.ggml.fim_suf_token_id")?.or(id_key("tokenizer.ggml.suffix_token_id")?),
+            fim_mid: id_key("tokenizer.ggml.fim_mid_token_id")?.or(id_key("tokenizer.ggml.middle_token_id")?),
             fim_pad: id_key("tokenizer.ggml.fim_pad_token_id")?,
             fim_rep: id_key("tokenizer.ggml.fim_rep_token_id")?,
             fim_sep: id_key("tokenizer.ggml.fim_sep_token_id")?,
@@ -301,44 +273,14 @@ const EOT_TEXTS: &[&str] = &[
     "<｜end▁of▁sentence｜>",
     "<end_of_utterance>",
 ];
-const FIM_PRE_TEXTS: &[&str] = &[
-    "<|fim_prefix|>",
-    "<fim-prefix>",
-    "<fim_prefix>",
-    "<｜fim▁begin｜>",
-    "<PRE>",
-    "▁<PRE>",
-    "<|code_prefix|>",
-    "<|prefix|>",
-];
-const FIM_SUF_TEXTS: &[&str] = &[
-    "<|fim_suffix|>",
-    "<fim-suffix>",
-    "<fim_suffix>",
-    "<｜fim▁hole｜>",
-    "<SUF>",
-    "▁<SUF>",
-    "<|code_suffix|>",
-    "<|suffix|>",
-];
-const FIM_MID_TEXTS: &[&str] = &[
-    "<|fim_middle|>",
-    "<fim-middle>",
-    "<fim_middle>",
-    "<｜fim▁end｜>",
-    "<MID>",
-    "▁<MID>",
-    "<|code_middle|>",
-    "<|middle|>",
-];
+const FIM_PRE_TEXTS: &[&str] =
+    &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"];
+const FIM_SUF_TEXTS: &[&str] =
+    &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"];
+const FIM_MID_TEXTS: &[&str] =
+    &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"];
 const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-const FIM_REP_TEXTS: &[&str] = &[
-    "<|fim_repo|>",
-    "<|repo_name|>",
-    "<fim-repo>",
-    "<REPO>",
-    "<reponame>",
-];
+const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 
 impl Vocab {
@@ -346,21 +288,13 @@ impl Vocab {
         let n = v.tokens.len();
         let in_range = |id: u32| (id as usize) < n;
         // (type, default bos, eos, unk, sep, pad)
-        let (ty, [mut bos, mut eos, mut unk, mut sep, mut pad]): (VocabType, [Option<u32>; 5]) =
-            match v.model.as_str() {
-                "llama" => (VocabType::Spm, [Some(1), Some(2), Some(0), None, None]),
-                "bert" => (
-                    VocabType::Wpm,
-                    [Some(101), None, Some(100), Some(102), Some(0)],
-                ),
-                "gpt2" => (VocabType::Bpe, [Some(11), Some(11), None, None, None]),
-                "gemma4" => (VocabType::Bpe, [None; 5]),
-                other => {
-                    return Err(TokenizerError::UnknownModel {
-                        model: other.to_string(),
-                    })
-                }
-            };
+        let (ty, [mut bos, mut eos, mut unk, mut sep, mut pad]): (VocabType, [Option<u32>; 5]) = match v.model.as_str() {
+            "llama" => (VocabType::Spm, [Some(1), Some(2), Some(0), None, None]),
+            "bert" => (VocabType::Wpm, [Some(101), None, Some(100), Some(102), Some(0)]),
+            "gpt2" => (VocabType::Bpe, [Some(11), Some(11), None, None, None]),
+            "gemma4" => (VocabType::Bpe, [None; 5]),
+            other => return Err(TokenizerError::UnknownModel { model: other.to_string() }),
+        };
         let mut add_bos = false;
         let mut add_eos = false;
         let mut add_space_prefix = false;
@@ -370,11 +304,7 @@ impl Vocab {
         let mut pre = None;
         match ty {
             VocabType::Bpe => {
-                let pre_name = if v.model == "gemma4" {
-                    Some("gemma4")
-                } else {
-                    v.pre.as_deref()
-                };
+                let pre_name = if v.model == "gemma4" { Some("gemma4") } else { v.pre.as_deref() };
                 let spec = pretokenize::pre_spec(pre_name)?;
                 escape_whitespaces = spec.escape_whitespaces;
                 clean_spaces = spec.clean_spaces;
@@ -401,29 +331,17 @@ impl Vocab {
         }
         let merges = match (ty, &v.merges) {
             (VocabType::Bpe, Some(m)) => MergeRanks::new(m),
-            (VocabType::Bpe, None) => {
-                return Err(TokenizerError::MissingKey {
-                    key: "tokenizer.ggml.merges",
-                })
-            }
+            (VocabType::Bpe, None) => return Err(TokenizerError::MissingKey { key: "tokenizer.ggml.merges" }),
             _ => MergeRanks::default(),
         };
         if let Some(s) = &v.scores {
             if s.len() < n {
-                return Err(TokenizerError::ArrayLength {
-                    key: "tokenizer.ggml.scores",
-                    found: s.len(),
-                    expected: n,
-                });
+                return Err(TokenizerError::ArrayLength { key: "tokenizer.ggml.scores", found: s.len(), expected: n });
             }
         }
         if let Some(t) = &v.token_types {
             if t.len() < n {
-                return Err(TokenizerError::ArrayLength {
-                    key: "tokenizer.ggml.token_type",
-                    found: t.len(),
-                    expected: n,
-                });
+                return Err(TokenizerError::ArrayLength { key: "tokenizer.ggml.token_type", found: t.len(), expected: n });
             }
         }
 
@@ -454,13 +372,8 @@ impl Vocab {
         // Special ids: defaults out of range are dropped; a GGUF id out of range keeps the default.
         let mut eot = None;
         let mut eom = None;
-        let mut mask: Option<u32> = if ty == VocabType::Wpm {
-            Some(103)
-        } else {
-            None
-        };
-        let (mut fim_pre, mut fim_suf, mut fim_mid, mut fim_pad, mut fim_rep, mut fim_sep) =
-            (None, None, None, None, None, None);
+        let mut mask: Option<u32> = if ty == VocabType::Wpm { Some(103) } else { None };
+        let (mut fim_pre, mut fim_suf, mut fim_mid, mut fim_pad, mut fim_rep, mut fim_sep) = (None, None, None, None, None, None);
         {
             let sp = &v.special;
             let slots: [(&mut Option<u32>, Option<u64>); 14] = [
@@ -485,9 +398,7 @@ impl Vocab {
                 }
                 match from_gguf {
                     Some(id) if (id as usize) < n => *slot = Some(id as u32),
-                    Some(id) => tracing::warn!(
-                        "bad special token id {id} (n_vocab {n}); keeping default {slot:?}"
-                    ),
+                    Some(id) => tracing::warn!("bad special token id {id} (n_vocab {n}); keeping default {slot:?}"),
                     None => {}
                 }
             }
@@ -541,22 +452,16 @@ impl Vocab {
             }
         }
         for (i, text) in tokens.iter().enumerate() {
-            if matches!(
-                text.as_str(),
-                "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
-            ) {
+            if matches!(text.as_str(), "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>") {
                 attrs[i] = ATTR_USER_DEFINED;
             }
         }
         eog.extend([eos, eot, eom].into_iter().flatten());
         // o200k_harmony / solar-open: "<|end|>" is not EOG when "<|return|>"+"<|call|>" exist.
-        let text_in_eog = |t: &str, eog: &BTreeSet<u32>| {
-            eog.iter().find(|&&id| tokens[id as usize] == t).copied()
-        };
+        let text_in_eog = |t: &str, eog: &BTreeSet<u32>| eog.iter().find(|&&id| tokens[id as usize] == t).copied();
         let end_id = text_in_eog("<|end|>", &eog);
         let has_return = text_in_eog("<|return|>", &eog).is_some();
-        let has_call =
-            text_in_eog("<|call|>", &eog).is_some() || text_in_eog("<|calls|>", &eog).is_some();
+        let has_call = text_in_eog("<|call|>", &eog).is_some() || text_in_eog("<|calls|>", &eog).is_some();
         let has_flush = text_in_eog("<|flush|>", &eog).is_some();
         if let Some(end_id) = end_id {
             if has_call && (has_return || has_flush) {
@@ -566,16 +471,14 @@ impl Vocab {
         }
         // gemma4 / plamo: "</s>" is a normal token there.
         let s_id = text_in_eog("</s>", &eog);
-        let normal_s = text_in_eog("<|tool_response>", &eog).is_some()
-            || text_in_eog("<|plamo:eos|>", &eog).is_some();
+        let normal_s = text_in_eog("<|tool_response>", &eog).is_some() || text_in_eog("<|plamo:eos|>", &eog).is_some();
         if let (Some(s_id), true) = (s_id, normal_s) {
             eog.remove(&s_id);
             attrs[s_id as usize] = ATTR_NORMAL;
         }
 
-        let mut special_cache: Vec<u32> = (0..n as u32)
-            .filter(|&i| attrs[i as usize] & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0)
-            .collect();
+        let mut special_cache: Vec<u32> =
+            (0..n as u32).filter(|&i| attrs[i as usize] & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0).collect();
         special_cache.sort_by(|&a, &b| tokens[b as usize].len().cmp(&tokens[a as usize].len()));
 
         // Per-model lstrip/rstrip (llama.cpp sets these by general.name / pre / architecture).
@@ -583,12 +486,8 @@ impl Vocab {
         let pre_raw = v.pre.as_deref().unwrap_or("");
         let arch = v.general_arch.as_deref().unwrap_or("");
         let id_of = |t: &str| token_to_id.get(t).copied();
-        if ["jina-v2-de", "jina-v2-es", "jina-v2-code"]
-            .iter()
-            .any(|s| pre_raw.contains(s))
-            || ["nomic-bert-moe", "jina-bert-v3"]
-                .iter()
-                .any(|s| arch.contains(s))
+        if ["jina-v2-de", "jina-v2-es", "jina-v2-code"].iter().any(|s| pre_raw.contains(s))
+            || ["nomic-bert-moe", "jina-bert-v3"].iter().any(|s| arch.contains(s))
         {
             if let Some(id) = id_of("<mask>") {
                 attrs[id as usize] |= ATTR_LSTRIP;

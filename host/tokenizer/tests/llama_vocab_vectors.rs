@@ -28,19 +28,8 @@ fn cases(name: &str) -> Vec<(String, Vec<u32>)> {
             }
         }
     }
-    let outputs: Vec<Vec<u32>> = out
-        .lines()
-        .map(|l| {
-            l.split_whitespace()
-                .map(|t| t.parse().expect("id"))
-                .collect()
-        })
-        .collect();
-    assert_eq!(
-        inputs.len(),
-        outputs.len(),
-        "{name}: .inp and .out disagree on the number of tests"
-    );
+    let outputs: Vec<Vec<u32>> = out.lines().map(|l| l.split_whitespace().map(|t| t.parse().expect("id")).collect()).collect();
+    assert_eq!(inputs.len(), outputs.len(), "{name}: .inp and .out disagree on the number of tests");
     inputs.into_iter().zip(outputs).collect()
 }
 
@@ -54,14 +43,7 @@ fn check(name: &str) {
             failures.push(format!("  {text:?}\n    want {want:?}\n    got  {got:?}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{name} ({}): {} of {} cases differ:\n{}",
-        tok.kind(),
-        failures.len(),
-        all.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{name} ({}): {} of {} cases differ:\n{}", tok.kind(), failures.len(), all.len(), failures.join("\n"));
 }
 
 macro_rules! vocab_tests {
@@ -111,14 +93,8 @@ fn all_vector_files_are_covered() {
     let dir = common::data(".cache/llama.cpp/models");
     for e in fs::read_dir(dir).expect("read dir") {
         let name = e.expect("entry").file_name().to_string_lossy().to_string();
-        if let Some(stem) = name
-            .strip_prefix("ggml-vocab-")
-            .and_then(|s| s.strip_suffix(".gguf.out"))
-        {
-            assert!(
-                covered.contains(&stem),
-                "vocab test file {name} has no test"
-            );
+        if let Some(stem) = name.strip_prefix("ggml-vocab-").and_then(|s| s.strip_suffix(".gguf.out")) {
+            assert!(covered.contains(&stem), "vocab test file {name} has no test");
         }
     }
 }

@@ -166,14 +166,15 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
         let down = b.matmul(&format!("blk.{il}.ffn_down"), act, w_down, b_down)?; // [n, n_embd]
         let res = b.add(&format!("blk.{il}.ffn_res"), down, ffn_inp)?;
         let (nw, nb) = (b.weight(&w("layer_output_norm"))?, b.weight(&format!("blk.{il}.layer_output_norm.bias"))?);
-        x = b.layer_norm(&format!("blk.{il}.layer_output_norm"), res, Some(nw), Some(nb), hp.eps)?; // [n, n_embd]
+        x = b.layer_norm(&format!("blk.{il}.layer_output_norm"), res, Some(nw), Some(nb), hp.eps)?;
+        // [n, n_embd]
     }
 
     if hp.pooling == POOLING_NONE {
         b.output_embedding("embd_tokens", x)?; // [n, n_embd]
     } else {
         let pooled = b.pool("embd_pool", x, hp.pooling)?; // [s, n_embd]
-        // eps as torch.nn.functional.normalize's (sentence-transformers' Normalize module).
+                                                          // eps as torch.nn.functional.normalize's (sentence-transformers' Normalize module).
         let normed = b.l2_norm("embd_norm", pooled, 1e-12)?;
         b.output_embedding("embd", normed)?;
     }

@@ -88,11 +88,8 @@ static CONFIG: [rocmforge_abi::RfConfigMap; 29] = [
     config("{arch}.rope.scaling.factor", "rope_parameters.factor"),
 ];
 
-static ARCHS: [rocmforge_abi::RfArchClaim; 3] = [
-    arch("gemma", "GemmaForCausalLM"),
-    arch("gemma2", "Gemma2ForCausalLM"),
-    arch("gemma3", "Gemma3ForCausalLM"),
-];
+static ARCHS: [rocmforge_abi::RfArchClaim; 3] =
+    [arch("gemma", "GemmaForCausalLM"), arch("gemma2", "Gemma2ForCausalLM"), arch("gemma3", "Gemma3ForCausalLM")];
 
 // ---------------------------------------------------------------------------------------------
 // (2) Hyperparameters, parsed once from metadata; a missing key is an error naming it.
@@ -166,10 +163,7 @@ impl HParams {
         // 30); Gemma 3 caps final logits only when the key says so; Gemma 1 caps nothing.
         let (attn_softcap, final_softcap) = match gen {
             Gen::Gemma1 => (0.0, 0.0),
-            Gen::Gemma2 => (
-                m.meta_f32_or(&key("attn_logit_softcapping"), 50.0)?,
-                m.meta_f32_or(&key("final_logit_softcapping"), 30.0)?,
-            ),
+            Gen::Gemma2 => (m.meta_f32_or(&key("attn_logit_softcapping"), 50.0)?, m.meta_f32_or(&key("final_logit_softcapping"), 30.0)?),
             Gen::Gemma3 => (0.0, m.meta_f32_or(&key("final_logit_softcapping"), 0.0)?),
         };
 
@@ -191,9 +185,7 @@ impl HParams {
         // Local layers: Gemma 2 shares the global RoPE unless a local base is given; Gemma 3's
         // local layers use base 10000 (or the declared one) and no scaling.
         let rope_local = match gen {
-            Gen::Gemma3 => {
-                RopeOpts::new(n_head, head_dim, n_rot, true, m.meta_f32_or(&key("rope.freq_base_swa"), 10000.0)?)
-            }
+            Gen::Gemma3 => RopeOpts::new(n_head, head_dim, n_rot, true, m.meta_f32_or(&key("rope.freq_base_swa"), 10000.0)?),
             _ => {
                 let base = m.meta_f32_or(&key("rope.freq_base_swa"), freq_base)?;
                 RopeOpts { freq_base: base, ..rope_global.clone() }
@@ -266,7 +258,8 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
             // Per-head RMSNorm of Q and K before RoPE.
             let (qn, kn) = (b.weight(&w("attn_q_norm"))?, b.weight(&w("attn_k_norm"))?);
             q = b.rms_norm(&name("attn_q_norm"), q, Some(qn), hp.eps, hp.head_dim)?; // [n, n_head*head_dim]
-            k = b.rms_norm(&name("attn_k_norm"), k, Some(kn), hp.eps, hp.head_dim)?; // [n, n_head_kv*head_dim]
+            k = b.rms_norm(&name("attn_k_norm"), k, Some(kn), hp.eps, hp.head_dim)?;
+            // [n, n_head_kv*head_dim]
         }
         let q = b.rope(&name("attn_q_rope"), q, rope_freqs, rope)?;
         let rope_k = RopeOpts { n_head: hp.n_head_kv, ..rope.clone() };
@@ -300,7 +293,8 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
         }
         if post_norms {
             let pn = b.weight(&w("post_attention_norm"))?;
-            cur = b.rms_norm(&name("attn_post_norm"), cur, Some(pn), hp.eps, 0)?; // [n|m, n_embd]
+            cur = b.rms_norm(&name("attn_post_norm"), cur, Some(pn), hp.eps, 0)?;
+            // [n|m, n_embd]
         }
         let sa_out = b.add(&name("sa_out"), cur, x)?; // [n|m, n_embd]
 
@@ -313,14 +307,15 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
         let mut cur = b.matmul(&name("ffn_down"), act, w_down, None)?; // [n|m, n_embd]
         if post_norms {
             let pn = b.weight(&w("post_ffw_norm"))?;
-            cur = b.rms_norm(&name("ffn_post_norm"), cur, Some(pn), hp.eps, 0)?; // [n|m, n_embd]
+            cur = b.rms_norm(&name("ffn_post_norm"), cur, Some(pn), hp.eps, 0)?;
+            // [n|m, n_embd]
         }
         x = b.add(&name("l_out"), cur, sa_out)?; // [n|m, n_embd]
     }
 
     let out_norm = b.weight("output_norm.weight")?;
     let x = b.rms_norm("result_norm", x, Some(out_norm), hp.eps, 0)?; // [m, n_embd]
-    // Tied embeddings unless the model has its own LM head.
+                                                                      // Tied embeddings unless the model has its own LM head.
     let lm_head: Node = match b.weight_opt("output.weight")? {
         Some(w) => w,
         None => tok_embd,

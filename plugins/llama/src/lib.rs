@@ -153,7 +153,7 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
     let x = b.output_rows("out_rows", x)?; // [m, n_embd]
     let out_norm = b.weight("output_norm.weight")?;
     let x = b.rms_norm("result_norm", x, Some(out_norm), hp.eps, 0)?; // [m, n_embd]
-    // Tied embeddings: without output.weight the token embedding doubles as the LM head.
+                                                                      // Tied embeddings: without output.weight the token embedding doubles as the LM head.
     let lm_head: Node = match b.weight_opt("output.weight")? {
         Some(w) => w,
         None => tok_embd,

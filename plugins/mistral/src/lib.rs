@@ -25,8 +25,7 @@
 
 use rocmforge_abi::builder::{AttnOpts, RopeOpts};
 use rocmforge_abi::{
-    arch, config, meta_claim, moe_act, moe_gating, tensor, tensor_flags::OPTIONAL, transform,
-    Builder, Meta, Node, OpError,
+    arch, config, meta_claim, moe_act, moe_gating, tensor, tensor_flags::OPTIONAL, transform, Builder, Meta, Node, OpError,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -35,100 +34,25 @@ use rocmforge_abi::{
 // ---------------------------------------------------------------------------------------------
 
 static TENSORS: [rocmforge_abi::RfTensorMap; 17] = [
-    tensor(
-        "token_embd.weight",
-        "model.embed_tokens.weight",
-        0,
-        transform::NONE,
-    ),
-    tensor(
-        "output_norm.weight",
-        "model.norm.weight",
-        0,
-        transform::NONE,
-    ),
+    tensor("token_embd.weight", "model.embed_tokens.weight", 0, transform::NONE),
+    tensor("output_norm.weight", "model.norm.weight", 0, transform::NONE),
     tensor("output.weight", "lm_head.weight", OPTIONAL, transform::NONE),
     tensor("rope_freqs.weight", "", OPTIONAL, transform::NONE),
-    tensor(
-        "blk.{il}.attn_norm.weight",
-        "model.layers.{il}.input_layernorm.weight",
-        0,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.attn_q.weight",
-        "model.layers.{il}.self_attn.q_proj.weight",
-        0,
-        transform::PERMUTE_Q,
-    ),
-    tensor(
-        "blk.{il}.attn_k.weight",
-        "model.layers.{il}.self_attn.k_proj.weight",
-        0,
-        transform::PERMUTE_K,
-    ),
-    tensor(
-        "blk.{il}.attn_v.weight",
-        "model.layers.{il}.self_attn.v_proj.weight",
-        0,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.attn_output.weight",
-        "model.layers.{il}.self_attn.o_proj.weight",
-        0,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_norm.weight",
-        "model.layers.{il}.post_attention_layernorm.weight",
-        0,
-        transform::NONE,
-    ),
+    tensor("blk.{il}.attn_norm.weight", "model.layers.{il}.input_layernorm.weight", 0, transform::NONE),
+    tensor("blk.{il}.attn_q.weight", "model.layers.{il}.self_attn.q_proj.weight", 0, transform::PERMUTE_Q),
+    tensor("blk.{il}.attn_k.weight", "model.layers.{il}.self_attn.k_proj.weight", 0, transform::PERMUTE_K),
+    tensor("blk.{il}.attn_v.weight", "model.layers.{il}.self_attn.v_proj.weight", 0, transform::NONE),
+    tensor("blk.{il}.attn_output.weight", "model.layers.{il}.self_attn.o_proj.weight", 0, transform::NONE),
+    tensor("blk.{il}.ffn_norm.weight", "model.layers.{il}.post_attention_layernorm.weight", 0, transform::NONE),
     // Dense FFN (Mistral).
-    tensor(
-        "blk.{il}.ffn_gate.weight",
-        "model.layers.{il}.mlp.gate_proj.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_up.weight",
-        "model.layers.{il}.mlp.up_proj.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_down.weight",
-        "model.layers.{il}.mlp.down_proj.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
+    tensor("blk.{il}.ffn_gate.weight", "model.layers.{il}.mlp.gate_proj.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_up.weight", "model.layers.{il}.mlp.up_proj.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_down.weight", "model.layers.{il}.mlp.down_proj.weight", OPTIONAL, transform::NONE),
     // Routed experts (Mixtral): router [n_embd, n_expert]; w1 = gate, w3 = up, w2 = down.
-    tensor(
-        "blk.{il}.ffn_gate_inp.weight",
-        "model.layers.{il}.block_sparse_moe.gate.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_gate_exps.weight",
-        "model.layers.{il}.block_sparse_moe.experts.{xid}.w1.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_up_exps.weight",
-        "model.layers.{il}.block_sparse_moe.experts.{xid}.w3.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_down_exps.weight",
-        "model.layers.{il}.block_sparse_moe.experts.{xid}.w2.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
+    tensor("blk.{il}.ffn_gate_inp.weight", "model.layers.{il}.block_sparse_moe.gate.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_gate_exps.weight", "model.layers.{il}.block_sparse_moe.experts.{xid}.w1.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_up_exps.weight", "model.layers.{il}.block_sparse_moe.experts.{xid}.w3.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_down_exps.weight", "model.layers.{il}.block_sparse_moe.experts.{xid}.w2.weight", OPTIONAL, transform::NONE),
 ];
 
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). The first
@@ -156,16 +80,11 @@ static CONFIG: [rocmforge_abi::RfConfigMap; 19] = [
     config("{arch}.rope.scaling.factor", "rope_parameters.factor"),
 ];
 
-static ARCHS: [rocmforge_abi::RfArchClaim; 2] = [
-    arch("llama", "MistralForCausalLM"),
-    arch("llama", "MixtralForCausalLM"),
-];
+static ARCHS: [rocmforge_abi::RfArchClaim; 2] = [arch("llama", "MistralForCausalLM"), arch("llama", "MixtralForCausalLM")];
 
 /// GGUF `llama` files are ours only when one of these keys is set (see the module header).
-static META_CLAIMS: [rocmforge_abi::RfMetaClaim; 2] = [
-    meta_claim("llama", "{arch}.expert_count"),
-    meta_claim("llama", "{arch}.attention.sliding_window"),
-];
+static META_CLAIMS: [rocmforge_abi::RfMetaClaim; 2] =
+    [meta_claim("llama", "{arch}.expert_count"), meta_claim("llama", "{arch}.attention.sliding_window")];
 
 // ---------------------------------------------------------------------------------------------
 // (2) Hyperparameters, parsed once from metadata; a missing key is an error naming it.
@@ -191,21 +110,16 @@ impl HParams {
         let n_embd = m.meta_usize(&key("embedding_length"))?;
         let n_head = m.meta_usize(&key("attention.head_count"))?;
         if n_head == 0 || n_embd % n_head != 0 {
-            return Err(OpError(format!(
-                "{arch}: embedding_length {n_embd} is not a multiple of head_count {n_head}"
-            )));
+            return Err(OpError(format!("{arch}: embedding_length {n_embd} is not a multiple of head_count {n_head}")));
         }
         let n_head_kv = m.meta_usize_or(&key("attention.head_count_kv"), n_head)?;
         if n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return Err(OpError(format!(
-                "{arch}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
-            )));
+            return Err(OpError(format!("{arch}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
         }
         let head_dim = m.meta_usize_or(&key("attention.key_length"), n_embd / n_head)?;
         let n_rot = m.meta_usize_or(&key("rope.dimension_count"), head_dim)?;
         let freq_base = m.meta_f32_or(&key("rope.freq_base"), 10000.0)?;
-        let rope =
-            RopeOpts::new(n_head, head_dim, n_rot, false, freq_base).with_scaling_from(m, arch)?;
+        let rope = RopeOpts::new(n_head, head_dim, n_rot, false, freq_base).with_scaling_from(m, arch)?;
         let n_expert = m.meta_usize_or(&key("expert_count"), 0)?;
         let n_expert_used = m.meta_usize_or(&key("expert_used_count"), 0)?;
         if n_expert > 0 && (n_expert_used == 0 || n_expert_used > n_expert) {
@@ -234,11 +148,7 @@ fn ffn(b: &mut Builder, hp: &HParams, il: usize, cur: Node) -> Result<Node, OpEr
     let w = |t: &str| format!("blk.{il}.{t}.weight");
     let name = |t: &str| format!("blk.{il}.{t}");
     if hp.n_expert == 0 {
-        let (w_gate, w_up, w_down) = (
-            b.weight(&w("ffn_gate"))?,
-            b.weight(&w("ffn_up"))?,
-            b.weight(&w("ffn_down"))?,
-        );
+        let (w_gate, w_up, w_down) = (b.weight(&w("ffn_gate"))?, b.weight(&w("ffn_up"))?, b.weight(&w("ffn_down"))?);
         let gate = b.matmul(&name("ffn_gate"), cur, w_gate, None)?; // [n, n_ff]
         let up = b.matmul(&name("ffn_up"), cur, w_up, None)?; // [n, n_ff]
         let act = b.swiglu(&name("ffn_act"), gate, up)?; // [n, n_ff]
@@ -248,20 +158,8 @@ fn ffn(b: &mut Builder, hp: &HParams, il: usize, cur: Node) -> Result<Node, OpEr
     let logits = b.matmul(&name("ffn_moe_logits"), cur, router, None)?; // [n, n_expert]
     let k = hp.n_expert_used;
     let route = b.moe_route(&name("ffn_moe_route"), logits, k, moe_gating::SOFTMAX_NORM)?; // [n, 2k]
-    let (gate_exps, up_exps, down_exps) = (
-        b.weight(&w("ffn_gate_exps"))?,
-        b.weight(&w("ffn_up_exps"))?,
-        b.weight(&w("ffn_down_exps"))?,
-    );
-    let h = b.moe_gate_up(
-        &name("ffn_moe_gate_up"),
-        cur,
-        route,
-        gate_exps,
-        up_exps,
-        k,
-        moe_act::SWIGLU,
-    )?; // [n, k*n_ff]
+    let (gate_exps, up_exps, down_exps) = (b.weight(&w("ffn_gate_exps"))?, b.weight(&w("ffn_up_exps"))?, b.weight(&w("ffn_down_exps"))?);
+    let h = b.moe_gate_up(&name("ffn_moe_gate_up"), cur, route, gate_exps, up_exps, k, moe_act::SWIGLU)?; // [n, k*n_ff]
     b.moe_down(&name("ffn_moe_down"), h, route, down_exps, k) // [n, n_embd]
 }
 
@@ -274,27 +172,14 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
     for il in 0..hp.n_layer {
         let w = |t: &str| format!("blk.{il}.{t}.weight");
         let attn_norm = b.weight(&w("attn_norm"))?;
-        let cur = b.rms_norm(
-            &format!("blk.{il}.attn_norm"),
-            x,
-            Some(attn_norm),
-            hp.eps,
-            0,
-        )?; // [n, n_embd]
+        let cur = b.rms_norm(&format!("blk.{il}.attn_norm"), x, Some(attn_norm), hp.eps, 0)?; // [n, n_embd]
 
-        let (wq, wk, wv) = (
-            b.weight(&w("attn_q"))?,
-            b.weight(&w("attn_k"))?,
-            b.weight(&w("attn_v"))?,
-        );
+        let (wq, wk, wv) = (b.weight(&w("attn_q"))?, b.weight(&w("attn_k"))?, b.weight(&w("attn_v"))?);
         let q = b.matmul(&format!("blk.{il}.attn_q"), cur, wq, None)?; // [n, n_head*head_dim]
         let k = b.matmul(&format!("blk.{il}.attn_k"), cur, wk, None)?; // [n, n_head_kv*head_dim]
         let v = b.matmul(&format!("blk.{il}.attn_v"), cur, wv, None)?; // [n, n_head_kv*head_dim]
         let q = b.rope(&format!("blk.{il}.attn_q_rope"), q, rope_freqs, &hp.rope)?;
-        let rope_k = RopeOpts {
-            n_head: hp.n_head_kv,
-            ..hp.rope.clone()
-        };
+        let rope_k = RopeOpts { n_head: hp.n_head_kv, ..hp.rope.clone() };
         let k = b.rope(&format!("blk.{il}.attn_k_rope"), k, rope_freqs, &rope_k)?;
         let attn = b.attention(
             &format!("blk.{il}.attn"),
@@ -318,13 +203,7 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
         let ffn_inp = b.add(&format!("blk.{il}.ffn_inp"), attn_out, x)?; // [n, n_embd]
 
         let ffn_norm = b.weight(&w("ffn_norm"))?;
-        let cur = b.rms_norm(
-            &format!("blk.{il}.ffn_norm"),
-            ffn_inp,
-            Some(ffn_norm),
-            hp.eps,
-            0,
-        )?;
+        let cur = b.rms_norm(&format!("blk.{il}.ffn_norm"), ffn_inp, Some(ffn_norm), hp.eps, 0)?;
         let out = ffn(b, &hp, il, cur)?; // [n, n_embd]
         x = b.add(&format!("blk.{il}.l_out"), out, ffn_inp)?; // [n, n_embd]
     }

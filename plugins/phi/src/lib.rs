@@ -213,8 +213,8 @@ fn qkv_rope(b: &mut Builder, hp: &HParams, il: usize, cur: Node, rope_factors: O
         let bias = b.weight_opt(&format!("blk.{il}.attn_qkv.bias"))?;
         let qkv = b.matmul(&format!("blk.{il}.attn_qkv"), cur, w, bias)?; // [n, n_q + 2*n_kv]
         (
-            b.view(&format!("blk.{il}.Qcur"), qkv, 0, n_q)?, // [n, n_q]
-            b.view(&format!("blk.{il}.Kcur"), qkv, n_q, n_kv)?, // [n, n_kv]
+            b.view(&format!("blk.{il}.Qcur"), qkv, 0, n_q)?,           // [n, n_q]
+            b.view(&format!("blk.{il}.Kcur"), qkv, n_q, n_kv)?,        // [n, n_kv]
             b.view(&format!("blk.{il}.Vcur"), qkv, n_q + n_kv, n_kv)?, // [n, n_kv]
         )
     } else {

@@ -20,172 +20,44 @@
 //! scaled per token by `sigmoid(x · ffn_gate_inp_shexp)`, expressed with ordinary ops.
 
 use rocmforge_abi::builder::{AttnOpts, RopeOpts};
-use rocmforge_abi::{
-    arch, config, moe_act, moe_gating, tensor, tensor_flags::OPTIONAL, transform, Builder, Meta,
-    Node, OpError,
-};
+use rocmforge_abi::{arch, config, moe_act, moe_gating, tensor, tensor_flags::OPTIONAL, transform, Builder, Meta, Node, OpError};
 
 // ---------------------------------------------------------------------------------------------
 // (1) Tensor table: GGUF name (internal vocabulary) <- Hugging Face name, flags, load transform.
 // ---------------------------------------------------------------------------------------------
 
 static TENSORS: [rocmforge_abi::RfTensorMap; 27] = [
-    tensor(
-        "token_embd.weight",
-        "model.embed_tokens.weight",
-        0,
-        transform::NONE,
-    ),
-    tensor(
-        "output_norm.weight",
-        "model.norm.weight",
-        0,
-        transform::NONE,
-    ),
+    tensor("token_embd.weight", "model.embed_tokens.weight", 0, transform::NONE),
+    tensor("output_norm.weight", "model.norm.weight", 0, transform::NONE),
     tensor("output.weight", "lm_head.weight", OPTIONAL, transform::NONE),
     tensor("output.bias", "lm_head.bias", OPTIONAL, transform::NONE),
-    tensor(
-        "blk.{il}.attn_norm.weight",
-        "model.layers.{il}.input_layernorm.weight",
-        0,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.attn_q.weight",
-        "model.layers.{il}.self_attn.q_proj.weight",
-        0,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.attn_k.weight",
-        "model.layers.{il}.self_attn.k_proj.weight",
-        0,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.attn_v.weight",
-        "model.layers.{il}.self_attn.v_proj.weight",
-        0,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.attn_q.bias",
-        "model.layers.{il}.self_attn.q_proj.bias",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.attn_k.bias",
-        "model.layers.{il}.self_attn.k_proj.bias",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.attn_v.bias",
-        "model.layers.{il}.self_attn.v_proj.bias",
-        OPTIONAL,
-        transform::NONE,
-    ),
+    tensor("blk.{il}.attn_norm.weight", "model.layers.{il}.input_layernorm.weight", 0, transform::NONE),
+    tensor("blk.{il}.attn_q.weight", "model.layers.{il}.self_attn.q_proj.weight", 0, transform::NONE),
+    tensor("blk.{il}.attn_k.weight", "model.layers.{il}.self_attn.k_proj.weight", 0, transform::NONE),
+    tensor("blk.{il}.attn_v.weight", "model.layers.{il}.self_attn.v_proj.weight", 0, transform::NONE),
+    tensor("blk.{il}.attn_q.bias", "model.layers.{il}.self_attn.q_proj.bias", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.attn_k.bias", "model.layers.{il}.self_attn.k_proj.bias", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.attn_v.bias", "model.layers.{il}.self_attn.v_proj.bias", OPTIONAL, transform::NONE),
     // Required for qwen3 (the graph asks for them with `weight`), absent in qwen2.
-    tensor(
-        "blk.{il}.attn_q_norm.weight",
-        "model.layers.{il}.self_attn.q_norm.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.attn_k_norm.weight",
-        "model.layers.{il}.self_attn.k_norm.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.attn_output.weight",
-        "model.layers.{il}.self_attn.o_proj.weight",
-        0,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.attn_output.bias",
-        "model.layers.{il}.self_attn.o_proj.bias",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_norm.weight",
-        "model.layers.{il}.post_attention_layernorm.weight",
-        0,
-        transform::NONE,
-    ),
+    tensor("blk.{il}.attn_q_norm.weight", "model.layers.{il}.self_attn.q_norm.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.attn_k_norm.weight", "model.layers.{il}.self_attn.k_norm.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.attn_output.weight", "model.layers.{il}.self_attn.o_proj.weight", 0, transform::NONE),
+    tensor("blk.{il}.attn_output.bias", "model.layers.{il}.self_attn.o_proj.bias", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_norm.weight", "model.layers.{il}.post_attention_layernorm.weight", 0, transform::NONE),
     // Dense FFN (required by the dense archs through `weight`; absent in MoE layers).
-    tensor(
-        "blk.{il}.ffn_gate.weight",
-        "model.layers.{il}.mlp.gate_proj.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_up.weight",
-        "model.layers.{il}.mlp.up_proj.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_down.weight",
-        "model.layers.{il}.mlp.down_proj.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
+    tensor("blk.{il}.ffn_gate.weight", "model.layers.{il}.mlp.gate_proj.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_up.weight", "model.layers.{il}.mlp.up_proj.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_down.weight", "model.layers.{il}.mlp.down_proj.weight", OPTIONAL, transform::NONE),
     // Routed experts: `{xid}` = expert index, stacked by the host into [n_embd, n_ff_exp, n_expert].
-    tensor(
-        "blk.{il}.ffn_gate_inp.weight",
-        "model.layers.{il}.mlp.gate.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_gate_exps.weight",
-        "model.layers.{il}.mlp.experts.{xid}.gate_proj.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_up_exps.weight",
-        "model.layers.{il}.mlp.experts.{xid}.up_proj.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_down_exps.weight",
-        "model.layers.{il}.mlp.experts.{xid}.down_proj.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
+    tensor("blk.{il}.ffn_gate_inp.weight", "model.layers.{il}.mlp.gate.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_gate_exps.weight", "model.layers.{il}.mlp.experts.{xid}.gate_proj.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_up_exps.weight", "model.layers.{il}.mlp.experts.{xid}.up_proj.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_down_exps.weight", "model.layers.{il}.mlp.experts.{xid}.down_proj.weight", OPTIONAL, transform::NONE),
     // Qwen2-MoE's shared expert and its per-token gate ([n_embd, 1] from HF, [n_embd] in llama.cpp's GGUF).
-    tensor(
-        "blk.{il}.ffn_gate_inp_shexp.weight",
-        "model.layers.{il}.mlp.shared_expert_gate.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_gate_shexp.weight",
-        "model.layers.{il}.mlp.shared_expert.gate_proj.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_up_shexp.weight",
-        "model.layers.{il}.mlp.shared_expert.up_proj.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
-    tensor(
-        "blk.{il}.ffn_down_shexp.weight",
-        "model.layers.{il}.mlp.shared_expert.down_proj.weight",
-        OPTIONAL,
-        transform::NONE,
-    ),
+    tensor("blk.{il}.ffn_gate_inp_shexp.weight", "model.layers.{il}.mlp.shared_expert_gate.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_gate_shexp.weight", "model.layers.{il}.mlp.shared_expert.gate_proj.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_up_shexp.weight", "model.layers.{il}.mlp.shared_expert.up_proj.weight", OPTIONAL, transform::NONE),
+    tensor("blk.{il}.ffn_down_shexp.weight", "model.layers.{il}.mlp.shared_expert.down_proj.weight", OPTIONAL, transform::NONE),
 ];
 
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). Qwen2's
@@ -214,10 +86,7 @@ static CONFIG: [rocmforge_abi::RfConfigMap; 22] = [
     config("{arch}.expert_count", "num_local_experts"),
     config("{arch}.expert_used_count", "num_experts_per_tok"),
     config("{arch}.expert_feed_forward_length", "moe_intermediate_size"),
-    config(
-        "{arch}.expert_shared_feed_forward_length",
-        "shared_expert_intermediate_size",
-    ),
+    config("{arch}.expert_shared_feed_forward_length", "shared_expert_intermediate_size"),
     config("{arch}.expert_weights_norm", "norm_topk_prob"),
 ];
 
@@ -255,32 +124,23 @@ impl HParams {
         }
         let n_head_kv = m.meta_usize_or(&format!("{arch}.attention.head_count_kv"), n_head)?;
         if n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return Err(OpError(format!(
-                "{arch}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
-            )));
+            return Err(OpError(format!("{arch}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
         }
         // Qwen3 sets key_length explicitly (it need not equal n_embd / n_head); Qwen2 derives it.
         let head_dim = match m.meta_int_opt(&format!("{arch}.attention.key_length"))? {
             Some(_) => m.meta_usize(&format!("{arch}.attention.key_length"))?,
             None if n_embd % n_head == 0 => n_embd / n_head,
-            None => {
-                return Err(OpError(format!(
-                    "{arch}: embedding_length {n_embd} is not a multiple of head_count {n_head}"
-                )))
-            }
+            None => return Err(OpError(format!("{arch}: embedding_length {n_embd} is not a multiple of head_count {n_head}"))),
         };
         let head_dim_v = m.meta_usize_or(&format!("{arch}.attention.value_length"), head_dim)?;
         if head_dim_v != head_dim {
-            return Err(OpError(format!(
-                "{arch}: value_length {head_dim_v} differs from key_length {head_dim}"
-            )));
+            return Err(OpError(format!("{arch}: value_length {head_dim_v} differs from key_length {head_dim}")));
         }
         // llama.cpp asserts n_rot == head_dim for Qwen; keep partial rotary possible anyway.
         let n_rot = m.meta_usize_or(&format!("{arch}.rope.dimension_count"), head_dim)?;
         // Qwen's rope_theta is 1e6; the default only applies to files that omit the key.
         let freq_base = m.meta_f32_or(&format!("{arch}.rope.freq_base"), 10000.0)?;
-        let rope =
-            RopeOpts::new(n_head, head_dim, n_rot, true, freq_base).with_scaling_from(m, arch)?;
+        let rope = RopeOpts::new(n_head, head_dim, n_rot, true, freq_base).with_scaling_from(m, arch)?;
         Ok(HParams {
             n_layer: m.meta_usize(&format!("{arch}.block_count"))?,
             n_head,
@@ -295,17 +155,13 @@ impl HParams {
                     let n_expert = m.meta_usize(&format!("{arch}.expert_count"))?;
                     let k = m.meta_usize(&format!("{arch}.expert_used_count"))?;
                     if k == 0 || k > n_expert {
-                        return Err(OpError(format!(
-                            "{arch}: expert_used_count {k} must be in 1..={n_expert} (expert_count)"
-                        )));
+                        return Err(OpError(format!("{arch}: expert_used_count {k} must be in 1..={n_expert} (expert_count)")));
                     }
                     k
                 }
                 _ => 0,
             },
-            norm_topk: m
-                .meta_int_opt(&format!("{arch}.expert_weights_norm"))?
-                .map_or(arch == "qwen3moe", |v| v != 0),
+            norm_topk: m.meta_int_opt(&format!("{arch}.expert_weights_norm"))?.map_or(arch == "qwen3moe", |v| v != 0),
         })
     }
 }
@@ -335,26 +191,10 @@ fn moe_ffn(b: &mut Builder, hp: &HParams, il: usize, cur: Node) -> Result<Node, 
     let k = hp.n_expert_used;
     let router = b.weight(&w("ffn_gate_inp"))?; // [n_embd, n_expert]
     let logits = b.matmul(&name("ffn_moe_logits"), cur, router, None)?; // [n, n_expert]
-    let gating = if hp.norm_topk {
-        moe_gating::SOFTMAX_NORM
-    } else {
-        moe_gating::SOFTMAX
-    };
+    let gating = if hp.norm_topk { moe_gating::SOFTMAX_NORM } else { moe_gating::SOFTMAX };
     let route = b.moe_route(&name("ffn_moe_route"), logits, k, gating)?; // [n, 2k]
-    let (gate_exps, up_exps, down_exps) = (
-        b.weight(&w("ffn_gate_exps"))?,
-        b.weight(&w("ffn_up_exps"))?,
-        b.weight(&w("ffn_down_exps"))?,
-    );
-    let h = b.moe_gate_up(
-        &name("ffn_moe_gate_up"),
-        cur,
-        route,
-        gate_exps,
-        up_exps,
-        k,
-        moe_act::SWIGLU,
-    )?; // [n, k*n_ff_exp]
+    let (gate_exps, up_exps, down_exps) = (b.weight(&w("ffn_gate_exps"))?, b.weight(&w("ffn_up_exps"))?, b.weight(&w("ffn_down_exps"))?);
+    let h = b.moe_gate_up(&name("ffn_moe_gate_up"), cur, route, gate_exps, up_exps, k, moe_act::SWIGLU)?; // [n, k*n_ff_exp]
     let moe = b.moe_down(&name("ffn_moe_down"), h, route, down_exps, k)?; // [n, n_embd]
     match b.weight_opt(&w("ffn_gate_inp_shexp"))? {
         None => Ok(moe),
@@ -372,10 +212,7 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
     let hp = HParams::read(b, arch)?;
     let tok_embd = b.weight("token_embd.weight")?;
     let mut x = b.get_rows("inp_embd", tok_embd)?; // [n, n_embd]
-    let rope_k = RopeOpts {
-        n_head: hp.n_head_kv,
-        ..hp.rope.clone()
-    };
+    let rope_k = RopeOpts { n_head: hp.n_head_kv, ..hp.rope.clone() };
 
     for il in 0..hp.n_layer {
         let w = |t: &str| format!("blk.{il}.{t}.weight");
@@ -384,11 +221,7 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
         let attn_norm = b.weight(&w("attn_norm"))?;
         let cur = b.rms_norm(&name("attn_norm"), x, Some(attn_norm), hp.eps, 0)?; // [n, n_embd]
 
-        let (wq, wk, wv) = (
-            b.weight(&w("attn_q"))?,
-            b.weight(&w("attn_k"))?,
-            b.weight(&w("attn_v"))?,
-        );
+        let (wq, wk, wv) = (b.weight(&w("attn_q"))?, b.weight(&w("attn_k"))?, b.weight(&w("attn_v"))?);
         let (bq, bk, bv) = (bias(b, "attn_q")?, bias(b, "attn_k")?, bias(b, "attn_v")?);
         let mut q = b.matmul(&name("attn_q"), cur, wq, bq)?; // [n, n_head*head_dim]
         let mut k = b.matmul(&name("attn_k"), cur, wk, bk)?; // [n, n_head_kv*head_dim]

@@ -86,10 +86,7 @@ impl GgufFile {
     /// Map `path` read-only, parse and validate it.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, ModelError> {
         let path = path.as_ref();
-        let io = |source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source| ModelError::Io { path: path.to_path_buf(), source };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the map is read-only and private to this struct. Like every mmap-based model
         // loader (llama.cpp, safetensors) we rely on model files not being truncated or rewritten
@@ -105,18 +102,8 @@ impl GgufFile {
 
     fn from_storage(path: &Path, storage: Storage) -> Result<GgufFile, ModelError> {
         let p = reader::parse(path, storage.bytes())?;
-        let key_index = p
-            .metadata
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (k.clone(), i))
-            .collect();
-        let tensor_index = p
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
+        let key_index = p.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        let tensor_index = p.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(GgufFile {
             path: path.to_path_buf(),
             storage,
@@ -162,19 +149,11 @@ impl GgufFile {
     }
 
     fn missing(&self, key: &str) -> ModelError {
-        ModelError::MissingKey {
-            path: self.path.clone(),
-            key: key.to_string(),
-        }
+        ModelError::MissingKey { path: self.path.clone(), key: key.to_string() }
     }
 
     fn wrong(&self, key: &str, v: &GgufValue, want: &'static str) -> ModelError {
-        ModelError::WrongType {
-            path: self.path.clone(),
-            key: key.to_string(),
-            got: v.type_name(),
-            want,
-        }
+        ModelError::WrongType { path: self.path.clone(), key: key.to_string(), got: v.type_name(), want }
     }
 
     /// A non-negative integer of any integer type.
@@ -206,40 +185,28 @@ impl GgufFile {
     pub fn opt_u64(&self, key: &str) -> Result<Option<u64>, ModelError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.wrong(key, v, "non-negative integer")),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| self.wrong(key, v, "non-negative integer")),
         }
     }
 
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, ModelError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.wrong(key, v, "number")),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.wrong(key, v, "number")),
         }
     }
 
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>, ModelError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.wrong(key, v, "string")),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| self.wrong(key, v, "string")),
         }
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, ModelError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.wrong(key, v, "bool")),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.wrong(key, v, "bool")),
         }
     }
 
@@ -265,9 +232,7 @@ impl GgufFile {
             .checked_add(t.offset)
             .and_then(|s| Some(s..s.checked_add(t.n_bytes)?))
             .and_then(|r| Some(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?));
-        range
-            .and_then(|r| self.storage.bytes().get(r))
-            .unwrap_or(&[])
+        range.and_then(|r| self.storage.bytes().get(r)).unwrap_or(&[])
     }
 
     /// `tensor_data` by name.

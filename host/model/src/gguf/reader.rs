@@ -60,18 +60,11 @@ impl<'a> Cursor<'a> {
     }
 
     fn truncated(&self, what: impl Into<String>) -> ModelError {
-        ModelError::Truncated {
-            path: self.path.to_path_buf(),
-            offset: self.pos as u64,
-            what: what.into(),
-        }
+        ModelError::Truncated { path: self.path.to_path_buf(), offset: self.pos as u64, what: what.into() }
     }
 
     fn malformed(&self, what: impl Into<String>) -> ModelError {
-        ModelError::Malformed {
-            path: self.path.to_path_buf(),
-            what: what.into(),
-        }
+        ModelError::Malformed { path: self.path.to_path_buf(), what: what.into() }
     }
 
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8], ModelError> {
@@ -116,12 +109,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reject `count` elements of `elem_type` that cannot fit in what is left of the file.
-    fn check_count(
-        &self,
-        count: u64,
-        elem_type: u32,
-        what: &dyn Fn() -> String,
-    ) -> Result<(), ModelError> {
+    fn check_count(&self, count: u64, elem_type: u32, what: &dyn Fn() -> String) -> Result<(), ModelError> {
         let min = min_encoded_size(elem_type).unwrap_or(1);
         match count.checked_mul(min) {
             Some(need) if need <= self.remaining() => Ok(()),
@@ -137,12 +125,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// `count` fixed-size little-endian elements, converted with `conv`.
-    fn fixed<T, const N: usize>(
-        &mut self,
-        count: u64,
-        what: &dyn Fn() -> String,
-        conv: fn([u8; N]) -> T,
-    ) -> Result<Vec<T>, ModelError> {
+    fn fixed<T, const N: usize>(&mut self, count: u64, what: &dyn Fn() -> String, conv: fn([u8; N]) -> T) -> Result<Vec<T>, ModelError> {
         // check_count ran before, so count * N <= remaining <= usize::MAX.
         let raw = self.take(count * N as u64, what)?;
         Ok(raw
@@ -163,11 +146,7 @@ impl<'a> Cursor<'a> {
             .map(|(i, &b)| match b {
                 0 => Ok(false),
                 1 => Ok(true),
-                _ => Err(self.malformed(format!(
-                    "{} at byte {}: bool must be 0 or 1, got {b}",
-                    what(),
-                    start + i
-                ))),
+                _ => Err(self.malformed(format!("{} at byte {}: bool must be 0 or 1, got {b}", what(), start + i))),
             })
             .collect()
     }
@@ -190,37 +169,20 @@ impl<'a> Cursor<'a> {
             type_id::U64 => GgufValue::U64(u64::from_le_bytes(self.array(what)?)),
             type_id::I64 => GgufValue::I64(i64::from_le_bytes(self.array(what)?)),
             type_id::F64 => GgufValue::F64(f64::from_le_bytes(self.array(what)?)),
-            other => {
-                return Err(self.malformed(format!(
-                    "{}: unknown value type {other} at byte {}",
-                    what(),
-                    self.pos.saturating_sub(4)
-                )))
-            }
+            other => return Err(self.malformed(format!("{}: unknown value type {other} at byte {}", what(), self.pos.saturating_sub(4)))),
         })
     }
 
     /// An array body (element type, count, elements); `depth` is 1 for a top-level array.
-    fn array_value(
-        &mut self,
-        depth: u32,
-        what: &dyn Fn() -> String,
-    ) -> Result<GgufArray, ModelError> {
+    fn array_value(&mut self, depth: u32, what: &dyn Fn() -> String) -> Result<GgufArray, ModelError> {
         if depth > MAX_ARRAY_DEPTH {
-            return Err(self.malformed(format!(
-                "{}: arrays nested deeper than {MAX_ARRAY_DEPTH} levels at byte {}",
-                what(),
-                self.pos
-            )));
+            return Err(self.malformed(format!("{}: arrays nested deeper than {MAX_ARRAY_DEPTH} levels at byte {}", what(), self.pos)));
         }
         let ty_pos = self.pos;
         let ty = self.u32(&|| format!("array element type of {}", what()))?;
         let count = self.u64(&|| format!("array length of {}", what()))?;
         if type_id_name(ty).is_none() {
-            return Err(self.malformed(format!(
-                "{}: unknown array element type {ty} at byte {ty_pos}",
-                what()
-            )));
+            return Err(self.malformed(format!("{}: unknown array element type {ty} at byte {ty_pos}", what())));
         }
         self.check_count(count, ty, what)?;
         Ok(match ty {
@@ -264,10 +226,7 @@ pub(crate) fn align_up(x: u64, align: u64) -> Option<u64> {
 /// Returns a message on failure (so the reader and the writer word errors alike).
 pub(crate) fn tensor_n_bytes(dims: &[u64], ty: GgmlType) -> Result<u64, String> {
     if dims.len() > MAX_DIMS as usize {
-        return Err(format!(
-            "{} dims, at most {MAX_DIMS} are supported",
-            dims.len()
-        ));
+        return Err(format!("{} dims, at most {MAX_DIMS} are supported", dims.len()));
     }
     let n_elements = dims
         .iter()
@@ -277,60 +236,33 @@ pub(crate) fn tensor_n_bytes(dims: &[u64], ty: GgmlType) -> Result<u64, String> 
     let ne0 = dims.first().copied().unwrap_or(1);
     let bs = ty.block_size() as u64;
     if ne0 % bs != 0 {
-        return Err(format!(
-            "row length {ne0} (dims {dims:?}) is not a multiple of the {} block size {bs}",
-            ty.name()
-        ));
+        return Err(format!("row length {ne0} (dims {dims:?}) is not a multiple of the {} block size {bs}", ty.name()));
     }
     // n_elements did not overflow, so rows * row_bytes is at most n_elements * type_size.
     let rows = n_elements.checked_div(ne0).unwrap_or(0);
-    ty.row_bytes(ne0)
-        .and_then(|rb| rb.checked_mul(rows))
-        .ok_or_else(|| format!("byte size of dims {dims:?} as {} overflows", ty.name()))
+    ty.row_bytes(ne0).and_then(|rb| rb.checked_mul(rows)).ok_or_else(|| format!("byte size of dims {dims:?} as {} overflows", ty.name()))
 }
 
 /// Parse and validate a whole GGUF file held in `bytes`.
 pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, ModelError> {
-    let mut c = Cursor {
-        path,
-        bytes,
-        pos: 0,
-    };
+    let mut c = Cursor { path, bytes, pos: 0 };
     let magic: [u8; 4] = c.array(&|| "magic".into())?;
     if magic != GGUF_MAGIC {
-        return Err(ModelError::BadMagic {
-            path: path.to_path_buf(),
-            magic,
-        });
+        return Err(ModelError::BadMagic { path: path.to_path_buf(), magic });
     }
     let version = c.u32(&|| "version".into())?;
     if version != 2 && version != 3 {
-        return Err(ModelError::UnsupportedVersion {
-            path: path.to_path_buf(),
-            version,
-        });
+        return Err(ModelError::UnsupportedVersion { path: path.to_path_buf(), version });
     }
     let n_tensors = c.u64(&|| "tensor count".into())?;
     let n_kv = c.u64(&|| "metadata key/value count".into())?;
     // Smallest encodings: a kv is key length + type + a 1-byte value; a tensor info is name
     // length + n_dims + type + offset.
-    if n_kv
-        .checked_mul(8 + 4 + 1)
-        .is_none_or(|n| n > c.remaining())
-    {
-        return Err(c.malformed(format!(
-            "{n_kv} metadata entries cannot fit in the {} bytes of the file",
-            bytes.len()
-        )));
+    if n_kv.checked_mul(8 + 4 + 1).is_none_or(|n| n > c.remaining()) {
+        return Err(c.malformed(format!("{n_kv} metadata entries cannot fit in the {} bytes of the file", bytes.len())));
     }
-    if n_tensors
-        .checked_mul(8 + 4 + 4 + 8)
-        .is_none_or(|n| n > c.remaining())
-    {
-        return Err(c.malformed(format!(
-            "{n_tensors} tensor infos cannot fit in the {} bytes of the file",
-            bytes.len()
-        )));
+    if n_tensors.checked_mul(8 + 4 + 4 + 8).is_none_or(|n| n > c.remaining()) {
+        return Err(c.malformed(format!("{n_tensors} tensor infos cannot fit in the {} bytes of the file", bytes.len())));
     }
 
     let mut metadata = Vec::with_capacity(n_kv as usize);
@@ -350,97 +282,52 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, ModelError> {
         None => DEFAULT_ALIGNMENT,
         Some((_, v)) => match v.as_u64() {
             Some(a) if a.is_power_of_two() => a,
-            _ => {
-                return Err(c.malformed(format!(
-                    "general.alignment must be a nonzero power of two, got {v:?}"
-                )))
-            }
+            _ => return Err(c.malformed(format!("general.alignment must be a nonzero power of two, got {v:?}"))),
         },
     };
 
     let mut tensors = Vec::with_capacity(n_tensors as usize);
     for i in 0..n_tensors {
         let name = c.string(&|| format!("name of tensor info #{i}"))?;
-        let bad = |what: String| ModelError::BadTensor {
-            path: path.to_path_buf(),
-            tensor: name.clone(),
-            what,
-        };
+        let bad = |what: String| ModelError::BadTensor { path: path.to_path_buf(), tensor: name.clone(), what };
         let n_dims = c.u32(&|| format!("n_dims of tensor '{name}'"))?;
         if n_dims > MAX_DIMS {
-            return Err(bad(format!(
-                "{n_dims} dims, at most {MAX_DIMS} are supported"
-            )));
+            return Err(bad(format!("{n_dims} dims, at most {MAX_DIMS} are supported")));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
             dims.push(c.u64(&|| format!("dim {d} of tensor '{name}'"))?);
         }
         let ty_id = c.u32(&|| format!("type of tensor '{name}'"))?;
-        let ty =
-            GgmlType::from_id(ty_id).map_err(|_| bad(format!("unknown tensor type id {ty_id}")))?;
+        let ty = GgmlType::from_id(ty_id).map_err(|_| bad(format!("unknown tensor type id {ty_id}")))?;
         let offset = c.u64(&|| format!("data offset of tensor '{name}'"))?;
         let n_bytes = tensor_n_bytes(&dims, ty).map_err(&bad)?;
-        tensors.push(TensorInfo {
-            name,
-            dims,
-            ty,
-            offset,
-            n_bytes,
-        });
+        tensors.push(TensorInfo { name, dims, ty, offset, n_bytes });
     }
 
-    let data_offset = align_up(c.pos as u64, alignment)
-        .ok_or_else(|| c.malformed("data section offset overflows"))?;
+    let data_offset = align_up(c.pos as u64, alignment).ok_or_else(|| c.malformed("data section offset overflows"))?;
     validate_tensors(path, bytes.len() as u64, alignment, data_offset, &tensors)?;
-    Ok(Parsed {
-        version,
-        alignment,
-        data_offset,
-        metadata,
-        tensors,
-    })
+    Ok(Parsed { version, alignment, data_offset, metadata, tensors })
 }
 
 /// Offsets aligned, ranges inside the file, names unique, no overlaps.
-fn validate_tensors(
-    path: &Path,
-    file_len: u64,
-    alignment: u64,
-    data_offset: u64,
-    tensors: &[TensorInfo],
-) -> Result<(), ModelError> {
-    let bad = |t: &TensorInfo, what: String| ModelError::BadTensor {
-        path: path.to_path_buf(),
-        tensor: t.name.clone(),
-        what,
-    };
+fn validate_tensors(path: &Path, file_len: u64, alignment: u64, data_offset: u64, tensors: &[TensorInfo]) -> Result<(), ModelError> {
+    let bad = |t: &TensorInfo, what: String| ModelError::BadTensor { path: path.to_path_buf(), tensor: t.name.clone(), what };
     let mut names: HashMap<&str, ()> = HashMap::with_capacity(tensors.len());
     for t in tensors {
         if names.insert(&t.name, ()).is_some() {
             return Err(bad(t, "duplicate tensor name".into()));
         }
         if t.offset % alignment != 0 {
-            return Err(bad(
-                t,
-                format!(
-                    "offset {} is not a multiple of the alignment {alignment}",
-                    t.offset
-                ),
-            ));
+            return Err(bad(t, format!("offset {} is not a multiple of the alignment {alignment}", t.offset)));
         }
-        let end = data_offset
-            .checked_add(t.offset)
-            .and_then(|s| s.checked_add(t.n_bytes));
+        let end = data_offset.checked_add(t.offset).and_then(|s| s.checked_add(t.n_bytes));
         match end {
             Some(end) if end <= file_len => {}
             _ => {
                 return Err(bad(
                     t,
-                    format!(
-                        "data at bytes {}+{}..+{} lies past the end of the file ({file_len} bytes)",
-                        data_offset, t.offset, t.n_bytes
-                    ),
+                    format!("data at bytes {}+{}..+{} lies past the end of the file ({file_len} bytes)", data_offset, t.offset, t.n_bytes),
                 ))
             }
         }

@@ -298,10 +298,7 @@ impl GgufArray {
             GgufArray::U32(v) => v.iter().map(|&x| x.into()).collect(),
             GgufArray::I32(v) => v.iter().map(|&x| x.into()).collect(),
             GgufArray::I64(v) => v.clone(),
-            GgufArray::U64(v) => v
-                .iter()
-                .map(|&x| i64::try_from(x).ok())
-                .collect::<Option<_>>()?,
+            GgufArray::U64(v) => v.iter().map(|&x| i64::try_from(x).ok()).collect::<Option<_>>()?,
             _ => return None,
         })
     }
@@ -310,11 +307,7 @@ impl GgufArray {
     pub fn to_u64_vec(&self) -> Option<Vec<u64>> {
         match self {
             GgufArray::U64(v) => Some(v.clone()),
-            _ => self
-                .to_i64_vec()?
-                .into_iter()
-                .map(|x| u64::try_from(x).ok())
-                .collect(),
+            _ => self.to_i64_vec()?.into_iter().map(|x| u64::try_from(x).ok()).collect(),
         }
     }
 }
@@ -342,9 +335,6 @@ mod tests {
         assert_eq!(a.to_f64_vec(), Some(vec![-1.0, 2.0]));
         assert_eq!(GgufArray::Str(vec![]).to_f64_vec(), None);
         assert_eq!(GgufArray::U64(vec![u64::MAX]).to_i64_vec(), None);
-        assert_eq!(
-            GgufArray::U64(vec![u64::MAX]).to_u64_vec(),
-            Some(vec![u64::MAX])
-        );
+        assert_eq!(GgufArray::U64(vec![u64::MAX]).to_u64_vec(), Some(vec![u64::MAX]));
     }
 }

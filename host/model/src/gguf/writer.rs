@@ -57,13 +57,7 @@ impl Default for GgufWriter {
 impl GgufWriter {
     /// An empty GGUF v3 file.
     pub fn new() -> Self {
-        GgufWriter {
-            version: 3,
-            metadata: Vec::new(),
-            tensors: Vec::new(),
-            names: HashSet::new(),
-            next_tensor: Cell::new(0),
-        }
+        GgufWriter { version: 3, metadata: Vec::new(), tensors: Vec::new(), names: HashSet::new(), next_tensor: Cell::new(0) }
     }
 
     /// A writer holding `f`'s version, metadata (in file order) and tensor infos (in file order);
@@ -81,10 +75,7 @@ impl GgufWriter {
     /// Write GGUF version 2 or 3 (identical for everything we write).
     pub fn set_version(&mut self, version: u32) -> Result<(), ModelError> {
         if version != 2 && version != 3 {
-            return Err(ModelError::UnsupportedVersion {
-                path: PathBuf::from(NO_PATH),
-                version,
-            });
+            return Err(ModelError::UnsupportedVersion { path: PathBuf::from(NO_PATH), version });
         }
         self.version = version;
         Ok(())
@@ -136,29 +127,15 @@ impl GgufWriter {
 
     /// Declare a tensor (dims in GGUF order, `ne0` first). Returns its index for
     /// `write_tensor_data`. Checks the name is new and the shape is valid for `ty`.
-    pub fn add_tensor_info(
-        &mut self,
-        name: impl Into<String>,
-        dims: Vec<u64>,
-        ty: GgmlType,
-    ) -> Result<usize, ModelError> {
+    pub fn add_tensor_info(&mut self, name: impl Into<String>, dims: Vec<u64>, ty: GgmlType) -> Result<usize, ModelError> {
         let name = name.into();
-        let bad = |what: String| ModelError::BadTensor {
-            path: PathBuf::from(NO_PATH),
-            tensor: name.clone(),
-            what,
-        };
+        let bad = |what: String| ModelError::BadTensor { path: PathBuf::from(NO_PATH), tensor: name.clone(), what };
         if self.names.contains(&name) {
             return Err(bad("duplicate tensor name".into()));
         }
         let n_bytes = tensor_n_bytes(&dims, ty).map_err(bad)?;
         self.names.insert(name.clone());
-        self.tensors.push(PendingTensor {
-            name,
-            dims,
-            ty,
-            n_bytes,
-        });
+        self.tensors.push(PendingTensor { name, dims, ty, n_bytes });
         Ok(self.tensors.len() - 1)
     }
 
@@ -173,20 +150,12 @@ impl GgufWriter {
         let mut offset = 0u64;
         let mut out = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
-            out.push(TensorInfo {
-                name: t.name.clone(),
-                dims: t.dims.clone(),
-                ty: t.ty,
-                offset,
-                n_bytes: t.n_bytes,
-            });
-            offset = align_up(t.n_bytes, align)
-                .and_then(|n| offset.checked_add(n))
-                .ok_or_else(|| ModelError::BadTensor {
-                    path: PathBuf::from(NO_PATH),
-                    tensor: t.name.clone(),
-                    what: "data section size overflows".into(),
-                })?;
+            out.push(TensorInfo { name: t.name.clone(), dims: t.dims.clone(), ty: t.ty, offset, n_bytes: t.n_bytes });
+            offset = align_up(t.n_bytes, align).and_then(|n| offset.checked_add(n)).ok_or_else(|| ModelError::BadTensor {
+                path: PathBuf::from(NO_PATH),
+                tensor: t.name.clone(),
+                what: "data section size overflows".into(),
+            })?;
         }
         Ok(out)
     }
@@ -198,12 +167,7 @@ impl GgufWriter {
     }
 
     /// Write tensor `idx`'s data (exactly its `n_bytes`) and the padding after it.
-    pub fn write_tensor_data<W: Write>(
-        &self,
-        w: &mut W,
-        idx: usize,
-        bytes: &[u8],
-    ) -> Result<(), ModelError> {
+    pub fn write_tensor_data<W: Write>(&self, w: &mut W, idx: usize, bytes: &[u8]) -> Result<(), ModelError> {
         self.write_tensor_data_named(w, idx, bytes, Path::new(NO_PATH))
     }
 
@@ -240,14 +204,8 @@ impl GgufWriter {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".partial");
         let tmp = PathBuf::from(tmp);
-        let io = |source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::create(&tmp).map_err(|source| ModelError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
+        let io = |source| ModelError::Io { path: path.to_path_buf(), source };
+        let file = std::fs::File::create(&tmp).map_err(|source| ModelError::Io { path: tmp.clone(), source })?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
         let result = self.write_all_named(&mut w, data, path).and_then(|()| {
             let file = w.into_inner().map_err(|e| io(e.into_error()))?;
@@ -263,12 +221,7 @@ impl GgufWriter {
         }
     }
 
-    fn write_all_named<W, F, B>(
-        &self,
-        w: &mut W,
-        mut data: F,
-        path: &Path,
-    ) -> Result<(), ModelError>
+    fn write_all_named<W, F, B>(&self, w: &mut W, mut data: F, path: &Path) -> Result<(), ModelError>
     where
         W: Write,
         F: FnMut(usize) -> Result<B, ModelError>,
@@ -279,10 +232,7 @@ impl GgufWriter {
             let bytes = data(i)?;
             self.write_tensor_data_named(w, i, bytes.as_ref(), path)?;
         }
-        w.flush().map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        w.flush().map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
     }
 
     fn write_header_named<W: Write>(&self, w: &mut W, path: &Path) -> Result<(), ModelError> {
@@ -296,10 +246,8 @@ impl GgufWriter {
         for (k, v) in &self.metadata {
             put_str(&mut buf, k);
             buf.extend_from_slice(&v.type_id().to_le_bytes());
-            put_value(&mut buf, v).map_err(|what| ModelError::Malformed {
-                path: path.to_path_buf(),
-                what: format!("metadata '{k}': {what}"),
-            })?;
+            put_value(&mut buf, v)
+                .map_err(|what| ModelError::Malformed { path: path.to_path_buf(), what: format!("metadata '{k}': {what}") })?;
         }
         for t in &infos {
             put_str(&mut buf, &t.name);
@@ -311,61 +259,30 @@ impl GgufWriter {
             buf.extend_from_slice(&t.offset.to_le_bytes());
         }
         let pad = align_up(buf.len() as u64, align).unwrap_or(buf.len() as u64) - buf.len() as u64;
-        let io = |source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source| ModelError::Io { path: path.to_path_buf(), source };
         w.write_all(&buf).map_err(io)?;
         write_zeros(w, pad).map_err(io)?;
         self.next_tensor.set(0);
         Ok(())
     }
 
-    fn write_tensor_data_named<W: Write>(
-        &self,
-        w: &mut W,
-        idx: usize,
-        bytes: &[u8],
-        path: &Path,
-    ) -> Result<(), ModelError> {
-        let bad = |tensor: String, what: String| ModelError::BadTensor {
-            path: path.to_path_buf(),
-            tensor,
-            what,
-        };
+    fn write_tensor_data_named<W: Write>(&self, w: &mut W, idx: usize, bytes: &[u8], path: &Path) -> Result<(), ModelError> {
+        let bad = |tensor: String, what: String| ModelError::BadTensor { path: path.to_path_buf(), tensor, what };
         let Some(t) = self.tensors.get(idx) else {
-            return Err(bad(
-                format!("#{idx}"),
-                format!("no such tensor (only {} declared)", self.tensors.len()),
-            ));
+            return Err(bad(format!("#{idx}"), format!("no such tensor (only {} declared)", self.tensors.len())));
         };
         if idx != self.next_tensor.get() {
             return Err(bad(
                 t.name.clone(),
-                format!(
-                    "tensor data written out of order: expected tensor #{}, got #{idx}",
-                    self.next_tensor.get()
-                ),
+                format!("tensor data written out of order: expected tensor #{}, got #{idx}", self.next_tensor.get()),
             ));
         }
         if bytes.len() as u64 != t.n_bytes {
-            return Err(bad(
-                t.name.clone(),
-                format!(
-                    "{} bytes of data given, {:?} as {} needs {}",
-                    bytes.len(),
-                    t.dims,
-                    t.ty,
-                    t.n_bytes
-                ),
-            ));
+            return Err(bad(t.name.clone(), format!("{} bytes of data given, {:?} as {} needs {}", bytes.len(), t.dims, t.ty, t.n_bytes)));
         }
         let align = self.alignment()?;
         let pad = align_up(t.n_bytes, align).unwrap_or(t.n_bytes) - t.n_bytes;
-        let io = |source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source| ModelError::Io { path: path.to_path_buf(), source };
         w.write_all(bytes).map_err(io)?;
         write_zeros(w, pad).map_err(io)?;
         self.next_tensor.set(idx + 1);
@@ -411,9 +328,7 @@ fn put_value(buf: &mut Vec<u8>, v: &GgufValue) -> Result<(), String> {
 fn put_array(buf: &mut Vec<u8>, a: &GgufArray, depth: u32) -> Result<(), String> {
     // The reader rejects deeper nesting, so the writer must never produce it.
     if depth > MAX_ARRAY_DEPTH {
-        return Err(format!(
-            "arrays nested deeper than {MAX_ARRAY_DEPTH} levels"
-        ));
+        return Err(format!("arrays nested deeper than {MAX_ARRAY_DEPTH} levels"));
     }
     buf.extend_from_slice(&a.elem_type_id().to_le_bytes());
     buf.extend_from_slice(&(a.len() as u64).to_le_bytes());

@@ -68,47 +68,30 @@ file_types! {
 }
 
 /// llama-quantize's shorthands: a bare k-quant size means its `_M` mix.
-const ALIASES: &[(&str, FileType)] = &[
-    ("Q3_K", FileType::Q3_K_M),
-    ("Q4_K", FileType::Q4_K_M),
-    ("Q5_K", FileType::Q5_K_M),
-];
+const ALIASES: &[(&str, FileType)] = &[("Q3_K", FileType::Q3_K_M), ("Q4_K", FileType::Q4_K_M), ("Q5_K", FileType::Q5_K_M)];
 
 impl FileType {
     /// Parse a name case-insensitively (`q4_k_m`, `Q8_0`, `f16`; `Q4_K` = `Q4_K_M` as in
     /// llama-quantize). The error lists every valid name.
     pub fn from_name(name: &str) -> Result<Self, ModelError> {
         let name = name.trim();
-        if let Some(&t) = Self::ALL
-            .iter()
-            .find(|t| t.name().eq_ignore_ascii_case(name))
-        {
+        if let Some(&t) = Self::ALL.iter().find(|t| t.name().eq_ignore_ascii_case(name)) {
             return Ok(t);
         }
         if let Some(&(_, t)) = ALIASES.iter().find(|(a, _)| a.eq_ignore_ascii_case(name)) {
             return Ok(t);
         }
-        Err(ModelError::UnknownFileType {
-            name: name.to_string(),
-            valid: Self::valid_names(),
-        })
+        Err(ModelError::UnknownFileType { name: name.to_string(), valid: Self::valid_names() })
     }
 
     /// Every accepted name, comma-separated (for error messages and `--help`).
     pub fn valid_names() -> String {
-        Self::ALL
-            .iter()
-            .map(|t| t.name())
-            .collect::<Vec<_>>()
-            .join(", ")
+        Self::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
     }
 
     /// True for the k-quant mixes, whose `output.weight` goes to Q6_K.
     pub fn is_k_quant(self) -> bool {
-        matches!(
-            self.base_type(),
-            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
-        )
+        matches!(self.base_type(), GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
     }
 }
 

@@ -60,34 +60,20 @@ pub(crate) fn dequantize_par(
     n: usize,
     n_per_row: usize,
 ) -> Result<Vec<f32>, ModelError> {
-    let bad = |what: String| ModelError::BadTensor {
-        path: path.to_path_buf(),
-        tensor: name.to_string(),
-        what,
-    };
+    let bad = |what: String| ModelError::BadTensor { path: path.to_path_buf(), tensor: name.to_string(), what };
     let row_bytes = ty
         .row_bytes(n_per_row as u64)
         .and_then(|b| usize::try_from(b).ok())
-        .ok_or_else(|| {
-            bad(format!(
-                "row of {n_per_row} is not a whole number of {ty} blocks"
-            ))
-        })?;
+        .ok_or_else(|| bad(format!("row of {n_per_row} is not a whole number of {ty} blocks")))?;
     if n_per_row == 0 || !n.is_multiple_of(n_per_row) || src.len() != n / n_per_row * row_bytes {
-        return Err(bad(format!(
-            "{} bytes do not hold {n} values of {ty} in rows of {n_per_row}",
-            src.len()
-        )));
+        return Err(bad(format!("{} bytes do not hold {n} values of {ty} in rows of {n_per_row}", src.len())));
     }
     let mut out = vec![0.0f32; n];
     let rows = rows_per_task(n_per_row);
     out.par_chunks_mut(rows * n_per_row)
         .zip(src.par_chunks(rows * row_bytes))
         .try_for_each(|(dst, s)| rocmforge_quant::dequantize(ty, s, dst))
-        .map_err(|source| ModelError::Quant {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| ModelError::Quant { path: path.to_path_buf(), source })?;
     Ok(out)
 }
 
@@ -97,10 +83,7 @@ impl QuantInput for GgufFile {
     }
 
     fn tensors(&self) -> Vec<(String, GgmlType, Vec<u64>)> {
-        GgufFile::tensors(self)
-            .iter()
-            .map(|t| (t.name.clone(), t.ty, t.dims.clone()))
-            .collect()
+        GgufFile::tensors(self).iter().map(|t| (t.name.clone(), t.ty, t.dims.clone())).collect()
     }
 
     fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {

@@ -37,8 +37,8 @@ use crate::ModelError;
 pub use ftype::FileType;
 pub use input::QuantInput;
 pub use rules::{
-    allows_quantization, layer_of, n_dims, requires_imatrix, tensor_order, tensor_type_for,
-    MixState, QuantHparams, TensorCategory, TypeChoice,
+    allows_quantization, layer_of, n_dims, requires_imatrix, tensor_order, tensor_type_for, MixState, QuantHparams, TensorCategory,
+    TypeChoice,
 };
 
 /// `general.quantization_version` written by current llama.cpp (`GGML_QNT_VERSION`).
@@ -62,12 +62,7 @@ pub struct QuantizeOptions {
 impl QuantizeOptions {
     /// llama-quantize's defaults for `ftype`: all cores, mixing on, no requantizing.
     pub fn new(ftype: FileType) -> Self {
-        QuantizeOptions {
-            ftype,
-            n_threads: 0,
-            allow_requantize: false,
-            pure: false,
-        }
+        QuantizeOptions { ftype, n_threads: 0, allow_requantize: false, pure: false }
     }
 }
 
@@ -103,54 +98,30 @@ pub struct QuantizeReport {
 }
 
 fn bad_tensor(path: &Path, tensor: &str, what: impl Into<String>) -> ModelError {
-    ModelError::BadTensor {
-        path: path.to_path_buf(),
-        tensor: tensor.to_string(),
-        what: what.into(),
-    }
+    ModelError::BadTensor { path: path.to_path_buf(), tensor: tensor.to_string(), what: what.into() }
 }
 
 /// Choose every tensor's output type, in the order the output will have (llama.cpp's), and
 /// check the choice can be carried out with `opts`. Reads no tensor data.
-pub fn plan_model(
-    input: &dyn QuantInput,
-    opts: &QuantizeOptions,
-) -> Result<Vec<TensorPlan>, ModelError> {
+pub fn plan_model(input: &dyn QuantInput, opts: &QuantizeOptions) -> Result<Vec<TensorPlan>, ModelError> {
     let path = input.source_path();
     let arch = input.arch()?;
     let mut tensors = input.tensors();
     tensors.sort_by(|a, b| tensor_order(&a.0, &b.0));
     let metadata = input.metadata();
     let hp = QuantHparams::from_metadata(&arch, &metadata, tensors.iter().map(|t| t.0.as_str()));
-    let mut state = MixState::new(
-        &arch,
-        hp,
-        opts.ftype,
-        opts.pure,
-        tensors.iter().map(|t| t.0.as_str()),
-    );
+    let mut state = MixState::new(&arch, hp, opts.ftype, opts.pure, tensors.iter().map(|t| t.0.as_str()));
     let mut plan = Vec::with_capacity(tensors.len());
     for (name, from, dims) in tensors {
         let dims = dims[..n_dims(&dims).min(dims.len())].to_vec();
-        let choice = tensor_type_for(&mut state, &name, &dims, from)
-            .map_err(|w| bad_tensor(&path, &name, w))?;
+        let choice = tensor_type_for(&mut state, &name, &dims, from).map_err(|w| bad_tensor(&path, &name, w))?;
         let to = choice.ty;
         if to != from {
             if requires_imatrix(&name, to, opts.ftype) {
-                return Err(ModelError::NeedsImatrix {
-                    path,
-                    tensor: name,
-                    ftype: opts.ftype.name(),
-                    ty: to.name(),
-                });
+                return Err(ModelError::NeedsImatrix { path, tensor: name, ftype: opts.ftype.name(), ty: to.name() });
             }
             if from.is_quantized() && !opts.allow_requantize {
-                return Err(ModelError::RequantizeDisabled {
-                    path,
-                    tensor: name,
-                    from: from.name(),
-                    to: to.name(),
-                });
+                return Err(ModelError::RequantizeDisabled { path, tensor: name, from: from.name(), to: to.name() });
             }
             let unsupported = if !rocmforge_quant::can_dequantize(from) {
                 Some((from, "dequantize"))
@@ -160,19 +131,10 @@ pub fn plan_model(
                 None
             };
             if let Some((ty, op)) = unsupported {
-                return Err(ModelError::Quant {
-                    path,
-                    source: QuantError::Unsupported { ty: ty.name(), op },
-                });
+                return Err(ModelError::Quant { path, source: QuantError::Unsupported { ty: ty.name(), op } });
             }
         }
-        plan.push(TensorPlan {
-            name,
-            dims,
-            from,
-            to,
-            fallback: choice.fallback,
-        });
+        plan.push(TensorPlan { name, dims, from, to, fallback: choice.fallback });
     }
     Ok(plan)
 }
@@ -188,13 +150,7 @@ fn tensor_bytes(path: &Path, name: &str, ty: GgmlType, dims: &[u64]) -> Result<u
 }
 
 /// Quantize `src` (rows of `n_per_row`) to `ty`, rows split over the current rayon pool.
-fn quantize_par(
-    path: &Path,
-    name: &str,
-    ty: GgmlType,
-    src: &[f32],
-    n_per_row: usize,
-) -> Result<Vec<u8>, ModelError> {
+fn quantize_par(path: &Path, name: &str, ty: GgmlType, src: &[f32], n_per_row: usize) -> Result<Vec<u8>, ModelError> {
     let row_bytes = ty
         .row_bytes(n_per_row as u64)
         .and_then(|b| usize::try_from(b).ok())
@@ -205,10 +161,7 @@ fn quantize_par(
     out.par_chunks_mut(rows * row_bytes)
         .zip(src.par_chunks(rows * n_per_row))
         .try_for_each(|(d, s)| rocmforge_quant::quantize(ty, s, d))
-        .map_err(|source| ModelError::Quant {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| ModelError::Quant { path: path.to_path_buf(), source })?;
     Ok(out)
 }
 
@@ -219,16 +172,10 @@ fn output_writer(input: &dyn QuantInput, ftype: FileType) -> GgufWriter {
     for (k, v) in input.metadata() {
         w.set(k, v);
     }
-    for k in SPLIT_KEYS
-        .iter()
-        .chain(&["general.quantization_version", "general.file_type"])
-    {
+    for k in SPLIT_KEYS.iter().chain(&["general.quantization_version", "general.file_type"]) {
         w.remove(k);
     }
-    w.set(
-        "general.quantization_version",
-        GgufValue::U32(QUANTIZATION_VERSION),
-    );
+    w.set("general.quantization_version", GgufValue::U32(QUANTIZATION_VERSION));
     w.set("general.file_type", GgufValue::U32(ftype.id()));
     w
 }
@@ -245,10 +192,7 @@ pub fn quantize_model(
     let src_path = input.source_path();
     if let (Ok(a), Ok(b)) = (src_path.canonicalize(), out_path.canonicalize()) {
         if a == b {
-            return Err(ModelError::Other(format!(
-                "{}: output and input are the same file",
-                out_path.display()
-            )));
+            return Err(ModelError::Other(format!("{}: output and input are the same file", out_path.display())));
         }
     }
     let plan = plan_model(input, opts)?;
@@ -267,10 +211,7 @@ pub fn quantize_model(
     for p in &plan {
         report.in_bytes += tensor_bytes(&src_path, &p.name, p.from, &p.dims)?;
         report.out_bytes += tensor_bytes(&src_path, &p.name, p.to, &p.dims)?;
-        *report
-            .per_type_counts
-            .entry(p.to.name().to_string())
-            .or_default() += 1;
+        *report.per_type_counts.entry(p.to.name().to_string()).or_default() += 1;
         report.n_converted += usize::from(p.from != p.to);
         writer.add_tensor_info(p.name.clone(), p.dims.clone(), p.to)?;
     }
@@ -285,22 +226,13 @@ pub fn quantize_model(
         progress(i + 1, total, &p.name);
         Ok(bytes)
     })?;
-    report.file_bytes = std::fs::metadata(out_path)
-        .map_err(|source| ModelError::Io {
-            path: out_path.to_path_buf(),
-            source,
-        })?
-        .len();
+    report.file_bytes = std::fs::metadata(out_path).map_err(|source| ModelError::Io { path: out_path.to_path_buf(), source })?.len();
     report.elapsed = start.elapsed();
     Ok(report)
 }
 
 /// One tensor's output bytes.
-fn convert_tensor<'a>(
-    input: &'a dyn QuantInput,
-    path: &Path,
-    p: &TensorPlan,
-) -> Result<Cow<'a, [u8]>, ModelError> {
+fn convert_tensor<'a>(input: &'a dyn QuantInput, path: &Path, p: &TensorPlan) -> Result<Cow<'a, [u8]>, ModelError> {
     if p.from == p.to {
         if let Some(raw) = input.tensor_raw(&p.name)? {
             return Ok(raw);
@@ -311,9 +243,7 @@ fn convert_tensor<'a>(
     if values.par_iter().any(|x| !x.is_finite()) {
         return Err(bad_tensor(path, &p.name, "contains NaN or infinite values"));
     }
-    Ok(Cow::Owned(quantize_par(
-        path, &p.name, p.to, &values, n_per_row,
-    )?))
+    Ok(Cow::Owned(quantize_par(path, &p.name, p.to, &values, n_per_row)?))
 }
 
 /// `quantize_model` on the GGUF file at `in_path`.
@@ -329,9 +259,6 @@ pub fn quantize_file(
 
 /// `<stem>-<TYPE>.gguf` next to `in_path`: a default output name for the CLI.
 pub fn default_output_path(in_path: &Path, ftype: FileType) -> PathBuf {
-    let stem = in_path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
+    let stem = in_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     in_path.with_file_name(format!("{stem}-{}.gguf", ftype.name()))
 }

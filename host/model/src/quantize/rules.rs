@@ -62,18 +62,12 @@ impl TensorCategory {
             ("ffn_gate", FfnGate),
             ("ffn_down", FfnDown),
         ];
-        SUBSTR
-            .iter()
-            .find(|(s, _)| name.contains(s))
-            .map_or(Other, |&(_, c)| c)
+        SUBSTR.iter().find(|(s, _)| name.contains(s)).map_or(Other, |&(_, c)| c)
     }
 
     /// `attn_v`-like tensors: the most quantization-sensitive, counted by `i_attention_wv`.
     fn is_attn_v(self) -> bool {
-        matches!(
-            self,
-            TensorCategory::AttnV | TensorCategory::AttnQkv | TensorCategory::AttnKvB
-        )
+        matches!(self, TensorCategory::AttnV | TensorCategory::AttnQkv | TensorCategory::AttnKvB)
     }
 }
 
@@ -85,10 +79,7 @@ pub fn layer_of(name: &str) -> Option<i64> {
         Some(b'+') => (1, &rest[1..]),
         _ => (1, rest),
     };
-    let end = digits
-        .bytes()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(digits.len());
+    let end = digits.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
     digits[..end].parse::<i64>().ok().map(|n| sign * n)
 }
 
@@ -194,11 +185,7 @@ pub struct QuantHparams {
 impl QuantHparams {
     /// Read from GGUF metadata. A missing `block_count` is taken from the largest `blk.N.` + 1
     /// of `tensor_names` (llama.cpp would refuse the file; a converter may not have written it).
-    pub fn from_metadata<'a>(
-        arch: &str,
-        metadata: &[(String, GgufValue)],
-        tensor_names: impl Iterator<Item = &'a str>,
-    ) -> Self {
+    pub fn from_metadata<'a>(arch: &str, metadata: &[(String, GgufValue)], tensor_names: impl Iterator<Item = &'a str>) -> Self {
         let get = |key: &str| -> Option<u64> {
             let v = metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)?;
             // Per-layer arrays (head_count of OpenELM, Gemma-3n, ...): layer 0, as n_gqa(0).
@@ -207,12 +194,8 @@ impl QuantHparams {
                 v => v.as_u64(),
             }
         };
-        let n_layer = get(&format!("{arch}.block_count")).unwrap_or_else(|| {
-            tensor_names
-                .filter_map(layer_of)
-                .max()
-                .map_or(0, |m| (m + 1).max(0) as u64)
-        });
+        let n_layer = get(&format!("{arch}.block_count"))
+            .unwrap_or_else(|| tensor_names.filter_map(layer_of).max().map_or(0, |m| (m + 1).max(0) as u64));
         let n_head = get(&format!("{arch}.attention.head_count")).unwrap_or(0);
         let n_head_kv = get(&format!("{arch}.attention.head_count_kv")).unwrap_or(n_head);
         let clamp = |x: u64| u32::try_from(x).unwrap_or(u32::MAX);
@@ -266,13 +249,7 @@ pub struct MixState {
 
 impl MixState {
     /// `names`: every tensor name of the model (the counters' totals come from the whole list).
-    pub fn new<'a>(
-        arch: &str,
-        hp: QuantHparams,
-        ftype: FileType,
-        pure: bool,
-        names: impl Iterator<Item = &'a str>,
-    ) -> Self {
+    pub fn new<'a>(arch: &str, hp: QuantHparams, ftype: FileType, pure: bool, names: impl Iterator<Item = &'a str>) -> Self {
         let mut n_attention_wv = 0;
         let mut has_tied_embeddings = true;
         for name in names {
@@ -322,22 +299,14 @@ impl MixState {
 
     /// The mix: adjust the file type's base type for this tensor's role and layer
     /// (llama.cpp's `llama_tensor_get_type_impl`, for the file types we write).
-    fn mixed_type(
-        &mut self,
-        base: GgmlType,
-        name: &str,
-        ne0: u64,
-        cat: TensorCategory,
-    ) -> Result<GgmlType, String> {
+    fn mixed_type(&mut self, base: GgmlType, name: &str, ne0: u64, cat: TensorCategory) -> Result<GgmlType, String> {
         use FileType as F;
         use GgmlType as G;
         use TensorCategory as C;
         let ft = self.ftype;
         let mut ty = base;
         if self.arch == "glm5-next"
-            && ["attn_q_a", "attn_q_b", "nextn.eh_proj"]
-                .iter()
-                .any(|s| name.contains(s))
+            && ["attn_q_a", "attn_q_b", "nextn.eh_proj"].iter().any(|s| name.contains(s))
             && !matches!(ty, G::F32 | G::BF16 | G::F16)
         {
             return Ok(G::Q8_0);
@@ -415,16 +384,7 @@ impl MixState {
         } else if cat == C::AttnOutput {
             if !self.is_falcon() {
                 if n_expert == 8 {
-                    if matches!(
-                        ft,
-                        F::Q2_K
-                            | F::Q3_K_S
-                            | F::Q3_K_M
-                            | F::IQ4_NL
-                            | F::Q4_K_S
-                            | F::Q4_K_M
-                            | F::IQ4_XS
-                    ) {
+                    if matches!(ft, F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::IQ4_NL | F::Q4_K_S | F::Q4_K_M | F::IQ4_XS) {
                         ty = G::Q5_K;
                     }
                 } else {
@@ -461,21 +421,11 @@ impl MixState {
         use GgmlType as G;
         let fits = |t: GgmlType| ne0.is_multiple_of(t.block_size() as u64);
         if fits(ty) {
-            return Ok(TypeChoice {
-                ty,
-                fallback: false,
-            });
+            return Ok(TypeChoice { ty, fallback: false });
         }
         self.n_fallback += 1;
         let mut to = match ty {
-            G::IQ1_S
-            | G::IQ1_M
-            | G::IQ2_XXS
-            | G::IQ2_XS
-            | G::IQ2_S
-            | G::IQ3_XXS
-            | G::IQ3_S
-            | G::IQ4_XS => G::IQ4_NL,
+            G::IQ1_S | G::IQ1_M | G::IQ2_XXS | G::IQ2_XS | G::IQ2_S | G::IQ3_XXS | G::IQ3_S | G::IQ4_XS => G::IQ4_NL,
             G::Q2_K | G::Q3_K | G::TQ1_0 | G::TQ2_0 => G::Q4_0,
             G::Q4_K => G::Q5_0,
             G::Q5_K => G::Q5_1,
@@ -487,42 +437,24 @@ impl MixState {
             // Rows not even a multiple of 32: only a float type fits.
             to = G::F16;
         }
-        Ok(TypeChoice {
-            ty: to,
-            fallback: true,
-        })
+        Ok(TypeChoice { ty: to, fallback: true })
     }
 }
 
 /// The type tensor `name` (dims in GGUF order, `ne0` first; input type `cur`) gets in the
 /// output. Call it once per tensor, in `tensor_order`: it advances `state`'s layer counters
 /// (llama.cpp's `llama_tensor_get_type`). Errors name what is wrong with the tensor.
-pub fn tensor_type_for(
-    state: &mut MixState,
-    name: &str,
-    dims: &[u64],
-    cur: GgmlType,
-) -> Result<TypeChoice, String> {
-    let keep = TypeChoice {
-        ty: cur,
-        fallback: false,
-    };
+pub fn tensor_type_for(state: &mut MixState, name: &str, dims: &[u64], cur: GgmlType) -> Result<TypeChoice, String> {
+    let keep = TypeChoice { ty: cur, fallback: false };
     if !allows_quantization(&state.arch, name, dims) {
         return Ok(keep);
     }
     let base = state.ftype.base_type();
     if !base.is_quantized() {
-        return Ok(TypeChoice {
-            ty: base,
-            fallback: false,
-        });
+        return Ok(TypeChoice { ty: base, fallback: false });
     }
     let ne0 = dims.first().copied().unwrap_or(1);
-    let ty = if state.pure {
-        base
-    } else {
-        state.mixed_type(base, name, ne0, TensorCategory::of(name))?
-    };
+    let ty = if state.pure { base } else { state.mixed_type(base, name, ne0, TensorCategory::of(name))? };
     state.fallback(ty, ne0)
 }
 
@@ -534,12 +466,7 @@ pub fn requires_imatrix(name: &str, ty: GgmlType, ftype: FileType) -> bool {
         return false;
     }
     match ty {
-        GgmlType::IQ3_XXS
-        | GgmlType::IQ2_XXS
-        | GgmlType::IQ2_XS
-        | GgmlType::IQ2_S
-        | GgmlType::IQ1_M
-        | GgmlType::IQ1_S => true,
+        GgmlType::IQ3_XXS | GgmlType::IQ2_XXS | GgmlType::IQ2_XS | GgmlType::IQ2_S | GgmlType::IQ1_M | GgmlType::IQ1_S => true,
         GgmlType::Q2_K => ftype == FileType::Q2_K_S,
         _ => false,
     }
@@ -554,24 +481,9 @@ mod tests {
         assert_eq!(layer_of("blk.12.attn_q.weight"), Some(12));
         assert_eq!(layer_of("token_embd.weight"), None);
         assert_eq!(layer_of("blk.x.y"), None);
-        let mut v = vec![
-            "blk.10.a",
-            "blk.2.b",
-            "output.weight",
-            "blk.2.a",
-            "token_embd.weight",
-        ];
+        let mut v = vec!["blk.10.a", "blk.2.b", "output.weight", "blk.2.a", "token_embd.weight"];
         v.sort_by(|a, b| tensor_order(a, b));
-        assert_eq!(
-            v,
-            [
-                "output.weight",
-                "token_embd.weight",
-                "blk.2.a",
-                "blk.2.b",
-                "blk.10.a"
-            ]
-        );
+        assert_eq!(v, ["output.weight", "token_embd.weight", "blk.2.a", "blk.2.b", "blk.10.a"]);
     }
 
     #[test]

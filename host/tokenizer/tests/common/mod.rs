@@ -14,11 +14,7 @@ pub fn repo_root() -> PathBuf {
 /// A test-data file that must exist.
 pub fn data(rel: &str) -> PathBuf {
     let p = repo_root().join(rel);
-    assert!(
-        p.exists(),
-        "missing test data {}: run scripts/fetch-test-data.sh",
-        p.display()
-    );
+    assert!(p.exists(), "missing test data {}: run scripts/fetch-test-data.sh", p.display());
     p
 }
 
