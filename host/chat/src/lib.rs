@@ -2,6 +2,10 @@
 //! `tokenizer_config.json`, rendered with the output Hugging Face transformers'
 //! `apply_chat_template` produces (Python jinja2), using minijinja.
 //!
+//! Crate boundary (a deviation from DESIGN.md §1, which lists chat templates under `host/model`):
+//! templates are a concern of their own (minijinja, untrusted template code, bounded rendering)
+//! used by the CLI and the server; nothing here reads model files.
+//!
 //! Invariants: output equals transformers' for the reference templates in
 //! `.cache/llama.cpp/models/templates` (checked by `tests/reference_templates.rs` against
 //! fixtures from `scripts/fixtures/chat_render.py`; single behaviours in `tests/behaviour.rs`);

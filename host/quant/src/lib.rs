@@ -1,6 +1,10 @@
 //! GGML tensor types as GGUF stores them: ids, block layouts, and reference (scalar) dequantize
 //! and quantize for every type in use.
 //!
+//! Crate boundary (a deviation from DESIGN.md §1, which lists quant formats under `host/model`): the
+//! block formats are their own crate because both `host/model` (quantizer) and the CPU backend need
+//! them and neither should depend on the other.
+//!
 //! Invariants: a tensor of type `t` with `n` elements (n a multiple of `t.block_size()`) occupies
 //! exactly `n / block_size * type_size` bytes; the numeric ids are GGUF's `ggml_type` values and
 //! never change. Reference implementations follow llama.cpp's `ggml-quants.c` bit for bit (checked

@@ -3,6 +3,10 @@
 //! `gemma4` SPM-style BPE), or loaded from a Hugging Face `tokenizer.json`; plus decoding and a
 //! streaming detokenizer that never emits half a UTF-8 character.
 //!
+//! Crate boundary (a deviation from DESIGN.md §1, which lists tokenizers under `host/model`): kept
+//! apart so `host/model` stays free of the `tokenizers` dependency and the engine/server can use
+//! tokenizers without the file layer's writer and quantizer.
+//!
 //! Invariants:
 //! - For GGUF vocabularies, `encode` reproduces `llama_tokenize` id for id (tested against
 //!   llama.cpp's `ggml-vocab-*.gguf` vectors and llama-cpp-python fixtures); an unknown
