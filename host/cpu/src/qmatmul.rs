@@ -158,6 +158,11 @@ fn qmatmul_with(
     let (kp, g16) = (acts.kp, acts.g16);
     let acts = &*acts;
 
+    if crate::kquant::handles(ty, n_out, n_tokens) {
+        // llama.cpp's own K-quant summation orders (see `kquant`).
+        crate::kquant::run(pool, ty, w, n_out, k, acts, n_tokens, y);
+        return;
+    }
     let row_bytes = k / ty.block_size() * ty.type_size();
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && n_tokens <= 3 && crate::qdecode::has_fused(ty) {

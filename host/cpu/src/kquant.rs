@@ -1,0 +1,356 @@
+//! Q4_K and Q6_K matmuls that sum exactly like llama.cpp's x86 CPU backend (GGML_NATIVE build on
+//! an AVX-512 VNNI machine, GCC, which contracts the tiled kernel's separate mul + add into FMA).
+//!
+//! The integer part of every K-quant dot is exact (any order gives the same i32), so what has to
+//! match is only where llama.cpp leaves integers for floats and in which order it adds the floats.
+//! llama.cpp picks a kernel per weight tensor and batch (facts read from ggml-cpu's `repack.cpp`,
+//! `arch/x86/repack.cpp`, `arch/x86/quants.c`, `tiled/`; checked bit for bit against its library
+//! by `tests/llama_cpp_kquant.rs`):
+//!
+//! ```text
+//!   per superblock b (256 elements), sub-block s: raw_s = sum_{e in s} q_e x_e   (q unsigned)
+//!   I = sum_s sc_s raw_s (Q6_K: sc_s (raw_s - 32 bsum16_s)),  M = sum_{s of 32} m_s bsum32_s
+//!
+//!   Q4_K, n_out % 8 == 0: weights repacked to Q4_Kx8 at load (CPU "repack" buffer type).
+//!     gemv (tokens past the last whole group of 4, or all of a batch <= 3), per superblock:
+//!       acc = fma(f32(I), d_w * d_x, acc);  accm = fma(f32(M), dmin_w * d_x, accm)
+//!     gemm (groups of 4 tokens): the same, but one fma pair per 64 elements (two sub-blocks)
+//!     y = acc - accm
+//!   else, fewer than 8 tokens: `ggml_vec_dot_{q4,q6}_K_q8_K` (AVX2 branch), eight i32 lanes,
+//!     lane j holding the elements with (e % 32) / 4 == j (Q6_K lane j minus
+//!     32 (bsum16[2j] sc[2j] + bsum16[2j+1] sc[2j+1])): acc[j] = fma(d_x d_w, f32(lane_j), acc[j]);
+//!     Q4_K minimum: 4 lanes k, fma(-d_x dmin_w, f32(m[2k] bsum32[2k] + m[2k+1] bsum32[2k+1]), ..)
+//!     folded ((a0 + a2) + (a1 + a3)); y = hsum8(acc) (+ that)
+//!   else (8 tokens or more): the tiled kernel, per superblock in order:
+//!     r = f32(I) * d_w  (Q4_K: r = fma(-dmin_w, f32(M), r));  y = fma(r, d_x, y)
+//! ```
+//!
+//! One portable implementation (compiled once more with AVX2 enabled so the integer loops
+//! vectorise), so every ISA gives the same bits. Written from scratch after those facts.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rocmforge_quant::{f16_to_f32, GgmlType};
+
+use crate::act::QActs;
+use crate::pool::ThreadPool;
+use crate::qmatmul::{hsum8, SyncPtr};
+
+/// The llama.cpp kernel whose order a call reproduces.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Q4_K repacked, one token (`ggml_gemv_q4_K_8x8_q8_K`).
+    Q4KRepack,
+    /// Q4_K repacked, groups of 4 tokens (`ggml_gemm_q4_K_8x8_q8_K`).
+    Q4KRepackGemm,
+    /// Q6_K `ggml_vec_dot_q6_K_q8_K`.
+    Q6KVecDot,
+    /// Q4_K `ggml_vec_dot_q4_K_q8_K`.
+    Q4KVecDot,
+    /// Q4_K tiled kernel.
+    Q4KTiled,
+    /// Q6_K tiled kernel.
+    Q6KTiled,
+}
+
+fn order(ty: GgmlType, n_out: usize, n_tokens: usize) -> Option<Order> {
+    match ty {
+        GgmlType::Q4_K if n_out.is_multiple_of(8) => Some(Order::Q4KRepack),
+        GgmlType::Q4_K if n_tokens >= 8 => Some(Order::Q4KTiled),
+        GgmlType::Q4_K => Some(Order::Q4KVecDot),
+        GgmlType::Q6_K if n_tokens >= 8 => Some(Order::Q6KTiled),
+        GgmlType::Q6_K => Some(Order::Q6KVecDot),
+        _ => None,
+    }
+}
+
+/// True if `run` handles this call (else the generic kernels do).
+pub(crate) fn handles(ty: GgmlType, n_out: usize, n_tokens: usize) -> bool {
+    order(ty, n_out, n_tokens).is_some()
+}
+
+/// One superblock unpacked: unsigned quants, per-16 scales (Q4_K: each sub-block scale twice),
+/// Q4_K mins per 32, and the f32 super-scales.
+struct Sb {
+    q: [u8; 256],
+    sc16: [i32; 16],
+    m32: [i32; 8],
+    d: f32,
+    dmin: f32,
+}
+
+impl Default for Sb {
+    fn default() -> Self {
+        Sb { q: [0; 256], sc16: [0; 16], m32: [0; 8], d: 0.0, dmin: 0.0 }
+    }
+}
+
+#[inline(always)]
+fn unpack_q4k(b: &[u8], o: &mut Sb) {
+    o.d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+    o.dmin = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+    let s = &b[4..16];
+    for j in 0..8 {
+        let (sc, m) = if j < 4 {
+            (s[j] & 63, s[j + 4] & 63)
+        } else {
+            ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+        };
+        o.sc16[2 * j] = sc as i32;
+        o.sc16[2 * j + 1] = sc as i32;
+        o.m32[j] = m as i32;
+    }
+    let qs = &b[16..144];
+    for g in 0..4 {
+        for l in 0..32 {
+            let v = qs[32 * g + l];
+            o.q[64 * g + l] = v & 0x0F;
+            o.q[64 * g + 32 + l] = v >> 4;
+        }
+    }
+}
+
+#[inline(always)]
+fn unpack_q6k(b: &[u8], o: &mut Sb) {
+    let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+    o.d = f16_to_f32(u16::from_le_bytes([b[208], b[209]]));
+    for j in 0..16 {
+        o.sc16[j] = sc[j] as i8 as i32;
+    }
+    for n in 0..2 {
+        let (ql, qh, q) = (&ql[64 * n..], &qh[32 * n..], &mut o.q[128 * n..]);
+        for l in 0..32 {
+            q[l] = (ql[l] & 0x0F) | ((qh[l] & 3) << 4);
+            q[l + 32] = (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4);
+            q[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+}
+
+/// Per group of 16 elements: the raw dots `sum q x` and the activation sums (`bsums`).
+#[inline(always)]
+fn group_dots(q: &[u8; 256], x: &[i8]) -> ([i32; 16], [i32; 16]) {
+    let mut dot = [0i32; 16];
+    let mut bs = [0i32; 16];
+    for g in 0..16 {
+        let (mut a, mut s) = (0i32, 0i32);
+        for i in 16 * g..16 * g + 16 {
+            a += q[i] as i32 * x[i] as i32;
+            s += x[i] as i32;
+        }
+        dot[g] = a;
+        bs[g] = s;
+    }
+    (dot, bs)
+}
+
+/// Dot of one row (already unpacked, `sbs`) with one token.
+#[inline(always)]
+fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
+    match ord {
+        Order::Q4KRepack => {
+            let (mut acc, mut accm) = (0f32, 0f32);
+            for (b, sb) in sbs.iter().enumerate() {
+                let (dot, bs) = group_dots(&sb.q, &x[256 * b..256 * b + 256]);
+                let mut i = 0i32;
+                let mut m = 0i32;
+                for g in 0..16 {
+                    i += sb.sc16[g] * dot[g];
+                }
+                for s in 0..8 {
+                    m += sb.m32[s] * (bs[2 * s] + bs[2 * s + 1]);
+                }
+                let d = dx[b];
+                acc = (i as f32).mul_add(sb.d * d, acc);
+                accm = (m as f32).mul_add(sb.dmin * d, accm);
+            }
+            acc - accm
+        }
+        Order::Q4KTiled => {
+            let mut y = 0f32;
+            for (b, sb) in sbs.iter().enumerate() {
+                let (dot, bs) = group_dots(&sb.q, &x[256 * b..256 * b + 256]);
+                let (mut i, mut m) = (0i32, 0i32);
+                for g in 0..16 {
+                    i += sb.sc16[g] * dot[g];
+                }
+                for s in 0..8 {
+                    m += sb.m32[s] * (bs[2 * s] + bs[2 * s + 1]);
+                }
+                let r = (-sb.dmin).mul_add(m as f32, (i as f32) * sb.d);
+                y = r.mul_add(dx[b], y);
+            }
+            y
+        }
+        Order::Q4KVecDot => {
+            let mut acc = [0f32; 8];
+            let mut accm = [0f32; 4];
+            for (b, sb) in sbs.iter().enumerate() {
+                let xb = &x[256 * b..256 * b + 256];
+                let mut lane = [0i32; 8];
+                for e in 0..256 {
+                    lane[(e % 32) / 4] += sb.sc16[e / 16] * sb.q[e] as i32 * xb[e] as i32;
+                }
+                let mut bs = [0i32; 8];
+                for s in 0..8 {
+                    bs[s] = xb[32 * s..32 * s + 32].iter().map(|&v| v as i32).sum();
+                }
+                let d = dx[b] * sb.d;
+                let dmin = -dx[b] * sb.dmin;
+                for j in 0..8 {
+                    acc[j] = d.mul_add(lane[j] as f32, acc[j]);
+                }
+                for k in 0..4 {
+                    let p = sb.m32[2 * k] * bs[2 * k] + sb.m32[2 * k + 1] * bs[2 * k + 1];
+                    accm[k] = dmin.mul_add(p as f32, accm[k]);
+                }
+            }
+            hsum8(acc) + ((accm[0] + accm[2]) + (accm[1] + accm[3]))
+        }
+        Order::Q4KRepackGemm => {
+            let (mut acc, mut accm) = (0f32, 0f32);
+            for (b, sb) in sbs.iter().enumerate() {
+                let (dot, bs) = group_dots(&sb.q, &x[256 * b..256 * b + 256]);
+                let d = dx[b];
+                for p in 0..4 {
+                    // One fma per 64 elements (two sub-blocks of 32).
+                    let mut i = 0i32;
+                    for g in 4 * p..4 * p + 4 {
+                        i += sb.sc16[g] * dot[g];
+                    }
+                    let m = sb.m32[2 * p] * (bs[4 * p] + bs[4 * p + 1]) + sb.m32[2 * p + 1] * (bs[4 * p + 2] + bs[4 * p + 3]);
+                    acc = (i as f32).mul_add(sb.d * d, acc);
+                    accm = (m as f32).mul_add(sb.dmin * d, accm);
+                }
+            }
+            acc - accm
+        }
+        Order::Q6KTiled => {
+            let mut y = 0f32;
+            for (b, sb) in sbs.iter().enumerate() {
+                let (dot, bs) = group_dots(&sb.q, &x[256 * b..256 * b + 256]);
+                let mut i = 0i32;
+                for g in 0..16 {
+                    i += sb.sc16[g] * (dot[g] - 32 * bs[g]);
+                }
+                y = ((i as f32) * sb.d).mul_add(dx[b], y);
+            }
+            y
+        }
+        Order::Q6KVecDot => {
+            let mut acc = [0f32; 8];
+            for (b, sb) in sbs.iter().enumerate() {
+                let xb = &x[256 * b..256 * b + 256];
+                let mut lane = [0i32; 8];
+                for e in 0..256 {
+                    lane[(e % 32) / 4] += sb.sc16[e / 16] * sb.q[e] as i32 * xb[e] as i32;
+                }
+                let mut bs = [0i32; 16];
+                for g in 0..16 {
+                    bs[g] = xb[16 * g..16 * g + 16].iter().map(|&v| v as i32).sum();
+                }
+                let d = dx[b] * sb.d;
+                for j in 0..8 {
+                    let l = lane[j] - 32 * (bs[2 * j] * sb.sc16[2 * j] + bs[2 * j + 1] * sb.sc16[2 * j + 1]);
+                    acc[j] = d.mul_add(l as f32, acc[j]);
+                }
+            }
+            hsum8(acc)
+        }
+    }
+}
+
+/// Rows `rows` of the output for every token.
+///
+/// # Safety
+/// `y` valid for `n_tokens * n_out` floats; no other thread writes these rows.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn rows_portable(
+    ord: Order,
+    ty: GgmlType,
+    w: &[u8],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    acts: &QActs,
+    n_tokens: usize,
+    y: *mut f32,
+    n_out: usize,
+) {
+    let nb = k / 256;
+    let ts = ty.type_size();
+    let row_bytes = nb * ts;
+    let kp = acts.kp;
+    let mut sbs: Vec<Sb> = (0..nb).map(|_| Sb::default()).collect();
+    let mut dx = vec![0f32; nb];
+    for r in rows {
+        let row = &w[r * row_bytes..(r + 1) * row_bytes];
+        for (b, sb) in sbs.iter_mut().enumerate() {
+            let blk = &row[b * ts..(b + 1) * ts];
+            if ty == GgmlType::Q4_K {
+                unpack_q4k(blk, sb)
+            } else {
+                unpack_q6k(blk, sb)
+            }
+        }
+        // Repacked Q4_K: llama.cpp runs whole groups of 4 tokens through its gemm kernel and
+        // the rest (or a batch of at most 3) through gemv.
+        let n_gemm = if n_tokens > 3 { n_tokens - n_tokens % 4 } else { 0 };
+        for t in 0..n_tokens {
+            let x = &acts.xq[t * kp..t * kp + k];
+            for b in 0..nb {
+                dx[b] = acts.dx4[t * kp / 4 + 64 * b];
+            }
+            let o = if ord == Order::Q4KRepack && t < n_gemm { Order::Q4KRepackGemm } else { ord };
+            *y.add(t * n_out + r) = row_dot(o, &sbs, x, &dx);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_avx2(
+    ord: Order,
+    ty: GgmlType,
+    w: &[u8],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    acts: &QActs,
+    n_tokens: usize,
+    y: *mut f32,
+    n_out: usize,
+) {
+    rows_portable(ord, ty, w, k, rows, acts, n_tokens, y, n_out)
+}
+
+/// `y = W x` for `handles`-accepted calls; `acts` holds the Q8_K activations of `n_tokens`
+/// tokens of length `k` (a multiple of 256), `w` `n_out` rows, `y` `n_tokens * n_out`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(pool: &ThreadPool, ty: GgmlType, w: &[u8], n_out: usize, k: usize, acts: &QActs, n_tokens: usize, y: &mut [f32]) {
+    let Some(ord) = order(ty, n_out, n_tokens) else {
+        return;
+    };
+    let chunk = n_out.div_ceil(pool.n_threads() * 4).clamp(1, 64);
+    let n_chunks = n_out.div_ceil(chunk);
+    let next = AtomicUsize::new(0);
+    let yp = SyncPtr(y.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = crate::simd::Isa::detect() >= crate::simd::Isa::Avx2;
+    pool.run_dynamic(|_, _| loop {
+        let c = next.fetch_add(1, Ordering::Relaxed);
+        if c >= n_chunks {
+            break;
+        }
+        let rows = c * chunk..((c + 1) * chunk).min(n_out);
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: AVX2/FMA detected; chunks are disjoint row ranges of y, sized by the caller.
+            unsafe { rows_avx2(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
+            continue;
+        }
+        // SAFETY: as above (portable code).
+        unsafe { rows_portable(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
+    });
+}
