@@ -1,7 +1,9 @@
 //! `rocmforge quantize IN OUT TYPE`: llama-quantize's job with a progress bar. A GGUF input goes
 //! straight to the model crate's quantizer; a Hugging Face directory is first mapped to GGUF
 //! names and metadata by its architecture plugin (the same path `run` uses), so the output is
-//! what llama.cpp's converter + quantizer would produce for the weights.
+//! what llama.cpp's converter + quantizer would produce for the weights. The directory's
+//! `tokenizer.json` becomes `tokenizer.ggml.*` keys (`rocmforge_tokenizer::hf_tokenizer_gguf_metadata`);
+//! a tokenizer it cannot convert fails the command, a missing one only warns.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -14,12 +16,16 @@ use rocmforge_model::ModelError;
 use rocmforge_quant::GgmlType;
 use rocmforge_runtime::{ModelSource, Registry};
 
-/// A model source (HF directory) seen as quantizer input.
-struct SourceInput<'a>(&'a ModelSource);
+/// A model source (HF directory) seen as quantizer input, with the tokenizer metadata made from
+/// its `tokenizer.json`.
+struct SourceInput<'a>(&'a ModelSource, Vec<(String, GgufValue)>);
 
 impl QuantInput for SourceInput<'_> {
     fn metadata(&self) -> Vec<(String, GgufValue)> {
-        self.0.metadata()
+        let mut md = self.0.metadata();
+        // The tokenizer travels in the GGUF (llama.cpp and `run` build it from these keys).
+        md.extend(self.1.iter().filter(|(k, _)| !md.iter().any(|(m, _)| m == k)).cloned().collect::<Vec<_>>());
+        md
     }
     fn tensors(&self) -> Vec<(String, GgmlType, Vec<u64>)> {
         self.0
@@ -70,7 +76,14 @@ pub fn run(
     let report = if input.is_dir() {
         let reg = registry();
         let src = ModelSource::open(input, &reg).with_context(|| format!("opening {}", input.display()))?;
-        quantize_model(&SourceInput(&src), output, &opts, &progress)?
+        let tok = if rocmforge_tokenizer::has_hf_tokenizer(input) {
+            rocmforge_tokenizer::hf_tokenizer_gguf_metadata(input)
+                .with_context(|| format!("converting the tokenizer of {}", input.display()))?
+        } else {
+            tracing::warn!("{}: no tokenizer.json; the GGUF gets no tokenizer", input.display());
+            Vec::new()
+        };
+        quantize_model(&SourceInput(&src, tok), output, &opts, &progress)?
     } else {
         quantize_file(input, output, &opts, &progress)?
     };

@@ -22,6 +22,7 @@ mod decode;
 mod encode;
 mod hf;
 mod pretokenize;
+mod to_gguf;
 mod unicode;
 mod vocab;
 
@@ -29,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 use rocmforge_model::gguf::GgufFile;
 
+pub use to_gguf::{has_hf_tokenizer, hf_tokenizer_gguf_metadata};
 pub use vocab::{GgufVocab, SpecialIds};
 
 /// Errors of this crate.
@@ -56,6 +58,8 @@ pub enum TokenizerError {
     Json { path: PathBuf, source: serde_json::Error },
     #[error("{path}: cannot load tokenizer: {message}")]
     HfLoad { path: PathBuf, message: String },
+    #[error("tokenizer.json pre-tokenizer regex matches no known pre-tokenizer: {regex}")]
+    UnknownHfPreTokenizer { regex: String },
     #[error("tokenizers: {message}")]
     Hf { message: String },
 }

@@ -75,6 +75,16 @@ fn wrong_type(key: &'static str, expected: &'static str, v: &GgufValue) -> Token
 impl GgufVocab {
     /// Reads the `tokenizer.ggml.*` keys of a GGUF file.
     pub fn from_gguf(f: &GgufFile) -> Result<Self, TokenizerError> {
+        Self::from_lookup(|k| f.get(k))
+    }
+
+    /// Reads the `tokenizer.ggml.*` keys of a metadata list (e.g. before it is written to a file).
+    pub fn from_metadata(md: &[(String, GgufValue)]) -> Result<Self, TokenizerError> {
+        Self::from_lookup(|k| md.iter().find(|(n, _)| n == k).map(|(_, v)| v))
+    }
+
+    fn from_lookup<'a>(get: impl Fn(&str) -> Option<&'a GgufValue>) -> Result<Self, TokenizerError> {
+        let f = FnGet(get);
         let str_key = |key: &'static str| -> Result<Option<String>, TokenizerError> {
             match f.get(key) {
                 None => Ok(None),
@@ -156,6 +166,15 @@ impl GgufVocab {
             general_name: str_key("general.name")?,
             general_arch: str_key("general.architecture")?,
         })
+    }
+}
+
+/// Adapts a lookup closure to the `f.get(key)` calls of `from_lookup`.
+struct FnGet<F>(F);
+
+impl<'a, F: Fn(&str) -> Option<&'a GgufValue>> FnGet<F> {
+    fn get(&self, key: &str) -> Option<&'a GgufValue> {
+        (self.0)(key)
     }
 }
 
