@@ -111,3 +111,23 @@ fn unknown_pre_tokenizer_regex_is_an_error_naming_it() {
         other => panic!("expected UnknownHfPreTokenizer, got {other:?}"),
     }
 }
+
+/// A byte-fallback BPE tokenizer (llama/SentencePiece style, made by
+/// scripts/fixtures/tiny_spm_tokenizer.py) becomes a `llama` (SPM) vocabulary that tokenizes like
+/// HF tokenizers.
+#[test]
+fn spm_style_bpe_becomes_a_llama_vocab_that_tokenizes_like_hf() {
+    let dir = fixture("tiny-spm-tokenizer");
+    let md = hf_tokenizer_gguf_metadata(&dir).expect("convert");
+    assert_eq!(md_str(&md, "tokenizer.ggml.model"), Some("llama"));
+    assert!(md_str(&md, "tokenizer.chat_template").is_some_and(|t| t.contains("messages")));
+    let tok = Tokenizer::from_gguf_vocab(GgufVocab::from_metadata(&md).expect("vocab")).expect("tokenizer");
+    let hf = Tokenizer::from_hf_dir(&dir).expect("hf tokenizer");
+    assert_eq!(tok.n_vocab(), hf.n_vocab());
+    assert_eq!((tok.bos(), tok.eos(), tok.unk()), (hf.bos(), hf.eos(), hf.unk()));
+    assert!(tok.add_bos());
+    for t in TEXTS.iter().chain(&["The quick brown fox", "there then the"]) {
+        assert_eq!(tok.encode(t, false, true).expect("encode"), hf.encode(t, false, true).expect("hf encode"), "on {t:?}");
+        assert_eq!(tok.decode(&tok.encode(t, false, true).expect("encode"), true), *t, "round trip of {t:?}");
+    }
+}
