@@ -177,25 +177,49 @@ pub(crate) fn exp_shift_sum(isa: Isa, v: &mut [f32], shift: f32) -> f32 {
 
 /// ggml's tanh-approximation GELU, optionally times `mul[i]` (GEGLU).
 pub(crate) fn gelu_mul(isa: Isa, x: &[f32], mul: Option<&[f32]>, out: &mut [f32]) {
-    let n = x.len().min(out.len());
-    #[cfg(target_arch = "x86_64")]
-    if isa.clamp() >= Isa::Avx2 {
-        let mp = mul.map(|m| {
-            assert!(m.len() >= n);
-            m.as_ptr()
-        });
-        // SAFETY: features detected; all pointers valid for `n` floats (checked above).
-        unsafe { x86::gelu_mul_avx2(x.as_ptr(), mp, out.as_mut_ptr(), n) };
-        return;
-    }
     let _ = isa;
-    for i in 0..n {
-        let g = gelu_scalar(x[i]);
-        out[i] = match mul {
-            Some(m) => g * m[i],
-            None => g,
-        };
+    let n = x.len().min(out.len());
+    let table = gelu_table();
+    match mul {
+        Some(m) => {
+            for i in 0..n {
+                out[i] = gelu_ggml(table, x[i], m[i]);
+            }
+        }
+        None => {
+            for i in 0..n {
+                out[i] = gelu_ggml(table, x[i], 1.0);
+            }
+        }
     }
+}
+
+/// ggml's `ggml_vec_gelu_f32` / `ggml_vec_geglu_f32` as built by default (`GGML_GELU_FP16`):
+/// below -10 zero, from 10 on the identity, in between the input rounded to f16 indexes a table of
+/// f16 GELU values. Multiplied by `m` (1 for plain GELU; `x * 1.0` is exact).
+#[inline(always)]
+fn gelu_ggml(table: &[u16], x: f32, m: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x * m
+    } else {
+        rocmforge_quant::f16_to_f32(table[rocmforge_quant::f32_to_f16(x) as usize]) * m
+    }
+}
+
+/// `ggml_table_gelu_f16`: for every f16 bit pattern, f16(gelu(value)) with gelu evaluated as
+/// ggml's `ggml_gelu_f32` compiles (GCC contracts `1 + a x x` into one fma; `tanh` is libm's).
+fn gelu_table() -> &'static [u16] {
+    static TABLE: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|h| {
+                let f = rocmforge_quant::f16_to_f32(h);
+                rocmforge_quant::f32_to_f16(gelu_scalar(f))
+            })
+            .collect()
+    })
 }
 
 /// `ggml_v_expf` (ggml-cpu `vec.h`, AVX-512 version) for one lane, bit for bit: the same fmas,
@@ -302,12 +326,12 @@ pub(crate) const GELU_COEF_A: f32 = 0.044715;
 
 #[inline]
 pub(crate) fn gelu_scalar(v: f32) -> f32 {
-    0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * (1.0 + GELU_COEF_A * v * v)).tanh())
+    0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * (GELU_COEF_A * v).mul_add(v, 1.0)).tanh())
 }
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
-    use super::{Dense, GELU_COEF_A, SQRT_2_OVER_PI};
+    use super::Dense;
     use std::arch::x86_64::*;
 
     #[inline]
@@ -431,38 +455,5 @@ pub(crate) mod x86 {
             i += 1;
         }
         s
-    }
-
-    /// # Safety
-    /// AVX2 and FMA must be available; pointers valid for `n` floats.
-    #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn gelu_mul_avx2(x: *const f32, mul: Option<*const f32>, out: *mut f32, n: usize) {
-        let one = _mm256_set1_ps(1.0);
-        let half = _mm256_set1_ps(0.5);
-        let mut i = 0;
-        while i + 8 <= n {
-            let v = _mm256_loadu_ps(x.add(i));
-            let inner = _mm256_mul_ps(
-                _mm256_mul_ps(_mm256_set1_ps(SQRT_2_OVER_PI), v),
-                _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(GELU_COEF_A), v), v, one),
-            );
-            // tanh(y) = 1 - 2 / (exp(2y) + 1); exp saturates cleanly at both ends.
-            let e = exp256(_mm256_add_ps(inner, inner));
-            let t = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(e, one)));
-            let mut g = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, t));
-            if let Some(m) = mul {
-                g = _mm256_mul_ps(g, _mm256_loadu_ps(m.add(i)));
-            }
-            _mm256_storeu_ps(out.add(i), g);
-            i += 8;
-        }
-        while i < n {
-            let mut g = super::gelu_scalar(*x.add(i));
-            if let Some(m) = mul {
-                g *= *m.add(i);
-            }
-            *out.add(i) = g;
-            i += 1;
-        }
     }
 }

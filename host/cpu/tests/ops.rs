@@ -150,6 +150,39 @@ fn erf_ref(x: f64) -> f64 {
     s * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
 }
 
+/// GELU and GEGLU bit for bit as llama.cpp computes them (`GGML_GELU_FP16` table). Reference:
+/// `tests/fixtures/llama_cpp_gelu.json`, produced by
+/// `/work/venv/bin/python host/cpu/tests/fixtures/llama_cpp_gelu.py host/cpu/tests/fixtures/llama_cpp_gelu.json`.
+#[test]
+fn gelu_is_llama_cpp_bits() {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_cpp_gelu.json");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).expect("fixture")).expect("json");
+    let f32s = |k: &str| -> Vec<f32> {
+        let s = j[k].as_str().expect("hex");
+        let b: Vec<u8> = (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex")).collect();
+        b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    };
+    let (x, g) = (f32s("x"), f32s("g"));
+    let mut out = vec![0f32; x.len()];
+    for (name, want) in [("gelu", f32s("gelu")), ("geglu", f32s("geglu"))] {
+        if name == "gelu" {
+            gelu(&x, &mut out);
+        } else {
+            geglu(&x, &g, &mut out);
+        }
+        let bad: Vec<usize> = (0..x.len()).filter(|&i| out[i].to_bits() != want[i].to_bits()).collect();
+        assert!(
+            bad.is_empty(),
+            "{name}: {} of {} differ, first x = {} ours {} llama.cpp {}",
+            bad.len(),
+            x.len(),
+            x[bad[0]],
+            out[bad[0]],
+            want[bad[0]]
+        );
+    }
+}
+
 #[test]
 fn activations_match_f64() {
     let mut rng = Rng::new(4);
@@ -166,8 +199,10 @@ fn activations_match_f64() {
     let rel = |got: &[f32], want: &[f64]| got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs() / (1.0 + w.abs())).fold(0.0, f64::max);
     silu(&x, &mut out);
     assert!(rel(&out, &silu_ref) < 2e-6, "silu {}", rel(&out, &silu_ref));
+    // GELU goes through ggml's f16 table (input and output rounded to f16; exact bits checked in
+    // `gelu_is_llama_cpp_bits`), so against the f64 formula it is f16-accurate only.
     gelu(&x, &mut out);
-    assert!(rel(&out, &gelu_ref) < 2e-6, "gelu {}", rel(&out, &gelu_ref));
+    assert!(rel(&out, &gelu_ref) < 2e-3, "gelu {}", rel(&out, &gelu_ref));
     gelu_erf(&x, &mut out);
     assert!(rel(&out, &gelu_erf_ref) < 2e-6, "gelu_erf {}", rel(&out, &gelu_erf_ref));
     swiglu(&x, &up, &mut out);
@@ -175,7 +210,7 @@ fn activations_match_f64() {
     assert!(rel(&out, &want) < 2e-6, "swiglu");
     geglu(&x, &up, &mut out);
     let want: Vec<f64> = gelu_ref.iter().zip(&up).map(|(s, &u)| s * u as f64).collect();
-    assert!(rel(&out, &want) < 2e-6, "geglu");
+    assert!(rel(&out, &want) < 2e-3, "geglu");
     let mut sc = x.clone();
     softcap(&mut sc, 30.0);
     let want: Vec<f64> = xd.iter().map(|v| 30.0 * (v / 30.0).tanh()).collect();
