@@ -1,4 +1,4 @@
-//! Q4_K and Q6_K matmuls that sum exactly like llama.cpp's x86 CPU backend (GGML_NATIVE build on
+//! Q4_K, Q5_K and Q6_K matmuls that sum exactly like llama.cpp's x86 CPU backend (GGML_NATIVE build on
 //! an AVX-512 VNNI machine, GCC, which contracts the tiled kernel's separate mul + add into FMA).
 //!
 //! The integer part of every K-quant dot is exact (any order gives the same i32), so what has to
@@ -16,13 +16,14 @@
 //!       acc = fma(f32(I), d_w * d_x, acc);  accm = fma(f32(M), dmin_w * d_x, accm)
 //!     gemm (groups of 4 tokens): the same, but one fma pair per 64 elements (two sub-blocks)
 //!     y = acc - accm
-//!   else, fewer than 8 tokens: `ggml_vec_dot_{q4,q6}_K_q8_K` (AVX2 branch), eight i32 lanes,
+//!   else, fewer than 8 tokens: `ggml_vec_dot_{q4,q5,q6}_K_q8_K` (AVX2 branch), eight i32 lanes,
 //!     lane j holding the elements with (e % 32) / 4 == j (Q6_K lane j minus
 //!     32 (bsum16[2j] sc[2j] + bsum16[2j+1] sc[2j+1])): acc[j] = fma(d_x d_w, f32(lane_j), acc[j]);
 //!     Q4_K minimum: 4 lanes k, fma(-d_x dmin_w, f32(m[2k] bsum32[2k] + m[2k+1] bsum32[2k+1]), ..)
-//!     folded ((a0 + a2) + (a1 + a3)); y = hsum8(acc) (+ that)
+//!     folded ((a0 + a2) + (a1 + a3)); Q5_K minimum: summs = fma(-d_x dmin_w, f32(M), summs);
+//!     y = hsum8(acc) (+ the minimum term)
 //!   else (8 tokens or more): the tiled kernel, per superblock in order:
-//!     r = f32(I) * d_w  (Q4_K: r = fma(-dmin_w, f32(M), r));  y = fma(r, d_x, y)
+//!     r = f32(I) * d_w  (Q4_K/Q5_K: r = fma(-dmin_w, f32(M), r));  y = fma(r, d_x, y)
 //! ```
 //!
 //! One portable implementation (compiled once more with AVX2 enabled so the integer loops
@@ -47,8 +48,10 @@ enum Order {
     Q6KVecDot,
     /// Q4_K `ggml_vec_dot_q4_K_q8_K`.
     Q4KVecDot,
-    /// Q4_K tiled kernel.
+    /// Q4_K / Q5_K tiled kernel.
     Q4KTiled,
+    /// Q5_K `ggml_vec_dot_q5_K_q8_K`.
+    Q5KVecDot,
     /// Q6_K tiled kernel.
     Q6KTiled,
 }
@@ -58,6 +61,8 @@ fn order(ty: GgmlType, n_out: usize, n_tokens: usize) -> Option<Order> {
         GgmlType::Q4_K if n_out.is_multiple_of(8) => Some(Order::Q4KRepack),
         GgmlType::Q4_K if n_tokens >= 8 => Some(Order::Q4KTiled),
         GgmlType::Q4_K => Some(Order::Q4KVecDot),
+        GgmlType::Q5_K if n_tokens >= 8 => Some(Order::Q4KTiled),
+        GgmlType::Q5_K => Some(Order::Q5KVecDot),
         GgmlType::Q6_K if n_tokens >= 8 => Some(Order::Q6KTiled),
         GgmlType::Q6_K => Some(Order::Q6KVecDot),
         _ => None,
@@ -87,6 +92,20 @@ impl Default for Sb {
 
 #[inline(always)]
 fn unpack_q4k(b: &[u8], o: &mut Sb) {
+    unpack_q4k_scales(b, o);
+    let qs = &b[16..144];
+    for g in 0..4 {
+        for l in 0..32 {
+            let v = qs[32 * g + l];
+            o.q[64 * g + l] = v & 0x0F;
+            o.q[64 * g + 32 + l] = v >> 4;
+        }
+    }
+}
+
+/// d, dmin and the 6-bit sub-block scales / mins of a Q4_K / Q5_K block.
+#[inline(always)]
+fn unpack_q4k_scales(b: &[u8], o: &mut Sb) {
     o.d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
     o.dmin = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
     let s = &b[4..16];
@@ -100,12 +119,18 @@ fn unpack_q4k(b: &[u8], o: &mut Sb) {
         o.sc16[2 * j + 1] = sc as i32;
         o.m32[j] = m as i32;
     }
-    let qs = &b[16..144];
+}
+
+#[inline(always)]
+fn unpack_q5k(b: &[u8], o: &mut Sb) {
+    // Same header (d, dmin, 12 scale bytes) as Q4_K, then qh[32], qs[128].
+    unpack_q4k_scales(b, o);
+    let (qh, qs) = (&b[16..48], &b[48..176]);
     for g in 0..4 {
         for l in 0..32 {
             let v = qs[32 * g + l];
-            o.q[64 * g + l] = v & 0x0F;
-            o.q[64 * g + 32 + l] = v >> 4;
+            o.q[64 * g + l] = (v & 0x0F) | (((qh[l] >> (2 * g)) & 1) << 4);
+            o.q[64 * g + 32 + l] = (v >> 4) | (((qh[l] >> (2 * g + 1)) & 1) << 4);
         }
     }
 }
@@ -182,6 +207,29 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
                 y = r.mul_add(dx[b], y);
             }
             y
+        }
+        Order::Q5KVecDot => {
+            let mut acc = [0f32; 8];
+            let mut summs = 0f32;
+            for (b, sb) in sbs.iter().enumerate() {
+                let xb = &x[256 * b..256 * b + 256];
+                let mut lane = [0i32; 8];
+                for e in 0..256 {
+                    lane[(e % 32) / 4] += sb.sc16[e / 16] * sb.q[e] as i32 * xb[e] as i32;
+                }
+                let mut m = 0i32;
+                for s in 0..8 {
+                    m += sb.m32[s] * xb[32 * s..32 * s + 32].iter().map(|&v| v as i32).sum::<i32>();
+                }
+                let d = dx[b] * sb.d;
+                let dmin = -dx[b] * sb.dmin;
+                // `summs += dmin * M`: GCC contracts it into one fma.
+                summs = dmin.mul_add(m as f32, summs);
+                for j in 0..8 {
+                    acc[j] = d.mul_add(lane[j] as f32, acc[j]);
+                }
+            }
+            hsum8(acc) + summs
         }
         Order::Q4KVecDot => {
             let mut acc = [0f32; 8];
@@ -288,10 +336,10 @@ unsafe fn rows_portable(
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
         for (b, sb) in sbs.iter_mut().enumerate() {
             let blk = &row[b * ts..(b + 1) * ts];
-            if ty == GgmlType::Q4_K {
-                unpack_q4k(blk, sb)
-            } else {
-                unpack_q6k(blk, sb)
+            match ty {
+                GgmlType::Q4_K => unpack_q4k(blk, sb),
+                GgmlType::Q5_K => unpack_q5k(blk, sb),
+                _ => unpack_q6k(blk, sb),
             }
         }
         // Repacked Q4_K: llama.cpp runs whole groups of 4 tokens through its gemm kernel and
