@@ -1,4 +1,4 @@
-//! Q4_K, Q5_K and Q6_K matmuls that sum exactly like llama.cpp's x86 CPU backend (GGML_NATIVE build on
+//! Q3_K, Q4_K, Q5_K and Q6_K matmuls that sum exactly like llama.cpp's x86 CPU backend (GGML_NATIVE build on
 //! an AVX-512 VNNI machine, GCC, which contracts the tiled kernel's separate mul + add into FMA).
 //!
 //! The integer part of every K-quant dot is exact (any order gives the same i32), so what has to
@@ -9,16 +9,17 @@
 //!
 //! ```text
 //!   per superblock b (256 elements), sub-block s: raw_s = sum_{e in s} q_e x_e   (q unsigned)
-//!   I = sum_s sc_s raw_s (Q6_K: sc_s (raw_s - 32 bsum16_s)),  M = sum_{s of 32} m_s bsum32_s
+//!   I = sum_s sc_s raw_s (Q6_K / Q3_K: sc_s (raw_s - B bsum16_s), B = 32 / 4),
+//!   M = sum_{s of 32} m_s bsum32_s
 //!
 //!   Q4_K, n_out % 8 == 0: weights repacked to Q4_Kx8 at load (CPU "repack" buffer type).
 //!     gemv (tokens past the last whole group of 4, or all of a batch <= 3), per superblock:
 //!       acc = fma(f32(I), d_w * d_x, acc);  accm = fma(f32(M), dmin_w * d_x, accm)
 //!     gemm (groups of 4 tokens): the same, but one fma pair per 64 elements (two sub-blocks)
 //!     y = acc - accm
-//!   else, fewer than 8 tokens: `ggml_vec_dot_{q4,q5,q6}_K_q8_K` (AVX2 branch), eight i32 lanes,
-//!     lane j holding the elements with (e % 32) / 4 == j (Q6_K lane j minus
-//!     32 (bsum16[2j] sc[2j] + bsum16[2j+1] sc[2j+1])): acc[j] = fma(d_x d_w, f32(lane_j), acc[j]);
+//!   else, fewer than 8 tokens: `ggml_vec_dot_q{3,4,5,6}_K_q8_K` (AVX2 branch), eight i32 lanes,
+//!     lane j holding the elements with (e % 32) / 4 == j (Q3_K: signed values; Q6_K: unsigned,
+//!     minus 32 (bsum16[2j] sc[2j] + bsum16[2j+1] sc[2j+1])): acc[j] = fma(d_x d_w, f32(lane_j), acc[j]);
 //!     Q4_K minimum: 4 lanes k, fma(-d_x dmin_w, f32(m[2k] bsum32[2k] + m[2k+1] bsum32[2k+1]), ..)
 //!     folded ((a0 + a2) + (a1 + a3)); Q5_K minimum: summs = fma(-d_x dmin_w, f32(M), summs);
 //!     y = hsum8(acc) (+ the minimum term)
@@ -44,7 +45,7 @@ enum Order {
     Q4KRepack,
     /// Q4_K repacked, groups of 4 tokens (`ggml_gemm_q4_K_8x8_q8_K`).
     Q4KRepackGemm,
-    /// Q6_K `ggml_vec_dot_q6_K_q8_K`.
+    /// Q6_K / Q3_K `ggml_vec_dot_q{6,3}_K_q8_K`.
     Q6KVecDot,
     /// Q4_K `ggml_vec_dot_q4_K_q8_K`.
     Q4KVecDot,
@@ -52,7 +53,7 @@ enum Order {
     Q4KTiled,
     /// Q5_K `ggml_vec_dot_q5_K_q8_K`.
     Q5KVecDot,
-    /// Q6_K tiled kernel.
+    /// Q6_K / Q3_K tiled kernel.
     Q6KTiled,
 }
 
@@ -63,8 +64,8 @@ fn order(ty: GgmlType, n_out: usize, n_tokens: usize) -> Option<Order> {
         GgmlType::Q4_K => Some(Order::Q4KVecDot),
         GgmlType::Q5_K if n_tokens >= 8 => Some(Order::Q4KTiled),
         GgmlType::Q5_K => Some(Order::Q5KVecDot),
-        GgmlType::Q6_K if n_tokens >= 8 => Some(Order::Q6KTiled),
-        GgmlType::Q6_K => Some(Order::Q6KVecDot),
+        GgmlType::Q6_K | GgmlType::Q3_K if n_tokens >= 8 => Some(Order::Q6KTiled),
+        GgmlType::Q6_K | GgmlType::Q3_K => Some(Order::Q6KVecDot),
         _ => None,
     }
 }
@@ -82,11 +83,13 @@ struct Sb {
     m32: [i32; 8],
     d: f32,
     dmin: f32,
+    /// Offset of the unsigned quants (value = q - bias): Q6_K 32, Q3_K 4, else 0.
+    bias: i32,
 }
 
 impl Default for Sb {
     fn default() -> Self {
-        Sb { q: [0; 256], sc16: [0; 16], m32: [0; 8], d: 0.0, dmin: 0.0 }
+        Sb { q: [0; 256], sc16: [0; 16], m32: [0; 8], d: 0.0, dmin: 0.0, bias: 0 }
     }
 }
 
@@ -136,7 +139,28 @@ fn unpack_q5k(b: &[u8], o: &mut Sb) {
 }
 
 #[inline(always)]
+fn unpack_q3k(b: &[u8], o: &mut Sb) {
+    let (hmask, qs, sc) = (&b[0..32], &b[32..96], &b[96..108]);
+    o.d = f16_to_f32(u16::from_le_bytes([b[108], b[109]]));
+    o.bias = 4;
+    // 6-bit signed scales (stored + 32): low 4 bits in bytes 0..8, high 2 bits in bytes 8..12.
+    for j in 0..16 {
+        let lo = if j < 8 { sc[j] & 0x0F } else { sc[j - 8] >> 4 };
+        let hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+        o.sc16[j] = (lo | (hi << 4)) as i32 - 32;
+    }
+    for e in 0..256 {
+        let (half, el) = (e >> 7, e & 127);
+        let (group, l) = (el >> 5, el & 31);
+        let low2 = (qs[half * 32 + l] >> (2 * group)) & 3;
+        let high = (hmask[l] >> (half * 4 + group)) & 1;
+        o.q[e] = low2 | (high << 2);
+    }
+}
+
+#[inline(always)]
 fn unpack_q6k(b: &[u8], o: &mut Sb) {
+    o.bias = 32;
     let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
     o.d = f16_to_f32(u16::from_le_bytes([b[208], b[209]]));
     for j in 0..16 {
@@ -280,7 +304,7 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
                 let (dot, bs) = group_dots(&sb.q, &x[256 * b..256 * b + 256]);
                 let mut i = 0i32;
                 for g in 0..16 {
-                    i += sb.sc16[g] * (dot[g] - 32 * bs[g]);
+                    i += sb.sc16[g] * (dot[g] - sb.bias * bs[g]);
                 }
                 y = ((i as f32) * sb.d).mul_add(dx[b], y);
             }
@@ -291,16 +315,25 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
             for (b, sb) in sbs.iter().enumerate() {
                 let xb = &x[256 * b..256 * b + 256];
                 let mut lane = [0i32; 8];
-                for e in 0..256 {
-                    lane[(e % 32) / 4] += sb.sc16[e / 16] * sb.q[e] as i32 * xb[e] as i32;
-                }
                 let mut bs = [0i32; 16];
-                for g in 0..16 {
-                    bs[g] = xb[16 * g..16 * g + 16].iter().map(|&v| v as i32).sum();
+                if sb.bias == 32 {
+                    // Q6_K: unsigned quants in the lanes, the bias taken out per lane j with the
+                    // bsums of groups 2j, 2j + 1 (not lane j's own elements; the total is equal).
+                    for e in 0..256 {
+                        lane[(e % 32) / 4] += sb.sc16[e / 16] * sb.q[e] as i32 * xb[e] as i32;
+                    }
+                    for g in 0..16 {
+                        bs[g] = xb[16 * g..16 * g + 16].iter().map(|&v| v as i32).sum();
+                    }
+                } else {
+                    // Q3_K: the bias leaves each element in its own lane.
+                    for e in 0..256 {
+                        lane[(e % 32) / 4] += sb.sc16[e / 16] * (sb.q[e] as i32 - sb.bias) * xb[e] as i32;
+                    }
                 }
                 let d = dx[b] * sb.d;
                 for j in 0..8 {
-                    let l = lane[j] - 32 * (bs[2 * j] * sb.sc16[2 * j] + bs[2 * j + 1] * sb.sc16[2 * j + 1]);
+                    let l = lane[j] - sb.bias * (bs[2 * j] * sb.sc16[2 * j] + bs[2 * j + 1] * sb.sc16[2 * j + 1]);
                     acc[j] = d.mul_add(l as f32, acc[j]);
                 }
             }
@@ -339,6 +372,7 @@ unsafe fn rows_portable(
             match ty {
                 GgmlType::Q4_K => unpack_q4k(blk, sb),
                 GgmlType::Q5_K => unpack_q5k(blk, sb),
+                GgmlType::Q3_K => unpack_q3k(blk, sb),
                 _ => unpack_q6k(blk, sb),
             }
         }

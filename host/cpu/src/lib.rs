@@ -10,10 +10,10 @@
 //!
 //! Numerics: every ISA path gives the same bits as the portable one, and the kernels reproduce
 //! llama.cpp's x86 CPU backend bit for bit where that is feasible (activation quantization,
-//! Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 dot products, Q4_K/Q5_K/Q6_K matmuls (`kquant`: llama.cpp's kernel choice
+//! Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 dot products, Q3_K/Q4_K/Q5_K/Q6_K matmuls (`kquant`: llama.cpp's kernel choice
 //! per batch size and weight shape), attention with an f16 cache, RoPE, RMS norm, SiLU /
 //! SwiGLU): with 8-bit activations any 1-ulp difference upstream flips roundings and shows as
-//! ~0.1-1 logit noise, so "close" is not enough. Q2_K/Q3_K/IQ4_XS dots and dense F16/BF16
+//! ~0.1-1 logit noise, so "close" is not enough. Q2_K/IQ4_XS dots and dense F16/BF16
 //! dots use their own (fixed) summation order.
 //!
 //! Knows nothing of graphs, models or files. SIMD is chosen at run time ([`Isa::detect`]).

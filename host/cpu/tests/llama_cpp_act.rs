@@ -8,10 +8,10 @@
 //! - `quantize_activations` equals llama.cpp's `from_float` byte for byte (rows with exact .5
 //!   products, zero blocks, negative extremes and +a/-a ties included).
 //! - one matmul output equals llama.cpp's `vec_dot` bit for bit where our summation order is
-//!   llama.cpp's (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), and within a few ulps of the
-//!   sum of |terms| elsewhere (IQ4_NL: llama.cpp splits even and odd blocks over two accumulators;
-//!   Q2_K/Q3_K: llama.cpp applies the sub-block scales in integer arithmetic). The other
-//!   Q4_K/Q5_K/Q6_K kernels llama.cpp uses are checked in `llama_cpp_kquant.rs`.
+//!   llama.cpp's (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K), and within a few ulps of
+//!   the sum of |terms| elsewhere (IQ4_NL: llama.cpp splits even and odd blocks over two
+//!   accumulators; Q2_K, IQ4_XS: llama.cpp applies the sub-block scales in integer arithmetic).
+//!   The other Q3_K..Q6_K kernels llama.cpp uses are checked in `llama_cpp_kquant.rs`.
 //! - every ISA path, and the decode (1 token) and prefill (many tokens) paths, give the same bits.
 
 use rocmforge_cpu::{matmul_ext, quantize_activations, GgmlType, Isa, ThreadPool};
@@ -82,8 +82,8 @@ fn quantized_dots_match_llama_cpp_vec_dot() {
         let want: Vec<Vec<f32>> = d["y"].as_array().unwrap().iter().map(|v| f32s(v.as_str().unwrap())).collect();
         // |w| * |x| per output, the scale of float rounding (from the dequantized operands).
         let wd = rocmforge_quant::dequantize_to_vec(t, &w, n_rows * k).unwrap();
-        // Q4_K / Q5_K / Q6_K: 6 rows (not repacked by llama.cpp) and fewer than 8 tokens take
-        // `ggml_vec_dot_q{4,5,6}_K_q8_K`'s order (see `kquant`).
+        // Q3_K..Q6_K: 6 rows (not repacked by llama.cpp) and fewer than 8 tokens take
+        // `ggml_vec_dot_q{3,4,5,6}_K_q8_K`'s order (see `kquant`).
         let exact = matches!(
             t,
             GgmlType::Q4_0

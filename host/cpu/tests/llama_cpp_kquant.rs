@@ -3,7 +3,7 @@
 //! Reference: `tests/fixtures/llama_cpp_kquant_mm.json`, produced by
 //! `/work/venv/bin/python host/cpu/tests/fixtures/llama_cpp_kquant_mm.py host/cpu/tests/fixtures/llama_cpp_kquant_mm.json`
 //! (a one-op `mul_mat` graph run by llama-cpp-python 0.3.36's x86 `libggml-cpu.so`, so llama.cpp
-//! picks its kernel as it does for a model (Q4_K, Q5_K, Q6_K): Q4_K with n_out % 8 == 0 repacked, otherwise
+//! picks its kernel as it does for a model (Q3_K, Q4_K, Q5_K, Q6_K): Q4_K with n_out % 8 == 0 repacked, otherwise
 //! `ggml_vec_dot_*_q8_K` below 8 tokens and the tiled kernel from 8 tokens on).
 //!
 //! Every output, on every ISA path, must carry llama.cpp's exact bits.
@@ -24,9 +24,10 @@ fn kquant_matmuls_are_llama_cpp_bits() {
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).expect("fixture")).expect("json");
     let pool = ThreadPool::new(2);
     let cases = j["cases"].as_array().expect("cases");
-    assert!(cases.len() >= 16);
+    assert!(cases.len() >= 20);
     for c in cases {
         let t = match c["type"].as_str().unwrap() {
+            "Q3_K" => GgmlType::Q3_K,
             "Q4_K" => GgmlType::Q4_K,
             "Q5_K" => GgmlType::Q5_K,
             "Q6_K" => GgmlType::Q6_K,
