@@ -404,12 +404,20 @@ fn config_value(cfg: &serde_json::Value, hf_key: &str) -> Option<GgufValue> {
     }
     Some(match v {
         J::Bool(b) => GgufValue::Bool(*b),
-        J::Number(n) if n.is_u64() => GgufValue::U64(n.as_u64()?),
-        J::Number(n) if n.is_i64() => GgufValue::I64(n.as_i64()?),
-        J::Number(n) => GgufValue::F64(n.as_f64()?),
+        // llama.cpp reads hyperparameters as u32 / i32 / f32: write them so (wider only when needed),
+        // so a GGUF converted from this metadata loads there.
+        J::Number(n) if n.is_u64() => match u32::try_from(n.as_u64()?) {
+            Ok(v) => GgufValue::U32(v),
+            Err(_) => GgufValue::U64(n.as_u64()?),
+        },
+        J::Number(n) if n.is_i64() => match i32::try_from(n.as_i64()?) {
+            Ok(v) => GgufValue::I32(v),
+            Err(_) => GgufValue::I64(n.as_i64()?),
+        },
+        J::Number(n) => GgufValue::F32(n.as_f64()? as f32),
         J::String(s) => GgufValue::Str(s.clone()),
         J::Array(a) if !a.is_empty() && a.iter().all(J::is_number) => {
-            GgufValue::Array(GgufArray::F64(a.iter().filter_map(J::as_f64).collect()))
+            GgufValue::Array(GgufArray::F32(a.iter().filter_map(J::as_f64).map(|x| x as f32).collect()))
         }
         J::Array(a) if !a.is_empty() && a.iter().all(J::is_boolean) => {
             GgufValue::Array(GgufArray::Bool(a.iter().filter_map(J::as_bool).collect()))
