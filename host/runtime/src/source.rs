@@ -386,13 +386,21 @@ impl ModelSource {
     }
 }
 
-/// The GGUF value of a config-map entry: `a.b.c` is a dotted path into `config.json`; scalars map
+/// The GGUF value of a config-map entry: `a.b.c` is a dotted path into `config.json` (or `=json`,
+/// a constant); scalars map
 /// to scalars, arrays of numbers / bools / strings to GGUF arrays, and `path==text` maps an array
 /// of strings to a bool array (`true` where the element equals `text`, e.g. transformers'
 /// `layer_types==sliding_attention` for per-layer sliding-window flags).
 fn config_value(cfg: &serde_json::Value, hf_key: &str) -> Option<GgufValue> {
     use rocmforge_model::gguf::GgufArray;
     use serde_json::Value as J;
+    // `=json` is a constant the plugin states for every HF model it serves (a fact of the
+    // architecture that config.json does not spell out, e.g. BERT's non-causal attention), so
+    // a GGUF converted from the directory carries it as llama.cpp's converter writes it.
+    if let Some(lit) = hf_key.strip_prefix('=') {
+        let v: J = serde_json::from_str(lit).ok()?;
+        return config_value(&serde_json::json!({ "v": v }), "v");
+    }
     let (path, equals) = match hf_key.split_once("==") {
         Some((p, v)) => (p, Some(v)),
         None => (hf_key, None),
