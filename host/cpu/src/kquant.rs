@@ -177,21 +177,53 @@ fn unpack_q6k(b: &[u8], o: &mut Sb) {
     }
 }
 
+/// Per 4 consecutive elements l (64 per superblock): the raw dots `sum q x` and the activation
+/// sums. Every other integer of the kernels is a sum of these (the loops vectorise well).
+#[inline(always)]
+fn raw4(q: &[u8; 256], x: &[i8]) -> ([i32; 64], [i32; 64]) {
+    let mut r = [0i32; 64];
+    let mut s = [0i32; 64];
+    let Some(x) = x.first_chunk::<256>() else {
+        return (r, s);
+    };
+    for l in 0..64 {
+        let (mut a, mut b) = (0i32, 0i32);
+        for i in 4 * l..4 * l + 4 {
+            a += q[i] as i32 * x[i] as i32;
+            b += x[i] as i32;
+        }
+        r[l] = a;
+        s[l] = b;
+    }
+    (r, s)
+}
+
 /// Per group of 16 elements: the raw dots `sum q x` and the activation sums (`bsums`).
 #[inline(always)]
 fn group_dots(q: &[u8; 256], x: &[i8]) -> ([i32; 16], [i32; 16]) {
+    let (r, s) = raw4(q, x);
     let mut dot = [0i32; 16];
     let mut bs = [0i32; 16];
     for g in 0..16 {
-        let (mut a, mut s) = (0i32, 0i32);
-        for i in 16 * g..16 * g + 16 {
-            a += q[i] as i32 * x[i] as i32;
-            s += x[i] as i32;
-        }
-        dot[g] = a;
-        bs[g] = s;
+        dot[g] = r[4 * g] + r[4 * g + 1] + r[4 * g + 2] + r[4 * g + 3];
+        bs[g] = s[4 * g] + s[4 * g + 1] + s[4 * g + 2] + s[4 * g + 3];
     }
     (dot, bs)
+}
+
+/// The eight `vec_dot` lanes (lane j: the elements with (e % 32) / 4 == j), each element's value
+/// `q - bias`, with the per-16 scales; and the raw per-4 activation sums.
+#[inline(always)]
+fn lanes(sb: &Sb, x: &[i8], bias: i32) -> ([i32; 8], [i32; 64]) {
+    let (r, s) = raw4(&sb.q, x);
+    let mut lane = [0i32; 8];
+    for m in 0..8 {
+        for j in 0..8 {
+            let l = 8 * m + j;
+            lane[j] += sb.sc16[2 * m + j / 4] * (r[l] - bias * s[l]);
+        }
+    }
+    (lane, s)
 }
 
 /// Dot of one row (already unpacked, `sbs`) with one token.
@@ -236,14 +268,10 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
             let mut acc = [0f32; 8];
             let mut summs = 0f32;
             for (b, sb) in sbs.iter().enumerate() {
-                let xb = &x[256 * b..256 * b + 256];
-                let mut lane = [0i32; 8];
-                for e in 0..256 {
-                    lane[(e % 32) / 4] += sb.sc16[e / 16] * sb.q[e] as i32 * xb[e] as i32;
-                }
+                let (lane, s4) = lanes(sb, &x[256 * b..], 0);
                 let mut m = 0i32;
                 for s in 0..8 {
-                    m += sb.m32[s] * xb[32 * s..32 * s + 32].iter().map(|&v| v as i32).sum::<i32>();
+                    m += sb.m32[s] * s4[8 * s..8 * s + 8].iter().sum::<i32>();
                 }
                 let d = dx[b] * sb.d;
                 let dmin = -dx[b] * sb.dmin;
@@ -259,14 +287,10 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
             let mut acc = [0f32; 8];
             let mut accm = [0f32; 4];
             for (b, sb) in sbs.iter().enumerate() {
-                let xb = &x[256 * b..256 * b + 256];
-                let mut lane = [0i32; 8];
-                for e in 0..256 {
-                    lane[(e % 32) / 4] += sb.sc16[e / 16] * sb.q[e] as i32 * xb[e] as i32;
-                }
+                let (lane, s4) = lanes(sb, &x[256 * b..], 0);
                 let mut bs = [0i32; 8];
                 for s in 0..8 {
-                    bs[s] = xb[32 * s..32 * s + 32].iter().map(|&v| v as i32).sum();
+                    bs[s] = s4[8 * s..8 * s + 8].iter().sum();
                 }
                 let d = dx[b] * sb.d;
                 let dmin = -dx[b] * sb.dmin;
@@ -313,22 +337,15 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
         Order::Q6KVecDot => {
             let mut acc = [0f32; 8];
             for (b, sb) in sbs.iter().enumerate() {
-                let xb = &x[256 * b..256 * b + 256];
-                let mut lane = [0i32; 8];
+                // Q6_K: unsigned quants in the lanes, the bias taken out per lane j with the
+                // bsums of groups 2j, 2j + 1 (not lane j's own elements; the total is equal).
+                // Q3_K: the bias leaves each element in its own lane.
+                let q6 = sb.bias == 32;
+                let (lane, s4) = lanes(sb, &x[256 * b..], if q6 { 0 } else { sb.bias });
                 let mut bs = [0i32; 16];
-                if sb.bias == 32 {
-                    // Q6_K: unsigned quants in the lanes, the bias taken out per lane j with the
-                    // bsums of groups 2j, 2j + 1 (not lane j's own elements; the total is equal).
-                    for e in 0..256 {
-                        lane[(e % 32) / 4] += sb.sc16[e / 16] * sb.q[e] as i32 * xb[e] as i32;
-                    }
+                if q6 {
                     for g in 0..16 {
-                        bs[g] = xb[16 * g..16 * g + 16].iter().map(|&v| v as i32).sum();
-                    }
-                } else {
-                    // Q3_K: the bias leaves each element in its own lane.
-                    for e in 0..256 {
-                        lane[(e % 32) / 4] += sb.sc16[e / 16] * (sb.q[e] as i32 - sb.bias) * xb[e] as i32;
+                        bs[g] = s4[4 * g] + s4[4 * g + 1] + s4[4 * g + 2] + s4[4 * g + 3];
                     }
                 }
                 let d = dx[b] * sb.d;
@@ -391,6 +408,23 @@ unsafe fn rows_portable(
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_avx512(
+    ord: Order,
+    ty: GgmlType,
+    w: &[u8],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    acts: &QActs,
+    n_tokens: usize,
+    y: *mut f32,
+    n_out: usize,
+) {
+    rows_portable(ord, ty, w, k, rows, acts, n_tokens, y, n_out)
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows_avx2(
@@ -410,7 +444,17 @@ unsafe fn rows_avx2(
 /// `y = W x` for `handles`-accepted calls; `acts` holds the Q8_K activations of `n_tokens`
 /// tokens of length `k` (a multiple of 256), `w` `n_out` rows, `y` `n_tokens * n_out`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn run(pool: &ThreadPool, ty: GgmlType, w: &[u8], n_out: usize, k: usize, acts: &QActs, n_tokens: usize, y: &mut [f32]) {
+pub(crate) fn run(
+    pool: &ThreadPool,
+    isa: crate::simd::Isa,
+    ty: GgmlType,
+    w: &[u8],
+    n_out: usize,
+    k: usize,
+    acts: &QActs,
+    n_tokens: usize,
+    y: &mut [f32],
+) {
     let Some(ord) = order(ty, n_out, n_tokens) else {
         return;
     };
@@ -418,8 +462,9 @@ pub(crate) fn run(pool: &ThreadPool, ty: GgmlType, w: &[u8], n_out: usize, k: us
     let n_chunks = n_out.div_ceil(chunk);
     let next = AtomicUsize::new(0);
     let yp = SyncPtr(y.as_mut_ptr());
-    #[cfg(target_arch = "x86_64")]
-    let avx2 = crate::simd::Isa::detect() >= crate::simd::Isa::Avx2;
+    // The three compilations of `rows_portable` give the same bits (exact integers, and explicit
+    // fma / mul / add in a fixed order); `isa` picks one (tests run each).
+    let isa = isa.clamp();
     pool.run_dynamic(|_, _| loop {
         let c = next.fetch_add(1, Ordering::Relaxed);
         if c >= n_chunks {
@@ -427,7 +472,13 @@ pub(crate) fn run(pool: &ThreadPool, ty: GgmlType, w: &[u8], n_out: usize, k: us
         }
         let rows = c * chunk..((c + 1) * chunk).min(n_out);
         #[cfg(target_arch = "x86_64")]
-        if avx2 {
+        if isa >= crate::simd::Isa::Avx512 {
+            // SAFETY: AVX-512 VNNI detected; chunks are disjoint row ranges of y.
+            unsafe { rows_avx512(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
+            continue;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa >= crate::simd::Isa::Avx2 {
             // SAFETY: AVX2/FMA detected; chunks are disjoint row ranges of y, sized by the caller.
             unsafe { rows_avx2(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
             continue;

@@ -160,7 +160,7 @@ fn qmatmul_with(
 
     if crate::kquant::handles(ty, n_out, n_tokens) {
         // llama.cpp's own K-quant summation orders (see `kquant`).
-        crate::kquant::run(pool, ty, w, n_out, k, acts, n_tokens, y);
+        crate::kquant::run(pool, isa, ty, w, n_out, k, acts, n_tokens, y);
         return;
     }
     let row_bytes = k / ty.block_size() * ty.type_size();
