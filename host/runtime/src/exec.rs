@@ -4,7 +4,8 @@
 //! Memory planning happens once, when the executor is built: every activation gets a column range
 //! `[off, off + cols)` chosen first-fit among the ranges of nodes still alive (a node dies after
 //! its last use), so the arena holds `peak_cols × row_capacity` floats and node `i` lives at
-//! `arena[off_i * row_capacity ..][.. rows * cols_i]`. Ranges of simultaneously live nodes never
+//! `arena[off_i * stride ..][.. rows * cols_i]`, where `stride` (≤ row_capacity) is the batch's
+//! row count rounded up to a power of two, so small batches stay compact. Ranges of simultaneously live nodes never
 //! overlap, which is what makes handing out one mutable output next to immutable inputs sound.
 //! The arena only grows when a batch has more rows than any before.
 //!
@@ -325,7 +326,12 @@ impl Executor {
         }
         let n_seqs = batch.len();
         self.ensure_rows(n_tokens.max(n_seqs));
-        let arena = Arena { base: self.arena.as_mut_ptr(), row_cap: self.row_cap };
+        // Lay the nodes out with the stride this batch needs, not the largest batch seen: after a
+        // long prefill, single-token decode would otherwise touch buffers spread over the whole
+        // arena (measured: 245 -> 195 tokens/s on SmolLM2 after a 512-token prompt). Any stride
+        // >= the batch's rows keeps live ranges disjoint; it is <= row_cap, so it fits the arena.
+        let stride = n_tokens.next_power_of_two().max(8).min(self.row_cap);
+        let arena = Arena { base: self.arena.as_mut_ptr(), row_cap: stride };
         let n_outputs = out_ids.len();
         let rows_of = |r: Rows| match r {
             Rows::Tokens => n_tokens,
