@@ -33,11 +33,14 @@ use rocmforge_runtime::{build_graph, RuntimeError};
 
 /// Largest |ours - llama.cpp| allowed on any logit (max |logit| is about 16; measured 0.0051).
 const MAX_DIFF: f32 = 0.015;
-/// BF16/F16 directories hold the same numbers as the F32 one, but go through the half-precision
-/// dot kernels (measured 0.0051, like F32).
-const MAX_DIFF_HALF: f32 = 0.02;
-/// Between our own F32 and BF16/F16 loads of the same numbers (measured 0).
-const MAX_DIFF_SAME_NUMBERS: f32 = 1e-4;
+/// BF16/F16 directories hold the same numbers as the F32 one, but half-precision weights take
+/// half-precision activations, as llama.cpp's CPU backend does (ggml converts the f32 operand to
+/// the weight's type): bf16's 8-bit mantissa moves logits of ~16 by a few hundredths
+/// (measured up to 0.095 bf16), f16's 11 bits by much less.
+const MAX_DIFF_HALF: f32 = 0.15;
+/// Between our own F32 and BF16/F16 loads of the same numbers: only the activation rounding
+/// differs (same bound).
+const MAX_DIFF_SAME_NUMBERS: f32 = MAX_DIFF_HALF;
 
 const N_CTX: usize = 64;
 

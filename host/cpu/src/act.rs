@@ -32,7 +32,7 @@
 //! Padding is all zero. The tests compare every format byte for byte with llama.cpp's library
 //! (`tests/fixtures/llama_cpp_act_quant.json`).
 
-use rocmforge_quant::{f16_to_f32, f32_to_f16, GgmlType};
+use rocmforge_quant::{f16_to_f32, f32_to_bf16, f32_to_f16, GgmlType};
 
 use crate::error::CpuError;
 
@@ -99,13 +99,15 @@ fn q8k_block(x: &[f32; 256], q: &mut [i8; 256]) -> f32 {
 }
 
 /// Quantize one row of activations exactly as llama.cpp's x86 CPU backend does before a matmul
-/// with quantized weights of type `ty` (the matmul consumes exactly this). Returns the
-/// `vec_dot_type` and the row in its GGML block layout (`block_q8_0`, `block_q8_1`,
-/// `block_q8_K`). `x.len()` must be a multiple of that type's block size. Dense weight types are
-/// not quantized (see `matmul`): `UnsupportedType`.
+/// with weights of type `ty`. Returns the `vec_dot_type` and the row in its GGML block layout
+/// (`block_q8_0`, `block_q8_1`, `block_q8_K`; F16 / BF16 rows for F16 / BF16 weights, and the
+/// f32 bytes for F32). `x.len()` must be a multiple of that type's block size.
 pub fn quantize_activations(ty: GgmlType, x: &[f32]) -> Result<(GgmlType, Vec<u8>), CpuError> {
     const OP: &str = "quantize_activations";
     let vt = match ty {
+        GgmlType::F32 => GgmlType::F32,
+        GgmlType::F16 => GgmlType::F16,
+        GgmlType::BF16 => GgmlType::BF16,
         _ if crate::unpack::supported(ty) => match act_format(ty) {
             ActFormat::Q8_0 => GgmlType::Q8_0,
             ActFormat::Q8_1 => GgmlType::Q8_1,
@@ -119,6 +121,9 @@ pub fn quantize_activations(ty: GgmlType, x: &[f32]) -> Result<(GgmlType, Vec<u8
     }
     let mut out = Vec::with_capacity(x.len() / block * vt.type_size());
     match vt {
+        GgmlType::F32 => x.iter().for_each(|v| out.extend(v.to_le_bytes())),
+        GgmlType::F16 => x.iter().for_each(|&v| out.extend(f32_to_f16(v).to_le_bytes())),
+        GgmlType::BF16 => x.iter().for_each(|&v| out.extend(f32_to_bf16(v).to_le_bytes())),
         GgmlType::Q8_K => {
             let (blocks, _) = x.as_chunks::<256>();
             for xb in blocks {
@@ -146,6 +151,24 @@ pub fn quantize_activations(ty: GgmlType, x: &[f32]) -> Result<(GgmlType, Vec<u8
         }
     }
     Ok((vt, out))
+}
+
+/// Round `x` to what llama.cpp's dense dot products see for weights of type `ty`: F16 weights
+/// take f16 activations, BF16 weights bf16 ones (ggml's `vec_dot_type`), F32 stays.
+pub(crate) fn round_dense_acts(ty: GgmlType, x: &[f32], out: &mut [f32]) {
+    match ty {
+        GgmlType::F16 => {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = f16_to_f32(f32_to_f16(v));
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = rocmforge_quant::bf16_to_f32(f32_to_bf16(v));
+            }
+        }
+        _ => out.copy_from_slice(x),
+    }
 }
 
 /// Quantized activations of `n_tokens` rows; see the module header for the layout.

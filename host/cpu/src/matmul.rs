@@ -3,10 +3,9 @@
 //! Shapes (GGML layout): `W` is `n_out` rows of `k_dim` elements of type `ty`, row r at byte
 //! `r * row_bytes`; `x` is `n_tokens` rows of `k_dim` f32; `y[t * n_out + r] = sum_k W[r,k] x[t,k]`.
 //!
-//! Quantized types go to `qmatmul` (integer dots on 8-bit activations). Dense F32/F16/BF16 keep
-//! f32 activations (llama.cpp rounds them to f16 / bf16 for F16 / BF16 weights; we do not, so
-//! half-precision files holding f32-representable numbers compute exactly like their F32 twin,
-//! and the SmolLM2 F16 parity test shows no measurable difference either way); for up to 3 tokens a SIMD dot per (row, token), which streams the weights once; from 4 tokens
+//! Quantized types go to `qmatmul` (integer dots on 8-bit activations). Dense F32/F16/BF16:
+//! activations are first rounded to the weight type (F16 weights see f16 activations, BF16
+//! weights bf16 ones, as ggml's `vec_dot_type` makes llama.cpp do); for up to 3 tokens a SIMD dot per (row, token), which streams the weights once; from 4 tokens
 //! on, rows are converted to f32 a chunk at a time and multiplied with the `gemm` crate
 //! (single-threaded per chunk; our pool splits the chunks).
 
@@ -86,7 +85,18 @@ pub fn matmul_ext(
     }
     let isa = isa.clamp();
     match dense_kind(ty) {
-        Some(d) => dense_matmul(pool, isa, d, w, n_out, k_dim, x, n_tokens, y),
+        Some(d) if d == Dense::F32 => dense_matmul(pool, isa, d, w, n_out, k_dim, x, n_tokens, y),
+        Some(d) => XROUND.with(|cell| {
+            let mut fresh = Vec::new();
+            let mut guard = cell.try_borrow_mut();
+            let buf: &mut Vec<f32> = match guard.as_mut() {
+                Ok(g) => g,
+                Err(_) => &mut fresh,
+            };
+            buf.resize(x.len(), 0.0);
+            crate::act::round_dense_acts(ty, x, buf);
+            dense_matmul(pool, isa, d, w, n_out, k_dim, buf, n_tokens, y)
+        }),
         None => qmatmul(pool, isa, ty, w, n_out, k_dim, x, n_tokens, y),
     }
     add_bias(bias, n_out, y);
@@ -177,6 +187,7 @@ pub(crate) fn check_len(op: &'static str, what: &'static str, got: usize, want: 
 
 thread_local! {
     static CONV: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static XROUND: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -235,6 +235,9 @@ fn dense_types_match_f64() {
                 let wq = quantize_to_vec(ty, &w).expect("quantize");
                 let wd = dequantize_to_vec(ty, &wq, n_out * k).expect("dequantize");
                 let x = rng.vec(n_tokens * k, 1.0);
+                // F16 / BF16 weights see f16 / bf16 activations (ggml's vec_dot_type).
+                let (_, xb) = quantize_activations(ty, &x).expect("round activations");
+                let xr = dequantize_to_vec(ty, &xb, x.len()).expect("decode activations");
                 let bias = rng.vec(n_out, 1.0);
                 for isa in Isa::all_supported() {
                     let mut y = vec![f32::NAN; n_tokens * n_out];
@@ -243,7 +246,7 @@ fn dense_types_match_f64() {
                         for r in 0..n_out {
                             let (mut s, mut a) = (bias[r] as f64, bias[r].abs() as f64);
                             for i in 0..k {
-                                let p = wd[r * k + i] as f64 * x[t * k + i] as f64;
+                                let p = wd[r * k + i] as f64 * xr[t * k + i] as f64;
                                 s += p;
                                 a += p.abs();
                             }
