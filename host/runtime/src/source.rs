@@ -136,7 +136,11 @@ impl ModelSource {
         if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
             meta.push(("general.name".into(), GgufValue::Str(name.to_string())));
         }
-        for (gguf_key, hf_key) in &plugin.config {
+        // The plugin's own entries first (the first key found wins), then the keys every
+        // transformers decoder/encoder config spells the same way.
+        let defaults = HF_CONFIG_DEFAULTS.iter().map(|(g, h)| (g.to_string(), h.to_string()));
+        for (gguf_key, hf_key) in plugin.config.iter().cloned().chain(defaults) {
+            let (gguf_key, hf_key) = (&gguf_key, &hf_key);
             let key = gguf_key.replace("{arch}", arch);
             if meta.iter().any(|(k, _)| *k == key) {
                 continue; // the first config key found wins
@@ -385,6 +389,19 @@ impl ModelSource {
         }
     }
 }
+
+/// `config.json` keys that mean the same in every transformers model (GGUF key, config key); a
+/// plugin's config map adds its own and may override these (its entries are read first).
+const HF_CONFIG_DEFAULTS: [(&str, &str); 8] = [
+    ("{arch}.block_count", "num_hidden_layers"),
+    ("{arch}.embedding_length", "hidden_size"),
+    ("{arch}.feed_forward_length", "intermediate_size"),
+    ("{arch}.attention.head_count", "num_attention_heads"),
+    ("{arch}.attention.head_count_kv", "num_key_value_heads"),
+    ("{arch}.attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+    ("{arch}.context_length", "max_position_embeddings"),
+    ("{arch}.vocab_size", "vocab_size"),
+];
 
 /// The GGUF value of a config-map entry: `a.b.c` is a dotted path into `config.json` (or `=json`,
 /// a constant); scalars map

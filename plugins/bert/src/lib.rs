@@ -52,14 +52,8 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 21] = [
 ];
 
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name).
-static CONFIG: [rocmforge_abi::RfConfigMap; 10] = [
-    config("{arch}.block_count", "num_hidden_layers"),
-    config("{arch}.embedding_length", "hidden_size"),
-    config("{arch}.feed_forward_length", "intermediate_size"),
-    config("{arch}.attention.head_count", "num_attention_heads"),
+static CONFIG: [rocmforge_abi::RfConfigMap; 4] = [
     config("{arch}.attention.layer_norm_epsilon", "layer_norm_eps"),
-    config("{arch}.context_length", "max_position_embeddings"),
-    config("{arch}.vocab_size", "vocab_size"),
     config("tokenizer.ggml.token_type_count", "type_vocab_size"),
     // Facts of the architecture for converted files (llama.cpp defaults to causal without them).
     config("{arch}.attention.causal", "=false"),

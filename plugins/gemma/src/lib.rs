@@ -56,19 +56,11 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 18] = [
 /// `rope_parameters` (per layer type for Gemma 3) follows the older keys.
 /// `{arch}.attention.query_pre_attn_scalar` is ours (llama.cpp derives the scale from the model
 /// size instead; see [`HParams::read`]).
-static CONFIG: [rocmforge_abi::RfConfigMap; 29] = [
-    config("{arch}.block_count", "num_hidden_layers"),
-    config("{arch}.embedding_length", "hidden_size"),
-    config("{arch}.feed_forward_length", "intermediate_size"),
-    config("{arch}.attention.head_count", "num_attention_heads"),
-    config("{arch}.attention.head_count_kv", "num_key_value_heads"),
-    config("{arch}.attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+static CONFIG: [rocmforge_abi::RfConfigMap; 21] = [
     config("{arch}.attention.key_length", "head_dim"),
     config("{arch}.attention.value_length", "head_dim"),
     config("{arch}.rope.freq_base", "rope_theta"),
     config("{arch}.rope.freq_base_swa", "rope_local_base_freq"),
-    config("{arch}.context_length", "max_position_embeddings"),
-    config("{arch}.vocab_size", "vocab_size"),
     config("{arch}.rope.scaling.type", "rope_scaling.rope_type"),
     config("{arch}.rope.scaling.type", "rope_scaling.type"),
     config("{arch}.rope.scaling.factor", "rope_scaling.factor"),

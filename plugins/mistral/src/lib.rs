@@ -58,19 +58,11 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 17] = [
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). The first
 /// entry found wins, so transformers 5's `rope_parameters` follows the older keys. A JSON null
 /// (Mixtral's `sliding_window`) writes nothing.
-static CONFIG: [rocmforge_abi::RfConfigMap; 19] = [
-    config("{arch}.block_count", "num_hidden_layers"),
-    config("{arch}.embedding_length", "hidden_size"),
-    config("{arch}.feed_forward_length", "intermediate_size"),
-    config("{arch}.attention.head_count", "num_attention_heads"),
-    config("{arch}.attention.head_count_kv", "num_key_value_heads"),
-    config("{arch}.attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+static CONFIG: [rocmforge_abi::RfConfigMap; 11] = [
     config("{arch}.attention.key_length", "head_dim"),
     config("{arch}.attention.value_length", "head_dim"),
     config("{arch}.attention.sliding_window", "sliding_window"),
     config("{arch}.rope.freq_base", "rope_theta"),
-    config("{arch}.context_length", "max_position_embeddings"),
-    config("{arch}.vocab_size", "vocab_size"),
     config("{arch}.expert_count", "num_local_experts"),
     config("{arch}.expert_used_count", "num_experts_per_tok"),
     config("{arch}.rope.scaling.type", "rope_scaling.type"),

@@ -76,16 +76,8 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 31] = [
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). The first
 /// entry found wins, so transformers 5's `rope_parameters` and the older keys both work.
 /// `{arch}.rope.partial_rotary_factor` is ours (GGUF stores `rope.dimension_count` instead).
-static CONFIG: [rocmforge_abi::RfConfigMap; 21] = [
-    config("{arch}.block_count", "num_hidden_layers"),
-    config("{arch}.embedding_length", "hidden_size"),
-    config("{arch}.feed_forward_length", "intermediate_size"),
-    config("{arch}.attention.head_count", "num_attention_heads"),
-    config("{arch}.attention.head_count_kv", "num_key_value_heads"),
-    config("{arch}.attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+static CONFIG: [rocmforge_abi::RfConfigMap; 13] = [
     config("{arch}.attention.layer_norm_epsilon", "layer_norm_eps"),
-    config("{arch}.context_length", "max_position_embeddings"),
-    config("{arch}.vocab_size", "vocab_size"),
     config("{arch}.rope.freq_base", "rope_theta"),
     config("{arch}.rope.freq_base", "rope_parameters.rope_theta"),
     config("{arch}.rope.partial_rotary_factor", "partial_rotary_factor"),

@@ -62,18 +62,10 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 27] = [
 
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). Qwen2's
 /// config has no `head_dim` (n_embd / n_head is used); Qwen3's has one that differs from it.
-static CONFIG: [rocmforge_abi::RfConfigMap; 22] = [
-    config("{arch}.block_count", "num_hidden_layers"),
-    config("{arch}.embedding_length", "hidden_size"),
-    config("{arch}.feed_forward_length", "intermediate_size"),
-    config("{arch}.attention.head_count", "num_attention_heads"),
-    config("{arch}.attention.head_count_kv", "num_key_value_heads"),
-    config("{arch}.attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+static CONFIG: [rocmforge_abi::RfConfigMap; 14] = [
     config("{arch}.attention.key_length", "head_dim"),
     config("{arch}.attention.value_length", "head_dim"),
     config("{arch}.rope.freq_base", "rope_theta"),
-    config("{arch}.context_length", "max_position_embeddings"),
-    config("{arch}.vocab_size", "vocab_size"),
     config("{arch}.rope.scaling.type", "rope_scaling.type"),
     config("{arch}.rope.scaling.factor", "rope_scaling.factor"),
     // transformers >= 5 moves these under `rope_parameters`; the first entry found wins.
