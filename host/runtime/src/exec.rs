@@ -26,6 +26,15 @@
 //! (`pos_start` 0), since a pooled row sums over every token of its sequence; its output then has
 //! one row per chunk. Non-causal attention still goes through the KV cache (written, then read),
 //! which keeps one attention path for every model.
+//!
+//! Intermediate dumps (for comparing a plugin's graph with another engine node by node): with
+//! `ROCMFORGE_DUMP=DIR` in the environment when the executor is built (or after
+//! [`Executor::set_dump`]), every forward call `c` writes each activation node `i`'s output as raw
+//! little-endian f32, row-major `[rows, cols]` (rows = the batch's tokens, in chunk order), to
+//! `DIR/c{c:04}-n{i:04}-{name}.f32`, and appends one line per node to `DIR/index.tsv`:
+//! `call  node  name  op  rows  cols  file`. The layout equals a ggml tensor with `ne = [cols,
+//! rows]`, so `scripts/fixtures/llama_cpp_dump.py` (llama.cpp's eval callback) writes files that
+//! compare directly. Off (the default) it costs one `Option` test per forward call.
 
 use rocmforge_cpu::{AttnParams, KvCache, RopeParams, ThreadPool};
 use rocmforge_quant::GgmlType;
@@ -33,6 +42,7 @@ use rocmforge_quant::GgmlType;
 use crate::graph::{Graph, Op, PoolMode, RowSrc, Rows, Shape};
 use crate::source::{ModelSource, Weight};
 use crate::RuntimeError;
+use std::path::PathBuf;
 
 /// Which logits a chunk wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +91,38 @@ pub struct Executor {
     kv_cfg: KvConfig,
     pool: &'static ThreadPool,
     n_out_cols: usize,
+    dump: Option<Dump>,
+}
+
+/// Where and for which call intermediate tensors are being dumped (see the module doc).
+struct Dump {
+    dir: PathBuf,
+    call: usize,
+}
+
+impl Dump {
+    fn err(&self, what: impl std::fmt::Display) -> RuntimeError {
+        RuntimeError::Dump { path: self.dir.clone(), what: what.to_string() }
+    }
+
+    /// Write node `i` (`rows × cols` floats in `data`) and its index line.
+    fn write(&self, i: usize, node: &crate::graph::Node, rows: usize, cols: usize, data: &[f32]) -> Result<(), RuntimeError> {
+        use std::io::Write;
+        // The op's variant name, e.g. "RmsNorm", from its Debug form.
+        let dbg = format!("{:?}", node.op);
+        let op = dbg.split(|c: char| !c.is_ascii_alphanumeric()).next().unwrap_or("");
+        // Node names are the plugin's ("blk.0.attn_q"); keep the file name portable.
+        let safe: String = node.name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+        let file = format!("c{:04}-n{i:04}-{safe}.f32", self.call);
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(self.dir.join(&file), bytes).map_err(|e| self.err(format!("{file}: {e}")))?;
+        let mut idx = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("index.tsv"))
+            .map_err(|e| self.err(format!("index.tsv: {e}")))?;
+        writeln!(idx, "{}\t{i}\t{}\t{op}\t{rows}\t{cols}\t{file}", self.call, node.name).map_err(|e| self.err(format!("index.tsv: {e}")))
+    }
 }
 
 /// Raw view of the arena handing out disjoint slices (see the module doc for why they are).
@@ -218,7 +260,18 @@ impl Executor {
             kv_cfg,
             pool: ThreadPool::global(),
             n_out_cols,
+            dump: std::env::var_os("ROCMFORGE_DUMP").filter(|d| !d.is_empty()).map(|d| Dump { dir: d.into(), call: 0 }),
         })
+    }
+
+    /// Dump every node's output of the following forward calls into `dir` (created if missing;
+    /// calls are numbered from 0 again), or stop dumping with `None`. See the module doc.
+    pub fn set_dump(&mut self, dir: Option<PathBuf>) -> Result<(), RuntimeError> {
+        if let Some(d) = &dir {
+            std::fs::create_dir_all(d).map_err(|e| RuntimeError::Dump { path: d.clone(), what: e.to_string() })?;
+        }
+        self.dump = dir.map(|dir| Dump { dir, call: 0 });
+        Ok(())
     }
 
     pub fn graph(&self) -> &Graph {
@@ -568,6 +621,21 @@ impl Executor {
                     }
                 }
             }
+            if let Some(d) = &self.dump {
+                // This node, and the rest of its matmul group computed with it.
+                for j in i..done_until.max(i + 1) {
+                    let n = &self.graph.nodes[j];
+                    let Shape::Act { rows, cols } = n.shape else { continue };
+                    let rows = rows_of(rows);
+                    // SAFETY: node j was just written and is read-only here; no mutable slice of
+                    // the arena is alive at this point.
+                    let data = unsafe { arena.get(self.col_off[j], rows * cols) };
+                    d.write(j, n, rows, cols, data)?;
+                }
+            }
+        }
+        if let Some(d) = &mut self.dump {
+            d.call += 1;
         }
         Ok(result)
     }

@@ -5,6 +5,7 @@
 pub mod exec;
 pub mod graph;
 pub mod host_api;
+mod hf_rope;
 mod moe;
 pub mod plugin;
 pub mod source;
@@ -41,4 +42,6 @@ pub enum RuntimeError {
     Batch(String),
     #[error("CPU backend: {0}")]
     Cpu(String),
+    #[error("intermediate dump to {path}: {what}")]
+    Dump { path: PathBuf, what: String },
 }
