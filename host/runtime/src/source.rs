@@ -45,6 +45,9 @@ struct HfRef {
     config_values: Option<Vec<f32>>,
 }
 
+/// GGUF name of the per-frequency RoPE divisors (Llama-3 scaling), derived from `config.json`.
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
 /// HF-name prefix of tensor-map entries read from a `config.json` numeric array.
 const CONFIG_TENSOR_PREFIX: &str = "config:";
 
@@ -149,6 +152,15 @@ impl ModelSource {
                 meta.push((key, value));
             }
         }
+        // RoPE: transformers' conventions, translated like llama.cpp's converter (after the plugin's rows).
+        let malformed = |what: String| RuntimeError::Model(rocmforge_model::ModelError::Malformed { path: path.join("config.json"), what });
+        let rope = crate::hf_rope::translate(&cfg).map_err(malformed)?;
+        for (gguf_key, value) in rope.meta {
+            let key = gguf_key.replace("{arch}", arch);
+            if !meta.iter().any(|(k, _)| *k == key) {
+                meta.push((key, value));
+            }
+        }
         let n_layer = meta.iter().find(|(k, _)| *k == format!("{arch}.block_count")).and_then(|(_, v)| v.as_u64()).unwrap_or(0) as usize;
         let mut map = HashMap::new();
         let mut stacked = HashMap::new();
@@ -180,6 +192,17 @@ impl ModelSource {
                     map.insert(sub(&t.gguf), HfRef { hf, transform: t.transform, config_values: None });
                 }
             }
+        }
+        if let Some(values) = rope.freq_factors {
+            // Llama-3 scaling lives in a tensor; only a graph that reads it may be given it.
+            if !plugin.tensors.iter().any(|t| t.gguf == ROPE_FREQS) {
+                return Err(malformed(format!(
+                    "rope type 'llama3' needs the frequency-factor tensor '{ROPE_FREQS}', which plugin '{}' does not read",
+                    plugin.name
+                )));
+            }
+            let hf = "config:rope_parameters (llama3)".to_string();
+            map.entry(ROPE_FREQS.to_string()).or_insert(HfRef { hf, transform: rocmforge_abi::transform::NONE, config_values: Some(values) });
         }
         Ok(ModelSource {
             path,

@@ -33,16 +33,10 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 13] = [
 ];
 
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name).
-/// The first entry found wins, so transformers 5's `rope_parameters` follows the older keys.
-static CONFIG: [rocmforge_abi::RfConfigMap; 8] = [
+/// RoPE (theta, scaling, Llama-3 frequency factors) is translated by the host for every plugin.
+static CONFIG: [rocmforge_abi::RfConfigMap; 2] = [
     config("{arch}.attention.key_length", "head_dim"),
     config("{arch}.attention.value_length", "head_dim"),
-    config("{arch}.rope.freq_base", "rope_theta"),
-    config("{arch}.rope.scaling.type", "rope_scaling.type"),
-    config("{arch}.rope.scaling.factor", "rope_scaling.factor"),
-    config("{arch}.rope.freq_base", "rope_parameters.rope_theta"),
-    config("{arch}.rope.scaling.type", "rope_parameters.rope_type"),
-    config("{arch}.rope.scaling.factor", "rope_parameters.factor"),
 ];
 
 static ARCHS: [rocmforge_abi::RfArchClaim; 1] = [arch("llama", "LlamaForCausalLM")];

@@ -55,21 +55,15 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 17] = [
     tensor("blk.{il}.ffn_down_exps.weight", "model.layers.{il}.block_sparse_moe.experts.{xid}.w2.weight", OPTIONAL, transform::NONE),
 ];
 
-/// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). The first
-/// entry found wins, so transformers 5's `rope_parameters` follows the older keys. A JSON null
+/// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). RoPE is
+/// translated by the host (host/runtime/src/hf_rope.rs). A JSON null
 /// (Mixtral's `sliding_window`) writes nothing.
-static CONFIG: [rocmforge_abi::RfConfigMap; 11] = [
+static CONFIG: [rocmforge_abi::RfConfigMap; 5] = [
     config("{arch}.attention.key_length", "head_dim"),
     config("{arch}.attention.value_length", "head_dim"),
     config("{arch}.attention.sliding_window", "sliding_window"),
-    config("{arch}.rope.freq_base", "rope_theta"),
     config("{arch}.expert_count", "num_local_experts"),
     config("{arch}.expert_used_count", "num_experts_per_tok"),
-    config("{arch}.rope.scaling.type", "rope_scaling.type"),
-    config("{arch}.rope.scaling.factor", "rope_scaling.factor"),
-    config("{arch}.rope.freq_base", "rope_parameters.rope_theta"),
-    config("{arch}.rope.scaling.type", "rope_parameters.rope_type"),
-    config("{arch}.rope.scaling.factor", "rope_parameters.factor"),
 ];
 
 static ARCHS: [rocmforge_abi::RfArchClaim; 2] = [arch("llama", "MistralForCausalLM"), arch("llama", "MixtralForCausalLM")];

@@ -74,22 +74,13 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 31] = [
 ];
 
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). The first
-/// entry found wins, so transformers 5's `rope_parameters` and the older keys both work.
+/// entry found wins; RoPE theta and scaling (LongRoPE's type, original context, attention factor)
+/// are translated by the host (host/runtime/src/hf_rope.rs).
 /// `{arch}.rope.partial_rotary_factor` is ours (GGUF stores `rope.dimension_count` instead).
-static CONFIG: [rocmforge_abi::RfConfigMap; 13] = [
+static CONFIG: [rocmforge_abi::RfConfigMap; 3] = [
     config("{arch}.attention.layer_norm_epsilon", "layer_norm_eps"),
-    config("{arch}.rope.freq_base", "rope_theta"),
-    config("{arch}.rope.freq_base", "rope_parameters.rope_theta"),
     config("{arch}.rope.partial_rotary_factor", "partial_rotary_factor"),
     config("{arch}.rope.partial_rotary_factor", "rope_parameters.partial_rotary_factor"),
-    config("{arch}.rope.scaling.type", "rope_parameters.rope_type"),
-    config("{arch}.rope.scaling.type", "rope_scaling.rope_type"),
-    config("{arch}.rope.scaling.type", "rope_scaling.type"),
-    config("{arch}.rope.scaling.original_context_length", "rope_parameters.original_max_position_embeddings"),
-    config("{arch}.rope.scaling.original_context_length", "rope_scaling.original_max_position_embeddings"),
-    config("{arch}.rope.scaling.original_context_length", "original_max_position_embeddings"),
-    config("{arch}.rope.scaling.attn_factor", "rope_parameters.attention_factor"),
-    config("{arch}.rope.scaling.attn_factor", "rope_scaling.attention_factor"),
 ];
 
 static ARCHS: [rocmforge_abi::RfArchClaim; 2] = [arch("phi3", "Phi3ForCausalLM"), arch("phi2", "PhiForCausalLM")];

@@ -62,16 +62,9 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 27] = [
 
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). Qwen2's
 /// config has no `head_dim` (n_embd / n_head is used); Qwen3's has one that differs from it.
-static CONFIG: [rocmforge_abi::RfConfigMap; 14] = [
+static CONFIG: [rocmforge_abi::RfConfigMap; 8] = [
     config("{arch}.attention.key_length", "head_dim"),
     config("{arch}.attention.value_length", "head_dim"),
-    config("{arch}.rope.freq_base", "rope_theta"),
-    config("{arch}.rope.scaling.type", "rope_scaling.type"),
-    config("{arch}.rope.scaling.factor", "rope_scaling.factor"),
-    // transformers >= 5 moves these under `rope_parameters`; the first entry found wins.
-    config("{arch}.rope.freq_base", "rope_parameters.rope_theta"),
-    config("{arch}.rope.scaling.type", "rope_parameters.rope_type"),
-    config("{arch}.rope.scaling.factor", "rope_parameters.factor"),
     // MoE: Qwen2-MoE calls the expert count `num_experts`, Qwen3-MoE `num_local_experts` (both
     // spellings exist across transformers versions).
     config("{arch}.expert_count", "num_experts"),
