@@ -95,9 +95,7 @@ pub(crate) fn translate(cfg: &Value) -> Result<HfRope, String> {
         }
         "llama3" => out.freq_factors = Some(llama3_freq_factors(cfg, p, theta)?),
         other => {
-            return Err(bad(format!(
-                "rope type '{other}' is not supported (supported: default, linear, yarn, longrope, llama3, dynamic)"
-            )))
+            return Err(bad(format!("rope type '{other}' is not supported (supported: default, linear, yarn, longrope, llama3, dynamic)")))
         }
     }
     Ok(out)
