@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use cli::session::{GenOptions, Session};
-use rocmforge_engine::SamplerConfig;
+use cli::session::{GenOptions, Session, TextOut};
+use rocmforge_engine::{SamplerConfig, StopSequences};
 use rocmforge_runtime::Registry;
 
 #[derive(Parser)]
@@ -44,6 +44,9 @@ struct SampleArgs {
     /// Random seed (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// Stop generating at this text (repeatable; Ollama's `stop` parameter).
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
     /// Context length in tokens (default 4096, at most the model's).
     #[arg(long = "ctx-size", short = 'c')]
     ctx_size: Option<usize>,
@@ -57,6 +60,7 @@ impl SampleArgs {
         GenOptions {
             num_predict: self.num_predict,
             stop_at_eog,
+            stop: StopSequences::new(self.stop.iter().cloned()),
             sampler: SamplerConfig {
                 temperature: self.temperature,
                 top_k: self.top_k,
@@ -226,13 +230,15 @@ fn real_main(cli: Cli) -> Result<()> {
             ids.extend(s.tok.encode(&prompt, false, false).context("tokenizing the prompt")?);
             let mut out = std::io::stdout().lock();
             let tok = s.tok.clone();
-            let mut dec = tok.stream(false);
-            let stats = s.generate(&ids, &sample.options(!ignore_eos), |_, t| {
-                let _ = out.write_all(dec.push(t).as_bytes());
+            let opts = sample.options(!ignore_eos);
+            let mut text = TextOut::new(&tok, false, opts.stop.clone());
+            let stats = s.generate(&ids, &opts, |_, t| {
+                let (piece, stopped) = text.push(t);
+                let _ = out.write_all(piece.as_bytes());
                 let _ = out.flush();
-                true
+                !stopped
             })?;
-            let _ = out.write_all(dec.flush().as_bytes());
+            let _ = out.write_all(text.finish().as_bytes());
             let _ = out.flush();
             if verbose {
                 eprintln!();

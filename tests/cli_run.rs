@@ -117,3 +117,26 @@ fn generate_refuses_an_embedding_model() {
     assert!(!ok);
     assert!(err.contains("is an embedding model") && err.contains("rocmforge embed"), "{err}");
 }
+
+/// `--stop TEXT` ends the output right before the first occurrence of TEXT: the stopped output
+/// equals llama.cpp's greedy continuation cut at that point (the stop string is taken from the
+/// middle of llama.cpp's text, so it spans token boundaries the way real stops do).
+#[test]
+fn stop_sequence_cuts_llama_cpp_continuation() {
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("tests/fixtures/smollm2-q4_1.greedy.json")).unwrap()).unwrap();
+    let case = &j["cases"][0];
+    let prompt = case["prompt"].as_str().unwrap();
+    let ids: Vec<u32> = case["generated"].as_array().unwrap()[..32].iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let tok = rocmforge_tokenizer::Tokenizer::from_gguf(&GgufFile::open(smol()).unwrap()).unwrap();
+    let full = tok.decode(&ids, false);
+    // A stop string of 4 characters starting at the middle character of llama.cpp's text.
+    let chars: Vec<(usize, char)> = full.char_indices().collect();
+    assert!(chars.len() > 12, "continuation too short: {full:?}");
+    let at = chars[chars.len() / 2].0;
+    let stop: String = full[at..].chars().take(4).collect();
+    let want = &full[..full.find(&stop).unwrap()];
+    let (ok, out, err) = rocmforge(&["generate", &smol(), prompt, "--temperature", "0", "-n", "32", "--ignore-eos", "--stop", &stop], None);
+    assert!(ok, "{err}");
+    assert_eq!(out, want, "stop {stop:?}");
+}

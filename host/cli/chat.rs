@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use rocmforge_chat::{ChatMessage, RenderRequest};
 
-use super::session::{GenOptions, Session};
+use super::session::{GenOptions, Session, TextOut};
 
 fn token_text(s: &Session, id: u32) -> Option<String> {
     s.tok.token_text(id).map(str::to_string)
@@ -37,28 +37,21 @@ fn prompt_tokens(s: &Session, messages: &[ChatMessage]) -> Result<Vec<u32>> {
 fn turn(s: &mut Session, messages: &[ChatMessage], opts: &GenOptions, verbose: bool) -> Result<String> {
     let t0 = Instant::now();
     let ids = prompt_tokens(s, messages)?;
-    let mut stream_ids = Vec::new();
+    let mut stops = opts.stop.clone();
+    stops.extend(s.template_stops.as_slice().iter().cloned());
+    let tok = s.tok.clone();
+    let mut text = TextOut::new(&tok, true, stops);
     let (stats, reply) = {
         let mut out = std::io::stdout().lock();
-        let mut printed = 0usize;
-        let st = s.generate(&ids, opts, |s, t| {
-            stream_ids.push(t);
-            // Decode the whole reply so far and print the new complete characters only.
-            let text = s.tok.decode(&stream_ids, true);
-            let safe = text.trim_end_matches('\u{FFFD}');
-            if safe.len() > printed && safe.is_char_boundary(printed) {
-                let _ = out.write_all(safe[printed..].as_bytes());
-                let _ = out.flush();
-                printed = safe.len();
-            }
-            true
+        let st = s.generate(&ids, opts, |_, t| {
+            let (piece, stopped) = text.push(t);
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+            !stopped
         })?;
-        let reply = s.tok.decode(&stream_ids, true);
-        if reply.len() > printed {
-            let _ = out.write_all(reply[printed.min(reply.len())..].as_bytes());
-        }
+        let _ = out.write_all(text.finish().as_bytes());
         let _ = writeln!(out);
-        (st, reply)
+        (st, text.shown().to_string())
     };
     if verbose {
         stats.print_verbose(t0.elapsed(), s.load_time);

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rocmforge_chat::ChatTemplate;
-use rocmforge_engine::{BlockPool, Sampler, SamplerConfig};
+use rocmforge_engine::{BlockPool, Sampler, SamplerConfig, StopCheck, StopSequences};
 use rocmforge_runtime::exec::{KvConfig, Logits, SeqChunk};
 use rocmforge_runtime::{build_graph, Executor, ModelSource, Registry};
-use rocmforge_tokenizer::Tokenizer;
+use rocmforge_tokenizer::{StreamDecoder, Tokenizer};
 
 const PREFILL_CHUNK: usize = 512;
 const KV_BLOCK: usize = 16;
@@ -25,6 +25,10 @@ pub struct Session {
     pub exec: Executor,
     pub tok: std::sync::Arc<Tokenizer>,
     pub template: ChatTemplate,
+    /// Stop strings the chat template implies: the ChatML fallback's turn markers when the
+    /// model has no template of its own (its vocabulary may lack them as tokens, so the model
+    /// can only write them as text).
+    pub template_stops: StopSequences,
     pub n_ctx: usize,
     pub plugin: String,
     pub load_time: Duration,
@@ -66,6 +70,63 @@ pub struct GenOptions {
     pub sampler: SamplerConfig,
     /// Stop at end-of-generation tokens (false: always produce `num_predict` tokens).
     pub stop_at_eog: bool,
+    /// Stop strings (the text from the first match on is not shown).
+    pub stop: StopSequences,
+}
+
+/// Generated ids → text to show, with stop sequences applied: what `run` and `generate` print.
+/// Text that could still begin a stop string is held back until the next token decides it.
+pub struct TextOut<'a> {
+    dec: StreamDecoder<'a>,
+    stops: StopSequences,
+    text: String,
+    shown: usize,
+    stopped: bool,
+}
+
+impl<'a> TextOut<'a> {
+    pub fn new(tok: &'a Tokenizer, skip_special: bool, stops: StopSequences) -> Self {
+        TextOut { dec: tok.stream(skip_special), stops, text: String::new(), shown: 0, stopped: false }
+    }
+
+    /// Add a token; returns the text that may be shown now and whether a stop string ended it.
+    pub fn push(&mut self, id: u32) -> (&str, bool) {
+        let piece = self.dec.push(id);
+        self.advance(piece)
+    }
+
+    /// Everything still held back, at the end of generation.
+    pub fn finish(&mut self) -> &str {
+        if self.stopped {
+            return "";
+        }
+        let piece = self.dec.flush();
+        self.text.push_str(&piece);
+        let from = self.shown;
+        self.shown = self.text.len();
+        &self.text[from..]
+    }
+
+    /// The text shown so far (the reply, without any stop string).
+    pub fn shown(&self) -> &str {
+        &self.text[..self.shown]
+    }
+
+    fn advance(&mut self, piece: String) -> (&str, bool) {
+        if self.stopped {
+            return ("", true);
+        }
+        self.text.push_str(&piece);
+        let from = self.shown;
+        match self.stops.check(&self.text) {
+            StopCheck::Emit(n) => self.shown = n.max(from),
+            StopCheck::Stop(n) => {
+                self.stopped = true;
+                self.shown = n.max(from);
+            }
+        }
+        (&self.text[from..self.shown], self.stopped)
+    }
 }
 
 impl Session {
@@ -96,12 +157,17 @@ impl Session {
             _ => bail!("unsupported model container"),
         };
         let template = ChatTemplate::or_chatml(template_src.as_deref()).context("chat template")?;
+        let template_stops = match template_src.as_deref().map(str::trim) {
+            Some(t) if !t.is_empty() => StopSequences::default(),
+            _ => StopSequences::new(["<|im_end|>", "<|im_start|>"]),
+        };
         let plugin = plugin.name.clone();
         Ok(Session {
             src,
             exec,
             tok: std::sync::Arc::new(tok),
             template,
+            template_stops,
             n_ctx,
             plugin,
             load_time: t0.elapsed(),
