@@ -1,118 +1,189 @@
 //! The Gemma plugin end to end on the real Gemma-3-270M (Q4_K_M, gemma3 architecture: sliding-window
 //! and global layers, per-head q/k norms, two RoPE bases, GeGLU, scaled embeddings) against
-//! llama.cpp.
+//! llama.cpp, bit for bit.
 //!
-//! Reference: `tests/fixtures/gemma3-270m-q4_k_m.greedy.json`, produced by
-//! `/work/venv/bin/python scripts/fixtures/llama_cpp_greedy.py .cache/models/gemma-3-270m-q4_k_m.gguf tests/fixtures/gemma3-270m-q4_k_m.greedy.json 64`
-//! (llama-cpp-python 0.3.36, CPU; the command is recorded inside the fixture): 5 prompts, 64 greedy
-//! tokens each, llama.cpp's top-16 logits at every position.
+//! References (llama-cpp-python 0.3.36, CPU, n_threads=2; each command is recorded inside its
+//! fixture):
+//! - `tests/fixtures/gemma3-270m-q4_k_m.greedy.json`: 5 prompts, 64 greedy tokens each, decoded
+//!   token by token, llama.cpp's top-16 logits at every position; made by
+//!   `/work/venv/bin/python scripts/fixtures/llama_cpp_greedy.py .cache/models/gemma-3-270m-q4_k_m.gguf tests/fixtures/gemma3-270m-q4_k_m.greedy.json 64`.
+//! - `tests/fixtures/gemma3-270m-q4_k_m.batch.json`: the same 5 token sequences (prompt +
+//!   generated) each evaluated as ONE batch: top-16 logits at every position, and for the first
+//!   sequence (69 tokens) llama.cpp's intermediate tensors (eval callback) of layers 0, 5 (the first
+//!   global layer) and 17 at rows 1 and 68, exact bits; made by `scripts/fixtures/llama_cpp_dump.py`
+//!   (command inside).
 //!
-//! Two tests: a strict one (greedy tokens equal to llama.cpp's, logits within 1.0); and a
-//! statistical one that catches graph errors: with llama.cpp's tokens fed in one batch, our argmax
-//! must agree at ≥ 97% of positions and the per-position largest logit difference must stay small
-//! (measured: median 0.34, p90 0.68; using the global RoPE base in local layers gives median 2.08,
-//! p90 4.39 and fails). Not yet bit-exact: the Q4_K/Q6_K/Q5_0/Q8_0 matmuls and GELU are llama.cpp's
-//! bits, some other op of the Gemma graph is not.
+//! Measured: greedy decoding gives llama.cpp's 320/320 tokens with logits equal to the bit at all
+//! 391 positions; one-batch logits equal llama.cpp's one-batch logits to the bit at all 391
+//! positions; every compared intermediate is bit-identical.
+//!
+//! Why two logit fixtures: llama.cpp's logits depend on the batch shape (from 8 rows on its
+//! matmuls use other kernels, which round differently, and 8-bit activations amplify each ulp), so
+//! its one-batch logits differ from its own token-by-token ones (measured: median 0.30, max 0.91
+//! at the top-16 ids of the 79-token case 2, the prompt part equal). An earlier version of this
+//! test compared our one-batch logits with the token-by-token fixture and read that gap (median
+//! 0.34, max 1.57, argmax 388/391) as an error of the Gemma graph; the node-by-node dump showed
+//! there was none.
 
 mod common;
 
-use common::{argmax, model, registry, repo, Runner};
+use common::{argmax, load_fixture, model, registry, repo, Runner};
 
 const FIXTURE: &str = "gemma3-270m-q4_k_m.greedy.json";
+const BATCH_FIXTURE: &str = "gemma3-270m-q4_k_m.batch.json";
 const MODEL: &str = "gemma-3-270m-q4_k_m.gguf";
 
-struct Case {
-    prompt_tokens: Vec<u32>,
-    generated: Vec<u32>,
-    /// Per position: llama.cpp's top-16 (id, logit).
-    top: Vec<Vec<(u32, f32)>>,
+/// Our node -> llama.cpp's node (the last tensor llama.cpp's graph gives that name: `Qcur-0` is
+/// the roped Q before the attention scale), in graph order, so the first mismatch is the first op
+/// that differs.
+const NODE_MAP: [(&str, &str); 14] = [
+    ("blk.0.attn_norm", "attn_norm-0"),
+    ("blk.0.attn_q_rope", "Qcur-0"),
+    ("blk.0.attn_k_rope", "Kcur-0"),
+    ("blk.0.attn_v", "Vcur-0"),
+    ("blk.0.attn", "kqv_out-0"),
+    ("blk.0.attn_post_norm", "attn_post_norm-0"),
+    ("blk.0.sa_out", "sa_out-0"),
+    ("blk.0.ffn_act", "ffn_geglu-0"),
+    ("blk.0.ffn_down", "ffn_out-0"),
+    ("blk.0.l_out", "l_out-0"),
+    ("blk.5.attn", "kqv_out-5"),
+    ("blk.5.l_out", "l_out-5"),
+    ("blk.17.l_out", "l_out-17"),
+    ("result_norm", "result_norm"),
+];
+
+fn batch_fixture() -> serde_json::Value {
+    let p = repo().join("tests/fixtures").join(BATCH_FIXTURE);
+    serde_json::from_slice(&std::fs::read(&p).expect("batch fixture")).expect("json")
 }
 
-fn load_fixture() -> Vec<Case> {
-    let p = repo().join("tests/fixtures").join(FIXTURE);
-    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).expect("fixture")).expect("json");
-    let ids = |v: &serde_json::Value| v.as_array().expect("ids").iter().map(|x| x.as_u64().expect("id") as u32).collect::<Vec<_>>();
-    let cases = j["cases"].as_array().expect("cases");
-    cases
-        .iter()
-        .map(|c| Case {
-            prompt_tokens: ids(&c["prompt_tokens"]),
-            generated: ids(&c["generated"]),
-            top: c["top_logits"]
-                .as_array()
-                .expect("top_logits")
-                .iter()
-                .map(|row| {
-                    row.as_array()
-                        .expect("row")
-                        .iter()
-                        .map(|e| (e[0].as_u64().expect("id") as u32, e[1].as_f64().expect("v") as f32))
-                        .collect()
-                })
-                .collect(),
-        })
-        .collect()
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
 
-fn max_diff(row: &[f32], want: &[(u32, f32)]) -> f32 {
-    want.iter().map(|&(id, v)| (row[id as usize] - v).abs()).fold(0.0, f32::max)
+fn top(v: &serde_json::Value) -> Vec<Vec<(u32, f32)>> {
+    let pair = |e: &serde_json::Value| (e[0].as_u64().expect("id") as u32, e[1].as_f64().expect("logit") as f32);
+    v.as_array().expect("top_logits").iter().map(|row| row.as_array().expect("row").iter().map(pair).collect()).collect()
 }
 
-/// llama.cpp's tokens (prompt + generated) fed as one batch; our logits at every position compared
-/// with llama.cpp's top-16.
-#[test]
-fn gemma3_270m_logits_track_llama_cpp() {
-    let cases = load_fixture();
-    let mut r = Runner::load(&model(MODEL), 512);
-    let (mut agree, mut n) = (0usize, 0usize);
-    let mut diffs = Vec::new();
-    for c in &cases {
-        r.reset();
-        let mut toks = c.prompt_tokens.clone();
-        toks.extend_from_slice(&c.generated[..c.generated.len() - 1]);
-        assert_eq!(toks.len(), c.top.len(), "fixture positions");
-        let out = r.feed(&toks, true);
-        for (row, want) in out.chunks_exact(r.n_vocab).zip(&c.top) {
-            agree += usize::from(argmax(row) == want[0].0);
-            n += 1;
-            diffs.push(max_diff(row, want));
-        }
+/// Positions where every one of llama.cpp's top-16 logits equals ours bit for bit, and the largest
+/// difference seen.
+fn compare(rows: &[Vec<f32>], want: &[Vec<(u32, f32)>]) -> (usize, f32) {
+    let mut equal = 0;
+    let mut max = 0f32;
+    for (row, want) in rows.iter().zip(want) {
+        equal += usize::from(want.iter().all(|&(id, v)| row[id as usize].to_bits() == v.to_bits()));
+        max = want.iter().map(|&(id, v)| (row[id as usize] - v).abs()).fold(max, f32::max);
     }
-    diffs.sort_by(f32::total_cmp);
-    let q = |f: f64| diffs[((diffs.len() - 1) as f64 * f) as usize];
-    let (median, p90, max) = (q(0.5), q(0.9), diffs[diffs.len() - 1]);
-    eprintln!("{MODEL}: argmax equal to llama.cpp's at {agree}/{n} positions; per-position max |logit diff| (top-16): median {median:.4}, p90 {p90:.4}, max {max:.4}");
-    assert!(agree * 100 >= n * 97, "argmax agrees with llama.cpp at only {agree}/{n} positions");
-    assert!(median <= 0.8 && p90 <= 1.5, "logits drift from llama.cpp's: median {median}, p90 {p90}");
+    (equal, max)
 }
 
-/// Greedy decoding token by token: tokens must be llama.cpp's up to the end of each case or up to
-/// a near-tie of llama.cpp's own top two (margin < 0.3); logits within 1.0 everywhere compared.
+/// Greedy decoding token by token, as llama.cpp made the fixture: every token equal (no near-tie
+/// allowance) and the logits equal to the bit at every position.
 #[test]
 fn gemma3_270m_greedy_matches_llama_cpp() {
-    let cases = load_fixture();
+    let cases = load_fixture(FIXTURE);
     let mut r = Runner::load(&model(MODEL), 512);
+    let (mut tokens, mut positions, mut equal, mut max) = (0usize, 0usize, 0usize, 0f32);
     for (ci, c) in cases.iter().enumerate() {
         r.reset();
         let mut rows: Vec<Vec<f32>> = r.feed(&c.prompt_tokens, true).chunks(r.n_vocab).map(<[f32]>::to_vec).collect();
-        for i in 0..c.generated.len() {
-            let last = rows.last().expect("row");
-            let want = &c.top[c.prompt_tokens.len() - 1 + i];
-            let t = argmax(last);
-            if t != c.generated[i] {
-                let margin = want[0].1 - want[1].1;
-                assert!(margin < 0.3, "case {ci}: token {i} is {t}, llama.cpp chose {} with a margin of {margin:.3}", c.generated[i]);
-                break;
-            }
+        for (i, &want) in c.generated.iter().enumerate() {
+            let t = argmax(rows.last().expect("row"));
+            assert_eq!(t, want, "case {ci}: token {i} is {t}, llama.cpp's is {want}");
+            tokens += 1;
             if i + 1 < c.generated.len() {
-                rows.push(r.feed(&[c.generated[i]], false));
+                rows.push(r.feed(&[want], false));
             }
         }
-        for (pos, (row, want)) in rows.iter().zip(&c.top).enumerate() {
-            let d = max_diff(row, want);
-            assert!(d <= 1.0, "case {ci} position {pos}: logits differ from llama.cpp's by {d}");
+        let (e, m) = compare(&rows, &c.top_logits);
+        positions += rows.len();
+        equal += e;
+        max = max.max(m);
+    }
+    eprintln!("{MODEL} token by token: {tokens} greedy tokens equal to llama.cpp's; logits bit-identical at {equal}/{positions} positions (max |diff| {max})");
+    assert_eq!(equal, positions, "logits differ from llama.cpp's (max |diff| {max})");
+}
+
+/// Each sequence (prompt + generated) in one batch: logits equal to llama.cpp's one-batch logits
+/// to the bit at every position.
+#[test]
+fn gemma3_270m_batch_logits_match_llama_cpp() {
+    let j = batch_fixture();
+    let cases = j["batch_cases"].as_array().expect("batch_cases");
+    assert_eq!(cases.len(), 5, "fixture cases");
+    let mut r = Runner::load(&model(MODEL), 512);
+    let (mut positions, mut equal, mut max) = (0usize, 0usize, 0f32);
+    for c in cases {
+        r.reset();
+        let toks = ids(&c["tokens"]);
+        let want = top(&c["top_logits"]);
+        assert_eq!(toks.len(), want.len(), "fixture positions");
+        let rows: Vec<Vec<f32>> = r.feed(&toks, true).chunks(r.n_vocab).map(<[f32]>::to_vec).collect();
+        let (e, m) = compare(&rows, &want);
+        positions += rows.len();
+        equal += e;
+        max = max.max(m);
+    }
+    eprintln!("{MODEL} one batch per sequence: logits bit-identical to llama.cpp's at {equal}/{positions} positions (max |diff| {max})");
+    assert_eq!(equal, positions, "one-batch logits differ from llama.cpp's (max |diff| {max})");
+}
+
+/// The first sequence in one batch with the executor's dump on: each intermediate in `NODE_MAP`
+/// (rows 1 and 68) equals llama.cpp's to the bit; on failure the message names the first op
+/// that differs, which is where to look.
+#[test]
+fn gemma3_270m_intermediates_match_llama_cpp() {
+    let j = batch_fixture();
+    let toks = ids(&j["batch_cases"][0]["tokens"]);
+    let row_ids: Vec<usize> = j["layers"]["row_ids"].as_array().expect("row_ids").iter().map(|v| v.as_u64().expect("row") as usize).collect();
+    let dir = std::env::temp_dir().join(format!("rf-gemma-dump-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut r = Runner::load(&model(MODEL), 512);
+    let only: Vec<&str> = NODE_MAP.iter().map(|(ours, _)| *ours).collect();
+    r.exec.set_dump(Some(dir.clone()), &only).expect("dump dir");
+    r.feed(&toks, true);
+    r.exec.set_dump(None, &[]).expect("dump off");
+
+    // index.tsv: call, node, name, op, rows, cols, file.
+    let index = std::fs::read_to_string(dir.join("index.tsv")).expect("index.tsv");
+    let files: std::collections::HashMap<&str, (usize, usize, &str)> = index
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[2], (f[4].parse().expect("rows"), f[5].parse().expect("cols"), f[6]))
+        })
+        .collect();
+    let mut report = Vec::new();
+    let mut first_bad = None;
+    for (ours, theirs) in NODE_MAP {
+        let node = &j["layers"]["nodes"][theirs];
+        let cols = node["cols"].as_u64().unwrap_or_else(|| panic!("fixture lacks {theirs}")) as usize;
+        let &(rows, our_cols, file) = files.get(ours).unwrap_or_else(|| panic!("no dump of {ours}"));
+        assert_eq!((rows, our_cols), (toks.len(), cols), "{ours} vs {theirs}: shape");
+        let bytes = std::fs::read(dir.join(file)).expect("dump file");
+        let data: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let (mut differ, mut max) = (0usize, 0f32);
+        for (k, &row) in row_ids.iter().enumerate() {
+            let hex = node["rows_f32_hex"][k].as_str().expect("hex row");
+            assert_eq!(hex.len(), cols * 8, "{theirs}: hex row length");
+            for (c, &v) in data[row * cols..(row + 1) * cols].iter().enumerate() {
+                let want = f32::from_bits(u32::from_str_radix(&hex[c * 8..c * 8 + 8], 16).expect("hex"));
+                if v.to_bits() != want.to_bits() {
+                    differ += 1;
+                    max = max.max((v - want).abs());
+                }
+            }
+        }
+        report.push(format!("{ours} ({theirs}): {differ} of {} values differ, max |diff| {max}", cols * row_ids.len()));
+        if differ > 0 && first_bad.is_none() {
+            first_bad = Some(ours);
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("{}", report.join("\n"));
+    assert!(first_bad.is_none(), "first op that differs from llama.cpp: {}\n{}", first_bad.unwrap_or(""), report.join("\n"));
 }
 
 /// The plugin registers and claims the Gemma architectures, GGUF and Hugging Face names.
@@ -127,4 +198,19 @@ fn gemma_plugin_claims_its_architectures() {
         let (_, arch) = reg.for_hf_arch(hf).unwrap_or_else(|e| panic!("{hf}: {e}"));
         assert_eq!(arch, gguf);
     }
+}
+
+/// Development aid: with `ROCMFORGE_DUMP=DIR ROCMFORGE_TOKENS=2,818,...`, run those tokens as one
+/// batch (all logits) so the executor dumps every node, for comparison with
+/// `scripts/fixtures/llama_cpp_dump.py MODEL DIR --tokens 2,818,...`.
+#[test]
+#[ignore]
+fn gemma3_270m_dump() {
+    let toks: Vec<u32> = std::env::var("ROCMFORGE_TOKENS")
+        .expect("ROCMFORGE_TOKENS")
+        .split(',')
+        .map(|t| t.trim().parse().expect("token id"))
+        .collect();
+    let mut r = Runner::load(&model(MODEL), 512);
+    r.feed(&toks, true);
 }

@@ -32,7 +32,8 @@
 //! [`Executor::set_dump`]), every forward call `c` writes each activation node `i`'s output as raw
 //! little-endian f32, row-major `[rows, cols]` (rows = the batch's tokens, in chunk order), to
 //! `DIR/c{c:04}-n{i:04}-{name}.f32`, and appends one line per node to `DIR/index.tsv`:
-//! `call  node  name  op  rows  cols  file`. The layout equals a ggml tensor with `ne = [cols,
+//! `call  node  name  op  rows  cols  file`. `ROCMFORGE_DUMP_ONLY=name,name` (or `set_dump`'s
+//! `only`) restricts the dump to those node names. The layout equals a ggml tensor with `ne = [cols,
 //! rows]`, so `scripts/fixtures/llama_cpp_dump.py` (llama.cpp's eval callback) writes files that
 //! compare directly. Off (the default) it costs one `Option` test per forward call.
 
@@ -98,6 +99,8 @@ pub struct Executor {
 struct Dump {
     dir: PathBuf,
     call: usize,
+    /// Node names to dump; empty = every node.
+    only: Vec<String>,
 }
 
 impl Dump {
@@ -260,17 +263,27 @@ impl Executor {
             kv_cfg,
             pool: ThreadPool::global(),
             n_out_cols,
-            dump: std::env::var_os("ROCMFORGE_DUMP").filter(|d| !d.is_empty()).map(|d| Dump { dir: d.into(), call: 0 }),
+            dump: std::env::var_os("ROCMFORGE_DUMP").filter(|d| !d.is_empty()).map(|d| Dump {
+                dir: d.into(),
+                call: 0,
+                only: std::env::var("ROCMFORGE_DUMP_ONLY")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            }),
         })
     }
 
     /// Dump every node's output of the following forward calls into `dir` (created if missing;
-    /// calls are numbered from 0 again), or stop dumping with `None`. See the module doc.
-    pub fn set_dump(&mut self, dir: Option<PathBuf>) -> Result<(), RuntimeError> {
+    /// calls are numbered from 0 again), or stop dumping with `None`; `only` lists the node names
+    /// to dump (empty: all). See the module doc.
+    pub fn set_dump(&mut self, dir: Option<PathBuf>, only: &[&str]) -> Result<(), RuntimeError> {
         if let Some(d) = &dir {
             std::fs::create_dir_all(d).map_err(|e| RuntimeError::Dump { path: d.clone(), what: e.to_string() })?;
         }
-        self.dump = dir.map(|dir| Dump { dir, call: 0 });
+        self.dump = dir.map(|dir| Dump { dir, call: 0, only: only.iter().map(|s| s.to_string()).collect() });
         Ok(())
     }
 
@@ -626,6 +639,9 @@ impl Executor {
                 for j in i..done_until.max(i + 1) {
                     let n = &self.graph.nodes[j];
                     let Shape::Act { rows, cols } = n.shape else { continue };
+                    if !d.only.is_empty() && !d.only.contains(&n.name) {
+                        continue;
+                    }
                     let rows = rows_of(rows);
                     // SAFETY: node j was just written and is read-only here; no mutable slice of
                     // the arena is alive at this point.
