@@ -241,6 +241,12 @@ pub(crate) fn quantize_token(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
         unsafe { quantize_token_avx2(fmt, x, s) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if crate::simd::Isa::detect() >= crate::simd::Isa::Neon {
+        // SAFETY: NEON was detected; same slots contract (the NEON twin gives the same bytes).
+        unsafe { crate::neon_act::quantize_token(fmt, x, s) };
+        return;
+    }
     quantize_token_portable(fmt, x, s)
 }
 

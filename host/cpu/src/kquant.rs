@@ -27,8 +27,9 @@
 //!     r = f32(I) * d_w  (Q4_K/Q5_K: r = fma(-dmin_w, f32(M), r));  y = fma(r, d_x, y)
 //! ```
 //!
-//! One portable implementation (compiled once more with AVX2 enabled so the integer loops
-//! vectorise), so every ISA gives the same bits. Written from scratch after those facts.
+//! One portable implementation (compiled once more with AVX2 / AVX-512 enabled so the integer
+//! loops vectorise; on AArch64 with the per-4 dots `raw4` in NEON, `sdot` where available), so
+//! every ISA gives the same bits. Written from scratch after those facts.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -177,6 +178,27 @@ fn unpack_q6k(b: &[u8], o: &mut Sb) {
     }
 }
 
+/// The per-4 integer dots of one superblock (`raw4`), portable or SIMD (`neon_qmatmul`); every
+/// implementation gives the same integers, so the kernels' bits do not depend on the choice.
+pub(crate) trait Raw4 {
+    /// r[l] = sum q x and s[l] = sum x over elements 4l..4l+4 of the first 256 of `x` (all zero
+    /// if `x` is shorter). `q` values are at most 63.
+    ///
+    /// # Safety
+    /// The implementation's instruction set must be available.
+    unsafe fn raw4(q: &[u8; 256], x: &[i8]) -> ([i32; 64], [i32; 64]);
+}
+
+/// `raw4` in portable Rust (auto-vectorised for whatever the enclosing function enables).
+pub(crate) struct Portable;
+
+impl Raw4 for Portable {
+    #[inline(always)]
+    unsafe fn raw4(q: &[u8; 256], x: &[i8]) -> ([i32; 64], [i32; 64]) {
+        raw4(q, x)
+    }
+}
+
 /// Per 4 consecutive elements l (64 per superblock): the raw dots `sum q x` and the activation
 /// sums. Every other integer of the kernels is a sum of these (the loops vectorise well).
 #[inline(always)]
@@ -200,8 +222,8 @@ fn raw4(q: &[u8; 256], x: &[i8]) -> ([i32; 64], [i32; 64]) {
 
 /// Per group of 16 elements: the raw dots `sum q x` and the activation sums (`bsums`).
 #[inline(always)]
-fn group_dots(q: &[u8; 256], x: &[i8]) -> ([i32; 16], [i32; 16]) {
-    let (r, s) = raw4(q, x);
+unsafe fn group_dots<K: Raw4>(q: &[u8; 256], x: &[i8]) -> ([i32; 16], [i32; 16]) {
+    let (r, s) = K::raw4(q, x);
     let mut dot = [0i32; 16];
     let mut bs = [0i32; 16];
     for g in 0..16 {
@@ -214,8 +236,8 @@ fn group_dots(q: &[u8; 256], x: &[i8]) -> ([i32; 16], [i32; 16]) {
 /// The eight `vec_dot` lanes (lane j: the elements with (e % 32) / 4 == j), each element's value
 /// `q - bias`, with the per-16 scales; and the raw per-4 activation sums.
 #[inline(always)]
-fn lanes(sb: &Sb, x: &[i8], bias: i32) -> ([i32; 8], [i32; 64]) {
-    let (r, s) = raw4(&sb.q, x);
+unsafe fn lanes<K: Raw4>(sb: &Sb, x: &[i8], bias: i32) -> ([i32; 8], [i32; 64]) {
+    let (r, s) = K::raw4(&sb.q, x);
     let mut lane = [0i32; 8];
     for m in 0..8 {
         for j in 0..8 {
@@ -227,13 +249,16 @@ fn lanes(sb: &Sb, x: &[i8], bias: i32) -> ([i32; 8], [i32; 64]) {
 }
 
 /// Dot of one row (already unpacked, `sbs`) with one token.
+///
+/// # Safety
+/// `K`'s instruction set must be available.
 #[inline(always)]
-fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
+unsafe fn row_dot<K: Raw4>(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
     match ord {
         Order::Q4KRepack => {
             let (mut acc, mut accm) = (0f32, 0f32);
             for (b, sb) in sbs.iter().enumerate() {
-                let (dot, bs) = group_dots(&sb.q, &x[256 * b..256 * b + 256]);
+                let (dot, bs) = group_dots::<K>(&sb.q, &x[256 * b..256 * b + 256]);
                 let mut i = 0i32;
                 let mut m = 0i32;
                 for g in 0..16 {
@@ -251,7 +276,7 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
         Order::Q4KTiled => {
             let mut y = 0f32;
             for (b, sb) in sbs.iter().enumerate() {
-                let (dot, bs) = group_dots(&sb.q, &x[256 * b..256 * b + 256]);
+                let (dot, bs) = group_dots::<K>(&sb.q, &x[256 * b..256 * b + 256]);
                 let (mut i, mut m) = (0i32, 0i32);
                 for g in 0..16 {
                     i += sb.sc16[g] * dot[g];
@@ -268,7 +293,7 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
             let mut acc = [0f32; 8];
             let mut summs = 0f32;
             for (b, sb) in sbs.iter().enumerate() {
-                let (lane, s4) = lanes(sb, &x[256 * b..], 0);
+                let (lane, s4) = lanes::<K>(sb, &x[256 * b..], 0);
                 let mut m = 0i32;
                 for s in 0..8 {
                     m += sb.m32[s] * s4[8 * s..8 * s + 8].iter().sum::<i32>();
@@ -287,7 +312,7 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
             let mut acc = [0f32; 8];
             let mut accm = [0f32; 4];
             for (b, sb) in sbs.iter().enumerate() {
-                let (lane, s4) = lanes(sb, &x[256 * b..], 0);
+                let (lane, s4) = lanes::<K>(sb, &x[256 * b..], 0);
                 let mut bs = [0i32; 8];
                 for s in 0..8 {
                     bs[s] = s4[8 * s..8 * s + 8].iter().sum();
@@ -307,7 +332,7 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
         Order::Q4KRepackGemm => {
             let (mut acc, mut accm) = (0f32, 0f32);
             for (b, sb) in sbs.iter().enumerate() {
-                let (dot, bs) = group_dots(&sb.q, &x[256 * b..256 * b + 256]);
+                let (dot, bs) = group_dots::<K>(&sb.q, &x[256 * b..256 * b + 256]);
                 let d = dx[b];
                 for p in 0..4 {
                     // One fma per 64 elements (two sub-blocks of 32).
@@ -325,7 +350,7 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
         Order::Q6KTiled => {
             let mut y = 0f32;
             for (b, sb) in sbs.iter().enumerate() {
-                let (dot, bs) = group_dots(&sb.q, &x[256 * b..256 * b + 256]);
+                let (dot, bs) = group_dots::<K>(&sb.q, &x[256 * b..256 * b + 256]);
                 let mut i = 0i32;
                 for g in 0..16 {
                     i += sb.sc16[g] * (dot[g] - sb.bias * bs[g]);
@@ -341,7 +366,7 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
                 // bsums of groups 2j, 2j + 1 (not lane j's own elements; the total is equal).
                 // Q3_K: the bias leaves each element in its own lane.
                 let q6 = sb.bias == 32;
-                let (lane, s4) = lanes(sb, &x[256 * b..], if q6 { 0 } else { sb.bias });
+                let (lane, s4) = lanes::<K>(sb, &x[256 * b..], if q6 { 0 } else { sb.bias });
                 let mut bs = [0i32; 16];
                 if q6 {
                     for g in 0..16 {
@@ -365,7 +390,7 @@ fn row_dot(ord: Order, sbs: &[Sb], x: &[i8], dx: &[f32]) -> f32 {
 /// `y` valid for `n_tokens * n_out` floats; no other thread writes these rows.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn rows_portable(
+unsafe fn rows_portable<K: Raw4>(
     ord: Order,
     ty: GgmlType,
     w: &[u8],
@@ -402,7 +427,7 @@ unsafe fn rows_portable(
                 dx[b] = acts.dx4[t * kp / 4 + 64 * b];
             }
             let o = if ord == Order::Q4KRepack && t < n_gemm { Order::Q4KRepackGemm } else { ord };
-            *y.add(t * n_out + r) = row_dot(o, &sbs, x, &dx);
+            *y.add(t * n_out + r) = row_dot::<K>(o, &sbs, x, &dx);
         }
     }
 }
@@ -421,7 +446,7 @@ unsafe fn rows_avx512(
     y: *mut f32,
     n_out: usize,
 ) {
-    rows_portable(ord, ty, w, k, rows, acts, n_tokens, y, n_out)
+    rows_portable::<Portable>(ord, ty, w, k, rows, acts, n_tokens, y, n_out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -438,7 +463,44 @@ unsafe fn rows_avx2(
     y: *mut f32,
     n_out: usize,
 ) {
-    rows_portable(ord, ty, w, k, rows, acts, n_tokens, y, n_out)
+    rows_portable::<Portable>(ord, ty, w, k, rows, acts, n_tokens, y, n_out)
+}
+
+/// NEON: the per-4 dots by `smull` (`Neon`) or `sdot` (`NeonDot`), see `neon_qmatmul`.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_neon(
+    ord: Order,
+    ty: GgmlType,
+    w: &[u8],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    acts: &QActs,
+    n_tokens: usize,
+    y: *mut f32,
+    n_out: usize,
+) {
+    use crate::neon_qmatmul::Raw4Neon;
+    rows_portable::<Raw4Neon<crate::neon::Mull>>(ord, ty, w, k, rows, acts, n_tokens, y, n_out)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon,dotprod")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_neon_dot(
+    ord: Order,
+    ty: GgmlType,
+    w: &[u8],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    acts: &QActs,
+    n_tokens: usize,
+    y: *mut f32,
+    n_out: usize,
+) {
+    use crate::neon_qmatmul::Raw4Neon;
+    rows_portable::<Raw4Neon<crate::neon::Sdot>>(ord, ty, w, k, rows, acts, n_tokens, y, n_out)
 }
 
 /// `y = W x` for `handles`-accepted calls; `acts` holds the Q8_K activations of `n_tokens`
@@ -462,7 +524,7 @@ pub(crate) fn run(
     let n_chunks = n_out.div_ceil(chunk);
     let next = AtomicUsize::new(0);
     let yp = SyncPtr(y.as_mut_ptr());
-    // The three compilations of `rows_portable` give the same bits (exact integers, and explicit
+    // Every compilation of `rows_portable` gives the same bits (exact integers, and explicit
     // fma / mul / add in a fixed order); `isa` picks one (tests run each).
     let isa = isa.clamp();
     pool.run_dynamic(|_, _| loop {
@@ -483,7 +545,20 @@ pub(crate) fn run(
             unsafe { rows_avx2(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
             continue;
         }
+        #[cfg(target_arch = "aarch64")]
+        if isa >= crate::simd::Isa::NeonDot {
+            // SAFETY: NEON + FEAT_DotProd detected; chunks are disjoint row ranges of y.
+            unsafe { rows_neon_dot(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
+            continue;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if isa >= crate::simd::Isa::Neon {
+            // SAFETY: NEON detected; chunks are disjoint row ranges of y.
+            unsafe { rows_neon(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
+            continue;
+        }
+        let _ = isa;
         // SAFETY: as above (portable code).
-        unsafe { rows_portable(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
+        unsafe { rows_portable::<Portable>(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
     });
 }

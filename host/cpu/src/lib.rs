@@ -3,7 +3,7 @@
 //! - [`matmul`] / [`matmul_bias`] / [`matmul_many`]: `y = W x` for F32/F16/BF16 and every GGML
 //!   quant type the model files use (Q4_0/1, Q5_0/1, Q8_0, Q2_K..Q6_K, Q8_K, IQ4_NL, IQ4_XS), with
 //!   activations quantized as llama.cpp does ([`quantize_activations`]) and integer dot products
-//!   (AVX-512 VNNI, AVX2, scalar).
+//!   (AVX-512 VNNI, AVX2, AArch64 NEON with or without `sdot`, scalar).
 //! - [`get_rows`], [`rms_norm`], [`layer_norm`], [`rope`], activations and GLUs, [`softmax_inplace`].
 //! - [`KvCache`] + [`attention`]: paged KV memory addressed through block tables.
 //! - [`ThreadPool`]: persistent workers; every parallel op takes one.
@@ -26,8 +26,16 @@ mod attention;
 mod error;
 mod kquant;
 mod matmul;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+#[cfg(target_arch = "aarch64")]
+mod neon_act;
+#[cfg(target_arch = "aarch64")]
+mod neon_qmatmul;
 mod ops;
 mod pool;
+// AVX-512 VNNI only (the fused decode kernels).
+#[cfg(target_arch = "x86_64")]
 mod qdecode;
 mod qmatmul;
 mod simd;

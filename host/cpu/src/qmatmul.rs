@@ -18,7 +18,8 @@
 //! accumulators over j (`bias_acc[j % 16] = fma(B, xs, ..)`), folded as `hsum8(lo + hi)`.
 //!
 //! Kernels: AVX-512 VNNI (`vpdpbusd`, 64 bytes, 4 rows x 4 tokens), AVX2 (`vpmaddubsw` +
-//! `vpmaddwd`, 32 bytes, 2 rows x 4 tokens; wide types via the sign trick) and a scalar twin.
+//! `vpmaddwd`, 32 bytes, 2 rows x 4 tokens; wide types via the sign trick), AArch64 NEON
+//! (`neon_qmatmul`: `sdot` or `smull`, 2 x 16 bytes, 2 rows x 4 tokens) and a scalar twin.
 //! Prefill reuse: a tile of 4 unpacked rows (L1-resident) is swept over a chunk of 64 tokens, so
 //! the unpacking cost is paid once per 64 tokens and each weight vector load serves 4 tokens.
 //! Threads split output rows (chunks handed out by an atomic counter, so a descheduled thread
@@ -71,42 +72,42 @@ thread_local! {
 
 /// Per-call constants of the kernels.
 #[derive(Clone, Copy)]
-struct Kc {
-    kp: usize,
-    g16: usize,
-    bias: bool,
+pub(crate) struct Kc {
+    pub(crate) kp: usize,
+    pub(crate) g16: usize,
+    pub(crate) bias: bool,
     /// Bias summed block by block in sequence (Q4_1 / Q5_1, see the module header).
-    seq_bias: bool,
+    pub(crate) seq_bias: bool,
 }
 
 /// Row 0 of an unpacked tile (row strides kp, kp/4, g16).
 #[derive(Clone, Copy)]
-struct WPtr {
-    u: *const u8,
-    s4: *const f32,
-    b16: *const f32,
+pub(crate) struct WPtr {
+    pub(crate) u: *const u8,
+    pub(crate) s4: *const f32,
+    pub(crate) b16: *const f32,
 }
 
 /// Token 0 of a token tile (token strides kp, kp/4, g16, kp/4).
 #[derive(Clone, Copy)]
-struct XPtr {
-    xq: *const i8,
-    dx4: *const f32,
-    xs16: *const f32,
-    xc4: *const i32,
+pub(crate) struct XPtr {
+    pub(crate) xq: *const i8,
+    pub(crate) dx4: *const f32,
+    pub(crate) xs16: *const f32,
+    pub(crate) xc4: *const i32,
 }
 
 /// Output element (token 0, row 0) of the tile; `ld` = n_out.
 #[derive(Clone, Copy)]
-struct YPtr {
-    y: *mut f32,
-    ld: usize,
+pub(crate) struct YPtr {
+    pub(crate) y: *mut f32,
+    pub(crate) ld: usize,
 }
 
 impl WPtr {
     /// # Safety
     /// Row `r` must exist in the tile.
-    unsafe fn row(self, kc: &Kc, r: usize) -> WPtr {
+    pub(crate) unsafe fn row(self, kc: &Kc, r: usize) -> WPtr {
         WPtr { u: self.u.add(r * kc.kp), s4: self.s4.add(r * kc.kp / 4), b16: self.b16.add(r * kc.g16) }
     }
 }
@@ -487,6 +488,12 @@ fn unpack_dispatch(isa: Isa, ty: GgmlType, src: &[u8], k: usize, u: &mut [u8], s
         unsafe { unpack_avx2(ty, src, k, u, s4, b16) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if isa >= Isa::Neon {
+        // SAFETY: NEON detected (isa was clamped to the CPU's level).
+        unsafe { crate::neon_qmatmul::unpack(ty, src, k, u, s4, b16) };
+        return;
+    }
     let _ = isa;
     unpack_row(ty, src, k, u, s4, b16, rocmforge_quant::f16_to_f32);
 }
@@ -518,6 +525,8 @@ unsafe fn f16c_cvt(h: u16) -> f32 {
 /// `t * ld + r` for t < nt, r < nr; `isa` must be supported by the CPU.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_tile(isa: Isa, wide: bool, paired: bool, kc: &Kc, w: WPtr, nr: usize, x: XPtr, nt: usize, y: YPtr) {
+    let _ = paired;
+    #[cfg(target_arch = "x86_64")]
     macro_rules! by_t {
         ($f:ident, $r:literal, $wide:literal, $w:expr, $y:expr) => {
             match nt {
@@ -528,6 +537,7 @@ unsafe fn run_tile(isa: Isa, wide: bool, paired: bool, kc: &Kc, w: WPtr, nr: usi
             }
         };
     }
+    #[cfg(target_arch = "x86_64")]
     macro_rules! rows {
         ($f:ident, $rt:literal) => {{
             let mut r = 0;
@@ -572,6 +582,8 @@ unsafe fn run_tile(isa: Isa, wide: bool, paired: bool, kc: &Kc, w: WPtr, nr: usi
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => rows!(tile256, 2),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => crate::neon_qmatmul::run_tile(isa == Isa::NeonDot, wide, kc, w, nr, x, nt, y),
         _ => tile_scalar(kc, w, nr, x, nt, y, wide),
     }
 }

@@ -4,8 +4,10 @@
 //!
 //! Dispatch is decided once at run time (`Isa::detect`, cached): never `-C target-cpu=native`,
 //! never compile-time `target_feature` cfgs. Each fast path is a `#[target_feature] unsafe fn`
-//! reached only after `is_x86_feature_detected!` said yes. `ROCMFORGE_CPU_ISA=scalar|avx2|avx512`
-//! can lower (never raise) the choice, for tests and benchmarks.
+//! reached only after `is_x86_feature_detected!` / `is_aarch64_feature_detected!` said yes.
+//! `ROCMFORGE_CPU_ISA=scalar|avx2|avx512|neon|neondot` can lower (never raise) the choice, for
+//! tests and benchmarks; a level of the other architecture family is ignored. x86 levels live in
+//! the `x86` module below, AArch64 ones in `neon` (same contracts, see there).
 //!
 //! Invariants: every SIMD function has a scalar twin with the same contract; results differ only by
 //! summation order (and for `exp`, by the polynomial's < 3e-7 relative error), except the ggml
@@ -14,7 +16,10 @@
 
 use std::sync::OnceLock;
 
-/// An instruction-set level the kernels can run at.
+/// An instruction-set level the kernels can run at. Levels are ordered within their family
+/// (x86: `Avx2 < Avx512`; AArch64: `Neon < NeonDot`); `Scalar` is below every level. Comparisons
+/// across families are meaningless, so kernels only ever compare a level clamped to this CPU
+/// (`clamp`), whose family is the CPU's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     /// Portable Rust (the compiler may still auto-vectorise for the baseline target).
@@ -23,6 +28,18 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL + VNNI (on top of AVX2).
     Avx512,
+    /// AArch64 Advanced SIMD (NEON): integer dots by `smull` + pairwise adds.
+    Neon,
+    /// NEON plus the dot-product extension (FEAT_DotProd: `sdot`).
+    NeonDot,
+}
+
+/// Which architecture a level belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Portable,
+    X86,
+    Arm,
 }
 
 impl Isa {
@@ -31,10 +48,17 @@ impl Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
             let best = Isa::best_supported();
-            match std::env::var("ROCMFORGE_CPU_ISA").ok().as_deref().map(str::trim) {
+            let want = match std::env::var("ROCMFORGE_CPU_ISA").ok().as_deref().map(str::trim) {
                 Some("scalar") => Isa::Scalar,
-                Some("avx2") => best.min(Isa::Avx2),
-                _ => best,
+                Some("avx2") => Isa::Avx2,
+                Some("neon") => Isa::Neon,
+                _ => return best,
+            };
+            // A level of the other family (e.g. `avx2` on ARM) cannot lower anything: ignored.
+            if want == Isa::Scalar || want.family() == best.family() {
+                best.min(want)
+            } else {
+                best
             }
         })
     }
@@ -43,6 +67,14 @@ impl Isa {
     pub fn best_supported() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
         *BEST.get_or_init(Isa::probe)
+    }
+
+    fn family(self) -> Family {
+        match self {
+            Isa::Scalar => Family::Portable,
+            Isa::Avx2 | Isa::Avx512 => Family::X86,
+            Isa::Neon | Isa::NeonDot => Family::Arm,
+        }
     }
 
     fn probe() -> Isa {
@@ -61,17 +93,38 @@ impl Isa {
                 return Isa::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            // NEON is part of every AArch64 Linux target, but asking keeps the rule "every fast
+            // path is reached after detection" free of exceptions.
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                if std::arch::is_aarch64_feature_detected!("dotprod") {
+                    return Isa::NeonDot;
+                }
+                return Isa::Neon;
+            }
+        }
         Isa::Scalar
     }
 
-    /// Every level this machine can run (for tests comparing paths).
+    /// Every level this machine can run (for tests comparing paths), lowest first.
     pub fn all_supported() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= Isa::best_supported()).collect()
+        let best = Isa::best_supported();
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonDot]
+            .into_iter()
+            .filter(|&i| i == Isa::Scalar || (i.family() == best.family() && i <= best))
+            .collect()
     }
 
-    /// `self` if the CPU supports it, else the best supported level below it.
+    /// `self` if the CPU supports it, else the best supported level below it in the same family;
+    /// a level of another family lowers to `Scalar`.
     pub(crate) fn clamp(self) -> Isa {
-        self.min(Isa::best_supported())
+        let best = Isa::best_supported();
+        if self.family() == best.family() {
+            self.min(best)
+        } else {
+            Isa::Scalar
+        }
     }
 }
 
@@ -105,6 +158,11 @@ pub(crate) fn dot_dense(isa: Isa, ty: Dense, w: &[u8], x: &[f32], n: usize) -> f
     if isa.clamp() >= Isa::Avx2 {
         // SAFETY: AVX2/FMA/F16C were detected (clamp); lengths checked above.
         return unsafe { x86::dot_dense_avx2(ty, w.as_ptr(), x.as_ptr(), n) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa.clamp() >= Isa::Neon {
+        // SAFETY: NEON detected (clamp); lengths checked above.
+        return unsafe { crate::neon::dot_dense(ty, w.as_ptr(), x.as_ptr(), n) };
     }
     let _ = isa;
     dot_dense_scalar(ty, w, x, n)
@@ -153,6 +211,12 @@ pub(crate) fn f16_slice_to_f32(isa: Isa, src: &[u16], dst: &mut [f32]) {
         unsafe { x86::f16_to_f32_avx2(src.as_ptr(), dst.as_mut_ptr(), n) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if isa.clamp() >= Isa::Neon {
+        // SAFETY: NEON detected; both pointers valid for `n` values.
+        unsafe { crate::neon::f16_to_f32_slice(src.as_ptr(), dst.as_mut_ptr(), n) };
+        return;
+    }
     let _ = isa;
     for i in 0..n {
         dst[i] = f16_bits_to_f32(src[i]);
@@ -165,6 +229,11 @@ pub(crate) fn exp_shift_sum(isa: Isa, v: &mut [f32], shift: f32) -> f32 {
     if isa.clamp() >= Isa::Avx2 {
         // SAFETY: features detected; pointer valid for v.len() floats.
         return unsafe { x86::exp_shift_sum_avx2(v.as_mut_ptr(), v.len(), shift) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa.clamp() >= Isa::Neon {
+        // SAFETY: NEON detected; pointer valid for v.len() floats.
+        return unsafe { crate::neon::exp_shift_sum(v.as_mut_ptr(), v.len(), shift) };
     }
     let _ = isa;
     let mut s = 0f32;
@@ -316,6 +385,12 @@ pub(crate) fn silu_ggml(isa: Isa, x: &[f32], mul: Option<&[f32]>, out: &mut [f32
             unsafe { silu_ggml_avx2(x, mul, out) };
             return;
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa.clamp() >= Isa::Neon {
+        // SAFETY: NEON detected; `mul` length checked above.
+        unsafe { crate::neon::silu_ggml(x, mul, out) };
+        return;
     }
     let _ = isa;
     silu_ggml_body(x, mul, out)

@@ -1,0 +1,147 @@
+//! AArch64 NEON twin of `act::quantize_token`: one token's activations quantized to Q8_0 / Q8_1
+//! / Q8_K plus the side arrays, byte for byte what the portable code (and llama.cpp's x86
+//! `quantize_row_q8_0/q8_1` and `quantize_row_q8_K_ref`) produces for NaN-free input (with NaN:
+//! some result, as the portable contract says); see `act` for the rules and the
+//! `QActs` layout.
+//!
+//! Equal bits because every step is exact IEEE or integer arithmetic in the same order:
+//! `|x|` maxima (order-free), one multiply per element, `fcvtns` = round half to even with
+//! saturation to i32, then saturating narrows (= Rust's saturating `as i8`; NaN gives 0 in
+//! both), integer sums. Where the scalar code picks "the first value of largest |x|" (Q8_K) the
+//! maximum is found with `fmaxnmv` (NaN ignored, as the scalar `>` scan ignores it) and the first
+//! element equal to it is then searched for. llama.cpp's ARM `quantize_row_q8_0` differs (it
+//! multiplies by `1 / d`, not `127 / amax`); we keep the x86 rule on every architecture.
+
+use std::arch::aarch64::*;
+
+use rocmforge_quant::{f16_to_f32, f32_to_f16};
+
+use crate::act::{ActFormat, TokenSlots};
+
+/// 32 values of a Q8_0 / Q8_1 block: returns (d, d as f16 bits, sum of q), as `act::q8_block`.
+///
+/// # Safety
+/// NEON available.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn q8_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, u16, i32) {
+    let p = x.as_ptr();
+    let mut m = vabsq_f32(vld1q_f32(p));
+    for v in 1..8 {
+        m = vmaxq_f32(m, vabsq_f32(vld1q_f32(p.add(4 * v))));
+    }
+    let amax = vmaxvq_f32(m);
+    let d = amax / 127.0;
+    let id = vdupq_n_f32(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+    let mut sum = 0i32;
+    for h in 0..2 {
+        let q16 = quantize16(p.add(16 * h), id, None);
+        vst1q_s8(q.as_mut_ptr().add(16 * h), q16);
+        sum += vaddlvq_s8(q16) as i32;
+    }
+    (d, f32_to_f16(d), sum)
+}
+
+/// 16 values times `scale`, rounded half to even, optionally clamped to `hi`, saturated to i8.
+///
+/// # Safety
+/// NEON; `p` valid for 16 floats.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn quantize16(p: *const f32, scale: float32x4_t, hi: Option<int32x4_t>) -> int8x16_t {
+    let mut r = [vdupq_n_s32(0); 4];
+    for (v, rv) in r.iter_mut().enumerate() {
+        let i = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(p.add(4 * v)), scale));
+        *rv = match hi {
+            Some(h) => vminq_s32(i, h),
+            None => i,
+        };
+    }
+    let lo = vcombine_s16(vqmovn_s32(r[0]), vqmovn_s32(r[1]));
+    let hi16 = vcombine_s16(vqmovn_s32(r[2]), vqmovn_s32(r[3]));
+    vcombine_s8(vqmovn_s16(lo), vqmovn_s16(hi16))
+}
+
+/// 256 values of a Q8_K block: returns d, as `act::q8k_block`.
+///
+/// # Safety
+/// NEON available.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn q8k_block(x: &[f32; 256], q: &mut [i8; 256]) -> f32 {
+    let p = x.as_ptr();
+    let mut m = vabsq_f32(vld1q_f32(p));
+    for v in 1..64 {
+        m = vmaxnmq_f32(m, vabsq_f32(vld1q_f32(p.add(4 * v))));
+    }
+    let amax = vmaxnmvq_f32(m);
+    // All zero (or all NaN, which the scalar scan skips as well): an all-zero block.
+    if amax.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+        q.fill(0);
+        return 0.0;
+    }
+    let Some(&max) = x.iter().find(|v| v.abs() == amax) else {
+        q.fill(0);
+        return 0.0;
+    };
+    let iscale = -127.0 / max;
+    let sc = vdupq_n_f32(iscale);
+    let hi = vdupq_n_s32(127);
+    for v in 0..16 {
+        vst1q_s8(q.as_mut_ptr().add(16 * v), quantize16(p.add(16 * v), sc, Some(hi)));
+    }
+    1.0 / iscale
+}
+
+/// Twin of `act::quantize_token_portable` (same slots, same padding).
+///
+/// # Safety
+/// NEON available; `x.len()` a multiple of the format's block and the slots sized by
+/// `QActs::reset` for that length (as for the portable version).
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn quantize_token(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
+    let k = x.len();
+    match fmt {
+        ActFormat::Q8K => {
+            let (blocks, _) = x.as_chunks::<256>();
+            let (qb, _) = s.xq.as_chunks_mut::<256>();
+            for (b, (xb, q)) in blocks.iter().zip(qb).enumerate() {
+                let d = q8k_block(xb, q);
+                s.dx4[64 * b..64 * b + 64].fill(d);
+                for j in 0..16 {
+                    let sum = vaddlvq_s8(vld1q_s8(q.as_ptr().add(16 * j))) as i32;
+                    s.xs16[16 * b + j] = d * sum as f32;
+                }
+            }
+            s.d32.fill(0.0);
+        }
+        ActFormat::Q8_0 | ActFormat::Q8_1 => {
+            let (blocks, _) = x.as_chunks::<32>();
+            let (qb, _) = s.xq.as_chunks_mut::<32>();
+            for (b, (xb, q)) in blocks.iter().zip(qb).enumerate() {
+                let (d, dh, sum) = q8_block(xb, q);
+                let dr = f16_to_f32(dh);
+                s.dx4[8 * b..8 * b + 8].fill(dr);
+                s.d32[b] = dr;
+                s.xs16[2 * b] = if fmt == ActFormat::Q8_1 { f16_to_f32(f32_to_f16(d * sum as f32)) } else { 0.0 };
+                s.xs16[2 * b + 1] = 0.0;
+            }
+        }
+    }
+    // xc4[l] = -128 * (sum of the 4 q of lane l); k is a multiple of 32, so whole vectors.
+    let mut l = 0;
+    while 4 * l + 16 <= k && l + 4 <= s.xc4.len() {
+        let sums = vpaddlq_s16(vpaddlq_s8(vld1q_s8(s.xq.as_ptr().add(4 * l))));
+        vst1q_s32(s.xc4.as_mut_ptr().add(l), vmulq_n_s32(sums, -128));
+        l += 4;
+    }
+    for (l, c) in s.xc4[..k / 4].iter_mut().enumerate().skip(l) {
+        let q = &s.xq[4 * l..4 * l + 4];
+        *c = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
+    }
+    s.xq[k..].fill(0);
+    s.dx4[k / 4..].fill(0.0);
+    s.xs16[k / 16..].fill(0.0);
+    s.xc4[k / 4..].fill(0);
+    s.d32[k / 32..].fill(0.0);
+}
