@@ -12,10 +12,14 @@
 //!   sequence (69 tokens) llama.cpp's intermediate tensors (eval callback) of layers 0, 5 (the first
 //!   global layer) and 17 at rows 1 and 68, exact bits; made by `scripts/fixtures/llama_cpp_dump.py`
 //!   (command inside).
+//! - `tests/fixtures/gemma3-270m-q4_k_m.long.json`: one 700-token sequence (context 1024, batches
+//!   of 512, so the sliding window of 512 drops keys), top-16 logits from position 500 on; made by
+//!   `scripts/fixtures/llama_cpp_dump.py` in long mode (command inside).
 //!
 //! Measured: greedy decoding gives llama.cpp's 320/320 tokens with logits equal to the bit at all
 //! 391 positions; one-batch logits equal llama.cpp's one-batch logits to the bit at all 391
-//! positions; every compared intermediate is bit-identical.
+//! positions; the 700-token sequence's logits equal to the bit at all 200 positions compared;
+//! every compared intermediate is bit-identical.
 //!
 //! Why two logit fixtures: llama.cpp's logits depend on the batch shape (from 8 rows on its
 //! matmuls use other kernels, which round differently, and 8-bit activations amplify each ulp), so
@@ -31,6 +35,7 @@ use common::{argmax, load_fixture, model, registry, repo, Runner};
 
 const FIXTURE: &str = "gemma3-270m-q4_k_m.greedy.json";
 const BATCH_FIXTURE: &str = "gemma3-270m-q4_k_m.batch.json";
+const LONG_FIXTURE: &str = "gemma3-270m-q4_k_m.long.json";
 const MODEL: &str = "gemma-3-270m-q4_k_m.gguf";
 
 /// Our node -> llama.cpp's node (the last tensor llama.cpp's graph gives that name: `Qcur-0` is
@@ -130,6 +135,31 @@ fn gemma3_270m_batch_logits_match_llama_cpp() {
     assert_eq!(equal, positions, "one-batch logits differ from llama.cpp's (max |diff| {max})");
 }
 
+/// A 700-token sequence (context 1024) run in batches of 512 as llama-cpp-python's `eval` runs it:
+/// past position 512 the local layers' sliding window (512) drops keys, so this checks the window
+/// edge and the batch split; logits from position 500 on equal llama.cpp's to the bit.
+#[test]
+fn gemma3_270m_long_sequence_matches_llama_cpp() {
+    let p = repo().join("tests/fixtures").join(LONG_FIXTURE);
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).expect("long fixture")).expect("json");
+    let c = &j["batch_cases"][0];
+    let toks = ids(&c["tokens"]);
+    let from = c["top_from"].as_u64().expect("top_from") as usize;
+    let want = top(&c["top_logits"]);
+    let n_ctx = j["n_ctx"].as_u64().expect("n_ctx") as usize;
+    let n_batch = j["n_batch"].as_u64().expect("n_batch") as usize;
+    assert_eq!(toks.len() - from, want.len(), "fixture positions");
+    assert!(toks.len() > 512 + 64, "the sequence must pass the sliding window");
+    let mut r = Runner::load(&model(MODEL), n_ctx);
+    let mut rows: Vec<Vec<f32>> = Vec::new();
+    for chunk in toks.chunks(n_batch) {
+        rows.extend(r.feed(chunk, true).chunks(r.n_vocab).map(<[f32]>::to_vec));
+    }
+    let (equal, max) = compare(&rows[from..], &want);
+    eprintln!("{MODEL} {} tokens in batches of {n_batch}: logits bit-identical to llama.cpp's at {equal}/{} positions from {from} (max |diff| {max})", toks.len(), want.len());
+    assert_eq!(equal, want.len(), "logits past the sliding window differ from llama.cpp's (max |diff| {max})");
+}
+
 /// The first sequence in one batch with the executor's dump on: each intermediate in `NODE_MAP`
 /// (rows 1 and 68) equals llama.cpp's to the bit; on failure the message names the first op
 /// that differs, which is where to look.
@@ -200,9 +230,10 @@ fn gemma_plugin_claims_its_architectures() {
     }
 }
 
-/// Development aid: with `ROCMFORGE_DUMP=DIR ROCMFORGE_TOKENS=2,818,...`, run those tokens as one
-/// batch (all logits) so the executor dumps every node, for comparison with
-/// `scripts/fixtures/llama_cpp_dump.py MODEL DIR --tokens 2,818,...`.
+/// Development aid: with `ROCMFORGE_DUMP=DIR ROCMFORGE_TOKENS=2,818,...` (optional
+/// `ROCMFORGE_N_CTX`, default 512), run those tokens in batches of 512 (all logits), as
+/// llama-cpp-python's `eval` does, so the executor dumps every node, for comparison with
+/// `scripts/fixtures/llama_cpp_dump.py MODEL DIR --tokens 2,818,... [--n-ctx N]`.
 #[test]
 #[ignore]
 fn gemma3_270m_dump() {
@@ -211,6 +242,9 @@ fn gemma3_270m_dump() {
         .split(',')
         .map(|t| t.trim().parse().expect("token id"))
         .collect();
-    let mut r = Runner::load(&model(MODEL), 512);
-    r.feed(&toks, true);
+    let n_ctx = std::env::var("ROCMFORGE_N_CTX").map(|v| v.parse().expect("n_ctx")).unwrap_or(512);
+    let mut r = Runner::load(&model(MODEL), n_ctx);
+    for chunk in toks.chunks(512) {
+        r.feed(chunk, true);
+    }
 }
