@@ -27,7 +27,9 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod blocks;
 pub mod builder;
+pub use blocks::{Heads, SelfAttention};
 pub use builder::{Builder, Meta, Node, OpError, RowIds};
 
 use std::ffi::c_void;

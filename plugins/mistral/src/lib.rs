@@ -23,9 +23,9 @@
 //! RoPE and Q/K layout as in the LLaMA plugin: GGUF's interleaved layout is the internal one and HF
 //! Q/K rows are permuted at load (PERMUTE_Q / PERMUTE_K).
 
-use rocmforge_abi::builder::{AttnOpts, RopeOpts};
 use rocmforge_abi::{
-    arch, config, meta_claim, moe_act, moe_gating, tensor, tensor_flags::OPTIONAL, transform, Builder, Meta, Node, OpError,
+    arch, config, meta_claim, moe_act, moe_gating, tensor, tensor_flags::OPTIONAL, transform, Builder, Heads, Meta, Node, OpError,
+    SelfAttention,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -78,34 +78,20 @@ static META_CLAIMS: [rocmforge_abi::RfMetaClaim; 2] =
 
 struct HParams {
     n_layer: usize,
-    n_head: usize,
-    n_head_kv: usize,
-    head_dim: usize,
     eps: f32,
-    /// 0 = full attention.
-    sliding_window: usize,
+    /// Sliding-window attention when `attention.sliding_window` is set (Mistral 7B v0.1).
+    attn: SelfAttention,
     /// 0 = dense FFN.
     n_expert: usize,
     n_expert_used: usize,
-    rope: RopeOpts,
 }
 
 impl HParams {
     fn read(m: &impl Meta, arch: &str) -> Result<Self, OpError> {
         let key = |k: &str| format!("{arch}.{k}");
-        let n_embd = m.meta_usize(&key("embedding_length"))?;
-        let n_head = m.meta_usize(&key("attention.head_count"))?;
-        if n_head == 0 || n_embd % n_head != 0 {
-            return Err(OpError(format!("{arch}: embedding_length {n_embd} is not a multiple of head_count {n_head}")));
-        }
-        let n_head_kv = m.meta_usize_or(&key("attention.head_count_kv"), n_head)?;
-        if n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return Err(OpError(format!("{arch}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
-        }
-        let head_dim = m.meta_usize_or(&key("attention.key_length"), n_embd / n_head)?;
-        let n_rot = m.meta_usize_or(&key("rope.dimension_count"), head_dim)?;
-        let freq_base = m.meta_f32_or(&key("rope.freq_base"), 10000.0)?;
-        let rope = RopeOpts::new(n_head, head_dim, n_rot, false, freq_base).with_scaling_from(m, arch)?;
+        let heads = Heads::read(m, arch)?;
+        let mut attn = heads.self_attention(heads.rope(m, arch, false)?);
+        attn.sliding_window = m.meta_usize_or(&key("attention.sliding_window"), 0)?;
         let n_expert = m.meta_usize_or(&key("expert_count"), 0)?;
         let n_expert_used = m.meta_usize_or(&key("expert_used_count"), 0)?;
         if n_expert > 0 && (n_expert_used == 0 || n_expert_used > n_expert) {
@@ -113,14 +99,10 @@ impl HParams {
         }
         Ok(HParams {
             n_layer: m.meta_usize(&key("block_count"))?,
-            n_head,
-            n_head_kv,
-            head_dim,
             eps: m.meta_f32_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?,
-            sliding_window: m.meta_usize_or(&key("attention.sliding_window"), 0)?,
+            attn,
             n_expert,
             n_expert_used,
-            rope,
         })
     }
 }
@@ -134,11 +116,7 @@ fn ffn(b: &mut Builder, hp: &HParams, il: usize, cur: Node) -> Result<Node, OpEr
     let w = |t: &str| format!("blk.{il}.{t}.weight");
     let name = |t: &str| format!("blk.{il}.{t}");
     if hp.n_expert == 0 {
-        let (w_gate, w_up, w_down) = (b.weight(&w("ffn_gate"))?, b.weight(&w("ffn_up"))?, b.weight(&w("ffn_down"))?);
-        let gate = b.matmul(&name("ffn_gate"), cur, w_gate, None)?; // [n, n_ff]
-        let up = b.matmul(&name("ffn_up"), cur, w_up, None)?; // [n, n_ff]
-        let act = b.swiglu(&name("ffn_act"), gate, up)?; // [n, n_ff]
-        return b.matmul(&name("ffn_down"), act, w_down, None); // [n, n_embd]
+        return b.swiglu_ffn(il, "", cur); // [n, n_embd]
     }
     let router = b.weight(&w("ffn_gate_inp"))?; // [n_embd, n_expert]
     let logits = b.matmul(&name("ffn_moe_logits"), cur, router, None)?; // [n, n_expert]
@@ -150,60 +128,24 @@ fn ffn(b: &mut Builder, hp: &HParams, il: usize, cur: Node) -> Result<Node, OpEr
 }
 
 fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
-    let hp = HParams::read(b, arch)?;
+    let mut hp = HParams::read(b, arch)?;
     let tok_embd = b.weight("token_embd.weight")?;
-    let rope_freqs = b.weight_opt("rope_freqs.weight")?;
+    hp.attn.rope_freqs = b.weight_opt("rope_freqs.weight")?;
     let mut x = b.get_rows("inp_embd", tok_embd)?; // [n, n_embd]
 
     for il in 0..hp.n_layer {
-        let w = |t: &str| format!("blk.{il}.{t}.weight");
-        let attn_norm = b.weight(&w("attn_norm"))?;
+        let attn_norm = b.weight(&format!("blk.{il}.attn_norm.weight"))?;
         let cur = b.rms_norm(&format!("blk.{il}.attn_norm"), x, Some(attn_norm), hp.eps, 0)?; // [n, n_embd]
-
-        let (wq, wk, wv) = (b.weight(&w("attn_q"))?, b.weight(&w("attn_k"))?, b.weight(&w("attn_v"))?);
-        let q = b.matmul(&format!("blk.{il}.attn_q"), cur, wq, None)?; // [n, n_head*head_dim]
-        let k = b.matmul(&format!("blk.{il}.attn_k"), cur, wk, None)?; // [n, n_head_kv*head_dim]
-        let v = b.matmul(&format!("blk.{il}.attn_v"), cur, wv, None)?; // [n, n_head_kv*head_dim]
-        let q = b.rope(&format!("blk.{il}.attn_q_rope"), q, rope_freqs, &hp.rope)?;
-        let rope_k = RopeOpts { n_head: hp.n_head_kv, ..hp.rope.clone() };
-        let k = b.rope(&format!("blk.{il}.attn_k_rope"), k, rope_freqs, &rope_k)?;
-        let attn = b.attention(
-            &format!("blk.{il}.attn"),
-            q,
-            k,
-            v,
-            &AttnOpts {
-                layer: il,
-                n_head: hp.n_head,
-                n_head_kv: hp.n_head_kv,
-                head_dim_k: hp.head_dim,
-                head_dim_v: hp.head_dim,
-                sliding_window: hp.sliding_window,
-                causal: true,
-                scale: 0.0,
-                softcap: 0.0,
-            },
-        )?; // [n, n_head*head_dim]
-        let wo = b.weight(&w("attn_output"))?;
-        let attn_out = b.matmul(&format!("blk.{il}.attn_output"), attn, wo, None)?; // [n, n_embd]
+        let attn_out = b.self_attention(il, cur, &hp.attn)?; // [n, n_embd]
         let ffn_inp = b.add(&format!("blk.{il}.ffn_inp"), attn_out, x)?; // [n, n_embd]
 
-        let ffn_norm = b.weight(&w("ffn_norm"))?;
+        let ffn_norm = b.weight(&format!("blk.{il}.ffn_norm.weight"))?;
         let cur = b.rms_norm(&format!("blk.{il}.ffn_norm"), ffn_inp, Some(ffn_norm), hp.eps, 0)?;
         let out = ffn(b, &hp, il, cur)?; // [n, n_embd]
         x = b.add(&format!("blk.{il}.l_out"), out, ffn_inp)?; // [n, n_embd]
     }
-
-    let x = b.output_rows("out_rows", x)?; // [m, n_embd]
-    let out_norm = b.weight("output_norm.weight")?;
-    let x = b.rms_norm("result_norm", x, Some(out_norm), hp.eps, 0)?; // [m, n_embd]
-                                                                      // Tied embeddings: without output.weight the token embedding doubles as the LM head.
-    let lm_head: Node = match b.weight_opt("output.weight")? {
-        Some(w) => w,
-        None => tok_embd,
-    };
-    let logits = b.matmul("result_output", x, lm_head, None)?; // [m, n_vocab]
-    b.output("logits", logits)?;
+    // Tied embeddings: without output.weight the token embedding doubles as the LM head.
+    b.rms_output_head(x, tok_embd, hp.eps)?; // [m, n_vocab]
     Ok(())
 }
 

@@ -28,7 +28,7 @@
 //! Phi-3's sliding window is ignored, as llama.cpp does.
 
 use rocmforge_abi::builder::{AttnOpts, RopeOpts};
-use rocmforge_abi::{arch, config, tensor, tensor_flags::OPTIONAL, transform::NONE, Builder, Meta, Node, OpError};
+use rocmforge_abi::{arch, config, tensor, tensor_flags::OPTIONAL, transform::NONE, Builder, Heads, Meta, Node, OpError};
 
 // ---------------------------------------------------------------------------------------------
 // (1) Tensor table: GGUF name (internal vocabulary) <- Hugging Face name, flags, load transform.
@@ -104,16 +104,7 @@ struct HParams {
 impl HParams {
     fn read(b: &Builder, arch: &str) -> Result<Self, OpError> {
         let key = |k: &str| format!("{arch}.{k}");
-        let n_embd = b.meta_usize(&key("embedding_length"))?;
-        let n_head = b.meta_usize(&key("attention.head_count"))?;
-        if n_head == 0 || n_embd % n_head != 0 {
-            return Err(OpError(format!("{arch}: embedding_length {n_embd} is not a multiple of head_count {n_head}")));
-        }
-        let n_head_kv = b.meta_usize_or(&key("attention.head_count_kv"), n_head)?;
-        if n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return Err(OpError(format!("{arch}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
-        }
-        let head_dim = n_embd / n_head;
+        let Heads { n_embd, n_head, n_head_kv, head_dim } = Heads::read(b, arch)?;
         // GGUF: rope.dimension_count; HF: head_dim * partial_rotary_factor (llama.cpp's converter:
         // int(factor * n_embd) / n_head).
         let partial = b.meta_f32_or(&key("rope.partial_rotary_factor"), 1.0)?;

@@ -19,8 +19,9 @@
 //! MOE_ROUTE / MOE_GATE_UP / MOE_DOWN ops. Qwen2-MoE adds a shared expert, a dense SwiGLU FFN
 //! scaled per token by `sigmoid(x · ffn_gate_inp_shexp)`, expressed with ordinary ops.
 
-use rocmforge_abi::builder::{AttnOpts, RopeOpts};
-use rocmforge_abi::{arch, config, moe_act, moe_gating, tensor, tensor_flags::OPTIONAL, transform, Builder, Meta, Node, OpError};
+use rocmforge_abi::{
+    arch, config, moe_act, moe_gating, tensor, tensor_flags::OPTIONAL, transform, Builder, Heads, Meta, Node, OpError, SelfAttention,
+};
 
 // ---------------------------------------------------------------------------------------------
 // (1) Tensor table: GGUF name (internal vocabulary) <- Hugging Face name, flags, load transform.
@@ -88,13 +89,9 @@ static ARCHS: [rocmforge_abi::RfArchClaim; 4] = [
 
 struct HParams {
     n_layer: usize,
-    n_head: usize,
-    n_head_kv: usize,
-    head_dim: usize,
     eps: f32,
-    rope: RopeOpts,
-    /// Per-head RMSNorm of Q and K before RoPE (Qwen3).
-    qk_norm: bool,
+    /// NeoX RoPE, QKV biases when present (Qwen2), per-head q/k RMSNorm (Qwen3).
+    attn: SelfAttention,
     /// MoE archs: experts used per token (0 = dense FFN) and whether their weights are renormalised.
     n_expert_used: usize,
     norm_topk: bool,
@@ -102,39 +99,19 @@ struct HParams {
 
 impl HParams {
     fn read(m: &impl Meta, arch: &str) -> Result<Self, OpError> {
-        let n_embd = m.meta_usize(&format!("{arch}.embedding_length"))?;
-        let n_head = m.meta_usize(&format!("{arch}.attention.head_count"))?;
-        if n_head == 0 {
-            return Err(OpError(format!("{arch}: head_count is 0")));
-        }
-        let n_head_kv = m.meta_usize_or(&format!("{arch}.attention.head_count_kv"), n_head)?;
-        if n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return Err(OpError(format!("{arch}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
-        }
-        // Qwen3 sets key_length explicitly (it need not equal n_embd / n_head); Qwen2 derives it.
-        let head_dim = match m.meta_int_opt(&format!("{arch}.attention.key_length"))? {
-            Some(_) => m.meta_usize(&format!("{arch}.attention.key_length"))?,
-            None if n_embd % n_head == 0 => n_embd / n_head,
-            None => return Err(OpError(format!("{arch}: embedding_length {n_embd} is not a multiple of head_count {n_head}"))),
-        };
-        let head_dim_v = m.meta_usize_or(&format!("{arch}.attention.value_length"), head_dim)?;
-        if head_dim_v != head_dim {
-            return Err(OpError(format!("{arch}: value_length {head_dim_v} differs from key_length {head_dim}")));
-        }
-        // llama.cpp asserts n_rot == head_dim for Qwen; keep partial rotary possible anyway.
-        let n_rot = m.meta_usize_or(&format!("{arch}.rope.dimension_count"), head_dim)?;
+        let heads = Heads::read(m, arch)?;
+        // llama.cpp asserts n_rot == head_dim for Qwen; partial rotary stays possible anyway.
         // Qwen's rope_theta is 1e6; the default only applies to files that omit the key.
-        let freq_base = m.meta_f32_or(&format!("{arch}.rope.freq_base"), 10000.0)?;
-        let rope = RopeOpts::new(n_head, head_dim, n_rot, true, freq_base).with_scaling_from(m, arch)?;
+        let mut attn = heads.self_attention(heads.rope(m, arch, true)?);
+        // Required, as in llama.cpp's load_arch_hparams (no silent default).
+        let eps = m.meta_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"))?;
+        if arch == "qwen3" || arch == "qwen3moe" {
+            attn.qk_norm_eps = Some(eps);
+        }
         Ok(HParams {
             n_layer: m.meta_usize(&format!("{arch}.block_count"))?,
-            n_head,
-            n_head_kv,
-            head_dim,
-            // Required, as in llama.cpp's load_arch_hparams (no silent default).
-            eps: m.meta_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"))?,
-            rope,
-            qk_norm: arch == "qwen3" || arch == "qwen3moe",
+            eps,
+            attn,
             n_expert_used: match arch {
                 "qwen2moe" | "qwen3moe" => {
                     let n_expert = m.meta_usize(&format!("{arch}.expert_count"))?;
@@ -155,20 +132,6 @@ impl HParams {
 // (3) The graph. Shapes: n = tokens in the batch, m = rows whose logits are wanted.
 // ---------------------------------------------------------------------------------------------
 
-/// Dense SwiGLU FFN of layer `il` with tensors `ffn_{gate,up,down}{suffix}` -> `[n, n_embd]`.
-fn swiglu_ffn(b: &mut Builder, il: usize, suffix: &str, cur: Node) -> Result<Node, OpError> {
-    let t = |p: &str| format!("blk.{il}.ffn_{p}{suffix}");
-    let (w_gate, w_up, w_down) = (
-        b.weight(&format!("{}.weight", t("gate")))?,
-        b.weight(&format!("{}.weight", t("up")))?,
-        b.weight(&format!("{}.weight", t("down")))?,
-    );
-    let gate = b.matmul(&t("gate"), cur, w_gate, None)?; // [n, n_ff]
-    let up = b.matmul(&t("up"), cur, w_up, None)?; // [n, n_ff]
-    let act = b.swiglu(&t("act"), gate, up)?; // [n, n_ff]
-    b.matmul(&t("down"), act, w_down, None) // [n, n_embd]
-}
-
 /// Routed experts of layer `il` (plus Qwen2-MoE's gated shared expert) -> `[n, n_embd]`.
 fn moe_ffn(b: &mut Builder, hp: &HParams, il: usize, cur: Node) -> Result<Node, OpError> {
     let w = |t: &str| format!("blk.{il}.{t}.weight");
@@ -184,7 +147,7 @@ fn moe_ffn(b: &mut Builder, hp: &HParams, il: usize, cur: Node) -> Result<Node, 
     match b.weight_opt(&w("ffn_gate_inp_shexp"))? {
         None => Ok(moe),
         Some(shexp_gate) => {
-            let shexp = swiglu_ffn(b, il, "_shexp", cur)?; // [n, n_embd]
+            let shexp = b.swiglu_ffn(il, "_shexp", cur)?; // [n, n_embd]
             let g = b.matmul(&name("ffn_shexp_gate"), cur, shexp_gate, None)?; // [n, 1]
             let g = b.sigmoid(&name("ffn_shexp_gate_act"), g)?; // [n, 1]
             let shexp = b.mul(&name("ffn_shexp_gated"), shexp, g)?; // [n, n_embd]
@@ -197,71 +160,24 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
     let hp = HParams::read(b, arch)?;
     let tok_embd = b.weight("token_embd.weight")?;
     let mut x = b.get_rows("inp_embd", tok_embd)?; // [n, n_embd]
-    let rope_k = RopeOpts { n_head: hp.n_head_kv, ..hp.rope.clone() };
 
     for il in 0..hp.n_layer {
-        let w = |t: &str| format!("blk.{il}.{t}.weight");
-        let name = |t: &str| format!("blk.{il}.{t}");
-        let bias = |b: &mut Builder, t: &str| b.weight_opt(&format!("blk.{il}.{t}.bias"));
-        let attn_norm = b.weight(&w("attn_norm"))?;
-        let cur = b.rms_norm(&name("attn_norm"), x, Some(attn_norm), hp.eps, 0)?; // [n, n_embd]
+        let attn_norm = b.weight(&format!("blk.{il}.attn_norm.weight"))?;
+        let cur = b.rms_norm(&format!("blk.{il}.attn_norm"), x, Some(attn_norm), hp.eps, 0)?; // [n, n_embd]
+        let attn_out = b.self_attention(il, cur, &hp.attn)?; // [n, n_embd]
+        let ffn_inp = b.add(&format!("blk.{il}.ffn_inp"), attn_out, x)?; // [n, n_embd]
 
-        let (wq, wk, wv) = (b.weight(&w("attn_q"))?, b.weight(&w("attn_k"))?, b.weight(&w("attn_v"))?);
-        let (bq, bk, bv) = (bias(b, "attn_q")?, bias(b, "attn_k")?, bias(b, "attn_v")?);
-        let mut q = b.matmul(&name("attn_q"), cur, wq, bq)?; // [n, n_head*head_dim]
-        let mut k = b.matmul(&name("attn_k"), cur, wk, bk)?; // [n, n_head_kv*head_dim]
-        let v = b.matmul(&name("attn_v"), cur, wv, bv)?; // [n, n_head_kv*head_dim]
-        if hp.qk_norm {
-            let (q_norm, k_norm) = (b.weight(&w("attn_q_norm"))?, b.weight(&w("attn_k_norm"))?);
-            q = b.rms_norm(&name("attn_q_norm"), q, Some(q_norm), hp.eps, hp.head_dim)?; // [n, n_head*head_dim]
-            k = b.rms_norm(&name("attn_k_norm"), k, Some(k_norm), hp.eps, hp.head_dim)?;
-            // [n, n_head_kv*head_dim]
-        }
-        let q = b.rope(&name("attn_q_rope"), q, None, &hp.rope)?; // [n, n_head*head_dim]
-        let k = b.rope(&name("attn_k_rope"), k, None, &rope_k)?; // [n, n_head_kv*head_dim]
-        let attn = b.attention(
-            &name("attn"),
-            q,
-            k,
-            v,
-            &AttnOpts {
-                layer: il,
-                n_head: hp.n_head,
-                n_head_kv: hp.n_head_kv,
-                head_dim_k: hp.head_dim,
-                head_dim_v: hp.head_dim,
-                sliding_window: 0,
-                causal: true,
-                scale: 0.0,
-                softcap: 0.0,
-            },
-        )?; // [n, n_head*head_dim]
-        let wo = b.weight(&w("attn_output"))?;
-        let bo = bias(b, "attn_output")?;
-        let attn_out = b.matmul(&name("attn_output"), attn, wo, bo)?; // [n, n_embd]
-        let ffn_inp = b.add(&name("ffn_inp"), attn_out, x)?; // [n, n_embd]
-
-        let ffn_norm = b.weight(&w("ffn_norm"))?;
-        let cur = b.rms_norm(&name("ffn_norm"), ffn_inp, Some(ffn_norm), hp.eps, 0)?; // [n, n_embd]
+        let ffn_norm = b.weight(&format!("blk.{il}.ffn_norm.weight"))?;
+        let cur = b.rms_norm(&format!("blk.{il}.ffn_norm"), ffn_inp, Some(ffn_norm), hp.eps, 0)?; // [n, n_embd]
         let down = if hp.n_expert_used == 0 {
-            swiglu_ffn(b, il, "", cur)? // [n, n_embd]
+            b.swiglu_ffn(il, "", cur)? // [n, n_embd]
         } else {
             moe_ffn(b, &hp, il, cur)? // [n, n_embd]
         };
-        x = b.add(&name("l_out"), down, ffn_inp)?; // [n, n_embd]
+        x = b.add(&format!("blk.{il}.l_out"), down, ffn_inp)?; // [n, n_embd]
     }
-
-    let x = b.output_rows("out_rows", x)?; // [m, n_embd]
-    let out_norm = b.weight("output_norm.weight")?;
-    let x = b.rms_norm("result_norm", x, Some(out_norm), hp.eps, 0)?; // [m, n_embd]
-                                                                      // Tied embeddings: without output.weight the token embedding doubles as the LM head.
-    let lm_head: Node = match b.weight_opt("output.weight")? {
-        Some(w) => w,
-        None => tok_embd,
-    };
-    let out_bias = b.weight_opt("output.bias")?;
-    let logits = b.matmul("result_output", x, lm_head, out_bias)?; // [m, n_vocab]
-    b.output("logits", logits)?;
+    // Tied embeddings (small Qwen2.5 models): the token embedding doubles as the LM head.
+    b.rms_output_head(x, tok_embd, hp.eps)?; // [m, n_vocab]
     Ok(())
 }
 
