@@ -292,3 +292,67 @@ pub(crate) unsafe fn silu_ggml(x: &[f32], mul: Option<&[f32]>, out: &mut [f32]) 
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ggml_expf4` equals the scalar `simd::ggml_expf` on a stride through every f32 bit pattern
+    /// (both signs, all exponents: zero, subnormal, overflow, |n| > 192, inf, NaN).
+    #[test]
+    fn ggml_expf4_is_the_scalar_bits() {
+        let mut bits: Vec<u32> = (0..u32::MAX / 1999).map(|i| i.wrapping_mul(1999)).collect();
+        bits.extend([0x7F80_0000, 0xFF80_0000, 0x7FC0_0000, 0x0000_0000, 0x8000_0000, 0x42C8_0000, 0xC2C8_0000]);
+        bits.truncate(bits.len() / 4 * 4);
+        for c in bits.chunks_exact(4) {
+            let x: [f32; 4] = std::array::from_fn(|i| f32::from_bits(c[i]));
+            let mut got = [0f32; 4];
+            // SAFETY: NEON is part of every AArch64 target this module compiles for.
+            unsafe { vst1q_f32(got.as_mut_ptr(), ggml_expf4(vld1q_f32(x.as_ptr()))) };
+            for i in 0..4 {
+                let want = crate::simd::ggml_expf(x[i]);
+                assert!(got[i].to_bits() == want.to_bits() || (got[i].is_nan() && want.is_nan()), "x={}: {} vs {}", x[i], got[i], want);
+            }
+        }
+    }
+
+    /// Both `Dot4` flavours give the exact per-4 dots, extremes included (-128 weights, +-127
+    /// activations).
+    #[test]
+    fn dot4_is_exact() {
+        let has_dot = std::arch::is_aarch64_feature_detected!("dotprod");
+        let mut s = 1u64;
+        for case in 0..2000 {
+            let mut a = [0i8; 16];
+            let mut b = [0i8; 16];
+            for i in 0..16 {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                a[i] = (s >> 56) as i8;
+                b[i] = ((s >> 48) as u8 as i8).max(-127);
+                if case == 0 {
+                    (a[i], b[i]) = (-128, -127);
+                }
+                if case == 1 {
+                    (a[i], b[i]) = (-128, 127);
+                }
+            }
+            let want: [i32; 4] = std::array::from_fn(|l| 7 + (0..4).map(|i| a[4 * l + i] as i32 * b[4 * l + i] as i32).sum::<i32>());
+            let mut got = [0i32; 4];
+            // SAFETY: NEON always; `Sdot` only when detected.
+            unsafe {
+                let (av, bv, acc) = (vld1q_s8(a.as_ptr()), vld1q_s8(b.as_ptr()), vdupq_n_s32(7));
+                vst1q_s32(got.as_mut_ptr(), Mull::dot4(acc, av, bv));
+                assert_eq!(got, want, "smull");
+                if has_dot {
+                    vst1q_s32(got.as_mut_ptr(), sdot_for_test(acc, av, bv));
+                    assert_eq!(got, want, "sdot");
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn sdot_for_test(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        Sdot::dot4(acc, a, b)
+    }
+}

@@ -145,3 +145,102 @@ pub(crate) unsafe fn quantize_token(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>
     s.xc4[k / 4..].fill(0);
     s.d32[k / 32..].fill(0.0);
 }
+
+#[cfg(test)]
+mod tests {
+    //! The NEON quantizer (what `act::quantize_token` runs on AArch64) against the slots
+    //! rebuilt from `quantize_activations`' block bytes (the portable rules, checked byte for
+    //! byte against llama.cpp in `tests/llama_cpp_act.rs`).
+    use crate::act::{act_format, QActs, TokenSlots};
+    use crate::GgmlType;
+    use rocmforge_quant::f16_to_f32;
+
+    fn rows(k: usize) -> Vec<Vec<f32>> {
+        let mut s = 17u64;
+        let mut next = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) as f32
+        };
+        let mut out = Vec::new();
+        out.push((0..k).map(|_| (next() - 0.5) * 4.0).collect::<Vec<_>>());
+        // Exact ties: max |x| = 127 (Q8_0 scale 1; Q8_K: the negative extreme first, scale 1).
+        let mut t: Vec<f32> = (0..k).map(|_| ((next() * 252.0) as i32 - 126) as f32 + 0.5).collect();
+        for b in 0..k / 32 {
+            t[32 * b] = if b % 2 == 0 { -127.0 } else { 127.0 };
+        }
+        out.push(t);
+        // +a and -a as the largest |x| (which one Q8_K keeps decides the sign), a zero block,
+        // subnormals, huge values.
+        let mut e: Vec<f32> = (0..k).map(|_| next() - 0.5).collect();
+        e[3] = 5.0;
+        e[10] = -5.0;
+        e[32..64].fill(0.0);
+        e[64] = 1e-40;
+        e[k - 1] = -3e30;
+        out.push(e);
+        out.push(vec![0.0; k]);
+        out
+    }
+
+    #[test]
+    fn neon_quantizer_equals_the_portable_bytes() {
+        for wty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q6_K] {
+            let fmt = act_format(wty);
+            for k in [256usize, 768, 160] {
+                if wty == GgmlType::Q6_K && k % 256 != 0 {
+                    continue;
+                }
+                for x in rows(k) {
+                    let (vt, b) = crate::quantize_activations(wty, &x).expect("quantize");
+                    let mut a = QActs::default();
+                    a.reset(k, 1);
+                    let (kp, g16, n32) = (a.kp, a.g16, a.n32);
+                    // Garbage first, so unwritten padding shows.
+                    a.xq.fill(99);
+                    a.dx4.fill(9.0);
+                    a.xs16.fill(9.0);
+                    a.xc4.fill(9);
+                    a.d32.fill(9.0);
+                    let slots = TokenSlots { xq: &mut a.xq, dx4: &mut a.dx4, xs16: &mut a.xs16, xc4: &mut a.xc4, d32: &mut a.d32 };
+                    // SAFETY: NEON is part of every AArch64 target; slots sized by `reset`.
+                    unsafe { super::quantize_token(fmt, &x, slots) };
+                    let (mut xq, mut dx4, mut xs16, mut d32) = (vec![0i8; kp], vec![0f32; kp / 4], vec![0f32; g16], vec![0f32; n32]);
+                    if vt == GgmlType::Q8_K {
+                        for (bi, blk) in b.chunks_exact(292).enumerate() {
+                            let d = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+                            dx4[64 * bi..64 * bi + 64].fill(d);
+                            for i in 0..256 {
+                                xq[256 * bi + i] = blk[4 + i] as i8;
+                            }
+                            for j in 0..16 {
+                                let bs = i16::from_le_bytes([blk[260 + 2 * j], blk[261 + 2 * j]]);
+                                xs16[16 * bi + j] = d * bs as f32;
+                            }
+                        }
+                    } else {
+                        let ts = vt.type_size();
+                        let q0 = ts - 32;
+                        for (bi, blk) in b.chunks_exact(ts).enumerate() {
+                            let d = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+                            dx4[8 * bi..8 * bi + 8].fill(d);
+                            d32[bi] = d;
+                            if vt == GgmlType::Q8_1 {
+                                xs16[2 * bi] = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
+                            }
+                            for i in 0..32 {
+                                xq[32 * bi + i] = blk[q0 + i] as i8;
+                            }
+                        }
+                    }
+                    let xc4: Vec<i32> = (0..kp / 4).map(|l| -128 * xq[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>()).collect();
+                    let f = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(a.xq, xq, "{vt} k={k}: q");
+                    assert_eq!(f(&a.dx4), f(&dx4), "{vt} k={k}: d");
+                    assert_eq!(f(&a.xs16), f(&xs16), "{vt} k={k}: xs16");
+                    assert_eq!(a.xc4, xc4, "{vt} k={k}: xc4");
+                    assert_eq!(f(&a.d32), f(&d32), "{vt} k={k}: d32");
+                }
+            }
+        }
+    }
+}

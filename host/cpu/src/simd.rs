@@ -532,3 +532,135 @@ pub(crate) mod x86 {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every ISA level this machine has (x86: AVX2 / AVX-512; AArch64: NEON) against the scalar
+    //! twins (bit for bit where the contract says so) and against f64.
+    use super::*;
+
+    /// SplitMix64, as the integration tests' generator.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+            lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+        }
+    }
+
+    fn same_bits(a: f32, b: f32) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    /// Inputs reaching every branch of `ggml_expf(-x)`: |n| > 192 either side, the two-factor
+    /// scale near under- and overflow, subnormal results, signed zeros, infinities, NaN.
+    fn silu_inputs(rng: &mut Rng) -> Vec<f32> {
+        let mut x: Vec<f32> = vec![0.0, -0.0, 1e-40, -1e-40, 87.5, -87.5, 88.8, -88.8, 103.9, -104.0, 133.0, -133.1, 150.0, -150.0];
+        x.extend([200.0, -200.0, 1e30, -1e30, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, f32::MIN_POSITIVE]);
+        for _ in 0..2000 {
+            x.push(rng.uniform(-12.0, 12.0));
+        }
+        for _ in 0..500 {
+            x.push(rng.uniform(-160.0, 160.0));
+        }
+        x
+    }
+
+    #[test]
+    fn silu_every_isa_gives_the_scalar_bits() {
+        let mut rng = Rng(3);
+        let x = silu_inputs(&mut rng);
+        let m: Vec<f32> = (0..x.len()).map(|_| rng.uniform(-3.0, 3.0)).collect();
+        for n in [0usize, 1, 15, 16, 17, 31, 33, 70, x.len()] {
+            for mul in [None, Some(&m[..n])] {
+                let mut want = vec![0f32; n];
+                silu_ggml_body(&x[..n], mul, &mut want);
+                for isa in Isa::all_supported() {
+                    let mut got = vec![0f32; n];
+                    silu_ggml(isa, &x[..n], mul, &mut got);
+                    for i in 0..n {
+                        assert!(same_bits(got[i], want[i]), "{isa:?} n={n} x={}: {} vs scalar {}", x[i], got[i], want[i]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f16_conversion_every_isa_is_exact() {
+        let src: Vec<u16> = (0..=u16::MAX).collect();
+        for isa in Isa::all_supported() {
+            for n in [0usize, 3, 4, 7, 9, src.len()] {
+                let mut dst = vec![0f32; n];
+                f16_slice_to_f32(isa, &src[..n], &mut dst);
+                for i in 0..n {
+                    let want = f16_bits_to_f32(src[i]);
+                    assert!(same_bits(dst[i], want), "{isa:?} {:#06x}: {} vs {}", src[i], dst[i], want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_shift_sum_every_isa_matches_f64() {
+        let mut rng = Rng(5);
+        for isa in Isa::all_supported() {
+            for n in 0..=41usize {
+                let mut v: Vec<f32> = (0..n).map(|_| rng.uniform(-95.0, 8.0)).collect();
+                if n > 5 {
+                    v[5] = f32::NEG_INFINITY; // a masked score
+                }
+                let shift = rng.uniform(-1.0, 1.0);
+                let orig = v.clone();
+                let s = exp_shift_sum(isa, &mut v, shift);
+                let mut sum = 0f64;
+                for i in 0..n {
+                    let want = ((orig[i] - shift) as f64).exp();
+                    sum += v[i] as f64;
+                    assert!(
+                        (v[i] as f64 - want).abs() <= 3e-7 * want + 1e-37,
+                        "{isa:?} n={n}: exp({}) = {} vs {want}",
+                        orig[i] - shift,
+                        v[i]
+                    );
+                }
+                assert!((s as f64 - sum).abs() <= 1e-6 * sum + 1e-37, "{isa:?} n={n}: sum {s} vs {sum}");
+            }
+        }
+    }
+
+    #[test]
+    fn dense_dots_every_isa_match_f64() {
+        let mut rng = Rng(9);
+        for ty in [Dense::F32, Dense::F16, Dense::Bf16] {
+            for n in (0..=70usize).chain([127, 128, 129, 300]) {
+                let wf: Vec<f32> = (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                let x: Vec<f32> = (0..n).map(|_| rng.uniform(-2.0, 2.0)).collect();
+                let w: Vec<u8> = match ty {
+                    Dense::F32 => wf.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    Dense::F16 => wf.iter().flat_map(|&v| rocmforge_quant::f32_to_f16(v).to_le_bytes()).collect(),
+                    Dense::Bf16 => wf.iter().flat_map(|&v| rocmforge_quant::f32_to_bf16(v).to_le_bytes()).collect(),
+                };
+                let mut wd = vec![0f32; n];
+                dense_to_f32(ty, &w, &mut wd);
+                let want: f64 = (0..n).map(|i| wd[i] as f64 * x[i] as f64).sum();
+                let l1: f64 = (0..n).map(|i| (wd[i] as f64 * x[i] as f64).abs()).sum();
+                // Unaligned rows too: the kernels read bytes.
+                let mut shifted = vec![0u8; 1];
+                shifted.extend_from_slice(&w);
+                for isa in Isa::all_supported() {
+                    for row in [&w[..], &shifted[1..]] {
+                        let got = dot_dense(isa, ty, row, &x, n) as f64;
+                        assert!((got - want).abs() <= 1e-6 * l1 + 1e-30, "{ty:?} {isa:?} n={n}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -13,6 +13,12 @@
 //! - every SIMD path equals the scalar path bit for bit (one summation order everywhere).
 //!
 //! n_tokens 1, 3, 17, 64; n_out = 37 (not a multiple of the 4-row tile); k with and without padding.
+//!
+//! `random_blocks_every_isa_equals_scalar`: weights as random block bytes (every quant bit
+//! pattern, e.g. Q8_0's -128, which `quantize` never writes) with sane random scales, ragged
+//! shapes (1 to 13 rows, 1 to 67 tokens, one-block rows with padding): every ISA path (AVX2 /
+//! AVX-512 on x86, NEON with and without `sdot` on AArch64) equals the scalar path bit for bit
+//! and the f64 reference within the tight bound.
 
 mod common;
 
@@ -354,4 +360,82 @@ fn matmul_many_equals_separate_matmuls() {
             }
         }
     }
+}
+
+/// Where each block of `ty` keeps its f16 scales (`d`, and `m` / `dmin`), so random bytes can be
+/// given sane ones; Q8_K keeps an f32 `d` at 0.
+fn scale_offsets(ty: GgmlType) -> &'static [usize] {
+    use GgmlType::*;
+    match ty {
+        Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
+        Q2_K => &[80, 82],
+        Q3_K => &[108],
+        Q6_K => &[208],
+        _ => &[0],
+    }
+}
+
+/// `n_blocks` blocks of random bytes whose scales are random f16 (f32 for Q8_K) in +-[0.002, 0.02].
+fn random_blocks(rng: &mut Rng, ty: GgmlType, n_blocks: usize) -> Vec<u8> {
+    let ts = ty.type_size();
+    let mut b: Vec<u8> = (0..n_blocks * ts).map(|_| rng.next_u64() as u8).collect();
+    for blk in b.chunks_exact_mut(ts) {
+        for &o in scale_offsets(ty) {
+            let v = (0.002 + 0.018 * rng.uniform()) * if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+            if ty == GgmlType::Q8_K {
+                blk[o..o + 4].copy_from_slice(&(v as f32).to_le_bytes());
+            } else {
+                blk[o..o + 2].copy_from_slice(&rocmforge_quant::f32_to_f16(v as f32).to_le_bytes());
+            }
+        }
+    }
+    b
+}
+
+#[test]
+fn random_blocks_every_isa_equals_scalar() {
+    let pool = ThreadPool::new(2);
+    let isas = Isa::all_supported();
+    assert_eq!(isas[0], Isa::Scalar);
+    let mut rng = Rng::new(4242);
+    let mut compared = 0usize;
+    for &ty in QUANT_TYPES {
+        let bs = ty.block_size();
+        // One block (padded to 64), a few blocks with padding, and a longer row.
+        let ks: &[usize] = if bs == 32 { &[32, 160, 512] } else { &[256, 768] };
+        for &k in ks {
+            // 8 rows: K-quants take llama.cpp's repacked-Q4_K order; the others the rest.
+            for &n_out in &[1usize, 7, 8, 13] {
+                let wq = random_blocks(&mut rng, ty, n_out * k / bs);
+                for &n_tokens in &[1usize, 2, 3, 4, 5, 8, 9, 67] {
+                    let c = Case { w: Vec::new(), wq: wq.clone(), x: rng.vec(n_tokens * k, 1.0) };
+                    let (yt, l1) = tight_ref(ty, &c, n_out, k, n_tokens);
+                    let mut scalar = Vec::new();
+                    for &isa in &isas {
+                        let mut y = vec![f32::NAN; n_tokens * n_out];
+                        matmul_ext(&pool, isa, ty, &c.wq, n_out, k, &c.x, n_tokens, None, &mut y).expect("matmul");
+                        for i in 0..y.len() {
+                            let err = (y[i] as f64 - yt[i]).abs();
+                            assert!(
+                                err <= 2e-5 * l1[i] + 1e-30,
+                                "{ty} {isa:?} k={k} n_out={n_out} n_tokens={n_tokens} out {i}: {} vs f64 {} (err {err:e})",
+                                y[i],
+                                yt[i]
+                            );
+                        }
+                        if isa == Isa::Scalar {
+                            scalar = y;
+                        } else {
+                            let bad = (0..y.len()).filter(|&i| y[i].to_bits() != scalar[i].to_bits()).count();
+                            assert_eq!(bad, 0, "{ty} {isa:?} k={k} n_out={n_out} n_tokens={n_tokens}: {bad} outputs differ from scalar");
+                            compared += y.len();
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // A machine with only the scalar path compares nothing; every CI machine has SIMD.
+    assert!(isas.len() == 1 || compared > 0);
+    println!("ISAs {isas:?}: {compared} SIMD outputs bit-identical to scalar");
 }
