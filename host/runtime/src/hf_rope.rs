@@ -101,6 +101,9 @@ pub(crate) fn translate(cfg: &Value) -> Result<HfRope, String> {
     Ok(out)
 }
 
+/// Largest head dimension accepted from a config (real models: 64–256).
+const MAX_HEAD_DIM: usize = 1 << 16;
+
 /// Llama-3.1's frequency-dependent scaling as divisors of each rotated pair's frequency (what
 /// ggml's rope multiplies into the wavelength): 1 for short wavelengths (below the original
 /// context / `high_freq_factor`), `factor` for long ones (above the original context /
@@ -120,9 +123,10 @@ fn llama3_freq_factors(cfg: &Value, p: &Value, theta: Option<f64>) -> Result<Vec
             e.checked_div(h).unwrap_or(0)
         }
     };
-    if head_dim < 2 || high <= low {
+    // Bounded: config.json is untrusted and this allocates head_dim / 2 values.
+    if !(2..=MAX_HEAD_DIM).contains(&head_dim) || high <= low {
         return Err(format!(
-            "rope scaling 'llama3' needs head_dim ≥ 2 and high_freq_factor > low_freq_factor (got {head_dim}, {high}, {low})"
+            "rope scaling 'llama3' needs 2 ≤ head_dim ≤ {MAX_HEAD_DIM} and high_freq_factor > low_freq_factor (got {head_dim}, {high}, {low})"
         ));
     }
     let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
@@ -192,5 +196,8 @@ mod tests {
         let e = translate(&json!({"rope_scaling": {"rope_type": "su", "factor": 2.0}})).unwrap_err();
         assert!(e.contains("'su'"), "{e}");
         assert!(translate(&json!({"rope_scaling": {"rope_type": "linear"}})).is_err());
+        let huge =
+            json!({"head_dim": 1e18, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}});
+        assert!(translate(&huge).unwrap_err().contains("head_dim"));
     }
 }
