@@ -167,7 +167,8 @@ fn gemma3_270m_long_sequence_matches_llama_cpp() {
 fn gemma3_270m_intermediates_match_llama_cpp() {
     let j = batch_fixture();
     let toks = ids(&j["batch_cases"][0]["tokens"]);
-    let row_ids: Vec<usize> = j["layers"]["row_ids"].as_array().expect("row_ids").iter().map(|v| v.as_u64().expect("row") as usize).collect();
+    let row_ids: Vec<usize> =
+        j["layers"]["row_ids"].as_array().expect("row_ids").iter().map(|v| v.as_u64().expect("row") as usize).collect();
     let dir = std::env::temp_dir().join(format!("rf-gemma-dump-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut r = Runner::load(&model(MODEL), 512);
@@ -237,11 +238,8 @@ fn gemma_plugin_claims_its_architectures() {
 #[test]
 #[ignore]
 fn gemma3_270m_dump() {
-    let toks: Vec<u32> = std::env::var("ROCMFORGE_TOKENS")
-        .expect("ROCMFORGE_TOKENS")
-        .split(',')
-        .map(|t| t.trim().parse().expect("token id"))
-        .collect();
+    let toks: Vec<u32> =
+        std::env::var("ROCMFORGE_TOKENS").expect("ROCMFORGE_TOKENS").split(',').map(|t| t.trim().parse().expect("token id")).collect();
     let n_ctx = std::env::var("ROCMFORGE_N_CTX").map(|v| v.parse().expect("n_ctx")).unwrap_or(512);
     let mut r = Runner::load(&model(MODEL), n_ctx);
     for chunk in toks.chunks(512) {
