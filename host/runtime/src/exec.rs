@@ -30,12 +30,13 @@
 //! Intermediate dumps (for comparing a plugin's graph with another engine node by node): with
 //! `ROCMFORGE_DUMP=DIR` in the environment when the executor is built (or after
 //! [`Executor::set_dump`]), every forward call `c` writes each activation node `i`'s output as raw
-//! little-endian f32, row-major `[rows, cols]` (rows = the batch's tokens, in chunk order), to
+//! little-endian f32, row-major `[rows, cols]` (rows = the batch's tokens in chunk order; after OUTPUT_ROWS, the rows
+//! whose logits are wanted), to
 //! `DIR/c{c:04}-n{i:04}-{name}.f32`, and appends one line per node to `DIR/index.tsv`:
 //! `call  node  name  op  rows  cols  file`. `ROCMFORGE_DUMP_ONLY=name,name` (or `set_dump`'s
 //! `only`) restricts the dump to those node names. The layout equals a ggml tensor with `ne = [cols,
 //! rows]`, so `scripts/fixtures/llama_cpp_dump.py` (llama.cpp's eval callback) writes files that
-//! compare directly. Off (the default) it costs one `Option` test per forward call.
+//! compare directly. Off (the default) it costs one `Option` test per node.
 
 use rocmforge_cpu::{AttnParams, KvCache, RopeParams, ThreadPool};
 use rocmforge_quant::GgmlType;
