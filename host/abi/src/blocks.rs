@@ -78,6 +78,10 @@ pub struct SelfAttention {
     pub sliding_window: usize,
     /// 0 = 1/sqrt(head_dim).
     pub scale: f32,
+    /// Multiply Q by this after RoPE (node `attn_q_scaled`) and attend with scale 1, as
+    /// llama.cpp's Gemma graphs do: Q's rounding to f16 inside attention then sees the same
+    /// values. Overrides `scale`.
+    pub q_prescale: Option<f32>,
     /// 0 = no attention-logit softcap.
     pub softcap: f32,
 }
@@ -94,6 +98,7 @@ impl SelfAttention {
             qk_norm_eps: None,
             sliding_window: 0,
             scale: 0.0,
+            q_prescale: None,
             softcap: 0.0,
         }
     }
@@ -121,6 +126,10 @@ impl Builder<'_> {
         let q = self.rope(&name("attn_q_rope"), q, a.rope_freqs, &a.rope)?;
         let rope_k = RopeOpts { n_head: a.n_head_kv, ..a.rope.clone() };
         let k = self.rope(&name("attn_k_rope"), k, a.rope_freqs, &rope_k)?;
+        let (q, scale) = match a.q_prescale {
+            Some(s) => (self.scale(&name("attn_q_scaled"), q, s)?, 1.0),
+            None => (q, a.scale),
+        };
         let opts = AttnOpts {
             layer: il,
             n_head: a.n_head,
@@ -129,7 +138,7 @@ impl Builder<'_> {
             head_dim_v: a.head_dim,
             sliding_window: a.sliding_window,
             causal: true,
-            scale: a.scale,
+            scale,
             softcap: a.softcap,
         };
         let attn = self.attention(&name("attn"), q, k, v, &opts)?; // [n, n_head*head_dim]

@@ -193,6 +193,9 @@ mod tests {
         .unwrap();
         assert!(nested.meta.iter().any(|(k, v)| *k == "{arch}.rope.freq_base" && matches!(v, GgufValue::F32(t) if *t == 1e6)));
         assert!(nested.meta.iter().any(|(k, _)| *k == "{arch}.rope.scaling.factor"));
+        // "default" writes no scaling type: llama.cpp's loader rejects type names it does not know.
+        let default = translate(&json!({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}})).unwrap();
+        assert_eq!(default.meta.len(), 1);
         let e = translate(&json!({"rope_scaling": {"rope_type": "su", "factor": 2.0}})).unwrap_err();
         assert!(e.contains("'su'"), "{e}");
         assert!(translate(&json!({"rope_scaling": {"rope_type": "linear"}})).is_err());

@@ -17,8 +17,8 @@
 //! `{arch}.attention.sliding_window_pattern`, or a period `n` (Gemma 2: 2, Gemma 3: 6) where layer
 //! `il` is local unless `il % n == n - 1`.
 
-use rocmforge_abi::builder::{AttnOpts, RopeOpts};
-use rocmforge_abi::{arch, config, tensor, tensor_flags::OPTIONAL, transform, Builder, Meta, Node, OpError};
+use rocmforge_abi::builder::RopeOpts;
+use rocmforge_abi::{arch, config, tensor, tensor_flags::OPTIONAL, transform, Builder, Heads, Meta, Node, OpError, SelfAttention};
 
 // ---------------------------------------------------------------------------------------------
 // (1) Tensor table: GGUF name (internal vocabulary) <- Hugging Face name, flags, load transform.
@@ -52,18 +52,15 @@ static TENSORS: [rocmforge_abi::RfTensorMap; 18] = [
 ];
 
 /// `config.json` keys -> GGUF metadata keys (`{arch}` = the GGUF architecture name). Where two rows
-/// name the same GGUF key, the first `config.json` key present wins, so transformers 5's
-/// `rope_parameters` (per layer type for Gemma 3) follows the older keys.
+/// name the same GGUF key, the first `config.json` key present wins. RoPE theta and scaling come
+/// from the host (host/runtime/src/hf_rope.rs, which reads transformers 5's per-layer-type
+/// `rope_parameters.full_attention`); only the local layers' base is Gemma's own.
 /// `{arch}.attention.query_pre_attn_scalar` is ours (llama.cpp derives the scale from the model
 /// size instead; see [`HParams::read`]).
-static CONFIG: [rocmforge_abi::RfConfigMap; 21] = [
+static CONFIG: [rocmforge_abi::RfConfigMap; 11] = [
     config("{arch}.attention.key_length", "head_dim"),
     config("{arch}.attention.value_length", "head_dim"),
-    config("{arch}.rope.freq_base", "rope_theta"),
     config("{arch}.rope.freq_base_swa", "rope_local_base_freq"),
-    config("{arch}.rope.scaling.type", "rope_scaling.rope_type"),
-    config("{arch}.rope.scaling.type", "rope_scaling.type"),
-    config("{arch}.rope.scaling.factor", "rope_scaling.factor"),
     config("{arch}.attention.sliding_window", "sliding_window"),
     config("{arch}.attention.sliding_window_pattern", "layer_types==sliding_attention"),
     config("{arch}.attention.sliding_window_pattern", "sliding_window_pattern"),
@@ -71,13 +68,7 @@ static CONFIG: [rocmforge_abi::RfConfigMap; 21] = [
     config("{arch}.attn_logit_softcapping", "attn_logit_softcapping"),
     config("{arch}.final_logit_softcapping", "final_logit_softcapping"),
     config("{arch}.attention.query_pre_attn_scalar", "query_pre_attn_scalar"),
-    config("{arch}.rope.freq_base", "rope_parameters.full_attention.rope_theta"),
-    config("{arch}.rope.freq_base", "rope_parameters.rope_theta"),
     config("{arch}.rope.freq_base_swa", "rope_parameters.sliding_attention.rope_theta"),
-    config("{arch}.rope.scaling.type", "rope_parameters.full_attention.rope_type"),
-    config("{arch}.rope.scaling.type", "rope_parameters.rope_type"),
-    config("{arch}.rope.scaling.factor", "rope_parameters.full_attention.factor"),
-    config("{arch}.rope.scaling.factor", "rope_parameters.factor"),
 ];
 
 static ARCHS: [rocmforge_abi::RfArchClaim; 3] =
@@ -98,22 +89,14 @@ struct HParams {
     gen: Gen,
     n_layer: usize,
     n_embd: usize,
-    n_head: usize,
-    n_head_kv: usize,
-    head_dim: usize,
     eps: f32,
-    /// Q is multiplied by this before attention (attention itself then scales by 1).
-    q_scale: f32,
-    /// 0 = none.
-    attn_softcap: f32,
     /// 0 = none.
     final_softcap: f32,
-    /// 0 = no local layers.
-    n_swa: usize,
     /// Per layer: local (sliding-window) attention.
     is_swa: Vec<bool>,
-    rope_global: RopeOpts,
-    rope_local: RopeOpts,
+    /// Global and local layers' attention: RoPE bases, window, Q scale, softcap, q/k norms.
+    attn_global: SelfAttention,
+    attn_local: SelfAttention,
 }
 
 impl HParams {
@@ -126,16 +109,8 @@ impl HParams {
             other => return Err(OpError(format!("the gemma plugin does not serve architecture '{other}'"))),
         };
         let n_layer = m.meta_usize(&key("block_count"))?;
-        let n_embd = m.meta_usize(&key("embedding_length"))?;
-        let n_head = m.meta_usize(&key("attention.head_count"))?;
-        if n_head == 0 || n_embd % n_head != 0 {
-            return Err(OpError(format!("{arch}: embedding_length {n_embd} is not a multiple of head_count {n_head}")));
-        }
-        let n_head_kv = m.meta_usize_or(&key("attention.head_count_kv"), n_head)?;
-        if n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return Err(OpError(format!("{arch}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
-        }
-        let head_dim = m.meta_usize_or(&key("attention.key_length"), n_embd / n_head)?;
+        let heads = Heads::read(m, arch)?;
+        let Heads { n_embd, n_head, head_dim, .. } = heads;
         let n_rot = m.meta_usize_or(&key("rope.dimension_count"), head_dim)?;
         let eps = m.meta_f32(&key("attention.layer_norm_rms_epsilon"))?;
 
@@ -183,22 +158,13 @@ impl HParams {
                 RopeOpts { freq_base: base, ..rope_global.clone() }
             }
         };
-        Ok(HParams {
-            gen,
-            n_layer,
-            n_embd,
-            n_head,
-            n_head_kv,
-            head_dim,
-            eps,
-            q_scale,
-            attn_softcap,
-            final_softcap,
-            n_swa,
-            is_swa,
-            rope_global,
-            rope_local,
-        })
+        // Q scaled before attention (llama.cpp's order), per-head q/k RMSNorm before RoPE (Gemma 3).
+        let mut attn_global = heads.self_attention(rope_global);
+        attn_global.q_prescale = Some(q_scale);
+        attn_global.softcap = attn_softcap;
+        attn_global.qk_norm_eps = (gen == Gen::Gemma3).then_some(eps);
+        let attn_local = SelfAttention { rope: rope_local, sliding_window: n_swa, ..attn_global.clone() };
+        Ok(HParams { gen, n_layer, n_embd, eps, final_softcap, is_swa, attn_global, attn_local })
     }
 }
 
@@ -226,10 +192,11 @@ fn swa_pattern(m: &impl Meta, key: &str, default_period: usize, n_layer: usize) 
 // ---------------------------------------------------------------------------------------------
 
 fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
-    let hp = HParams::read(b, arch)?;
+    let mut hp = HParams::read(b, arch)?;
     let post_norms = hp.gen != Gen::Gemma1;
     let tok_embd = b.weight("token_embd.weight")?;
     let rope_freqs = b.weight_opt("rope_freqs.weight")?;
+    (hp.attn_global.rope_freqs, hp.attn_local.rope_freqs) = (rope_freqs, rope_freqs);
     let x = b.get_rows("inp_embd", tok_embd)?; // [n, n_embd]
     let mut x = b.scale("inp_scaled", x, (hp.n_embd as f32).sqrt())?; // [n, n_embd]
 
@@ -237,47 +204,11 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
         let w = |t: &str| format!("blk.{il}.{t}.weight");
         let name = |t: &str| format!("blk.{il}.{t}");
         let last = il + 1 == hp.n_layer;
-        let rope = if hp.is_swa[il] { &hp.rope_local } else { &hp.rope_global };
 
         let attn_norm = b.weight(&w("attn_norm"))?;
         let cur = b.rms_norm(&name("attn_norm"), x, Some(attn_norm), hp.eps, 0)?; // [n, n_embd]
 
-        let (wq, wk, wv) = (b.weight(&w("attn_q"))?, b.weight(&w("attn_k"))?, b.weight(&w("attn_v"))?);
-        let mut q = b.matmul(&name("attn_q"), cur, wq, None)?; // [n, n_head*head_dim]
-        let mut k = b.matmul(&name("attn_k"), cur, wk, None)?; // [n, n_head_kv*head_dim]
-        let v = b.matmul(&name("attn_v"), cur, wv, None)?; // [n, n_head_kv*head_dim]
-        if hp.gen == Gen::Gemma3 {
-            // Per-head RMSNorm of Q and K before RoPE.
-            let (qn, kn) = (b.weight(&w("attn_q_norm"))?, b.weight(&w("attn_k_norm"))?);
-            q = b.rms_norm(&name("attn_q_norm"), q, Some(qn), hp.eps, hp.head_dim)?; // [n, n_head*head_dim]
-            k = b.rms_norm(&name("attn_k_norm"), k, Some(kn), hp.eps, hp.head_dim)?;
-            // [n, n_head_kv*head_dim]
-        }
-        let q = b.rope(&name("attn_q_rope"), q, rope_freqs, rope)?;
-        let rope_k = RopeOpts { n_head: hp.n_head_kv, ..rope.clone() };
-        let k = b.rope(&name("attn_k_rope"), k, rope_freqs, &rope_k)?;
-        // Scale Q itself, as llama.cpp does (its attention then scales by 1), so Q's rounding to
-        // f16 inside attention sees the same values.
-        let q = b.scale(&name("attn_q_scaled"), q, hp.q_scale)?; // [n, n_head*head_dim]
-        let attn = b.attention(
-            &name("attn"),
-            q,
-            k,
-            v,
-            &AttnOpts {
-                layer: il,
-                n_head: hp.n_head,
-                n_head_kv: hp.n_head_kv,
-                head_dim_k: hp.head_dim,
-                head_dim_v: hp.head_dim,
-                sliding_window: if hp.is_swa[il] { hp.n_swa } else { 0 },
-                causal: true,
-                scale: 1.0,
-                softcap: hp.attn_softcap,
-            },
-        )?; // [n, n_head*head_dim]
-        let wo = b.weight(&w("attn_output"))?;
-        let mut cur = b.matmul(&name("attn_output"), attn, wo, None)?; // [n, n_embd]
+        let mut cur = b.self_attention(il, cur, if hp.is_swa[il] { &hp.attn_local } else { &hp.attn_global })?; // [n, n_embd]
         if last {
             // Only the rows whose logits are wanted go on through the last layer's FFN.
             cur = b.output_rows(&name("attn_out_rows"), cur)?; // [m, n_embd]
