@@ -31,11 +31,11 @@ mod neon;
 #[cfg(target_arch = "aarch64")]
 mod neon_act;
 #[cfg(target_arch = "aarch64")]
+mod neon_decode;
+#[cfg(target_arch = "aarch64")]
 mod neon_qmatmul;
 mod ops;
 mod pool;
-// AVX-512 VNNI only (the fused decode kernels).
-#[cfg(target_arch = "x86_64")]
 mod qdecode;
 mod qmatmul;
 mod simd;

@@ -1,5 +1,6 @@
 //! Decode-path (few tokens) AVX-512 VNNI row dots for the 32-element legacy types Q4_0, Q4_1,
-//! Q8_0 and IQ4_NL, reading GGML blocks directly (no unpack buffer).
+//! Q8_0 and IQ4_NL, reading GGML blocks directly (no unpack buffer). `has_fused` and `XTok` are
+//! shared with the AArch64 twin, `neon_decode`.
 //!
 //! For a token generation step every weight byte is used once, so the unpack-then-tile scheme of
 //! `qmatmul` spends more time writing and re-reading its buffers than multiplying. Here, per pair
@@ -18,7 +19,9 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use rocmforge_quant::{GgmlType, KVALUES_IQ4NL};
+use rocmforge_quant::GgmlType;
+#[cfg(target_arch = "x86_64")]
+use rocmforge_quant::KVALUES_IQ4NL;
 
 /// Types with a fused decode kernel.
 pub(crate) fn has_fused(ty: GgmlType) -> bool {
@@ -29,6 +32,8 @@ pub(crate) fn has_fused(ty: GgmlType) -> bool {
 #[derive(Clone, Copy)]
 pub(crate) struct XTok {
     pub xq: *const i8,
+    /// The AVX-512 kernel's start values; NEON forms the signed weights in registers instead.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xc4: *const i32,
     pub d32: *const f32,
     pub xs16: *const f32,

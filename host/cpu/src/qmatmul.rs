@@ -165,11 +165,10 @@ fn qmatmul_with(
         return;
     }
     let row_bytes = k / ty.block_size() * ty.type_size();
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && n_tokens <= 3 && crate::qdecode::has_fused(ty) {
+    if fused_decode(isa, n_tokens) && crate::qdecode::has_fused(ty) {
         let job = FusedJob { ty, w: w.as_ptr(), n_out, y: y.as_mut_ptr() };
-        // SAFETY: shapes validated by `matmul_ext`; AVX-512 VNNI detected (isa clamped).
-        unsafe { decode_fused(pool, &[job], k, n_tokens, acts) };
+        // SAFETY: shapes validated by `matmul_ext`; `fused_decode` checked the (clamped) isa.
+        unsafe { decode_fused(pool, isa, &[job], k, n_tokens, acts) };
         return;
     }
     let kc = Kc { kp, g16, bias: has_bias(ty), seq_bias: act_format(ty) == ActFormat::Q8_1 };
@@ -272,8 +271,40 @@ fn interleave(kp: usize, u: &[u8], s4: &[f32], up: &mut [u8], s4p: &mut [f32]) {
     }
 }
 
+/// True if a call of `n_tokens` tokens at (clamped) level `isa` takes the fused decode path:
+/// AVX-512 VNNI (`qdecode`) or NEON (`neon_decode`), up to 3 tokens.
+fn fused_decode(isa: Isa, n_tokens: usize) -> bool {
+    let simd = match isa {
+        Isa::Avx512 => cfg!(target_arch = "x86_64"),
+        Isa::Neon | Isa::NeonDot => cfg!(target_arch = "aarch64"),
+        _ => false,
+    };
+    simd && n_tokens <= 3
+}
+
+/// Four rows' dots with one token straight from GGML blocks, on the level `fused_decode` chose.
+///
+/// # Safety
+/// As `qdecode::rows_dot` / `neon_decode::rows_dot`; `isa` accepted by `fused_decode`.
+#[inline(always)]
+unsafe fn fused_rows_dot(isa: Isa, ty: GgmlType, rows: [*const u8; 4], nb: usize, x: crate::qdecode::XTok) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let _ = isa;
+        crate::qdecode::rows_dot(ty, rows, nb, x)
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        crate::neon_decode::rows_dot(isa == Isa::NeonDot, ty, rows, nb, x)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (isa, ty, rows, nb, x);
+        unreachable!("fused_decode is false on this architecture")
+    }
+}
+
 /// One weight matrix of a fused decode call (see `decode_fused`).
-#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) struct FusedJob {
     pub ty: GgmlType,
@@ -290,11 +321,10 @@ pub(crate) struct FusedJob {
 /// # Safety
 /// Every job's `w` must hold `n_out` rows of `k` elements of its type (which must satisfy
 /// `qdecode::has_fused`), `y` must be valid for `n_tokens * n_out` writes and not overlap any
-/// other job's `y`; `acts` holds `n_tokens` (<= 3) quantized tokens of length `k`; the CPU must
-/// support AVX-512 VNNI.
-#[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn decode_fused(pool: &ThreadPool, jobs: &[FusedJob], k: usize, n_tokens: usize, acts: &QActs) {
-    use crate::qdecode::{rows_dot, XTok};
+/// other job's `y`; `acts` holds `n_tokens` (<= 3) quantized tokens of length `k`; `isa` must
+/// be a (clamped) level accepted by `fused_decode`.
+pub(crate) unsafe fn decode_fused(pool: &ThreadPool, isa: Isa, jobs: &[FusedJob], k: usize, n_tokens: usize, acts: &QActs) {
+    use crate::qdecode::XTok;
     let nb = k / 32;
     let (kp, n32, g16) = (acts.kp, acts.n32, acts.g16);
     let nth = pool.n_threads();
@@ -359,16 +389,22 @@ pub(crate) unsafe fn decode_fused(pool: &ThreadPool, jobs: &[FusedJob], k: usize
                 } else {
                     (job.w, 0, 0)
                 };
-                let mut off = p0;
-                while off < p1 {
-                    // SAFETY: prefetch of an address inside a weight matrix (never faults).
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(pw.add(off) as *const i8) };
-                    off += 64;
+                // (AArch64: the NEON kernel reads the scales in order, no gathers; left to the
+                // hardware prefetcher.)
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let mut off = p0;
+                    while off < p1 {
+                        // SAFETY: prefetch of an address inside a weight matrix (never faults).
+                        unsafe { _mm_prefetch::<_MM_HINT_T0>(pw.add(off) as *const i8) };
+                        off += 64;
+                    }
                 }
+                let _ = (pw, p0, p1);
                 for (t, xt) in sh.0.iter().enumerate().take(n_tokens) {
-                    // SAFETY: AVX-512 VNNI detected (caller); rows hold nb blocks; the token
+                    // SAFETY: the level was detected (caller); rows hold nb blocks; the token
                     // arrays are padded by `QActs::reset`.
-                    let v = unsafe { rows_dot(job.ty, rows, nb, *xt) };
+                    let v = unsafe { fused_rows_dot(isa, job.ty, rows, nb, *xt) };
                     for (i, &vi) in v.iter().enumerate().take(nr) {
                         // SAFETY: (t, r0 + i) is inside this job's y; these rows belong to this
                         // chunk only.
@@ -394,46 +430,34 @@ pub(crate) fn qmatmul_many(
     x: &[f32],
     n_tokens: usize,
 ) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let Some(&(ty0, _, _)) = jobs.first() else {
-            return true;
+    let Some(&(ty0, _, _)) = jobs.first() else {
+        return true;
+    };
+    let fmt = act_format(ty0);
+    let isa = isa.clamp();
+    let fusable = fused_decode(isa, n_tokens) && jobs.iter().all(|&(ty, _, _)| crate::qdecode::has_fused(ty) && act_format(ty) == fmt);
+    if !fusable {
+        return false;
+    }
+    ACTS.with(|cell| {
+        let mut fresh = QActs::default();
+        let mut guard = cell.try_borrow_mut();
+        let acts: &mut QActs = match guard.as_mut() {
+            Ok(g) => g,
+            Err(_) => &mut fresh,
         };
-        let fmt = act_format(ty0);
-        let fusable = isa.clamp() == Isa::Avx512
-            && n_tokens <= 3
-            && jobs.iter().all(|&(ty, _, _)| crate::qdecode::has_fused(ty) && act_format(ty) == fmt);
-        if !fusable {
-            return false;
+        if !acts.holds(fmt, k, x) {
+            acts.reset(k, n_tokens);
+            quantize_all(pool, fmt, x, k, n_tokens, acts);
+            acts.remember(fmt, k, x);
         }
-        ACTS.with(|cell| {
-            let mut fresh = QActs::default();
-            let mut guard = cell.try_borrow_mut();
-            let acts: &mut QActs = match guard.as_mut() {
-                Ok(g) => g,
-                Err(_) => &mut fresh,
-            };
-            if !acts.holds(fmt, k, x) {
-                acts.reset(k, n_tokens);
-                quantize_all(pool, fmt, x, k, n_tokens, acts);
-                acts.remember(fmt, k, x);
-            }
-            let fj: Vec<FusedJob> = jobs
-                .iter()
-                .zip(ys.iter_mut())
-                .map(|(&(ty, w, n_out), y)| FusedJob { ty, w: w.as_ptr(), n_out, y: y.as_mut_ptr() })
-                .collect();
-            // SAFETY: shapes validated by `matmul_many`; the outputs are distinct `&mut`
-            // slices; AVX-512 VNNI detected (isa clamped).
-            unsafe { decode_fused(pool, &fj, k, n_tokens, acts) };
-        });
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (pool, isa, jobs, ys, k, x, n_tokens);
-        false
-    }
+        let fj: Vec<FusedJob> =
+            jobs.iter().zip(ys.iter_mut()).map(|(&(ty, w, n_out), y)| FusedJob { ty, w: w.as_ptr(), n_out, y: y.as_mut_ptr() }).collect();
+        // SAFETY: shapes validated by `matmul_many`; the outputs are distinct `&mut`
+        // slices; `fused_decode` checked the clamped isa.
+        unsafe { decode_fused(pool, isa, &fj, k, n_tokens, acts) };
+    });
+    true
 }
 
 /// Quantize every token of `x` into `acts` (in parallel for prefill).
