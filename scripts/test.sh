@@ -9,3 +9,8 @@ bash scripts/fetch-test-data.sh
 # loads, so build the workspace first (the .so files land in target/debug, where tests find them).
 cargo build --workspace
 cargo test --workspace --no-fail-fast "$@"
+# The AArch64 NEON kernels, cross-built and run under qemu-user (installs the cross linker, qemu
+# and the Rust target when missing; ~3 min cold on 2 cores). ROCMFORGE_SKIP_AARCH64=1 skips it.
+if [ -z "${ROCMFORGE_SKIP_AARCH64:-}" ]; then
+  bash scripts/test-aarch64.sh
+fi
