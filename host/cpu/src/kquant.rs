@@ -41,7 +41,7 @@ use crate::qmatmul::{hsum8, SyncPtr};
 
 /// The llama.cpp kernel whose order a call reproduces.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Order {
+pub(crate) enum Order {
     /// Q4_K repacked, one token (`ggml_gemv_q4_K_8x8_q8_K`).
     Q4KRepack,
     /// Q4_K repacked, groups of 4 tokens (`ggml_gemm_q4_K_8x8_q8_K`).
@@ -71,6 +71,9 @@ fn order(ty: GgmlType, n_out: usize, n_tokens: usize) -> Option<Order> {
     }
 }
 
+/// Batches from this many tokens take the tokens-in-lanes kernel where it applies.
+const TL_MIN_TOKENS: usize = 8;
+
 /// True if `run` handles this call (else the generic kernels do).
 pub(crate) fn handles(ty: GgmlType, n_out: usize, n_tokens: usize) -> bool {
     order(ty, n_out, n_tokens).is_some()
@@ -78,14 +81,14 @@ pub(crate) fn handles(ty: GgmlType, n_out: usize, n_tokens: usize) -> bool {
 
 /// One superblock unpacked: unsigned quants, per-16 scales (Q4_K: each sub-block scale twice),
 /// Q4_K mins per 32, and the f32 super-scales.
-struct Sb {
-    q: [u8; 256],
-    sc16: [i32; 16],
-    m32: [i32; 8],
-    d: f32,
-    dmin: f32,
+pub(crate) struct Sb {
+    pub q: [u8; 256],
+    pub sc16: [i32; 16],
+    pub m32: [i32; 8],
+    pub d: f32,
+    pub dmin: f32,
     /// Offset of the unsigned quants (value = q - bias): Q6_K 32, Q3_K 4, else 0.
-    bias: i32,
+    pub bias: i32,
 }
 
 impl Default for Sb {
@@ -175,6 +178,17 @@ fn unpack_q6k(b: &[u8], o: &mut Sb) {
             q[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
             q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
         }
+    }
+}
+
+/// Unpack one Q3_K / Q4_K / Q5_K / Q6_K superblock (`blk` = its bytes).
+#[inline(always)]
+pub(crate) fn unpack_sb(ty: GgmlType, blk: &[u8], sb: &mut Sb) {
+    match ty {
+        GgmlType::Q4_K => unpack_q4k(blk, sb),
+        GgmlType::Q5_K => unpack_q5k(blk, sb),
+        GgmlType::Q3_K => unpack_q3k(blk, sb),
+        _ => unpack_q6k(blk, sb),
     }
 }
 
@@ -397,10 +411,11 @@ unsafe fn rows_portable<K: Raw4>(
     k: usize,
     rows: std::ops::Range<usize>,
     acts: &QActs,
-    n_tokens: usize,
+    tokens: std::ops::Range<usize>,
     y: *mut f32,
     n_out: usize,
 ) {
+    let n_tokens = tokens.end;
     let nb = k / 256;
     let ts = ty.type_size();
     let row_bytes = nb * ts;
@@ -410,18 +425,12 @@ unsafe fn rows_portable<K: Raw4>(
     for r in rows {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
         for (b, sb) in sbs.iter_mut().enumerate() {
-            let blk = &row[b * ts..(b + 1) * ts];
-            match ty {
-                GgmlType::Q4_K => unpack_q4k(blk, sb),
-                GgmlType::Q5_K => unpack_q5k(blk, sb),
-                GgmlType::Q3_K => unpack_q3k(blk, sb),
-                _ => unpack_q6k(blk, sb),
-            }
+            unpack_sb(ty, &row[b * ts..(b + 1) * ts], sb);
         }
         // Repacked Q4_K: llama.cpp runs whole groups of 4 tokens through its gemm kernel and
         // the rest (or a batch of at most 3) through gemv.
         let n_gemm = if n_tokens > 3 { n_tokens - n_tokens % 4 } else { 0 };
-        for t in 0..n_tokens {
+        for t in tokens.clone() {
             let x = &acts.xq[t * kp..t * kp + k];
             for b in 0..nb {
                 dx[b] = acts.dx4[t * kp / 4 + 64 * b];
@@ -442,11 +451,11 @@ unsafe fn rows_avx512(
     k: usize,
     rows: std::ops::Range<usize>,
     acts: &QActs,
-    n_tokens: usize,
+    tokens: std::ops::Range<usize>,
     y: *mut f32,
     n_out: usize,
 ) {
-    rows_portable::<Portable>(ord, ty, w, k, rows, acts, n_tokens, y, n_out)
+    rows_portable::<Portable>(ord, ty, w, k, rows, acts, tokens, y, n_out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -459,11 +468,11 @@ unsafe fn rows_avx2(
     k: usize,
     rows: std::ops::Range<usize>,
     acts: &QActs,
-    n_tokens: usize,
+    tokens: std::ops::Range<usize>,
     y: *mut f32,
     n_out: usize,
 ) {
-    rows_portable::<Portable>(ord, ty, w, k, rows, acts, n_tokens, y, n_out)
+    rows_portable::<Portable>(ord, ty, w, k, rows, acts, tokens, y, n_out)
 }
 
 /// NEON: the per-4 dots by `smull` (`Neon`) or `sdot` (`NeonDot`), see `neon_qmatmul`.
@@ -477,12 +486,12 @@ unsafe fn rows_neon(
     k: usize,
     rows: std::ops::Range<usize>,
     acts: &QActs,
-    n_tokens: usize,
+    tokens: std::ops::Range<usize>,
     y: *mut f32,
     n_out: usize,
 ) {
     use crate::neon_qmatmul::Raw4Neon;
-    rows_portable::<Raw4Neon<crate::neon::Mull>>(ord, ty, w, k, rows, acts, n_tokens, y, n_out)
+    rows_portable::<Raw4Neon<crate::neon::Mull>>(ord, ty, w, k, rows, acts, tokens, y, n_out)
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -495,12 +504,12 @@ unsafe fn rows_neon_dot(
     k: usize,
     rows: std::ops::Range<usize>,
     acts: &QActs,
-    n_tokens: usize,
+    tokens: std::ops::Range<usize>,
     y: *mut f32,
     n_out: usize,
 ) {
     use crate::neon_qmatmul::Raw4Neon;
-    rows_portable::<Raw4Neon<crate::neon::Sdot>>(ord, ty, w, k, rows, acts, n_tokens, y, n_out)
+    rows_portable::<Raw4Neon<crate::neon::Sdot>>(ord, ty, w, k, rows, acts, tokens, y, n_out)
 }
 
 /// `y = W x` for `handles`-accepted calls; `acts` holds the Q8_K activations of `n_tokens`
@@ -520,13 +529,27 @@ pub(crate) fn run(
     let Some(ord) = order(ty, n_out, n_tokens) else {
         return;
     };
+    let isa = isa.clamp();
+    // Batches on AVX-512 VNNI: tokens in lanes (kquant_tl.rs), same bits; what it leaves (the
+    // gemv tail of a repacked Q4_K batch) goes on below.
+    let mut t0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa >= crate::simd::Isa::Avx512 && crate::kquant_tl::handles(ord) && n_tokens >= TL_MIN_TOKENS {
+        let n_tl = crate::kquant_tl::tl_tokens(ord, n_tokens);
+        // SAFETY: AVX-512 VNNI detected (isa is clamped to what the CPU has); y holds n_tokens * n_out.
+        unsafe { crate::kquant_tl::run(pool, ord, ty, w, n_out, k, acts, n_tl, y.as_mut_ptr()) };
+        t0 = n_tl;
+    }
+    if t0 == n_tokens {
+        return;
+    }
+    let tokens = t0..n_tokens;
     let chunk = n_out.div_ceil(pool.n_threads() * 4).clamp(1, 64);
     let n_chunks = n_out.div_ceil(chunk);
     let next = AtomicUsize::new(0);
     let yp = SyncPtr(y.as_mut_ptr());
     // Every compilation of `rows_portable` gives the same bits (exact integers, and explicit
     // fma / mul / add in a fixed order); `isa` picks one (tests run each).
-    let isa = isa.clamp();
     pool.run_dynamic(|_, _| loop {
         let c = next.fetch_add(1, Ordering::Relaxed);
         if c >= n_chunks {
@@ -536,29 +559,29 @@ pub(crate) fn run(
         #[cfg(target_arch = "x86_64")]
         if isa >= crate::simd::Isa::Avx512 {
             // SAFETY: AVX-512 VNNI detected; chunks are disjoint row ranges of y.
-            unsafe { rows_avx512(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
+            unsafe { rows_avx512(ord, ty, w, k, rows, acts, tokens.clone(), yp.get(), n_out) };
             continue;
         }
         #[cfg(target_arch = "x86_64")]
         if isa >= crate::simd::Isa::Avx2 {
             // SAFETY: AVX2/FMA detected; chunks are disjoint row ranges of y, sized by the caller.
-            unsafe { rows_avx2(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
+            unsafe { rows_avx2(ord, ty, w, k, rows, acts, tokens.clone(), yp.get(), n_out) };
             continue;
         }
         #[cfg(target_arch = "aarch64")]
         if isa >= crate::simd::Isa::NeonDot {
             // SAFETY: NEON + FEAT_DotProd detected; chunks are disjoint row ranges of y.
-            unsafe { rows_neon_dot(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
+            unsafe { rows_neon_dot(ord, ty, w, k, rows, acts, tokens.clone(), yp.get(), n_out) };
             continue;
         }
         #[cfg(target_arch = "aarch64")]
         if isa >= crate::simd::Isa::Neon {
             // SAFETY: NEON detected; chunks are disjoint row ranges of y.
-            unsafe { rows_neon(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
+            unsafe { rows_neon(ord, ty, w, k, rows, acts, tokens.clone(), yp.get(), n_out) };
             continue;
         }
         let _ = isa;
         // SAFETY: as above (portable code).
-        unsafe { rows_portable::<Portable>(ord, ty, w, k, rows, acts, n_tokens, yp.get(), n_out) };
+        unsafe { rows_portable::<Portable>(ord, ty, w, k, rows, acts, tokens.clone(), yp.get(), n_out) };
     });
 }

@@ -25,6 +25,8 @@ mod act;
 mod attention;
 mod error;
 mod kquant;
+#[cfg(target_arch = "x86_64")]
+mod kquant_tl;
 mod matmul;
 #[cfg(target_arch = "aarch64")]
 mod neon;
