@@ -146,6 +146,46 @@ impl Arena {
     }
 }
 
+/// Row-wise ops on at least this many values are split over the thread pool by rows.
+const PAR_MIN_VALUES: usize = 1 << 14;
+
+/// `*mut f32` that may cross to pool threads (each writes its own rows).
+#[derive(Clone, Copy)]
+struct RowsPtr(*mut f32);
+// SAFETY: used only by `par_rows`, whose chunks are disjoint row ranges of one live slice.
+unsafe impl Send for RowsPtr {}
+// SAFETY: as above.
+unsafe impl Sync for RowsPtr {}
+
+impl RowsPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Run `f(rows r0..r1, out rows r0..r1)` over disjoint row ranges, on the pool when the op is big
+/// enough. Every row is computed exactly as it would be alone, so the bits never depend on the
+/// split (llama.cpp splits its row-wise ops over threads the same way).
+fn par_rows(pool: &ThreadPool, rows: usize, cols: usize, out: &mut [f32], f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync) {
+    if rows < 2 || rows * cols < PAR_MIN_VALUES || pool.n_threads() == 1 {
+        f(0..rows, out);
+        return;
+    }
+    let per = rows.div_ceil((pool.n_threads() * 4).min(rows));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let base = RowsPtr(out.as_mut_ptr());
+    pool.run_dynamic(|_, _| loop {
+        let r0 = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * per;
+        if r0 >= rows {
+            break;
+        }
+        let r1 = (r0 + per).min(rows);
+        // SAFETY: rows r0..r1 of `out` (rows * cols values) are handed to this call only.
+        let o = unsafe { std::slice::from_raw_parts_mut(base.get().add(r0 * cols), (r1 - r0) * cols) };
+        f(r0..r1, o);
+    });
+}
+
 fn inputs_of(op: &Op) -> Vec<usize> {
     match *op {
         Op::Weight { .. } => vec![],
@@ -457,10 +497,16 @@ impl Executor {
                 }
                 Op::RmsNorm { x, w, eps, group } => {
                     let len = if *group == 0 { cols } else { *group };
-                    rocmforge_cpu::rms_norm(act(*x), w.map(|w| self.wvec(w)), *eps, len, out);
+                    let (xv, wv) = (act(*x), w.map(|w| self.wvec(w)));
+                    par_rows(self.pool, rows, cols, out, |r, o| {
+                        rocmforge_cpu::rms_norm(&xv[r.start * cols..r.end * cols], wv, *eps, len, o)
+                    });
                 }
                 Op::LayerNorm { x, w, b, eps } => {
-                    rocmforge_cpu::layer_norm(act(*x), w.map(|w| self.wvec(w)), b.map(|b| self.wvec(b)), *eps, cols, out);
+                    let (xv, wv, bv) = (act(*x), w.map(|w| self.wvec(w)), b.map(|b| self.wvec(b)));
+                    par_rows(self.pool, rows, cols, out, |r, o| {
+                        rocmforge_cpu::layer_norm(&xv[r.start * cols..r.end * cols], wv, bv, *eps, cols, o)
+                    });
                 }
                 Op::MatMul { x, w, bias } => {
                     let ws = &self.wslot(*w).w;
@@ -507,29 +553,35 @@ impl Executor {
                     // [rows, 1] (one value per row, e.g. a per-token gate). Decided by shape, not
                     // length: [rows, 1] and a vector have the same length when rows == cols.
                     let per_row = matches!(self.graph.nodes[*b].shape, Shape::Act { cols: 1, .. }) && cols != 1;
-                    let mut scalar = vec![0f32; if per_row { cols } else { 0 }];
-                    for (r, (orow, arow)) in out.chunks_exact_mut(cols).zip(av.chunks_exact(cols)).enumerate() {
-                        let brow = if per_row {
-                            scalar.fill(bv[r]);
-                            &scalar[..]
-                        } else if bv.len() == cols {
-                            bv
-                        } else {
-                            &bv[r * cols..(r + 1) * cols]
-                        };
-                        if is_add {
-                            for ((o, x), y) in orow.iter_mut().zip(arow).zip(brow) {
-                                *o = x + y;
+                    par_rows(self.pool, rows, cols, out, |rr, out| {
+                        for (i, orow) in out.chunks_exact_mut(cols).enumerate() {
+                            let r = rr.start + i;
+                            let arow = &av[r * cols..(r + 1) * cols];
+                            if per_row {
+                                let y = bv[r];
+                                if is_add {
+                                    orow.iter_mut().zip(arow).for_each(|(o, x)| *o = x + y);
+                                } else {
+                                    orow.iter_mut().zip(arow).for_each(|(o, x)| *o = x * y);
+                                }
+                                continue;
                             }
-                        } else {
-                            for ((o, x), y) in orow.iter_mut().zip(arow).zip(brow) {
-                                *o = x * y;
+                            let brow = if bv.len() == cols { bv } else { &bv[r * cols..(r + 1) * cols] };
+                            if is_add {
+                                for ((o, x), y) in orow.iter_mut().zip(arow).zip(brow) {
+                                    *o = x + y;
+                                }
+                            } else {
+                                for ((o, x), y) in orow.iter_mut().zip(arow).zip(brow) {
+                                    *o = x * y;
+                                }
                             }
                         }
-                    }
+                    });
                 }
                 Op::Scale { x, s } => {
-                    out.iter_mut().zip(act(*x)).for_each(|(o, v)| *o = v * s);
+                    let xv = act(*x);
+                    par_rows(self.pool, rows, cols, out, |r, o| o.iter_mut().zip(&xv[r.start * cols..]).for_each(|(o, v)| *o = v * s));
                 }
                 Op::Rope { x, freq_factors, p } => {
                     out.copy_from_slice(act(*x));
@@ -545,7 +597,9 @@ impl Executor {
                         n_ctx_orig: p.n_ctx_orig,
                         freq_factors: freq_factors.map(|f| self.wvec(f).to_vec()),
                     };
-                    rocmforge_cpu::rope(out, n_tokens, p.n_head, p.head_dim, &positions, &params);
+                    par_rows(self.pool, rows, cols, out, |r, o| {
+                        rocmforge_cpu::rope(o, r.len(), p.n_head, p.head_dim, &positions[r.start..r.end], &params)
+                    });
                 }
                 Op::Attention { q, k, v, p } => {
                     let (qa, ka, va) = (act(*q), act(*k), act(*v));
@@ -578,12 +632,31 @@ impl Executor {
                         t0 += nt;
                     }
                 }
-                Op::Silu { x } => rocmforge_cpu::silu(act(*x), out),
+                Op::Silu { x } => {
+                    let xv = act(*x);
+                    par_rows(self.pool, rows, cols, out, |r, o| rocmforge_cpu::silu(&xv[r.start * cols..r.end * cols], o));
+                }
                 Op::Sigmoid { x } => out.iter_mut().zip(act(*x)).for_each(|(o, &v)| *o = 1.0 / (1.0 + (-v).exp())),
-                Op::Gelu { x } => rocmforge_cpu::gelu(act(*x), out),
-                Op::GeluErf { x } => rocmforge_cpu::gelu_erf(act(*x), out),
-                Op::SwiGlu { gate, up } => rocmforge_cpu::swiglu(act(*gate), act(*up), out),
-                Op::GeGlu { gate, up } => rocmforge_cpu::geglu(act(*gate), act(*up), out),
+                Op::Gelu { x } => {
+                    let xv = act(*x);
+                    par_rows(self.pool, rows, cols, out, |r, o| rocmforge_cpu::gelu(&xv[r.start * cols..r.end * cols], o));
+                }
+                Op::GeluErf { x } => {
+                    let xv = act(*x);
+                    par_rows(self.pool, rows, cols, out, |r, o| rocmforge_cpu::gelu_erf(&xv[r.start * cols..r.end * cols], o));
+                }
+                Op::SwiGlu { gate, up } => {
+                    let (g, u) = (act(*gate), act(*up));
+                    par_rows(self.pool, rows, cols, out, |r, o| {
+                        rocmforge_cpu::swiglu(&g[r.start * cols..r.end * cols], &u[r.start * cols..r.end * cols], o)
+                    });
+                }
+                Op::GeGlu { gate, up } => {
+                    let (g, u) = (act(*gate), act(*up));
+                    par_rows(self.pool, rows, cols, out, |r, o| {
+                        rocmforge_cpu::geglu(&g[r.start * cols..r.end * cols], &u[r.start * cols..r.end * cols], o)
+                    });
+                }
                 Op::Softcap { x, cap } => {
                     out.copy_from_slice(act(*x));
                     rocmforge_cpu::softcap(out, *cap);
