@@ -103,24 +103,42 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
     let flip = _mm256_set1_epi8(-128);
     let lut = _mm512_loadu_si512(IQ4_LUT.as_ptr() as *const _);
     let mut acc = [_mm512_setzero_ps(); 2];
-    // Q4_1 minimum term, llama.cpp's order: one sequential fma per block and row.
-    let mut summ = [0f32; 4];
+    // Q4_1 minimum term, llama.cpp's order: one sequential fma per block and row; the four
+    // rows' chains run side by side in the lanes of one 128-bit vector.
+    let mut summ4 = _mm_setzero_ps();
     let mut b0 = 0;
     while b0 < nb {
         let ng = 16.min(nb - b0);
         let mask: __mmask16 = if ng == 16 { 0xFFFF } else { (1u16 << ng) - 1 };
         let xd = _mm512_loadu_ps(x.d32.add(b0));
         let mut scale = [_mm512_setzero_ps(); 4];
+        let mut mw = [_mm512_setzero_ps(); 4];
         for r in 0..4 {
             // Lane i: the 4 bytes at the start of block b0 + i (d, then m or the first quants).
             let dm = _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, offs, rows[r].add(b0 * ts) as *const i32);
             scale[r] = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)), xd);
             if TY == 1 {
-                let mut mw = [0f32; 16];
-                _mm512_storeu_ps(mw.as_mut_ptr(), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
-                for (i, &m) in mw.iter().enumerate().take(ng) {
-                    summ[r] = m.mul_add(*x.xs16.add(2 * (b0 + i)), summ[r]);
-                }
+                mw[r] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
+            }
+        }
+        if TY == 1 {
+            // Transpose 4 rows x 16 blocks: block 4k + j ends in 128-bit lane k of u[j] as
+            // (row 0, 1, 2, 3); then per block one 4-lane fma, in block order.
+            let (t0, t1) = (_mm512_unpacklo_ps(mw[0], mw[1]), _mm512_unpackhi_ps(mw[0], mw[1]));
+            let (t2, t3) = (_mm512_unpacklo_ps(mw[2], mw[3]), _mm512_unpackhi_ps(mw[2], mw[3]));
+            let u = [
+                _mm512_shuffle_ps::<0x44>(t0, t2),
+                _mm512_shuffle_ps::<0xEE>(t0, t2),
+                _mm512_shuffle_ps::<0x44>(t1, t3),
+                _mm512_shuffle_ps::<0xEE>(t1, t3),
+            ];
+            let mut mt = [0f32; 64];
+            for (j, v) in u.iter().enumerate() {
+                _mm512_storeu_ps(mt.as_mut_ptr().add(16 * j), *v);
+            }
+            for i in 0..ng {
+                let mv = _mm_loadu_ps(mt.as_ptr().add(16 * (i % 4) + 4 * (i / 4)));
+                summ4 = _mm_fmadd_ps(mv, _mm_set1_ps(*x.xs16.add(2 * (b0 + i))), summ4);
             }
         }
         for i in 0..ng {
@@ -167,6 +185,8 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
         }
         b0 += 16;
     }
+    let mut summ = [0f32; 4];
+    _mm_storeu_ps(summ.as_mut_ptr(), summ4);
     let mut out = [0f32; 4];
     for r in 0..4 {
         let a = acc[r / 2];
