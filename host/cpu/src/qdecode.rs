@@ -1,5 +1,5 @@
 //! Decode-path (few tokens) AVX-512 VNNI row dots for the 32-element legacy types Q4_0, Q4_1,
-//! Q8_0 and IQ4_NL, reading GGML blocks directly (no unpack buffer). `has_fused` and `XTok` are
+//! Q5_0, Q8_0 and IQ4_NL, reading GGML blocks directly (no unpack buffer). `has_fused` and `XTok` are
 //! shared with the AArch64 twin, `neon_decode`.
 //!
 //! For a token generation step every weight byte is used once, so the unpack-then-tile scheme of
@@ -13,6 +13,7 @@
 //! ```text
 //!   y = sum_b d_w[b] d_x[b] I_b + sum_b m_w[b] s_x[b]     I_b exact integer dot of block b
 //!   Q4_0: u = q, I_b starts from -8 * sum(xq)     Q4_1: u = q, m from the block, s_x from Q8_1
+//!   Q5_0: u = q | qh bit << 4, I_b starts from -16 * sum(xq)
 //!   Q8_0 / IQ4_NL: u = value + 128, I_b starts from -128 * sum(xq) (xc4)
 //! ```
 
@@ -23,9 +24,10 @@ use rocmforge_quant::GgmlType;
 #[cfg(target_arch = "x86_64")]
 use rocmforge_quant::KVALUES_IQ4NL;
 
-/// Types with a fused decode kernel.
+/// Types with a fused decode kernel (Q5_0 on x86-64 only so far).
 pub(crate) fn has_fused(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::IQ4_NL)
+        || (cfg!(target_arch = "x86_64") && ty == GgmlType::Q5_0)
 }
 
 /// Activations of one token, as `act::QActs` lays them out.
@@ -53,6 +55,7 @@ pub(crate) unsafe fn rows_dot(ty: GgmlType, rows: [*const u8; 4], nb: usize, x: 
         GgmlType::Q4_0 => rows_dot512::<0>(rows, nb, x),
         GgmlType::Q4_1 => rows_dot512::<1>(rows, nb, x),
         GgmlType::Q8_0 => rows_dot512::<2>(rows, nb, x),
+        GgmlType::Q5_0 => rows_dot512::<4>(rows, nb, x),
         _ => rows_dot512::<3>(rows, nb, x),
     }
 }
@@ -85,7 +88,7 @@ static IQ4_LUT: [u8; 64] = {
     t
 };
 
-/// TY: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = IQ4_NL. Rows (2p, 2p + 1) share one 512-bit vector
+/// TY: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = IQ4_NL, 4 = Q5_0. Rows (2p, 2p + 1) share one 512-bit vector
 /// per block: low half row 2p, high half row 2p + 1, each a canonical 8-lane accumulator.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -94,6 +97,7 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
         0 => (18usize, 2usize),
         1 => (20, 4),
         2 => (34, 2),
+        4 => (22, 6),
         _ => (18, 2),
     };
     let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -151,6 +155,9 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
                     if TY == 0 {
                         // Q4_0 value = q - 8: start from -8 * sum(xq) = xc4 / 16 (exact).
                         _mm512_srai_epi32::<4>(c)
+                    } else if TY == 4 {
+                        // Q5_0 value = q - 16: start from -16 * sum(xq) = xc4 / 8 (exact).
+                        _mm512_srai_epi32::<3>(c)
                     } else {
                         c
                     }
@@ -174,6 +181,12 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
                     let n = _mm512_and_si512(_mm512_srlv_epi64(z, shifts), low4);
                     if TY == 3 {
                         _mm512_shuffle_epi8(lut, n)
+                    } else if TY == 4 {
+                        // Q5_0: bit 4 of element j is bit j of the block's qh (bytes 2..6);
+                        // row 2p's 32 elements are bytes 0..32 of `n`, row 2p + 1's 32..64.
+                        let h0 = (q0.sub(4) as *const u32).read_unaligned() as u64;
+                        let h1 = (q1.sub(4) as *const u32).read_unaligned() as u64;
+                        _mm512_mask_mov_epi8(n, h0 | (h1 << 32), _mm512_or_si512(n, _mm512_set1_epi8(0x10)))
                     } else {
                         n
                     }

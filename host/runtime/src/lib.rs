@@ -4,8 +4,8 @@
 
 pub mod exec;
 pub mod graph;
-pub mod host_api;
 mod hf_rope;
+pub mod host_api;
 mod moe;
 pub mod plugin;
 pub mod source;

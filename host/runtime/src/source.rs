@@ -202,7 +202,11 @@ impl ModelSource {
                 )));
             }
             let hf = "config:rope_parameters (llama3)".to_string();
-            map.entry(ROPE_FREQS.to_string()).or_insert(HfRef { hf, transform: rocmforge_abi::transform::NONE, config_values: Some(values) });
+            map.entry(ROPE_FREQS.to_string()).or_insert(HfRef {
+                hf,
+                transform: rocmforge_abi::transform::NONE,
+                config_values: Some(values),
+            });
         }
         Ok(ModelSource {
             path,
