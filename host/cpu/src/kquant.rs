@@ -543,6 +543,12 @@ pub(crate) fn run(
     if t0 == n_tokens {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= crate::simd::Isa::Avx512 && ord == Order::Q6KVecDot && ty == GgmlType::Q6_K {
+        // SAFETY: AVX-512 VNNI detected (isa is clamped to what the CPU has).
+        unsafe { q6k_decode_avx512(pool, w, n_out, k, acts, n_tokens, y) };
+        return;
+    }
     let tokens = t0..n_tokens;
     let chunk = n_out.div_ceil(pool.n_threads() * 4).clamp(1, 64);
     let n_chunks = n_out.div_ceil(chunk);
@@ -583,5 +589,39 @@ pub(crate) fn run(
         let _ = isa;
         // SAFETY: as above (portable code).
         unsafe { rows_portable::<Portable>(ord, ty, w, k, rows, acts, tokens.clone(), yp.get(), n_out) };
+    });
+}
+
+/// Q6_K with fewer than 8 tokens on AVX-512: `kquant_dec::q6k_dot` per row and token (same bits
+/// as `rows_portable`'s `Q6KVecDot`).
+///
+/// # Safety
+/// AVX-512 F/BW/VL + VNNI + FMA available.
+#[cfg(target_arch = "x86_64")]
+unsafe fn q6k_decode_avx512(pool: &ThreadPool, w: &[u8], n_out: usize, k: usize, acts: &QActs, n_tokens: usize, y: &mut [f32]) {
+    let (nb, kp) = (k / 256, acts.kp);
+    let row_bytes = nb * GgmlType::Q6_K.type_size();
+    let toks: Vec<(Vec<i16>, Vec<f32>)> = (0..n_tokens)
+        .map(|t| (crate::kquant_dec::bsums16(&acts.xq[t * kp..], k), (0..nb).map(|b| acts.dx4[t * kp / 4 + 64 * b]).collect()))
+        .collect();
+    let chunk = n_out.div_ceil(pool.n_threads() * 8).clamp(1, 64);
+    let n_chunks = n_out.div_ceil(chunk);
+    let next = AtomicUsize::new(0);
+    let yp = SyncPtr(y.as_mut_ptr());
+    pool.run_dynamic(|_, _| loop {
+        let c = next.fetch_add(1, Ordering::Relaxed);
+        if c >= n_chunks {
+            break;
+        }
+        for r in c * chunk..((c + 1) * chunk).min(n_out) {
+            let row = w[r * row_bytes..(r + 1) * row_bytes].as_ptr();
+            for (t, (bs, dx)) in toks.iter().enumerate() {
+                // SAFETY: ISA checked by the caller; row, token and y ranges are in bounds; each
+                // (t, r) is written by the one thread that took row r's chunk.
+                unsafe {
+                    *yp.get().add(t * n_out + r) = crate::kquant_dec::q6k_dot(row, nb, acts.xq[t * kp..].as_ptr(), bs.as_ptr(), dx.as_ptr())
+                };
+            }
+        }
     });
 }

@@ -26,6 +26,8 @@ mod attention;
 mod error;
 mod kquant;
 #[cfg(target_arch = "x86_64")]
+mod kquant_dec;
+#[cfg(target_arch = "x86_64")]
 mod kquant_tl;
 mod matmul;
 #[cfg(target_arch = "aarch64")]

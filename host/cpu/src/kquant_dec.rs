@@ -1,0 +1,76 @@
+//! Q6_K decode (fewer than 8 tokens) on AVX-512 VNNI: llama.cpp's `ggml_vec_dot_q6_K_q8_K` lane
+//! order (see `kquant.rs`, `Q6KVecDot`) with the integer work in 512-bit registers, so the result
+//! is the portable kernel's bits, several times faster. Q6_K is the type of `ffn_down` (and
+//! often `attn_v` / `output`) in Q4_K_M files, so this is the bulk of their K-quant decode time.
+//!
+//! Per superblock (256 elements): the 6-bit values are rebuilt from `ql` / `qh` in registers
+//! (two halves of 128: low nibbles with qh bits 0-1 / 2-3, high nibbles with bits 4-5 / 6-7);
+//! `vpdpbusd` of each 64 values with the token's bytes gives 16 per-4 sums, lane L of chunk c
+//! holding elements 64c + 4L..64c + 4L + 4, i.e. vec_dot lane j = L % 8 and scale group
+//! g = 4c + L / 4; `vpmulld` by the per-lane scales and a fold of the two 8-lane halves give
+//! the eight lane integers; the bias 32 (sc[2j] bs[2j] + sc[2j+1] bs[2j+1]) is one `vpmaddwd` of
+//! the paired scales with the paired 16-element activation sums. Then, as llama.cpp:
+//! `acc[j] = fma(d_x d_w, f32(lane_j - bias_j), acc[j])` and `hsum8` at the end.
+
+use std::arch::x86_64::*;
+
+use rocmforge_quant::f16_to_f32;
+
+use crate::qmatmul::hsum8;
+
+/// Bytes of one Q6_K superblock: ql[128], qh[64], scales[16] (i8), d (f16).
+const Q6K_BYTES: usize = 210;
+
+/// The 16-element sums of one token's Q8_K values, as i16 (|sum| <= 2048), `k / 16` of them.
+pub(crate) fn bsums16(xq: &[i8], k: usize) -> Vec<i16> {
+    xq[..k].chunks_exact(16).map(|g| g.iter().map(|&v| v as i16).sum()).collect()
+}
+
+/// Dot of one Q6_K row of `nb` superblocks with one Q8_K token (`xq` its bytes, `bs` its
+/// `bsums16`, `dx` its per-superblock scales).
+///
+/// # Safety
+/// AVX-512 F/BW/VL + VNNI + FMA available; `row` valid for `nb * 210` bytes, `xq` for `nb * 256`,
+/// `bs` for `nb * 16`, `dx` for `nb`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+pub(crate) unsafe fn q6k_dot(row: *const u8, nb: usize, xq: *const i8, bs: *const i16, dx: *const f32) -> f32 {
+    let m3 = _mm512_set1_epi8(3);
+    let m15 = _mm512_set1_epi8(0x0F);
+    // Lane L of chunk c takes the scale of group 4c + L / 4.
+    let idx: [__m512i; 4] = std::array::from_fn(|c| {
+        let c = c as i32 * 4;
+        _mm512_setr_epi32(c, c, c, c, c + 1, c + 1, c + 1, c + 1, c + 2, c + 2, c + 2, c + 2, c + 3, c + 3, c + 3, c + 3)
+    });
+    let mut acc = _mm256_setzero_ps();
+    for b in 0..nb {
+        let blk = row.add(b * Q6K_BYTES);
+        let (ql, qh, sc) = (blk, blk.add(128), blk.add(192));
+        let d_w = f16_to_f32(u16::from_le_bytes([*blk.add(208), *blk.add(209)]));
+        let sc16 = _mm_loadu_si128(sc as *const __m128i);
+        let sc32 = _mm512_cvtepi8_epi32(sc16);
+        let x = xq.add(256 * b);
+        let mut lanes = _mm512_setzero_si512();
+        for n in 0..2 {
+            let l = _mm512_loadu_si512(ql.add(64 * n) as *const _);
+            let h = _mm256_loadu_si256(qh.add(32 * n) as *const __m256i);
+            // Byte-wise shifts by 16-bit shifts: bits crossing from the neighbour byte are masked off.
+            let ha = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h), _mm256_srli_epi16::<2>(h));
+            let hb = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_srli_epi16::<4>(h)), _mm256_srli_epi16::<6>(h));
+            let qa = _mm512_or_si512(_mm512_and_si512(l, m15), _mm512_slli_epi16::<4>(_mm512_and_si512(ha, m3)));
+            let qb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(l), m15), _mm512_slli_epi16::<4>(_mm512_and_si512(hb, m3)));
+            let xa = _mm512_loadu_si512(x.add(128 * n) as *const _);
+            let xb = _mm512_loadu_si512(x.add(128 * n + 64) as *const _);
+            let da = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qa, xa);
+            let db = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qb, xb);
+            lanes = _mm512_add_epi32(lanes, _mm512_mullo_epi32(da, _mm512_permutexvar_epi32(idx[2 * n], sc32)));
+            lanes = _mm512_add_epi32(lanes, _mm512_mullo_epi32(db, _mm512_permutexvar_epi32(idx[2 * n + 1], sc32)));
+        }
+        let lane8 = _mm256_add_epi32(_mm512_castsi512_si256(lanes), _mm512_extracti64x4_epi64::<1>(lanes));
+        let bias = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc16), _mm256_loadu_si256(bs.add(16 * b) as *const __m256i));
+        let v = _mm256_sub_epi32(lane8, _mm256_slli_epi32::<5>(bias));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(*dx.add(b) * d_w), _mm256_cvtepi32_ps(v), acc);
+    }
+    let mut a = [0f32; 8];
+    _mm256_storeu_ps(a.as_mut_ptr(), acc);
+    hsum8(a)
+}
