@@ -544,9 +544,9 @@ pub(crate) fn run(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if isa >= crate::simd::Isa::Avx512 && ord == Order::Q6KVecDot && ty == GgmlType::Q6_K {
+    if isa >= crate::simd::Isa::Avx512 && (ord == Order::Q4KRepack || (ord == Order::Q6KVecDot && ty == GgmlType::Q6_K)) {
         // SAFETY: AVX-512 VNNI detected (isa is clamped to what the CPU has).
-        unsafe { q6k_decode_avx512(pool, w, n_out, k, acts, n_tokens, y) };
+        unsafe { decode_avx512(pool, ord, ty, w, n_out, k, acts, t0..n_tokens, y) };
         return;
     }
     let tokens = t0..n_tokens;
@@ -592,17 +592,38 @@ pub(crate) fn run(
     });
 }
 
-/// Q6_K with fewer than 8 tokens on AVX-512: `kquant_dec::q6k_dot` per row and token (same bits
-/// as `rows_portable`'s `Q6KVecDot`).
+/// Q6_K (`Q6KVecDot`) and repacked Q4_K with fewer than 8 tokens on AVX-512: `kquant_dec`'s
+/// dots per row and token, the same bits as `rows_portable` (Q4_K: llama.cpp's gemm order for
+/// whole groups of 4 tokens, gemv for the rest). Only `tokens` (of `0..tokens.end`) are computed.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL + VNNI + FMA available.
 #[cfg(target_arch = "x86_64")]
-unsafe fn q6k_decode_avx512(pool: &ThreadPool, w: &[u8], n_out: usize, k: usize, acts: &QActs, n_tokens: usize, y: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn decode_avx512(
+    pool: &ThreadPool,
+    ord: Order,
+    ty: GgmlType,
+    w: &[u8],
+    n_out: usize,
+    k: usize,
+    acts: &QActs,
+    tokens: std::ops::Range<usize>,
+    y: &mut [f32],
+) {
+    let n_tokens = tokens.end;
+    use crate::kquant_dec::{bsums16, bsums32, q4k_dot, q6k_dot};
     let (nb, kp) = (k / 256, acts.kp);
-    let row_bytes = nb * GgmlType::Q6_K.type_size();
-    let toks: Vec<(Vec<i16>, Vec<f32>)> = (0..n_tokens)
-        .map(|t| (crate::kquant_dec::bsums16(&acts.xq[t * kp..], k), (0..nb).map(|b| acts.dx4[t * kp / 4 + 64 * b]).collect()))
+    let row_bytes = nb * ty.type_size();
+    let q6 = ord == Order::Q6KVecDot;
+    let n_gemm = if n_tokens > 3 { n_tokens - n_tokens % 4 } else { 0 };
+    // Per token: activation sums (per 16 for Q6_K, per 32 for Q4_K) and per-superblock scales.
+    let toks: Vec<(usize, Vec<i16>, Vec<i32>, Vec<f32>)> = tokens
+        .map(|t| {
+            let xq = &acts.xq[t * kp..];
+            let (b16, b32) = if q6 { (bsums16(xq, k), Vec::new()) } else { (Vec::new(), bsums32(xq, k)) };
+            (t, b16, b32, (0..nb).map(|b| acts.dx4[t * kp / 4 + 64 * b]).collect())
+        })
         .collect();
     let chunk = n_out.div_ceil(pool.n_threads() * 8).clamp(1, 64);
     let n_chunks = n_out.div_ceil(chunk);
@@ -615,12 +636,20 @@ unsafe fn q6k_decode_avx512(pool: &ThreadPool, w: &[u8], n_out: usize, k: usize,
         }
         for r in c * chunk..((c + 1) * chunk).min(n_out) {
             let row = w[r * row_bytes..(r + 1) * row_bytes].as_ptr();
-            for (t, (bs, dx)) in toks.iter().enumerate() {
+            for (t, b16, b32, dx) in &toks {
+                let t = *t;
+                let xq = acts.xq[t * kp..].as_ptr();
                 // SAFETY: ISA checked by the caller; row, token and y ranges are in bounds; each
                 // (t, r) is written by the one thread that took row r's chunk.
                 unsafe {
-                    *yp.get().add(t * n_out + r) = crate::kquant_dec::q6k_dot(row, nb, acts.xq[t * kp..].as_ptr(), bs.as_ptr(), dx.as_ptr())
-                };
+                    *yp.get().add(t * n_out + r) = if q6 {
+                        q6k_dot(row, nb, xq, b16.as_ptr(), dx.as_ptr())
+                    } else if t < n_gemm {
+                        q4k_dot::<true>(row, nb, xq, b32.as_ptr(), dx.as_ptr())
+                    } else {
+                        q4k_dot::<false>(row, nb, xq, b32.as_ptr(), dx.as_ptr())
+                    };
+                }
             }
         }
     });

@@ -74,3 +74,67 @@ pub(crate) unsafe fn q6k_dot(row: *const u8, nb: usize, xq: *const i8, bs: *cons
     _mm256_storeu_ps(a.as_mut_ptr(), acc);
     hsum8(a)
 }
+
+/// Bytes of one Q4_K superblock: d, dmin (f16), scales[12], qs[128].
+const Q4K_BYTES: usize = 144;
+
+/// The 32-element sums of one token's Q8_K values, `k / 32` of them.
+pub(crate) fn bsums32(xq: &[i8], k: usize) -> Vec<i32> {
+    xq[..k].chunks_exact(32).map(|g| g.iter().map(|&v| v as i32).sum()).collect()
+}
+
+/// Dot of one Q4_K row with one Q8_K token in llama.cpp's repacked-Q4_K orders (`kquant.rs`):
+/// `GEMM` false = `Q4KRepack` (gemv: one fma pair per superblock), true = `Q4KRepackGemm` (one
+/// per 64 elements). `bs` = the token's `bsums32`; the rest as `q6k_dot`.
+///
+/// # Safety
+/// As `q6k_dot`, with `row` valid for `nb * 144` bytes and `bs` for `nb * 8`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+pub(crate) unsafe fn q4k_dot<const GEMM: bool>(row: *const u8, nb: usize, xq: *const i8, bs: *const i32, dx: *const f32) -> f32 {
+    let m15 = _mm256_set1_epi8(0x0F);
+    let (mut acc, mut accm) = (0f32, 0f32);
+    for b in 0..nb {
+        let blk = std::slice::from_raw_parts(row.add(b * Q4K_BYTES), Q4K_BYTES);
+        let d_w = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+        let dmin_w = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
+        let s = &blk[4..16];
+        let mut sc = [0i32; 8];
+        let mut mn = [0i32; 8];
+        for j in 0..8 {
+            (sc[j], mn[j]) = if j < 4 {
+                ((s[j] & 63) as i32, (s[j + 4] & 63) as i32)
+            } else {
+                (((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4)) as i32, ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as i32)
+            };
+        }
+        let x = xq.add(256 * b);
+        let bsb = bs.add(8 * b);
+        let dx_b = *dx.add(b);
+        let (dd, dm) = (d_w * dx_b, dmin_w * dx_b);
+        // Chunk c: elements 64c..64c + 64 = low nibbles of qs[32c..32c + 32], then high nibbles;
+        // lanes 0..8 are sub-block 2c, lanes 8..16 sub-block 2c + 1.
+        let mut lanes = _mm512_setzero_si512();
+        for c in 0..4 {
+            let q = _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * c) as *const __m256i);
+            let qz =
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_and_si256(q, m15)), _mm256_and_si256(_mm256_srli_epi16::<4>(q), m15));
+            let dz = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qz, _mm512_loadu_si512(x.add(64 * c) as *const _));
+            let sv = _mm512_inserti64x4::<1>(_mm512_set1_epi32(sc[2 * c]), _mm256_set1_epi32(sc[2 * c + 1]));
+            if GEMM {
+                let i = _mm512_reduce_add_epi32(_mm512_mullo_epi32(dz, sv));
+                let m = mn[2 * c] * *bsb.add(2 * c) + mn[2 * c + 1] * *bsb.add(2 * c + 1);
+                acc = (i as f32).mul_add(dd, acc);
+                accm = (m as f32).mul_add(dm, accm);
+            } else {
+                lanes = _mm512_add_epi32(lanes, _mm512_mullo_epi32(dz, sv));
+            }
+        }
+        if !GEMM {
+            let i = _mm512_reduce_add_epi32(lanes);
+            let m: i32 = (0..8).map(|j| mn[j] * *bsb.add(j)).sum();
+            acc = (i as f32).mul_add(dd, acc);
+            accm = (m as f32).mul_add(dm, accm);
+        }
+    }
+    acc - accm
+}
