@@ -592,6 +592,10 @@ pub(crate) fn run(
     });
 }
 
+/// One token of `decode_avx512`: index, sums per 16 (Q6_K) or per 32 (Q4_K), per-superblock scales.
+#[cfg(target_arch = "x86_64")]
+type DecodeTok = (usize, Vec<i16>, Vec<i32>, Vec<f32>);
+
 /// Q6_K (`Q6KVecDot`) and repacked Q4_K with fewer than 8 tokens on AVX-512: `kquant_dec`'s
 /// dots per row and token, the same bits as `rows_portable` (Q4_K: llama.cpp's gemm order for
 /// whole groups of 4 tokens, gemv for the rest). Only `tokens` (of `0..tokens.end`) are computed.
@@ -618,7 +622,7 @@ unsafe fn decode_avx512(
     let q6 = ord == Order::Q6KVecDot;
     let n_gemm = if n_tokens > 3 { n_tokens - n_tokens % 4 } else { 0 };
     // Per token: activation sums (per 16 for Q6_K, per 32 for Q4_K) and per-superblock scales.
-    let toks: Vec<(usize, Vec<i16>, Vec<i32>, Vec<f32>)> = tokens
+    let toks: Vec<DecodeTok> = tokens
         .map(|t| {
             let xq = &acts.xq[t * kp..];
             let (b16, b32) = if q6 { (bsums16(xq, k), Vec::new()) } else { (Vec::new(), bsums32(xq, k)) };
