@@ -72,6 +72,7 @@ fn order(ty: GgmlType, n_out: usize, n_tokens: usize) -> Option<Order> {
 }
 
 /// Batches from this many tokens take the tokens-in-lanes kernel where it applies.
+#[cfg(target_arch = "x86_64")]
 const TL_MIN_TOKENS: usize = 8;
 
 /// True if `run` handles this call (else the generic kernels do).
@@ -441,76 +442,55 @@ unsafe fn rows_portable<K: Raw4>(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_avx512(
-    ord: Order,
-    ty: GgmlType,
-    w: &[u8],
-    k: usize,
-    rows: std::ops::Range<usize>,
-    acts: &QActs,
-    tokens: std::ops::Range<usize>,
-    y: *mut f32,
-    n_out: usize,
-) {
-    rows_portable::<Portable>(ord, ty, w, k, rows, acts, tokens, y, n_out)
+/// `rows_portable` compiled once more for an instruction set (the integer loops vectorise for it;
+/// the bits are the same, see the module header), with `raw4` from `$raw4`.
+macro_rules! rows_for_isa {
+    ($(#[$attr:meta])* $name:ident, $features:literal, $raw4:ty) => {
+        $(#[$attr])*
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            ord: Order,
+            ty: GgmlType,
+            w: &[u8],
+            k: usize,
+            rows: std::ops::Range<usize>,
+            acts: &QActs,
+            tokens: std::ops::Range<usize>,
+            y: *mut f32,
+            n_out: usize,
+        ) {
+            rows_portable::<$raw4>(ord, ty, w, k, rows, acts, tokens, y, n_out)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_avx2(
-    ord: Order,
-    ty: GgmlType,
-    w: &[u8],
-    k: usize,
-    rows: std::ops::Range<usize>,
-    acts: &QActs,
-    tokens: std::ops::Range<usize>,
-    y: *mut f32,
-    n_out: usize,
-) {
-    rows_portable::<Portable>(ord, ty, w, k, rows, acts, tokens, y, n_out)
-}
-
-/// NEON: the per-4 dots by `smull` (`Neon`) or `sdot` (`NeonDot`), see `neon_qmatmul`.
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_neon(
-    ord: Order,
-    ty: GgmlType,
-    w: &[u8],
-    k: usize,
-    rows: std::ops::Range<usize>,
-    acts: &QActs,
-    tokens: std::ops::Range<usize>,
-    y: *mut f32,
-    n_out: usize,
-) {
-    use crate::neon_qmatmul::Raw4Neon;
-    rows_portable::<Raw4Neon<crate::neon::Mull>>(ord, ty, w, k, rows, acts, tokens, y, n_out)
-}
-
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon,dotprod")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_neon_dot(
-    ord: Order,
-    ty: GgmlType,
-    w: &[u8],
-    k: usize,
-    rows: std::ops::Range<usize>,
-    acts: &QActs,
-    tokens: std::ops::Range<usize>,
-    y: *mut f32,
-    n_out: usize,
-) {
-    use crate::neon_qmatmul::Raw4Neon;
-    rows_portable::<Raw4Neon<crate::neon::Sdot>>(ord, ty, w, k, rows, acts, tokens, y, n_out)
-}
+rows_for_isa!(
+    #[cfg(target_arch = "x86_64")]
+    rows_avx512,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma",
+    Portable
+);
+rows_for_isa!(
+    #[cfg(target_arch = "x86_64")]
+    rows_avx2,
+    "avx2,fma",
+    Portable
+);
+rows_for_isa!(
+    /// NEON: the per-4 dots by `smull` (`Neon`), see `neon_qmatmul`.
+    #[cfg(target_arch = "aarch64")]
+    rows_neon,
+    "neon",
+    crate::neon_qmatmul::Raw4Neon<crate::neon::Mull>
+);
+rows_for_isa!(
+    /// NEON with FEAT_DotProd: the per-4 dots by `sdot`.
+    #[cfg(target_arch = "aarch64")]
+    rows_neon_dot,
+    "neon,dotprod",
+    crate::neon_qmatmul::Raw4Neon<crate::neon::Sdot>
+);
 
 /// `y = W x` for `handles`-accepted calls; `acts` holds the Q8_K activations of `n_tokens`
 /// tokens of length `k` (a multiple of 256), `w` `n_out` rows, `y` `n_tokens * n_out`.
@@ -532,6 +512,7 @@ pub(crate) fn run(
     let isa = isa.clamp();
     // Batches on AVX-512 VNNI: tokens in lanes (kquant_tl.rs), same bits; what it leaves (the
     // gemv tail of a repacked Q4_K batch) goes on below.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut t0 = 0;
     #[cfg(target_arch = "x86_64")]
     if isa >= crate::simd::Isa::Avx512 && crate::kquant_tl::handles(ord) && n_tokens >= TL_MIN_TOKENS {
