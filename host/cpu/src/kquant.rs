@@ -510,15 +510,17 @@ pub(crate) fn run(
         return;
     };
     let isa = isa.clamp();
-    // Batches on AVX-512 VNNI: tokens in lanes (kquant_tl.rs), same bits; what it leaves (the
+    // Batches on AVX2 / AVX-512 VNNI: tokens in lanes (kquant_tl.rs), same bits; what it leaves (the
     // gemv tail of a repacked Q4_K batch) goes on below.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut t0 = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa >= crate::simd::Isa::Avx512 && crate::kquant_tl::handles(ord) && n_tokens >= TL_MIN_TOKENS {
+    if isa >= crate::simd::Isa::Avx2 && crate::kquant_tl::handles(ord) && n_tokens >= TL_MIN_TOKENS {
         let n_tl = crate::kquant_tl::tl_tokens(ord, n_tokens);
-        // SAFETY: AVX-512 VNNI detected (isa is clamped to what the CPU has); y holds n_tokens * n_out.
-        unsafe { crate::kquant_tl::run(pool, ord, ty, w, n_out, k, acts, n_tl, y.as_mut_ptr()) };
+        let wide = isa >= crate::simd::Isa::Avx512;
+        // SAFETY: AVX2+FMA (and AVX-512 VNNI when `wide`) detected: isa is clamped to what the
+        // CPU has; y holds n_tokens * n_out.
+        unsafe { crate::kquant_tl::run(pool, wide, ord, ty, w, n_out, k, acts, n_tl, y.as_mut_ptr()) };
         t0 = n_tl;
     }
     if t0 == n_tokens {
