@@ -52,6 +52,7 @@ pub(crate) fn tl_tokens(ord: Order, n_tokens: usize) -> usize {
 }
 
 /// The transposed activations of one call (see the module header).
+#[derive(Default)]
 struct TlActs {
     k: usize,
     nb: usize,
@@ -67,16 +68,25 @@ fn pack(lo: i32, hi: i32) -> i32 {
     ((lo as u16) as u32 | (((hi as u16) as u32) << 16)) as i32
 }
 
-fn prep_acts(pool: &ThreadPool, acts: &QActs, k: usize, n_tok: usize, mins: bool, lanes: usize) -> TlActs {
+thread_local! {
+    /// The transposed activations' buffers, reused from call to call (a prefill makes dozens of
+    /// these calls of a few MB each; fresh allocations would page-fault every time).
+    static ACTS: std::cell::RefCell<TlActs> = std::cell::RefCell::new(TlActs::default());
+}
+
+/// Refill `a` (zeroed, so padded lanes are zero) for this call.
+fn prep_acts(pool: &ThreadPool, acts: &QActs, k: usize, n_tok: usize, mins: bool, lanes: usize, a: &mut TlActs) {
     let (kh, nb, kp) = (k / 2, k / 256, acts.kp);
     let n_blocks = n_tok.div_ceil(lanes);
-    let mut a = TlActs {
-        k,
-        nb,
-        xt: vec![0; n_blocks * kh * lanes],
-        dxt: vec![0.0; n_blocks * nb * lanes],
-        bst: if mins { vec![0; n_blocks * nb * 4 * lanes] } else { Vec::new() },
+    (a.k, a.nb) = (k, nb);
+    let refill = |v: &mut Vec<i32>, n: usize| {
+        v.clear();
+        v.resize(n, 0);
     };
+    refill(&mut a.xt, n_blocks * kh * lanes);
+    refill(&mut a.bst, if mins { n_blocks * nb * 4 * lanes } else { 0 });
+    a.dxt.clear();
+    a.dxt.resize(n_blocks * nb * lanes, 0.0);
     let (xt, dxt, bst) = (SyncPtr(a.xt.as_mut_ptr()), SyncPtr(a.dxt.as_mut_ptr()), SyncPtr(a.bst.as_mut_ptr()));
     let next = AtomicUsize::new(0);
     pool.run_dynamic(|_, _| loop {
@@ -107,7 +117,6 @@ fn prep_acts(pool: &ThreadPool, acts: &QActs, k: usize, n_tok: usize, mins: bool
             }
         }
     });
-    a
 }
 
 /// A block of rows unpacked for the kernel.
@@ -418,7 +427,38 @@ pub(crate) unsafe fn run(
     y: *mut f32,
 ) {
     let mins = matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K);
-    let a = prep_acts(pool, acts, k, n_tok, mins, if wide { L16::L } else { L8::L });
+    let lanes = if wide { L16::L } else { L8::L };
+    ACTS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut a) => {
+            prep_acts(pool, acts, k, n_tok, mins, lanes, &mut a);
+            run_rows(pool, wide, ord, ty, w, n_out, k, &a, n_tok, y);
+        }
+        Err(_) => {
+            // Re-entered on this thread (not done by the executor): a buffer of its own.
+            let mut a = TlActs::default();
+            prep_acts(pool, acts, k, n_tok, mins, lanes, &mut a);
+            run_rows(pool, wide, ord, ty, w, n_out, k, &a, n_tok, y);
+        }
+    });
+}
+
+/// The row blocks of `run` over the pool.
+///
+/// # Safety
+/// As `run`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_rows(
+    pool: &ThreadPool,
+    wide: bool,
+    ord: Order,
+    ty: GgmlType,
+    w: &[u8],
+    n_out: usize,
+    k: usize,
+    a: &TlActs,
+    n_tok: usize,
+    y: *mut f32,
+) {
     let n_chunks = n_out.div_ceil(ROW_BLOCK);
     let next = AtomicUsize::new(0);
     let yp = SyncPtr(y);
@@ -435,9 +475,9 @@ pub(crate) unsafe fn run(
             // SAFETY: the caller guarantees the ISA; rows r0..r1 belong to this thread.
             unsafe {
                 if wide {
-                    row_block512(ord, &rows, r1 - r0, r0, &a, n_tok, yp.get(), n_out);
+                    row_block512(ord, &rows, r1 - r0, r0, a, n_tok, yp.get(), n_out);
                 } else {
-                    row_block256(ord, &rows, r1 - r0, r0, &a, n_tok, yp.get(), n_out);
+                    row_block256(ord, &rows, r1 - r0, r0, a, n_tok, yp.get(), n_out);
                 }
             }
         }
