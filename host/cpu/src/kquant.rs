@@ -527,9 +527,9 @@ pub(crate) fn run(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if isa >= crate::simd::Isa::Avx512 && (ord == Order::Q4KRepack || (ord == Order::Q6KVecDot && ty == GgmlType::Q6_K)) {
-        // SAFETY: AVX-512 VNNI detected (isa is clamped to what the CPU has).
-        unsafe { decode_avx512(pool, ord, ty, w, n_out, k, acts, t0..n_tokens, y) };
+    if isa >= crate::simd::Isa::Avx2 && (ord == Order::Q4KRepack || (ord == Order::Q6KVecDot && ty == GgmlType::Q6_K)) {
+        // SAFETY: AVX2+FMA (AVX-512 VNNI when isa says so) detected: isa is clamped to the CPU.
+        unsafe { decode_x86(pool, isa >= crate::simd::Isa::Avx512, ord, ty, w, n_out, k, acts, t0..n_tokens, y) };
         return;
     }
     let tokens = t0..n_tokens;
@@ -575,20 +575,21 @@ pub(crate) fn run(
     });
 }
 
-/// One token of `decode_avx512`: index, sums per 16 (Q6_K) or per 32 (Q4_K), per-superblock scales.
+/// One token of `decode_x86`: index, sums per 16 (Q6_K) or per 32 (Q4_K), per-superblock scales.
 #[cfg(target_arch = "x86_64")]
 type DecodeTok = (usize, Vec<i16>, Vec<i32>, Vec<f32>);
 
-/// Q6_K (`Q6KVecDot`) and repacked Q4_K with fewer than 8 tokens on AVX-512: `kquant_dec`'s
+/// Q6_K (`Q6KVecDot`) and repacked Q4_K with fewer than 8 tokens on AVX-512 (`wide`) or AVX2: `kquant_dec`'s
 /// dots per row and token, the same bits as `rows_portable` (Q4_K: llama.cpp's gemm order for
 /// whole groups of 4 tokens, gemv for the rest). Only `tokens` (of `0..tokens.end`) are computed.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL + VNNI + FMA available.
+/// AVX2 + FMA available, and AVX-512 F/BW/VL + VNNI when `wide`.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn decode_avx512(
+unsafe fn decode_x86(
     pool: &ThreadPool,
+    wide: bool,
     ord: Order,
     ty: GgmlType,
     w: &[u8],
@@ -599,7 +600,7 @@ unsafe fn decode_avx512(
     y: &mut [f32],
 ) {
     let n_tokens = tokens.end;
-    use crate::kquant_dec::{bsums16, bsums32, q4k_dot, q6k_dot};
+    use crate::kquant_dec::{bsums16, bsums32, q4k_dot, q4k_dot_avx2, q6k_dot, q6k_dot_avx2};
     let (nb, kp) = (k / 256, acts.kp);
     let row_bytes = nb * ty.type_size();
     let q6 = ord == Order::Q6KVecDot;
@@ -629,12 +630,13 @@ unsafe fn decode_avx512(
                 // SAFETY: ISA checked by the caller; row, token and y ranges are in bounds; each
                 // (t, r) is written by the one thread that took row r's chunk.
                 unsafe {
-                    *yp.get().add(t * n_out + r) = if q6 {
-                        q6k_dot(row, nb, xq, b16.as_ptr(), dx.as_ptr())
-                    } else if t < n_gemm {
-                        q4k_dot::<true>(row, nb, xq, b32.as_ptr(), dx.as_ptr())
-                    } else {
-                        q4k_dot::<false>(row, nb, xq, b32.as_ptr(), dx.as_ptr())
+                    *yp.get().add(t * n_out + r) = match (q6, t < n_gemm, wide) {
+                        (true, _, true) => q6k_dot(row, nb, xq, b16.as_ptr(), dx.as_ptr()),
+                        (true, _, false) => q6k_dot_avx2(row, nb, xq, b16.as_ptr(), dx.as_ptr()),
+                        (false, true, true) => q4k_dot::<true>(row, nb, xq, b32.as_ptr(), dx.as_ptr()),
+                        (false, true, false) => q4k_dot_avx2::<true>(row, nb, xq, b32.as_ptr(), dx.as_ptr()),
+                        (false, false, true) => q4k_dot::<false>(row, nb, xq, b32.as_ptr(), dx.as_ptr()),
+                        (false, false, false) => q4k_dot_avx2::<false>(row, nb, xq, b32.as_ptr(), dx.as_ptr()),
                     };
                 }
             }

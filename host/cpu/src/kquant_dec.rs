@@ -1,4 +1,4 @@
-//! Q6_K decode (fewer than 8 tokens) on AVX-512 VNNI: llama.cpp's `ggml_vec_dot_q6_K_q8_K` lane
+//! Q6_K and repacked-Q4_K decode (fewer than 8 tokens) on AVX-512 VNNI (and AVX2, `*_avx2`): llama.cpp's `ggml_vec_dot_q6_K_q8_K` lane
 //! order (see `kquant.rs`, `Q6KVecDot`) with the integer work in 512-bit registers, so the result
 //! is the portable kernel's bits, several times faster. Q6_K is the type of `ffn_down` (and
 //! often `attn_v` / `output`) in Q4_K_M files, so this is the bulk of their K-quant decode time.
@@ -97,16 +97,7 @@ pub(crate) unsafe fn q4k_dot<const GEMM: bool>(row: *const u8, nb: usize, xq: *c
         let blk = std::slice::from_raw_parts(row.add(b * Q4K_BYTES), Q4K_BYTES);
         let d_w = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
         let dmin_w = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
-        let s = &blk[4..16];
-        let mut sc = [0i32; 8];
-        let mut mn = [0i32; 8];
-        for j in 0..8 {
-            (sc[j], mn[j]) = if j < 4 {
-                ((s[j] & 63) as i32, (s[j + 4] & 63) as i32)
-            } else {
-                (((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4)) as i32, ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as i32)
-            };
-        }
+        let (sc, mn) = q4k_scales(&blk[4..16]);
         let x = xq.add(256 * b);
         let bsb = bs.add(8 * b);
         let dx_b = *dx.add(b);
@@ -137,4 +128,119 @@ pub(crate) unsafe fn q4k_dot<const GEMM: bool>(row: *const u8, nb: usize, xq: *c
         }
     }
     acc - accm
+}
+
+/// Sum of the eight i32 lanes (exact).
+#[inline(always)]
+unsafe fn hsum_i32x8(v: __m256i) -> i32 {
+    let mut a = [0i32; 8];
+    _mm256_storeu_si256(a.as_mut_ptr() as *mut __m256i, v);
+    a.iter().sum()
+}
+
+/// `q6k_dot` on AVX2 (`vpmaddubsw` + `vpmaddwd` with the per-16 scales), same integers and bits.
+///
+/// # Safety
+/// AVX2 + FMA available; pointers as `q6k_dot`.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn q6k_dot_avx2(row: *const u8, nb: usize, xq: *const i8, bs: *const i16, dx: *const f32) -> f32 {
+    let m3 = _mm256_set1_epi8(3);
+    let m15 = _mm256_set1_epi8(0x0F);
+    let mut acc = _mm256_setzero_ps();
+    for b in 0..nb {
+        let blk = row.add(b * Q6K_BYTES);
+        let (ql, qh, sc) = (blk, blk.add(128), blk.add(192));
+        let d_w = f16_to_f32(u16::from_le_bytes([*blk.add(208), *blk.add(209)]));
+        let sc16 = _mm_loadu_si128(sc as *const __m128i);
+        let x = xq.add(256 * b);
+        let mut lanes = _mm256_setzero_si256();
+        for n in 0..2 {
+            let l0 = _mm256_loadu_si256(ql.add(64 * n) as *const __m256i);
+            let l1 = _mm256_loadu_si256(ql.add(64 * n + 32) as *const __m256i);
+            let h = _mm256_loadu_si256(qh.add(32 * n) as *const __m256i);
+            let hi = |s: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(s, m3));
+            // Elements 128n + 32i.. for i = 0..4 (the unpack order of `kquant::unpack_q6k`).
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(l0, m15), hi(h)),
+                _mm256_or_si256(_mm256_and_si256(l1, m15), hi(_mm256_srli_epi16::<2>(h))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l0), m15), hi(_mm256_srli_epi16::<4>(h))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l1), m15), hi(_mm256_srli_epi16::<6>(h))),
+            ];
+            for (i, qi) in q.iter().enumerate() {
+                let m = 4 * n + i; // chunk of 32: lane j holds elements 32m + 4j.., group 2m + j / 4
+                let p16 = _mm256_maddubs_epi16(*qi, _mm256_loadu_si256(x.add(32 * m) as *const __m256i));
+                let s = _mm256_set_m128i(_mm_set1_epi16(*sc.add(2 * m + 1) as i8 as i16), _mm_set1_epi16(*sc.add(2 * m) as i8 as i16));
+                lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(p16, s));
+            }
+        }
+        let bias = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc16), _mm256_loadu_si256(bs.add(16 * b) as *const __m256i));
+        let v = _mm256_sub_epi32(lanes, _mm256_slli_epi32::<5>(bias));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(*dx.add(b) * d_w), _mm256_cvtepi32_ps(v), acc);
+    }
+    let mut a = [0f32; 8];
+    _mm256_storeu_ps(a.as_mut_ptr(), acc);
+    hsum8(a)
+}
+
+/// `q4k_dot` on AVX2, same integers and bits.
+///
+/// # Safety
+/// AVX2 + FMA available; pointers as `q4k_dot`.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn q4k_dot_avx2<const GEMM: bool>(row: *const u8, nb: usize, xq: *const i8, bs: *const i32, dx: *const f32) -> f32 {
+    let m15 = _mm256_set1_epi8(0x0F);
+    let (mut acc, mut accm) = (0f32, 0f32);
+    for b in 0..nb {
+        let blk = std::slice::from_raw_parts(row.add(b * Q4K_BYTES), Q4K_BYTES);
+        let d_w = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+        let dmin_w = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
+        let (sc, mn) = q4k_scales(&blk[4..16]);
+        let x = xq.add(256 * b);
+        let bsb = bs.add(8 * b);
+        let dx_b = *dx.add(b);
+        let (dd, dm) = (d_w * dx_b, dmin_w * dx_b);
+        let mut lanes = _mm256_setzero_si256();
+        for c in 0..4 {
+            let q = _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * c) as *const __m256i);
+            let lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m15), _mm256_loadu_si256(x.add(64 * c) as *const __m256i));
+            let hi = _mm256_maddubs_epi16(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(q), m15),
+                _mm256_loadu_si256(x.add(64 * c + 32) as *const __m256i),
+            );
+            let part = _mm256_add_epi32(
+                _mm256_madd_epi16(lo, _mm256_set1_epi16(sc[2 * c] as i16)),
+                _mm256_madd_epi16(hi, _mm256_set1_epi16(sc[2 * c + 1] as i16)),
+            );
+            if GEMM {
+                let i = hsum_i32x8(part);
+                let m = mn[2 * c] * *bsb.add(2 * c) + mn[2 * c + 1] * *bsb.add(2 * c + 1);
+                acc = (i as f32).mul_add(dd, acc);
+                accm = (m as f32).mul_add(dm, accm);
+            } else {
+                lanes = _mm256_add_epi32(lanes, part);
+            }
+        }
+        if !GEMM {
+            let i = hsum_i32x8(lanes);
+            let m: i32 = (0..8).map(|j| mn[j] * *bsb.add(j)).sum();
+            acc = (i as f32).mul_add(dd, acc);
+            accm = (m as f32).mul_add(dm, accm);
+        }
+    }
+    acc - accm
+}
+
+/// The eight 6-bit scales and mins of a Q4_K superblock (its 12 scale bytes).
+#[inline(always)]
+fn q4k_scales(s: &[u8]) -> ([i32; 8], [i32; 8]) {
+    let mut sc = [0i32; 8];
+    let mut mn = [0i32; 8];
+    for j in 0..8 {
+        (sc[j], mn[j]) = if j < 4 {
+            ((s[j] & 63) as i32, (s[j + 4] & 63) as i32)
+        } else {
+            (((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4)) as i32, ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as i32)
+        };
+    }
+    (sc, mn)
 }
