@@ -527,9 +527,12 @@ pub(crate) fn run(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if isa >= crate::simd::Isa::Avx2 && (ord == Order::Q4KRepack || (ord == Order::Q6KVecDot && ty == GgmlType::Q6_K)) {
+    let avx512 = isa >= crate::simd::Isa::Avx512;
+    if isa >= crate::simd::Isa::Avx2
+        && (ord == Order::Q4KRepack || (ord == Order::Q6KVecDot && ty == GgmlType::Q6_K) || (avx512 && ord == Order::Q5KVecDot))
+    {
         // SAFETY: AVX2+FMA (AVX-512 VNNI when isa says so) detected: isa is clamped to the CPU.
-        unsafe { decode_x86(pool, isa >= crate::simd::Isa::Avx512, ord, ty, w, n_out, k, acts, t0..n_tokens, y) };
+        unsafe { decode_x86(pool, avx512, ord, ty, w, n_out, k, acts, t0..n_tokens, y) };
         return;
     }
     let tokens = t0..n_tokens;
@@ -575,11 +578,12 @@ pub(crate) fn run(
     });
 }
 
-/// One token of `decode_x86`: index, sums per 16 (Q6_K) or per 32 (Q4_K), per-superblock scales.
+/// One token of `decode_x86`: index, sums per 16 (Q6_K) or per 32 (Q4_K, Q5_K), per-superblock scales.
 #[cfg(target_arch = "x86_64")]
 type DecodeTok = (usize, Vec<i16>, Vec<i32>, Vec<f32>);
 
-/// Q6_K (`Q6KVecDot`) and repacked Q4_K with fewer than 8 tokens on AVX-512 (`wide`) or AVX2: `kquant_dec`'s
+/// Q6_K (`Q6KVecDot`), repacked Q4_K and (AVX-512 only) Q5_K with fewer than 8 tokens on AVX-512
+/// (`wide`) or AVX2: `kquant_dec`'s
 /// dots per row and token, the same bits as `rows_portable` (Q4_K: llama.cpp's gemm order for
 /// whole groups of 4 tokens, gemv for the rest). Only `tokens` (of `0..tokens.end`) are computed.
 ///
@@ -600,7 +604,7 @@ unsafe fn decode_x86(
     y: &mut [f32],
 ) {
     let n_tokens = tokens.end;
-    use crate::kquant_dec::{bsums16, bsums32, q4k_dot, q4k_dot_avx2, q6k_dot, q6k_dot_avx2};
+    use crate::kquant_dec::{bsums16, bsums32, q4k_dot, q4k_dot_avx2, q5k_dot, q6k_dot, q6k_dot_avx2};
     let (nb, kp) = (k / 256, acts.kp);
     let row_bytes = nb * ty.type_size();
     let q6 = ord == Order::Q6KVecDot;
@@ -630,13 +634,17 @@ unsafe fn decode_x86(
                 // SAFETY: ISA checked by the caller; row, token and y ranges are in bounds; each
                 // (t, r) is written by the one thread that took row r's chunk.
                 unsafe {
-                    *yp.get().add(t * n_out + r) = match (q6, t < n_gemm, wide) {
-                        (true, _, true) => q6k_dot(row, nb, xq, b16.as_ptr(), dx.as_ptr()),
-                        (true, _, false) => q6k_dot_avx2(row, nb, xq, b16.as_ptr(), dx.as_ptr()),
-                        (false, true, true) => q4k_dot::<true>(row, nb, xq, b32.as_ptr(), dx.as_ptr()),
-                        (false, true, false) => q4k_dot_avx2::<true>(row, nb, xq, b32.as_ptr(), dx.as_ptr()),
-                        (false, false, true) => q4k_dot::<false>(row, nb, xq, b32.as_ptr(), dx.as_ptr()),
-                        (false, false, false) => q4k_dot_avx2::<false>(row, nb, xq, b32.as_ptr(), dx.as_ptr()),
+                    *yp.get().add(t * n_out + r) = if ord == Order::Q5KVecDot {
+                        q5k_dot(row, nb, xq, b32.as_ptr(), dx.as_ptr())
+                    } else {
+                        match (q6, t < n_gemm, wide) {
+                            (true, _, true) => q6k_dot(row, nb, xq, b16.as_ptr(), dx.as_ptr()),
+                            (true, _, false) => q6k_dot_avx2(row, nb, xq, b16.as_ptr(), dx.as_ptr()),
+                            (false, true, true) => q4k_dot::<true>(row, nb, xq, b32.as_ptr(), dx.as_ptr()),
+                            (false, true, false) => q4k_dot_avx2::<true>(row, nb, xq, b32.as_ptr(), dx.as_ptr()),
+                            (false, false, true) => q4k_dot::<false>(row, nb, xq, b32.as_ptr(), dx.as_ptr()),
+                            (false, false, false) => q4k_dot_avx2::<false>(row, nb, xq, b32.as_ptr(), dx.as_ptr()),
+                        }
                     };
                 }
             }

@@ -244,3 +244,50 @@ fn q4k_scales(s: &[u8]) -> ([i32; 8], [i32; 8]) {
     }
     (sc, mn)
 }
+
+/// Bytes of one Q5_K superblock: d, dmin (f16), scales[12], qh[32], qs[128].
+const Q5K_BYTES: usize = 176;
+
+/// Dot of one Q5_K row with one Q8_K token in llama.cpp's `ggml_vec_dot_q5_K_q8_K` order
+/// (`Q5KVecDot`): eight lanes `acc[j] = fma(d_x d_w, f32(lane_j), acc[j])` (lane j: the elements
+/// with (e % 32) / 4 == j, scaled per sub-block of 32), the minimum term
+/// `summs = fma(-d_x dmin_w, f32(M), summs)`; `hsum8(acc) + summs`. `bs` = the token's `bsums32`.
+///
+/// # Safety
+/// As `q4k_dot`, with `row` valid for `nb * 176` bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+pub(crate) unsafe fn q5k_dot(row: *const u8, nb: usize, xq: *const i8, bs: *const i32, dx: *const f32) -> f32 {
+    let m15 = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for b in 0..nb {
+        let blk = std::slice::from_raw_parts(row.add(b * Q5K_BYTES), Q5K_BYTES);
+        let d_w = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+        let dmin_w = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
+        let (sc, mn) = q4k_scales(&blk[4..16]);
+        let qh = _mm256_loadu_si256(blk.as_ptr().add(16) as *const __m256i);
+        let x = xq.add(256 * b);
+        let mut lanes = _mm512_setzero_si512();
+        for c in 0..4 {
+            let q = _mm256_loadu_si256(blk.as_ptr().add(48 + 32 * c) as *const __m256i);
+            // Bit 4 of element 64c + l is bit 2c of qh[l], of 64c + 32 + l bit 2c + 1.
+            let h0 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one);
+            let h1 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)), one);
+            let lo = _mm256_or_si256(_mm256_and_si256(q, m15), _mm256_slli_epi16::<4>(h0));
+            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q), m15), _mm256_slli_epi16::<4>(h1));
+            let qz = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+            let dz = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qz, _mm512_loadu_si512(x.add(64 * c) as *const _));
+            let sv = _mm512_inserti64x4::<1>(_mm512_set1_epi32(sc[2 * c]), _mm256_set1_epi32(sc[2 * c + 1]));
+            lanes = _mm512_add_epi32(lanes, _mm512_mullo_epi32(dz, sv));
+        }
+        let lane8 = _mm256_add_epi32(_mm512_castsi512_si256(lanes), _mm512_extracti64x4_epi64::<1>(lanes));
+        let m: i32 = (0..8).map(|j| mn[j] * *bs.add(8 * b + j)).sum();
+        let dx_b = *dx.add(b);
+        summs = (-dx_b * dmin_w).mul_add(m as f32, summs);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dx_b * d_w), _mm256_cvtepi32_ps(lane8), acc);
+    }
+    let mut a = [0f32; 8];
+    _mm256_storeu_ps(a.as_mut_ptr(), acc);
+    hsum8(a) + summs
+}
