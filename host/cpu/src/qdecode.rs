@@ -1,5 +1,5 @@
 //! Decode-path (few tokens) AVX-512 VNNI row dots for the 32-element legacy types Q4_0, Q4_1,
-//! Q5_0, Q8_0 and IQ4_NL, reading GGML blocks directly (no unpack buffer). `has_fused` and `XTok` are
+//! Q5_0, Q5_1, Q8_0 and IQ4_NL, reading GGML blocks directly (no unpack buffer). `has_fused` and `XTok` are
 //! shared with the AArch64 twin, `neon_decode`.
 //!
 //! For a token generation step every weight byte is used once, so the unpack-then-tile scheme of
@@ -13,7 +13,7 @@
 //! ```text
 //!   y = sum_b d_w[b] d_x[b] I_b + sum_b m_w[b] s_x[b]     I_b exact integer dot of block b
 //!   Q4_0: u = q, I_b starts from -8 * sum(xq)     Q4_1: u = q, m from the block, s_x from Q8_1
-//!   Q5_0: u = q | qh bit << 4, I_b starts from -16 * sum(xq)
+//!   Q5_0: u = q | qh bit << 4, I_b starts from -16 * sum(xq)     Q5_1: as Q4_1 with u as Q5_0
 //!   Q8_0 / IQ4_NL: u = value + 128, I_b starts from -128 * sum(xq) (xc4)
 //! ```
 
@@ -24,10 +24,10 @@ use rocmforge_quant::GgmlType;
 #[cfg(target_arch = "x86_64")]
 use rocmforge_quant::KVALUES_IQ4NL;
 
-/// Types with a fused decode kernel (Q5_0 on x86-64 only so far).
+/// Types with a fused decode kernel (Q5_0 and Q5_1 on x86-64 only so far).
 pub(crate) fn has_fused(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::IQ4_NL)
-        || (cfg!(target_arch = "x86_64") && ty == GgmlType::Q5_0)
+        || (cfg!(target_arch = "x86_64") && matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1))
 }
 
 /// Activations of one token, as `act::QActs` lays them out.
@@ -56,6 +56,7 @@ pub(crate) unsafe fn rows_dot(ty: GgmlType, rows: [*const u8; 4], nb: usize, x: 
         GgmlType::Q4_1 => rows_dot512::<1>(rows, nb, x),
         GgmlType::Q8_0 => rows_dot512::<2>(rows, nb, x),
         GgmlType::Q5_0 => rows_dot512::<4>(rows, nb, x),
+        GgmlType::Q5_1 => rows_dot512::<5>(rows, nb, x),
         _ => rows_dot512::<3>(rows, nb, x),
     }
 }
@@ -88,7 +89,7 @@ static IQ4_LUT: [u8; 64] = {
     t
 };
 
-/// TY: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = IQ4_NL, 4 = Q5_0. Rows (2p, 2p + 1) share one 512-bit vector
+/// TY: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = IQ4_NL, 4 = Q5_0, 5 = Q5_1. Rows (2p, 2p + 1) share one 512-bit vector
 /// per block: low half row 2p, high half row 2p + 1, each a canonical 8-lane accumulator.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -98,6 +99,7 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
         1 => (20, 4),
         2 => (34, 2),
         4 => (22, 6),
+        5 => (24, 8),
         _ => (18, 2),
     };
     let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -121,11 +123,11 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
             // Lane i: the 4 bytes at the start of block b0 + i (d, then m or the first quants).
             let dm = _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, offs, rows[r].add(b0 * ts) as *const i32);
             scale[r] = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)), xd);
-            if TY == 1 {
+            if TY == 1 || TY == 5 {
                 mw[r] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
             }
         }
-        if TY == 1 {
+        if TY == 1 || TY == 5 {
             // Transpose 4 rows x 16 blocks: block 4k + j ends in 128-bit lane k of u[j] as
             // (row 0, 1, 2, 3); then per block one 4-lane fma, in block order.
             let (t0, t1) = (_mm512_unpacklo_ps(mw[0], mw[1]), _mm512_unpackhi_ps(mw[0], mw[1]));
@@ -149,7 +151,7 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
             let b = b0 + i;
             let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(x.xq.add(b * 32) as *const __m256i));
             let init = match TY {
-                1 => _mm512_setzero_si512(),
+                1 | 5 => _mm512_setzero_si512(),
                 _ => {
                     let c = _mm512_broadcast_i64x4(_mm256_loadu_si256(x.xc4.add(b * 8) as *const __m256i));
                     if TY == 0 {
@@ -181,8 +183,9 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
                     let n = _mm512_and_si512(_mm512_srlv_epi64(z, shifts), low4);
                     if TY == 3 {
                         _mm512_shuffle_epi8(lut, n)
-                    } else if TY == 4 {
-                        // Q5_0: bit 4 of element j is bit j of the block's qh (bytes 2..6);
+                    } else if TY == 4 || TY == 5 {
+                        // Q5_0 / Q5_1: bit 4 of element j is bit j of the block's qh (the 4
+                        // bytes before qs);
                         // row 2p's 32 elements are bytes 0..32 of `n`, row 2p + 1's 32..64.
                         let h0 = (q0.sub(4) as *const u32).read_unaligned() as u64;
                         let h1 = (q1.sub(4) as *const u32).read_unaligned() as u64;
@@ -205,7 +208,7 @@ unsafe fn rows_dot512<const TY: u8>(rows: [*const u8; 4], nb: usize, x: XTok) ->
         let a = acc[r / 2];
         let half = if r % 2 == 0 { _mm512_castps512_ps256(a) } else { crate::qmatmul::hi256(a) };
         out[r] = crate::simd::x86::hsum256(half);
-        if TY == 1 {
+        if TY == 1 || TY == 5 {
             out[r] += summ[r];
         }
     }
