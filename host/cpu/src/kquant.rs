@@ -527,13 +527,14 @@ pub(crate) fn run(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    let avx512 = isa >= crate::simd::Isa::Avx512;
-    if isa >= crate::simd::Isa::Avx2
-        && (ord == Order::Q4KRepack || (ord == Order::Q6KVecDot && ty == GgmlType::Q6_K) || (avx512 && ord == Order::Q5KVecDot))
     {
-        // SAFETY: AVX2+FMA (AVX-512 VNNI when isa says so) detected: isa is clamped to the CPU.
-        unsafe { decode_x86(pool, avx512, ord, ty, w, n_out, k, acts, t0..n_tokens, y) };
-        return;
+        let avx512 = isa >= crate::simd::Isa::Avx512;
+        let q6 = ord == Order::Q6KVecDot && ty == GgmlType::Q6_K;
+        if isa >= crate::simd::Isa::Avx2 && (ord == Order::Q4KRepack || q6 || (avx512 && ord == Order::Q5KVecDot)) {
+            // SAFETY: AVX2+FMA (AVX-512 VNNI when isa says so) detected: isa is clamped to the CPU.
+            unsafe { decode_x86(pool, avx512, ord, ty, w, n_out, k, acts, t0..n_tokens, y) };
+            return;
+        }
     }
     let tokens = t0..n_tokens;
     let chunk = n_out.div_ceil(pool.n_threads() * 4).clamp(1, 64);
