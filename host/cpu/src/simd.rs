@@ -246,8 +246,14 @@ pub(crate) fn exp_shift_sum(isa: Isa, v: &mut [f32], shift: f32) -> f32 {
 
 /// ggml's tanh-approximation GELU, optionally times `mul[i]` (GEGLU).
 pub(crate) fn gelu_mul(isa: Isa, x: &[f32], mul: Option<&[f32]>, out: &mut [f32]) {
-    let _ = isa;
     let n = x.len().min(out.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa.clamp() >= Isa::Avx512 && mul.is_none_or(|m| m.len() >= n) {
+        // SAFETY: AVX-512 F/BW/VL + F16C detected (isa clamped to the CPU); lengths checked.
+        unsafe { gelu_mul_512(gelu_table_f32(), &x[..n], mul.map(|m| &m[..n]), &mut out[..n]) };
+        return;
+    }
+    let _ = isa;
     let table = gelu_table();
     match mul {
         Some(m) => {
@@ -274,6 +280,46 @@ fn gelu_ggml(table: &[u16], x: f32, m: f32) -> f32 {
         x * m
     } else {
         rocmforge_quant::f16_to_f32(table[rocmforge_quant::f32_to_f16(x) as usize]) * m
+    }
+}
+
+/// `gelu_table` widened to f32 (the values the scalar path computes from it), for gathers.
+#[cfg(target_arch = "x86_64")]
+fn gelu_table_f32() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| gelu_table().iter().map(|&h| rocmforge_quant::f16_to_f32(h)).collect())
+}
+
+/// `gelu_ggml` on 16 lanes: `vcvtps2ph` (round to nearest even, as `f32_to_f16`) gives the table
+/// index, a gather the value; the -10 / 10 bounds by masks. Same bits as the scalar loop.
+///
+/// # Safety
+/// AVX-512 F/BW/VL and F16C available; `table` has 65536 entries; `mul` (if any) and `out` as
+/// long as `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn gelu_mul_512(table: &[f32], x: &[f32], mul: Option<&[f32]>, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    let n = x.len();
+    let (lo, hi) = (_mm512_set1_ps(-10.0), _mm512_set1_ps(10.0));
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(16);
+        let lanes: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+        let xv = _mm512_maskz_loadu_ps(lanes, x.as_ptr().add(i));
+        let mv = match mul {
+            Some(m) => _mm512_maskz_loadu_ps(lanes, m.as_ptr().add(i)),
+            None => _mm512_set1_ps(1.0),
+        };
+        let idx = _mm512_cvtepu16_epi32(_mm512_cvtps_ph::<RNE>(xv));
+        let g = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), lanes, idx, table.as_ptr());
+        let y = _mm512_mul_ps(g, mv);
+        // x >= 10: x * m; x <= -10: 0 (ordered compares: NaN stays on the table path, as scalar).
+        let y = _mm512_mask_mul_ps(y, _mm512_cmp_ps_mask::<_CMP_GE_OQ>(xv, hi), xv, mv);
+        let y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_LE_OQ>(xv, lo), _mm512_setzero_ps());
+        _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), lanes, y);
+        i += 16;
     }
 }
 
@@ -584,6 +630,29 @@ mod tests {
                 for isa in Isa::all_supported() {
                     let mut got = vec![0f32; n];
                     silu_ggml(isa, &x[..n], mul, &mut got);
+                    for i in 0..n {
+                        assert!(same_bits(got[i], want[i]), "{isa:?} n={n} x={}: {} vs scalar {}", x[i], got[i], want[i]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_every_isa_gives_the_scalar_bits() {
+        let mut rng = Rng(5);
+        // Every f16 value in range and around the +-10 bounds, plus random f32s.
+        let mut x: Vec<f32> = (0..=u16::MAX).map(rocmforge_quant::f16_to_f32).filter(|v| v.is_finite()).collect();
+        x.extend([-10.0f32, 10.0, f32::from_bits((-10f32).to_bits() + 1), f32::from_bits(10f32.to_bits() - 1), 1e30, -1e30]);
+        x.extend((0..4000).map(|_| rng.uniform(-12.0, 12.0)));
+        let m: Vec<f32> = (0..x.len()).map(|_| rng.uniform(-3.0, 3.0)).collect();
+        let table = gelu_table();
+        for n in [0usize, 1, 15, 16, 17, 33, x.len()] {
+            for mul in [None, Some(&m[..n])] {
+                let want: Vec<f32> = (0..n).map(|i| gelu_ggml(table, x[i], mul.map_or(1.0, |m| m[i]))).collect();
+                for isa in Isa::all_supported() {
+                    let mut got = vec![0f32; n];
+                    gelu_mul(isa, &x[..n], mul, &mut got);
                     for i in 0..n {
                         assert!(same_bits(got[i], want[i]), "{isa:?} n={n} x={}: {} vs scalar {}", x[i], got[i], want[i]);
                     }
