@@ -256,19 +256,71 @@ unsafe fn quantize_token_avx2(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
     quantize_token_portable(fmt, x, s)
 }
 
+/// The per-block primitives of `quantize_token_with`: portable here, NEON in `neon_act`. Every
+/// implementation gives the same bytes.
+pub(crate) trait BlockQuant {
+    /// # Safety
+    /// The implementation's instruction set must be available.
+    unsafe fn q8_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, u16, i32);
+    /// # Safety
+    /// As `q8_block`.
+    unsafe fn q8k_block(x: &[f32; 256], q: &mut [i8; 256]) -> f32;
+    /// Sum of 16 quantized values.
+    ///
+    /// # Safety
+    /// As `q8_block`.
+    #[inline(always)]
+    unsafe fn sum16(q: &[i8]) -> i32 {
+        q[..16].iter().map(|&v| v as i32).sum()
+    }
+    /// `xc4[l] = -128 * (q[4l] + .. + q[4l + 3])` for `l < k / 4`.
+    ///
+    /// # Safety
+    /// As `q8_block`.
+    #[inline(always)]
+    unsafe fn fill_xc4(xq: &[i8], xc4: &mut [i32], k: usize) {
+        for (l, c) in xc4[..k / 4].iter_mut().enumerate() {
+            *c = -128 * xq[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>();
+        }
+    }
+}
+
+/// The portable primitives (auto-vectorised for whatever the caller enables).
+struct Portable;
+
+impl BlockQuant for Portable {
+    #[inline(always)]
+    unsafe fn q8_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, u16, i32) {
+        q8_block(x, q)
+    }
+    #[inline(always)]
+    unsafe fn q8k_block(x: &[f32; 256], q: &mut [i8; 256]) -> f32 {
+        q8k_block(x, q)
+    }
+}
+
 #[inline(always)]
 fn quantize_token_portable(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
+    // SAFETY: the portable primitives need no particular instruction set.
+    unsafe { quantize_token_with::<Portable>(fmt, x, s) }
+}
+
+/// One token into its slots (see `quantize_token`) with `Q`'s block primitives.
+///
+/// # Safety
+/// `Q`'s instruction set must be available.
+#[inline(always)]
+pub(crate) unsafe fn quantize_token_with<Q: BlockQuant>(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
     let k = x.len();
     match fmt {
         ActFormat::Q8K => {
             let (blocks, _) = x.as_chunks::<256>();
             let (qb, _) = s.xq.as_chunks_mut::<256>();
             for (b, (xb, q)) in blocks.iter().zip(qb).enumerate() {
-                let d = q8k_block(xb, q);
+                let d = Q::q8k_block(xb, q);
                 s.dx4[64 * b..64 * b + 64].fill(d);
                 for j in 0..16 {
-                    let sum: i32 = q[16 * j..16 * j + 16].iter().map(|&v| v as i32).sum();
-                    s.xs16[16 * b + j] = d * sum as f32;
+                    s.xs16[16 * b + j] = d * Q::sum16(&q[16 * j..]) as f32;
                 }
             }
             s.d32.fill(0.0);
@@ -277,7 +329,7 @@ fn quantize_token_portable(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
             let (blocks, _) = x.as_chunks::<32>();
             let (qb, _) = s.xq.as_chunks_mut::<32>();
             for (b, (xb, q)) in blocks.iter().zip(qb).enumerate() {
-                let (d, dh, sum) = q8_block(xb, q);
+                let (d, dh, sum) = Q::q8_block(xb, q);
                 let dr = f16_to_f32(dh);
                 s.dx4[8 * b..8 * b + 8].fill(dr);
                 s.d32[b] = dr;
@@ -286,10 +338,7 @@ fn quantize_token_portable(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
             }
         }
     }
-    for (l, c) in s.xc4[..k / 4].iter_mut().enumerate() {
-        let q = &s.xq[4 * l..4 * l + 4];
-        *c = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
-    }
+    Q::fill_xc4(s.xq, s.xc4, k);
     s.xq[k..].fill(0);
     s.dx4[k / 4..].fill(0.0);
     s.xs16[k / 16..].fill(0.0);

@@ -14,9 +14,9 @@
 
 use std::arch::aarch64::*;
 
-use rocmforge_quant::{f16_to_f32, f32_to_f16};
+use rocmforge_quant::f32_to_f16;
 
-use crate::act::{ActFormat, TokenSlots};
+use crate::act::{quantize_token_with, ActFormat, BlockQuant, TokenSlots};
 
 /// 32 values of a Q8_0 / Q8_1 block: returns (d, d as f16 bits, sum of q), as `act::q8_block`.
 ///
@@ -93,57 +93,45 @@ unsafe fn q8k_block(x: &[f32; 256], q: &mut [i8; 256]) -> f32 {
     1.0 / iscale
 }
 
-/// Twin of `act::quantize_token_portable` (same slots, same padding).
+/// `act::quantize_token_with` on the NEON primitives (same slots, same padding, same bytes).
 ///
 /// # Safety
 /// NEON available; `x.len()` a multiple of the format's block and the slots sized by
 /// `QActs::reset` for that length (as for the portable version).
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn quantize_token(fmt: ActFormat, x: &[f32], s: TokenSlots<'_>) {
-    let k = x.len();
-    match fmt {
-        ActFormat::Q8K => {
-            let (blocks, _) = x.as_chunks::<256>();
-            let (qb, _) = s.xq.as_chunks_mut::<256>();
-            for (b, (xb, q)) in blocks.iter().zip(qb).enumerate() {
-                let d = q8k_block(xb, q);
-                s.dx4[64 * b..64 * b + 64].fill(d);
-                for j in 0..16 {
-                    let sum = vaddlvq_s8(vld1q_s8(q.as_ptr().add(16 * j))) as i32;
-                    s.xs16[16 * b + j] = d * sum as f32;
-                }
-            }
-            s.d32.fill(0.0);
+    quantize_token_with::<Neon>(fmt, x, s)
+}
+
+/// The NEON block primitives.
+struct Neon;
+
+impl BlockQuant for Neon {
+    #[inline(always)]
+    unsafe fn q8_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, u16, i32) {
+        q8_block(x, q)
+    }
+    #[inline(always)]
+    unsafe fn q8k_block(x: &[f32; 256], q: &mut [i8; 256]) -> f32 {
+        q8k_block(x, q)
+    }
+    #[inline(always)]
+    unsafe fn sum16(q: &[i8]) -> i32 {
+        vaddlvq_s8(vld1q_s8(q[..16].as_ptr())) as i32
+    }
+    #[inline(always)]
+    unsafe fn fill_xc4(xq: &[i8], xc4: &mut [i32], k: usize) {
+        // Whole vectors of 16 values (4 lanes) while they fit, the rest one lane at a time.
+        let mut l = 0;
+        while 4 * l + 16 <= k && l + 4 <= xc4.len() {
+            let sums = vpaddlq_s16(vpaddlq_s8(vld1q_s8(xq.as_ptr().add(4 * l))));
+            vst1q_s32(xc4.as_mut_ptr().add(l), vmulq_n_s32(sums, -128));
+            l += 4;
         }
-        ActFormat::Q8_0 | ActFormat::Q8_1 => {
-            let (blocks, _) = x.as_chunks::<32>();
-            let (qb, _) = s.xq.as_chunks_mut::<32>();
-            for (b, (xb, q)) in blocks.iter().zip(qb).enumerate() {
-                let (d, dh, sum) = q8_block(xb, q);
-                let dr = f16_to_f32(dh);
-                s.dx4[8 * b..8 * b + 8].fill(dr);
-                s.d32[b] = dr;
-                s.xs16[2 * b] = if fmt == ActFormat::Q8_1 { f16_to_f32(f32_to_f16(d * sum as f32)) } else { 0.0 };
-                s.xs16[2 * b + 1] = 0.0;
-            }
+        for (l, c) in xc4[..k / 4].iter_mut().enumerate().skip(l) {
+            *c = -128 * xq[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>();
         }
     }
-    // xc4[l] = -128 * (sum of the 4 q of lane l); k is a multiple of 32, so whole vectors.
-    let mut l = 0;
-    while 4 * l + 16 <= k && l + 4 <= s.xc4.len() {
-        let sums = vpaddlq_s16(vpaddlq_s8(vld1q_s8(s.xq.as_ptr().add(4 * l))));
-        vst1q_s32(s.xc4.as_mut_ptr().add(l), vmulq_n_s32(sums, -128));
-        l += 4;
-    }
-    for (l, c) in s.xc4[..k / 4].iter_mut().enumerate().skip(l) {
-        let q = &s.xq[4 * l..4 * l + 4];
-        *c = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
-    }
-    s.xq[k..].fill(0);
-    s.dx4[k / 4..].fill(0.0);
-    s.xs16[k / 16..].fill(0.0);
-    s.xc4[k / 4..].fill(0);
-    s.d32[k / 32..].fill(0.0);
 }
 
 #[cfg(test)]
