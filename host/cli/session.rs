@@ -25,9 +25,7 @@ pub struct Session {
     pub exec: Executor,
     pub tok: std::sync::Arc<Tokenizer>,
     pub template: ChatTemplate,
-    /// Stop strings the chat template implies: the ChatML fallback's turn markers when the
-    /// model has no template of its own (its vocabulary may lack them as tokens, so the model
-    /// can only write them as text).
+    /// Stop strings the chat template implies (`ChatTemplate::stop_strings`).
     pub template_stops: StopSequences,
     pub n_ctx: usize,
     pub plugin: String,
@@ -157,10 +155,7 @@ impl Session {
             _ => bail!("unsupported model container"),
         };
         let template = ChatTemplate::or_chatml(template_src.as_deref()).context("chat template")?;
-        let template_stops = match template_src.as_deref().map(str::trim) {
-            Some(t) if !t.is_empty() => StopSequences::default(),
-            _ => StopSequences::new(["<|im_end|>", "<|im_start|>"]),
-        };
+        let template_stops = StopSequences::new(template.stop_strings().iter().copied());
         let plugin = plugin.name.clone();
         Ok(Session {
             src,

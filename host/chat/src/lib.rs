@@ -23,4 +23,4 @@ mod template;
 
 pub use error::ChatError;
 pub use message::{ChatMessage, ContentPart, FunctionCall, MessageContent, ToolCall};
-pub use template::{rewrite_source, ChatTemplate, RenderRequest, CHATML_TEMPLATE, DEFAULT_FUEL, DEFAULT_MAX_OUTPUT};
+pub use template::{rewrite_source, ChatTemplate, RenderRequest, CHATML_STOPS, CHATML_TEMPLATE, DEFAULT_FUEL, DEFAULT_MAX_OUTPUT};

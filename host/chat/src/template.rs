@@ -43,6 +43,10 @@ const PY_ITERABLE_FILTER: &str = "__py_iterable";
 /// ROCmForge's ChatML fallback (see `chatml.jinja`).
 pub const CHATML_TEMPLATE: &str = include_str!("chatml.jinja");
 
+/// The turn markers `chatml.jinja` writes: a model running on the fallback template may only
+/// produce them as text (its vocabulary need not have them as tokens), so generation stops there.
+pub const CHATML_STOPS: [&str; 2] = ["<|im_end|>", "<|im_start|>"];
+
 /// Everything a render needs besides the template.
 #[derive(Debug, Clone)]
 pub struct RenderRequest<'a> {
@@ -79,6 +83,9 @@ impl<'a> RenderRequest<'a> {
 pub struct ChatTemplate {
     env: Environment<'static>,
     max_output: usize,
+    /// Text that ends an assistant turn and is not a token of every vocabulary (see
+    /// `stop_strings`).
+    stops: &'static [&'static str],
 }
 
 /// Marks the error that `raise_exception` produces so it can be told from engine errors.
@@ -116,7 +123,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(TEMPLATE_NAME, rewrite_source(source)).map_err(|e| syntax_error(&e))?;
-        Ok(ChatTemplate { env, max_output })
+        Ok(ChatTemplate { env, max_output, stops: &[] })
     }
 
     /// The ChatML fallback for models without a template. Callers should log that it is used.
@@ -124,7 +131,14 @@ impl ChatTemplate {
         // CHATML_TEMPLATE is a constant of this crate, compiled in a unit test; failing here
         // would be a build defect, not something a user or file controls.
         #[allow(clippy::expect_used)]
-        Self::new(CHATML_TEMPLATE).expect("built-in ChatML template compiles")
+        let t = Self::new(CHATML_TEMPLATE).expect("built-in ChatML template compiles");
+        ChatTemplate { stops: &CHATML_STOPS, ..t }
+    }
+
+    /// Stop strings this template implies: the fallback's turn markers; none for a model's own
+    /// template (its end-of-turn is an end-of-generation token of its vocabulary).
+    pub fn stop_strings(&self) -> &'static [&'static str] {
+        self.stops
     }
 
     /// The model's template when it has one, else the ChatML fallback (logged, since prompts

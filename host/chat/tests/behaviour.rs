@@ -180,3 +180,21 @@ fn chatml_default_renders_generation_prompt() {
     let without = t.render(&req).expect("renders");
     assert_eq!(with.strip_suffix("<|im_start|>assistant\n"), Some(without.as_str()));
 }
+
+#[test]
+fn chatml_fallback_stops_at_the_markers_it_writes() {
+    // The stop strings must be exactly the turn markers the fallback renders: the reply of a
+    // model on it ends where the next marker would begin. A model's own template implies none.
+    let msgs = [ChatMessage::text("user", "hi"), ChatMessage::text("assistant", "hello")];
+    let t = ChatTemplate::chatml_default();
+    let text = t.render(&RenderRequest::new(&msgs)).expect("renders");
+    let stops = t.stop_strings();
+    assert!(!stops.is_empty());
+    for s in stops {
+        assert!(text.contains(s), "{s:?} not in {text:?}");
+    }
+    let reply_end = text.find("hello").expect("reply") + "hello".len();
+    assert!(stops.iter().any(|s| text[reply_end..].starts_with(s)), "no stop right after the reply: {text:?}");
+    let own = ChatTemplate::new("{{ messages[0].content }}").expect("compiles");
+    assert!(own.stop_strings().is_empty());
+}
