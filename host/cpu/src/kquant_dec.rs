@@ -95,9 +95,7 @@ pub(crate) unsafe fn q4k_dot<const GEMM: bool>(row: *const u8, nb: usize, xq: *c
     let (mut acc, mut accm) = (0f32, 0f32);
     for b in 0..nb {
         let blk = std::slice::from_raw_parts(row.add(b * Q4K_BYTES), Q4K_BYTES);
-        let d_w = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
-        let dmin_w = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
-        let (sc, mn) = q4k_scales(&blk[4..16]);
+        let (d_w, dmin_w, sc, mn) = q4k_header(blk);
         let x = xq.add(256 * b);
         let bsb = bs.add(8 * b);
         let dx_b = *dx.add(b);
@@ -114,8 +112,7 @@ pub(crate) unsafe fn q4k_dot<const GEMM: bool>(row: *const u8, nb: usize, xq: *c
             if GEMM {
                 let i = _mm512_reduce_add_epi32(_mm512_mullo_epi32(dz, sv));
                 let m = mn[2 * c] * *bsb.add(2 * c) + mn[2 * c + 1] * *bsb.add(2 * c + 1);
-                acc = (i as f32).mul_add(dd, acc);
-                accm = (m as f32).mul_add(dm, accm);
+                q4k_step(&mut acc, &mut accm, i, m, dd, dm);
             } else {
                 lanes = _mm512_add_epi32(lanes, _mm512_mullo_epi32(dz, sv));
             }
@@ -123,8 +120,7 @@ pub(crate) unsafe fn q4k_dot<const GEMM: bool>(row: *const u8, nb: usize, xq: *c
         if !GEMM {
             let i = _mm512_reduce_add_epi32(lanes);
             let m: i32 = (0..8).map(|j| mn[j] * *bsb.add(j)).sum();
-            acc = (i as f32).mul_add(dd, acc);
-            accm = (m as f32).mul_add(dm, accm);
+            q4k_step(&mut acc, &mut accm, i, m, dd, dm);
         }
     }
     acc - accm
@@ -192,9 +188,7 @@ pub(crate) unsafe fn q4k_dot_avx2<const GEMM: bool>(row: *const u8, nb: usize, x
     let (mut acc, mut accm) = (0f32, 0f32);
     for b in 0..nb {
         let blk = std::slice::from_raw_parts(row.add(b * Q4K_BYTES), Q4K_BYTES);
-        let d_w = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
-        let dmin_w = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
-        let (sc, mn) = q4k_scales(&blk[4..16]);
+        let (d_w, dmin_w, sc, mn) = q4k_header(blk);
         let x = xq.add(256 * b);
         let bsb = bs.add(8 * b);
         let dx_b = *dx.add(b);
@@ -214,8 +208,7 @@ pub(crate) unsafe fn q4k_dot_avx2<const GEMM: bool>(row: *const u8, nb: usize, x
             if GEMM {
                 let i = hsum_i32x8(part);
                 let m = mn[2 * c] * *bsb.add(2 * c) + mn[2 * c + 1] * *bsb.add(2 * c + 1);
-                acc = (i as f32).mul_add(dd, acc);
-                accm = (m as f32).mul_add(dm, accm);
+                q4k_step(&mut acc, &mut accm, i, m, dd, dm);
             } else {
                 lanes = _mm256_add_epi32(lanes, part);
             }
@@ -223,11 +216,25 @@ pub(crate) unsafe fn q4k_dot_avx2<const GEMM: bool>(row: *const u8, nb: usize, x
         if !GEMM {
             let i = hsum_i32x8(lanes);
             let m: i32 = (0..8).map(|j| mn[j] * *bsb.add(j)).sum();
-            acc = (i as f32).mul_add(dd, acc);
-            accm = (m as f32).mul_add(dm, accm);
+            q4k_step(&mut acc, &mut accm, i, m, dd, dm);
         }
     }
     acc - accm
+}
+
+/// d, dmin (as f32) and the eight 6-bit scales and mins of a Q4_K / Q5_K superblock.
+#[inline(always)]
+fn q4k_header(blk: &[u8]) -> (f32, f32, [i32; 8], [i32; 8]) {
+    let (sc, mn) = q4k_scales(&blk[4..16]);
+    (f16_to_f32(u16::from_le_bytes([blk[0], blk[1]])), f16_to_f32(u16::from_le_bytes([blk[2], blk[3]])), sc, mn)
+}
+
+/// One float step of llama.cpp's repacked-Q4_K kernels: `acc = fma(f32(I), d_w d_x, acc)`,
+/// `accm = fma(f32(M), dmin_w d_x, accm)` (the row's value is `acc - accm` at the end).
+#[inline(always)]
+fn q4k_step(acc: &mut f32, accm: &mut f32, i: i32, m: i32, dd: f32, dm: f32) {
+    *acc = (i as f32).mul_add(dd, *acc);
+    *accm = (m as f32).mul_add(dm, *accm);
 }
 
 /// The eight 6-bit scales and mins of a Q4_K superblock (its 12 scale bytes).
@@ -263,9 +270,7 @@ pub(crate) unsafe fn q5k_dot(row: *const u8, nb: usize, xq: *const i8, bs: *cons
     let mut summs = 0f32;
     for b in 0..nb {
         let blk = std::slice::from_raw_parts(row.add(b * Q5K_BYTES), Q5K_BYTES);
-        let d_w = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
-        let dmin_w = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
-        let (sc, mn) = q4k_scales(&blk[4..16]);
+        let (d_w, dmin_w, sc, mn) = q4k_header(blk);
         let qh = _mm256_loadu_si256(blk.as_ptr().add(16) as *const __m256i);
         let x = xq.add(256 * b);
         let mut lanes = _mm512_setzero_si512();
