@@ -1,5 +1,5 @@
 //! Building blocks that most decoder plugins share, on top of the op recorder in `builder.rs`:
-//! the self-attention sub-block, the SwiGLU feed-forward and the output head, with llama.cpp's
+//! the per-layer RMSNorm, the self-attention sub-block, the SwiGLU feed-forward and the output head, with llama.cpp's
 //! tensor and node names (`blk.{il}.attn_q`, `blk.{il}.ffn_gate`, `result_norm`, ...), so that
 //! intermediate dumps line up with llama.cpp's eval callback and every plugin names its nodes the
 //! same way. Modelled on llama.cpp's `llm_graph_context::build_attn` / `build_ffn` helpers.
@@ -105,6 +105,13 @@ impl SelfAttention {
 }
 
 impl Builder<'_> {
+    /// RMSNorm of `x` with layer `il`'s weight `blk.{il}.{t}.weight`, recorded as node
+    /// `blk.{il}.{t}` (e.g. `t` = "attn_norm", "ffn_norm").
+    pub fn layer_rms_norm(&mut self, il: usize, t: &str, x: Node, eps: f32) -> Result<Node, OpError> {
+        let w = self.weight(&format!("blk.{il}.{t}.weight"))?;
+        self.rms_norm(&format!("blk.{il}.{t}"), x, Some(w), eps, 0)
+    }
+
     /// Self-attention of layer `il` on the normed input `cur [n, n_embd]` -> `[n, n_embd]`
     /// (before the residual add): q/k/v projections with their biases when the model has them
     /// (`blk.{il}.attn_{q,k,v}.bias`), optional per-head q/k RMSNorm, RoPE, attention over the KV

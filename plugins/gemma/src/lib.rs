@@ -205,8 +205,7 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
         let name = |t: &str| format!("blk.{il}.{t}");
         let last = il + 1 == hp.n_layer;
 
-        let attn_norm = b.weight(&w("attn_norm"))?;
-        let cur = b.rms_norm(&name("attn_norm"), x, Some(attn_norm), hp.eps, 0)?; // [n, n_embd]
+        let cur = b.layer_rms_norm(il, "attn_norm", x, hp.eps)?; // [n, n_embd]
 
         let mut cur = b.self_attention(il, cur, if hp.is_swa[il] { &hp.attn_local } else { &hp.attn_global })?; // [n, n_embd]
         if last {
@@ -221,8 +220,7 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
         }
         let sa_out = b.add(&name("sa_out"), cur, x)?; // [n|m, n_embd]
 
-        let ffn_norm = b.weight(&w("ffn_norm"))?;
-        let cur = b.rms_norm(&name("ffn_norm"), sa_out, Some(ffn_norm), hp.eps, 0)?; // [n|m, n_embd]
+        let cur = b.layer_rms_norm(il, "ffn_norm", sa_out, hp.eps)?; // [n|m, n_embd]
         let (w_gate, w_up, w_down) = (b.weight(&w("ffn_gate"))?, b.weight(&w("ffn_up"))?, b.weight(&w("ffn_down"))?);
         let gate = b.matmul(&name("ffn_gate"), cur, w_gate, None)?; // [n|m, n_ff]
         let up = b.matmul(&name("ffn_up"), cur, w_up, None)?; // [n|m, n_ff]

@@ -70,13 +70,11 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
     let mut x = b.get_rows("inp_embd", tok_embd)?; // [n, n_embd]
 
     for il in 0..hp.n_layer {
-        let attn_norm = b.weight(&format!("blk.{il}.attn_norm.weight"))?;
-        let cur = b.rms_norm(&format!("blk.{il}.attn_norm"), x, Some(attn_norm), hp.eps, 0)?; // [n, n_embd]
+        let cur = b.layer_rms_norm(il, "attn_norm", x, hp.eps)?; // [n, n_embd]
         let attn_out = b.self_attention(il, cur, &hp.attn)?; // [n, n_embd]
         let ffn_inp = b.add(&format!("blk.{il}.ffn_inp"), attn_out, x)?; // [n, n_embd]
 
-        let ffn_norm = b.weight(&format!("blk.{il}.ffn_norm.weight"))?;
-        let cur = b.rms_norm(&format!("blk.{il}.ffn_norm"), ffn_inp, Some(ffn_norm), hp.eps, 0)?; // [n, n_embd]
+        let cur = b.layer_rms_norm(il, "ffn_norm", ffn_inp, hp.eps)?; // [n, n_embd]
         let down = b.swiglu_ffn(il, "", cur)?; // [n, n_embd]
         x = b.add(&format!("blk.{il}.l_out"), down, ffn_inp)?; // [n, n_embd]
     }

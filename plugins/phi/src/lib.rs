@@ -222,8 +222,7 @@ fn build_phi3(b: &mut Builder, hp: &HParams) -> Result<(), OpError> {
     let mut x = b.get_rows("inp_embd", tok_embd)?; // [n, n_embd]
     for il in 0..hp.n_layer {
         let w = |t: &str| format!("blk.{il}.{t}.weight");
-        let attn_norm = b.weight(&w("attn_norm"))?;
-        let cur = b.rms_norm(&format!("blk.{il}.attn_norm"), x, Some(attn_norm), hp.eps, 0)?; // [n, n_embd]
+        let cur = b.layer_rms_norm(il, "attn_norm", x, hp.eps)?; // [n, n_embd]
         let (q, k, v) = qkv_rope(b, hp, il, cur, rope_factors)?;
         let attn = b.attention(&format!("blk.{il}.attn"), q, k, v, &hp.attn_opts(il))?; // [n, n_head*head_dim]
         let wo = b.weight(&w("attn_output"))?;
@@ -231,8 +230,7 @@ fn build_phi3(b: &mut Builder, hp: &HParams) -> Result<(), OpError> {
         let attn_out = b.matmul(&format!("blk.{il}.attn_output"), attn, wo, bo)?; // [n, n_embd]
         let ffn_inp = b.add(&format!("blk.{il}.ffn_inp"), attn_out, x)?; // [n, n_embd]
 
-        let ffn_norm = b.weight(&w("ffn_norm"))?;
-        let cur = b.rms_norm(&format!("blk.{il}.ffn_norm"), ffn_inp, Some(ffn_norm), hp.eps, 0)?; // [n, n_embd]
+        let cur = b.layer_rms_norm(il, "ffn_norm", ffn_inp, hp.eps)?; // [n, n_embd]
         let up_shape = b.tensor_shape(&w("ffn_up"))?.unwrap_or_default();
         let n_ff = match up_shape.as_slice() {
             [_, rows] if rows % 2 == 0 => rows / 2,
