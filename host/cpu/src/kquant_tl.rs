@@ -100,6 +100,7 @@ fn prep_acts(pool: &ThreadPool, acts: &QActs, k: usize, n_tok: usize, mins: bool
                 break; // padded lanes stay zero
             }
             let x = &acts.xq[t * kp..t * kp + k];
+            let bs32 = if mins { crate::kquant_dec::bsums32(x, k) } else { Vec::new() };
             // SAFETY: every (tb, lane) slot is written by exactly one thread, inside the buffers.
             unsafe {
                 for i in 0..kh {
@@ -109,8 +110,8 @@ fn prep_acts(pool: &ThreadPool, acts: &QActs, k: usize, n_tok: usize, mins: bool
                     *dxt.get().add((tb * nb + b) * lanes + lane) = acts.dx4[t * kp / 4 + 64 * b];
                     if mins {
                         for p in 0..4 {
-                            let s = |o: usize| x[256 * b + 64 * p + o..256 * b + 64 * p + o + 32].iter().map(|&v| v as i32).sum::<i32>();
-                            *bst.get().add(((tb * nb + b) * 4 + p) * lanes + lane) = pack(s(0), s(32));
+                            let (s0, s1) = (bs32[8 * b + 2 * p], bs32[8 * b + 2 * p + 1]);
+                            *bst.get().add(((tb * nb + b) * 4 + p) * lanes + lane) = pack(s0, s1);
                         }
                     }
                 }
