@@ -6,14 +6,11 @@
 
 mod cli;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use cli::session::{GenOptions, Session, TextOut};
-use rocmforge_engine::{SamplerConfig, StopSequences};
+use rocmforge_engine::{EngineConfig, LoadOptions, PromptBuilder, Request, SamplingParams};
 use rocmforge_runtime::Registry;
 
 #[derive(Parser)]
@@ -50,27 +47,49 @@ struct SampleArgs {
     /// Context length in tokens (default 4096, at most the model's).
     #[arg(long = "ctx-size", short = 'c')]
     ctx_size: Option<usize>,
+    /// Batch-invariant kernels: the same greedy output whatever else runs (slower prefill on
+    /// K-quant models).
+    #[arg(long)]
+    deterministic: bool,
+    /// Prompt-lookup speculative decoding: up to K draft tokens per step taken from the prompt
+    /// and output so far, verified in one pass (greedy requests; same output, faster when the
+    /// reply repeats its input, e.g. code edits).
+    #[arg(long = "prompt-lookup", value_name = "K", default_value_t = 0)]
+    prompt_lookup: usize,
 }
 
 impl SampleArgs {
-    fn options(&self, stop_at_eog: bool) -> GenOptions {
-        let seed = self.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-        });
-        GenOptions {
-            num_predict: self.num_predict,
-            stop_at_eog,
-            stop: StopSequences::new(self.stop.iter().cloned()),
-            sampler: SamplerConfig {
-                temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                min_p: self.min_p,
-                repeat_penalty: self.repeat_penalty,
-                repeat_last_n: self.repeat_last_n,
-                seed,
-            },
+    /// A request without its prompt: sampling options, limits and the user's stop strings.
+    fn request(&self, stop_at_eog: bool) -> Request {
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+            ..SamplingParams::ollama_defaults()
+        };
+        // `--temperature 0` is plain greedy decoding (as before the engine, and as llama.cpp's
+        // reference outputs are made): the repetition penalty only applies when sampling.
+        let sampling = if self.temperature <= 0.0 { SamplingParams { repeat_penalty: 1.0, ..sampling } } else { sampling };
+        let mut req = Request::new(Vec::new(), sampling);
+        req.max_tokens = Some(self.num_predict);
+        req.ignore_eos = !stop_at_eog;
+        req.stop = self.stop.clone();
+        req
+    }
+
+    fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            deterministic: self.deterministic,
+            scheduler: rocmforge_engine::SchedulerConfig { prompt_lookup: self.prompt_lookup, ..Default::default() },
         }
+    }
+
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions { n_ctx: self.ctx_size, ..Default::default() }
     }
 }
 
@@ -139,6 +158,17 @@ enum Cmd {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Serving benchmark instead (like vLLM's `bench serve`, in-process): this many
+        /// requests in flight through the engine, each N_PROMPT random tokens in, exactly N_GEN
+        /// out; prints throughput, time to first token and inter-token latency.
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Requests of the serving benchmark (default: 4 x concurrency).
+        #[arg(long = "num-prompts")]
+        num_prompts: Option<usize>,
+        /// Batch-invariant kernels (see `run --deterministic`).
+        #[arg(long)]
+        deterministic: bool,
     },
     /// Sentence embeddings of an encoder model (BERT): prints {"model", "embeddings": [[...], ...]}.
     Embed {
@@ -146,6 +176,34 @@ enum Cmd {
         #[arg(required = true)]
         texts: Vec<String>,
     },
+    /// Start the HTTP server: Ollama, OpenAI and llama-server APIs on one port (like `ollama serve`).
+    Serve(cli::serve::ServeArgs),
+    /// List the models a running server knows (like `ollama list`).
+    #[command(alias = "ls")]
+    List,
+    /// List the models a running server has loaded (like `ollama ps`).
+    Ps,
+    /// Pull a model through a running server (like `ollama pull`).
+    Pull { name: String },
+    /// Remove models from the store through a running server (like `ollama rm`).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Copy a model under a new name (like `ollama cp`).
+    Cp { source: String, destination: String },
+    /// Create a model from a Modelfile or a GGUF file (like `ollama create`).
+    Create {
+        name: String,
+        /// The Modelfile (default: ./Modelfile).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// A GGUF file (or a model name) to create from, instead of a Modelfile.
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Unload a model from a running server (like `ollama stop`).
+    Stop { name: String },
 }
 
 fn registry() -> Registry {
@@ -215,40 +273,60 @@ fn real_main(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Run { model, prompt, verbose, sample } => {
+            // Not a file or directory: a model name in the store, served by a running server
+            // (as `ollama run NAME` talks to `ollama serve`).
+            if !model.exists() && cli::client::server_up() {
+                return cli::client::chat(&model.to_string_lossy(), prompt);
+            }
             let reg = registry();
-            let mut s = Session::load(&model, &reg, sample.ctx_size)?;
-            cli::chat::run(&mut s, prompt, &sample.options(true), verbose)?;
+            let engine = cli::session::start_generator(&model, &reg, &sample.load_options(), sample.engine_config())?;
+            cli::chat::run(&engine, prompt, &sample.request(true), verbose)?;
         }
         Cmd::Generate { model, prompt, verbose, ignore_eos, sample } => {
-            let t0 = Instant::now();
             let reg = registry();
-            let mut s = Session::load(&model, &reg, sample.ctx_size)?;
-            let mut ids = Vec::new();
-            if s.tok.add_bos() {
-                ids.extend(s.tok.bos());
-            }
-            ids.extend(s.tok.encode(&prompt, false, false).context("tokenizing the prompt")?);
-            let mut out = std::io::stdout().lock();
-            let tok = s.tok.clone();
-            let opts = sample.options(!ignore_eos);
-            let mut text = TextOut::new(&tok, false, opts.stop.clone());
-            let stats = s.generate(&ids, &opts, |_, t| {
-                let (piece, stopped) = text.push(t);
-                let _ = out.write_all(piece.as_bytes());
-                let _ = out.flush();
-                !stopped
-            })?;
-            let _ = out.write_all(text.finish().as_bytes());
-            let _ = out.flush();
+            let engine = cli::session::start_generator(&model, &reg, &sample.load_options(), sample.engine_config())?;
+            let mut req = sample.request(!ignore_eos);
+            req.prompt = PromptBuilder::new(engine.model()).raw(&prompt, true, false).context("tokenizing the prompt")?;
+            req.skip_special = false;
+            let (_, fin) = cli::session::stream_to_stdout(&engine, req)?;
             if verbose {
                 eprintln!();
-                stats.print_verbose(t0.elapsed(), s.load_time);
+                cli::session::print_verbose(&fin.metrics, engine.model().load_time());
             }
         }
-        Cmd::Bench { model, n_prompt, n_gen, reps, json } => {
+        Cmd::Bench { model, n_prompt, n_gen, reps, json, concurrency, num_prompts, deterministic } => {
             let reg = registry();
-            let mut s = Session::load(&model, &reg, Some((n_prompt + n_gen).max(16)))?;
-            let res = cli::bench::run(&mut s, n_prompt, n_gen, reps.max(1))?;
+            let n_ctx = (n_prompt + n_gen + 2).max(16);
+            let cfg = EngineConfig { deterministic, ..Default::default() };
+            if let Some(c) = concurrency {
+                // KV for every request in flight at once.
+                let kv = rocmforge_engine::KvBudget::Blocks(c.max(1) * n_ctx.div_ceil(rocmforge_engine::model::BLOCK_SIZE) + 1);
+                let opts = LoadOptions { n_ctx: Some(n_ctx), kv };
+                let engine = cli::session::start_generator(&model, &reg, &opts, cfg)?;
+                let n_req = num_prompts.unwrap_or(4 * c).max(1);
+                cli::bench::run_concurrent(&engine, n_prompt, n_gen.min(8), c, n_req.min(2))?; // warm-up
+                let r = cli::bench::run_concurrent(&engine, n_prompt, n_gen, c, n_req)?;
+                let row = |name: &str, (mean, med, p99): (f64, f64, f64)| {
+                    println!("{:<28}{mean:>10.2}{med:>10.2}{p99:>10.2}", format!("{name} (mean/median/p99)"));
+                };
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"model": model.display().to_string(), "concurrency": c, "requests": r.requests,
+                            "duration_s": r.duration, "output_tokens": r.output_tokens, "output_tok_per_s": r.throughput(),
+                            "ttft_ms": [r.ttft_ms.0, r.ttft_ms.1, r.ttft_ms.2], "itl_ms": [r.itl_ms.0, r.itl_ms.1, r.itl_ms.2]})
+                    );
+                } else {
+                    println!("concurrency {c}, {} requests of {n_prompt} tokens in / {n_gen} out, {:.2} s", r.requests, r.duration);
+                    println!("{:<28}{:>10.2}", "output tokens/s", r.throughput());
+                    row("TTFT ms", r.ttft_ms);
+                    row("ITL ms", r.itl_ms);
+                }
+                return Ok(());
+            }
+            let opts = LoadOptions { n_ctx: Some(n_ctx), ..Default::default() };
+            let engine = cli::session::start_generator(&model, &reg, &opts, cfg)?;
+            let res = cli::bench::run(&engine, n_prompt, n_gen, reps.max(1))?;
             let threads = rocmforge_cpu::ThreadPool::global().n_threads();
             if json {
                 let v: Vec<serde_json::Value> =
@@ -277,6 +355,14 @@ fn real_main(cli: Cli) -> Result<()> {
             let v = cli::embed::run(&model, &texts, &reg)?;
             println!("{}", serde_json::json!({"model": model.display().to_string(), "embeddings": v}));
         }
+        Cmd::Serve(args) => cli::serve::run(&args, registry())?,
+        Cmd::List => cli::client::list()?,
+        Cmd::Ps => cli::client::ps()?,
+        Cmd::Pull { name } => cli::client::pull(&name)?,
+        Cmd::Rm { names } => cli::client::rm(&names)?,
+        Cmd::Cp { source, destination } => cli::client::cp(&source, &destination)?,
+        Cmd::Create { name, file, from } => cli::client::create(&name, file.as_deref(), from.as_deref())?,
+        Cmd::Stop { name } => cli::client::stop(&name)?,
     }
     Ok(())
 }

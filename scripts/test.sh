@@ -9,6 +9,12 @@ bash scripts/fetch-test-data.sh
 # loads, so build the workspace first (the .so files land in target/debug, where tests find them).
 cargo build --workspace
 cargo test --workspace --no-fail-fast "$@"
+# The official `ollama` and `openai` Python clients against the real server (compat/README.md).
+bash compat/run.sh
+# Every GPU kernel compiled for NVIDIA (NVRTC wheel) and AMD (hipRTC), no GPU needed. On CI a
+# missing compiler fails the run; elsewhere it is a skip with a note.
+if [ -n "${CI:-}" ]; then export ROCMFORGE_REQUIRE_RTC=1; fi
+bash scripts/check-kernels.sh
 # The AArch64 NEON kernels, cross-built and run under qemu-user (installs the cross linker, qemu
 # and the Rust target when missing; ~3 min cold on 2 cores). ROCMFORGE_SKIP_AARCH64=1 skips it.
 # Where the tools are missing and cannot be installed (no root / sudo / apt-get), the pass is

@@ -97,7 +97,7 @@ fn tiny_bert_batch_pools_each_sequence() {
         SeqChunk { tokens: &seqs[0], pos_start: 0, block_table: &t0, logits: Logits::Last },
         SeqChunk { tokens: short, pos_start: 0, block_table: &t1, logits: Logits::Last },
     ];
-    let out = exec.forward(&batch).expect("forward");
+    let out = exec.forward(&batch).expect("forward").to_vec();
     let n = exec.n_out_cols();
     assert_eq!(out.len(), 2 * n, "one row per sequence");
     let d0 = cos_dist(&out[..n], &want[0]);

@@ -3,63 +3,36 @@
 //! one-shot answer when a prompt is given on the command line (or piped on stdin).
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::Instant;
 
 use anyhow::Result;
 use rocmforge_chat::{ChatMessage, RenderRequest};
+use rocmforge_engine::{Engine, PromptBuilder, Request};
 
-use super::session::{GenOptions, Session, TextOut};
+use super::session::{print_verbose, stream_to_stdout};
 
-fn token_text(s: &Session, id: u32) -> Option<String> {
-    s.tok.token_text(id).map(str::to_string)
-}
-
-/// Render the conversation with the model's template and tokenize it (special tokens parsed,
-/// BOS added only if the template did not already write it).
-fn prompt_tokens(s: &Session, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-    let bos = s.tok.bos().and_then(|b| token_text(s, b)).unwrap_or_default();
-    let eos = s.tok.eos().and_then(|e| token_text(s, e)).unwrap_or_default();
-    let mut req = RenderRequest::new(messages);
-    req.add_generation_prompt = true;
-    req.bos_token = &bos;
-    req.eos_token = &eos;
-    let text = s.template.render(&req)?;
-    let add_bos = s.tok.add_bos() && !(!bos.is_empty() && text.starts_with(&bos));
-    let mut ids = Vec::new();
-    if add_bos {
-        ids.extend(s.tok.bos());
+/// One assistant turn: stream the reply to stdout, return its text. `base` carries the sampling
+/// options, limits and the user's stop strings; the template's stop strings are added here.
+fn turn(engine: &Engine, messages: &[ChatMessage], base: &Request, verbose: bool) -> Result<String> {
+    let model = engine.model();
+    let prompt = PromptBuilder::new(model).chat(&RenderRequest::new(messages))?;
+    let mut req = base.clone();
+    req.prompt = prompt;
+    req.skip_special = true;
+    for s in model.template_stops() {
+        if !req.stop.contains(s) {
+            req.stop.push(s.clone());
+        }
     }
-    ids.extend(s.tok.encode(&text, false, true)?);
-    Ok(ids)
-}
-
-/// One assistant turn: stream the reply to stdout, return its text.
-fn turn(s: &mut Session, messages: &[ChatMessage], opts: &GenOptions, verbose: bool) -> Result<String> {
-    let t0 = Instant::now();
-    let ids = prompt_tokens(s, messages)?;
-    let mut stops = opts.stop.clone();
-    stops.extend(s.template_stops.as_slice().iter().cloned());
-    let tok = s.tok.clone();
-    let mut text = TextOut::new(&tok, true, stops);
-    let (stats, reply) = {
-        let mut out = std::io::stdout().lock();
-        let st = s.generate(&ids, opts, |_, t| {
-            let (piece, stopped) = text.push(t);
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-            !stopped
-        })?;
-        let _ = out.write_all(text.finish().as_bytes());
-        let _ = writeln!(out);
-        (st, text.shown().to_string())
-    };
+    let (reply, fin) = stream_to_stdout(engine, req)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out);
     if verbose {
-        stats.print_verbose(t0.elapsed(), s.load_time);
+        print_verbose(&fin.metrics, model.load_time());
     }
     Ok(reply)
 }
 
-pub fn run(s: &mut Session, prompt: Option<String>, opts: &GenOptions, verbose: bool) -> Result<()> {
+pub fn run(engine: &Engine, prompt: Option<String>, base: &Request, verbose: bool) -> Result<()> {
     let mut messages: Vec<ChatMessage> = Vec::new();
     let stdin = std::io::stdin();
     let prompt = match prompt {
@@ -76,13 +49,13 @@ pub fn run(s: &mut Session, prompt: Option<String>, opts: &GenOptions, verbose: 
     };
     if let Some(p) = prompt {
         messages.push(ChatMessage::text("user", p.as_str()));
-        turn(s, &messages, opts, verbose)?;
+        turn(engine, &messages, base, verbose)?;
         return Ok(());
     }
     eprintln!(
         "Chatting with {} ({}). Type /bye to exit, /clear to start over, \"\"\" for multi-line input.",
-        s.src.path().display(),
-        s.plugin
+        engine.model().path().display(),
+        engine.model().plugin()
     );
     let mut lines = stdin.lock().lines();
     loop {
@@ -111,7 +84,6 @@ pub fn run(s: &mut Session, prompt: Option<String>, opts: &GenOptions, verbose: 
             "/bye" | "/exit" => break,
             "/clear" => {
                 messages.clear();
-                s.reset();
                 eprintln!("Cleared session context");
                 continue;
             }
@@ -124,7 +96,7 @@ pub fn run(s: &mut Session, prompt: Option<String>, opts: &GenOptions, verbose: 
             _ => {}
         }
         messages.push(ChatMessage::text("user", line.as_str()));
-        match turn(s, &messages, opts, verbose) {
+        match turn(engine, &messages, base, verbose) {
             Ok(reply) => messages.push(ChatMessage::text("assistant", reply.as_str())),
             Err(e) => {
                 eprintln!("Error: {e:#}");

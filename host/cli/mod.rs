@@ -1,6 +1,8 @@
 //! Subcommands of the `rocmforge` binary that need more than a few lines.
 pub mod bench;
 pub mod chat;
+pub mod client;
 pub mod embed;
 pub mod quantize;
+pub mod serve;
 pub mod session;

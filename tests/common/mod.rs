@@ -2,6 +2,8 @@
 //! `scripts/fetch-test-data.sh` into `.cache/`) and loading models through the real plugin path.
 #![allow(dead_code)]
 
+pub mod engine_util;
+
 use std::path::PathBuf;
 
 use rocmforge_runtime::exec::{Executor, KvConfig, Logits, SeqChunk};
@@ -55,7 +57,7 @@ impl Runner {
     /// Feed tokens; returns logits of every fed token (`all`) or of the last one.
     pub fn feed(&mut self, tokens: &[u32], all: bool) -> Vec<f32> {
         let c = SeqChunk { tokens, pos_start: self.pos, block_table: &self.table, logits: if all { Logits::All } else { Logits::Last } };
-        let out = self.exec.forward(std::slice::from_ref(&c)).expect("forward");
+        let out = self.exec.forward(std::slice::from_ref(&c)).expect("forward").to_vec();
         self.pos += tokens.len();
         out
     }

@@ -239,7 +239,8 @@ pub fn attention_isa(
     // llama.cpp runs tinyBLAS for the f16 attention matmuls when the batch has two or more
     // tokens and the summed dimension is a multiple of 16 (and the output rows a multiple of 4),
     // else `ggml_vec_dot_f16`; we follow it (module header).
-    let tiny = n_tokens >= 2;
+    // Batch-invariant mode: every query takes the one-token order, whatever the chunk size.
+    let tiny = n_tokens >= 2 && !crate::kquant::batch_invariant();
     let orders = (
         if tiny && dk.is_multiple_of(16) { DotOrder::Tiny } else { DotOrder::VecDot },
         if tiny && dv.is_multiple_of(4) { DotOrder::Tiny } else { DotOrder::VecDot },

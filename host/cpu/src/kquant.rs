@@ -58,7 +58,24 @@ pub(crate) enum Order {
     Q6KTiled,
 }
 
+/// Batch-invariant mode (`set_batch_invariant`): every token takes the order a lone token
+/// takes, so a row's bits never depend on what else is in the batch.
+static BATCH_INVARIANT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Make K-quant matmuls batch-invariant (each token computed in the one-token order, at a cost
+/// in prefill speed) or batch-dependent like llama.cpp (the default: faster kernels for batches,
+/// whose float order differs from the one-token kernels). The other matmul types are
+/// batch-invariant in every mode (see `qmatmul`).
+pub fn set_batch_invariant(on: bool) {
+    BATCH_INVARIANT.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn batch_invariant() -> bool {
+    BATCH_INVARIANT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn order(ty: GgmlType, n_out: usize, n_tokens: usize) -> Option<Order> {
+    let n_tokens = if batch_invariant() { 1 } else { n_tokens };
     match ty {
         GgmlType::Q4_K if n_out.is_multiple_of(8) => Some(Order::Q4KRepack),
         GgmlType::Q4_K if n_tokens >= 8 => Some(Order::Q4KTiled),
@@ -430,7 +447,7 @@ unsafe fn rows_portable<K: Raw4>(
         }
         // Repacked Q4_K: llama.cpp runs whole groups of 4 tokens through its gemm kernel and
         // the rest (or a batch of at most 3) through gemv.
-        let n_gemm = if n_tokens > 3 { n_tokens - n_tokens % 4 } else { 0 };
+        let n_gemm = if n_tokens > 3 && !batch_invariant() { n_tokens - n_tokens % 4 } else { 0 };
         for t in tokens.clone() {
             let x = &acts.xq[t * kp..t * kp + k];
             for b in 0..nb {
@@ -515,7 +532,7 @@ pub(crate) fn run(
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut t0 = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa >= crate::simd::Isa::Avx2 && crate::kquant_tl::handles(ord) && n_tokens >= TL_MIN_TOKENS {
+    if isa >= crate::simd::Isa::Avx2 && crate::kquant_tl::handles(ord) && n_tokens >= TL_MIN_TOKENS && !batch_invariant() {
         let n_tl = crate::kquant_tl::tl_tokens(ord, n_tokens);
         let wide = isa >= crate::simd::Isa::Avx512;
         // SAFETY: AVX2+FMA (and AVX-512 VNNI when `wide`) detected: isa is clamped to what the
@@ -609,7 +626,7 @@ unsafe fn decode_x86(
     let (nb, kp) = (k / 256, acts.kp);
     let row_bytes = nb * ty.type_size();
     let q6 = ord == Order::Q6KVecDot;
-    let n_gemm = if n_tokens > 3 { n_tokens - n_tokens % 4 } else { 0 };
+    let n_gemm = if n_tokens > 3 && !batch_invariant() { n_tokens - n_tokens % 4 } else { 0 };
     // Per token: activation sums (per 16 for Q6_K, per 32 for Q4_K) and per-superblock scales.
     let toks: Vec<DecodeTok> = tokens
         .map(|t| {

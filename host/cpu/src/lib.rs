@@ -54,5 +54,7 @@ pub use ops::{
     swiglu, RopeParams,
 };
 pub use pool::ThreadPool;
+pub use kquant::{batch_invariant, set_batch_invariant};
+pub use qmatmul::SyncPtr;
 pub use rocmforge_quant::GgmlType;
 pub use simd::Isa;

@@ -42,7 +42,7 @@ const ROW_TILE: usize = 4;
 const TOKEN_CHUNK: usize = 64;
 
 #[derive(Clone, Copy)]
-pub(crate) struct SyncPtr<T>(pub *mut T);
+pub struct SyncPtr<T>(pub *mut T);
 // SAFETY: used only to share output buffers whose disjoint parts are written by different threads.
 unsafe impl<T> Send for SyncPtr<T> {}
 // SAFETY: as above.

@@ -24,9 +24,9 @@ pub enum StopCheck {
 
 impl StopSequences {
     pub fn new<S: Into<String>>(stops: impl IntoIterator<Item = S>) -> Self {
-        let mut stops: Vec<String> = stops.into_iter().map(Into::into).filter(|s: &String| !s.is_empty()).collect();
-        stops.dedup();
-        StopSequences { stops }
+        let mut out = StopSequences::default();
+        out.extend(stops);
+        out
     }
 
     pub fn is_empty(&self) -> bool {
@@ -48,8 +48,24 @@ impl StopSequences {
 
     /// Decide on `text`, the whole generated text so far (see the module header).
     pub fn check(&self, text: &str) -> StopCheck {
-        if let Some(at) = self.stops.iter().filter_map(|s| text.find(s.as_str())).min() {
-            return StopCheck::Stop(at);
+        self.check_from(text, 0)
+    }
+
+    /// Bytes of the longest stop string.
+    pub fn max_len(&self) -> usize {
+        self.stops.iter().map(|s| s.len()).max().unwrap_or(0)
+    }
+
+    /// [`check`](Self::check) for a caller that already checked `text[..checked]` (no stop
+    /// string inside it): only matches that end after `checked` are searched for, so streaming
+    /// costs O(new text + longest stop) per token instead of rescanning the whole text.
+    pub fn check_from(&self, text: &str, checked: usize) -> StopCheck {
+        let mut from = checked.saturating_sub(self.max_len().saturating_sub(1)).min(text.len());
+        while !text.is_char_boundary(from) {
+            from -= 1;
+        }
+        if let Some(at) = self.stops.iter().filter_map(|s| text[from..].find(s.as_str())).min() {
+            return StopCheck::Stop(from + at);
         }
         // Hold back the longest tail of `text` that is a proper prefix of some stop string.
         let held = self
@@ -74,8 +90,9 @@ mod tests {
         let mut shown = 0;
         let mut seen = String::new();
         for p in pieces {
+            let checked = text.len();
             text.push_str(p);
-            match stops.check(&text) {
+            match stops.check_from(&text, checked) {
                 StopCheck::Emit(n) => {
                     assert!(n >= shown, "emitted text never shrinks");
                     seen.push_str(&text[shown..n]);
@@ -108,6 +125,38 @@ mod tests {
             let (seen, stopped) = stream(&stops, pieces);
             assert_eq!(stopped, want_stop.is_some(), "{pieces:?}");
             assert_eq!(seen, &full[..want_stop.unwrap_or(full.len())], "{pieces:?}");
+        }
+    }
+
+    /// Random texts over a small alphabet cut into random pieces: the incremental check equals
+    /// the whole-text reference (`find` of every stop on the finished text) every time.
+    #[test]
+    fn incremental_check_matches_reference_on_random_streams() {
+        let stops = StopSequences::new(["ab<", "<|b", "bb", "a|a|a"]);
+        let alphabet = ['a', 'b', '<', '|', 'é'];
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for _ in 0..2000 {
+            let len = 1 + rnd(24);
+            let full: String = (0..len).map(|_| alphabet[rnd(alphabet.len())]).collect();
+            let chars: Vec<char> = full.chars().collect();
+            let mut pieces = Vec::new();
+            let mut i = 0;
+            while i < chars.len() {
+                let n = 1 + rnd(4).min(chars.len() - i - 1);
+                pieces.push(chars[i..i + n].iter().collect::<String>());
+                i += n;
+            }
+            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            let want_stop = stops.as_slice().iter().filter_map(|s| full.find(s.as_str())).min();
+            let (seen, stopped) = stream(&stops, &refs);
+            assert_eq!(stopped, want_stop.is_some(), "{refs:?}");
+            assert_eq!(seen, &full[..want_stop.unwrap_or(full.len())], "{refs:?}");
         }
     }
 

@@ -2,11 +2,14 @@
 //! directories under GGUF names), and the executor that runs a graph on a backend over a paged
 //! KV cache. Knows nothing of requests or HTTP (DESIGN.md §1).
 
+pub mod backend;
+pub mod batch;
+mod dump;
 pub mod exec;
 pub mod graph;
 mod hf_rope;
 pub mod host_api;
-mod moe;
+pub mod plan;
 pub mod plugin;
 pub mod source;
 
@@ -40,8 +43,20 @@ pub enum RuntimeError {
     ContextOverflow { n_tokens: usize, n_ctx: usize },
     #[error("batch: {0}")]
     Batch(String),
-    #[error("CPU backend: {0}")]
-    Cpu(String),
+    #[error("node '{node}': {what}")]
+    Kernel { node: String, what: String },
     #[error("intermediate dump to {path}: {what}")]
     Dump { path: PathBuf, what: String },
+    /// A driver, compiler or kernel-shape failure of the GPU backend.
+    #[error("GPU: {0}")]
+    Gpu(#[from] rocmforge_gpu::GpuError),
+    /// An op the chosen backend does not implement (yet).
+    #[error("node '{node}': {op} is not supported by the {backend} backend yet")]
+    Unsupported { node: String, op: String, backend: String },
+    /// The model does not fit the device's free memory (bytes).
+    #[error("the model needs {need} bytes of device memory ({what}), {free} are free")]
+    DeviceMemory { need: usize, free: usize, what: String },
+    /// A bad `--device` / `ROCMFORGE_DEVICE` value.
+    #[error("bad device '{0}': expected cpu, auto, cuda[:N] or hip[:N]")]
+    BadDevice(String),
 }

@@ -1,0 +1,221 @@
+//! A loaded model: everything one generation path needs, loaded once — the model source (GGUF or
+//! HF directory), the plugin's graph on an executor with its KV cache, the tokenizer, the chat
+//! template and the context / KV sizing policy. `run`, `generate`, `bench`, `embed` and the HTTP
+//! server all load through [`Model::load`] (it replaced the CLI's `Session::load` and the
+//! embedding loader, which differed in plugin lookup and KV sizing).
+//!
+//! Sizing: the per-sequence context `n_ctx` is Ollama's default 4096 unless asked otherwise, never
+//! more than the model was trained for. The KV pool is a separate budget (shared by every running
+//! sequence, vLLM style): by default enough for `n_ctx` tokens times [`DEFAULT_PARALLEL`]
+//! sequences, capped at [`DEFAULT_KV_BYTES`], never less than one full context. It is printed at
+//! load (`tracing::info!`) in blocks, tokens and bytes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rocmforge_chat::ChatTemplate;
+use rocmforge_runtime::exec::KvConfig;
+use rocmforge_runtime::{build_graph, Executor, ModelSource, Registry};
+use rocmforge_tokenizer::Tokenizer;
+
+use crate::EngineError;
+
+/// Tokens per KV block (vLLM's default block size).
+pub const BLOCK_SIZE: usize = 16;
+/// Ollama's default context length.
+pub const DEFAULT_CTX: usize = 4096;
+/// Sequences the default KV budget is sized for.
+pub const DEFAULT_PARALLEL: usize = 4;
+/// Upper bound of the default KV budget.
+pub const DEFAULT_KV_BYTES: usize = 2 << 30;
+
+/// How much memory the KV cache may take.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KvBudget {
+    /// The default policy (see the module header).
+    Auto,
+    /// At most this many bytes.
+    Bytes(usize),
+    /// Exactly this many blocks of [`BLOCK_SIZE`] tokens.
+    Blocks(usize),
+}
+
+/// Options of [`Model::load`].
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Tokens per sequence (default 4096, at most the model's training context).
+    pub n_ctx: Option<usize>,
+    pub kv: KvBudget,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { n_ctx: None, kv: KvBudget::Auto }
+    }
+}
+
+/// A model ready to run (see the module header).
+pub struct Model {
+    /// Taken by the engine thread when the model starts serving (`Engine::start`).
+    /// (A Mutex only so `Model` is `Sync` and can be shared with the server: a backend is
+    /// `Send` but not `Sync`; the lock is taken once.)
+    pub(crate) exec: std::sync::Mutex<Option<Executor>>,
+    n_out: usize,
+    embedding: bool,
+    kv_config: KvConfig,
+    src: ModelSource,
+    tok: Arc<Tokenizer>,
+    template: ChatTemplate,
+    template_stops: Vec<String>,
+    n_ctx: usize,
+    n_train: usize,
+    plugin: String,
+    path: PathBuf,
+    load_time: Duration,
+    kv_bytes_per_token: usize,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("path", &self.path).field("arch", &self.src.arch()).field("n_ctx", &self.n_ctx).finish()
+    }
+}
+
+impl Model {
+    /// Load a `.gguf` file or a Hugging Face directory with the plugin that serves it.
+    pub fn load(path: &Path, registry: &Registry, opts: &LoadOptions) -> Result<Model, EngineError> {
+        let t0 = Instant::now();
+        if !path.exists() {
+            return Err(EngineError::ModelNotFound(path.to_path_buf()));
+        }
+        let src = ModelSource::open(path, registry)?;
+        let plugin = registry.for_source(&src)?;
+        let graph = build_graph(plugin, &src)?;
+        let embedding = graph.embedding;
+        let n_train = src.meta(&format!("{}.context_length", src.arch())).and_then(|v| v.as_u64()).map(|v| v as usize);
+        // Encoders: the whole trained context (their inputs are short); decoders: Ollama's 4096.
+        let default_ctx = if embedding { n_train.unwrap_or(512) } else { DEFAULT_CTX };
+        let n_train = n_train.unwrap_or(DEFAULT_CTX);
+        let mut n_ctx = opts.n_ctx.unwrap_or(default_ctx).min(n_train).max(BLOCK_SIZE);
+        let geo: Vec<_> = graph.layers.iter().flatten().collect();
+        // f16 K and V per token over every layer.
+        let kv_bytes_per_token: usize = geo.iter().map(|g| g.n_head_kv * (g.head_dim_k + g.head_dim_v) * 2).sum::<usize>().max(1);
+        let ctx_blocks = n_ctx.div_ceil(BLOCK_SIZE);
+        let n_blocks = match opts.kv {
+            KvBudget::Blocks(b) => b.max(1),
+            KvBudget::Bytes(bytes) => (bytes / (kv_bytes_per_token * BLOCK_SIZE)).max(1),
+            KvBudget::Auto => {
+                let cap = (DEFAULT_KV_BYTES / (kv_bytes_per_token * BLOCK_SIZE)).max(ctx_blocks);
+                (ctx_blocks * DEFAULT_PARALLEL).min(cap)
+            }
+        };
+        // One sequence always fits the pool, so the scheduler can always make progress.
+        n_ctx = n_ctx.min(n_blocks * BLOCK_SIZE);
+        let kv_config = KvConfig { block_size: BLOCK_SIZE, n_blocks };
+        let exec = Executor::new(graph, &src, kv_config)?;
+        let (n_out, embedding) = (exec.n_out_cols(), exec.is_embedding());
+        tracing::info!(
+            "KV cache: {n_blocks} blocks of {BLOCK_SIZE} tokens ({} tokens, {:.1} MiB f16); context {n_ctx} tokens per sequence",
+            n_blocks * BLOCK_SIZE,
+            (n_blocks * BLOCK_SIZE * kv_bytes_per_token) as f64 / (1 << 20) as f64
+        );
+        let (tok, template_src) = match (src.gguf(), src.hf()) {
+            (Some(f), _) => (
+                Tokenizer::from_gguf(f).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?,
+                f.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string),
+            ),
+            (None, Some(d)) => (
+                Tokenizer::from_hf_dir(d.path()).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?,
+                d.chat_template(),
+            ),
+            _ => return Err(EngineError::Tokenizer(format!("{}: unsupported model container", path.display()))),
+        };
+        let template = ChatTemplate::or_chatml(template_src.as_deref()).map_err(|e| EngineError::Template(e.to_string()))?;
+        let template_stops = template.stop_strings().iter().map(|s| s.to_string()).collect();
+        Ok(Model {
+            exec: std::sync::Mutex::new(Some(exec)),
+            n_out,
+            embedding,
+            kv_config,
+            plugin: plugin.name.clone(),
+            src,
+            tok: Arc::new(tok),
+            template,
+            template_stops,
+            n_ctx,
+            n_train,
+            path: path.to_path_buf(),
+            load_time: t0.elapsed(),
+            kv_bytes_per_token,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The GGUF architecture name (`llama`, `qwen2`, `gemma3`, `bert`, ...).
+    pub fn arch(&self) -> &str {
+        self.src.arch()
+    }
+
+    /// The name of the plugin that built the graph.
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// Tokens per sequence.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// The context the model was trained for.
+    pub fn n_ctx_train(&self) -> usize {
+        self.n_train
+    }
+
+    /// Output columns: the vocabulary size for language models, the embedding width otherwise.
+    pub fn n_out(&self) -> usize {
+        self.n_out
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.tok.n_vocab()
+    }
+
+    pub fn is_embedding(&self) -> bool {
+        self.embedding
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tok
+    }
+
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// Stop strings the chat template implies (the ChatML fallback's turn markers).
+    pub fn template_stops(&self) -> &[String] {
+        &self.template_stops
+    }
+
+    pub fn source(&self) -> &ModelSource {
+        &self.src
+    }
+
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// KV cache geometry: blocks and tokens per block.
+    pub fn kv_config(&self) -> KvConfig {
+        self.kv_config
+    }
+
+    /// Bytes of KV cache one token takes over all layers.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.kv_bytes_per_token
+    }
+}

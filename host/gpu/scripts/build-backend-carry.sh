@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Build (here, on the dev machine) what the GPU backend checks need on the GPU machine, which has
+# no Rust: the stripped `gpu_backend` test binary of rocmforge-runtime, the llama / qwen / gemma
+# plugins and the slim real models (tests/gpu_backend.rs `make_slim_models`), into
+# .gpu-carry/rt/ (ignored by git, < 64 MiB) for the device tool's `carry` argument.
+# Then, in one device call: bash host/gpu/scripts/gpu-backend-check.sh  (carry: [".gpu-carry/rt"]).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-gpu}"
+C=.gpu-carry/rt
+mkdir -p "$C/models"
+cargo build --release -p rocmforge-plugin-llama -p rocmforge-plugin-qwen -p rocmforge-plugin-gemma
+json=$(cargo test --release -p rocmforge-runtime --test gpu_backend --no-run --message-format=json 2>/dev/null)
+bin=$(printf '%s\n' "$json" | grep '"executable":"' | grep gpu_backend | sed 's/.*"executable":"\([^"]*\)".*/\1/' | tail -1)
+[ -n "$bin" ] || { echo "build-backend-carry: no gpu_backend test executable" >&2; exit 1; }
+ROCMFORGE_SLIM_MODELS="$PWD/$C/models" "$bin" make_slim_models --ignored --quiet
+cp "$bin" "$C/gpu_backend"
+for p in llama qwen gemma; do cp "$CARGO_TARGET_DIR/release/librocmforge_plugin_$p.so" "$C/"; done
+strip "$C/gpu_backend" "$C"/*.so
+du -sh "$C"; ls -la "$C" "$C/models"

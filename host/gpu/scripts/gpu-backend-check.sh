@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Run on the GPU machine (one device call, carry: [".gpu-carry/rt"] from build-backend-carry.sh):
+# the GPU backend against the CPU backend on the slim real models, then SmolLM2-135M decode
+# tokens/s through Executor::forward (with and without decode-step graphs). Logs under $OUT;
+# a short table last.
+set -uo pipefail
+cd "$(dirname "$0")/../../.."
+C=.gpu-carry/rt
+OUT="${OUT:-/tmp/rocmforge-gpu-out}"
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee "$OUT/card.txt"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+export ROCMFORGE_KERNEL_CACHE=/tmp/rocmforge-kernels ROCMFORGE_REQUIRE_GPU=1 ROCMFORGE_PLUGINS="$PWD/$C" \
+  ROCMFORGE_SLIM_MODELS="$PWD/$C/models" ROCMFORGE_TEST_GPU="${ROCMFORGE_TEST_GPU:-cuda:0}"
+status=0
+echo "== tests =="
+timeout 300 "$C/gpu_backend" --test-threads=1 --nocapture > "$OUT/tests.log" 2>&1 || status=1
+grep -E "^device:|panicked|FAILED|test result|^test " "$OUT/tests.log" | head -30
+echo "== bench (graphs on, CPU too) =="
+ROCMFORGE_BENCH=1 timeout 150 "$C/gpu_backend" decode_speed --nocapture > "$OUT/bench.log" 2>&1 || status=1
+echo "== bench (graphs off) =="
+ROCMFORGE_BENCH=gpu ROCMFORGE_GPU_GRAPHS=0 timeout 90 "$C/gpu_backend" decode_speed --nocapture > "$OUT/bench-nograph.log" 2>&1 || status=1
+grep -hE "panicked|Error|error" "$OUT"/bench*.log | head -5
+echo
+grep -h '^RESULT' "$OUT/tests.log" | cut -d'|' -f2- | tr '|' '\n  '
+grep -h "bench device" "$OUT/bench.log" | head -2
+echo "graphs on:";  grep -h '^BENCH' "$OUT/bench.log" | cut -d'|' -f2-
+echo "graphs off:"; grep -h '^BENCH' "$OUT/bench-nograph.log" | cut -d'|' -f2-
+exit $status

@@ -1,0 +1,111 @@
+//! Per-step batch metadata: everything a backend needs about one forward pass in one struct,
+//! built and validated before any KV is written.
+//!
+//! ```text
+//!  chunks:   seq 0: 3 tokens from pos 10 (Last) | seq 1: 1 token from pos 4 (Last)
+//!  tokens    [a b c | d]        positions [10 11 12 | 4]
+//!  seqs      [{start 0, len 3, pos 10, table 0..1}, {start 3, len 1, pos 4, table 1..2}]
+//!  out_ids   [2, 3]             (rows whose logits are wanted, in chunk order)
+//! ```
+//!
+//! Validation (each error names the chunk): a chunk asking for logits has tokens; block tables
+//! cover the chunk's positions and name blocks of the pool; token ids are inside the embedding
+//! table; a pooling (embedding) graph gets whole sequences. A bad chunk fails here, never inside
+//! a kernel after other sequences' K/V were written. All per-step data lives here, so a GPU
+//! backend can copy it into persistent device buffers and replay a captured graph.
+
+use std::ops::Range;
+
+use crate::exec::{KvConfig, Logits, SeqBatch};
+use crate::plan::Plan;
+use crate::RuntimeError;
+
+/// One sequence's part of the batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeqMeta {
+    /// First row of the sequence's tokens in the batch.
+    pub start: usize,
+    pub len: usize,
+    /// Position of its first token.
+    pub pos_start: usize,
+    /// Its block table inside `BatchMeta::block_tables`.
+    pub table: Range<usize>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BatchMeta {
+    pub tokens: Vec<u32>,
+    pub positions: Vec<i32>,
+    /// Token rows whose output is wanted, in chunk order.
+    pub out_ids: Vec<usize>,
+    pub seqs: Vec<SeqMeta>,
+    /// Every sequence's block table, concatenated.
+    pub block_tables: Vec<u32>,
+}
+
+impl BatchMeta {
+    pub fn new(batch: &SeqBatch, kv: KvConfig, plan: &Plan) -> Result<BatchMeta, RuntimeError> {
+        let bad = |i: usize, what: String| RuntimeError::Batch(format!("sequence {i} of the batch: {what}"));
+        let n_tokens: usize = batch.iter().map(|c| c.tokens.len()).sum();
+        let mut m = BatchMeta {
+            tokens: Vec::with_capacity(n_tokens),
+            positions: Vec::with_capacity(n_tokens),
+            out_ids: Vec::new(),
+            seqs: Vec::with_capacity(batch.len()),
+            block_tables: Vec::new(),
+        };
+        for (i, c) in batch.iter().enumerate() {
+            if c.tokens.is_empty() && c.logits != Logits::None {
+                return Err(bad(i, "no tokens, but output rows were asked for".into()));
+            }
+            if plan.pools && (c.pos_start != 0 || c.tokens.is_empty()) {
+                return Err(bad(
+                    i,
+                    "a pooling (embedding) model needs every sequence whole and non-empty in one chunk (pos_start 0)".into(),
+                ));
+            }
+            let end = c.pos_start + c.tokens.len();
+            let need = end.div_ceil(kv.block_size);
+            if c.block_table.len() < need {
+                return Err(bad(i, format!("block table of {} blocks for {end} positions", c.block_table.len())));
+            }
+            if let Some(&b) = c.block_table.iter().find(|&&b| b as usize >= kv.n_blocks) {
+                return Err(bad(i, format!("KV block {b} out of range (pool of {})", kv.n_blocks)));
+            }
+            if let Some(n_rows) = plan.n_token_rows {
+                if let Some(&t) = c.tokens.iter().find(|&&t| t as usize >= n_rows) {
+                    return Err(bad(i, format!("token id {t} out of range (embedding table of {n_rows} rows)")));
+                }
+            }
+            let base = m.tokens.len();
+            match c.logits {
+                Logits::None => {}
+                Logits::Last => m.out_ids.push(base + c.tokens.len() - 1),
+                Logits::All => m.out_ids.extend(base..base + c.tokens.len()),
+            }
+            let t0 = m.block_tables.len();
+            m.block_tables.extend_from_slice(&c.block_table[..need]);
+            m.seqs.push(SeqMeta { start: base, len: c.tokens.len(), pos_start: c.pos_start, table: t0..m.block_tables.len() });
+            m.tokens.extend_from_slice(c.tokens);
+            m.positions.extend((c.pos_start..end).map(|p| p as i32));
+        }
+        Ok(m)
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn n_outputs(&self) -> usize {
+        self.out_ids.len()
+    }
+
+    pub fn n_seqs(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Sequence `s`'s block table.
+    pub fn block_table(&self, s: usize) -> &[u32] {
+        &self.block_tables[self.seqs[s].table.clone()]
+    }
+}

@@ -1,0 +1,300 @@
+//! Ollama's model management routes over the store: `/api/create`, `/api/copy`, `/api/delete`,
+//! `/api/pull`, `/api/push` and the blob endpoints.
+//!
+//! `create` takes its weights from (our extension first) `from` = a path to a GGUF file on the
+//! server's disk, `from` = a model name (store, `--model`, `--models-dir`), or `files` = uploaded
+//! blobs (what the `ollama` CLI and Open WebUI send); progress is NDJSON like Ollama's.
+//! `pull` needs a registry, which this server cannot reach: it says so clearly (a model that is
+//! already present is reported as up to date). `push` is not supported.
+//!
+//! Invariants: every name and digest is validated by the store before it touches a path;
+//! uploads are hashed while written and only kept under their verified digest.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use rocmforge_store::{CreateBase, CreateSpec, ModelName, StoreError};
+use serde::Deserialize;
+use serde_json::{json, Map, Value as Json};
+
+use crate::error::{ApiError, Dialect};
+use crate::wire::{empty_ok, json_response, ndjson, parse_body};
+use crate::Shared;
+
+const D: Dialect = Dialect::Ollama;
+
+fn name_of(model: &str, name: &str) -> Result<ModelName, ApiError> {
+    let n = if model.is_empty() { name } else { model };
+    if n.trim().is_empty() {
+        return Err(ApiError::bad_request("model is required"));
+    }
+    ModelName::parse(n).map_err(|_| ApiError::bad_request("invalid model name"))
+}
+
+#[derive(Deserialize)]
+struct CreateReq {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    files: Option<Map<String, Json>>,
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    system: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Json>>,
+    #[serde(default)]
+    messages: Option<Vec<Json>>,
+    #[serde(default)]
+    license: Option<Json>,
+    #[serde(default)]
+    quantize: Option<String>,
+    #[serde(default)]
+    quantization: Option<String>,
+    #[serde(default)]
+    adapters: Option<Map<String, Json>>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CreateReq = parse_body(&body, D)?;
+    let name = name_of(&req.model, &req.name)?;
+    if req.quantize.as_deref().or(req.quantization.as_deref()).is_some_and(|q| !q.is_empty()) {
+        return Err(ApiError::bad_request(
+            "quantize in /api/create is not supported yet: quantize the GGUF with `rocmforge quantize`, then create from it",
+        ));
+    }
+    if req.adapters.as_ref().is_some_and(|a| !a.is_empty()) {
+        return Err(ApiError::bad_request("adapters are not supported"));
+    }
+    let license = match req.license {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => Some(vec![s]),
+        Some(Json::Array(a)) => Some(a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()),
+        Some(_) => return Err(ApiError::bad_request("license must be a string or a list of strings")),
+    };
+    let spec = CreateSpec { template: req.template, system: req.system, params: req.parameters, messages: req.messages, license };
+    // Where the weights come from, decided before streaming so errors get a status.
+    enum Src {
+        File(std::path::PathBuf),
+        Blob(String),
+        Model(ModelName),
+    }
+    let src = if let Some(files) = req.files.filter(|f| !f.is_empty()) {
+        let digest = files
+            .iter()
+            .find(|(k, _)| k.to_ascii_lowercase().ends_with(".gguf"))
+            .or_else(|| files.iter().next())
+            .and_then(|(_, v)| v.as_str().map(str::to_string))
+            .ok_or_else(|| ApiError::bad_request("files must map file names to digests"))?;
+        if files.len() > 1 && !files.keys().any(|k| k.to_ascii_lowercase().ends_with(".gguf")) {
+            return Err(ApiError::bad_request("creating from safetensors files is not supported: convert to GGUF first"));
+        }
+        if !st.mgr.store.has_blob(&digest).map_err(|e| ApiError::bad_request(e.to_string()))? {
+            return Err(ApiError::bad_request(format!("blob {digest} not found: upload it with POST /api/blobs/{digest} first")));
+        }
+        Src::Blob(digest)
+    } else if let Some(from) = req.from.filter(|f| !f.trim().is_empty()) {
+        let p = std::path::Path::new(&from);
+        let looks_like_path = from.starts_with('/') || from.starts_with("./") || from.starts_with("../") || from.ends_with(".gguf");
+        if looks_like_path && p.is_file() {
+            Src::File(p.to_path_buf())
+        } else if looks_like_path && !p.exists() {
+            return Err(ApiError::bad_request(format!("{from}: no such file on the server")));
+        } else {
+            let n = ModelName::parse(&from).map_err(|_| ApiError::bad_request(format!("invalid model name {from:?}")))?;
+            if st.mgr.store.find(&n).is_some() {
+                Src::Model(n)
+            } else {
+                // A model known by --model / --models-dir: import its file.
+                let r = st.mgr.resolve(&from).map_err(ApiError::from)?;
+                if r.path.is_dir() {
+                    return Err(ApiError::bad_request("creating from a Hugging Face directory is not supported: convert it to GGUF first"));
+                }
+                Src::File(r.path)
+            }
+        }
+    } else {
+        return Err(ApiError::bad_request("neither 'from' or 'files' was specified"));
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Json>();
+    let mgr = st.mgr.clone();
+    let task = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        let store = &mgr.store;
+        let send = |s: String| {
+            let _ = tx.send(json!({ "status": s }));
+        };
+        match src {
+            Src::File(p) => {
+                send("parsing GGUF".into());
+                let (d, _) = store.import_file(&p)?;
+                store.create(&name, CreateBase::Blob(&d), &spec, send)?;
+            }
+            Src::Blob(d) => {
+                send("parsing GGUF".into());
+                store.create(&name, CreateBase::Blob(&d), &spec, send)?;
+            }
+            Src::Model(n) => {
+                let base = store.get(&n)?;
+                store.create(&name, CreateBase::Model(&base), &spec, send)?;
+            }
+        }
+        let _ = tx.send(json!({ "status": "success" }));
+        Ok(())
+    });
+    let stream_mode = req.stream.unwrap_or(true);
+    if !stream_mode {
+        return match task.await {
+            Ok(Ok(())) => Ok(json_response(&json!({ "status": "success" }))),
+            Ok(Err(e)) => Err(store_error(e)),
+            Err(e) => Err(ApiError::internal(e.to_string())),
+        };
+    }
+    // Stream the progress; an error becomes the last line.
+    let progress = tokio_stream_from(rx);
+    let tail = futures_util::stream::once(async move {
+        match task.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(json!({ "error": e.to_string() })),
+            Err(e) => Some(json!({ "error": e.to_string() })),
+        }
+    })
+    .filter_map(|x| async move { x });
+    Ok(ndjson(progress.chain(tail)))
+}
+
+fn tokio_stream_from(mut rx: tokio::sync::mpsc::UnboundedReceiver<Json>) -> impl futures_util::Stream<Item = Json> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    ApiError::from(crate::manager::ManagerError::Store(e))
+}
+
+#[derive(Deserialize)]
+struct CopyReq {
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    destination: String,
+}
+
+pub async fn copy(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CopyReq = parse_body(&body, D)?;
+    let src = ModelName::parse(&req.source).map_err(|_| ApiError::bad_request(format!("source \"{}\" is invalid", req.source)))?;
+    let dst =
+        ModelName::parse(&req.destination).map_err(|_| ApiError::bad_request(format!("destination \"{}\" is invalid", req.destination)))?;
+    let mgr = st.mgr.clone();
+    let source = req.source.clone();
+    tokio::task::spawn_blocking(move || match mgr.store.copy(&src, &dst) {
+        Err(StoreError::NotFound(_)) => Err(ApiError::not_found(format!("model \"{source}\" not found"))),
+        Err(e) => Err(store_error(e)),
+        Ok(()) => Ok(()),
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(empty_ok())
+}
+
+#[derive(Deserialize)]
+struct DeleteReq {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    name: String,
+}
+
+pub async fn delete(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let req: DeleteReq = parse_body(&body, D)?;
+    let shown = if req.model.is_empty() { req.name.clone() } else { req.model.clone() };
+    let name = name_of(&req.model, &req.name)?;
+    // A loaded instance goes first (its file is about to disappear).
+    if let Ok(r) = st.mgr.resolve(&shown) {
+        if r.stored.is_some() {
+            st.mgr.unload(&r);
+        }
+    }
+    let mgr = st.mgr.clone();
+    tokio::task::spawn_blocking(move || match mgr.store.delete(&name) {
+        Err(StoreError::NotFound(_)) => Err(ApiError::not_found(format!("model '{shown}' not found"))),
+        Err(e) => Err(store_error(e)),
+        Ok(()) => Ok(()),
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(empty_ok())
+}
+
+#[derive(Deserialize)]
+struct PullReq {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+pub async fn pull(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let req: PullReq = parse_body(&body, D)?;
+    let name = name_of(&req.model, &req.name)?;
+    let present = st.mgr.store.find(&name).is_some();
+    let lines: Vec<Json> = if present {
+        vec![json!({"status": "pulling manifest"}), json!({"status": "success"})]
+    } else {
+        let msg = format!(
+            "pull model manifest: cannot reach {} from this server (no registry access); copy the GGUF file here and use `rocmforge create {} -f Modelfile` (FROM ./file.gguf) or /api/create",
+            name.host,
+            name.display_shortest()
+        );
+        if !req.stream.unwrap_or(true) {
+            return Err(ApiError::new(StatusCode::BAD_GATEWAY, crate::error::Kind::Server, msg));
+        }
+        vec![json!({"status": "pulling manifest"}), json!({"error": msg})]
+    };
+    if !req.stream.unwrap_or(true) {
+        return Ok(json_response(lines.last().unwrap_or(&json!({"status": "success"}))));
+    }
+    Ok(ndjson(futures_util::stream::iter(lines)))
+}
+
+pub async fn push(body: Bytes) -> Result<Response, ApiError> {
+    let _: Json = parse_body(&body, D)?;
+    Err(ApiError::not_supported("push is not supported by this server"))
+}
+
+pub async fn blob_head(State(st): State<Shared>, UrlPath(digest): UrlPath<String>) -> Response {
+    match st.mgr.store.has_blob(&digest) {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => ApiError::not_found(format!("blob \"{digest}\" not found")).into_response(),
+        Err(_) => ApiError::bad_request("invalid digest format").into_response(),
+    }
+}
+
+pub async fn blob_post(State(st): State<Shared>, UrlPath(digest): UrlPath<String>, body: Body) -> Result<Response, ApiError> {
+    let d = rocmforge_store::parse_digest(&digest).map_err(|_| ApiError::bad_request("invalid digest format"))?;
+    if st.mgr.store.has_blob(&d).unwrap_or(false) {
+        return Ok(StatusCode::OK.into_response());
+    }
+    let mut w = st.mgr.store.blob_writer().map_err(store_error)?;
+    let mut s = body.into_data_stream();
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?;
+        // Local disk writes of body-sized chunks: short enough not to need a blocking thread.
+        tokio::task::block_in_place(|| w.write(&chunk)).map_err(store_error)?;
+    }
+    tokio::task::block_in_place(|| w.finish(&d)).map_err(|e| match e {
+        StoreError::DigestMismatch { expected, got } => {
+            ApiError::bad_request(format!("digest mismatch, expected \"{expected}\", got \"{got}\""))
+        }
+        e => store_error(e),
+    })?;
+    Ok(StatusCode::CREATED.into_response())
+}

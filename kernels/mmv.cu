@@ -1,0 +1,320 @@
+// mmv.cu: quantized matrix-vector products for decode and small batches:
+//   y[t * n_rows + r] = sum_k W[r, k] * x[t, k],  t < nt <= NT (NT in 1, 2, 4, 8).
+//
+// Design (specs/gpu-kernels.md §2, "the pattern that recurs"):
+// - one warp per weight row, several rows per block (blockDim = rows_per_block * warp size);
+// - every lane loads 16 bytes of weights at a time (one 128-bit load, coalesced across the
+//   warp) from a layout repacked at load (host/gpu/src/repack.rs) so that quants are 16-byte
+//   aligned and the per-block scales sit in their own arrays;
+// - activations are quantized once per step to int8 per 32 values (ops.cu quantize_q8_f32, a
+//   structure-of-arrays layout: 16-byte aligned int8 rows, then f32 d and s = d * sum(q)), and
+//   the dot products are 4-way int8 (dp4a / sdot4), as llama.cpp's MMVQ does; F16 weights take
+//   f32 activations;
+// - the weights are decoded once per unit and used for all nt tokens.
+//
+// Weight layouts (nb = k / 32 blocks per row, nsb = k / 256 super-blocks per row), all sections
+// back to back in one buffer:
+//   Q4_0  qs[n_rows][nb][16]  d[n_rows][nb] (f16)
+//   Q4_1  qs[n_rows][nb][16]  (d, m)[n_rows][nb] (f16 pairs)
+//   Q5_0  qs[n_rows][nb][16]  qh[n_rows][nb] (u32)  d[n_rows][nb] (f16)
+//   Q8_0  qs[n_rows][nb][32]  d[n_rows][nb] (f16)
+//   Q4_K  GGUF as is: 144-byte super-blocks (d, dmin, 12 scale bytes, 128 qs) are 9 x 16 bytes
+//   Q6_K  (ql[128] qh[64] scales[16])[n_rows][nsb]  d[n_rows][nsb] (f16)
+//   F16   GGUF as is (k % 8 == 0)
+// Nibble and bit orders inside qs/ql/qh are GGUF's (host/quant): only the sections move.
+#include "compat.h"
+
+#define W RF_WARP_SIZE
+
+// The unit loops are unrolled so several 16-byte loads are in flight per lane before the first
+// use. Tuning knobs the benchmark varies; defaults from its ablation on the H100 (14336 x 4096,
+// one token): unrolling 4 took Q4_0 from 69% to 81% of copy bandwidth, but cost the K-quants
+// (Q4_K 60% -> 50%, Q6_K 81% -> 72%: register pressure), which therefore stay at 1.
+#ifndef RF_MMV_UNROLL
+#define RF_MMV_UNROLL 4
+#endif
+#ifndef RF_MMV_UNROLL_K
+#define RF_MMV_UNROLL_K 1
+#endif
+#define RF_STR2(x) #x
+#define RF_STR(x) RF_STR2(x)
+#define RF_MMV_UNROLL_PRAGMA _Pragma(RF_STR(unroll RF_MMV_UNROLL))
+#define RF_MMV_UNROLL_K_PRAGMA _Pragma(RF_STR(unroll RF_MMV_UNROLL_K))
+
+#define MMV_PARAMS                                                                                                      \
+    const u8 *__restrict__ w, const i8 *__restrict__ xq, const float *__restrict__ xd, const float *__restrict__ xs, \
+        float *__restrict__ y, int n_rows, int k, int nt
+
+#define MMV_PROLOGUE                                                 \
+    const int lane = threadIdx.x % W;                                \
+    const int row = blockIdx.x * (blockDim.x / W) + threadIdx.x / W; \
+    if (row >= n_rows) return; /* uniform per warp */                \
+    float acc[NT];                                                   \
+    _Pragma("unroll") for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+
+#define MMV_EPILOGUE                                                 \
+    _Pragma("unroll") for (int t = 0; t < NT; ++t) {                 \
+        if (t < nt) {                                                \
+            const float v = warp_sum<W>(acc[t]);                     \
+            if (lane == 0) y[(size_t)t * n_rows + row] = v;          \
+        }                                                            \
+    }
+
+RF_INLINE int lo_nib(u32 v) { return (int)(v & 0x0F0F0F0Fu); }
+RF_INLINE int hi_nib(u32 v) { return (int)((v >> 4) & 0x0F0F0F0Fu); }
+
+// sum of 4 ints of weights times 4 ints of activations
+RF_INLINE int dot16(int a0, int a1, int a2, int a3, int4 x) {
+    return rf_dp4a(a3, x.w, rf_dp4a(a2, x.z, rf_dp4a(a1, x.y, rf_dp4a(a0, x.x, 0))));
+}
+
+// ------------------------------------------------------------------------------ Q4_0 / Q4_1 / Q5_0
+
+template <int NT> __device__ void mmv_q4_0(MMV_PARAMS) {
+    MMV_PROLOGUE
+    const int nb = k / 32;
+    const uint4* qs = (const uint4*)w + (size_t)row * nb;
+    const u16* dw = (const u16*)(w + (size_t)n_rows * nb * 16) + (size_t)row * nb;
+    RF_MMV_UNROLL_PRAGMA
+    for (int u = lane; u < nb; u += W) {
+        const uint4 q = qs[u];
+        const float d = rf_h2f(dw[u]);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            if (t < nt) {
+                const int4* xv = (const int4*)(xq + (size_t)t * k + (size_t)u * 32);
+                const int s = dot16(lo_nib(q.x), lo_nib(q.y), lo_nib(q.z), lo_nib(q.w), xv[0]) +
+                              dot16(hi_nib(q.x), hi_nib(q.y), hi_nib(q.z), hi_nib(q.w), xv[1]);
+                const size_t b = (size_t)t * nb + u;
+                acc[t] += d * (xd[b] * (float)s - 8.0f * xs[b]);
+            }
+        }
+    }
+    MMV_EPILOGUE
+}
+
+template <int NT> __device__ void mmv_q4_1(MMV_PARAMS) {
+    MMV_PROLOGUE
+    const int nb = k / 32;
+    const uint4* qs = (const uint4*)w + (size_t)row * nb;
+    const u32* dm = (const u32*)(w + (size_t)n_rows * nb * 16) + (size_t)row * nb;
+    RF_MMV_UNROLL_PRAGMA
+    for (int u = lane; u < nb; u += W) {
+        const uint4 q = qs[u];
+        const u32 dmv = dm[u];
+        const float d = rf_h2f((u16)(dmv & 0xFFFF)), m = rf_h2f((u16)(dmv >> 16));
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            if (t < nt) {
+                const int4* xv = (const int4*)(xq + (size_t)t * k + (size_t)u * 32);
+                const int s = dot16(lo_nib(q.x), lo_nib(q.y), lo_nib(q.z), lo_nib(q.w), xv[0]) +
+                              dot16(hi_nib(q.x), hi_nib(q.y), hi_nib(q.z), hi_nib(q.w), xv[1]);
+                const size_t b = (size_t)t * nb + u;
+                acc[t] += d * xd[b] * (float)s + m * xs[b];
+            }
+        }
+    }
+    MMV_EPILOGUE
+}
+
+template <int NT> __device__ void mmv_q5_0(MMV_PARAMS) {
+    MMV_PROLOGUE
+    const int nb = k / 32;
+    const uint4* qs = (const uint4*)w + (size_t)row * nb;
+    const u32* qhs = (const u32*)(w + (size_t)n_rows * nb * 16) + (size_t)row * nb;
+    const u16* dw = (const u16*)(w + (size_t)n_rows * nb * 20) + (size_t)row * nb;
+    RF_MMV_UNROLL_PRAGMA
+    for (int u = lane; u < nb; u += W) {
+        const uint4 q = qs[u];
+        const u32 qh = qhs[u];
+        const float d = rf_h2f(dw[u]);
+        // Element j's fifth bit is qh bit j: low nibbles are elements 0..15, high 16..31.
+        const int l0 = lo_nib(q.x) | (rf_spread4(qh) << 4), l1 = lo_nib(q.y) | (rf_spread4(qh >> 4) << 4);
+        const int l2 = lo_nib(q.z) | (rf_spread4(qh >> 8) << 4), l3 = lo_nib(q.w) | (rf_spread4(qh >> 12) << 4);
+        const int h0 = hi_nib(q.x) | (rf_spread4(qh >> 16) << 4), h1 = hi_nib(q.y) | (rf_spread4(qh >> 20) << 4);
+        const int h2 = hi_nib(q.z) | (rf_spread4(qh >> 24) << 4), h3 = hi_nib(q.w) | (rf_spread4(qh >> 28) << 4);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            if (t < nt) {
+                const int4* xv = (const int4*)(xq + (size_t)t * k + (size_t)u * 32);
+                const int s = dot16(l0, l1, l2, l3, xv[0]) + dot16(h0, h1, h2, h3, xv[1]);
+                const size_t b = (size_t)t * nb + u;
+                acc[t] += d * (xd[b] * (float)s - 16.0f * xs[b]);
+            }
+        }
+    }
+    MMV_EPILOGUE
+}
+
+// ------------------------------------------------------------------------------ Q8_0
+
+// A unit is half a block (16 weights, one 128-bit load).
+template <int NT> __device__ void mmv_q8_0(MMV_PARAMS) {
+    MMV_PROLOGUE
+    const int nb = k / 32;
+    const uint4* qs = (const uint4*)w + (size_t)row * nb * 2;
+    const u16* dw = (const u16*)(w + (size_t)n_rows * nb * 32) + (size_t)row * nb;
+    RF_MMV_UNROLL_PRAGMA
+    for (int u = lane; u < 2 * nb; u += W) {
+        const uint4 q = qs[u];
+        const float d = rf_h2f(dw[u >> 1]);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            if (t < nt) {
+                const int4 xv = *(const int4*)(xq + (size_t)t * k + (size_t)u * 16);
+                const int s = dot16((int)q.x, (int)q.y, (int)q.z, (int)q.w, xv);
+                acc[t] += d * xd[(size_t)t * nb + (u >> 1)] * (float)s;
+            }
+        }
+    }
+    MMV_EPILOGUE
+}
+
+// ------------------------------------------------------------------------------ Q4_K
+
+RF_INLINE int hdr_byte(const uint4& h, int j) {  // scale byte j (0..12) of a Q4_K header
+    const u32 word = j < 4 ? h.y : (j < 8 ? h.z : h.w);
+    return (int)((word >> (8 * (j & 3))) & 0xFF);
+}
+
+RF_INLINE void q4k_scale_min(const uint4& h, int j, float* sc, float* m) {
+    if (j < 4) {
+        *sc = (float)(hdr_byte(h, j) & 63);
+        *m = (float)(hdr_byte(h, j + 4) & 63);
+    } else {
+        *sc = (float)((hdr_byte(h, j + 4) & 0xF) | ((hdr_byte(h, j - 4) >> 6) << 4));
+        *m = (float)((hdr_byte(h, j + 4) >> 4) | ((hdr_byte(h, j) >> 6) << 4));
+    }
+}
+
+// A unit is 16 of the 128 qs bytes of a super-block: unit m (0..8) covers chunk c = m / 2 (64
+// elements), bytes 16 * (m % 2) .. +16 of it: low nibbles are elements 64c + 16(m%2) + 0..16
+// (group 2c), high nibbles the same + 32 (group 2c + 1). Eight lanes share a super-block header
+// (one 16-byte load each, served by L1). The min term uses the activation block sums s, so only
+// the even unit of each pair adds it (it covers the whole 32-block).
+template <int NT> __device__ void mmv_q4_k(MMV_PARAMS) {
+    MMV_PROLOGUE
+    const int nsb = k / 256, nb = k / 32;
+    const u8* wr = w + (size_t)row * nsb * 144;
+    RF_MMV_UNROLL_K_PRAGMA
+    for (int u = lane; u < nsb * 8; u += W) {
+        const int sb = u >> 3, m = u & 7, c = m >> 1, h = m & 1;
+        const u8* blk = wr + (size_t)sb * 144;
+        const uint4 hdr = *(const uint4*)blk;
+        const uint4 q = *(const uint4*)(blk + 16 + 16 * m);
+        const float d = rf_h2f((u16)(hdr.x & 0xFFFF)), dmin = rf_h2f((u16)(hdr.x >> 16));
+        float sc0, m0, sc1, m1;
+        q4k_scale_min(hdr, 2 * c, &sc0, &m0);
+        q4k_scale_min(hdr, 2 * c + 1, &sc1, &m1);
+        const int xb = sb * 8 + 2 * c;
+        const int off = sb * 256 + 64 * c + 16 * h;
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            if (t < nt) {
+                const i8* xt = xq + (size_t)t * k + off;
+                const int s0 = dot16(lo_nib(q.x), lo_nib(q.y), lo_nib(q.z), lo_nib(q.w), *(const int4*)xt);
+                const int s1 = dot16(hi_nib(q.x), hi_nib(q.y), hi_nib(q.z), hi_nib(q.w), *(const int4*)(xt + 32));
+                const size_t b = (size_t)t * nb + xb;
+                float v = d * (sc0 * xd[b] * (float)s0 + sc1 * xd[b + 1] * (float)s1);
+                if (h == 0) v -= dmin * (m0 * xs[b] + m1 * xs[b + 1]);
+                acc[t] += v;
+            }
+        }
+    }
+    MMV_EPILOGUE
+}
+
+// ------------------------------------------------------------------------------ Q6_K
+
+// A unit is 16 ql bytes: m = 4 * half + t4. ql bytes 64*half + 16*t4 .. +16 hold elements
+// 128*half + 32*klo + j0 + 0..16 (low nibbles) and the same with khi = klo + 2 (high nibbles),
+// where klo = t4 / 2 and j0 = 16 * (t4 % 2); their 2-bit high parts are bit pairs klo and khi of
+// qh bytes 32*half + j0 .. +16. Values q - 32 are formed bytewise (rf_sub32_bytes), then dp4a.
+template <int NT> __device__ void mmv_q6_k(MMV_PARAMS) {
+    MMV_PROLOGUE
+    const int nsb = k / 256, nb = k / 32;
+    const u8* wr = w + (size_t)row * nsb * 208;
+    const u16* dw = (const u16*)(w + (size_t)n_rows * nsb * 208) + (size_t)row * nsb;
+    RF_MMV_UNROLL_K_PRAGMA
+    for (int u = lane; u < nsb * 8; u += W) {
+        const int sb = u >> 3, m = u & 7, hf = m >> 2, t4 = m & 3;
+        const int klo = t4 >> 1, khi = klo + 2, jh = t4 & 1;
+        const u8* blk = wr + (size_t)sb * 208;
+        const uint4 ql = *(const uint4*)(blk + 64 * hf + 16 * t4);
+        const uint4 qh = *(const uint4*)(blk + 128 + 32 * hf + 16 * jh);
+        const float d = rf_h2f(dw[sb]);
+        const float sc_lo = (float)(i8)blk[192 + 8 * hf + 2 * klo + jh];
+        const float sc_hi = (float)(i8)blk[192 + 8 * hf + 2 * khi + jh];
+        const int sl = 2 * klo, sh = 2 * khi;
+#define Q6_LO(a, b) rf_sub32_bytes(lo_nib(a) | ((int)(((b) >> sl) & 0x03030303u) << 4))
+#define Q6_HI(a, b) rf_sub32_bytes(hi_nib(a) | ((int)(((b) >> sh) & 0x03030303u) << 4))
+        const int l0 = Q6_LO(ql.x, qh.x), l1 = Q6_LO(ql.y, qh.y), l2 = Q6_LO(ql.z, qh.z), l3 = Q6_LO(ql.w, qh.w);
+        const int h0 = Q6_HI(ql.x, qh.x), h1 = Q6_HI(ql.y, qh.y), h2 = Q6_HI(ql.z, qh.z), h3 = Q6_HI(ql.w, qh.w);
+#undef Q6_LO
+#undef Q6_HI
+        const int off_lo = sb * 256 + 128 * hf + 32 * klo + 16 * jh;
+        const int xb_lo = sb * 8 + 4 * hf + klo;
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            if (t < nt) {
+                const i8* xt = xq + (size_t)t * k + off_lo;
+                const int s0 = dot16(l0, l1, l2, l3, *(const int4*)xt);
+                const int s1 = dot16(h0, h1, h2, h3, *(const int4*)(xt + 64));
+                const size_t b = (size_t)t * nb + xb_lo;
+                acc[t] += d * (sc_lo * xd[b] * (float)s0 + sc_hi * xd[b + 2] * (float)s1);
+            }
+        }
+    }
+    MMV_EPILOGUE
+}
+
+// ------------------------------------------------------------------------------ F16
+
+// F16 weights with f32 activations (x: nt x k). A unit is 8 halves.
+template <int NT>
+__device__ void mmv_f16(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n_rows, int k, int nt) {
+    MMV_PROLOGUE
+    const uint4* wr = (const uint4*)(w + (size_t)row * k * 2);
+    RF_MMV_UNROLL_PRAGMA
+    for (int u = lane; u < k / 8; u += W) {
+        const uint4 q = wr[u];
+        float wf[8];
+        const u32 words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            wf[2 * i] = rf_h2f((u16)(words[i] & 0xFFFF));
+            wf[2 * i + 1] = rf_h2f((u16)(words[i] >> 16));
+        }
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            if (t < nt) {
+                const float4* xv = (const float4*)(x + (size_t)t * k + (size_t)u * 8);
+                const float4 a = xv[0], b = xv[1];
+                acc[t] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z +
+                          wf[7] * b.w;
+            }
+        }
+    }
+    MMV_EPILOGUE
+}
+
+// ------------------------------------------------------------------------------ entry points
+
+#define MMV_ENTRY(ty, NT)                                                                                       \
+    extern "C" __global__ void mmv_##ty##_##NT(MMV_PARAMS) { mmv_##ty<NT>(w, xq, xd, xs, y, n_rows, k, nt); }
+#define MMV_ENTRIES(ty) MMV_ENTRY(ty, 1) MMV_ENTRY(ty, 2) MMV_ENTRY(ty, 4) MMV_ENTRY(ty, 8)
+MMV_ENTRIES(q4_0)
+MMV_ENTRIES(q4_1)
+MMV_ENTRIES(q5_0)
+MMV_ENTRIES(q8_0)
+MMV_ENTRIES(q4_k)
+MMV_ENTRIES(q6_k)
+
+#define MMV_F16_ENTRY(NT)                                                                                          \
+    extern "C" __global__ void mmv_f16_##NT(const u8* w, const float* x, float* y, int n_rows, int k, int nt) { \
+        mmv_f16<NT>(w, x, y, n_rows, k, nt);                                                                       \
+    }
+MMV_F16_ENTRY(1)
+MMV_F16_ENTRY(2)
+MMV_F16_ENTRY(4)
+MMV_F16_ENTRY(8)

@@ -1,0 +1,298 @@
+// ops.cu: element-wise and per-row kernels (RMSNorm, RoPE, GLUs, add/mul/scale, argmax,
+// embedding rows, activation quantization, the paged KV write).
+//
+// Semantics are those of the CPU backend (host/cpu/src/ops.rs, matmul.rs get_rows, attention.rs
+// KvCache::write), which the tests in host/gpu/tests compare against on random inputs:
+// - rms_norm: out = x / sqrt(mean(x^2) + eps) * w (w optional), one block per row.
+// - rope: ggml's rope_ext: NeoX (pairs i, i + n_rot/2) or normal (adjacent pairs), freq_base,
+//   freq_scale, YaRN ramp (ext_factor, corr dims computed on the host) and mscale, freq_factors.
+//   theta = pos * theta_scale^i with powf, as ggml's CUDA backend does (the CPU multiplies
+//   repeatedly; the two differ by a few ulp of the angle).
+// - GLUs: swiglu = silu(g) * u; geglu = gelu_tanh(g) * u (exact tanh; the CPU uses ggml's f16
+//   table, ~1e-3 apart).
+// - get_rows: rows of a GGUF-layout table (F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K) to f32.
+// - quantize_q8: activations to int8 per 32 values (d = amax / 127, q = rint(x * 127 / amax)) in a
+//   structure-of-arrays layout (qs | d | s) whose int8 rows are 16-byte aligned for mmv.cu.
+// - kv_write: K and V rows (f32) rounded to f16 into cache slots [slot][head_kv][dim].
+// All pointer arguments are device pointers; sizes are checked on the host.
+#include "compat.h"
+
+#define W RF_WARP_SIZE
+
+// ------------------------------------------------------------------------------ RMSNorm
+
+extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out,
+                                        int row_len, float eps) {
+    __shared__ float scratch[1024 / W];
+    const size_t row = blockIdx.x;
+    const float* xr = x + row * row_len;
+    float* o = out + row * row_len;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < row_len; i += blockDim.x) {
+        const float v = xr[i];
+        s += v * v;
+    }
+    s = block_sum<W>(s, scratch);
+    const float scale = 1.0f / sqrtf(s / (float)row_len + eps);
+    for (int i = threadIdx.x; i < row_len; i += blockDim.x) {
+        o[i] = w ? xr[i] * scale * w[i] : xr[i] * scale;
+    }
+}
+
+// ------------------------------------------------------------------------------ RoPE
+
+// grid (n_head, n_tokens), block: threads over the n_rot / 2 pairs. In place.
+extern "C" __global__ void rope_f32(float* __restrict__ x, const int* __restrict__ positions, int n_head, int head_dim, int n_rot,
+                                    int neox, float freq_base, float freq_scale, float ext_factor, float attn_factor, float corr0,
+                                    float corr1, const float* __restrict__ freq_factors) {
+    const int h = blockIdx.x, t = blockIdx.y;
+    float* v = x + ((size_t)t * n_head + h) * head_dim;
+    const float pos = (float)positions[t];
+    const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
+    const int half = n_rot / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float ff = freq_factors ? freq_factors[i] : 1.0f;
+        const float theta_extrap = pos * powf(theta_scale, (float)i) / ff;
+        const float theta_interp = freq_scale * theta_extrap;
+        float theta = theta_interp;
+        float mscale = attn_factor;
+        if (ext_factor != 0.0f) {
+            const float y = ((float)i - corr0) / fmaxf(0.001f, corr1 - corr0);
+            const float ramp_mix = (1.0f - fminf(1.0f, fmaxf(0.0f, y))) * ext_factor;
+            theta = theta_interp * (1.0f - ramp_mix) + theta_extrap * ramp_mix;
+            mscale *= 1.0f + 0.1f * logf(1.0f / freq_scale);
+        }
+        const float c = cosf(theta) * mscale, s = sinf(theta) * mscale;
+        const int a = neox ? i : 2 * i;
+        const int b = neox ? i + half : 2 * i + 1;
+        const float x0 = v[a], x1 = v[b];
+        v[a] = x0 * c - x1 * s;
+        v[b] = x0 * s + x1 * c;
+    }
+}
+
+// ------------------------------------------------------------------------------ GLUs, binary
+
+RF_INLINE float gelu_tanh(float x) {
+    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+    return 0.5f * x * (1.0f + tanhf(k * x * (1.0f + 0.044715f * x * x)));
+}
+
+extern "C" __global__ void swiglu_f32(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ out, u64 n) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const float v = g[i];
+        out[i] = v / (1.0f + expf(-v)) * u[i];
+    }
+}
+
+extern "C" __global__ void geglu_f32(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ out, u64 n) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        out[i] = gelu_tanh(g[i]) * u[i];
+    }
+}
+
+// out = a + b, b broadcast over rows of nb values (nb divides n). out may alias a.
+extern "C" __global__ void add_f32(const float* a, const float* __restrict__ b, float* out, u64 n, u64 nb) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) out[i] = a[i] + b[i % nb];
+}
+
+extern "C" __global__ void mul_f32(const float* a, const float* __restrict__ b, float* out, u64 n, u64 nb) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) out[i] = a[i] * b[i % nb];
+}
+
+extern "C" __global__ void scale_f32(const float* x, float* out, u64 n, float s) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) out[i] = x[i] * s;
+}
+
+// ------------------------------------------------------------------------------ argmax
+
+// One block per row; ties go to the lowest index; NaN never wins. Writes -1 (as u32) for a row
+// with no comparable value.
+extern "C" __global__ void argmax_f32(const float* __restrict__ x, u32* __restrict__ out, int n_cols) {
+    __shared__ float s_val[1024 / W];
+    __shared__ int s_idx[1024 / W];
+    const float* xr = x + (size_t)blockIdx.x * n_cols;
+    float best = -RF_INF;
+    int idx = -1;
+    for (int i = threadIdx.x; i < n_cols; i += blockDim.x) {
+        const float v = xr[i];
+        if (v > best || (idx < 0 && v == best)) {
+            best = v;
+            idx = i;
+        }
+    }
+#pragma unroll
+    for (int o = W / 2; o > 0; o >>= 1) {
+        const float ov = rf_shfl_xor(best, o, W);
+        const int oi = rf_shfl_xor_int(idx, o, W);
+        if (oi >= 0 && (idx < 0 || ov > best || (ov == best && oi < idx))) {
+            best = ov;
+            idx = oi;
+        }
+    }
+    const int lane = threadIdx.x % W, warp = threadIdx.x / W;
+    if (lane == 0) {
+        s_val[warp] = best;
+        s_idx[warp] = idx;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int k = 1; k < (int)(blockDim.x / W); ++k) {
+            const int oi = s_idx[k];
+            const float ov = s_val[k];
+            if (oi >= 0 && (idx < 0 || ov > best || (ov == best && oi < idx))) {
+                best = ov;
+                idx = oi;
+            }
+        }
+        out[blockIdx.x] = (u32)idx;
+    }
+}
+
+// ------------------------------------------------------------------------------ get_rows
+
+RF_INLINE u16 ld_u16(const u8* p) { return (u16)(p[0] | (p[1] << 8)); }
+
+// Element i of one GGUF-layout row (byte pointer to the row). Scalar loads: rows are gathered
+// once per token, so this kernel is never the bottleneck.
+template <int TY> RF_INLINE float deq_elem(const u8* row, int i);
+
+enum { TY_F32 = 0, TY_F16 = 1, TY_Q4_0 = 2, TY_Q4_1 = 3, TY_Q5_0 = 6, TY_Q8_0 = 8, TY_Q4_K = 12, TY_Q6_K = 14 };
+
+template <> RF_INLINE float deq_elem<TY_F32>(const u8* row, int i) { return ((const float*)row)[i]; }
+template <> RF_INLINE float deq_elem<TY_F16>(const u8* row, int i) { return rf_h2f(ld_u16(row + 2 * i)); }
+template <> RF_INLINE float deq_elem<TY_Q4_0>(const u8* row, int i) {
+    const u8* b = row + (i / 32) * 18;
+    const int j = i % 32;
+    const int q = j < 16 ? (b[2 + j] & 0xF) : (b[2 + j - 16] >> 4);
+    return (float)(q - 8) * rf_h2f(ld_u16(b));
+}
+template <> RF_INLINE float deq_elem<TY_Q4_1>(const u8* row, int i) {
+    const u8* b = row + (i / 32) * 20;
+    const int j = i % 32;
+    const int q = j < 16 ? (b[4 + j] & 0xF) : (b[4 + j - 16] >> 4);
+    return (float)q * rf_h2f(ld_u16(b)) + rf_h2f(ld_u16(b + 2));
+}
+template <> RF_INLINE float deq_elem<TY_Q5_0>(const u8* row, int i) {
+    const u8* b = row + (i / 32) * 22;
+    const int j = i % 32;
+    const u32 qh = b[2] | (b[3] << 8) | (b[4] << 16) | ((u32)b[5] << 24);
+    const int lo = j < 16 ? (b[6 + j] & 0xF) : (b[6 + j - 16] >> 4);
+    const int q = lo | (((qh >> j) & 1) << 4);
+    return (float)(q - 16) * rf_h2f(ld_u16(b));
+}
+template <> RF_INLINE float deq_elem<TY_Q8_0>(const u8* row, int i) {
+    const u8* b = row + (i / 32) * 34;
+    return (float)(i8)b[2 + i % 32] * rf_h2f(ld_u16(b));
+}
+// Q4_K: d, dmin, 12 scale bytes, 128 qs (see host/quant kquants.rs for the packing).
+RF_INLINE void scale_min_k4(int j, const u8* q, int* sc, int* m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+template <> RF_INLINE float deq_elem<TY_Q4_K>(const u8* row, int i) {
+    const u8* b = row + (i / 256) * 144;
+    const int e = i % 256, c = e / 64, hi = (e % 64) / 32, j = e % 32;
+    int sc, m;
+    scale_min_k4(2 * c + hi, b + 4, &sc, &m);
+    const u8 q = b[16 + 32 * c + j];
+    const int v = hi ? (q >> 4) : (q & 0xF);
+    return rf_h2f(ld_u16(b)) * (float)sc * (float)v - rf_h2f(ld_u16(b + 2)) * (float)m;
+}
+// Q6_K: ql[128], qh[64], scales[16] (i8), d.
+template <> RF_INLINE float deq_elem<TY_Q6_K>(const u8* row, int i) {
+    const u8* b = row + (i / 256) * 210;
+    const int e = i % 256, h = e / 128, k = (e % 128) / 32, j = e % 32;
+    const u8 ql = b[64 * h + 32 * (k & 1) + j];
+    const int lo = (k < 2) ? (ql & 0xF) : (ql >> 4);
+    const int q = lo | (((b[128 + 32 * h + j] >> (2 * k)) & 3) << 4);
+    return rf_h2f(ld_u16(b + 208)) * (float)(i8)b[192 + e / 16] * (float)(q - 32);
+}
+
+// grid (n_ids, ceil(row_len / blockDim.x)). An id past the table writes NaN (the host checks ids
+// it knows; ids produced on the device cannot be checked there).
+template <int TY>
+__device__ void get_rows_body(const u8* __restrict__ table, const u32* __restrict__ ids, float* __restrict__ out, int row_len,
+                              u64 row_bytes, u32 n_rows) {
+    const int i = blockIdx.y * blockDim.x + threadIdx.x;
+    if (i >= row_len) return;
+    const u32 id = ids[blockIdx.x];
+    float* o = out + (size_t)blockIdx.x * row_len;
+    o[i] = id < n_rows ? deq_elem<TY>(table + (u64)id * row_bytes, i) : __int_as_float(0x7fc00000);
+}
+
+#define GET_ROWS(name, TY)                                                                                            \
+    extern "C" __global__ void name(const u8* table, const u32* ids, float* out, int row_len, u64 row_bytes, u32 n_rows) { \
+        get_rows_body<TY>(table, ids, out, row_len, row_bytes, n_rows);                                               \
+    }
+GET_ROWS(get_rows_f32, TY_F32)
+GET_ROWS(get_rows_f16, TY_F16)
+GET_ROWS(get_rows_q4_0, TY_Q4_0)
+GET_ROWS(get_rows_q4_1, TY_Q4_1)
+GET_ROWS(get_rows_q5_0, TY_Q5_0)
+GET_ROWS(get_rows_q8_0, TY_Q8_0)
+GET_ROWS(get_rows_q4_k, TY_Q4_K)
+GET_ROWS(get_rows_q6_k, TY_Q6_K)
+
+// ------------------------------------------------------------------------------ quantize_q8
+
+// Activations x (n_tokens x k, k % 32 == 0) to int8: qs[t * k + i], per 32-block b (global
+// index t * k / 32 + b): d = amax / 127 and s = d * sum(q). One thread per 32-block; the rows are
+// short (k values), so this is a few microseconds at most.
+extern "C" __global__ void quantize_q8_f32(const float* __restrict__ x, i8* __restrict__ qs, float* __restrict__ d_out,
+                                           float* __restrict__ s_out, u64 n_blocks) {
+    const u64 b = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= n_blocks) return;
+    const float4* xb = (const float4*)(x + b * 32);
+    float v[32];
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const float4 f = xb[i];
+        v[4 * i] = f.x;
+        v[4 * i + 1] = f.y;
+        v[4 * i + 2] = f.z;
+        v[4 * i + 3] = f.w;
+    }
+#pragma unroll
+    for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(v[i]));
+    // As llama.cpp's x86 quantize_row_q8_0: scale by 127 / amax, round half to even.
+    const float d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    int sum = 0;
+    int packed[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        u32 p = 0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int q = (int)rintf(v[4 * i + j] * id);
+            sum += q;
+            p |= ((u32)(u8)(i8)q) << (8 * j);
+        }
+        packed[i] = (int)p;
+    }
+    int4* dst = (int4*)(qs + b * 32);
+    dst[0] = make_int4(packed[0], packed[1], packed[2], packed[3]);
+    dst[1] = make_int4(packed[4], packed[5], packed[6], packed[7]);
+    d_out[b] = d;
+    s_out[b] = d * (float)sum;
+}
+
+// ------------------------------------------------------------------------------ KV write
+
+// K (n_tokens x n_kv x dk) and V (n_tokens x n_kv x dv), f32, into the f16 cache of one layer at
+// slots[t] (= block * block_size + offset; negative: skip, for padded batches). grid: n_tokens.
+extern "C" __global__ void kv_write_f16(const float* __restrict__ k, const float* __restrict__ v, u16* __restrict__ k_cache,
+                                        u16* __restrict__ v_cache, const i64* __restrict__ slots, int hk, int hv) {
+    const int t = blockIdx.x;
+    const i64 slot = slots[t];
+    if (slot < 0) return;
+    for (int e = threadIdx.x; e < hk; e += blockDim.x) k_cache[slot * hk + e] = rf_f2h(k[(size_t)t * hk + e]);
+    for (int e = threadIdx.x; e < hv; e += blockDim.x) v_cache[slot * hv + e] = rf_f2h(v[(size_t)t * hv + e]);
+}
