@@ -56,6 +56,13 @@ struct SampleArgs {
     /// reply repeats its input, e.g. code edits).
     #[arg(long = "prompt-lookup", value_name = "K", default_value_t = 0)]
     prompt_lookup: usize,
+    /// KV cache size: auto, a size (4GiB, 512MiB), a fraction of available memory (0.3) or N blocks.
+    #[arg(long = "kv-budget", default_value = "auto")]
+    kv_budget: rocmforge_engine::KvBudget,
+    /// Where to run: cpu, auto (a GPU if one works, else the CPU), cuda:N or hip:N
+    /// (default: $ROCMFORGE_DEVICE, else cpu).
+    #[arg(long)]
+    device: Option<rocmforge_runtime::exec::Device>,
 }
 
 impl SampleArgs {
@@ -89,7 +96,7 @@ impl SampleArgs {
     }
 
     fn load_options(&self) -> LoadOptions {
-        LoadOptions { n_ctx: self.ctx_size, ..Default::default() }
+        LoadOptions { n_ctx: self.ctx_size, kv: self.kv_budget, device: self.device.clone(), ..Default::default() }
     }
 }
 
@@ -169,6 +176,9 @@ enum Cmd {
         /// Batch-invariant kernels (see `run --deterministic`).
         #[arg(long)]
         deterministic: bool,
+        /// Where to run: cpu, auto, cuda:N or hip:N (default: $ROCMFORGE_DEVICE, else cpu).
+        #[arg(long)]
+        device: Option<rocmforge_runtime::exec::Device>,
     },
     /// Sentence embeddings of an encoder model (BERT): prints {"model", "embeddings": [[...], ...]}.
     Embed {
@@ -294,14 +304,14 @@ fn real_main(cli: Cli) -> Result<()> {
                 cli::session::print_verbose(&fin.metrics, engine.model().load_time());
             }
         }
-        Cmd::Bench { model, n_prompt, n_gen, reps, json, concurrency, num_prompts, deterministic } => {
+        Cmd::Bench { model, n_prompt, n_gen, reps, json, concurrency, num_prompts, deterministic, device } => {
             let reg = registry();
             let n_ctx = (n_prompt + n_gen + 2).max(16);
             let cfg = EngineConfig { deterministic, ..Default::default() };
             if let Some(c) = concurrency {
                 // KV for every request in flight at once.
                 let kv = rocmforge_engine::KvBudget::Blocks(c.max(1) * n_ctx.div_ceil(rocmforge_engine::model::BLOCK_SIZE) + 1);
-                let opts = LoadOptions { n_ctx: Some(n_ctx), kv };
+                let opts = LoadOptions { n_ctx: Some(n_ctx), kv, device: device.clone(), ..Default::default() };
                 let engine = cli::session::start_generator(&model, &reg, &opts, cfg)?;
                 let n_req = num_prompts.unwrap_or(4 * c).max(1);
                 cli::bench::run_concurrent(&engine, n_prompt, n_gen.min(8), c, n_req.min(2))?; // warm-up
@@ -324,7 +334,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 }
                 return Ok(());
             }
-            let opts = LoadOptions { n_ctx: Some(n_ctx), ..Default::default() };
+            let opts = LoadOptions { n_ctx: Some(n_ctx), device, ..Default::default() };
             let engine = cli::session::start_generator(&model, &reg, &opts, cfg)?;
             let res = cli::bench::run(&engine, n_prompt, n_gen, reps.max(1))?;
             let threads = rocmforge_cpu::ThreadPool::global().n_threads();
@@ -333,15 +343,16 @@ fn real_main(cli: Cli) -> Result<()> {
                     res.iter().map(|r| serde_json::json!({"test": r.test, "t/s": r.mean, "stddev": r.stddev})).collect();
                 println!(
                     "{}",
-                    serde_json::json!({"model": model.display().to_string(), "backend": "CPU", "threads": threads, "results": v})
+                    serde_json::json!({"model": model.display().to_string(), "backend": engine.model().backend(), "threads": threads, "results": v})
                 );
             } else {
                 println!("| model | backend | threads | test | t/s |");
                 println!("| --- | --- | --- | --- | --- |");
                 for r in &res {
                     println!(
-                        "| {} | CPU | {} | {} | {:.2} ± {:.2} |",
+                        "| {} | {} | {} | {} | {:.2} ± {:.2} |",
                         model.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+                        engine.model().backend(),
                         threads,
                         r.test,
                         r.mean,

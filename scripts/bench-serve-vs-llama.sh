@@ -135,7 +135,7 @@ tp = {(r["server"], r["concurrency"]): r for r in rs if r["scenario"] == "throug
 ns = sorted({n for _, n in tp})
 print()
 print(f"{'N':>3} {'M':>4} | {'out tok/s RF':>12} {'llama':>8} {'ratio':>6} | {'TTFT p50 ms RF':>14} {'llama':>8} | "
-      f"{'ITL p50 ms RF':>13} {'llama':>7} | {'ITL p99 RF':>10} {'llama':>7} | {'fail':>5} | load RF/llama")
+      f"{'ITL p50 ms RF':>13} {'llama':>7} | {'ITL p99 RF':>10} {'llama':>7} | {'fail':>5} | load1m RF/llama, compilers")
 for n in ns:
     a, b = tp.get(("rocmforge", n)), tp.get(("llama-server", n))
     if not a or not b:
@@ -143,16 +143,17 @@ for n in ns:
     print(f"{n:>3} {a['num_prompts']:>4} | {a['output_throughput']:>12.1f} {b['output_throughput']:>8.1f} "
           f"{a['output_throughput'] / b['output_throughput']:>5.2f}x | {a['median_ttft_ms']:>14.1f} {b['median_ttft_ms']:>8.1f} | "
           f"{a['median_itl_ms']:>13.2f} {b['median_itl_ms']:>7.2f} | {a['p99_itl_ms']:>10.2f} {b['p99_itl_ms']:>7.2f} | "
-          f"{a['failed']:>2}/{b['failed']:<2} | {a['load_avg_1m_before']:.2f}/{b['load_avg_1m_before']:.2f}")
+          f"{a['failed']:>2}/{b['failed']:<2} | {a['load_avg_1m_before']:.2f}/{b['load_avg_1m_before']:.2f}, "
+          f"{a.get('compilers_before', '?')}+{a.get('compilers_after', '?')}/{b.get('compilers_before', '?')}+{b.get('compilers_after', '?')}")
 a1 = tp.get(("rocmforge", 1)); a16 = tp.get(("rocmforge", max(ns))) if ns else None
 if a1 and a16 and max(ns) > 1:
     print(f"rocmforge scaling N={max(ns)} / N=1: {a16['output_throughput'] / a1['output_throughput']:.2f}x")
 ch = [r for r in rs if r["scenario"] == "chat-turn"]
 if ch:
     print()
-    print(f"{'chat turn (history ' + str(ch[0]['history_len']) + ')':<32} {'TTFT turn1 ms':>14} {'turn2 ms':>9} {'turn2/turn1':>12}  cached(turn2)")
+    print(f"{'chat turn (history ' + str(ch[0]['history_len']) + ')':<32} {'TTFT turn1 ms':>14} {'turn2 ms':>9} {'turn2/turn1':>12}  load1m  cached(turn2)")
     for r in ch:
         print(f"{r['server'] + ' ' + r['dialect']:<32} {r['median_turn1_ttft_ms']:>14.1f} {r['median_turn2_ttft_ms']:>9.1f} "
-              f"{r['ratio_turn2_turn1']:>12.3f}  {r['turn2_cached_tokens']}")
+              f"{r['ratio_turn2_turn1']:>12.3f}  {r['load_avg_1m']:>6.2f}  {r['turn2_cached_tokens']}")
 EOF
 echo "results: $RESULTS" >&2

@@ -222,6 +222,22 @@ def mean(xs):
     return statistics.fmean(xs) if xs else float("nan")
 
 
+COMPILERS = {"cargo", "rustc", "cc1", "cc1plus", "cc1obj", "collect2", "ld", "ld.lld", "clang", "clang++", "nvcc", "make", "ninja"}
+
+
+def compilers():
+    """How many compiler processes run on the machine now (others' builds spoil any figure)."""
+    n = 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/comm") as f:
+                    n += f.read().strip() in COMPILERS
+            except OSError:
+                pass
+    return n
+
+
 def load_avg():
     try:
         return os.getloadavg()[0]
@@ -248,7 +264,7 @@ def run_throughput(cl, args):
     if not warm["ok"]:
         sys.exit(f"warm-up request failed: {warm['error']}")
     prompts = prompts[1:]
-    load0 = load_avg()
+    load0, comp0 = load_avg(), compilers()
     lock = threading.Lock()
     in_flight = [0, 0]  # now, max
 
@@ -289,6 +305,7 @@ def run_throughput(cl, args):
         "mean_itl_ms": mean(itl), "median_itl_ms": pct(itl, 50), "p99_itl_ms": pct(itl, 99),
         "mean_e2el_ms": mean(e2e), "median_e2el_ms": pct(e2e, 50), "p99_e2el_ms": pct(e2e, 99),
         "load_avg_1m_before": load0, "load_avg_1m_after": load_avg(),
+        "compilers_before": comp0, "compilers_after": compilers(),
     }
     w = 50
     row = lambda k, v, f="{:.2f}": print(f"{k:<40}{f.format(v):>10}")  # noqa: E731
@@ -307,6 +324,8 @@ def run_throughput(cl, args):
         print("{s:{c}^{n}}".format(s=title, n=w, c="-"))
         for stat in ("mean", "median", "p99"):
             row(f"{stat.capitalize() if stat != 'p99' else 'P99'} {key.upper()} (ms):", res[f"{stat}_{key}_ms"])
+    print(f"{'Load avg 1 min before / after:':<40}{load0:>5.2f} / {res['load_avg_1m_after']:.2f}")
+    print(f"{'Compiler processes before / after:':<40}{comp0:>5} / {res['compilers_after']}")
     print("=" * w)
     if short:
         print(f"note: {short} request(s) stopped before {args.output_len} tokens (ignore_eos not honoured?)")
@@ -318,7 +337,7 @@ def run_throughput(cl, args):
 
 def run_chat_turn(cl, args):
     model = resolve_model(cl, args)
-    rng = random.Random(args.seed)
+    rng = random.Random(f"chat-turn-{args.seed}")  # not the throughput prompts' stream: no accidental cache hits
     chat = args.dialect == "openai"
     q1, q2 = "Summarize the text above in one sentence.", "Now list three words from it that you like."
     # Warm-up: a short exchange (loads the model, first-call costs).
@@ -358,7 +377,7 @@ def run_chat_turn(cl, args):
         "median_turn1_ttft_ms": pct(t1, 50), "median_turn2_ttft_ms": pct(t2, 50),
         "ratio_turn2_turn1": pct(t2, 50) / pct(t1, 50),
         "turn1_prompt_tokens": [a["prompt_tokens"] for a, _ in turns], "turn2_prompt_tokens": [b["prompt_tokens"] for _, b in turns],
-        "turn2_cached_tokens": [b["cached"] for _, b in turns], "load_avg_1m": load_avg(),
+        "turn2_cached_tokens": [b["cached"] for _, b in turns], "load_avg_1m": load_avg(), "compilers_after": compilers(),
     }
     print(f"{'=' * 14} Chat turn (prefix cache) {'=' * 10}")
     print(f"{'Median TTFT turn 1 (ms):':<40}{res['median_turn1_ttft_ms']:>10.1f}")

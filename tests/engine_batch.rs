@@ -97,7 +97,7 @@ fn prompt_lookup_keeps_greedy_output() {
     let text = format!("Rename the variable `result` to `acc` in this Python function and print the whole function:\n```python\n{code}```\nAnswer:\n```python\n");
     let run = |k: usize| {
         let reg = common::registry();
-        let m = Model::load(&common::model("SmolLM2-135M-Instruct.Q4_1.gguf"), &reg, &LoadOptions { n_ctx: Some(512), kv: KvBudget::Blocks(64) })
+        let m = Model::load(&common::model("SmolLM2-135M-Instruct.Q4_1.gguf"), &reg, &LoadOptions { n_ctx: Some(512), kv: KvBudget::Blocks(64), ..Default::default() })
             .expect("load");
         let cfg = EngineConfig { scheduler: SchedulerConfig { prompt_lookup: k, ..Default::default() }, deterministic: true };
         let e = rocmforge_engine::Engine::start(m, cfg).expect("engine");

@@ -136,6 +136,46 @@ fn chat_stream_and_not() {
 
 /// [T-TR-02/03/04/11] [T-ERR-*] [T-OPT-01..04] [T-KA-01] [T-THK-01/02] [T-FMT-04] errors and
 /// lenient parsing.
+/// [T-OWUI-OLL-01..10] [T-OPT-04] a chat shaped like Open WebUI 0.12.4's: its built-in tools
+/// on a model whose template has no tool support (answered as without them, not refused: the
+/// UI's chat broke on that), legacy options, extra fields; streamed, then a background task's
+/// non-streaming call.
+#[test]
+fn open_webui_shaped_chat() {
+    let s = Server::start(&[]);
+    let tools = json!([
+        {"type": "function", "function": {"name": "search_memories", "description": "Search the user's memories.",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string", "description": "what to look for"}}, "required": ["query"]}}},
+        {"type": "function", "function": {"name": "get_current_timestamp", "description": "Now.", "parameters": {"type": "object", "properties": {}}}}
+    ]);
+    let body = json!({
+        "model": SMOL_TAG,
+        "messages": [{"role": "user", "content": "Write two sentences about the sea."}],
+        "stream": true,
+        "tools": tools,
+        "keep_alive": "5m",
+        "options": {"temperature": 0.8, "mirostat": 0, "mirostat_eta": 0.1, "mirostat_tau": 5.0, "use_mlock": false, "num_predict": 12},
+        "metadata": {"chat_id": "x"},
+    });
+    let (st, ct, out) = s.post("/api/chat", &body);
+    assert_eq!(st, 200, "{out}");
+    assert_eq!(ct, "application/x-ndjson");
+    let lines = ndjson_lines(&out);
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], true, "{out}");
+    assert!(last["eval_count"].as_u64().unwrap() >= 1 && last["eval_duration"].as_u64().unwrap() > 0, "{last}");
+    let content: String = lines.iter().map(|l| l["message"]["content"].as_str().unwrap()).collect();
+    assert!(!content.trim().is_empty(), "{out}");
+    assert!(lines.iter().all(|l| l["message"].get("tool_calls").is_none()), "{out}");
+    // A title task: not streamed, a system prompt, no tools.
+    let (st, v) = s.json(
+        "/api/chat",
+        &json!({"model": SMOL_TAG, "stream": false, "messages": [{"role": "system", "content": "Reply with a title."}, {"role": "user", "content": content}], "options": {"num_predict": 8}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(v["message"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{v}");
+}
+
 #[test]
 fn errors_and_lenient_parsing() {
     let s = Server::start(&[]);

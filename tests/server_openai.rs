@@ -33,12 +33,30 @@ fn chat_completions() {
     let finish = &chunks[chunks.len() - 2]["choices"][0];
     assert_eq!(finish["delta"], json!({}));
     assert!(matches!(finish["finish_reason"].as_str(), Some("stop" | "length")));
+    // llama-server's timings on the finish chunk (what Open WebUI's OpenAI connection reads).
+    let timings = &chunks[chunks.len() - 2]["timings"];
+    assert_eq!(timings["predicted_n"], usage["usage"]["completion_tokens"], "{timings}");
+    assert!(timings["prompt_n"].as_u64().unwrap() >= 1 && timings["predicted_per_second"].as_f64().unwrap() > 0.0, "{timings}");
     for c in &chunks[..chunks.len() - 2] {
         assert!(c["choices"][0]["finish_reason"].is_null());
     }
     let completion = usage["usage"]["completion_tokens"].as_u64().unwrap();
     assert!((1..=6).contains(&completion));
     assert_eq!(usage["usage"]["total_tokens"].as_u64().unwrap(), completion + usage["usage"]["prompt_tokens"].as_u64().unwrap());
+
+    // OpenAI content parts on a template that concatenates `content` as a string (SmolLM2's):
+    // the text parts are joined, not handed to the template as a list (which failed to render).
+    let parts = json!([{"role": "user", "content": [{"type": "text", "text": "Name a"}, {"type": "text", "text": "color."}]}]);
+    let (st, v) = s.json("/v1/chat/completions", &json!({"model": SMOL, "messages": parts, "max_tokens": 3}));
+    assert_eq!(st, 200, "{v}");
+    assert!(v["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{v}");
+    let (st, v) = s.json("/apply-template", &json!({"model": SMOL, "messages": parts}));
+    assert_eq!(st, 200, "{v}");
+    assert!(v["prompt"].as_str().unwrap().contains("Name a\ncolor."), "{v}");
+    let img = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]);
+    let (st, v) = s.json("/v1/chat/completions", &json!({"model": SMOL, "messages": img}));
+    assert_eq!((st, v["error"]["type"].as_str()), (400, Some("invalid_request_error")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("does not support vision"), "{v}");
 
     // Non-streaming, n = 2, logprobs, seed.
     let (st, v) = s.json(

@@ -23,6 +23,7 @@ const MODEL = process.env.WEBUI_MODEL || 'smollm2:latest';
 const SHOTS = process.env.WEBUI_SHOTS || '.';
 const ADMIN = { name: 'Rocm Forge', email: 'admin@example.com', password: 'rocmforge-test-pw' };
 const PROMPT = 'Write two sentences about the sea.';
+const PROMPT2 = 'Now write one sentence about the sky.';
 
 const log = (...a) => console.log('[chat.test]', ...a);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -73,7 +74,42 @@ async function reachChat(page) {
   throw new Error(`the chat page did not come up (at ${page.url()})`);
 }
 
-test('Open WebUI chats with rocmforge through its Ollama connection', { timeout: 600_000 }, async () => {
+/// Type a message, send it, and wait until the `n`th assistant reply is complete (the Stop
+/// button gone and the text settled). Returns how many different lengths the reply had while it
+/// streamed.
+async function sendAndWait(page, text, n, shots) {
+  await page.locator('#chat-input').click();
+  await page.keyboard.type(text);
+  if (n === 1) await shot(page, '04-message-typed.png');
+  await page.keyboard.press('Enter');
+  const reply = page.locator('.chat-assistant #response-content-container').nth(n - 1);
+  await reply.waitFor({ state: 'attached', timeout: 60_000 });
+  const lengths = new Set();
+  let streamShot = !shots.streaming;
+  let settled = 0;
+  let last = '';
+  const t0 = Date.now();
+  while (Date.now() - t0 < 180_000) {
+    const now = ((await reply.innerText().catch(() => '')) || '').trim();
+    if (now) lengths.add(now.length);
+    if (now && !streamShot && lengths.size >= 2) {
+      await shot(page, shots.streaming);
+      streamShot = true;
+    }
+    const stop = await page.locator('button[aria-label="Stop"]').count();
+    settled = stop === 0 && now && now === last ? settled + 1 : 0;
+    if (settled >= 5) break;
+    last = now;
+    await sleep(100);
+  }
+  assert.ok(settled >= 5, `reply ${n} did not finish in 180 s`);
+  if (shots.done) await shot(page, shots.done);
+  log(`reply ${n} (${last.length} chars, ${lengths.size} lengths seen while streaming):`, JSON.stringify(last.slice(0, 300)));
+  assert.ok(last.length > 0, `no text in reply ${n}`);
+  return { text: last, lengths: lengths.size };
+}
+
+test(`Open WebUI chats with rocmforge through its ${process.env.WEBUI_CONNECTION || 'ollama'} connection`, { timeout: 600_000 }, async () => {
   const profile = mkdtempSync(join(tmpdir(), 'rocmforge-chromium-'));
   // A fresh profile (launchPersistentContext's user-data-dir); Playwright adds --headless.
   const ctx = await chromium.launchPersistentContext(profile, {
@@ -117,39 +153,15 @@ test('Open WebUI chats with rocmforge through its Ollama connection', { timeout:
     );
     log('model selected:', await trigger.getAttribute('aria-label'));
 
-    // Send a message.
-    const input = page.locator('#chat-input');
-    await input.click();
-    await page.keyboard.type(PROMPT);
-    await shot(page, '04-message-typed.png');
-    await page.keyboard.press('Enter');
+    // First turn: watch the reply stream in.
+    const first = await sendAndWait(page, PROMPT, 1, { streaming: '05-streaming.png', done: '06-reply.png' });
+    assert.ok(first.lengths >= 2, 'the reply did not grow while streaming (seen only the final text)');
+    // Second turn: the whole conversation goes back to rocmforge (its prefix cache serves the
+    // part it has seen).
+    await sendAndWait(page, PROMPT2, 2, { done: '07-second-reply.png' });
 
-    // Watch the reply grow (streaming), then wait for Open WebUI to mark it done.
-    const reply = page.locator('.chat-assistant #response-content-container').last();
-    await reply.waitFor({ state: 'attached', timeout: 60_000 });
-    const lengths = new Set();
-    let streamShot = false;
-    const t0 = Date.now();
-    while (Date.now() - t0 < 180_000) {
-      const text = ((await reply.innerText().catch(() => '')) || '').trim();
-      if (text) lengths.add(text.length);
-      if (text && !streamShot && lengths.size >= 2) {
-        await shot(page, '05-streaming.png');
-        streamShot = true;
-      }
-      const done = await page.locator('.regenerate-response-button').count();
-      const stop = await page.locator('button[aria-label="Stop"]').count();
-      if (done > 0 && stop === 0) break;
-      await sleep(100);
-    }
-    const text = ((await reply.innerText().catch(() => '')) || '').trim();
-    await shot(page, '06-reply.png');
-    log(`reply (${text.length} chars, ${lengths.size} distinct lengths seen while streaming):`, JSON.stringify(text.slice(0, 300)));
-    assert.ok(text.length > 0, 'no reply text in the page');
-    assert.ok(lengths.size >= 2, 'the reply did not grow while streaming (seen only the final text)');
-
-    // What Open WebUI stored for the chat: the assistant message is done, has no error, and
-    // carries the usage numbers taken from rocmforge's final NDJSON line.
+    // What Open WebUI stored for the chat: both assistant messages are done, have no error,
+    // and carry the usage numbers taken from rocmforge's final NDJSON line.
     const stored = await page.evaluate(async () => {
       const h = { Authorization: `Bearer ${localStorage.token}` };
       const list = await (await fetch('/api/v1/chats/', { headers: h })).json();
@@ -157,20 +169,27 @@ test('Open WebUI chats with rocmforge through its Ollama connection', { timeout:
       if (!id) return { error: 'no chat stored', list };
       const chat = await (await fetch(`/api/v1/chats/${id}`, { headers: h })).json();
       const msgs = Object.values(chat?.chat?.history?.messages || {});
+      msgs.sort((a, b) => (a.timestamp ?? 0) - (b.timestamp ?? 0));
       return { title: chat?.title, msgs: msgs.map((m) => ({ role: m.role, done: m.done, error: m.error, content: m.content, usage: m.usage, model: m.model })) };
     });
-    log('stored chat:', JSON.stringify(stored).slice(0, 1500));
-    const a = (stored.msgs || []).find((m) => m.role === 'assistant');
-    assert.ok(a, `no assistant message stored: ${JSON.stringify(stored)}`);
-    assert.equal(a.model, MODEL);
-    assert.ok(!a.error, `the assistant message has an error: ${JSON.stringify(a.error)}`);
-    assert.equal(a.done, true);
-    assert.ok((a.content || '').trim().length > 0, 'empty assistant message stored');
-    assert.ok(a.usage && (a.usage.eval_count > 0 || a.usage.completion_tokens > 0 || a.usage.output_tokens > 0), `no usage: ${JSON.stringify(a.usage)}`);
+    log('stored chat:', JSON.stringify(stored).slice(0, 2000));
+    const replies = (stored.msgs || []).filter((m) => m.role === 'assistant');
+    assert.equal(replies.length, 2, `expected two assistant messages: ${JSON.stringify(stored)}`);
+    for (const a of replies) {
+      assert.equal(a.model, MODEL);
+      assert.ok(!a.error, `an assistant message has an error: ${JSON.stringify(a.error)}`);
+      assert.equal(a.done, true);
+      assert.ok((a.content || '').trim().length > 0, 'empty assistant message stored');
+      // Ollama connection: eval_count / eval_duration (ns) of the final NDJSON line; OpenAI
+      // connection: llama-server's `timings` on the finish chunk (predicted_n, normalised by
+      // Open WebUI into output_tokens).
+      const u = a.usage || {};
+      assert.ok((u.eval_count > 0 && u.eval_duration > 0) || (u.predicted_n > 0 && u.output_tokens > 0), `no usage: ${JSON.stringify(a.usage)}`);
+    }
     // Background tasks (title generation: a non-streaming /api/chat) may still run; give the
     // title a moment to appear in the sidebar for the last screenshot.
     await sleep(3000);
-    await shot(page, '07-final.png');
+    await shot(page, '08-final.png');
     if (consoleErrors.length) log('browser console errors:', consoleErrors.slice(0, 10));
   } catch (e) {
     await shot(page, 'zz-failure.png').catch(() => {});

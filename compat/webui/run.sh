@@ -14,7 +14,8 @@
 # Where things go (all under .cache/, git-ignored):
 #   .cache/webui-venv   Open WebUI (pip)          .cache/webui-node   playwright-core (npm)
 #   .cache/webui-run/   this run: shots/*.png, rocmforge.log, open-webui.log, data/ (fresh each run)
-# Env: WEBUI_OUT (run folder), WEBUI_KEEP=1 (leave both servers running, print their URLs).
+# Env: WEBUI_CONNECTION=ollama (default: Open WebUI's Ollama connection, /api/*) or openai (its
+# OpenAI connection, /v1/*), WEBUI_OUT (run folder), WEBUI_KEEP=1 (leave both servers running).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -23,6 +24,7 @@ OWUI_VERSION=0.12.4
 PLAYWRIGHT_VERSION=1.65.1
 VENV="$ROOT/.cache/webui-venv"
 NODE_DIR="$ROOT/.cache/webui-node"
+CONNECTION="${WEBUI_CONNECTION:-ollama}"
 OUT="${WEBUI_OUT:-$ROOT/.cache/webui-run}"
 MODEL_FILE="$ROOT/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 BIN="${ROCMFORGE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/rocmforge}"
@@ -93,14 +95,19 @@ for _ in $(seq 1 100); do
 done
 grep -q "rocmforge listening on" "$OUT/rocmforge.log" || die "rocmforge serve did not start"
 
-say "starting Open WebUI $OWUI_VERSION on 127.0.0.1:$UI_PORT (Ollama connection)"
-# Offline and quiet: no update checks, no telemetry, no OpenAI connection (nothing to reach),
+case "$CONNECTION" in
+    ollama) CONN_ENV=(OLLAMA_BASE_URL="http://127.0.0.1:$RF_PORT" ENABLE_OLLAMA_API=True ENABLE_OPENAI_API=False) ;;
+    openai) CONN_ENV=(OPENAI_API_BASE_URL="http://127.0.0.1:$RF_PORT/v1" OPENAI_API_KEY=unused ENABLE_OPENAI_API=True ENABLE_OLLAMA_API=False) ;;
+    *) die "WEBUI_CONNECTION must be ollama or openai" ;;
+esac
+say "starting Open WebUI $OWUI_VERSION on 127.0.0.1:$UI_PORT ($CONNECTION connection)"
+# Offline and quiet: no update checks, no telemetry, only the one connection to rocmforge,
 # the RAG embedding model is not fetched (its load error in the log is harmless for chat).
 # Runs in $OUT: it writes .webui_secret_key into its working directory.
 (
     cd "$OUT"
     exec env DATA_DIR="$OUT/data" \
-        OLLAMA_BASE_URL="http://127.0.0.1:$RF_PORT" ENABLE_OLLAMA_API=True ENABLE_OPENAI_API=False \
+        "${CONN_ENV[@]}" \
         OFFLINE_MODE=True HF_HUB_OFFLINE=1 RAG_EMBEDDING_MODEL_AUTO_UPDATE=False \
         ENABLE_VERSION_UPDATE_CHECK=False ANONYMIZED_TELEMETRY=False DO_NOT_TRACK=true SCARF_NO_ANALYTICS=true \
         WEBUI_SECRET_KEY=rocmforge-webui-test \
@@ -118,9 +125,13 @@ say "Open WebUI up after $(( $(date +%s) - t ))s"
 # --- the browser ---------------------------------------------------------------------------
 say "driving chromium"
 status=0
-NODE_PATH="$NODE_DIR/node_modules" WEBUI_URL="http://127.0.0.1:$UI_PORT" WEBUI_MODEL="smollm2:latest" \
+NODE_PATH="$NODE_DIR/node_modules" WEBUI_CONNECTION="$CONNECTION" WEBUI_URL="http://127.0.0.1:$UI_PORT" WEBUI_MODEL="smollm2:latest" \
     WEBUI_SHOTS="$OUT/shots" CHROMIUM="$(command -v chromium)" \
     node --test --test-timeout=600000 "$ROOT/compat/webui/chat.test.mjs" || status=$?
+
+# The engine's view afterwards (background tasks may still be running).
+say "rocmforge /metrics after the chat:"
+curl -fsS "http://127.0.0.1:$RF_PORT/metrics" | grep -E '^(vllm:(num_requests_running|num_requests_waiting|kv_cache_usage_perc|prefix_cache_queries_total|prefix_cache_hits_total)|llamacpp:tokens_predicted_total) ' | sed 's/^/    /' || true
 
 # What Open WebUI asked of rocmforge (the request log), and no 5xx among it.
 say "rocmforge requests (method path status):"

@@ -61,6 +61,12 @@ pub struct ServeArgs {
     /// Prompt-lookup speculative decoding: up to K draft tokens per step (greedy requests).
     #[arg(long = "prompt-lookup", value_name = "K", default_value_t = 0)]
     pub prompt_lookup: usize,
+    /// KV cache size per model: auto, a size (4GiB, 512MiB), a fraction of available memory (0.3) or N blocks.
+    #[arg(long = "kv-budget", default_value = "auto")]
+    pub kv_budget: rocmforge_engine::KvBudget,
+    /// Where models run: cpu, auto, cuda:N or hip:N (default: $ROCMFORGE_DEVICE, else cpu).
+    #[arg(long)]
+    pub device: Option<rocmforge_runtime::exec::Device>,
 }
 
 fn env(k: &str) -> Option<String> {
@@ -126,7 +132,7 @@ pub fn run(a: &ServeArgs, registry: rocmforge_runtime::Registry) -> Result<()> {
         },
         deterministic: a.deterministic,
     };
-    let loader = rocmforge_server::engine_backend::EngineLoader { registry: Arc::new(registry), config };
+    let loader = rocmforge_server::engine_backend::EngineLoader { registry: Arc::new(registry), config, kv: a.kv_budget, device: a.device.clone() };
     rocmforge_server::serve(cfg, Arc::new(loader))?;
     Ok(())
 }

@@ -41,7 +41,7 @@ pub fn collect(mut s: RequestStream) -> (Vec<u32>, Finished) {
 
 pub fn engine(model: &str, deterministic: bool, kv_blocks: usize, budget: usize) -> Engine {
     let reg = super::registry();
-    let m = Model::load(&super::model(model), &reg, &LoadOptions { n_ctx: Some(256), kv: KvBudget::Blocks(kv_blocks) }).expect("load");
+    let m = Model::load(&super::model(model), &reg, &LoadOptions { n_ctx: Some(256), kv: KvBudget::Blocks(kv_blocks), ..Default::default() }).expect("load");
     let cfg = EngineConfig {
         scheduler: SchedulerConfig { max_num_batched_tokens: budget, max_num_seqs: 8, ..Default::default() },
         deterministic,

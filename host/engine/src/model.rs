@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocmforge_chat::ChatTemplate;
-use rocmforge_runtime::exec::KvConfig;
+use rocmforge_runtime::exec::{Device, KvConfig};
 use rocmforge_runtime::{build_graph, Executor, ModelSource, Registry};
 use rocmforge_tokenizer::Tokenizer;
 
@@ -39,6 +39,47 @@ pub enum KvBudget {
     Bytes(usize),
     /// Exactly this many blocks of [`BLOCK_SIZE`] tokens.
     Blocks(usize),
+    /// This fraction (0, 1] of the memory available now (`MemAvailable` of /proc/meminfo on
+    /// the CPU backend).
+    Fraction(f64),
+}
+
+impl std::str::FromStr for KvBudget {
+    type Err = String;
+    /// `auto`, `4GiB` / `512MiB` / `1000000000` (bytes), `0.5` (a fraction of available
+    /// memory), `2048blocks`.
+    fn from_str(s: &str) -> Result<KvBudget, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let bad = || format!("KV budget '{s}': expected auto, a size like 4GiB or 512MiB, a fraction like 0.5, or N blocks");
+        if t == "auto" {
+            return Ok(KvBudget::Auto);
+        }
+        if let Some(n) = t.strip_suffix("blocks") {
+            return n.trim().parse().map(KvBudget::Blocks).map_err(|_| bad());
+        }
+        for (suffix, mul) in [("gib", 1u64 << 30), ("gb", 1_000_000_000), ("mib", 1 << 20), ("mb", 1_000_000)] {
+            if let Some(n) = t.strip_suffix(suffix) {
+                let v: f64 = n.trim().parse().map_err(|_| bad())?;
+                return Ok(KvBudget::Bytes((v * mul as f64) as usize));
+            }
+        }
+        if t.contains('.') {
+            let f: f64 = t.parse().map_err(|_| bad())?;
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(format!("KV budget fraction {f} must be in (0, 1]"));
+            }
+            return Ok(KvBudget::Fraction(f));
+        }
+        t.parse().map(KvBudget::Bytes).map_err(|_| bad())
+    }
+}
+
+/// Bytes of memory available now (Linux `MemAvailable`), if known.
+fn available_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Options of [`Model::load`].
@@ -47,11 +88,15 @@ pub struct LoadOptions {
     /// Tokens per sequence (default 4096, at most the model's training context).
     pub n_ctx: Option<usize>,
     pub kv: KvBudget,
+    /// Where the model runs; None: `ROCMFORGE_DEVICE`, else the CPU.
+    pub device: Option<Device>,
+    /// Tokens per forward pass the activation memory is sized for (the scheduler's budget).
+    pub max_batch_tokens: usize,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { n_ctx: None, kv: KvBudget::Auto }
+        LoadOptions { n_ctx: None, kv: KvBudget::Auto, device: None, max_batch_tokens: rocmforge_runtime::exec::DEFAULT_MAX_BATCH_TOKENS }
     }
 }
 
@@ -64,6 +109,7 @@ pub struct Model {
     n_out: usize,
     embedding: bool,
     kv_config: KvConfig,
+    backend: String,
     src: ModelSource,
     tok: Arc<Tokenizer>,
     template: ChatTemplate,
@@ -105,6 +151,10 @@ impl Model {
         let n_blocks = match opts.kv {
             KvBudget::Blocks(b) => b.max(1),
             KvBudget::Bytes(bytes) => (bytes / (kv_bytes_per_token * BLOCK_SIZE)).max(1),
+            KvBudget::Fraction(f) => {
+                let bytes = available_memory().ok_or_else(|| EngineError::Invalid("KV budget as a fraction: available memory unknown on this system; give a size".into()))?;
+                ((bytes as f64 * f) as usize / (kv_bytes_per_token * BLOCK_SIZE)).max(1)
+            }
             KvBudget::Auto => {
                 let cap = (DEFAULT_KV_BYTES / (kv_bytes_per_token * BLOCK_SIZE)).max(ctx_blocks);
                 (ctx_blocks * DEFAULT_PARALLEL).min(cap)
@@ -113,7 +163,13 @@ impl Model {
         // One sequence always fits the pool, so the scheduler can always make progress.
         n_ctx = n_ctx.min(n_blocks * BLOCK_SIZE);
         let kv_config = KvConfig { block_size: BLOCK_SIZE, n_blocks };
-        let exec = Executor::new(graph, &src, kv_config)?;
+        let device = match &opts.device {
+            Some(d) => d.clone(),
+            None => Device::from_env()?,
+        };
+        let exec = Executor::with_device(graph, &src, kv_config, opts.max_batch_tokens, device)?;
+        let backend = exec.backend_name();
+        tracing::info!("{}: running on {backend}", path.display());
         let (n_out, embedding) = (exec.n_out_cols(), exec.is_embedding());
         tracing::info!(
             "KV cache: {n_blocks} blocks of {BLOCK_SIZE} tokens ({} tokens, {:.1} MiB f16); context {n_ctx} tokens per sequence",
@@ -138,6 +194,7 @@ impl Model {
             n_out,
             embedding,
             kv_config,
+            backend,
             plugin: plugin.name.clone(),
             src,
             tok: Arc::new(tok),
@@ -205,6 +262,11 @@ impl Model {
         &self.src
     }
 
+    /// The backend the model runs on ("CPU (Avx512, 16 threads)", "CUDA NVIDIA H100 ...").
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
     pub fn load_time(&self) -> Duration {
         self.load_time
     }
@@ -217,5 +279,24 @@ impl Model {
     /// Bytes of KV cache one token takes over all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
         self.kv_bytes_per_token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KvBudget;
+
+    #[test]
+    fn kv_budget_parses_every_form_and_names_bad_input() {
+        assert_eq!("auto".parse(), Ok(KvBudget::Auto));
+        assert_eq!("4GiB".parse(), Ok(KvBudget::Bytes(4 << 30)));
+        assert_eq!("512 MiB".parse(), Ok(KvBudget::Bytes(512 << 20)));
+        assert_eq!("1000".parse(), Ok(KvBudget::Bytes(1000)));
+        assert_eq!("0.25".parse(), Ok(KvBudget::Fraction(0.25)));
+        assert_eq!("2048blocks".parse(), Ok(KvBudget::Blocks(2048)));
+        let e = "1.5".parse::<KvBudget>().unwrap_err();
+        assert!(e.contains("(0, 1]"), "{e}");
+        let e = "lots".parse::<KvBudget>().unwrap_err();
+        assert!(e.contains("'lots'"), "{e}");
     }
 }

@@ -211,7 +211,8 @@ fn prompt_tokens(b: &dyn crate::backend::Backend, p: Option<&Json>) -> Result<Ve
     Ok(out)
 }
 
-fn timings(f: &Finished) -> Json {
+/// llama-server's `timings` object of a finished request (also sent on `/v1/*`, as it does).
+pub(crate) fn timings(f: &Finished) -> Json {
     let m = &f.metrics;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let per = |n: usize, d: std::time::Duration| if n > 0 { ms(d) / n as f64 } else { 0.0 };
@@ -447,7 +448,11 @@ struct ApplyTemplateReq {
 pub async fn apply_template(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
     let req: ApplyTemplateReq = parse_body(&body, D)?;
     let lease = lease(&st, req.model.as_deref(), None).await?;
-    let mut rr = RenderRequest::new(&req.messages);
+    let mut messages = req.messages;
+    let model = lease.model.resolved.name.clone();
+    crate::openai::content_parts_for_template(&mut messages, lease.model.backend.facts().chat_template.as_deref(), &model)
+        .map_err(|e| e.in_dialect(D))?;
+    let mut rr = RenderRequest::new(&messages);
     rr.tools = req.tools.as_ref().filter(|t| !t.is_null());
     if let Some(kw) = req.chat_template_kwargs {
         rr.extra = kw;
@@ -614,7 +619,9 @@ pub async fn slot_action(
             return Err(ApiError::not_supported("saving and restoring slots is not supported").in_dialect(D));
         }
         other => {
-            return Err(ApiError::bad_request(format!("invalid action {:?}: expected erase, save or restore", other.unwrap_or(""))).in_dialect(D))
+            return Err(
+                ApiError::bad_request(format!("invalid action {:?}: expected erase, save or restore", other.unwrap_or(""))).in_dialect(D)
+            )
         }
     }
     let mut models = st.mgr.residents();

@@ -242,7 +242,12 @@ impl Metrics {
         m("rocmforge:num_requests_waiting", "gauge", "Requests queued in the engines.", waiting);
         m("rocmforge:kv_cache_usage_ratio", "gauge", "KV blocks in use / KV blocks of the loaded models.", kv);
         m("rocmforge:kv_cache_blocks_total", "gauge", "KV blocks of the loaded models.", e.kv_blocks_total as f64);
-        m("rocmforge:kv_cache_blocks_free", "gauge", "Free KV blocks (cached blocks no request holds count as free).", e.kv_blocks_free as f64);
+        m(
+            "rocmforge:kv_cache_blocks_free",
+            "gauge",
+            "Free KV blocks (cached blocks no request holds count as free).",
+            e.kv_blocks_free as f64,
+        );
         m("rocmforge:prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.", c.prefix_queries as f64);
         m("rocmforge:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.", c.prefix_hits as f64);
         m("rocmforge:prefix_cache_hit_rate", "gauge", "Prefix-cache hits / queries since start.", hit);
@@ -253,7 +258,12 @@ impl Metrics {
         m("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", waiting);
         m("vllm:gpu_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", kv);
         m("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", kv);
-        m("vllm:prefix_cache_queries_total", "counter", "Prefix cache queries, in terms of number of queried tokens.", c.prefix_queries as f64);
+        m(
+            "vllm:prefix_cache_queries_total",
+            "counter",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            c.prefix_queries as f64,
+        );
         m("vllm:prefix_cache_hits_total", "counter", "Prefix cache hits, in terms of number of cached tokens.", c.prefix_hits as f64);
         m("vllm:num_preemptions_total", "counter", "Cumulative number of preemptions.", c.preemptions as f64);
         m("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", pt as f64);

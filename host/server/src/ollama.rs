@@ -711,7 +711,7 @@ pub async fn chat(State(st): State<Shared>, body: Bytes) -> Result<Response, Api
         // Ollama refuses tools for such a model (400), but Open WebUI 0.12 sends its built-in
         // tools with every chat, so refusing breaks plain chatting with any model whose template
         // cannot show tools. The model answers as if none were passed (docs/api.md).
-        tracing::info!("{}: the chat template has no tool support; ignoring the request's tools", r.name);
+        tracing::debug!("{}: the chat template has no tool support; ignoring the request's tools", r.name);
         tools = None;
     }
     let thinking = check_think(&r, &req.model, &think)?;

@@ -247,7 +247,7 @@ pub async fn chat_completions(State(st): State<Shared>, body: Bytes) -> Result<R
         if forced {
             return Err(ApiError::bad_request(format!("\"{}\" does not support tools", req.model)).in_dialect(D));
         }
-        tracing::info!("{}: the chat template has no tool support; ignoring the request's tools", r.name);
+        tracing::debug!("{}: the chat template has no tool support; ignoring the request's tools", r.name);
         tools = None;
     }
     let has_tools = tools.is_some();
@@ -264,6 +264,7 @@ pub async fn chat_completions(State(st): State<Shared>, body: Bytes) -> Result<R
         }
         msgs.push(m);
     }
+    content_parts_for_template(&mut msgs, b.facts().chat_template.as_deref(), &req.model).map_err(|e| e.in_dialect(D))?;
     let mut rr = RenderRequest::new(&msgs);
     rr.tools = tools;
     if let Some(kw) = req.chat_template_kwargs {
@@ -294,6 +295,51 @@ pub async fn chat_completions(State(st): State<Shared>, body: Bytes) -> Result<R
     } else {
         collect_choices(jobs, ctx).await
     }
+}
+
+/// Whether a chat template reads list content itself (`{% for part in message['content'] %}`,
+/// `content is string` tests), as multimodal templates do; others concatenate `content` as a
+/// string and fail (or print a list) on OpenAI's content parts.
+fn template_takes_parts(t: &str) -> bool {
+    let t: String = t.chars().filter(|c| !c.is_whitespace()).collect();
+    [
+        "inmessage['content']",
+        "inmessage[\"content\"]",
+        "inmessage.content",
+        "incontent%}",
+        "isstring",
+        "isnotstring",
+        "isiterable",
+        "issequence",
+        "ismapping",
+    ]
+    .iter()
+    .any(|p| t.contains(p))
+}
+
+/// OpenAI content parts, made fit for the model: image parts are refused (our models are
+/// text-only: better a clear 400 than an answer that ignored the picture), and for templates
+/// that take `content` as a string, text parts are joined with newlines (as vLLM does).
+pub(crate) fn content_parts_for_template(msgs: &mut [ChatMessage], template: Option<&str>, model: &str) -> Result<(), ApiError> {
+    use rocmforge_chat::{ContentPart, MessageContent};
+    let keep_parts = template.is_some_and(template_takes_parts);
+    for m in msgs.iter_mut() {
+        let Some(MessageContent::Parts(parts)) = &m.content else { continue };
+        if parts.iter().any(|p| !matches!(p, ContentPart::Text { .. })) {
+            return Err(ApiError::bad_request(format!("\"{model}\" does not support vision")));
+        }
+        if !keep_parts {
+            let text: Vec<&str> = parts
+                .iter()
+                .filter_map(|p| match p {
+                    ContentPart::Text { text } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect();
+            m.content = Some(MessageContent::Text(text.join("\n")));
+        }
+    }
+    Ok(())
 }
 
 /// What every chunk repeats.
@@ -491,7 +537,12 @@ fn stream_choices(jobs: Vec<Job>, ctx: Ctx, include_usage: bool) -> Response {
                     } else {
                         json!({ "index": i, "text": "", "finish_reason": fr })
                     };
-                    out.push(Sse::Data(s.ctx.chunk(json!([choice]))));
+                    // llama-server's `timings` on the finish chunk: Open WebUI's OpenAI connection
+                    // turns them into the token counts and speeds it shows when the request did
+                    // not ask for a usage chunk.
+                    let mut last = s.ctx.chunk(json!([choice]));
+                    last["timings"] = crate::llama::timings(&fin);
+                    out.push(Sse::Data(last));
                     out.reverse();
                     s.tail = out;
                     continue;
@@ -505,11 +556,13 @@ fn stream_choices(jobs: Vec<Job>, ctx: Ctx, include_usage: bool) -> Response {
 async fn collect_choices(jobs: Vec<Job>, ctx: Ctx) -> Result<Response, ApiError> {
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion, mut cached) = (0, 0, 0);
+    let mut timings = Json::Null;
     for (i, job) in jobs.into_iter().enumerate() {
         let d = gen::run_to_end(job).await;
         if d.fin.reason == FinishReason::Error {
             return Err(ApiError::internal(d.fin.error.unwrap_or_else(|| "the model failed".into())).in_dialect(D));
         }
+        timings = crate::llama::timings(&d.fin);
         prompt_tokens = d.fin.metrics.prompt_tokens;
         cached = cached.max(d.fin.metrics.cached_tokens);
         completion += d.fin.metrics.completion_tokens;
@@ -545,7 +598,7 @@ async fn collect_choices(jobs: Vec<Job>, ctx: Ctx) -> Result<Response, ApiError>
     Ok(json_response(&json!({
         "id": ctx.id, "object": if ctx.chat { "chat.completion" } else { "text_completion" },
         "created": ctx.created, "model": ctx.model, "system_fingerprint": "fp_rocmforge",
-        "choices": choices, "usage": usage(prompt_tokens, completion, cached),
+        "choices": choices, "usage": usage(prompt_tokens, completion, cached), "timings": timings,
     })))
 }
 
@@ -734,4 +787,29 @@ pub async fn models(State(st): State<Shared>) -> Response {
 pub async fn model(State(st): State<Shared>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
     let r = st.mgr.resolve(&id).map_err(|e| ApiError::from(e).in_dialect(D))?;
     Ok(json_response(&model_object(&r, &id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_parts() {
+        use rocmforge_chat::{ContentPart, MessageContent};
+        assert!(!template_takes_parts("{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}"));
+        assert!(template_takes_parts("{%- if message['content'] is string %}{{ message['content'] }}{% endif %}"));
+        assert!(template_takes_parts("{% for item in message.content %}{{ item.text }}{% endfor %}"));
+        let parts = |ps: Vec<ContentPart>| {
+            vec![ChatMessage { role: "user".into(), content: Some(MessageContent::Parts(ps)), ..Default::default() }]
+        };
+        let text = |t: &str| ContentPart::Text { text: t.into() };
+        let mut m = parts(vec![text("a"), text("b")]);
+        content_parts_for_template(&mut m, Some("{{ message['content'] }}"), "m").unwrap();
+        assert_eq!(m[0].content, Some(MessageContent::Text("a\nb".into())));
+        let mut m = parts(vec![text("a")]);
+        content_parts_for_template(&mut m, Some("{% for p in message['content'] %}{% endfor %}"), "m").unwrap();
+        assert!(matches!(m[0].content, Some(MessageContent::Parts(_))));
+        let mut m = parts(vec![text("a"), ContentPart::ImageUrl { image_url: serde_json::json!({"url": "data:image/png;base64,AA"}) }]);
+        assert_eq!(content_parts_for_template(&mut m, None, "m").unwrap_err().message, "\"m\" does not support vision");
+    }
 }

@@ -180,6 +180,48 @@ async fn ollama_errors() {
     assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::FORBIDDEN);
 }
 
+/// Open WebUI 0.12 sends its built-in tools with every chat: a model whose template cannot show
+/// tools answers as without them (Ollama would refuse with 400, which broke chatting from the
+/// UI). Only a call the client requires (`tool_choice`) is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_on_a_model_without_tool_support() {
+    let (app, _d) = app();
+    let tools = r#"[{"type":"function","function":{"name":"search_memories","description":"d","parameters":{"type":"object","properties":{"query":{"type":"string"}},"required":["query"]}}}]"#;
+    let body = format!(r#"{{"model":"fake","messages":[{{"role":"user","content":"hi"}}],"tools":{tools},"stream":false}}"#);
+    let (st, _, b) = call(&app, "POST", "/api/chat", &body).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let v: Json = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["message"]["content"], "Hello there!");
+    assert!(v["message"].get("tool_calls").is_none(), "{v}");
+    let body = format!(r#"{{"model":"fake","messages":[{{"role":"user","content":"hi"}}],"tools":{tools}}}"#);
+    let (st, _, b) = call(&app, "POST", "/v1/chat/completions", &body).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    // OpenAI content parts: text parts reach a string-content template joined; images are refused.
+    let (st, _, b) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model":"fake","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (st, _, b) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model":"fake","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]}]}"#,
+    )
+    .await;
+    assert_eq!(
+        (st, serde_json::from_str::<Json>(&b).unwrap()["error"]["message"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("\"fake\" does not support vision"))
+    );
+    let body = format!(r#"{{"model":"fake","messages":[{{"role":"user","content":"hi"}}],"tools":{tools},"tool_choice":"required"}}"#);
+    let (st, _, b) = call(&app, "POST", "/v1/chat/completions", &body).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b.contains("does not support tools"), "{b}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn embed_normalised_and_legacy_raw() {
     let (app, _d) = app();
@@ -208,6 +250,9 @@ async fn openai_chat_sse_sequence() {
     assert_eq!(c[0]["choices"][0]["delta"], json!({"role":"assistant","content":"Hel"}));
     assert_eq!(c[1]["choices"][0]["delta"], json!({"content":"lo"}));
     assert_eq!(c[3]["choices"][0], json!({"index":0,"delta":{},"finish_reason":"length"}));
+    // llama-server's timings ride on the finish chunk (Open WebUI's OpenAI connection reads them).
+    assert_eq!((c[3]["timings"]["predicted_n"].as_u64(), c[3]["timings"]["prompt_n"].as_u64()), (Some(3), Some(3)));
+    assert!(c[..3].iter().all(|x| x.get("timings").is_none()));
     assert_eq!(c[4]["choices"], json!([]));
     assert_eq!(c[4]["usage"]["completion_tokens"], 3);
     assert!(c.iter().all(|x| x["id"] == c[0]["id"] && x["created"] == c[0]["created"] && x["object"] == "chat.completion.chunk"));
@@ -224,6 +269,7 @@ async fn openai_chat_sse_sequence() {
     assert_eq!(v["choices"][0]["message"]["content"], "Hello there!");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert_eq!(v["usage"]["total_tokens"], v["usage"]["prompt_tokens"].as_u64().unwrap() + 4);
+    assert_eq!(v["timings"]["predicted_n"], 4);
     let (st, _, body) = call(&app, "POST", "/v1/chat/completions", r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let v: Json = serde_json::from_str(&body).unwrap();
