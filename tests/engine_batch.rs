@@ -93,12 +93,17 @@ fn gemma3_mixed_batch_equals_alone_in_deterministic_mode() {
 #[test]
 fn prompt_lookup_keeps_greedy_output() {
     use rocmforge_engine::{EngineConfig, KvBudget, LoadOptions, Model, PromptBuilder, Request, SamplingParams, SchedulerConfig};
-    let code = "def total(items):\n    result = 0\n    for item in items:\n        result = result + item.price * item.count\n    return result\n";
+    let code =
+        "def total(items):\n    result = 0\n    for item in items:\n        result = result + item.price * item.count\n    return result\n";
     let text = format!("Rename the variable `result` to `acc` in this Python function and print the whole function:\n```python\n{code}```\nAnswer:\n```python\n");
     let run = |k: usize| {
         let reg = common::registry();
-        let m = Model::load(&common::model("SmolLM2-135M-Instruct.Q4_1.gguf"), &reg, &LoadOptions { n_ctx: Some(512), kv: KvBudget::Blocks(64), ..Default::default() })
-            .expect("load");
+        let m = Model::load(
+            &common::model("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            &reg,
+            &LoadOptions { n_ctx: Some(512), kv: KvBudget::Blocks(64), ..Default::default() },
+        )
+        .expect("load");
         let cfg = EngineConfig { scheduler: SchedulerConfig { prompt_lookup: k, ..Default::default() }, deterministic: true };
         let e = rocmforge_engine::Engine::start(m, cfg).expect("engine");
         let prompt = PromptBuilder::new(e.model()).raw(&text, true, false).expect("tokenize");
@@ -109,7 +114,14 @@ fn prompt_lookup_keeps_greedy_output() {
     };
     let (plain, _, _) = run(0);
     let (spec, f, st) = run(4);
-    eprintln!("prompt lookup: {} drafted, {} accepted, {} steps for {} tokens ({:?})", st.spec_drafted, st.spec_accepted, st.steps, spec.len(), f.reason);
+    eprintln!(
+        "prompt lookup: {} drafted, {} accepted, {} steps for {} tokens ({:?})",
+        st.spec_drafted,
+        st.spec_accepted,
+        st.steps,
+        spec.len(),
+        f.reason
+    );
     assert_eq!(spec, plain, "greedy output with prompt lookup equals the output without");
     assert!(st.spec_accepted > 0, "a reply that repeats its input must accept drafts: {st:?}");
     assert!(st.steps < spec.len() as u64, "fewer steps than tokens: {st:?}");

@@ -58,7 +58,10 @@ fn check(model: &str) {
             worst = worst.max((lps[k] - al[k]).abs());
         }
     }
-    eprintln!("{model}: {same}/{} tokens equal to the alone runs before any difference; max logprob difference {worst:.2e}", ps.len() * GEN);
+    eprintln!(
+        "{model}: {same}/{} tokens equal to the alone runs before any difference; max logprob difference {worst:.2e}",
+        ps.len() * GEN
+    );
     assert!(worst < 0.35, "logprob difference {worst} above the 0.35 bound");
 }
 

@@ -132,7 +132,8 @@ pub fn run(a: &ServeArgs, registry: rocmforge_runtime::Registry) -> Result<()> {
         },
         deterministic: a.deterministic,
     };
-    let loader = rocmforge_server::engine_backend::EngineLoader { registry: Arc::new(registry), config, kv: a.kv_budget, device: a.device.clone() };
+    let loader =
+        rocmforge_server::engine_backend::EngineLoader { registry: Arc::new(registry), config, kv: a.kv_budget, device: a.device.clone() };
     rocmforge_server::serve(cfg, Arc::new(loader))?;
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! Helpers of the engine tests: real models through the engine, greedy requests, streams
 //! collected into token lists.
 
-use rocmforge_engine::{Engine, EngineConfig, Event, Finished, KvBudget, LoadOptions, Model, PromptBuilder, Request, RequestStream, SamplingParams, SchedulerConfig};
+use rocmforge_engine::{
+    Engine, EngineConfig, Event, Finished, KvBudget, LoadOptions, Model, PromptBuilder, Request, RequestStream, SamplingParams,
+    SchedulerConfig,
+};
 
 pub const GEN: usize = 16;
 
@@ -41,14 +44,15 @@ pub fn collect(mut s: RequestStream) -> (Vec<u32>, Finished) {
 
 pub fn engine(model: &str, deterministic: bool, kv_blocks: usize, budget: usize) -> Engine {
     let reg = super::registry();
-    let m = Model::load(&super::model(model), &reg, &LoadOptions { n_ctx: Some(256), kv: KvBudget::Blocks(kv_blocks), ..Default::default() }).expect("load");
+    let m =
+        Model::load(&super::model(model), &reg, &LoadOptions { n_ctx: Some(256), kv: KvBudget::Blocks(kv_blocks), ..Default::default() })
+            .expect("load");
     let cfg = EngineConfig {
         scheduler: SchedulerConfig { max_num_batched_tokens: budget, max_num_seqs: 8, ..Default::default() },
         deterministic,
     };
     Engine::start(m, cfg).expect("engine")
 }
-
 
 /// Tokens and their logprobs (the request must ask for logprobs).
 pub fn collect_logprobs(mut s: RequestStream) -> (Vec<u32>, Vec<f32>, Finished) {

@@ -48,13 +48,13 @@ mod unpack;
 pub use act::quantize_activations;
 pub use attention::{attention, attention_isa, AttnParams, KvCache};
 pub use error::CpuError;
+pub use kquant::{batch_invariant, set_batch_invariant};
 pub use matmul::{get_rows, matmul, matmul_bias, matmul_ext, matmul_many, supports_matmul, MatmulOut};
 pub use ops::{
     add, geglu, gelu, gelu_erf, layer_norm, mul, rms_norm, rope, rope_cache, rope_yarn_corr_dims, scale, silu, softcap, softmax_inplace,
     swiglu, RopeParams,
 };
 pub use pool::ThreadPool;
-pub use kquant::{batch_invariant, set_batch_invariant};
 pub use qmatmul::SyncPtr;
 pub use rocmforge_quant::GgmlType;
 pub use simd::Isa;

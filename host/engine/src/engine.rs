@@ -149,7 +149,12 @@ impl Drop for RequestStream {
 impl Engine {
     /// Start the engine thread for `model`.
     pub fn start(model: Model, cfg: EngineConfig) -> Result<Engine, EngineError> {
-        let exec = model.exec.lock().ok().and_then(|mut e| e.take()).ok_or_else(|| EngineError::Invalid("the model is already running in an engine".into()))?;
+        let exec = model
+            .exec
+            .lock()
+            .ok()
+            .and_then(|mut e| e.take())
+            .ok_or_else(|| EngineError::Invalid("the model is already running in an engine".into()))?;
         let model = Arc::new(model);
         if cfg.deterministic {
             rocmforge_runtime::exec::set_batch_invariant(true);
@@ -165,14 +170,7 @@ impl Engine {
                 .map_err(|e| EngineError::Invalid(format!("cannot start the engine thread: {e}")))?
         };
         Ok(Engine {
-            shared: Arc::new(Shared {
-                cmd: tx,
-                model,
-                next_id: AtomicU64::new(1),
-                pending,
-                max_waiting,
-                thread: Mutex::new(Some(thread)),
-            }),
+            shared: Arc::new(Shared { cmd: tx, model, next_id: AtomicU64::new(1), pending, max_waiting, thread: Mutex::new(Some(thread)) }),
         })
     }
 
@@ -204,10 +202,7 @@ impl Engine {
         }
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tmpsc::unbounded_channel();
-        self.shared
-            .cmd
-            .send(Cmd::Submit { id, req: Box::new(req), tx, t_submit: Instant::now() })
-            .map_err(|_| EngineError::Stopped)?;
+        self.shared.cmd.send(Cmd::Submit { id, req: Box::new(req), tx, t_submit: Instant::now() }).map_err(|_| EngineError::Stopped)?;
         Ok(RequestStream { id, rx, cmd: self.shared.cmd.clone(), done: false })
     }
 
@@ -685,7 +680,12 @@ impl<'a> EngineLoop<'a> {
                 let chunks: Vec<SeqChunk> = ids
                     .iter()
                     .zip(&inputs[i..j])
-                    .map(|(id, inp)| SeqChunk { tokens: inp, pos_start: 0, block_table: self.sched.kv().block_table(*id), logits: Logits::Last })
+                    .map(|(id, inp)| SeqChunk {
+                        tokens: inp,
+                        pos_start: 0,
+                        block_table: self.sched.kv().block_table(*id),
+                        logits: Logits::Last,
+                    })
                     .collect();
                 self.exec.forward(&chunks).map(<[f32]>::to_vec).map_err(EngineError::from)
             });

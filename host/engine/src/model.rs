@@ -152,7 +152,9 @@ impl Model {
             KvBudget::Blocks(b) => b.max(1),
             KvBudget::Bytes(bytes) => (bytes / (kv_bytes_per_token * BLOCK_SIZE)).max(1),
             KvBudget::Fraction(f) => {
-                let bytes = available_memory().ok_or_else(|| EngineError::Invalid("KV budget as a fraction: available memory unknown on this system; give a size".into()))?;
+                let bytes = available_memory().ok_or_else(|| {
+                    EngineError::Invalid("KV budget as a fraction: available memory unknown on this system; give a size".into())
+                })?;
                 ((bytes as f64 * f) as usize / (kv_bytes_per_token * BLOCK_SIZE)).max(1)
             }
             KvBudget::Auto => {

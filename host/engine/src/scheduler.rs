@@ -364,7 +364,13 @@ mod tests {
     use super::*;
 
     fn sched(n_blocks: usize, budget: usize, seats: usize) -> Scheduler {
-        let cfg = SchedulerConfig { max_num_batched_tokens: budget, max_num_seqs: seats, max_waiting: 8, enable_prefix_caching: true, prompt_lookup: 0 };
+        let cfg = SchedulerConfig {
+            max_num_batched_tokens: budget,
+            max_num_seqs: seats,
+            max_waiting: 8,
+            enable_prefix_caching: true,
+            prompt_lookup: 0,
+        };
         Scheduler::new(cfg, KvCacheManager::new(n_blocks, 4, true))
     }
 
@@ -415,7 +421,10 @@ mod tests {
         let o = s.schedule();
         assert_eq!(
             o.chunks,
-            vec![ScheduledChunk { id: 1, start: 16, len: 4, sample: true, num_draft: 0 }, ScheduledChunk { id: 2, start: 0, len: 3, sample: true, num_draft: 0 }]
+            vec![
+                ScheduledChunk { id: 1, start: 16, len: 4, sample: true, num_draft: 0 },
+                ScheduledChunk { id: 2, start: 0, len: 3, sample: true, num_draft: 0 }
+            ]
         );
     }
 
@@ -494,7 +503,8 @@ mod tests {
 
     #[test]
     fn drafts_are_scheduled_then_resolved() {
-        let cfg = SchedulerConfig { max_num_batched_tokens: 64, max_num_seqs: 4, max_waiting: 8, enable_prefix_caching: true, prompt_lookup: 3 };
+        let cfg =
+            SchedulerConfig { max_num_batched_tokens: 64, max_num_seqs: 4, max_waiting: 8, enable_prefix_caching: true, prompt_lookup: 3 };
         let mut s = Scheduler::new(cfg, KvCacheManager::new(16, 4, true));
         s.add_request(SeqState::new(1, vec![1, 2, 3, 4, 9, 1, 2], None)).unwrap();
         s.set_max_draft(1, 3);

@@ -178,9 +178,7 @@ impl Plan {
         for (j, n) in nodes.iter().enumerate().skip(i + 1) {
             match (&n.op, &n.shape) {
                 (Op::Weight { .. }, _) => {}
-                (Op::MatMul { x: xj, w: wj, .. }, Shape::Act { rows: rj, .. }) if xj == x && rj == rows && k_of(*wj) == k => {
-                    group.push(j)
-                }
+                (Op::MatMul { x: xj, w: wj, .. }, Shape::Act { rows: rj, .. }) if xj == x && rj == rows && k_of(*wj) == k => group.push(j),
                 _ => break,
             }
         }

@@ -400,10 +400,14 @@ fn c_plugin_graph_matches_f64_reference() {
         .expect("prefill")
         .to_vec();
     assert_eq!(out1.len(), 6 * HP.n_vocab);
-    let out2 =
-        exec.forward(&[SeqChunk { tokens: &tokens[5..6], pos_start: 5, block_table: &table_a, logits: Logits::Last }]).expect("decode 1").to_vec();
-    let out3 =
-        exec.forward(&[SeqChunk { tokens: &tokens[6..7], pos_start: 6, block_table: &table_a, logits: Logits::Last }]).expect("decode 2").to_vec();
+    let out2 = exec
+        .forward(&[SeqChunk { tokens: &tokens[5..6], pos_start: 5, block_table: &table_a, logits: Logits::Last }])
+        .expect("decode 1")
+        .to_vec();
+    let out3 = exec
+        .forward(&[SeqChunk { tokens: &tokens[6..7], pos_start: 6, block_table: &table_a, logits: Logits::Last }])
+        .expect("decode 2")
+        .to_vec();
 
     let want_a = reference_logits(&HP, &ts, &tokens, false);
     let want_b = reference_logits(&HP, &ts, &other, false);

@@ -106,12 +106,8 @@ pub struct EngineLoader {
 
 impl Loader for EngineLoader {
     fn load(&self, path: &Path, n_ctx: Option<usize>) -> Result<Arc<dyn Backend>, BackendError> {
-        let opts = LoadOptions {
-            n_ctx,
-            kv: self.kv,
-            device: self.device.clone(),
-            max_batch_tokens: self.config.scheduler.max_num_batched_tokens,
-        };
+        let opts =
+            LoadOptions { n_ctx, kv: self.kv, device: self.device.clone(), max_batch_tokens: self.config.scheduler.max_num_batched_tokens };
         let model = Model::load(path, &self.registry, &opts).map_err(map_err)?;
         let src = model.source();
         let n_embd = src.meta(&format!("{}.embedding_length", model.arch())).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
