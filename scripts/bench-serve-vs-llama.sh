@@ -8,8 +8,9 @@
 #      DIALECT=llamacpp|openai  HISTORY_LEN=2000 CHAT_REPS=3 CHAT=1  SEED=0
 #      ROCMFORGE=path/to/rocmforge (skips the cargo build; plugins must sit next to it)
 #      LLAMA_SERVER=path (skips build-llama-server.sh)  RF_PORT=18080 LS_PORT=18081
-#      QUIET_WAIT=1200: before each measurement wait (polling every 60 s, up to this many seconds) while
-#      compilers run on the machine; the 1-minute load average is recorded with every figure.
+#      QUIET_WAIT=1200 BUSY_MAX=25: before each measurement wait (polling every 60 s, up to QUIET_WAIT s) while
+#      compilers run or the idle machine's CPUs are more than BUSY_MAX % busy; the 1-minute load average
+#      and the compiler count are recorded with every figure.
 # Results: .cache/bench-serve/<timestamp>/ (server logs, one JSON line per run in results.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,17 +61,28 @@ stop_server() {
 }
 trap stop_server EXIT INT TERM
 
-# Compilers (others' builds) make any figure meaningless on a small machine: wait them out.
-busy() { ps -eo comm= | grep -Ec '^(cargo|rustc|cc1|cc1plus|cc1obj|collect2|ld|ld\.lld|lld|clang|clang\+\+|nvcc|make|ninja)$' || true; }
+# Compilers (others' builds) or any other busy process make a figure meaningless on a small machine:
+# before each measurement (servers idle) wait while a compiler runs or the CPUs are more than
+# BUSY_MAX % busy over 3 s.
+BUSY_MAX="${BUSY_MAX:-25}"
+busy() { ps -eo comm= | grep -Ec '^(rustc|cc1|cc1plus|cc1obj|collect2|ld|ld\.lld|lld|clang|clang\+\+|nvcc)$' || true; }
+cpu_busy() {  # percent of all CPUs busy over 3 s
+    local a b
+    a=($(head -1 /proc/stat)); sleep 3; b=($(head -1 /proc/stat))
+    local ta=0 tb=0 i
+    for i in 1 2 3 4 5 6 7 8; do ta=$((ta + a[i])); tb=$((tb + b[i])); done
+    local idle=$(( (b[4] + b[5]) - (a[4] + a[5]) )) tot=$((tb - ta))
+    echo $(( tot > 0 ? 100 * (tot - idle) / tot : 0 ))
+}
 wait_quiet() {
-    local waited=0 n
-    while n=$(busy); [[ "$n" -gt 0 && "$waited" -lt "$QUIET_WAIT" ]]; do
-        echo "  [$(date +%T)] $n compiler process(es) running, load $(cut -d' ' -f1-3 /proc/loadavg); waiting 60 s" >&2
+    local waited=0 n c
+    while n=$(busy); c=$(cpu_busy); [[ ( "$n" -gt 0 || "$c" -gt "$BUSY_MAX" ) && "$waited" -lt "$QUIET_WAIT" ]]; do
+        echo "  [$(date +%T)] $n compiler(s), CPU ${c}% busy, load $(cut -d' ' -f1-3 /proc/loadavg); waiting 60 s" >&2
         ps -eo pcpu,comm --sort=-pcpu | sed -n 2,4p | sed 's/^/      /' >&2
-        sleep 60; waited=$((waited + 60))
+        sleep 57; waited=$((waited + 60))
     done
-    [[ "$(busy)" -eq 0 ]] || echo "  WARNING: still $(busy) compiler process(es) after ${QUIET_WAIT}s; measuring anyway" >&2
-    echo "  [$(date +%T)] load $(cut -d' ' -f1-3 /proc/loadavg), compilers running: $(busy)" >&2
+    [[ "$n" -eq 0 && "$c" -le "$BUSY_MAX" ]] || echo "  WARNING: machine still busy after ${QUIET_WAIT}s ($n compilers, CPU ${c}%); measuring anyway" >&2
+    echo "  [$(date +%T)] load $(cut -d' ' -f1-3 /proc/loadavg), CPU ${c}% busy, compilers running: $n" >&2
 }
 
 wait_health() {  # url pid log
@@ -86,8 +98,8 @@ EOF
     echo "server at $1 not healthy after 300 s" >&2; exit 1
 }
 
-start_rf() {  # max-num-seqs
-    local log="$OUT/rocmforge-$1.log"
+start_rf() {  # max-num-seqs N
+    local log="$OUT/rocmforge-$2.log"
     ROCMFORGE_THREADS="$THREADS" "$ROCMFORGE" serve "$MODEL" --host "127.0.0.1:$RF_PORT" --ctx-size "$CTX" \
         --max-num-seqs "$1" --preload "$MODEL" >"$log" 2>&1 &
     SERVER_PID=$!
@@ -105,7 +117,7 @@ bench() {  # label port N M prompts-file
     wait_quiet
     echo "== $1 N=$3 M=$4 ==" >&2
     "$PY" scripts/bench-serve.py --url "http://127.0.0.1:$2" --dialect "$DIALECT" --concurrency "$3" --num-prompts "$4" \
-        --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" --seed "$SEED" --prompts "$5" | tee "$OUT/$1-$3.txt" >&2
+        --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" --seed "$SEED" --prompts "$5" --server-pid "$SERVER_PID" | tee "$OUT/$1-$3.txt" >&2
     tail -1 "$OUT/$1-$3.txt" | "$PY" -c 'import json,sys; r=json.loads(sys.stdin.read()); r["server"]=sys.argv[1]; print(json.dumps(r))' "$1" >>"$RESULTS"
 }
 chat() {  # label port
@@ -120,7 +132,7 @@ echo "CPU: $(lscpu | sed -n 's/^Model name: *//p') x $(nproc); model $MODEL; thr
 for n in "${NS[@]}"; do
     m=$(( PER_N * n )); (( m >= 8 )) || m=8
     pf="$OUT/prompts-$n.json"   # written by the first run, reused by the second: same token ids
-    start_rf "$(( n > 64 ? n : 64 ))"; bench rocmforge "$RF_PORT" "$n" "$m" "$pf"
+    start_rf "$(( n > 64 ? n : 64 ))" "$n"; bench rocmforge "$RF_PORT" "$n" "$m" "$pf"
     [[ "$n" == 1 && "$CHAT" == 1 ]] && { chat rocmforge "$RF_PORT" llamacpp; chat rocmforge "$RF_PORT" openai; }
     stop_server
     start_ls "$n"; bench llama-server "$LS_PORT" "$n" "$m" "$pf"
@@ -135,7 +147,7 @@ tp = {(r["server"], r["concurrency"]): r for r in rs if r["scenario"] == "throug
 ns = sorted({n for _, n in tp})
 print()
 print(f"{'N':>3} {'M':>4} | {'out tok/s RF':>12} {'llama':>8} {'ratio':>6} | {'TTFT p50 ms RF':>14} {'llama':>8} | "
-      f"{'ITL p50 ms RF':>13} {'llama':>7} | {'ITL p99 RF':>10} {'llama':>7} | {'fail':>5} | load1m RF/llama, compilers")
+      f"{'ITL p50 ms RF':>13} {'llama':>7} | {'ITL p99 RF':>10} {'llama':>7} | {'fail':>5} | other CPU % RF/llama | load1m RF/llama")
 for n in ns:
     a, b = tp.get(("rocmforge", n)), tp.get(("llama-server", n))
     if not a or not b:
@@ -143,8 +155,8 @@ for n in ns:
     print(f"{n:>3} {a['num_prompts']:>4} | {a['output_throughput']:>12.1f} {b['output_throughput']:>8.1f} "
           f"{a['output_throughput'] / b['output_throughput']:>5.2f}x | {a['median_ttft_ms']:>14.1f} {b['median_ttft_ms']:>8.1f} | "
           f"{a['median_itl_ms']:>13.2f} {b['median_itl_ms']:>7.2f} | {a['p99_itl_ms']:>10.2f} {b['p99_itl_ms']:>7.2f} | "
-          f"{a['failed']:>2}/{b['failed']:<2} | {a['load_avg_1m_before']:.2f}/{b['load_avg_1m_before']:.2f}, "
-          f"{a.get('compilers_before', '?')}+{a.get('compilers_after', '?')}/{b.get('compilers_before', '?')}+{b.get('compilers_after', '?')}")
+          f"{a['failed']:>2}/{b['failed']:<2} | {a.get('cpu_other_pct', float('nan')):>8.1f}/{b.get('cpu_other_pct', float('nan')):<8.1f} | "
+          f"{a['load_avg_1m_before']:.2f}/{b['load_avg_1m_before']:.2f}")
 a1 = tp.get(("rocmforge", 1)); a16 = tp.get(("rocmforge", max(ns))) if ns else None
 if a1 and a16 and max(ns) > 1:
     print(f"rocmforge scaling N={max(ns)} / N=1: {a16['output_throughput'] / a1['output_throughput']:.2f}x")

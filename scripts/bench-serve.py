@@ -22,6 +22,8 @@ through /completion with token ids (the reply's own ids are appended, an exact p
 Measured as vLLM does: TTFT = send -> first streamed token; ITL = every gap between streamed
 chunks that carry tokens, pooled over requests; TPOT = (latency - TTFT) / (output tokens - 1);
 output throughput = sum of output tokens (server-reported) / wall time of the whole run.
+Requests that stop before G tokens are counted ("short_outputs"): at 2bfcfe1 `rocmforge serve` honours
+`ignore_eos` on /completion only, not on /v1/completions or /v1/chat/completions (llama-server: all three).
 Prints vLLM's result table, then one JSON line (the last line of stdout).
 """
 import argparse
@@ -238,6 +240,39 @@ def compilers():
     return n
 
 
+def cpu_snapshot(server_pid):
+    """(machine busy jiffies, server jiffies, this process's CPU seconds)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        busy = sum(v) - v[3] - v[4]
+        srv = 0
+        if server_pid:
+            with open(f"/proc/{server_pid}/stat") as f:
+                st = f.read().rsplit(")", 1)[1].split()
+            srv = int(st[11]) + int(st[12])
+        t = os.times()
+        return busy, srv, t.user + t.system
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_share(a, b, dur):
+    """Where the machine's CPU went during the run, in % of all CPUs: the server, this client, and
+    everything else (other users: if large, the figure is not trustworthy)."""
+    if not a or not b:
+        return {}
+    hz, n = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
+    tot = (b[0] - a[0]) / hz
+    srv = (b[1] - a[1]) / hz
+    cli = b[2] - a[2]
+    pct = lambda x: 100 * x / (dur * n)  # noqa: E731
+    out = {"cpu_busy_pct": pct(tot), "cpu_client_pct": pct(cli)}
+    if a[1] or b[1]:
+        out.update(cpu_server_pct=pct(srv), cpu_other_pct=pct(max(tot - srv - cli, 0)))
+    return out
+
+
 def load_avg():
     try:
         return os.getloadavg()[0]
@@ -278,10 +313,12 @@ def run_throughput(cl, args):
             with lock:
                 in_flight[0] -= 1
 
+    cpu0 = cpu_snapshot(args.server_pid)
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(max_workers=args.concurrency) as ex:
         results = list(ex.map(one, prompts))
     dur = time.perf_counter() - t0
+    cpu = cpu_share(cpu0, cpu_snapshot(args.server_pid), dur)
     ok = [r for r in results if r["ok"]]
     bad = [r for r in results if not r["ok"]]
     out = sum(r["out_tokens"] for r in ok)
@@ -305,7 +342,7 @@ def run_throughput(cl, args):
         "mean_itl_ms": mean(itl), "median_itl_ms": pct(itl, 50), "p99_itl_ms": pct(itl, 99),
         "mean_e2el_ms": mean(e2e), "median_e2el_ms": pct(e2e, 50), "p99_e2el_ms": pct(e2e, 99),
         "load_avg_1m_before": load0, "load_avg_1m_after": load_avg(),
-        "compilers_before": comp0, "compilers_after": compilers(),
+        "compilers_before": comp0, "compilers_after": compilers(), **cpu,
     }
     w = 50
     row = lambda k, v, f="{:.2f}": print(f"{k:<40}{f.format(v):>10}")  # noqa: E731
@@ -326,6 +363,8 @@ def run_throughput(cl, args):
             row(f"{stat.capitalize() if stat != 'p99' else 'P99'} {key.upper()} (ms):", res[f"{stat}_{key}_ms"])
     print(f"{'Load avg 1 min before / after:':<40}{load0:>5.2f} / {res['load_avg_1m_after']:.2f}")
     print(f"{'Compiler processes before / after:':<40}{comp0:>5} / {res['compilers_after']}")
+    if "cpu_other_pct" in cpu:
+        print(f"{'CPU % of machine: server/client/other:':<40}{cpu['cpu_server_pct']:>5.0f} / {cpu['cpu_client_pct']:.0f} / {cpu['cpu_other_pct']:.0f}")
     print("=" * w)
     if short:
         print(f"note: {short} request(s) stopped before {args.output_len} tokens (ignore_eos not honoured?)")
@@ -377,12 +416,14 @@ def run_chat_turn(cl, args):
         "median_turn1_ttft_ms": pct(t1, 50), "median_turn2_ttft_ms": pct(t2, 50),
         "ratio_turn2_turn1": pct(t2, 50) / pct(t1, 50),
         "turn1_prompt_tokens": [a["prompt_tokens"] for a, _ in turns], "turn2_prompt_tokens": [b["prompt_tokens"] for _, b in turns],
-        "turn2_cached_tokens": [b["cached"] for _, b in turns], "load_avg_1m": load_avg(), "compilers_after": compilers(),
+        "turn2_cached_tokens": [b["cached"] for _, b in turns],
+        "median_turn2_itl_ms": pct([x * 1e3 for _, b in turns for x in b["itls"]], 50), "load_avg_1m": load_avg(), "compilers_after": compilers(),
     }
     print(f"{'=' * 14} Chat turn (prefix cache) {'=' * 10}")
     print(f"{'Median TTFT turn 1 (ms):':<40}{res['median_turn1_ttft_ms']:>10.1f}")
     print(f"{'Median TTFT turn 2 (ms):':<40}{res['median_turn2_ttft_ms']:>10.1f}")
     print(f"{'Turn 2 / turn 1:':<40}{res['ratio_turn2_turn1']:>10.3f}")
+    print(f"{'Median ITL turn 2 (ms, ~2k context):':<40}{res['median_turn2_itl_ms']:>10.2f}")
     print("=" * 50)
     print(json.dumps(res), flush=True)
     return res
@@ -404,6 +445,8 @@ def main():
     ap.add_argument("--history-len", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--server-pid", type=int, default=0,
+                    help="the server's pid (same machine): report the CPU it, the client and other processes used")
     args = ap.parse_args()
     cl = Client(args.url, args.timeout)
     if args.scenario == "throughput":

@@ -104,6 +104,17 @@ fn completions_models_embeddings() {
     assert_eq!(v["object"], "text_completion");
     assert!(v["choices"][0]["text"].is_string());
     assert_eq!(v["usage"]["completion_tokens"], 5);
+    // ignore_eos (llama-server / vLLM extension): the end-of-turn token does not end the reply.
+    // The chat template's answer to "Say hi." ends within a few tokens when EOS is honoured.
+    let msgs = json!([{"role": "user", "content": "Say hi."}]);
+    let (st, w) = s.json("/v1/chat/completions", &json!({"model": SMOL, "messages": msgs, "max_tokens": 48, "temperature": 0}));
+    assert_eq!(st, 200, "{w}");
+    let natural = w["usage"]["completion_tokens"].as_u64().unwrap();
+    let (st, w) =
+        s.json("/v1/chat/completions", &json!({"model": SMOL, "messages": msgs, "max_tokens": 48, "temperature": 0, "ignore_eos": true}));
+    assert_eq!(st, 200, "{w}");
+    assert_eq!((w["usage"]["completion_tokens"].as_u64(), w["choices"][0]["finish_reason"].as_str()), (Some(48), Some("length")), "{w}");
+    assert!(natural < 48, "the reply without ignore_eos ends by itself ({natural} tokens)");
     let (st, _, body) =
         s.post("/v1/completions", &json!({"model": SMOL, "prompt": "Once upon a time", "max_tokens": 5, "temperature": 0, "stream": true}));
     assert_eq!(st, 200);

@@ -67,6 +67,9 @@ pub struct SamplingFields {
     pub num_ctx: Option<usize>,
     #[serde(default)]
     pub keep_alive: Option<Json>,
+    /// llama-server's and vLLM's extension: keep generating past end-of-generation tokens.
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl SamplingFields {
@@ -76,6 +79,7 @@ impl SamplingFields {
         o.sampling.repeat_last_n = 64;
         options::apply_model_params(&mut o, &r.params);
         options::apply_options(&mut o, self.options.as_ref()).map_err(|e| e.in_dialect(D))?;
+        o.ignore_eos |= self.ignore_eos;
         let s = &mut o.sampling;
         if let Some(t) = self.temperature {
             s.temperature = t;
