@@ -41,6 +41,8 @@ fi
 qemu_bin() { command -v qemu-aarch64 || command -v qemu-aarch64-static || true; }
 missing=()
 command -v "$LINKER" >/dev/null && [ -d "$SYSROOT/lib" ] || missing+=(gcc-aarch64-linux-gnu)
+# The C runtime objects come with the arm64 libc headers package (a sysroot without them links nothing).
+[ -e "$SYSROOT/lib/crti.o" ] || missing+=(libc6-dev-arm64-cross)
 [ -n "$(qemu_bin)" ] || missing+=(qemu-user)
 if [ ${#missing[@]} -gt 0 ]; then
   command -v apt-get >/dev/null || cannot_install "missing ${missing[*]} and no apt-get here: install them with the system's package manager"
