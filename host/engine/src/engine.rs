@@ -481,8 +481,10 @@ impl<'a> EngineLoop<'a> {
             // never spin: fail the head of the queue.
             if self.sched.num_running() == 0 {
                 if let Some(&id) = self.sched.ids().first() {
-                    self.sched.finish(id);
-                    self.pending.fetch_sub(1, Ordering::SeqCst);
+                    // `pending` counts requests never scheduled; a preempted one left it already.
+                    if self.sched.finish(id).is_some_and(|s| !s.admitted) {
+                        self.pending.fetch_sub(1, Ordering::SeqCst);
+                    }
                     self.finish(id, FinishReason::Error, None, Some("the KV cache cannot hold this request".into()));
                 }
             }
