@@ -18,7 +18,7 @@
 //   Q4_1  qs[n_rows][nb][16]  (d, m)[n_rows][nb] (f16 pairs)
 //   Q5_0  qs[n_rows][nb][16]  qh[n_rows][nb] (u32)  d[n_rows][nb] (f16)
 //   Q8_0  qs[n_rows][nb][32]  d[n_rows][nb] (f16)
-//   Q4_K  GGUF as is: 144-byte super-blocks (d, dmin, 12 scale bytes, 128 qs) are 9 x 16 bytes
+//   Q4_K  qs[n_rows][nsb][128]  sm[n_rows][nsb][16] (decoded 6-bit scales/mins)  dm[n_rows][nsb]
 //   Q6_K  (ql[128] qh[64] scales[16])[n_rows][nsb]  d[n_rows][nsb] (f16)
 //   F16   GGUF as is (k % 8 == 0)
 // Nibble and bit orders inside qs/ql/qh are GGUF's (host/quant): only the sections move.
@@ -172,52 +172,39 @@ template <int NT> __device__ void mmv_q8_0(MMV_PARAMS) {
 
 // ------------------------------------------------------------------------------ Q4_K
 
-RF_INLINE int hdr_byte(const uint4& h, int j) {  // scale byte j (0..12) of a Q4_K header
-    const u32 word = j < 4 ? h.y : (j < 8 ? h.z : h.w);
-    return (int)((word >> (8 * (j & 3))) & 0xFF);
-}
-
-RF_INLINE void q4k_scale_min(const uint4& h, int j, float* sc, float* m) {
-    if (j < 4) {
-        *sc = (float)(hdr_byte(h, j) & 63);
-        *m = (float)(hdr_byte(h, j + 4) & 63);
-    } else {
-        *sc = (float)((hdr_byte(h, j + 4) & 0xF) | ((hdr_byte(h, j - 4) >> 6) << 4));
-        *m = (float)((hdr_byte(h, j + 4) >> 4) | ((hdr_byte(h, j) >> 6) << 4));
-    }
-}
-
-// A unit is 16 of the 128 qs bytes of a super-block: unit m (0..8) covers chunk c = m / 2 (64
-// elements), bytes 16 * (m % 2) .. +16 of it: low nibbles are elements 64c + 16(m%2) + 0..16
-// (group 2c), high nibbles the same + 32 (group 2c + 1). Eight lanes share a super-block header
-// (one 16-byte load each, served by L1). The min term uses the activation block sums s, so only
-// the even unit of each pair adds it (it covers the whole 32-block).
+// Repacked (repack.rs): qs[n_rows][nsb][128], sm[n_rows][nsb][16] (per 64-value chunk c: scale
+// 2c, scale 2c+1, min 2c, min 2c+1, one byte each), dm[n_rows][nsb] (f16 d, f16 dmin).
+// A unit is chunk c of a super-block: 32 qs bytes (two 128-bit loads) whose low nibbles are
+// elements 64c + 0..32 (group 2c) and high nibbles 64c + 32..64 (group 2c + 1), with its four
+// factors in one 32-bit load. The min term uses the activation block sums s.
 template <int NT> __device__ void mmv_q4_k(MMV_PARAMS) {
     MMV_PROLOGUE
     const int nsb = k / 256, nb = k / 32;
-    const u8* wr = w + (size_t)row * nsb * 144;
+    const uint4* qs = (const uint4*)w + (size_t)row * nsb * 8;
+    const u32* sm = (const u32*)(w + (size_t)n_rows * nsb * 128) + (size_t)row * nsb * 4;
+    const u32* dm = (const u32*)(w + (size_t)n_rows * nsb * 144) + (size_t)row * nsb;
     RF_MMV_UNROLL_K_PRAGMA
-    for (int u = lane; u < nsb * 8; u += W) {
-        const int sb = u >> 3, m = u & 7, c = m >> 1, h = m & 1;
-        const u8* blk = wr + (size_t)sb * 144;
-        const uint4 hdr = *(const uint4*)blk;
-        const uint4 q = *(const uint4*)(blk + 16 + 16 * m);
-        const float d = rf_h2f((u16)(hdr.x & 0xFFFF)), dmin = rf_h2f((u16)(hdr.x >> 16));
-        float sc0, m0, sc1, m1;
-        q4k_scale_min(hdr, 2 * c, &sc0, &m0);
-        q4k_scale_min(hdr, 2 * c + 1, &sc1, &m1);
+    for (int u = lane; u < nsb * 4; u += W) {
+        const int sb = u >> 2, c = u & 3;
+        const uint4 q0 = qs[2 * u], q1 = qs[2 * u + 1];
+        const u32 f = sm[u], dmv = dm[sb];
+        const float d = rf_h2f((u16)(dmv & 0xFFFF)), dmin = rf_h2f((u16)(dmv >> 16));
+        const float sc0 = (float)(f & 0xFF), sc1 = (float)((f >> 8) & 0xFF);
+        const float m0 = (float)((f >> 16) & 0xFF), m1 = (float)(f >> 24);
+        const int l0 = lo_nib(q0.x), l1 = lo_nib(q0.y), l2 = lo_nib(q0.z), l3 = lo_nib(q0.w);
+        const int l4 = lo_nib(q1.x), l5 = lo_nib(q1.y), l6 = lo_nib(q1.z), l7 = lo_nib(q1.w);
+        const int h0 = hi_nib(q0.x), h1 = hi_nib(q0.y), h2 = hi_nib(q0.z), h3 = hi_nib(q0.w);
+        const int h4 = hi_nib(q1.x), h5 = hi_nib(q1.y), h6 = hi_nib(q1.z), h7 = hi_nib(q1.w);
         const int xb = sb * 8 + 2 * c;
-        const int off = sb * 256 + 64 * c + 16 * h;
+        const int off = sb * 256 + 64 * c;
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
             if (t < nt) {
-                const i8* xt = xq + (size_t)t * k + off;
-                const int s0 = dot16(lo_nib(q.x), lo_nib(q.y), lo_nib(q.z), lo_nib(q.w), *(const int4*)xt);
-                const int s1 = dot16(hi_nib(q.x), hi_nib(q.y), hi_nib(q.z), hi_nib(q.w), *(const int4*)(xt + 32));
+                const int4* xt = (const int4*)(xq + (size_t)t * k + off);
+                const int s0 = dot16(l0, l1, l2, l3, xt[0]) + dot16(l4, l5, l6, l7, xt[1]);
+                const int s1 = dot16(h0, h1, h2, h3, xt[2]) + dot16(h4, h5, h6, h7, xt[3]);
                 const size_t b = (size_t)t * nb + xb;
-                float v = d * (sc0 * xd[b] * (float)s0 + sc1 * xd[b + 1] * (float)s1);
-                if (h == 0) v -= dmin * (m0 * xs[b] + m1 * xs[b + 1]);
-                acc[t] += v;
+                acc[t] += d * (sc0 * xd[b] * (float)s0 + sc1 * xd[b + 1] * (float)s1) - dmin * (m0 * xs[b] + m1 * xs[b + 1]);
             }
         }
     }

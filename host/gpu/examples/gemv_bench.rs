@@ -193,15 +193,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     // Ablation on the largest matrix: loop unrolling and rows (warps) per block.
-    let mut k1 = Kernels::with_options(&dev, &["-DRF_MMV_UNROLL=1", "-DRF_MMV_UNROLL_K=1"])?;
-    let mut k4 = Kernels::with_options(&dev, &["-DRF_MMV_UNROLL=4", "-DRF_MMV_UNROLL_K=4"])?;
+    let mut ks = Vec::new();
+    for u in [1, 2, 4] {
+        ks.push((u, Kernels::with_options(&dev, &[&format!("-DRF_MMV_UNROLL={u}"), &format!("-DRF_MMV_UNROLL_K={u}")])?));
+    }
     for ty in [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K] {
         let host = random_matrix(ty, 14336, 4096, &mut rng);
         for rows in [1u32, 2, 4, 8] {
-            k1.set_mmv_rows_per_block(rows)?;
-            k4.set_mmv_rows_per_block(rows)?;
-            b.case(&k1, ty, &host, 14336, 4096, 1, "14336x4096", &format!("unroll1 rows{rows}"))?;
-            b.case(&k4, ty, &host, 14336, 4096, 1, "14336x4096", &format!("unroll4 rows{rows}"))?;
+            for (u, kk) in ks.iter_mut() {
+                kk.set_mmv_rows_per_block(rows)?;
+                b.case(kk, ty, &host, 14336, 4096, 1, "14336x4096", &format!("unroll{u} rows{rows}"))?;
+            }
         }
     }
     Ok(())

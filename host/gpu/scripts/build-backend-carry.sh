@@ -15,6 +15,10 @@ bin=$(printf '%s\n' "$json" | grep '"executable":"' | grep gpu_backend | sed 's/
 [ -n "$bin" ] || { echo "build-backend-carry: no gpu_backend test executable" >&2; exit 1; }
 ROCMFORGE_SLIM_MODELS="$PWD/$C/models" "$bin" make_slim_models --ignored --quiet
 cp "$bin" "$C/gpu_backend"
+ops=$(cargo test --release -p rocmforge-gpu --test gpu_ops --no-run --message-format=json 2>/dev/null | grep '"executable":"' | grep gpu_ops | sed 's/.*"executable":"\([^"]*\)".*/\1/' | tail -1)
+[ -n "$ops" ] && cp "$ops" "$C/gpu_ops"
+cargo build --release -p rocmforge-gpu --example gemv_bench
+cp "$CARGO_TARGET_DIR/release/examples/gemv_bench" "$C/"
 for p in llama qwen gemma; do cp "$CARGO_TARGET_DIR/release/librocmforge_plugin_$p.so" "$C/"; done
-strip "$C/gpu_backend" "$C"/*.so
+strip "$C/gpu_backend" "$C/gpu_ops" "$C/gemv_bench" "$C"/*.so
 du -sh "$C"; ls -la "$C" "$C/models"

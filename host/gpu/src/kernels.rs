@@ -26,6 +26,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("mmv", include_str!("../../../kernels/mmv.cu")),
     ("attention", include_str!("../../../kernels/attention.cu")),
     ("graph_ops", include_str!("../../../kernels/graph_ops.cu")),
+    ("dequant", include_str!("../../../kernels/dequant.cu")),
 ];
 /// Headers the sources include by name.
 pub const HEADERS: &[(&str, &str)] = &[("compat.h", include_str!("../../../kernels/compat.h"))];
@@ -639,7 +640,7 @@ impl Kernels {
     fn mmv(&self, s: &Stream, w: &GpuMatrix, x: MmvInput<'_>, n_tokens: usize, y: &mut DeviceBuffer<f32>) -> Result<()> {
         const OP: &str = "matmul";
         need(OP, "y", y.len(), n_tokens * w.n_rows)?;
-        repack::check_matrix(OP, w.ty, w.data.len(), w.n_rows, w.k)?;
+        repack::check_packed(OP, w.ty, w.data.len(), w.n_rows, w.k)?;
         let prefix = match w.ty {
             GgmlType::Q4_0 => "mmv_q4_0",
             GgmlType::Q4_1 => "mmv_q4_1",

@@ -18,8 +18,10 @@
 //! Knows nothing of graphs, models or requests.
 
 mod api;
+mod blas;
 mod device;
 mod error;
+mod gemm;
 mod graph_kernels;
 mod kernels;
 mod module;
@@ -28,7 +30,9 @@ mod rtc;
 
 pub use api::Vendor;
 pub use device::{Device, DeviceBuffer, DeviceCopy, DeviceInfo, DeviceSpec, DeviceView, Event, Graph, GraphExec, Stream};
+pub use blas::Blas;
 pub use error::{GpuError, Result};
+pub use gemm::{GemmScratch, GEMM_CHUNK_VALUES};
 pub use graph_kernels::{PoolMode, Unary};
 pub use kernels::{
     compile_all, compile_options, compiler_library, rope_yarn_corr_dims, AttnBatch, AttnConfig, AttnSeq, GpuKvCache, GpuMatrix, Kernels,

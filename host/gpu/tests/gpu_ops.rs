@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use rocmforge_cpu::{AttnParams, GgmlType, KvCache, RopeParams, ThreadPool};
 use rocmforge_gpu::{
-    AttnBatch, AttnConfig, AttnSeq, Device, DeviceBuffer, DeviceSpec, GpuError, GpuKvCache, GpuMatrix, Kernels, QuantActs, RopeConfig,
+    AttnBatch, AttnConfig, AttnSeq, Device, DeviceBuffer, DeviceSpec, GemmScratch, GpuError, GpuKvCache, GpuMatrix, Kernels, QuantActs, RopeConfig,
     Stream,
 };
 
@@ -409,6 +409,54 @@ fn matmul_matches_cpu() {
             }
         }
     }
+}
+
+/// Round to f16 and back (what the GEMM path does to weights and activations).
+fn f16_round(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+#[test]
+fn gemm_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let s = g.dev.new_stream().expect("stream");
+    let mut r = Rng::new(7);
+    // A small chunk (4096 values) so one matrix takes several dequantize + GEMM rounds, with a
+    // partial last chunk (97 rows of 768 = 18.2 chunks).
+    let mut sc = match GemmScratch::new(&s, 64, 4096, 4096) {
+        Ok(sc) => sc,
+        Err(e) if std::env::var("ROCMFORGE_REQUIRE_GPU").is_ok_and(|v| v == "1") => panic!("no vendor BLAS: {e}"),
+        Err(e) => return println!("note: no vendor BLAS, skipping ({e})"),
+    };
+    println!("BLAS: {}", sc.library());
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16] {
+        for (n_rows, k) in [(97, 768), (64, 4096)] {
+            let wf = r.vec(n_rows * k, 0.5);
+            let wq = rocmforge_quant::quantize_to_vec(ty, &wf).expect("quantize");
+            let mut wdq = vec![0f32; n_rows * k];
+            rocmforge_quant::dequantize(ty, &wq, &mut wdq).expect("dequantize");
+            let gm = GpuMatrix::upload(&g.dev, ty, &wq, n_rows, k).expect("upload matrix");
+            for n_tokens in [1, 33, 64] {
+                let x = r.vec(n_tokens * k, 1.0);
+                let xd = g.dev.upload(&x).expect("up");
+                let mut y = poisoned(g, &s, n_rows * n_tokens);
+                g.k.gemm_input(&s, &xd, n_tokens, k, &mut sc).expect("gemm_input");
+                g.k.gemm(&s, &gm, &mut sc, &mut y).expect("gemm");
+                let got = download(&s, &y);
+                let case = format!("{n_rows}x{k} t{n_tokens}");
+                // Against the f64 product of the same f16-rounded operands: only accumulation
+                // order differs (f32 on the tensor cores), so any decoding slip shows.
+                let emulated = ref_matmul(&f16_round(&wdq), &f16_round(&x), n_rows, k, n_tokens);
+                check(&format!("gemm_{}", ty.name()), &case, "emulated", nerr(&got, &emulated), 2e-5);
+                // Against the exact product of the dequantized weights and f32 activations.
+                check(&format!("gemm_{}", ty.name()), &case, "exact", nerr(&got, &ref_matmul(&wdq, &x, n_rows, k, n_tokens)), 2e-3);
+            }
+        }
+    }
+    // A k the converted input does not have is refused, not computed.
+    let gm = GpuMatrix::upload(&g.dev, GgmlType::F16, &vec![0u8; 64 * 512 * 2], 64, 512).expect("upload");
+    let mut y = poisoned(g, &s, 64);
+    assert!(g.k.gemm(&s, &gm, &mut sc, &mut y).is_err());
 }
 
 /// Random K/V for `len` positions written into both caches for `block_table`.

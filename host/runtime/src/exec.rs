@@ -88,11 +88,23 @@ pub enum Device {
 }
 
 impl Device {
-    /// The device `ROCMFORGE_DEVICE` names; the CPU when it is unset or empty.
+    /// The device `ROCMFORGE_DEVICE` names; the CPU when it is unset or empty (the library's
+    /// default, so tests and embedders get the CPU unless they ask).
     pub fn from_env() -> Result<Device, RuntimeError> {
+        Self::env_or(Device::Cpu)
+    }
+
+    /// What the command line uses when `--device` is not given: `ROCMFORGE_DEVICE`, else
+    /// `auto` (a GPU when one works, else the CPU with one log line saying why), as Ollama and
+    /// llama.cpp users expect.
+    pub fn user_default() -> Result<Device, RuntimeError> {
+        Self::env_or(Device::Gpu("auto".into()))
+    }
+
+    fn env_or(default: Device) -> Result<Device, RuntimeError> {
         match std::env::var("ROCMFORGE_DEVICE") {
             Ok(v) if !v.trim().is_empty() => v.parse(),
-            _ => Ok(Device::Cpu),
+            _ => Ok(default),
         }
     }
 }

@@ -27,8 +27,8 @@
 mod weights;
 
 use rocmforge_gpu::{
-    AttnBatch, AttnConfig, AttnSeq, Device, DeviceBuffer, DeviceView, GpuError, GpuKvCache, GraphExec, Kernels, KvSlots, QuantActs,
-    RopeConfig, Stream, Unary,
+    AttnBatch, AttnConfig, AttnSeq, Device, DeviceBuffer, DeviceView, GemmScratch, GpuError, GpuKvCache, GraphExec, Kernels, KvSlots,
+    QuantActs, RopeConfig, Stream, Unary, GEMM_CHUNK_VALUES,
 };
 use std::collections::HashMap;
 
@@ -77,7 +77,16 @@ pub struct GpuBackend {
     /// no GET_ROWS of positions or constants, no POOL.
     capturable: bool,
     graphs: HashMap<usize, GraphExec>,
+    /// Matrix products of at least `gemm_min_tokens` tokens (prefill chunks) go through the
+    /// vendor GEMM on f16 copies (`rocmforge_gpu::GemmScratch`); `None` when the BLAS library
+    /// is missing or the token budget never reaches the threshold.
+    gemm: Option<GemmScratch>,
+    gemm_min_tokens: usize,
 }
+
+/// Token count from which a matrix product uses the GEMM path rather than the matrix-vector
+/// kernels (`ROCMFORGE_GEMM_MIN_TOKENS` overrides; 0 turns the GEMM off).
+const GEMM_MIN_TOKENS: usize = 32;
 
 fn unsupported(node: &str, op: &str) -> RuntimeError {
     RuntimeError::Unsupported { node: node.to_string(), op: op.to_string(), backend: "GPU".into() }
@@ -133,7 +142,10 @@ impl GpuBackend {
         let w_bytes = weights::device_bytes(g, p, src);
         let kv_bytes = g.layers.len() * kv_cfg.n_blocks * kv_cfg.block_size * geo.n_head_kv * (geo.head_dim_k + geo.head_dim_v) * 2;
         let arena_bytes = p.peak_cols * row_cap * 4;
-        let scratch = row_cap * max_k.div_ceil(32) * 32 * 3 / 2;
+        let gemm_min_tokens = std::env::var("ROCMFORGE_GEMM_MIN_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMM_MIN_TOKENS);
+        let want_gemm = gemm_min_tokens > 0 && max_batch_tokens >= gemm_min_tokens;
+        let gemm_bytes = if want_gemm { (row_cap * max_k + GEMM_CHUNK_VALUES.max(max_k)) * 2 } else { 0 };
+        let scratch = row_cap * max_k.div_ceil(32) * 32 * 3 / 2 + gemm_bytes;
         let need = w_bytes + kv_bytes + arena_bytes + scratch;
         let (free, _total) = dev.memory()?;
         if need > free {
@@ -175,6 +187,20 @@ impl GpuBackend {
             _ => true,
         });
         let use_graphs = std::env::var("ROCMFORGE_GPU_GRAPHS").map_or(true, |v| v != "0");
+        let gemm = if want_gemm {
+            match GemmScratch::new(&stream, row_cap, max_k, GEMM_CHUNK_VALUES) {
+                Ok(sc) => {
+                    tracing::info!("GPU: prefill products of >= {gemm_min_tokens} tokens through {}", sc.library());
+                    Some(sc)
+                }
+                Err(e) => {
+                    tracing::warn!("GPU: no vendor BLAS ({e}); prefill uses the matrix-vector kernels (slower)");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(GpuBackend {
             dev,
             k,
@@ -190,6 +216,8 @@ impl GpuBackend {
             use_graphs,
             capturable,
             graphs: HashMap::new(),
+            gemm,
+            gemm_min_tokens,
         })
     }
 
@@ -337,7 +365,8 @@ impl GpuBackend {
     /// Queue every step of the plan on the stream (the step's metadata already uploaded).
     fn enqueue(&mut self, g: &Graph, p: &Plan, b: &BatchMeta, dump: Option<&Dump>, stride: usize) -> Result<(), RuntimeError> {
         let (n_tokens, n_outputs, n_seqs) = (b.n_tokens(), b.n_outputs(), b.n_seqs());
-        let GpuBackend { k, stream: s, weights, arena, kv, acts, step, .. } = self;
+        let GpuBackend { k, stream: s, weights, arena, kv, acts, step, gemm, gemm_min_tokens, .. } = self;
+        let use_gemm = |rows: usize| rows >= *gemm_min_tokens;
         let av = ArenaViews { arena, stride, g, p, rows: [n_tokens, n_outputs, n_seqs] };
         let wt = |i: usize| weights[i].as_ref().expect("graph validated: weight node");
         let wvec = |i: usize| wt(i).vec.as_ref().expect("planned: element-wise weights have an f32 copy");
@@ -357,18 +386,22 @@ impl GpuBackend {
                     _ => false,
                 });
                 let _ = w;
-                if all_q {
+                let mut sc = gemm.as_mut().filter(|_| use_gemm(rows));
+                if let Some(sc) = sc.as_deref_mut() {
+                    k.gemm_input(s, &xv, rows, kdim, sc).map_err(kerr)?;
+                } else if all_q {
                     k.quantize_q8(s, &xv, rows, kdim, acts).map_err(kerr)?;
                 }
                 for &j in group {
                     let Op::MatMul { w, bias, .. } = g.nodes[j].op else { unreachable!("plan: a group of MATMULs") };
                     let m = wt(w).mat.as_ref().expect("uploaded: matrix");
                     let mut y = av.get(j).map_err(kerr)?;
-                    if all_q {
-                        k.matmul_quantized(s, m, acts, rows, &mut y).map_err(kerr)?;
-                    } else {
-                        k.matmul(s, m, &xv, rows, acts, &mut y).map_err(kerr)?;
+                    match sc.as_deref_mut() {
+                        Some(sc) => k.gemm(s, m, sc, &mut y),
+                        None if all_q => k.matmul_quantized(s, m, acts, rows, &mut y),
+                        None => k.matmul(s, m, &xv, rows, acts, &mut y),
                     }
+                    .map_err(kerr)?;
                     if let Some(bi) = bias {
                         let a = av.get(j).map_err(kerr)?;
                         k.add(s, &a, wvec(bi), &mut y).map_err(kerr)?;
@@ -417,7 +450,13 @@ impl GpuBackend {
                     }
                     Op::MatMul { x, w, bias } => {
                         let m = wt(*w).mat.as_ref().expect("uploaded: matrix");
-                        k.matmul(s, m, &*act(*x)?, rows, acts, &mut out).map_err(kerr)?;
+                        match gemm.as_mut().filter(|_| use_gemm(rows)) {
+                            Some(sc) => {
+                                k.gemm_input(s, &*act(*x)?, rows, m.k, sc).map_err(kerr)?;
+                                k.gemm(s, m, sc, &mut out).map_err(kerr)?;
+                            }
+                            None => k.matmul(s, m, &*act(*x)?, rows, acts, &mut out).map_err(kerr)?,
+                        }
                         if let Some(bi) = bias {
                             k.add(s, &*act(i)?, wvec(*bi), &mut out).map_err(kerr)?;
                         }

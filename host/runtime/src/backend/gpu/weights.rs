@@ -46,8 +46,8 @@ fn weight_err(w: &Weight, what: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Weight { name: w.name.clone(), what: what.to_string() }
 }
 
-/// Bytes the uploads of `g`'s weights will take (an upper bound: repacking keeps sizes, the F16
-/// fallback is counted at 2 bytes per weight).
+/// Bytes the uploads of `g`'s weights will take (repacked sizes; the F16 fallback is counted at 2
+/// bytes per weight).
 pub(super) fn device_bytes(g: &Graph, p: &Plan, src: &ModelSource) -> usize {
     let roles = roles(g);
     let mut total = 0usize;
@@ -57,7 +57,12 @@ pub(super) fn device_bytes(g: &Graph, p: &Plan, src: &ModelSource) -> usize {
         let n: usize = dims.iter().product();
         let bytes = (n / ty.block_size().max(1)) * ty.type_size();
         if roles[i].mat {
-            total += if rocmforge_gpu::repack::supports_mmv(ty) { bytes } else { 2 * n };
+            total += if rocmforge_gpu::repack::supports_mmv(ty) {
+                let k = dims.first().copied().unwrap_or(1).max(1);
+                rocmforge_gpu::repack::packed_bytes(ty, n / k, k)
+            } else {
+                2 * n
+            };
         }
         if roles[i].table {
             total += if table_type_supported(ty) { bytes } else { 4 * n };
