@@ -41,12 +41,18 @@ extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float
 
 // ------------------------------------------------------------------------------ RoPE
 
-// grid (n_head, n_tokens), block: threads over the n_rot / 2 pairs. In place.
-extern "C" __global__ void rope_f32(float* __restrict__ x, const int* __restrict__ positions, int n_head, int head_dim, int n_rot,
+// grid (n_head, n_tokens), block: threads over the n_rot / 2 pairs. From src into x (src == x:
+// in place; otherwise the dimensions past n_rot are copied), so the graph's RoPE needs no copy
+// launch before it.
+extern "C" __global__ void rope_f32(const float* src, float* x, const int* __restrict__ positions, int n_head, int head_dim, int n_rot,
                                     int neox, float freq_base, float freq_scale, float ext_factor, float attn_factor, float corr0,
                                     float corr1, const float* __restrict__ freq_factors) {
     const int h = blockIdx.x, t = blockIdx.y;
     float* v = x + ((size_t)t * n_head + h) * head_dim;
+    const float* sv = src + ((size_t)t * n_head + h) * head_dim;
+    if (sv != v) {
+        for (int i = n_rot + threadIdx.x; i < head_dim; i += blockDim.x) v[i] = sv[i];
+    }
     const float pos = (float)positions[t];
     const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
     const int half = n_rot / 2;
@@ -65,7 +71,7 @@ extern "C" __global__ void rope_f32(float* __restrict__ x, const int* __restrict
         const float c = cosf(theta) * mscale, s = sinf(theta) * mscale;
         const int a = neox ? i : 2 * i;
         const int b = neox ? i + half : 2 * i + 1;
-        const float x0 = v[a], x1 = v[b];
+        const float x0 = sv[a], x1 = sv[b];
         v[a] = x0 * c - x1 * s;
         v[b] = x0 * s + x1 * c;
     }
@@ -244,21 +250,12 @@ GET_ROWS(get_rows_q6_k, TY_Q6_K)
 // Activations x (n_tokens x k, k % 32 == 0) to int8: qs[t * k + i], per 32-block b (global
 // index t * k / 32 + b): d = amax / 127 and s = d * sum(q). One thread per 32-block; the rows are
 // short (k values), so this is a few microseconds at most.
-extern "C" __global__ void quantize_q8_f32(const float* __restrict__ x, i8* __restrict__ qs, float* __restrict__ d_out,
-                                           float* __restrict__ s_out, u64 n_blocks) {
-    const u64 b = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= n_blocks) return;
-    const float4* xb = (const float4*)(x + b * 32);
-    float v[32];
+//
+// q8_block quantizes the 32 values v of block b; the fused kernels below (norm + quantize, GLU +
+// quantize) call it on values they already hold in registers, saving a launch and a pass over
+// memory per matrix product input in decode.
+RF_INLINE void q8_block(const float* v, i8* __restrict__ qs, float* __restrict__ d_out, float* __restrict__ s_out, u64 b) {
     float amax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const float4 f = xb[i];
-        v[4 * i] = f.x;
-        v[4 * i + 1] = f.y;
-        v[4 * i + 2] = f.z;
-        v[4 * i + 3] = f.w;
-    }
 #pragma unroll
     for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(v[i]));
     // As llama.cpp's x86 quantize_row_q8_0: scale by 127 / amax, round half to even.
@@ -282,6 +279,74 @@ extern "C" __global__ void quantize_q8_f32(const float* __restrict__ x, i8* __re
     dst[1] = make_int4(packed[4], packed[5], packed[6], packed[7]);
     d_out[b] = d;
     s_out[b] = d * (float)sum;
+}
+
+RF_INLINE void load32(const float* x, float* v) {
+    const float4* xb = (const float4*)x;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const float4 f = xb[i];
+        v[4 * i] = f.x;
+        v[4 * i + 1] = f.y;
+        v[4 * i + 2] = f.z;
+        v[4 * i + 3] = f.w;
+    }
+}
+
+RF_INLINE void store32(float* o, const float* v) {
+    float4* ob = (float4*)o;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) ob[i] = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
+}
+
+extern "C" __global__ void quantize_q8_f32(const float* __restrict__ x, i8* __restrict__ qs, float* __restrict__ d_out,
+                                           float* __restrict__ s_out, u64 n_blocks) {
+    const u64 b = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= n_blocks) return;
+    float v[32];
+    load32(x + b * 32, v);
+    q8_block(v, qs, d_out, s_out, b);
+}
+
+// rms_norm_f32 (one block per row, row_len % 32 == 0) that also quantizes its output row as
+// quantize_q8_f32 would: out is still written (other consumers may read it).
+extern "C" __global__ void rms_norm_q8_f32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out,
+                                           int row_len, float eps, i8* __restrict__ qs, float* __restrict__ d_out,
+                                           float* __restrict__ s_out) {
+    __shared__ float scratch[1024 / W];
+    const size_t row = blockIdx.x;
+    const float* xr = x + row * row_len;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < row_len; i += blockDim.x) {
+        const float v = xr[i];
+        s += v * v;
+    }
+    s = block_sum<W>(s, scratch);
+    const float scale = 1.0f / sqrtf(s / (float)row_len + eps);
+    const int nb = row_len / 32;
+    for (int j = threadIdx.x; j < nb; j += blockDim.x) {
+        float v[32];
+        load32(xr + 32 * j, v);
+#pragma unroll
+        for (int i = 0; i < 32; ++i) v[i] = w ? v[i] * scale * w[32 * j + i] : v[i] * scale;
+        store32(out + row * row_len + 32 * j, v);
+        q8_block(v, qs + row * row_len, d_out + row * nb, s_out + row * nb, j);
+    }
+}
+
+// out = act(g) * u (act: 0 SiLU, 1 GELU-tanh) over n_blocks blocks of 32, quantized as
+// quantize_q8_f32 would.
+extern "C" __global__ void glu_q8_f32(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ out, int act,
+                                      i8* __restrict__ qs, float* __restrict__ d_out, float* __restrict__ s_out, u64 n_blocks) {
+    const u64 b = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= n_blocks) return;
+    float v[32], uv[32];
+    load32(g + b * 32, v);
+    load32(u + b * 32, uv);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) v[i] = (act == 0 ? v[i] / (1.0f + expf(-v[i])) : gelu_tanh(v[i])) * uv[i];
+    store32(out + b * 32, v);
+    q8_block(v, qs, d_out, s_out, b);
 }
 
 // ------------------------------------------------------------------------------ KV write

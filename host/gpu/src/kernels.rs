@@ -122,9 +122,9 @@ impl GpuMatrix {
 
 /// Scratch for activations quantized to int8 (see `kernels/ops.cu` quantize_q8_f32).
 pub struct QuantActs {
-    qs: DeviceBuffer<i8>,
-    d: DeviceBuffer<f32>,
-    s: DeviceBuffer<f32>,
+    pub(crate) qs: DeviceBuffer<i8>,
+    pub(crate) d: DeviceBuffer<f32>,
+    pub(crate) s: DeviceBuffer<f32>,
 }
 
 impl QuantActs {
@@ -451,6 +451,41 @@ impl Kernels {
         p: &RopeConfig,
         freq_factors: Option<&DeviceBuffer<f32>>,
     ) -> Result<()> {
+        let src = x.device_ptr();
+        self.rope_launch(s, src, x, n_tokens, n_head, head_dim, positions, p, freq_factors)
+    }
+
+    /// [`Kernels::rope`] reading `src` and writing `out` (same shape; one launch, no copy).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_into(
+        &self,
+        s: &Stream,
+        src: &DeviceBuffer<f32>,
+        out: &mut DeviceBuffer<f32>,
+        n_tokens: usize,
+        n_head: usize,
+        head_dim: usize,
+        positions: &DeviceBuffer<i32>,
+        p: &RopeConfig,
+        freq_factors: Option<&DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        need("rope", "src", src.len(), out.len())?;
+        self.rope_launch(s, src.device_ptr(), out, n_tokens, n_head, head_dim, positions, p, freq_factors)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rope_launch(
+        &self,
+        s: &Stream,
+        src: u64,
+        x: &mut DeviceBuffer<f32>,
+        n_tokens: usize,
+        n_head: usize,
+        head_dim: usize,
+        positions: &DeviceBuffer<i32>,
+        p: &RopeConfig,
+        freq_factors: Option<&DeviceBuffer<f32>>,
+    ) -> Result<()> {
         const OP: &str = "rope";
         if p.n_rot == 0 || !p.n_rot.is_multiple_of(2) || p.n_rot > head_dim {
             return Err(GpuError::shape(OP, format!("n_rot {} must be even, positive and <= head_dim {head_dim}", p.n_rot)));
@@ -464,11 +499,11 @@ impl Kernels {
         }
         let corr = rope_yarn_corr_dims(p.n_rot, p.n_ctx_orig, p.freq_base, p.beta_fast, p.beta_slow);
         let mut a = KernelArgs::new();
-        a.buf(x).buf(positions).i32(n_head as i32).i32(head_dim as i32).i32(p.n_rot as i32).i32(p.neox as i32);
+        a.ptr(src).buf(x).buf(positions).i32(n_head as i32).i32(head_dim as i32).i32(p.n_rot as i32).i32(p.neox as i32);
         a.f32(p.freq_base).f32(p.freq_scale).f32(p.ext_factor).f32(p.attn_factor).f32(corr[0]).f32(corr[1]).opt_buf(freq_factors);
         let threads = ((p.n_rot / 2).div_ceil(self.warp as usize) * self.warp as usize).min(256) as u32;
-        // SAFETY: x holds n_tokens x n_head x head_dim values, positions >= n_tokens,
-        // freq_factors n_rot / 2 (checked).
+        // SAFETY: x (and src, which the callers give x's length) holds n_tokens x n_head x
+        // head_dim values, positions >= n_tokens, freq_factors n_rot / 2 (checked).
         unsafe { self.f("rope_f32")?.launch(s, (n_head as u32, n_tokens as u32, 1), (threads, 1, 1), 0, &mut a) }
     }
 

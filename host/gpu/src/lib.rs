@@ -21,6 +21,7 @@ mod api;
 mod blas;
 mod device;
 mod error;
+mod fused;
 mod gemm;
 mod graph_kernels;
 mod kernels;
@@ -32,6 +33,7 @@ pub use api::Vendor;
 pub use device::{Device, DeviceBuffer, DeviceCopy, DeviceInfo, DeviceSpec, DeviceView, Event, Graph, GraphExec, Stream};
 pub use blas::Blas;
 pub use error::{GpuError, Result};
+pub use fused::Glu;
 pub use gemm::{GemmScratch, GEMM_CHUNK_VALUES};
 pub use graph_kernels::{PoolMode, Unary};
 pub use kernels::{

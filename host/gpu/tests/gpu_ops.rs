@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use rocmforge_cpu::{AttnParams, GgmlType, KvCache, RopeParams, ThreadPool};
 use rocmforge_gpu::{
-    AttnBatch, AttnConfig, AttnSeq, Device, DeviceBuffer, DeviceSpec, GemmScratch, GpuError, GpuKvCache, GpuMatrix, Kernels, QuantActs, RopeConfig,
+    AttnBatch, AttnConfig, AttnSeq, Device, DeviceBuffer, DeviceSpec, GemmScratch, Glu, GpuError, GpuKvCache, GpuMatrix, Kernels, QuantActs, RopeConfig,
     Stream,
 };
 
@@ -408,6 +408,45 @@ fn matmul_matches_cpu() {
                 check(&format!("mmv_{}", ty.name()), &case, "exact", nerr(&got, &ref_matmul(&wdq, &x, n_rows, k, n_tokens)), exact_bound);
             }
         }
+    }
+}
+
+#[test]
+fn fused_quantizing_kernels_equal_the_unfused_pair() {
+    let Some(g) = gpu() else { return };
+    let s = g.dev.new_stream().expect("stream");
+    let mut r = Rng::new(8);
+    let (n_rows, k, n_tok) = (64, 512, 3);
+    let wq = rocmforge_quant::quantize_to_vec(GgmlType::Q4_K, &r.vec(n_rows * k, 0.5)).expect("quantize");
+    let gm = GpuMatrix::upload(&g.dev, GgmlType::Q4_K, &wq, n_rows, k).expect("upload");
+    let x = g.dev.upload(&r.vec(n_tok * k, 2.0)).expect("up");
+    let u = g.dev.upload(&r.vec(n_tok * k, 2.0)).expect("up");
+    let nw = g.dev.upload(&r.vec(k, 1.0)).expect("up");
+    let (mut a1, mut a2) = (QuantActs::new(&g.dev, n_tok * k).expect("acts"), QuantActs::new(&g.dev, n_tok * k).expect("acts"));
+    // (fused output, unfused output, product through the fused acts, through quantize_q8)
+    let run = |fused: bool, glu: Option<Glu>, acts: &mut QuantActs| -> (Vec<f32>, Vec<f32>) {
+        let mut out = poisoned(g, &s, n_tok * k);
+        match (glu, fused) {
+            (None, true) => g.k.rms_norm_q8(&s, &x, Some(&nw), 1e-5, k, &mut out, acts).expect("rms_norm_q8"),
+            (None, false) => g.k.rms_norm(&s, &x, Some(&nw), 1e-5, k, &mut out).expect("rms_norm"),
+            (Some(a), true) => g.k.glu_q8(&s, a, &x, &u, k, &mut out, acts).expect("glu_q8"),
+            (Some(Glu::Swi), false) => g.k.swiglu(&s, &x, &u, &mut out).expect("swiglu"),
+            (Some(Glu::Ge), false) => g.k.geglu(&s, &x, &u, &mut out).expect("geglu"),
+        }
+        if !fused {
+            g.k.quantize_q8(&s, &out, n_tok, k, acts).expect("quantize");
+        }
+        let mut y = poisoned(g, &s, n_rows * n_tok);
+        g.k.matmul_quantized(&s, &gm, acts, n_tok, &mut y).expect("mmv");
+        (download(&s, &out), download(&s, &y))
+    };
+    for glu in [None, Some(Glu::Swi), Some(Glu::Ge)] {
+        let (o1, y1) = run(true, glu, &mut a1);
+        let (o2, y2) = run(false, glu, &mut a2);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&o1), bits(&o2), "{glu:?}: fused output differs");
+        assert_eq!(bits(&y1), bits(&y2), "{glu:?}: product of the fused quantization differs");
+        check("fused_q8", &format!("{glu:?}"), "unfused", nerr(&y1, &y2), 0.0);
     }
 }
 

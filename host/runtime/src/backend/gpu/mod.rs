@@ -27,7 +27,7 @@
 mod weights;
 
 use rocmforge_gpu::{
-    AttnBatch, AttnConfig, AttnSeq, Device, DeviceBuffer, DeviceView, GemmScratch, GpuError, GpuKvCache, GraphExec, Kernels, KvSlots,
+    AttnBatch, AttnConfig, AttnSeq, Device, DeviceBuffer, DeviceView, GemmScratch, Glu, GpuError, GpuKvCache, GraphExec, Kernels, KvSlots,
     QuantActs, RopeConfig, Stream, Unary, GEMM_CHUNK_VALUES,
 };
 use std::collections::HashMap;
@@ -371,7 +371,29 @@ impl GpuBackend {
         let wt = |i: usize| weights[i].as_ref().expect("graph validated: weight node");
         let wvec = |i: usize| wt(i).vec.as_ref().expect("planned: element-wise weights have an f32 copy");
 
-        for st in &p.steps {
+        // Does step `idx`'s output (node `i`, `rows` x `cols`) feed the next step as the input
+        // of quantized matrix-vector products only? Then the op producing it quantizes it in
+        // the same launch (`rocmforge_gpu::fused`) and that step skips quantize_q8.
+        let has_gemm = gemm.is_some();
+        let feeds_q8 = |idx: usize, i: usize, rows: usize, cols: usize| -> bool {
+            if use_gemm(rows) && has_gemm || !cols.is_multiple_of(32) {
+                return false;
+            }
+            let quantized = |j: usize| match g.nodes[j].op {
+                Op::MatMul { x, w, .. } => x == i && wt(w).mat.as_ref().is_some_and(|m| m.ty != GgmlType::F16),
+                _ => false,
+            };
+            match p.steps.get(idx + 1) {
+                Some(Step::MatMulGroup(grp)) => grp.iter().all(|&j| quantized(j)),
+                Some(Step::Node(j)) => quantized(*j),
+                None => false,
+            }
+        };
+        // The node whose quantization `acts` holds, for the step right after the one that made it.
+        let mut pre_q: Option<usize> = None;
+
+        for (idx, st) in p.steps.iter().enumerate() {
+            let fused_in = pre_q.take();
             let lead = st.nodes()[0];
             let node = &g.nodes[lead];
             let kerr = |e: GpuError| RuntimeError::Kernel { node: node.name.clone(), what: e.to_string() };
@@ -389,7 +411,7 @@ impl GpuBackend {
                 let mut sc = gemm.as_mut().filter(|_| use_gemm(rows));
                 if let Some(sc) = sc.as_deref_mut() {
                     k.gemm_input(s, &xv, rows, kdim, sc).map_err(kerr)?;
-                } else if all_q {
+                } else if all_q && fused_in != Some(x) {
                     k.quantize_q8(s, &xv, rows, kdim, acts).map_err(kerr)?;
                 }
                 for &j in group {
@@ -443,7 +465,12 @@ impl GpuBackend {
                     }
                     Op::RmsNorm { x, w, eps, group } => {
                         let len = if *group == 0 { cols } else { *group };
-                        k.rms_norm(s, &*act(*x)?, w.map(wvec), *eps, len, &mut out).map_err(kerr)?;
+                        if len == cols && feeds_q8(idx, i, rows, cols) {
+                            k.rms_norm_q8(s, &*act(*x)?, w.map(wvec), *eps, len, &mut out, acts).map_err(kerr)?;
+                            pre_q = Some(i);
+                        } else {
+                            k.rms_norm(s, &*act(*x)?, w.map(wvec), *eps, len, &mut out).map_err(kerr)?;
+                        }
                     }
                     Op::LayerNorm { x, w, b: bias, eps } => {
                         k.layer_norm(s, &*act(*x)?, w.map(wvec), bias.map(wvec), *eps, cols, &mut out).map_err(kerr)?;
@@ -455,6 +482,7 @@ impl GpuBackend {
                                 k.gemm_input(s, &*act(*x)?, rows, m.k, sc).map_err(kerr)?;
                                 k.gemm(s, m, sc, &mut out).map_err(kerr)?;
                             }
+                            None if fused_in == Some(*x) => k.matmul_quantized(s, m, acts, rows, &mut out).map_err(kerr)?,
                             None => k.matmul(s, m, &*act(*x)?, rows, acts, &mut out).map_err(kerr)?,
                         }
                         if let Some(bi) = bias {
@@ -482,7 +510,6 @@ impl GpuBackend {
                     }
                     Op::Scale { x, s: v } => k.scale(s, &*act(*x)?, *v, &mut out).map_err(kerr)?,
                     Op::Rope { x, freq_factors, p: rp } => {
-                        s.copy_device(&*act(*x)?, &mut out)?;
                         let cfg = RopeConfig {
                             n_rot: rp.n_rot,
                             neox: rp.neox,
@@ -494,7 +521,8 @@ impl GpuBackend {
                             beta_slow: rp.beta_slow,
                             n_ctx_orig: rp.n_ctx_orig,
                         };
-                        k.rope(s, &mut out, rows, rp.n_head, rp.head_dim, &step.positions, &cfg, freq_factors.map(wvec)).map_err(kerr)?;
+                        k.rope_into(s, &*act(*x)?, &mut out, rows, rp.n_head, rp.head_dim, &step.positions, &cfg, freq_factors.map(wvec))
+                            .map_err(kerr)?;
                     }
                     Op::Attention { q, k: kk, v, p: ap } => {
                         k.kv_write_slots(s, kv, ap.layer, &*act(*kk)?, &*act(*v)?, &step.slots).map_err(kerr)?;
@@ -511,8 +539,19 @@ impl GpuBackend {
                     Op::Gelu { x } => k.unary(s, Unary::Gelu, &*act(*x)?, &mut out).map_err(kerr)?,
                     Op::GeluErf { x } => k.unary(s, Unary::GeluErf, &*act(*x)?, &mut out).map_err(kerr)?,
                     Op::Softcap { x, cap } => k.unary(s, Unary::Softcap(*cap), &*act(*x)?, &mut out).map_err(kerr)?,
-                    Op::SwiGlu { gate, up } => k.swiglu(s, &*act(*gate)?, &*act(*up)?, &mut out).map_err(kerr)?,
-                    Op::GeGlu { gate, up } => k.geglu(s, &*act(*gate)?, &*act(*up)?, &mut out).map_err(kerr)?,
+                    Op::SwiGlu { gate, up } | Op::GeGlu { gate, up } => {
+                        let swi = matches!(node.op, Op::SwiGlu { .. });
+                        let (ga, ua) = (act(*gate)?, act(*up)?);
+                        if feeds_q8(idx, i, rows, cols) {
+                            let glu = if swi { Glu::Swi } else { Glu::Ge };
+                            k.glu_q8(s, glu, &ga, &ua, cols, &mut out, acts).map_err(kerr)?;
+                            pre_q = Some(i);
+                        } else if swi {
+                            k.swiglu(s, &ga, &ua, &mut out).map_err(kerr)?
+                        } else {
+                            k.geglu(s, &ga, &ua, &mut out).map_err(kerr)?
+                        }
+                    }
                     Op::View { x, offset } => {
                         let (_, src_cols) = av.shape(*x);
                         k.copy_cols(s, &*act(*x)?, src_cols, *offset, cols, &mut out).map_err(kerr)?;
