@@ -44,10 +44,11 @@
 #define MMV_PARAMS                                                                                                      \
     const u8 *__restrict__ w, const i8 *__restrict__ xq, const float *__restrict__ xd, const float *__restrict__ xs, \
         float *__restrict__ y, int n_rows, int k, int nt
+// The device functions take the row their warp computes (the entry points below decide it).
+#define MMV_DPARAMS MMV_PARAMS, int row
 
 #define MMV_PROLOGUE                                                 \
     const int lane = threadIdx.x % W;                                \
-    const int row = blockIdx.x * (blockDim.x / W) + threadIdx.x / W; \
     if (row >= n_rows) return; /* uniform per warp */                \
     float acc[NT];                                                   \
     _Pragma("unroll") for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
@@ -70,7 +71,7 @@ RF_INLINE int dot16(int a0, int a1, int a2, int a3, int4 x) {
 
 // ------------------------------------------------------------------------------ Q4_0 / Q4_1 / Q5_0
 
-template <int NT> __device__ void mmv_q4_0(MMV_PARAMS) {
+template <int NT> __device__ void mmv_q4_0(MMV_DPARAMS) {
     MMV_PROLOGUE
     const int nb = k / 32;
     const uint4* qs = (const uint4*)w + (size_t)row * nb;
@@ -93,7 +94,7 @@ template <int NT> __device__ void mmv_q4_0(MMV_PARAMS) {
     MMV_EPILOGUE
 }
 
-template <int NT> __device__ void mmv_q4_1(MMV_PARAMS) {
+template <int NT> __device__ void mmv_q4_1(MMV_DPARAMS) {
     MMV_PROLOGUE
     const int nb = k / 32;
     const uint4* qs = (const uint4*)w + (size_t)row * nb;
@@ -117,7 +118,7 @@ template <int NT> __device__ void mmv_q4_1(MMV_PARAMS) {
     MMV_EPILOGUE
 }
 
-template <int NT> __device__ void mmv_q5_0(MMV_PARAMS) {
+template <int NT> __device__ void mmv_q5_0(MMV_DPARAMS) {
     MMV_PROLOGUE
     const int nb = k / 32;
     const uint4* qs = (const uint4*)w + (size_t)row * nb;
@@ -149,7 +150,7 @@ template <int NT> __device__ void mmv_q5_0(MMV_PARAMS) {
 // ------------------------------------------------------------------------------ Q8_0
 
 // A unit is half a block (16 weights, one 128-bit load).
-template <int NT> __device__ void mmv_q8_0(MMV_PARAMS) {
+template <int NT> __device__ void mmv_q8_0(MMV_DPARAMS) {
     MMV_PROLOGUE
     const int nb = k / 32;
     const uint4* qs = (const uint4*)w + (size_t)row * nb * 2;
@@ -177,7 +178,7 @@ template <int NT> __device__ void mmv_q8_0(MMV_PARAMS) {
 // A unit is chunk c of a super-block: 32 qs bytes (two 128-bit loads) whose low nibbles are
 // elements 64c + 0..32 (group 2c) and high nibbles 64c + 32..64 (group 2c + 1), with its four
 // factors in one 32-bit load. The min term uses the activation block sums s.
-template <int NT> __device__ void mmv_q4_k(MMV_PARAMS) {
+template <int NT> __device__ void mmv_q4_k(MMV_DPARAMS) {
     MMV_PROLOGUE
     const int nsb = k / 256, nb = k / 32;
     const uint4* qs = (const uint4*)w + (size_t)row * nsb * 8;
@@ -217,7 +218,7 @@ template <int NT> __device__ void mmv_q4_k(MMV_PARAMS) {
 // 128*half + 32*klo + j0 + 0..16 (low nibbles) and the same with khi = klo + 2 (high nibbles),
 // where klo = t4 / 2 and j0 = 16 * (t4 % 2); their 2-bit high parts are bit pairs klo and khi of
 // qh bytes 32*half + j0 .. +16. Values q - 32 are formed bytewise (rf_sub32_bytes), then dp4a.
-template <int NT> __device__ void mmv_q6_k(MMV_PARAMS) {
+template <int NT> __device__ void mmv_q6_k(MMV_DPARAMS) {
     MMV_PROLOGUE
     const int nsb = k / 256, nb = k / 32;
     const u8* wr = w + (size_t)row * nsb * 208;
@@ -259,7 +260,7 @@ template <int NT> __device__ void mmv_q6_k(MMV_PARAMS) {
 
 // F16 weights with f32 activations (x: nt x k). A unit is 8 halves.
 template <int NT>
-__device__ void mmv_f16(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n_rows, int k, int nt) {
+__device__ void mmv_f16(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n_rows, int k, int nt, int row) {
     MMV_PROLOGUE
     const uint4* wr = (const uint4*)(w + (size_t)row * k * 2);
     RF_MMV_UNROLL_PRAGMA
@@ -287,8 +288,22 @@ __device__ void mmv_f16(const u8* __restrict__ w, const float* __restrict__ x, f
 
 // ------------------------------------------------------------------------------ entry points
 
-#define MMV_ENTRY(ty, NT)                                                                                       \
-    extern "C" __global__ void mmv_##ty##_##NT(MMV_PARAMS) { mmv_##ty<NT>(w, xq, xd, xs, y, n_rows, k, nt); }
+#define MMV_ROW (int)(blockIdx.x * (blockDim.x / W) + threadIdx.x / W)
+
+// Single matrix: mmv_<type>_<NT>. Up to three matrices of one type sharing the input (Q/K/V,
+// gate/up) in one launch: mmv3_<type>_<NT>, whose warps take rows of w0 (n0 rows), then w1, then
+// w2, so a decode step pays one launch instead of three (n2 = 0 for two matrices).
+#define MMV_ENTRY(ty, NT)                                                                                                 \
+    extern "C" __global__ void mmv_##ty##_##NT(MMV_PARAMS) { mmv_##ty<NT>(w, xq, xd, xs, y, n_rows, k, nt, MMV_ROW); }  \
+    extern "C" __global__ void mmv3_##ty##_##NT(const u8* __restrict__ w0, const u8* __restrict__ w1, const u8* __restrict__ w2, \
+                                                const i8* __restrict__ xq, const float* __restrict__ xd,                  \
+                                                const float* __restrict__ xs, float* __restrict__ y0, float* __restrict__ y1, \
+                                                float* __restrict__ y2, int n0, int n1, int n2, int k, int nt) {          \
+        const int r = MMV_ROW;                                                                                            \
+        if (r < n0) mmv_##ty<NT>(w0, xq, xd, xs, y0, n0, k, nt, r);                                                       \
+        else if (r < n0 + n1) mmv_##ty<NT>(w1, xq, xd, xs, y1, n1, k, nt, r - n0);                                        \
+        else mmv_##ty<NT>(w2, xq, xd, xs, y2, n2, k, nt, r - n0 - n1);                                                    \
+    }
 #define MMV_ENTRIES(ty) MMV_ENTRY(ty, 1) MMV_ENTRY(ty, 2) MMV_ENTRY(ty, 4) MMV_ENTRY(ty, 8)
 MMV_ENTRIES(q4_0)
 MMV_ENTRIES(q4_1)
@@ -299,7 +314,7 @@ MMV_ENTRIES(q6_k)
 
 #define MMV_F16_ENTRY(NT)                                                                                          \
     extern "C" __global__ void mmv_f16_##NT(const u8* w, const float* x, float* y, int n_rows, int k, int nt) { \
-        mmv_f16<NT>(w, x, y, n_rows, k, nt);                                                                       \
+        mmv_f16<NT>(w, x, y, n_rows, k, nt, MMV_ROW);                                                               \
     }
 MMV_F16_ENTRY(1)
 MMV_F16_ENTRY(2)

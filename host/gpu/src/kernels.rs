@@ -672,6 +672,70 @@ impl Kernels {
         self.mmv(s, w, MmvInput::Q8(acts), n_tokens, y)
     }
 
+    /// [`Kernels::matmul_quantized`] for two or three matrices of one quantized type and one
+    /// `k` (Q/K/V, gate/up) in one launch per token group.
+    pub fn matmul_quantized_multi(
+        &self,
+        s: &Stream,
+        ws: &[&GpuMatrix],
+        acts: &QuantActs,
+        n_tokens: usize,
+        ys: &mut [&mut DeviceBuffer<f32>],
+    ) -> Result<()> {
+        const OP: &str = "matmul_multi";
+        if !(2..=3).contains(&ws.len()) || ys.len() != ws.len() {
+            return Err(GpuError::shape(OP, format!("{} matrices and {} outputs (2 or 3 each)", ws.len(), ys.len())));
+        }
+        let (ty, k) = (ws[0].ty, ws[0].k);
+        if ty == GgmlType::F16 || ws.iter().any(|w| w.ty != ty || w.k != k) {
+            return Err(GpuError::shape(OP, "the matrices must share one quantized type and k"));
+        }
+        if acts.qs.len() < n_tokens * k {
+            return Err(GpuError::shape(OP, format!("scratch holds {} values, need {}", acts.qs.len(), n_tokens * k)));
+        }
+        for (w, y) in ws.iter().zip(ys.iter()) {
+            need(OP, "y", y.len(), n_tokens * w.n_rows)?;
+            repack::check_packed(OP, w.ty, w.data.len(), w.n_rows, w.k)?;
+        }
+        let prefix = match ty {
+            GgmlType::Q4_0 => "mmv3_q4_0",
+            GgmlType::Q4_1 => "mmv3_q4_1",
+            GgmlType::Q5_0 => "mmv3_q5_0",
+            GgmlType::Q8_0 => "mmv3_q8_0",
+            GgmlType::Q4_K => "mmv3_q4_k",
+            GgmlType::Q6_K => "mmv3_q6_k",
+            _ => return Err(GpuError::Unsupported { op: OP, ty: ty.name() }),
+        };
+        let n: Vec<usize> = (0..3).map(|i| ws.get(i).map_or(0, |w| w.n_rows)).collect();
+        let total: usize = n.iter().sum();
+        let grid = (total.div_ceil(self.mmv_rows as usize) as u32, 1, 1);
+        let block = (self.mmv_rows * self.warp, 1, 1);
+        let mut t0 = 0;
+        while t0 < n_tokens {
+            let nt = (n_tokens - t0).min(MMV_MAX_TOKENS);
+            let variant = [1, 2, 4, 8].into_iter().find(|&v| v >= nt).unwrap_or(8);
+            let f = self.f(&format!("{prefix}_{variant}"))?;
+            let mut a = KernelArgs::new();
+            for i in 0..3 {
+                a.ptr(ws.get(i).map_or(0, |w| w.data.device_ptr()));
+            }
+            a.ptr(acts.qs.device_ptr() + (t0 * k) as u64)
+                .ptr(acts.d.device_ptr() + (t0 * k / 32 * 4) as u64)
+                .ptr(acts.s.device_ptr() + (t0 * k / 32 * 4) as u64);
+            for i in 0..3 {
+                a.ptr(ys.get(i).map_or(0, |y| y.device_ptr() + (t0 * n[i] * 4) as u64));
+            }
+            a.i32(n[0] as i32).i32(n[1] as i32).i32(n[2] as i32).i32(k as i32).i32(nt as i32);
+            // SAFETY: every matrix was checked for its n_rows x k; tokens t0..t0+nt of the
+            // activations and of every output exist (checked); warps past n0 + n1 + n2 rows
+            // return before touching memory (n2 = 0 for two matrices, whose null pointers are
+            // never read).
+            unsafe { f.launch(s, grid, block, 0, &mut a)? };
+            t0 += nt;
+        }
+        Ok(())
+    }
+
     fn mmv(&self, s: &Stream, w: &GpuMatrix, x: MmvInput<'_>, n_tokens: usize, y: &mut DeviceBuffer<f32>) -> Result<()> {
         const OP: &str = "matmul";
         need(OP, "y", y.len(), n_tokens * w.n_rows)?;
@@ -838,6 +902,7 @@ fn entry_points(source: &str) -> Vec<String> {
         } else if let Some(rest) = l.strip_prefix("MMV_ENTRIES(") {
             let ty = rest.trim_end_matches(')');
             out.extend([1, 2, 4, 8].map(|n| format!("mmv_{ty}_{n}")));
+            out.extend([1, 2, 4, 8].map(|n| format!("mmv3_{ty}_{n}")));
         } else if let Some(rest) = l.strip_prefix("MMV_F16_ENTRY(") {
             out.push(format!("mmv_f16_{}", rest.trim_end_matches(')')));
         } else if let Some(rest) = l.strip_prefix("GET_ROWS(") {

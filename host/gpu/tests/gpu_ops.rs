@@ -412,6 +412,41 @@ fn matmul_matches_cpu() {
 }
 
 #[test]
+fn multi_matrix_launch_equals_single_launches() {
+    let Some(g) = gpu() else { return };
+    let s = g.dev.new_stream().expect("stream");
+    let mut r = Rng::new(9);
+    let k = 512;
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        for rows in [&[96usize, 32, 32][..], &[70, 33]] {
+            let ms: Vec<GpuMatrix> = rows
+                .iter()
+                .map(|&n| {
+                    let wq = rocmforge_quant::quantize_to_vec(ty, &r.vec(n * k, 0.5)).expect("quantize");
+                    GpuMatrix::upload(&g.dev, ty, &wq, n, k).expect("upload")
+                })
+                .collect();
+            for n_tok in [1, 5, 11] {
+                let mut acts = QuantActs::new(&g.dev, n_tok * k).expect("acts");
+                let x = g.dev.upload(&r.vec(n_tok * k, 1.0)).expect("up");
+                g.k.quantize_q8(&s, &x, n_tok, k, &mut acts).expect("quantize");
+                let mut multi: Vec<DeviceBuffer<f32>> = rows.iter().map(|&n| poisoned(g, &s, n * n_tok)).collect();
+                let mut ys: Vec<&mut DeviceBuffer<f32>> = multi.iter_mut().collect();
+                let ws: Vec<&GpuMatrix> = ms.iter().collect();
+                g.k.matmul_quantized_multi(&s, &ws, &acts, n_tok, &mut ys).expect("multi");
+                for (m, got) in ms.iter().zip(&multi) {
+                    let mut y = poisoned(g, &s, m.n_rows * n_tok);
+                    g.k.matmul_quantized(&s, m, &acts, n_tok, &mut y).expect("single");
+                    let (a, b) = (download(&s, got), download(&s, &y));
+                    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{} {rows:?} t{n_tok}", ty.name());
+                }
+                check("mmv3", &format!("{} {rows:?} t{n_tok}", ty.name()), "single", 0.0, 0.0);
+            }
+        }
+    }
+}
+
+#[test]
 fn fused_quantizing_kernels_equal_the_unfused_pair() {
     let Some(g) = gpu() else { return };
     let s = g.dev.new_stream().expect("stream");

@@ -112,7 +112,7 @@ fn make_slim_models() {
     let src = repo().join(".cache/models");
     let out = slim_dir();
     std::fs::create_dir_all(&out).unwrap();
-    reshape_gguf(&src.join("SmolLM2-135M-Instruct.Q4_1.gguf"), &out.join("smollm2-slim.gguf"), 3, 4096, &[]);
+    reshape_gguf(&src.join("SmolLM2-135M-Instruct.Q4_1.gguf"), &out.join("smollm2-slim.gguf"), 2, 4096, &[]);
     reshape_gguf(
         &src.join("gemma-3-270m-q4_k_m.gguf"),
         &out.join("gemma3-slim.gguf"),

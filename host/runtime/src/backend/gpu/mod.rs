@@ -414,16 +414,35 @@ impl GpuBackend {
                 } else if all_q && fused_in != Some(x) {
                     k.quantize_q8(s, &xv, rows, kdim, acts).map_err(kerr)?;
                 }
+                let mat = |j: usize| match g.nodes[j].op {
+                    Op::MatMul { w, .. } => wt(w).mat.as_ref().expect("uploaded: matrix"),
+                    _ => unreachable!("plan: a group of MATMULs"),
+                };
+                // Matrix-vector path: runs of up to three matrices of one type share a launch.
+                let mut done = 0;
+                while sc.is_none() && all_q && done < group.len() {
+                    let ty = mat(group[done]).ty;
+                    let run = group[done..].iter().take(3).take_while(|&&j| mat(j).ty == ty).count();
+                    let js = &group[done..done + run];
+                    if run >= 2 {
+                        let mut views = js.iter().map(|&j| av.get(j)).collect::<Result<Vec<_>, _>>().map_err(kerr)?;
+                        let mut ys: Vec<&mut DeviceBuffer<f32>> = views.iter_mut().map(|v| &mut **v).collect();
+                        let ws: Vec<&rocmforge_gpu::GpuMatrix> = js.iter().map(|&j| mat(j)).collect();
+                        k.matmul_quantized_multi(s, &ws, acts, rows, &mut ys).map_err(kerr)?;
+                    } else {
+                        k.matmul_quantized(s, mat(js[0]), acts, rows, &mut *av.get(js[0]).map_err(kerr)?).map_err(kerr)?;
+                    }
+                    done += run;
+                }
                 for &j in group {
-                    let Op::MatMul { w, bias, .. } = g.nodes[j].op else { unreachable!("plan: a group of MATMULs") };
-                    let m = wt(w).mat.as_ref().expect("uploaded: matrix");
+                    let Op::MatMul { bias, .. } = g.nodes[j].op else { unreachable!("plan: a group of MATMULs") };
+                    let m = mat(j);
                     let mut y = av.get(j).map_err(kerr)?;
                     match sc.as_deref_mut() {
-                        Some(sc) => k.gemm(s, m, sc, &mut y),
-                        None if all_q => k.matmul_quantized(s, m, acts, rows, &mut y),
-                        None => k.matmul(s, m, &xv, rows, acts, &mut y),
+                        Some(sc) => k.gemm(s, m, sc, &mut y).map_err(kerr)?,
+                        None if all_q => {} // done above
+                        None => k.matmul(s, m, &xv, rows, acts, &mut y).map_err(kerr)?,
                     }
-                    .map_err(kerr)?;
                     if let Some(bi) = bias {
                         let a = av.get(j).map_err(kerr)?;
                         k.add(s, &a, wvec(bi), &mut y).map_err(kerr)?;
