@@ -82,6 +82,32 @@ fn tiny_bert_matches_transformers_pooled_output() {
     let _ = std::fs::remove_file(&gguf);
 }
 
+/// The fixture's `layer_norm_eps` (1e-2) is not the plugin's fallback (1e-12): without the key the
+/// pooled output must leave the bound by far (a lost config mapping cannot pass).
+#[test]
+fn tiny_bert_dropped_layer_norm_eps_is_caught() {
+    let (seqs, want) = tiny_reference();
+    let tmp = std::env::temp_dir().join(format!("rf-bert-no-eps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    for e in std::fs::read_dir(tiny_dir()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.join(e.file_name())).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.join("config.json")).unwrap()).unwrap();
+    assert!(cfg.as_object_mut().unwrap().remove("layer_norm_eps").is_some(), "fixture has no layer_norm_eps");
+    std::fs::write(tmp.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let mut r = Runner::load(&tmp, 64);
+    let mut worst = 0f64;
+    for (s, w) in seqs.iter().zip(&want) {
+        r.reset();
+        worst = worst.max(cos_dist(&r.feed(s, false), w));
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    eprintln!("tiny bert without layer_norm_eps: cosine distance {worst:.2e}");
+    assert!(worst > 100.0 * TINY_MAX_COS_DIST, "dropping layer_norm_eps moved the output only by {worst:.2e}");
+}
+
 /// Both sequences in one forward pass (two chunks, each its own KV blocks) pool separately.
 #[test]
 fn tiny_bert_batch_pools_each_sequence() {
