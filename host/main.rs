@@ -60,7 +60,7 @@ struct SampleArgs {
     #[arg(long = "kv-budget", default_value = "auto")]
     kv_budget: rocmforge_engine::KvBudget,
     /// Where to run: cpu, auto (a GPU if one works, else the CPU), cuda:N or hip:N
-    /// (default: $ROCMFORGE_DEVICE, else cpu).
+    /// (default: $ROCMFORGE_DEVICE, else auto).
     #[arg(long)]
     device: Option<rocmforge_runtime::exec::Device>,
 }
@@ -96,7 +96,7 @@ impl SampleArgs {
     }
 
     fn load_options(&self) -> LoadOptions {
-        LoadOptions { n_ctx: self.ctx_size, kv: self.kv_budget, device: self.device.clone(), ..Default::default() }
+        LoadOptions { n_ctx: self.ctx_size, kv: self.kv_budget, device: cli_device(&self.device), ..Default::default() }
     }
 }
 
@@ -176,7 +176,7 @@ enum Cmd {
         /// Batch-invariant kernels (see `run --deterministic`).
         #[arg(long)]
         deterministic: bool,
-        /// Where to run: cpu, auto, cuda:N or hip:N (default: $ROCMFORGE_DEVICE, else cpu).
+        /// Where to run: cpu, auto, cuda:N or hip:N (default: $ROCMFORGE_DEVICE, else auto).
         #[arg(long)]
         device: Option<rocmforge_runtime::exec::Device>,
     },
@@ -214,6 +214,9 @@ enum Cmd {
     },
     /// Unload a model from a running server (like `ollama stop`).
     Stop { name: String },
+    /// (dev) Write a random-weight GGUF of a known shape, for benchmarks.
+    #[command(hide = true)]
+    Synth(cli::synth::SynthArgs),
 }
 
 fn registry() -> Registry {
@@ -311,7 +314,7 @@ fn real_main(cli: Cli) -> Result<()> {
             if let Some(c) = concurrency {
                 // KV for every request in flight at once.
                 let kv = rocmforge_engine::KvBudget::Blocks(c.max(1) * n_ctx.div_ceil(rocmforge_engine::model::BLOCK_SIZE) + 1);
-                let opts = LoadOptions { n_ctx: Some(n_ctx), kv, device: device.clone(), ..Default::default() };
+                let opts = LoadOptions { n_ctx: Some(n_ctx), kv, device: cli_device(&device), ..Default::default() };
                 let engine = cli::session::start_generator(&model, &reg, &opts, cfg)?;
                 let n_req = num_prompts.unwrap_or(4 * c).max(1);
                 cli::bench::run_concurrent(&engine, n_prompt, n_gen.min(8), c, n_req.min(2))?; // warm-up
@@ -334,7 +337,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 }
                 return Ok(());
             }
-            let opts = LoadOptions { n_ctx: Some(n_ctx), device, ..Default::default() };
+            let opts = LoadOptions { n_ctx: Some(n_ctx), device: cli_device(&device), ..Default::default() };
             let engine = cli::session::start_generator(&model, &reg, &opts, cfg)?;
             let res = cli::bench::run(&engine, n_prompt, n_gen, reps.max(1))?;
             let threads = rocmforge_cpu::ThreadPool::global().n_threads();
@@ -374,6 +377,26 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Cp { source, destination } => cli::client::cp(&source, &destination)?,
         Cmd::Create { name, file, from } => cli::client::create(&name, file.as_deref(), from.as_deref())?,
         Cmd::Stop { name } => cli::client::stop(&name)?,
+        Cmd::Synth(args) => {
+            let r = cli::synth::run(&args)?;
+            let types: Vec<String> = r.per_type_counts.iter().map(|(t, c)| format!("{t} {c}")).collect();
+            println!(
+                "{} ({}, {}): {} tensors, {} bytes of tensor data, {:.2?}; types: {}",
+                args.output.display(),
+                args.shape.label(),
+                r.ftype.name(),
+                r.n_tensors,
+                r.out_bytes,
+                r.elapsed,
+                types.join(", ")
+            );
+        }
     }
     Ok(())
+}
+
+/// The device of a command: `--device`, else `ROCMFORGE_DEVICE`, else auto. A malformed
+/// `ROCMFORGE_DEVICE` gives None here so the model loader reports it.
+fn cli_device(flag: &Option<rocmforge_runtime::exec::Device>) -> Option<rocmforge_runtime::exec::Device> {
+    flag.clone().or_else(|| rocmforge_runtime::exec::Device::user_default().ok())
 }

@@ -6,3 +6,4 @@ pub mod embed;
 pub mod quantize;
 pub mod serve;
 pub mod session;
+pub mod synth;

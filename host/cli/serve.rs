@@ -64,7 +64,7 @@ pub struct ServeArgs {
     /// KV cache size per model: auto, a size (4GiB, 512MiB), a fraction of available memory (0.3) or N blocks.
     #[arg(long = "kv-budget", default_value = "auto")]
     pub kv_budget: rocmforge_engine::KvBudget,
-    /// Where models run: cpu, auto, cuda:N or hip:N (default: $ROCMFORGE_DEVICE, else cpu).
+    /// Where models run: cpu, auto, cuda:N or hip:N (default: $ROCMFORGE_DEVICE, else auto).
     #[arg(long)]
     pub device: Option<rocmforge_runtime::exec::Device>,
 }
@@ -132,8 +132,12 @@ pub fn run(a: &ServeArgs, registry: rocmforge_runtime::Registry) -> Result<()> {
         },
         deterministic: a.deterministic,
     };
-    let loader =
-        rocmforge_server::engine_backend::EngineLoader { registry: Arc::new(registry), config, kv: a.kv_budget, device: a.device.clone() };
+    let loader = rocmforge_server::engine_backend::EngineLoader {
+        registry: Arc::new(registry),
+        config,
+        kv: a.kv_budget,
+        device: a.device.clone().or_else(|| rocmforge_runtime::exec::Device::user_default().ok()),
+    };
     rocmforge_server::serve(cfg, Arc::new(loader))?;
     Ok(())
 }

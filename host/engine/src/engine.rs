@@ -490,6 +490,11 @@ impl<'a> EngineLoop<'a> {
             }
             return;
         }
+        // Greedy steps (every sampled request takes the plain argmax, no drafts to verify, no
+        // constraint): the backend picks the tokens where the logits are, if it can.
+        let argmax_only = out.chunks.iter().filter(|c| c.sample).all(|c| {
+            c.num_draft == 0 && self.live.get(&c.id).is_some_and(|l| l.constraint.is_none() && l.sampler.is_plain_argmax())
+        });
         let result = {
             let chunks: Vec<SeqChunk> = out
                 .chunks
@@ -509,12 +514,26 @@ impl<'a> EngineLoop<'a> {
                     }
                 })
                 .collect();
-            self.exec.forward(&chunks)
+            match if argmax_only { self.exec.forward_argmax(&chunks).map(|ids| ids.map(<[u32]>::to_vec)) } else { Ok(None) } {
+                Ok(Some(ids)) => Ok(Picked::Tokens(ids)),
+                Ok(None) => self.exec.forward(&chunks).map(|l| Picked::Logits(l.to_vec())),
+                Err(e) => Err(e),
+            }
         };
         // The sampled rows are copied out so sampling can borrow the loop mutably (the CPU
         // backend's rows are few: one per sampled sequence).
-        let logits = match result.map(<[f32]>::to_vec) {
-            Ok(l) => l,
+        let logits = match result {
+            Ok(Picked::Tokens(ids)) => {
+                self.steps += 1;
+                self.sched.on_step_done(&out);
+                for (c, &t) in out.chunks.iter().filter(|c| c.sample).zip(&ids) {
+                    if let Some(t) = self.emit_token(c.id, t, Vec::new()) {
+                        self.sched.append_token(c.id, t);
+                    }
+                }
+                return;
+            }
+            Ok(Picked::Logits(l)) => l,
             Err(e) => {
                 tracing::error!("forward pass failed: {e}");
                 for c in &out.chunks {
@@ -547,7 +566,6 @@ impl<'a> EngineLoop<'a> {
     /// when the request goes on (the caller hands it to the scheduler); None when it ended here.
     fn emit(&mut self, id: RequestId, logits: &[f32]) -> Option<u32> {
         let live = self.live.get_mut(&id)?;
-        let now = Instant::now();
         let mask = match live.constraint.as_mut().map(|c| c.mask().map(|m| m.to_vec())) {
             Some(Ok(m)) => Some(m),
             Some(Err(e)) => {
@@ -558,7 +576,14 @@ impl<'a> EngineLoop<'a> {
             None => None,
         };
         let s = live.sampler.sample(logits, mask.as_deref());
-        let t = s.token;
+        self.emit_token(id, s.token, s.logprob.into_iter().collect())
+    }
+
+    /// Record and stream token `t` of `id` (sampled from its logits, or the backend's argmax).
+    /// Returns the token when the request goes on; None when it ended here.
+    fn emit_token(&mut self, id: RequestId, t: u32, logprobs: Vec<crate::TokenLogprob>) -> Option<u32> {
+        let live = self.live.get_mut(&id)?;
+        let now = Instant::now();
         live.sampler.accept(t);
         live.n_generated += 1;
         if live.t_first_token.is_none() {
@@ -589,7 +614,6 @@ impl<'a> EngineLoop<'a> {
         if finish.is_none() && live.n_generated >= live.max_tokens {
             finish = Some((FinishReason::Length, None));
         }
-        let logprobs = s.logprob.into_iter().collect();
         let sent = live.tx.send(Event::Delta { text, tokens: vec![t], logprobs }).is_ok();
         let remaining = live.max_tokens - live.n_generated;
         if let Some(e) = commit_err {
@@ -737,4 +761,10 @@ fn build_constraint_vocab(tok: &Tokenizer) -> Result<Arc<ConstraintVocab>, Strin
         })
         .collect();
     ConstraintVocab::new(bytes, &tok.eog_ids()).map_err(|e| e.to_string())
+}
+
+/// What a forward pass gave the sampler: the backend's argmax per sampled row, or the logits.
+enum Picked {
+    Tokens(Vec<u32>),
+    Logits(Vec<f32>),
 }

@@ -236,6 +236,17 @@ impl Executor {
 
     /// Run one forward pass. Returns the output rows (logits of the rows asked for, in chunk order;
     /// for a pooling embedding model one row per chunk) as a flat `[n_rows, n_out_cols]` slice.
+    /// [`forward`](Self::forward) for greedy decoding: the index of the largest logit of every
+    /// output row (first on ties), found on the device when the backend can (only token ids
+    /// come back); `None` when it cannot (call `forward` and pick on the host). Not for dumps.
+    pub fn forward_argmax(&mut self, batch: &SeqBatch) -> Result<Option<&[u32]>, RuntimeError> {
+        if self.dump.is_some() {
+            return Ok(None);
+        }
+        let meta = BatchMeta::new(batch, self.backend.kv_config(), &self.plan)?;
+        self.backend.forward_argmax(&self.graph, &self.plan, &meta)
+    }
+
     pub fn forward(&mut self, batch: &SeqBatch) -> Result<&[f32], RuntimeError> {
         let meta = BatchMeta::new(batch, self.backend.kv_config(), &self.plan)?;
         let out = self.backend.forward(&self.graph, &self.plan, &meta, self.dump.as_ref())?;

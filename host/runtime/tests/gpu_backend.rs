@@ -297,6 +297,11 @@ fn gpu_matches_cpu_on_real_models() {
                 let lc = cpu.forward(&batch).unwrap().to_vec();
                 let lg = gpu.forward(&batch).unwrap().to_vec();
                 bat.add(&lg, &lc);
+                // The device-side argmax (greedy steps) of the same batch again (the KV writes
+                // repeat the same values) picks what the host picks from the copied logits.
+                let ids = gpu.forward_argmax(&batch).unwrap().expect("the GPU has a device argmax").to_vec();
+                let host: Vec<u32> = (0..3).map(|s| argmax(&lg[s * n_vocab..(s + 1) * n_vocab]) as u32).collect();
+                assert_eq!(ids, host, "{name}: device argmax at step {step}");
                 for s in 0..3 {
                     pos[s] += next[s].len();
                 }

@@ -117,6 +117,19 @@ impl Sampler {
         &self.params
     }
 
+    /// Is this sampler's pick the plain argmax of the logits (temperature 0 with nothing that
+    /// changes or reports them: no bias, penalties, DRY or logprobs)? Then the backend may find
+    /// it where the logits are (`Executor::forward_argmax`); `sample` would return the same
+    /// token (the first maximum).
+    pub fn is_plain_argmax(&self) -> bool {
+        let p = &self.params;
+        p.temperature <= 0.0
+            && p.logit_bias.is_empty()
+            && p.logprobs.is_none()
+            && (p.repeat_last_n == 0 || (p.repeat_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0))
+            && !(self.dry.enabled() && self.breakers.is_some())
+    }
+
     /// Mirostat's current mu (for tests and diagnostics).
     pub fn mirostat_mu(&self) -> f32 {
         self.mu

@@ -33,4 +33,11 @@ pub trait Backend: Send {
     fn kv_config(&self) -> KvConfig;
     /// Run the plan for one batch (see the module header).
     fn forward(&mut self, g: &Graph, p: &Plan, b: &BatchMeta, dump: Option<&Dump>) -> Result<&[f32], RuntimeError>;
+    /// Run the plan and return the index of the largest value of every output row (the first
+    /// one on ties), computed where the rows are, so only token ids come back (a GPU saves the
+    /// copy of `n_outputs x n_vocab` logits per step). `None`: this backend has no such path;
+    /// the caller uses `forward` (nothing was run).
+    fn forward_argmax(&mut self, _g: &Graph, _p: &Plan, _b: &BatchMeta) -> Result<Option<&[u32]>, RuntimeError> {
+        Ok(None)
+    }
 }

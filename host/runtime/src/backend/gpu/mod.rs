@@ -71,6 +71,9 @@ pub struct GpuBackend {
     step: StepBufs,
     /// The output rows of the last forward, in host memory.
     out: Vec<f32>,
+    /// Row argmaxes of the last `forward_argmax` (device scratch and host copy).
+    argmax_ids: DeviceBuffer<u32>,
+    out_ids: Vec<u32>,
     /// Decode steps replay a graph captured once per token count (see `graph_key`).
     use_graphs: bool,
     /// The graph reads only per-step data that lives in the step buffers (no ids built per op):
@@ -201,6 +204,7 @@ impl GpuBackend {
         } else {
             None
         };
+        let argmax_ids = dev.alloc(row_cap)?;
         Ok(GpuBackend {
             dev,
             k,
@@ -213,6 +217,8 @@ impl GpuBackend {
             acts,
             step,
             out: Vec::new(),
+            argmax_ids,
+            out_ids: Vec::new(),
             use_graphs,
             capturable,
             graphs: HashMap::new(),
@@ -302,9 +308,36 @@ impl Backend for GpuBackend {
     }
 
     fn forward(&mut self, g: &Graph, p: &Plan, b: &BatchMeta, dump: Option<&Dump>) -> Result<&[f32], RuntimeError> {
-        let (n_tokens, n_outputs, n_seqs) = (b.n_tokens(), b.n_outputs(), b.n_seqs());
+        let Some(stride) = self.run(g, p, b, dump)? else { return Ok(&[]) };
+        let Some(o) = g.output else { return Ok(&[]) };
+        let av = ArenaViews { arena: &self.arena, stride, g, p, rows: [b.n_tokens(), b.n_outputs(), b.n_seqs()] };
+        let (r, c) = av.shape(o);
+        self.out.resize(r * c, 0.0);
+        // Waits for the stream: the one synchronisation of a step.
+        self.stream.copy_to_host(&*av.get(o)?, &mut self.out)?;
+        Ok(&self.out)
+    }
+
+    fn forward_argmax(&mut self, g: &Graph, p: &Plan, b: &BatchMeta) -> Result<Option<&[u32]>, RuntimeError> {
+        let Some(o) = g.output else { return Ok(None) };
+        let Some(stride) = self.run(g, p, b, None)? else { return Ok(Some(&[])) };
+        let av = ArenaViews { arena: &self.arena, stride, g, p, rows: [b.n_tokens(), b.n_outputs(), b.n_seqs()] };
+        let (r, _) = av.shape(o);
+        let kerr = |e: GpuError| RuntimeError::Kernel { node: "argmax".into(), what: e.to_string() };
+        self.k.argmax(&self.stream, &*av.get(o)?, r, &mut *self.argmax_ids.view(0, r)?).map_err(kerr)?;
+        self.out_ids.resize(r, 0);
+        self.stream.copy_to_host(&*self.argmax_ids.view(0, r)?, &mut self.out_ids)?;
+        Ok(Some(&self.out_ids))
+    }
+}
+
+impl GpuBackend {
+    /// Upload the step and queue its launches (replaying a captured graph for decode steps);
+    /// returns the arena stride of the batch, or None for an empty batch. Does not wait.
+    fn run(&mut self, g: &Graph, p: &Plan, b: &BatchMeta, dump: Option<&Dump>) -> Result<Option<usize>, RuntimeError> {
+        let (n_tokens, n_seqs) = (b.n_tokens(), b.n_seqs());
         if n_tokens == 0 {
-            return Ok(&[]);
+            return Ok(None);
         }
         if n_tokens.max(n_seqs) > self.row_cap {
             return Err(RuntimeError::Batch(format!(
@@ -331,17 +364,9 @@ impl Backend for GpuBackend {
             }
             None => self.enqueue(g, p, b, dump, stride)?,
         }
-        let Some(o) = g.output else { return Ok(&[]) };
-        let av = ArenaViews { arena: &self.arena, stride, g, p, rows: [n_tokens, n_outputs, n_seqs] };
-        let (r, c) = av.shape(o);
-        self.out.resize(r * c, 0.0);
-        // Waits for the stream: the one synchronisation of a step.
-        self.stream.copy_to_host(&*av.get(o)?, &mut self.out)?;
-        Ok(&self.out)
+        Ok(Some(stride))
     }
-}
 
-impl GpuBackend {
     /// Decode steps (one token per sequence, its logits wanted) of a capturable graph replay a
     /// graph captured for their token count: every per-step value they read (ids, positions,
     /// slots, attention tables, output rows) is in the step buffers, and every launch's shape
