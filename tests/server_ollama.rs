@@ -363,3 +363,43 @@ fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// [T-CREATE-02] `/api/create` with `quantize`: an F16 GGUF (written by `rocmforge synth`) becomes
+/// a Q8_0 model in the store, with Ollama's progress lines, and is served; an already quantized
+/// source and an unknown type are refused with errors that say why.
+#[test]
+fn create_quantizes_an_unquantized_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let f16 = dir.path().join("smol-f16.gguf");
+    let vocab = server_util::model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocmforge"))
+        .args(["synth", "--shape", "smollm2-135m", "--type", "f16", "--n-layer", "2", "--vocab"])
+        .arg(&vocab)
+        .arg(&f16)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "synth: {}", String::from_utf8_lossy(&out.stderr));
+    let s = Server::start(&[]);
+    let (st, _, body) = s.post("/api/create", &json!({"model": "smolq", "from": f16.display().to_string(), "quantize": "q8_0"}));
+    assert_eq!(st, 200, "{body}");
+    let lines = ndjson_lines(&body);
+    assert_eq!(lines.last().unwrap()["status"], "success", "{body}");
+    assert!(lines.iter().any(|l| l["status"] == "quantizing F16 model to Q8_0"), "{body}");
+    let last_progress = lines.iter().rev().find(|l| l.get("total").is_some()).expect("progress with totals");
+    assert_eq!(last_progress["completed"], last_progress["total"], "{body}");
+    let (st, v) = s.json("/api/show", &json!({"model": "smolq"}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["details"]["quantization_level"], "Q8_0", "{v}");
+    let (st, v) = s.json("/api/generate", &json!({"model": "smolq", "prompt": "Hi", "stream": false, "options": {"num_predict": 2}}));
+    assert_eq!(st, 200, "{v}");
+
+    // A quantized source: refused (as Ollama does), naming the tensor type.
+    let (st, v) = s.json("/api/create", &json!({"model": "bad", "from": vocab.display().to_string(), "quantize": "q4_K_M", "stream": false}));
+    assert_eq!(st, 500, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("Q4_1"), "{v}");
+    // An unknown type: 400 with the supported list.
+    let (st, v) = s.json("/api/create", &json!({"model": "bad", "from": f16.display().to_string(), "quantize": "q3_banana"}));
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("Q4_K_M"), "{v}");
+    assert!(!s.get_json("/api/tags")["models"].as_array().unwrap().iter().any(|m| m["name"] == "bad:latest"));
+}

@@ -4,6 +4,7 @@
 //! `create` takes its weights from (our extension first) `from` = a path to a GGUF file on the
 //! server's disk, `from` = a model name (store, `--model`, `--models-dir`), or `files` = uploaded
 //! blobs (what the `ollama` CLI and Open WebUI send); progress is NDJSON like Ollama's.
+//! `quantize` (e.g. `q4_K_M`) quantizes an unquantized source GGUF into the new model.
 //! `pull` needs a registry, which this server cannot reach: it says so clearly (a model that is
 //! already present is reported as up to date). `push` is not supported.
 //!
@@ -15,6 +16,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use rocmforge_model::quantize::{quantize_file, FileType, QuantizeOptions};
 use rocmforge_store::{CreateBase, CreateSpec, ModelName, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Map, Value as Json};
@@ -66,11 +68,16 @@ struct CreateReq {
 pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
     let req: CreateReq = parse_body(&body, D)?;
     let name = name_of(&req.model, &req.name)?;
-    if req.quantize.as_deref().or(req.quantization.as_deref()).is_some_and(|q| !q.is_empty()) {
-        return Err(ApiError::bad_request(
-            "quantize in /api/create is not supported yet: quantize the GGUF with `rocmforge quantize`, then create from it",
-        ));
-    }
+    // `quantize` (Ollama's spelling; `quantization` is accepted too): the new model's weights are
+    // the source GGUF quantized to this file type (llama-quantize's types and mixes, through
+    // rocmforge_model::quantize, as `rocmforge quantize` does).
+    let quantize = match req.quantize.as_deref().or(req.quantization.as_deref()).map(str::trim).filter(|q| !q.is_empty()) {
+        None => None,
+        Some(q) => Some(q.parse::<FileType>().map_err(|_| {
+            let known: Vec<&str> = FileType::ALL.iter().map(|t| t.name()).collect();
+            ApiError::bad_request(format!("unsupported quantization type {q:?}; supported: {}", known.join(", ")))
+        })?),
+    };
     if req.adapters.as_ref().is_some_and(|a| !a.is_empty()) {
         return Err(ApiError::bad_request("adapters are not supported"));
     }
@@ -80,7 +87,7 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
         Some(Json::Array(a)) => Some(a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()),
         Some(_) => return Err(ApiError::bad_request("license must be a string or a list of strings")),
     };
-    let spec = CreateSpec { template: req.template, system: req.system, params: req.parameters, messages: req.messages, license };
+    let mut spec = CreateSpec { template: req.template, system: req.system, params: req.parameters, messages: req.messages, license };
     // Where the weights come from, decided before streaming so errors get a status.
     enum Src {
         File(std::path::PathBuf),
@@ -131,6 +138,30 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
         let send = |s: String| {
             let _ = tx.send(json!({ "status": s }));
         };
+        if let Some(ftype) = quantize {
+            // The source GGUF on disk; a store model also hands down its template, system
+            // prompt, parameters and messages (the quantized file becomes a new blob).
+            let path = match &src {
+                Src::File(p) => p.clone(),
+                Src::Blob(d) => store.blob_path(d)?,
+                Src::Model(n) => {
+                    let base = store.get(n)?;
+                    spec.template = spec.template.take().or(base.template.clone());
+                    spec.system = spec.system.take().or(base.system.clone());
+                    spec.params = spec.params.take().or_else(|| (!base.params.is_empty()).then(|| base.params.clone()));
+                    spec.messages = spec.messages.take().or_else(|| (!base.messages.is_empty()).then(|| base.messages.clone()));
+                    base.model_path.clone().ok_or_else(|| StoreError::BadModelFile {
+                        path: Default::default(),
+                        message: format!("{} has no model layer to quantize", n.display_shortest()),
+                    })?
+                }
+            };
+            let digest = quantize_into_store(store, &path, ftype, &tx)?;
+            send("parsing GGUF".into());
+            store.create(&name, CreateBase::Blob(&digest), &spec, send)?;
+            let _ = tx.send(json!({ "status": "success" }));
+            return Ok(());
+        }
         match src {
             Src::File(p) => {
                 send("parsing GGUF".into());
@@ -168,6 +199,44 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
     })
     .filter_map(|x| async move { x });
     Ok(ndjson(progress.chain(tail)))
+}
+
+/// Quantize the GGUF at `path` to `ftype` into a temporary file, import it as a blob (its digest
+/// returned) and remove the temporary. Progress goes to `tx` as Ollama's
+/// `{"status": "quantizing F16 model to Q4_K_M", "total": n, "completed": i}` lines. As in
+/// Ollama, only unquantized sources (F32 / F16 / BF16 tensors) are accepted: quantizing an
+/// already quantized model compounds its error (the quantizer refuses, naming the tensor).
+fn quantize_into_store(
+    store: &rocmforge_store::Store,
+    path: &std::path::Path,
+    ftype: FileType,
+    tx: &tokio::sync::mpsc::UnboundedSender<Json>,
+) -> Result<String, StoreError> {
+    let bad = |message: String| StoreError::BadModelFile { path: path.to_path_buf(), message };
+    let from = rocmforge_model::gguf::GgufFile::open(path)
+        .map_err(|e| bad(e.to_string()))?
+        .get("general.file_type")
+        .and_then(|v| v.as_u64())
+        .and_then(|id| FileType::ALL.iter().find(|t| t.id() as u64 == id))
+        .map_or("source", |t| t.name());
+    let status = format!("quantizing {from} model to {}", ftype.name());
+    let _ = tx.send(json!({ "status": status }));
+    let tmp = std::env::temp_dir().join(format!("rocmforge-quantize-{}-{}.gguf", std::process::id(), rand_suffix()));
+    let progress = |i: usize, n: usize, _name: &str| {
+        let _ = tx.send(json!({ "status": status, "digest": "0", "total": n, "completed": i }));
+    };
+    let opts = QuantizeOptions::new(ftype);
+    let result = quantize_file(path, &tmp, &opts, &progress).map_err(|e| bad(format!("quantizing to {}: {e}", ftype.name())));
+    let imported = result.and_then(|_| store.import_file(&tmp));
+    let _ = std::fs::remove_file(&tmp);
+    Ok(imported?.0)
+}
+
+/// A per-call suffix for temporary names (time and a counter; no randomness needed).
+fn rand_suffix() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{t:x}-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 fn tokio_stream_from(mut rx: tokio::sync::mpsc::UnboundedReceiver<Json>) -> impl futures_util::Stream<Item = Json> + Send {
