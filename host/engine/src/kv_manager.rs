@@ -150,23 +150,34 @@ impl KvCacheManager {
     /// references: pass the ids to `allocate_slots` for the same request before allocating for
     /// anyone else (an allocation may evict them). Records query/hit token counts.
     pub fn get_computed_blocks(&mut self, tokens: &[u32], cache_salt: Option<&str>) -> (Vec<u32>, usize) {
+        self.get_computed_blocks_memo(tokens, cache_salt, &mut Vec::new())
+    }
+
+    /// [`get_computed_blocks`](Self::get_computed_blocks) with the request's chained block hashes
+    /// kept in `memo` between calls: a request that waits (no room this step) is looked up again
+    /// every step, and its full blocks' hashes never change (its tokens only grow), so each is
+    /// computed once (as vLLM keeps `request.block_hashes`). `memo` must belong to one request
+    /// with one salt.
+    pub fn get_computed_blocks_memo(&mut self, tokens: &[u32], cache_salt: Option<&str>, memo: &mut Vec<BlockHash>) -> (Vec<u32>, usize) {
         if !self.enable_prefix_caching {
             return (Vec::new(), 0);
         }
         let bs = self.block_size();
         // Full blocks that end before the last token.
         let max_blocks = tokens.len().saturating_sub(1) / bs;
+        for (i, block_tokens) in tokens.chunks_exact(bs).enumerate().take(max_blocks).skip(memo.len()) {
+            let salt = if i == 0 { cache_salt } else { None };
+            memo.push(BlockHash::of(memo.last().copied(), block_tokens, salt.map(str::as_bytes)));
+        }
         let mut ids = Vec::new();
-        let mut parent_hash: Option<BlockHash> = None;
         let mut parent: Option<BlockRef> = None;
         for (i, block_tokens) in tokens.chunks_exact(bs).take(max_blocks).enumerate() {
             let salt = if i == 0 { cache_salt } else { None };
-            let hash = BlockHash::of(parent_hash, block_tokens, salt.map(str::as_bytes));
+            let hash = memo[i];
             let Some(r) = self.pool.get_cached_block(hash, parent, block_tokens, salt) else {
                 break;
             };
             ids.push(r.id());
-            parent_hash = Some(hash);
             parent = Some(r);
         }
         let num_computed_tokens = ids.len() * bs;
@@ -423,6 +434,23 @@ mod tests {
         run_prompt(&mut m, 2, &p, None);
         assert_eq!(m.get_computed_blocks(&p, None).1, 8);
         assert_ne!(m.block_table(1)[0], m.block_table(2)[0]);
+        ok(&m);
+    }
+
+    #[test]
+    fn memoized_lookups_equal_fresh_ones_as_tokens_grow() {
+        let mut m = KvCacheManager::new(32, 4, true);
+        let p = seq(0..23);
+        run_prompt(&mut m, 1, &p, Some("s"));
+        let mut memo = Vec::new();
+        for n in [1, 5, 8, 9, 13, 17, 23] {
+            let fresh = m.get_computed_blocks(&p[..n], Some("s"));
+            assert_eq!(m.get_computed_blocks_memo(&p[..n], Some("s"), &mut memo), fresh, "{n} tokens");
+            assert_eq!(memo.len(), (n - 1) / 4, "one hash per full block before the last token");
+            // Asked again (a request still waiting): same answer, no new hashes.
+            assert_eq!(m.get_computed_blocks_memo(&p[..n], Some("s"), &mut memo), fresh);
+            assert_eq!(memo.len(), (n - 1) / 4);
+        }
         ok(&m);
     }
 

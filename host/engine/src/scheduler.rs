@@ -103,6 +103,9 @@ pub struct SeqState {
     /// Most drafts this request may take per step (0 = no speculation: sampled requests, a
     /// constraint, or the last tokens of `max_tokens`); set by the engine.
     pub max_draft: usize,
+    /// Chained hashes of the full blocks of `tokens` computed so far by the prefix-cache lookup
+    /// (`KvManager::get_computed_blocks_memo`), so a waiting request is not rehashed each step.
+    pub block_hashes: Vec<crate::block_pool::BlockHash>,
 }
 
 impl SeqState {
@@ -118,6 +121,7 @@ impl SeqState {
             preemptions: 0,
             num_draft: 0,
             max_draft: 0,
+            block_hashes: Vec::new(),
         }
     }
 }
@@ -265,12 +269,13 @@ impl Scheduler {
                 if self.running.len() >= self.cfg.max_num_seqs || budget == 0 {
                     break;
                 }
-                let s = &self.reqs[&id];
                 let (blocks, n_cached) = if self.cfg.enable_prefix_caching {
-                    self.kv.get_computed_blocks(&s.tokens, s.cache_salt.as_deref())
+                    let s = self.reqs.get_mut(&id).expect("waiting ids are known");
+                    self.kv.get_computed_blocks_memo(&s.tokens, s.cache_salt.as_deref(), &mut s.block_hashes)
                 } else {
                     (Vec::new(), 0)
                 };
+                let s = &self.reqs[&id];
                 let total = s.tokens.len();
                 let n = (total - n_cached).min(budget);
                 if self.kv.allocate_slots(id, n_cached + n, &blocks).is_err() {
@@ -324,6 +329,9 @@ impl Scheduler {
         let accepted = accepted.min(s.num_draft);
         s.tokens.truncate(s.tokens.len() - s.num_draft + accepted);
         s.num_draft = 0;
+        // Hashes of blocks that held rejected drafts are no longer this request's.
+        let full = s.tokens.len() / self.kv.block_size();
+        s.block_hashes.truncate(full);
         s.num_computed_tokens = s.tokens.len();
         if self.cfg.enable_prefix_caching {
             self.kv.cache_full_blocks(id, &s.tokens, s.num_computed_tokens, s.cache_salt.as_deref());
