@@ -30,9 +30,14 @@ use rocmforge_runtime::{build_graph, ModelSource};
 // Real model vs llama.cpp.
 // ---------------------------------------------------------------------------------------------
 
+/// Logit bound: the CPU backend reproduces llama.cpp's arithmetic for this Q4_K_M model bit for
+/// bit (measured: max |diff| 0 over 160 greedy positions x top-16, all 160 tokens equal), so the
+/// bound is `tests/llama_cpp_parity.rs`'s `EXACT`, a float-printing margin.
+const EXACT: f32 = 1e-4;
+
 #[test]
 fn qwen25_coder_05b_q4_k_m_greedy_matches_llama_cpp() {
-    check(&model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"), "qwen2.5-coder-0.5b-q4_k_m.greedy.json", 1.0);
+    check(&model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"), "qwen2.5-coder-0.5b-q4_k_m.greedy.json", EXACT);
 }
 
 /// `rocmforge run MODEL QUESTION` prints llama.cpp's greedy answer ("The capital of France is Paris.").

@@ -16,7 +16,7 @@ pub enum ChatError {
     Raised { message: String },
     /// Any other failure while rendering (undefined attribute, type error, ...).
     #[error("chat template render error at line {line:?}: {message}")]
-    Render { line: Option<usize>, message: String },
+    Render { line: Option<usize>, kind: RenderErrorKind, message: String },
     /// The template ran out of fuel or recursion depth (it loops or recurses without bound).
     #[error("chat template too complex: {message}")]
     TooComplex { message: String },
@@ -26,4 +26,36 @@ pub enum ChatError {
     /// A message could not be converted for the template.
     #[error("invalid chat message: {message}")]
     InvalidMessage { message: String },
+}
+
+/// What kind of render failure, in the classes of Python jinja2's exceptions: templates are
+/// written for jinja2 (as transformers runs them), and `tests/reference_templates.rs` requires
+/// the class jinja2 raises for the same template and conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenderErrorKind {
+    /// An operation on values of the wrong type (`str + list`, iterating `None`, a bad filter
+    /// argument, unpacking): Python's `TypeError`.
+    Type,
+    /// Use of an undefined value, attribute or method: jinja2's `UndefinedError`.
+    Undefined,
+    /// A method that would mutate a list, dict or set (`append`, `update`, ...), which jinja2's
+    /// sandbox refuses: jinja2's `SecurityError`.
+    Unsafe,
+    /// An unknown filter, test or function: jinja2's `TemplateRuntimeError`.
+    UnknownName,
+    /// Anything else (output not UTF-8, a write failure).
+    Other,
+}
+
+impl RenderErrorKind {
+    /// The name of the jinja2 exception class this kind corresponds to.
+    pub fn jinja2_class(self) -> &'static str {
+        match self {
+            RenderErrorKind::Type => "TypeError",
+            RenderErrorKind::Undefined => "UndefinedError",
+            RenderErrorKind::Unsafe => "SecurityError",
+            RenderErrorKind::UnknownName => "TemplateRuntimeError",
+            RenderErrorKind::Other => "TemplateError",
+        }
+    }
 }

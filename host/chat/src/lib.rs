@@ -21,6 +21,6 @@ mod pycompat;
 mod pyfmt;
 mod template;
 
-pub use error::ChatError;
+pub use error::{ChatError, RenderErrorKind};
 pub use message::{ChatMessage, ContentPart, FunctionCall, MessageContent, ToolCall};
 pub use template::{rewrite_source, ChatTemplate, RenderRequest, CHATML_STOPS, CHATML_TEMPLATE, DEFAULT_FUEL, DEFAULT_MAX_OUTPUT};

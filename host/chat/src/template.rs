@@ -17,7 +17,7 @@
 //!   [`ChatError::OutputTooLarge`].
 //! * `raise_exception(msg)` always surfaces as [`ChatError::Raised`] with `msg` unchanged.
 
-use crate::error::ChatError;
+use crate::error::{ChatError, RenderErrorKind};
 use crate::message::ChatMessage;
 use crate::{pycompat, pyfmt};
 use chrono::format::{Item, StrftimeItems};
@@ -100,6 +100,39 @@ impl std::fmt::Display for Raised {
 
 impl std::error::Error for Raised {}
 
+/// Marks a call of a mutating list/dict method, which jinja2's sandbox refuses (`SecurityError`).
+#[derive(Debug)]
+struct Unsafe;
+
+impl std::fmt::Display for Unsafe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("unsafe method")
+    }
+}
+
+impl std::error::Error for Unsafe {}
+
+/// The methods jinja2's `ImmutableSandboxedEnvironment` refuses (`sandbox.py` `_mutable_spec`:
+/// MutableSequence, MutableMapping; sets do not occur in templates' data).
+fn is_mutating_method(value: &Value, method: &str) -> bool {
+    match value.kind() {
+        ValueKind::Seq => matches!(method, "append" | "clear" | "pop" | "reverse" | "insert" | "sort" | "extend" | "remove"),
+        ValueKind::Map => matches!(method, "clear" | "pop" | "popitem" | "setdefault" | "update"),
+        _ => false,
+    }
+}
+
+/// minijinja-contrib's Python methods, after refusing the mutating ones the way jinja2's
+/// sandbox does.
+fn unknown_method(state: &mut State, value: &Value, method: &str, args: &[Value]) -> Result<Value, Error> {
+    if is_mutating_method(value, method) {
+        let ty = if value.kind() == ValueKind::Seq { "list" } else { "dict" };
+        let msg = format!("access to attribute '{method}' of '{ty}' object is unsafe");
+        return Err(Error::new(ErrorKind::InvalidOperation, msg).with_source(Unsafe));
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
 impl ChatTemplate {
     /// Compiles `source` (after [`rewrite_source`]).
     pub fn new(source: &str) -> Result<Self, ChatError> {
@@ -113,7 +146,7 @@ impl ChatTemplate {
         env.set_syntax(syntax);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_fuel(Some(fuel));
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(unknown_method);
         env.set_formatter(python_formatter);
         env.add_filter("tojson", pyfmt::tojson);
         env.add_filter("indent", pycompat::indent);
@@ -179,7 +212,7 @@ impl ChatTemplate {
             return Err(ChatError::OutputTooLarge { limit: self.max_output });
         }
         result.map_err(|e| render_error(&e))?;
-        String::from_utf8(out.buf).map_err(|e| ChatError::Render { line: None, message: format!("output is not UTF-8: {e}") })
+        String::from_utf8(out.buf).map_err(|e| ChatError::Render { line: None, kind: RenderErrorKind::Other, message: format!("output is not UTF-8: {e}") })
     }
 }
 
@@ -197,7 +230,8 @@ pub fn rewrite_source(source: &str) -> String {
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else {
+        // The closing `%}` starts after the opening `{%` (in `{%}` they overlap).
+        let Some(end) = tag[2..].find("%}").map(|i| i + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -338,5 +372,39 @@ fn render_error(e: &Error) -> ChatError {
     if e.kind() == ErrorKind::SyntaxError {
         return syntax_error(e);
     }
-    ChatError::Render { line: e.line(), message: e.to_string() }
+    ChatError::Render { line: e.line(), kind: render_error_kind(e), message: e.to_string() }
+}
+
+/// minijinja's "tried to use + operator on unsupported types string and undefined".
+fn operand_is_undefined(detail: &str) -> bool {
+    detail.split_once("unsupported types ").is_some_and(|(_, types)| {
+        types.split(" and ").take(2).any(|t| t.split_whitespace().next() == Some("undefined"))
+    })
+}
+
+/// jinja2's exception class for a minijinja error (see [`RenderErrorKind`]).
+fn render_error_kind(e: &Error) -> RenderErrorKind {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<Unsafe>().is_some() {
+            return RenderErrorKind::Unsafe;
+        }
+        cur = err.source();
+    }
+    match e.kind() {
+        // jinja2's Undefined raises UndefinedError from any operator (`'x' + undefined`);
+        // minijinja reports an invalid operation on the kind `undefined`.
+        ErrorKind::InvalidOperation if e.detail().is_some_and(operand_is_undefined) => RenderErrorKind::Undefined,
+        ErrorKind::UndefinedError | ErrorKind::UnknownMethod => RenderErrorKind::Undefined,
+        ErrorKind::UnknownFilter | ErrorKind::UnknownTest | ErrorKind::UnknownFunction => RenderErrorKind::UnknownName,
+        ErrorKind::InvalidOperation
+        | ErrorKind::NonPrimitive
+        | ErrorKind::NonKey
+        | ErrorKind::TooManyArguments
+        | ErrorKind::MissingArgument
+        | ErrorKind::BadSerialization
+        | ErrorKind::CannotDeserialize
+        | ErrorKind::CannotUnpack => RenderErrorKind::Type,
+        _ => RenderErrorKind::Other,
+    }
 }

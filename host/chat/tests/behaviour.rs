@@ -3,6 +3,8 @@
 //! `/work/venv/bin/python scripts/fixtures/chat_render.py`), plus the bounds (fuel, recursion,
 //! output size) and the OpenAI tool-call argument conversion.
 
+mod common;
+
 use chrono::NaiveDateTime;
 use rocmforge_chat::{ChatError, ChatMessage, ChatTemplate, FunctionCall, MessageContent, RenderRequest};
 use serde_json::{json, Value as Json};
@@ -45,7 +47,7 @@ fn snippets_match_python_jinja2() {
             (Ok(got), Some(exp), _) => exp.as_str() == Some(got.as_str()),
             (Err(ChatError::Raised { message }), None, Some(exp)) => exp.as_str() == Some(message),
             (Err(ChatError::Raised { .. }), None, None) => false,
-            (Err(_), None, None) => true,
+            (Err(e), None, None) => common::same_class(e, want["error_class"].as_str().expect("error_class")),
             _ => false,
         };
         if !ok {

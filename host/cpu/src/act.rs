@@ -4,7 +4,7 @@
 //! Formats (`ActFormat`, chosen by the weight type like ggml's `type_traits_cpu[..].vec_dot_type`):
 //!
 //! ```text
-//!   Q8_0 (Q4_0, Q5_0, Q8_0, IQ4_NL)   per 32: amax = max|x|, d = f16(amax / 127),
+//!   Q8_0 (Q4_0, Q5_0, Q8_0, IQ4_NL, MXFP4) per 32: amax = max|x|, d = f16(amax / 127),
 //!                                      q = round_half_even(x * (127 / amax))
 //!   Q8_1 (Q4_1, Q5_1)                 as Q8_0, plus s = f16((amax / 127) * sum(q))
 //!   Q8_K (K-quants, IQ4_XS, Q8_K)     per 256: max = the first value of largest |x|,

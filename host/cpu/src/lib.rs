@@ -1,7 +1,7 @@
 //! ROCmForge CPU backend: the compute kernels the graph executor calls on the CPU.
 //!
 //! - [`matmul`] / [`matmul_bias`] / [`matmul_many`]: `y = W x` for F32/F16/BF16 and every GGML
-//!   quant type the model files use (Q4_0/1, Q5_0/1, Q8_0, Q2_K..Q6_K, Q8_K, IQ4_NL, IQ4_XS), with
+//!   quant type the model files use (Q4_0/1, Q5_0/1, Q8_0, Q2_K..Q6_K, Q8_K, IQ4_NL, IQ4_XS, MXFP4), with
 //!   activations quantized as llama.cpp does ([`quantize_activations`]) and integer dot products
 //!   (AVX-512 VNNI, AVX2, AArch64 NEON with or without `sdot`, scalar).
 //! - [`get_rows`], [`rms_norm`], [`layer_norm`], [`rope`], activations and GLUs, [`softmax_inplace`].

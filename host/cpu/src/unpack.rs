@@ -11,27 +11,29 @@
 //!
 //! "Wide" types store the signed quant value + 128 and have B = 0, so the kernels get the exact
 //! signed integer dot of llama.cpp (VNNI: start from -128 * sum(x); AVX2: sign trick): the 8-bit
-//! ones (Q8_0, Q8_K, IQ4_NL, IQ4_XS) and those with a fixed offset (Q4_0: q - 8, Q5_0: q - 16,
+//! ones (Q8_0, Q8_K, IQ4_NL, IQ4_XS, MXFP4) and those with a fixed offset (Q4_0: q - 8, Q5_0: q - 16,
 //! Q3_K: q - 4, Q6_K: q - 32). Types with a per-block minimum (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K)
 //! keep u = q (<= 63) and put the minimum into B: Q4_1/Q5_1 at the even index of each block
 //! (0 at the odd one, matching `act`'s xs16 = [s, 0]), K-quants per 16.
+//! MXFP4 is IQ4_NL with another codebook (doubled E2M1 values, -12..12) and an E8M0 scale
+//! (S = 2^(e - 128), exact in f32), as llama.cpp's `ggml_vec_dot_mxfp4_q8_0` reads it.
 //! Padding (k..kp) must be u = 0 with S = 0 and B = 0, so it adds nothing.
 //!
 //! Bit layouts follow llama.cpp's `ggml-common.h` / `dequantize_row_*`; the tests check every
 //! type against `rocmforge_quant::dequantize`, written independently.
 
-use rocmforge_quant::{get_scale_min_k4, GgmlType, KVALUES_IQ4NL};
+use rocmforge_quant::{e8m0_half, get_scale_min_k4, GgmlType, KVALUES_IQ4NL, KVALUES_MXFP4};
 
 /// True if the quantized matmul handles `ty`.
 pub(crate) fn supported(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_NL | IQ4_XS)
+    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_NL | IQ4_XS | MXFP4)
 }
 
 /// True for types whose `u` is value + 128 (see module header).
 pub(crate) fn is_wide(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q4_0 | Q5_0 | Q8_0 | Q8_K | IQ4_NL | IQ4_XS | Q3_K | Q6_K)
+    matches!(ty, Q4_0 | Q5_0 | Q8_0 | Q8_K | IQ4_NL | IQ4_XS | MXFP4 | Q3_K | Q6_K)
 }
 
 /// True if B is identically zero for `ty` (the kernels skip the bias dot).
@@ -180,6 +182,23 @@ pub(crate) fn unpack_row(
             |b, u, s4, b16| {
                 iq4(arr(b, 2), u);
                 fill(s4, h(b, 0));
+                fill(b16, 0.0);
+            },
+        ),
+        MXFP4 => blocks::<17, 32, 8, 2>(
+            src,
+            u,
+            s4,
+            b16,
+            #[inline(always)]
+            |b, u, s4, b16| {
+                // e | qs[16]
+                let qs: &[u8; 16] = arr(b, 1);
+                for j in 0..16 {
+                    u[j] = (KVALUES_MXFP4[(qs[j] & 15) as usize] as u8) ^ 0x80;
+                    u[j + 16] = (KVALUES_MXFP4[(qs[j] >> 4) as usize] as u8) ^ 0x80;
+                }
+                fill(s4, e8m0_half(b[0]));
                 fill(b16, 0.0);
             },
         ),

@@ -40,6 +40,7 @@ const QUANT_TYPES: &[GgmlType] = &[
     GgmlType::Q8_K,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
 ];
 
 /// Relative L2 bound against full precision (W quantization noise dominates; x adds ~0.5%).
@@ -54,6 +55,7 @@ fn loose_bound(ty: GgmlType) -> f64 {
         Q4_K => 0.19,
         Q4_1 | IQ4_XS => 0.22,
         IQ4_NL => 0.24,
+        MXFP4 => 0.3,
         Q4_0 => 0.28,
         Q3_K => 0.4,
         Q2_K => 0.65,
@@ -375,10 +377,17 @@ fn scale_offsets(ty: GgmlType) -> &'static [usize] {
     }
 }
 
-/// `n_blocks` blocks of random bytes whose scales are random f16 (f32 for Q8_K) in +-[0.002, 0.02].
+/// `n_blocks` blocks of random bytes whose scales are random f16 (f32 for Q8_K) in +-[0.002, 0.02]
+/// (MXFP4: an E8M0 exponent giving 2^-10 .. 2^-5; extreme exponents have their own test).
 fn random_blocks(rng: &mut Rng, ty: GgmlType, n_blocks: usize) -> Vec<u8> {
     let ts = ty.type_size();
     let mut b: Vec<u8> = (0..n_blocks * ts).map(|_| rng.next_u64() as u8).collect();
+    if ty == GgmlType::MXFP4 {
+        for blk in b.chunks_exact_mut(ts) {
+            blk[0] = 118 + (rng.next_u64() % 6) as u8;
+        }
+        return b;
+    }
     for blk in b.chunks_exact_mut(ts) {
         for &o in scale_offsets(ty) {
             let v = (0.002 + 0.018 * rng.uniform()) * if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
@@ -438,4 +447,47 @@ fn random_blocks_every_isa_equals_scalar() {
     // A machine with only the scalar path compares nothing; every CI machine has SIMD.
     assert!(isas.len() == 1 || compared > 0);
     println!("ISAs {isas:?}: {compared} SIMD outputs bit-identical to scalar");
+}
+
+/// MXFP4's E8M0 scale spans 2^-128 .. 2^127, far outside f16's range: rows with one exponent
+/// each, from the subnormal 2^-128 (e = 0) and 2^-127 (e = 1) up to 2^72 (e = 200; beyond about
+/// e = 230 the outputs overflow f32), every nibble pattern, against the f64 dequantize-then-matmul
+/// reference (tight bound) on every ISA, with the SIMD paths equal to the scalar one.
+#[test]
+fn mxfp4_extreme_exponents_match_f64() {
+    let ty = GgmlType::MXFP4;
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng::new(31337);
+    let exps: [u8; 9] = [0, 1, 2, 3, 100, 127, 128, 150, 200];
+    let (n_out, k) = (exps.len(), 160);
+    let mut wq = random_blocks(&mut rng, ty, n_out * k / 32);
+    for (r, &e) in exps.iter().enumerate() {
+        for b in 0..k / 32 {
+            wq[(r * k / 32 + b) * 17] = e;
+        }
+    }
+    for &n_tokens in &[1usize, 5] {
+        let c = Case { w: Vec::new(), wq: wq.clone(), x: rng.vec(n_tokens * k, 1.0) };
+        let (yt, l1) = tight_ref(ty, &c, n_out, k, n_tokens);
+        let mut scalar = Vec::new();
+        for isa in Isa::all_supported() {
+            let mut y = vec![f32::NAN; n_tokens * n_out];
+            matmul_ext(&pool, isa, ty, &c.wq, n_out, k, &c.x, n_tokens, None, &mut y).expect("matmul");
+            for i in 0..y.len() {
+                let err = (y[i] as f64 - yt[i]).abs();
+                assert!(
+                    y[i].is_finite() && err <= 2e-5 * l1[i],
+                    "e={} {isa:?} out {i}: {} vs f64 {} (err {err:e})",
+                    exps[i % n_out],
+                    y[i],
+                    yt[i]
+                );
+            }
+            if isa == Isa::Scalar {
+                scalar = y;
+            } else {
+                assert!(y.iter().zip(&scalar).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?} differs from scalar");
+            }
+        }
+    }
 }

@@ -44,6 +44,10 @@ pub enum ModelError {
     RequantizeDisabled { path: PathBuf, tensor: String, from: &'static str, to: &'static str },
     #[error("{path}: {ftype} needs an importance matrix for tensor '{tensor}' ({ty}), which is not supported")]
     NeedsImatrix { path: PathBuf, tensor: String, ftype: &'static str, ty: &'static str },
+    /// A PyTorch `.bin` pickle names a global outside the unpickler's allow-list (see
+    /// `torch_bin::pickle`): it would run code under `torch.load`, so nothing of it is used.
+    #[error("{path}: refused: the checkpoint's pickle imports '{global}', which is not a tensor or state-dict constructor; a .bin checkpoint can run code when Python loads it, so ROCmForge only reads tensors from it and never executes anything (if the file is trusted, convert it to safetensors)")]
+    RefusedGlobal { path: PathBuf, global: String },
     #[error("{0}")]
     Other(String),
 }

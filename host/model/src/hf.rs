@@ -1,6 +1,13 @@
 //! Hugging Face model directories: `config.json`, safetensors weights (one file or shards listed by
 //! `model.safetensors.index.json`), tokenizer files and the chat template.
 //!
+//! A directory without safetensors may hold PyTorch checkpoints instead (`pytorch_model.bin`, or
+//! the shards of `pytorch_model.bin.index.json`, same index layout); safetensors win where both
+//! exist, as in transformers. `.bin` shards are read by `crate::torch_bin` (a restricted
+//! unpickler that executes nothing) and then look exactly like safetensors tensors: name, dtype,
+//! shape, row-major little-endian bytes. Contiguous ones are ranges of the shard's map; strided
+//! or big-endian ones are copied once, at open.
+//!
 //! Every shard is memory-mapped and its header validated by our own parser
 //! (`parse_safetensors_header`, fuzzed) before any tensor is exposed:
 //! - `u64` header length, then that many bytes of a JSON object (at most `MAX_HEADER_LEN`);
@@ -22,6 +29,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::torch_bin::{parse_torch_bin, TorchData};
 use crate::ModelError;
 
 /// Largest accepted JSON header, as in the safetensors crate.
@@ -241,13 +249,29 @@ struct Shard {
     map: memmap2::Mmap,
 }
 
+/// Where a tensor's bytes live.
+enum Data {
+    /// A range of its shard's map.
+    Mapped(Range<usize>),
+    /// A copy made at open (a strided or byte-swapped tensor of a `.bin` checkpoint).
+    Owned(Vec<u8>),
+}
+
 struct Entry {
     tensor: HfTensor,
     shard: usize,
-    range: Range<usize>,
+    data: Data,
 }
 
-/// A Hugging Face model directory with every safetensors shard mapped and validated.
+/// The weight files' format, chosen once per directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Safetensors,
+    TorchBin,
+}
+
+/// A Hugging Face model directory with every weight shard (safetensors or `.bin`) mapped and
+/// validated.
 pub struct HfModelDir {
     dir: PathBuf,
     config: Value,
@@ -295,7 +319,8 @@ fn map_file(path: &Path) -> Result<memmap2::Mmap, ModelError> {
 
 impl HfModelDir {
     /// Open a model directory: `config.json` (required), `model.safetensors` or the shards of
-    /// `model.safetensors.index.json`, and the optional tokenizer/generation files.
+    /// `model.safetensors.index.json` (else `pytorch_model.bin` or the shards of
+    /// `pytorch_model.bin.index.json`), and the optional tokenizer/generation files.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, ModelError> {
         let dir = dir.as_ref().to_path_buf();
         let config = read_json(&dir.join("config.json"))?;
@@ -304,8 +329,21 @@ impl HfModelDir {
         let generation_config = read_json_opt(&dir.join("generation_config.json"))?;
         let chat_template = load_chat_template(&dir, tokenizer_config.as_ref())?;
 
-        let index_path = dir.join("model.safetensors.index.json");
-        let (shard_names, weight_map) = if index_path.is_file() {
+        // transformers' order of preference: safetensors (index, single file), then .bin.
+        let candidates = [
+            ("model.safetensors.index.json", true, Format::Safetensors),
+            ("model.safetensors", false, Format::Safetensors),
+            ("pytorch_model.bin.index.json", true, Format::TorchBin),
+            ("pytorch_model.bin", false, Format::TorchBin),
+        ];
+        let Some(&(found, is_index, format)) = candidates.iter().find(|(name, _, _)| dir.join(name).is_file()) else {
+            return Err(ModelError::Malformed {
+                path: dir.clone(),
+                what: "no model.safetensors or model.safetensors.index.json (nor pytorch_model.bin or pytorch_model.bin.index.json) in the directory".into(),
+            });
+        };
+        let index_path = dir.join(found);
+        let (shard_names, weight_map) = if is_index {
             let index = read_json(&index_path)?;
             let malformed = |what: String| ModelError::Malformed { path: index_path.clone(), what };
             let Some(wm) = index.get("weight_map").and_then(Value::as_object) else {
@@ -327,13 +365,8 @@ impl HfModelDir {
                 weight_map.push((tensor.clone(), file.to_string()));
             }
             (names, Some((index_path.clone(), weight_map)))
-        } else if dir.join("model.safetensors").is_file() {
-            (vec!["model.safetensors".to_string()], None)
         } else {
-            return Err(ModelError::Malformed {
-                path: dir.clone(),
-                what: "no model.safetensors or model.safetensors.index.json in the directory".into(),
-            });
+            (vec![found.to_string()], None)
         };
 
         let mut shards = Vec::with_capacity(shard_names.len());
@@ -342,8 +375,25 @@ impl HfModelDir {
         for (si, name) in shard_names.iter().enumerate() {
             let path = dir.join(name);
             let map = map_file(&path)?;
-            let header = parse_safetensors_header(&path, &map)?;
-            for (tensor, range) in header.tensors {
+            let tensors: Vec<(HfTensor, Data)> = match format {
+                Format::Safetensors => {
+                    // Ranges were validated against the map's length, which fits in usize.
+                    let header = parse_safetensors_header(&path, &map)?;
+                    header.tensors.into_iter().map(|(t, r)| (t, Data::Mapped(r.start as usize..r.end as usize))).collect()
+                }
+                Format::TorchBin => parse_torch_bin(&path, &map)?
+                    .into_iter()
+                    .map(|t| {
+                        let data = match t.data {
+                            // Checked against the map's length by the parser.
+                            TorchData::Mapped(r) => Data::Mapped(r.start as usize..r.end as usize),
+                            TorchData::Owned(v) => Data::Owned(v),
+                        };
+                        (t.tensor, data)
+                    })
+                    .collect(),
+            };
+            for (tensor, data) in tensors {
                 if let Some(&prev) = where_.get(&tensor.name) {
                     return Err(ModelError::BadTensor {
                         path: path.clone(),
@@ -351,10 +401,8 @@ impl HfModelDir {
                         what: format!("also present in shard {}", shards_path(&shards, prev).display()),
                     });
                 }
-                // Ranges were validated against the map's length, which fits in usize.
-                let range = range.start as usize..range.end as usize;
                 where_.insert(tensor.name.clone(), si);
-                entries.push(Entry { tensor, shard: si, range });
+                entries.push(Entry { tensor, shard: si, data });
             }
             shards.push(Shard { path, map });
         }
@@ -410,7 +458,7 @@ impl HfModelDir {
         self.chat_template.clone()
     }
 
-    /// The safetensors files, in index order.
+    /// The weight files (safetensors or `.bin`), in index order.
     pub fn shard_paths(&self) -> Vec<&Path> {
         self.shards.iter().map(|s| s.path.as_path()).collect()
     }
@@ -432,19 +480,24 @@ impl HfModelDir {
         })
     }
 
-    /// The tensor's raw little-endian bytes, without copying.
+    /// The tensor's raw row-major little-endian bytes: a view of the mapped file (for `.bin`
+    /// shards, strided or big-endian tensors were copied once, at open).
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8], ModelError> {
         let e = self.entry(name)?;
         let shard = &self.shards[e.shard];
-        shard.map.get(e.range.clone()).ok_or_else(|| ModelError::BadTensor {
+        let bytes = match &e.data {
+            Data::Mapped(r) => shard.map.get(r.clone()),
+            Data::Owned(v) => Some(v.as_slice()),
+        };
+        bytes.ok_or_else(|| ModelError::BadTensor {
             path: shard.path.clone(),
             tensor: name.to_string(),
             what: "data range outside the file".into(),
         })
     }
 
-    /// The tensor converted to `f32` (from F32, F16 or BF16); any other dtype is
-    /// `UnsupportedDtype` naming the tensor and its dtype.
+    /// The tensor converted to `f32` (from F32, F16, BF16, or FP8 E4M3 / E5M2 times its scales,
+    /// see `crate::fp8`); any other dtype is `UnsupportedDtype` naming the tensor and its dtype.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         let e = self.entry(name)?;
         let bytes = self.tensor_bytes(name)?;
@@ -452,6 +505,8 @@ impl HfModelDir {
             HfDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             HfDtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             HfDtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            // FP8 with its `_scale` / `_scale_inv` companion, if any (see `crate::fp8`).
+            HfDtype::F8E4M3 | HfDtype::F8E5M2 => crate::fp8::dequantize(self, &e.tensor, bytes)?,
             ref other => {
                 return Err(ModelError::UnsupportedDtype {
                     path: self.shards[e.shard].path.clone(),

@@ -1,14 +1,59 @@
 //! Our GGUF reader against gguf-py's `GGUFReader` on real llama.cpp files: metadata (order, exact
-//! on-disk types, values), tensor tables (dims, types, absolute offsets, sizes) and tensor bytes
-//! (first 16 bytes and byte sum). Fixtures: `tests/fixtures/gguf_ref_*.json`, produced by
-//! `/work/venv/bin/python scripts/fixtures/gguf_reference.py`.
+//! on-disk types, values; every element of every array through a SHA-256 of its canonical
+//! encoding), tensor tables (dims, types, absolute offsets, sizes) and the whole data of every
+//! tensor (SHA-256). Fixtures: `tests/fixtures/gguf_ref_*.json`, produced by
+//! `PYTHONPATH=.cache/llama.cpp/gguf-py python3 scripts/fixtures/gguf_reference.py`.
 //! Also byte-exact re-serialisation of the real files through `GgufWriter`.
 
 use std::path::PathBuf;
 
-use rocmforge_model::gguf::{GgufFile, GgufValue, GgufWriter};
+use rocmforge_model::gguf::{GgufArray, GgufFile, GgufValue, GgufWriter};
 use rocmforge_model::ModelError;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn hex(d: impl AsRef<[u8]>) -> String {
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of every element of a flat array, encoded like `array_digest` in
+/// `scripts/fixtures/gguf_reference.py`: strings as u64 LE byte length + UTF-8, bools as one
+/// byte, numbers as little-endian bytes of the element type.
+fn array_digest(a: &GgufArray) -> String {
+    let mut h = Sha256::new();
+    macro_rules! le {
+        ($v:expr) => {
+            for x in $v {
+                h.update(x.to_le_bytes());
+            }
+        };
+    }
+    match a {
+        GgufArray::Str(v) => {
+            for s in v {
+                h.update((s.len() as u64).to_le_bytes());
+                h.update(s.as_bytes());
+            }
+        }
+        GgufArray::Bool(v) => {
+            for &b in v {
+                h.update([u8::from(b)]);
+            }
+        }
+        GgufArray::U8(v) => le!(v),
+        GgufArray::I8(v) => le!(v),
+        GgufArray::U16(v) => le!(v),
+        GgufArray::I16(v) => le!(v),
+        GgufArray::U32(v) => le!(v),
+        GgufArray::I32(v) => le!(v),
+        GgufArray::F32(v) => le!(v),
+        GgufArray::U64(v) => le!(v),
+        GgufArray::I64(v) => le!(v),
+        GgufArray::F64(v) => le!(v),
+        GgufArray::Array(_) => panic!("nested arrays are not in these files"),
+    }
+    hex(h.finalize())
+}
 
 fn repo_path(rel: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
@@ -65,6 +110,7 @@ fn check_against_fixture(fixture_name: &str) {
             if let Some(last) = elems.last() {
                 assert!(same_scalar(last, &want["last"]), "{key}[last]: {last:?}");
             }
+            assert_eq!(array_digest(a), want["sha256"].as_str().unwrap(), "{key}: the whole array differs from gguf-py's");
         } else {
             assert!(same_scalar(v, &want["value"]), "{key}: {v:?} vs {}", want["value"]);
         }
@@ -85,6 +131,7 @@ fn check_against_fixture(fixture_name: &str) {
         assert_eq!(head, want["head_hex"].as_str().unwrap(), "{}", t.name);
         let sum: u64 = data.iter().map(|&b| u64::from(b)).sum();
         assert_eq!(sum, want["byte_sum"].as_u64().unwrap(), "{}", t.name);
+        assert_eq!(hex(Sha256::digest(data)), want["sha256"].as_str().unwrap(), "{}: whole tensor data", t.name);
         assert_eq!(f.tensor(&t.name), Some(t));
     }
 }

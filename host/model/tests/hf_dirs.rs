@@ -1,5 +1,6 @@
 //! Hugging Face directories built in temp dirs: a 2-shard split of the real MiniLM weights (shards
-//! written by the official `safetensors` crate) with an index, dtype conversion and the FP8
+//! written by the official `safetensors` crate) with an index, dtype conversion (FP8 without a
+//! scale is a plain cast; scaled FP8 is in `fp8_safetensors.rs`) and the unsupported-dtype
 //! error, chat-template sources, directory-level errors, and malformed safetensors headers.
 
 use std::path::{Path, PathBuf};
@@ -106,7 +107,7 @@ fn tensor_in_two_shards_is_an_error() {
 }
 
 #[test]
-fn f16_bf16_conversion_and_fp8_error() {
+fn f16_bf16_fp8_conversion_and_dtype_error() {
     // IEEE 754 binary16 / bfloat16 encodings of 1.0, -2.5, 65504 (f16 max) and 2^-24 (f16
     // smallest subnormal; 2^-126 for bf16's 0x0080).
     let f16: Vec<u8> = [0x3C00u16, 0xC100, 0x7BFF, 0x0001].iter().flat_map(|b| b.to_le_bytes()).collect();
@@ -128,7 +129,10 @@ fn f16_bf16_conversion_and_fp8_error() {
     assert_eq!(m.tensor("q").unwrap().dtype, HfDtype::F8E4M3);
     assert_eq!(m.tensor("u").unwrap().dtype, HfDtype::Other("U16".into()));
     assert_eq!(m.tensor_bytes("q").unwrap(), [0x38, 0, 1, 2]);
-    for (name, dtype) in [("q", "F8_E4M3"), ("e", "F8_E5M2"), ("u", "U16")] {
+    // E4M3: 1.0, 0, 2^-9 and 2^-8 (subnormals); E5M2 0x3C = 1.0 (the top byte of f16 1.0).
+    assert_eq!(m.tensor_f32("q").unwrap(), [1.0, 0.0, 2f32.powi(-9), 2f32.powi(-8)]);
+    assert_eq!(m.tensor_f32("e").unwrap(), [1.0]);
+    for (name, dtype) in [("u", "U16")] {
         match m.tensor_f32(name) {
             Err(ModelError::UnsupportedDtype { tensor, dtype: d, path }) => {
                 assert_eq!((tensor.as_str(), d.as_str()), (name, dtype));

@@ -36,8 +36,9 @@ mod types;
 
 use bytemuck::Pod;
 
-pub use blocks::{get_scale_min_k4, KVALUES_IQ4NL, QK_K};
+pub use blocks::{get_scale_min_k4, KVALUES_IQ4NL, KVALUES_MXFP4, QK_K};
 pub use fp::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
+pub use tq_mxfp4::e8m0_half;
 pub use types::{GgmlType, QuantError};
 
 /// (dequantize, quantize) support per type. Exhaustive on purpose: a type added to

@@ -97,9 +97,11 @@ pub fn dequantize_tq2_0(b: &BlockTq2_0, y: &mut [f32]) {
     }
 }
 
-/// 2^(e - 128): half the E8M0 value, since `KVALUES_MXFP4` are doubled E2M1 values.
+/// 2^(e - 128): half the E8M0 value, since `KVALUES_MXFP4` are doubled E2M1 values
+/// (llama.cpp's `GGML_E8M0_TO_FP32_HALF`; e = 255, OCP's NaN, decodes as 2^127 as there).
+/// Public because the CPU matmul's MXFP4 unpacker needs the same scale bits.
 #[inline]
-fn e8m0_half(e: u8) -> f32 {
+pub fn e8m0_half(e: u8) -> f32 {
     if e < 2 {
         f32::from_bits(0x0020_0000 << e)
     } else {
@@ -128,8 +130,12 @@ pub fn quantize_mxfp4(x: &[f32]) -> BlockMxfp4 {
             amax = v.abs();
         }
     }
-    // Largest value lands in the top binade of E2M1 (max 6 = 1.5 * 2^2).
-    let e = if amax > 0.0 { (amax.log2().floor() - 2.0 + 127.0) as u8 } else { 0 };
+    // Largest value lands in the top binade of E2M1 (max 6 = 1.5 * 2^2). Below amax = 2^-125
+    // the exponent is negative: C's `(uint8_t)` of it wraps on x86 (cvttss2si, then the low
+    // byte), e.g. -4 -> 252, and gguf-py's `astype(np.uint8)` does the same, so both write a huge
+    // scale and all-zero nibbles (the block decodes to zeros). `as i32 as u8` reproduces that;
+    // a saturating `as u8` would write e = 0 instead (tests/mxfp4_gguf_py.rs covers it).
+    let e = if amax > 0.0 { (amax.log2().floor() - 2.0 + 127.0) as i32 as u8 } else { 0 };
     let d = e8m0_half(e);
     let mut b = BlockMxfp4 { e, qs: [0; 16] };
     for j in 0..16 {

@@ -370,7 +370,7 @@ impl Graph {
                     beta_fast: fp(4),
                     beta_slow: fp(5),
                 };
-                if p.n_head * p.head_dim != cols {
+                if mul(at, p.n_head, p.head_dim)? != cols {
                     return Err(graph_err(at, format!("{} heads × {} ≠ row of {cols}", p.n_head, p.head_dim)));
                 }
                 if p.n_rot > p.head_dim || p.n_rot % 2 != 0 {
@@ -401,7 +401,7 @@ impl Graph {
                     return Err(graph_err(at, format!("n_head {} is not a multiple of n_head_kv {}", p.n_head, p.n_head_kv)));
                 }
                 for (id, want, what) in
-                    [(q, p.n_head * p.head_dim_k, "q"), (k, p.n_head_kv * p.head_dim_k, "k"), (v, p.n_head_kv * p.head_dim_v, "v")]
+                    [(q, mul(at, p.n_head, p.head_dim_k)?, "q"), (k, mul(at, p.n_head_kv, p.head_dim_k)?, "k"), (v, mul(at, p.n_head_kv, p.head_dim_v)?, "v")]
                 {
                     let (rows, cols) = self.act(id, what, at)?;
                     if rows != Rows::Tokens || cols != want {
@@ -415,7 +415,7 @@ impl Graph {
                     return Err(graph_err(at, format!("layer {} has two attention ops", p.layer)));
                 }
                 self.layers[p.layer] = Some(LayerKv { n_head_kv: p.n_head_kv, head_dim_k: p.head_dim_k, head_dim_v: p.head_dim_v });
-                let cols = p.n_head * p.head_dim_v;
+                let cols = mul(at, p.n_head, p.head_dim_v)?;
                 (Op::Attention { q, k, v, p }, Shape::Act { rows: Rows::Tokens, cols })
             }
             op::SILU | op::GELU | op::GELU_ERF | op::SIGMOID => {
@@ -543,10 +543,11 @@ impl Graph {
                         other => return Err(graph_err(at, format!("unknown MoE activation {other}"))),
                     };
                     let (gate, up) = (req(2)?, req(3)?);
-                    (Op::MoeGateUp { x, route, gate, up, k, n_ff, geglu }, Shape::Act { rows, cols: k * n_ff })
+                    let cols = mul(at, k, n_ff)?;
+                    (Op::MoeGateUp { x, route, gate, up, k, n_ff, geglu }, Shape::Act { rows, cols })
                 } else {
                     let (n_ff, n_embd) = w_in(2, "down_exps")?;
-                    if cols != k * n_ff {
+                    if cols != mul(at, k, n_ff)? {
                         return Err(graph_err(at, format!("h has {cols} columns, expected {k} × n_ff {n_ff}")));
                     }
                     (Op::MoeDown { h: x, route, down: req(2)?, k, n_ff }, Shape::Act { rows, cols: n_embd })
@@ -571,4 +572,10 @@ impl Graph {
 
 fn graph_err(node: &str, what: String) -> RuntimeError {
     RuntimeError::Graph { node: node.to_string(), what }
+}
+
+/// `a * b` of two plugin-given sizes (head counts from a hostile config can be near
+/// `usize::MAX`): an overflow is an error, never a panic or a wrapped product that passes a check.
+fn mul(node: &str, a: usize, b: usize) -> Result<usize, RuntimeError> {
+    a.checked_mul(b).ok_or_else(|| graph_err(node, format!("{a} × {b} overflows")))
 }

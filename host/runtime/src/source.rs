@@ -161,7 +161,14 @@ impl ModelSource {
                 meta.push((key, value));
             }
         }
-        let n_layer = meta.iter().find(|(k, _)| *k == format!("{arch}.block_count")).and_then(|(_, v)| v.as_u64()).unwrap_or(0) as usize;
+        let n_layer = meta.iter().find(|(k, _)| *k == format!("{arch}.block_count")).and_then(|(_, v)| v.as_u64()).unwrap_or(0);
+        // Every layer has at least one tensor: a larger count is a hostile or broken config (it
+        // would make the per-layer name expansion below allocate and loop without bound).
+        let n_tensors = dir.tensors().len();
+        if n_layer > n_tensors as u64 {
+            return Err(malformed(format!("num_hidden_layers = {n_layer}, but the checkpoint has only {n_tensors} tensors")));
+        }
+        let n_layer = n_layer as usize;
         let mut map = HashMap::new();
         let mut stacked = HashMap::new();
         for t in &plugin.tensors {

@@ -99,7 +99,7 @@ pub trait Loader: Send + Sync + 'static {
     fn load(&self, path: &std::path::Path, n_ctx: Option<usize>) -> Result<Arc<dyn Backend>, BackendError>;
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fake-backend"))]
 pub mod fake {
     //! A scripted model for wire-layer tests: a byte-level tokenizer stand-in is not needed, the
     //! fake answers with fixed pieces and exact metrics.

@@ -77,9 +77,14 @@ pub fn derive_name(path: &Path) -> Option<ModelName> {
     ModelName::parse(&format!("{}:{}", sanitize(&model), sanitize(&tag))).ok()
 }
 
+/// A Hugging Face model directory: `config.json` and weights as safetensors or PyTorch `.bin`
+/// checkpoints (read without executing code, `rocmforge_model::torch_bin`).
 fn is_hf_dir(p: &Path) -> bool {
     p.join("config.json").is_file()
-        && std::fs::read_dir(p).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+        && std::fs::read_dir(p).into_iter().flatten().flatten().any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.ends_with(".safetensors") || (n.starts_with("pytorch_model") && n.ends_with(".bin"))
+        })
 }
 
 /// The models directly inside `dir`, sorted by name.

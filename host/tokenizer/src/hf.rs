@@ -45,12 +45,40 @@ fn token_name(v: Option<&Value>) -> Option<String> {
     }
 }
 
+/// Checks what the `tokenizers` crate accepts when deserializing but panics on when encoding: a
+/// `TemplateProcessing` template naming a special token its `special_tokens` map lacks
+/// (`processors/template.rs`, "no entry found for key"). Found by `fuzz/fuzz_targets/tokenizer_json.rs`.
+fn check_post_processor(pp: Option<&Value>) -> Result<(), String> {
+    let Some(pp) = pp.filter(|v| !v.is_null()) else { return Ok(()) };
+    match pp.get("type").and_then(Value::as_str) {
+        Some("Sequence") => {
+            for p in pp.get("processors").and_then(Value::as_array).into_iter().flatten() {
+                check_post_processor(Some(p))?;
+            }
+        }
+        Some("TemplateProcessing") => {
+            let defined = pp.get("special_tokens").and_then(Value::as_object);
+            for part in ["single", "pair"] {
+                for piece in pp.get(part).and_then(Value::as_array).into_iter().flatten() {
+                    let Some(id) = piece.pointer("/SpecialToken/id").and_then(Value::as_str) else { continue };
+                    if !defined.is_some_and(|d| d.contains_key(id)) {
+                        return Err(format!("post_processor template '{part}' uses special token '{id}', which its special_tokens do not define"));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 impl HfTokenizer {
     pub(crate) fn load(dir: &Path) -> Result<Self, TokenizerError> {
         let path = dir.join("tokenizer.json");
         let raw = std::fs::read(&path).map_err(|source| TokenizerError::Io { path: path.clone(), source })?;
         let json: Value = serde_json::from_slice(&raw).map_err(|source| TokenizerError::Json { path: path.clone(), source })?;
         let model_type = json.pointer("/model/type").and_then(Value::as_str).unwrap_or("unknown").to_string();
+        check_post_processor(json.get("post_processor")).map_err(|m| hf_err(&path, m))?;
         let mut tok = tokenizers::Tokenizer::from_bytes(&raw).map_err(|e| hf_err(&path, e))?;
         tok.with_padding(None);
         tok.with_truncation(None).map_err(|e| hf_err(&path, e))?;

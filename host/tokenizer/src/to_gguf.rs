@@ -91,8 +91,9 @@ pub fn hf_tokenizer_gguf_metadata(dir: &Path) -> Result<Vec<(String, GgufValue)>
     match model.get("vocab") {
         Some(Value::Object(m)) => {
             for (t, id) in m {
-                let id = id.as_u64().ok_or_else(|| bad(&path, format!("vocab entry '{t}' has no integer id")))?;
-                by_id.insert(id as u32, (t.clone(), 0.0));
+                let id = id.as_u64().and_then(|i| u32::try_from(i).ok());
+                let id = id.ok_or_else(|| bad(&path, format!("vocab entry '{t}' has no 32-bit integer id")))?;
+                by_id.insert(id, (t.clone(), 0.0));
             }
         }
         Some(Value::Array(a)) => {
@@ -107,14 +108,22 @@ pub fn hf_tokenizer_gguf_metadata(dir: &Path) -> Result<Vec<(String, GgufValue)>
     let mut added: HashMap<u32, (String, bool)> = HashMap::new();
     if let Some(Value::Array(a)) = json.get("added_tokens") {
         for e in a {
-            let (Some(id), Some(c)) = (e.get("id").and_then(Value::as_u64), e.get("content").and_then(Value::as_str)) else {
-                return Err(bad(&path, "added token without id/content"));
+            let id = e.get("id").and_then(Value::as_u64).and_then(|i| u32::try_from(i).ok());
+            let (Some(id), Some(c)) = (id, e.get("content").and_then(Value::as_str)) else {
+                return Err(bad(&path, "added token without a 32-bit id or content"));
             };
             let special = e.get("special").and_then(Value::as_bool).unwrap_or(false);
-            added.insert(id as u32, (c.to_string(), special));
+            added.insert(id, (c.to_string(), special));
         }
     }
     let n_vocab = by_id.keys().chain(added.keys()).map(|&i| i as usize + 1).max().unwrap_or(0);
+    // Ids missing below the largest become `[PADi]` tokens. Allow at most as many of those as
+    // there are real tokens (plus a little): a huge id in a small file must not make us build
+    // billions of tokens (found by fuzz/fuzz_targets/tokenizer_json.rs).
+    let n_known = by_id.len() + added.len();
+    if n_vocab > 2 * n_known + 1024 {
+        return Err(bad(&path, format!("token ids are sparse: the largest is {} for {n_known} tokens", n_vocab - 1)));
+    }
 
     let merges = merges_of(&path, model)?;
     let byte_fallback = model.get("byte_fallback").and_then(Value::as_bool).unwrap_or(false);
@@ -286,8 +295,8 @@ pub fn hf_tokenizer_gguf_metadata(dir: &Path) -> Result<Vec<(String, GgufValue)>
     let gen_id = |k: &str| -> Option<u32> {
         let v = gen.as_ref()?.get(k)?;
         match v {
-            Value::Number(n) => n.as_u64().map(|x| x as u32),
-            Value::Array(a) => a.first().and_then(Value::as_u64).map(|x| x as u32),
+            Value::Number(n) => n.as_u64().and_then(|x| u32::try_from(x).ok()),
+            Value::Array(a) => a.first().and_then(Value::as_u64).and_then(|x| u32::try_from(x).ok()),
             _ => None,
         }
     };
