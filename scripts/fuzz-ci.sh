@@ -63,7 +63,8 @@ for t in $TARGETS; do
   # -timeout: one input may take 10 s at most (a hang is a crash); -rss_limit_mb: 2 GiB.
   status=0
   # shellcheck disable=SC2046
-  TMPDIR="$scratch" "$FUZZ_TARGET_DIR/$HOST/release/$t" "$run" "fuzz/corpus/$t" $(extra_corpus "$t") "${dict[@]}" \
+  # `timeout`: libFuzzer's own -timeout only covers time inside the target; this bounds the rest.
+  TMPDIR="$scratch" timeout -k 10 $((SECS + 120)) "$FUZZ_TARGET_DIR/$HOST/release/$t" "$run" "fuzz/corpus/$t" $(extra_corpus "$t") "${dict[@]}" \
     ${FUZZ_SEED:+-seed="$FUZZ_SEED"} -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
     -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1 || status=$?
   rm -rf "$scratch"

@@ -91,11 +91,28 @@ fn setup() -> &'static Setup {
             models.push((dst, cfg));
         }
         let mut keys: Vec<String> = [
-            "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-            "rms_norm_eps", "max_position_embeddings", "vocab_size", "head_dim", "rope_theta", "rope_scaling",
-            "rope_parameters", "rope_scaling.factor", "rope_scaling.rope_type", "rope_scaling.original_max_position_embeddings",
-            "rope_scaling.beta_fast", "rope_scaling.beta_slow", "rope_scaling.attention_factor", "partial_rotary_factor",
-            "tie_word_embeddings", "layer_types", "architectures",
+            "num_hidden_layers",
+            "hidden_size",
+            "intermediate_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "rms_norm_eps",
+            "max_position_embeddings",
+            "vocab_size",
+            "head_dim",
+            "rope_theta",
+            "rope_scaling",
+            "rope_parameters",
+            "rope_scaling.factor",
+            "rope_scaling.rope_type",
+            "rope_scaling.original_max_position_embeddings",
+            "rope_scaling.beta_fast",
+            "rope_scaling.beta_slow",
+            "rope_scaling.attention_factor",
+            "partial_rotary_factor",
+            "tie_word_embeddings",
+            "layer_types",
+            "architectures",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -212,7 +212,11 @@ impl ChatTemplate {
             return Err(ChatError::OutputTooLarge { limit: self.max_output });
         }
         result.map_err(|e| render_error(&e))?;
-        String::from_utf8(out.buf).map_err(|e| ChatError::Render { line: None, kind: RenderErrorKind::Other, message: format!("output is not UTF-8: {e}") })
+        String::from_utf8(out.buf).map_err(|e| ChatError::Render {
+            line: None,
+            kind: RenderErrorKind::Other,
+            message: format!("output is not UTF-8: {e}"),
+        })
     }
 }
 
@@ -377,9 +381,9 @@ fn render_error(e: &Error) -> ChatError {
 
 /// minijinja's "tried to use + operator on unsupported types string and undefined".
 fn operand_is_undefined(detail: &str) -> bool {
-    detail.split_once("unsupported types ").is_some_and(|(_, types)| {
-        types.split(" and ").take(2).any(|t| t.split_whitespace().next() == Some("undefined"))
-    })
+    detail
+        .split_once("unsupported types ")
+        .is_some_and(|(_, types)| types.split(" and ").take(2).any(|t| t.split_whitespace().next() == Some("undefined")))
 }
 
 /// jinja2's exception class for a minijinja error (see [`RenderErrorKind`]).

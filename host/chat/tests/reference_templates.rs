@@ -31,21 +31,9 @@ const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[
          json.dumps rejects (TypeError), minijinja's returns a list, so we render the prompt \
          (as llama.cpp's own engine, for which this template was written, does)",
     ),
-    (
-        "llama-cpp-deepseek-r1",
-        "tools_first_turn",
-        "as [tools]: jinja2's map returns a generator that json.dumps rejects",
-    ),
-    (
-        "llama-cpp-deepseek-r1",
-        "tools_no_system",
-        "as [tools]: jinja2's map returns a generator that json.dumps rejects",
-    ),
-    (
-        "llama-cpp-deepseek-r1",
-        "tools_parallel",
-        "as [tools]: jinja2's map returns a generator that json.dumps rejects",
-    ),
+    ("llama-cpp-deepseek-r1", "tools_first_turn", "as [tools]: jinja2's map returns a generator that json.dumps rejects"),
+    ("llama-cpp-deepseek-r1", "tools_no_system", "as [tools]: jinja2's map returns a generator that json.dumps rejects"),
+    ("llama-cpp-deepseek-r1", "tools_parallel", "as [tools]: jinja2's map returns a generator that json.dumps rejects"),
     (
         "meetkai-functionary-medium-v3.1",
         "tools",

@@ -400,9 +400,11 @@ impl Graph {
                 if p.n_head_kv == 0 || p.n_head % p.n_head_kv != 0 {
                     return Err(graph_err(at, format!("n_head {} is not a multiple of n_head_kv {}", p.n_head, p.n_head_kv)));
                 }
-                for (id, want, what) in
-                    [(q, mul(at, p.n_head, p.head_dim_k)?, "q"), (k, mul(at, p.n_head_kv, p.head_dim_k)?, "k"), (v, mul(at, p.n_head_kv, p.head_dim_v)?, "v")]
-                {
+                for (id, want, what) in [
+                    (q, mul(at, p.n_head, p.head_dim_k)?, "q"),
+                    (k, mul(at, p.n_head_kv, p.head_dim_k)?, "k"),
+                    (v, mul(at, p.n_head_kv, p.head_dim_v)?, "v"),
+                ] {
                     let (rows, cols) = self.act(id, what, at)?;
                     if rows != Rows::Tokens || cols != want {
                         return Err(graph_err(at, format!("{what} is [{rows:?}, {cols}], expected [Tokens, {want}]")));

@@ -62,7 +62,9 @@ fn check_post_processor(pp: Option<&Value>) -> Result<(), String> {
                 for piece in pp.get(part).and_then(Value::as_array).into_iter().flatten() {
                     let Some(id) = piece.pointer("/SpecialToken/id").and_then(Value::as_str) else { continue };
                     if !defined.is_some_and(|d| d.contains_key(id)) {
-                        return Err(format!("post_processor template '{part}' uses special token '{id}', which its special_tokens do not define"));
+                        return Err(format!(
+                            "post_processor template '{part}' uses special token '{id}', which its special_tokens do not define"
+                        ));
                     }
                 }
             }
