@@ -394,7 +394,8 @@ fn create_quantizes_an_unquantized_source() {
     assert_eq!(st, 200, "{v}");
 
     // A quantized source: refused (as Ollama does), naming the tensor type.
-    let (st, v) = s.json("/api/create", &json!({"model": "bad", "from": vocab.display().to_string(), "quantize": "q4_K_M", "stream": false}));
+    let (st, v) =
+        s.json("/api/create", &json!({"model": "bad", "from": vocab.display().to_string(), "quantize": "q4_K_M", "stream": false}));
     assert_eq!(st, 500, "{v}");
     assert!(v["error"].as_str().unwrap().contains("Q4_1"), "{v}");
     // An unknown type: 400 with the supported list.

@@ -492,9 +492,11 @@ impl<'a> EngineLoop<'a> {
         }
         // Greedy steps (every sampled request takes the plain argmax, no drafts to verify, no
         // constraint): the backend picks the tokens where the logits are, if it can.
-        let argmax_only = out.chunks.iter().filter(|c| c.sample).all(|c| {
-            c.num_draft == 0 && self.live.get(&c.id).is_some_and(|l| l.constraint.is_none() && l.sampler.is_plain_argmax())
-        });
+        let argmax_only = out
+            .chunks
+            .iter()
+            .filter(|c| c.sample)
+            .all(|c| c.num_draft == 0 && self.live.get(&c.id).is_some_and(|l| l.constraint.is_none() && l.sampler.is_plain_argmax()));
         let result = {
             let chunks: Vec<SeqChunk> = out
                 .chunks

@@ -98,7 +98,9 @@ struct BlasApi {
 fn candidates(v: Vendor) -> Vec<String> {
     let names: &[&str] = match v {
         Vendor::Cuda => &["libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so"],
-        Vendor::Hip => &["librocblas.so.5", "librocblas.so.4", "librocblas.so.3", "librocblas.so.0", "librocblas.so", "/opt/rocm/lib/librocblas.so"],
+        Vendor::Hip => {
+            &["librocblas.so.5", "librocblas.so.4", "librocblas.so.3", "librocblas.so.0", "librocblas.so", "/opt/rocm/lib/librocblas.so"]
+        }
     };
     let mut out: Vec<String> = std::env::var("ROCMFORGE_BLAS_LIB").ok().filter(|s| !s.is_empty()).into_iter().collect();
     out.extend(names.iter().map(|s| s.to_string()));

@@ -32,12 +32,7 @@ impl GemmScratch {
     pub fn new(stream: &Stream, max_tokens: usize, max_k: usize, chunk_values: usize) -> Result<GemmScratch> {
         let blas = Blas::new(stream)?;
         let dev = stream.device();
-        Ok(GemmScratch {
-            blas,
-            xh: dev.alloc(max_tokens.max(1) * max_k.max(1))?,
-            wh: dev.alloc(chunk_values.max(max_k))?,
-            x_shape: None,
-        })
+        Ok(GemmScratch { blas, xh: dev.alloc(max_tokens.max(1) * max_k.max(1))?, wh: dev.alloc(chunk_values.max(max_k))?, x_shape: None })
     }
 
     /// Device bytes held.

@@ -30,8 +30,8 @@ pub mod repack;
 mod rtc;
 
 pub use api::Vendor;
-pub use device::{Device, DeviceBuffer, DeviceCopy, DeviceInfo, DeviceSpec, DeviceView, Event, Graph, GraphExec, Stream};
 pub use blas::Blas;
+pub use device::{Device, DeviceBuffer, DeviceCopy, DeviceInfo, DeviceSpec, DeviceView, Event, Graph, GraphExec, Stream};
 pub use error::{GpuError, Result};
 pub use fused::Glu;
 pub use gemm::{GemmScratch, GEMM_CHUNK_VALUES};

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 
 use rocmforge_cpu::{AttnParams, GgmlType, KvCache, RopeParams, ThreadPool};
 use rocmforge_gpu::{
-    AttnBatch, AttnConfig, AttnSeq, Device, DeviceBuffer, DeviceSpec, GemmScratch, Glu, GpuError, GpuKvCache, GpuMatrix, Kernels, QuantActs, RopeConfig,
-    Stream,
+    AttnBatch, AttnConfig, AttnSeq, Device, DeviceBuffer, DeviceSpec, GemmScratch, Glu, GpuError, GpuKvCache, GpuMatrix, Kernels,
+    QuantActs, RopeConfig, Stream,
 };
 
 const POISON: u32 = 0x7FC0_0001; // a NaN
