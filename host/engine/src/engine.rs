@@ -524,18 +524,8 @@ impl<'a> EngineLoop<'a> {
         };
         // The sampled rows are copied out so sampling can borrow the loop mutably (the CPU
         // backend's rows are few: one per sampled sequence).
-        let logits = match result {
-            Ok(Picked::Tokens(ids)) => {
-                self.steps += 1;
-                self.sched.on_step_done(&out);
-                for (c, &t) in out.chunks.iter().filter(|c| c.sample).zip(&ids) {
-                    if let Some(t) = self.emit_token(c.id, t, Vec::new()) {
-                        self.sched.append_token(c.id, t);
-                    }
-                }
-                return;
-            }
-            Ok(Picked::Logits(l)) => l,
+        let picked = match result {
+            Ok(p) => p,
             Err(e) => {
                 tracing::error!("forward pass failed: {e}");
                 for c in &out.chunks {
@@ -547,6 +537,17 @@ impl<'a> EngineLoop<'a> {
         };
         self.steps += 1;
         self.sched.on_step_done(&out);
+        let logits = match picked {
+            Picked::Tokens(ids) => {
+                for (c, &t) in out.chunks.iter().filter(|c| c.sample).zip(&ids) {
+                    if let Some(t) = self.emit_token(c.id, t, Vec::new()) {
+                        self.sched.append_token(c.id, t);
+                    }
+                }
+                return;
+            }
+            Picked::Logits(l) => l,
+        };
         let n_out = self.exec.n_out_cols();
         let mut row = 0;
         for c in out.chunks.iter().filter(|c| c.sample) {
