@@ -135,3 +135,30 @@ RF_INLINE int rf_sub32_bytes(int a) { return (int)((((u32)a | 0x80808080u) - 0x2
 
 // Spread the low 4 bits of `bits` into bit 0 of each of the 4 bytes.
 RF_INLINE int rf_spread4(u32 bits) { return (int)(((bits & 0xFu) * 0x00204081u) & 0x01010101u); }
+
+// ---------------------------------------------------------------------------- weight loads
+
+// One 16-byte load of weights that are read once per step (matrix-vector products). The knob
+// RF_MMV_WLOAD picks the cache policy, so the GEMV benchmark can measure each on the card:
+//   0: plain load (default);
+//   1: streaming (`ld.global.cs`: evict first), leaving L1/L2 to the activations every row reads;
+//   2: read-only path without L1 allocation (`ld.global.nc.L1::no_allocate`).
+// HIP takes the plain load for every value (its nontemporal builtins differ across ROCm versions).
+#ifndef RF_MMV_WLOAD
+#define RF_MMV_WLOAD 0
+#endif
+RF_INLINE uint4 rf_ldw16(const uint4* p) {
+#if defined(RF_HIP) || RF_MMV_WLOAD == 0
+    return *p;
+#elif RF_MMV_WLOAD == 1
+    uint4 v;
+    asm("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+#else
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+#endif
+}

@@ -78,7 +78,7 @@ template <int NT> __device__ void mmv_q4_0(MMV_DPARAMS) {
     const u16* dw = (const u16*)(w + (size_t)n_rows * nb * 16) + (size_t)row * nb;
     RF_MMV_UNROLL_PRAGMA
     for (int u = lane; u < nb; u += W) {
-        const uint4 q = qs[u];
+        const uint4 q = rf_ldw16(qs + u);
         const float d = rf_h2f(dw[u]);
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
@@ -101,7 +101,7 @@ template <int NT> __device__ void mmv_q4_1(MMV_DPARAMS) {
     const u32* dm = (const u32*)(w + (size_t)n_rows * nb * 16) + (size_t)row * nb;
     RF_MMV_UNROLL_PRAGMA
     for (int u = lane; u < nb; u += W) {
-        const uint4 q = qs[u];
+        const uint4 q = rf_ldw16(qs + u);
         const u32 dmv = dm[u];
         const float d = rf_h2f((u16)(dmv & 0xFFFF)), m = rf_h2f((u16)(dmv >> 16));
 #pragma unroll
@@ -126,7 +126,7 @@ template <int NT> __device__ void mmv_q5_0(MMV_DPARAMS) {
     const u16* dw = (const u16*)(w + (size_t)n_rows * nb * 20) + (size_t)row * nb;
     RF_MMV_UNROLL_PRAGMA
     for (int u = lane; u < nb; u += W) {
-        const uint4 q = qs[u];
+        const uint4 q = rf_ldw16(qs + u);
         const u32 qh = qhs[u];
         const float d = rf_h2f(dw[u]);
         // Element j's fifth bit is qh bit j: low nibbles are elements 0..15, high 16..31.
@@ -157,7 +157,7 @@ template <int NT> __device__ void mmv_q8_0(MMV_DPARAMS) {
     const u16* dw = (const u16*)(w + (size_t)n_rows * nb * 32) + (size_t)row * nb;
     RF_MMV_UNROLL_PRAGMA
     for (int u = lane; u < 2 * nb; u += W) {
-        const uint4 q = qs[u];
+        const uint4 q = rf_ldw16(qs + u);
         const float d = rf_h2f(dw[u >> 1]);
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
@@ -178,16 +178,50 @@ template <int NT> __device__ void mmv_q8_0(MMV_DPARAMS) {
 // A unit is chunk c of a super-block: 32 qs bytes (two 128-bit loads) whose low nibbles are
 // elements 64c + 0..32 (group 2c) and high nibbles 64c + 32..64 (group 2c + 1), with its four
 // factors in one 32-bit load. The min term uses the activation block sums s.
+// RF_Q4K_UNIT16=1 (a benchmark knob): a unit is half a chunk instead, one 16-byte load (low
+// nibbles: elements 64c + 16h + 0..16, high: 64c + 32 + 16h + 0..16), twice the units per row so
+// more loads are in flight per warp on short rows; the chunk's min term is added by half 0.
+#ifndef RF_Q4K_UNIT16
+#define RF_Q4K_UNIT16 0
+#endif
 template <int NT> __device__ void mmv_q4_k(MMV_DPARAMS) {
     MMV_PROLOGUE
     const int nsb = k / 256, nb = k / 32;
+#if RF_Q4K_UNIT16
+    const uint4* qs = (const uint4*)w + (size_t)row * nsb * 8;
+    const u32* sm = (const u32*)(w + (size_t)n_rows * nsb * 128) + (size_t)row * nsb * 4;
+    const u32* dm = (const u32*)(w + (size_t)n_rows * nsb * 144) + (size_t)row * nsb;
+    RF_MMV_UNROLL_K_PRAGMA
+    for (int u = lane; u < nsb * 8; u += W) {
+        const int sb = u >> 3, c = (u >> 1) & 3, h = u & 1;
+        const uint4 q = rf_ldw16(qs + u);
+        const u32 f = sm[u >> 1], dmv = dm[sb];
+        const float d = rf_h2f((u16)(dmv & 0xFFFF)), dmin = h ? 0.0f : rf_h2f((u16)(dmv >> 16));
+        const float sc0 = (float)(f & 0xFF), sc1 = (float)((f >> 8) & 0xFF);
+        const float m0 = (float)((f >> 16) & 0xFF), m1 = (float)(f >> 24);
+        const int l0 = lo_nib(q.x), l1 = lo_nib(q.y), l2 = lo_nib(q.z), l3 = lo_nib(q.w);
+        const int h0 = hi_nib(q.x), h1 = hi_nib(q.y), h2 = hi_nib(q.z), h3 = hi_nib(q.w);
+        const int xb = sb * 8 + 2 * c;
+        const int off = sb * 256 + 64 * c + 16 * h;
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            if (t < nt) {
+                const i8* xt = xq + (size_t)t * k + off;
+                const int s0 = dot16(l0, l1, l2, l3, *(const int4*)xt);
+                const int s1 = dot16(h0, h1, h2, h3, *(const int4*)(xt + 32));
+                const size_t b = (size_t)t * nb + xb;
+                acc[t] += d * (sc0 * xd[b] * (float)s0 + sc1 * xd[b + 1] * (float)s1) - dmin * (m0 * xs[b] + m1 * xs[b + 1]);
+            }
+        }
+    }
+#else
     const uint4* qs = (const uint4*)w + (size_t)row * nsb * 8;
     const u32* sm = (const u32*)(w + (size_t)n_rows * nsb * 128) + (size_t)row * nsb * 4;
     const u32* dm = (const u32*)(w + (size_t)n_rows * nsb * 144) + (size_t)row * nsb;
     RF_MMV_UNROLL_K_PRAGMA
     for (int u = lane; u < nsb * 4; u += W) {
         const int sb = u >> 2, c = u & 3;
-        const uint4 q0 = qs[2 * u], q1 = qs[2 * u + 1];
+        const uint4 q0 = rf_ldw16(qs + 2 * u), q1 = rf_ldw16(qs + 2 * u + 1);
         const u32 f = sm[u], dmv = dm[sb];
         const float d = rf_h2f((u16)(dmv & 0xFFFF)), dmin = rf_h2f((u16)(dmv >> 16));
         const float sc0 = (float)(f & 0xFF), sc1 = (float)((f >> 8) & 0xFF);
@@ -209,6 +243,7 @@ template <int NT> __device__ void mmv_q4_k(MMV_DPARAMS) {
             }
         }
     }
+#endif
     MMV_EPILOGUE
 }
 
@@ -228,8 +263,8 @@ template <int NT> __device__ void mmv_q6_k(MMV_DPARAMS) {
         const int sb = u >> 3, m = u & 7, hf = m >> 2, t4 = m & 3;
         const int klo = t4 >> 1, khi = klo + 2, jh = t4 & 1;
         const u8* blk = wr + (size_t)sb * 208;
-        const uint4 ql = *(const uint4*)(blk + 64 * hf + 16 * t4);
-        const uint4 qh = *(const uint4*)(blk + 128 + 32 * hf + 16 * jh);
+        const uint4 ql = rf_ldw16((const uint4*)(blk + 64 * hf + 16 * t4));
+        const uint4 qh = rf_ldw16((const uint4*)(blk + 128 + 32 * hf + 16 * jh));
         const float d = rf_h2f(dw[sb]);
         const float sc_lo = (float)(i8)blk[192 + 8 * hf + 2 * klo + jh];
         const float sc_hi = (float)(i8)blk[192 + 8 * hf + 2 * khi + jh];
@@ -265,7 +300,7 @@ __device__ void mmv_f16(const u8* __restrict__ w, const float* __restrict__ x, f
     const uint4* wr = (const uint4*)(w + (size_t)row * k * 2);
     RF_MMV_UNROLL_PRAGMA
     for (int u = lane; u < k / 8; u += W) {
-        const uint4 q = wr[u];
+        const uint4 q = rf_ldw16(wr + u);
         float wf[8];
         const u32 words[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll

@@ -29,7 +29,8 @@
 # DRY_RUN=1 (no GPU: CPU llama.cpp build, `--device cpu`, `-ngl 0`, a 2-layer SmolLM2-shape
 # model, -p 32 -n 8 -r 1; checks every step but the GPU on the dev machine).
 # Files in $OUT (at most 8 come back): run.log, results.md, results.json, llama-build.log,
-# llama-prebuilt.tar.xz (or up to 4 pieces .part-aa...).
+# llama-prebuilt.tar.xz (or up to 4 pieces .part-aa...). QUIET_WAIT_PID: a process to wait for
+# before the timed steps.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 ROOT=$PWD
@@ -305,11 +306,16 @@ main() {
     [[ -f "$WORK/llama-build.log" ]] && tail -c 2000000 "$WORK/llama-build.log" > "$OUT/llama-build.log"
     [[ -x "$LB" ]] || log "no llama-bench: llama.cpp columns stay empty"
 
-    # 4. Benchmarks on a quiet machine.
+    # 4. Benchmarks on a quiet machine: the models written, and the process QUIET_WAIT_PID (all.sh's
+    #    GPU tests) finished.
     if [[ -n "$synth_pid" ]]; then
         log "waiting for the models"
         wait "$synth_pid"
         cat "$WORK/synth.log"
+    fi
+    if [[ -n "${QUIET_WAIT_PID:-}" ]] && kill -0 "$QUIET_WAIT_PID" 2>/dev/null; then
+        log "waiting for process $QUIET_WAIT_PID (GPU tests) to finish"
+        while kill -0 "$QUIET_WAIT_PID" 2>/dev/null; do sleep 1; done
     fi
     if [[ -n "$have_rf" ]]; then
         for m in $MODELS; do bench_one "$m"; done
