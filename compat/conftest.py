@@ -28,7 +28,10 @@ def server():
         if not m.exists():
             pytest.fail(f"{m} missing: run scripts/fetch-test-data.sh")
     store = tempfile.mkdtemp(prefix="rocmforge-compat-")
-    env = dict(os.environ, OLLAMA_MODELS=store, RUST_LOG="warn")
+    # Pulls of default names go to a closed local port: the suite never downloads from the real
+    # registry or Hugging Face (test_pull_from_local_registry serves its own registry).
+    env = dict(os.environ, OLLAMA_MODELS=store, RUST_LOG="warn",
+               ROCMFORGE_REGISTRY_URL="http://127.0.0.1:9", ROCMFORGE_HF_ENDPOINT="http://127.0.0.1:9")
     env.pop("OLLAMA_HOST", None)
     p = subprocess.Popen(
         [_binary(), "serve", "--host", "127.0.0.1:0", "--ctx-size", "1024",

@@ -86,8 +86,83 @@ def test_create_copy_delete(client):  # T-CREATE-01, T-COPY-01, T-DEL-01
 
 
 def test_pull_without_registry(client):  # T-PULL-04
-    with pytest.raises(ollama.ResponseError):
+    with pytest.raises(ollama.ResponseError) as e:
         client.pull("llama3.2")
+    assert "cannot reach" in str(e.value)
+    with pytest.raises(ollama.ResponseError) as e:
+        for _ in client.pull("llama3.2", stream=True):  # the error is the stream's last line
+            pass
+    assert "cannot reach" in str(e.value)
+
+
+def _local_registry(gguf):
+    """An Ollama registry on 127.0.0.1 (stdlib http.server) serving `library/compat-pulled:latest`
+    with SmolLM2 as its model layer. Returns (server, host:port)."""
+    import hashlib
+    import http.server
+    import json
+    import threading
+
+    blobs = {}
+
+    def add(b):
+        d = "sha256:" + hashlib.sha256(b).hexdigest()
+        blobs[d] = b
+        return {"digest": d, "size": len(b)}
+
+    config = add(b'{"model_format":"gguf","model_family":"llama"}')
+    layer = add(gguf)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": dict(mediaType="application/vnd.docker.container.image.v1+json", **config),
+        "layers": [dict(mediaType="application/vnd.ollama.image.model", **layer)],
+    }).encode()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            p = self.path.split("/")
+            if self.path == "/v2/library/compat-pulled/manifests/latest":
+                body = manifest
+            elif len(p) == 6 and p[4] == "blobs" and p[5] in blobs:
+                body = blobs[p[5]]
+            else:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"127.0.0.1:{srv.server_address[1]}"
+
+
+def test_pull_from_local_registry(client):  # T-PULL-01..03
+    srv, host = _local_registry((MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes())
+    try:
+        name = f"{host}/library/compat-pulled:latest"
+        progress = list(client.pull(name, insecure=True, stream=True))
+        statuses = [p.status for p in progress]
+        assert statuses[0] == "pulling manifest"
+        assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+        blob = [p for p in progress if p.digest and p.total and p.total > 90_000_000]
+        assert blob and blob[-1].completed == blob[-1].total
+        assert blob[0].status == f"pulling {blob[0].digest[7:19]}"
+        assert name in [m.model for m in client.list().models]
+        assert client.generate(model=name, prompt="Hi", options=OPTS).done
+        assert client.pull(name, insecure=True).status == "success"  # already there: no download
+        with pytest.raises(ollama.ResponseError) as e:
+            client.pull(f"{host}/library/nope", insecure=True)
+        assert e.value.status_code == 404 and "not found in registry" in str(e.value)
+        client.delete(name)
+    finally:
+        srv.shutdown()
 
 
 def test_version(server):  # T-VER-01

@@ -63,6 +63,10 @@ struct SampleArgs {
     /// (default: $ROCMFORGE_DEVICE, else auto).
     #[arg(long)]
     device: Option<rocmforge_runtime::exec::Device>,
+    /// KV cache element type: f16, q8_0 or fp8 (default: $ROCMFORGE_KV_CACHE_TYPE, else
+    /// $OLLAMA_KV_CACHE_TYPE, else f16). CPU only for now; the GPU backend takes f16.
+    #[arg(long = "kv-cache-type", value_name = "TYPE")]
+    kv_cache_type: Option<rocmforge_engine::KvCacheType>,
 }
 
 impl SampleArgs {
@@ -96,7 +100,13 @@ impl SampleArgs {
     }
 
     fn load_options(&self) -> LoadOptions {
-        LoadOptions { n_ctx: self.ctx_size, kv: self.kv_budget, device: cli_device(&self.device), ..Default::default() }
+        LoadOptions {
+            n_ctx: self.ctx_size,
+            kv: self.kv_budget,
+            device: cli_device(&self.device),
+            kv_cache_type: self.kv_cache_type,
+            ..Default::default()
+        }
     }
 }
 
@@ -134,8 +144,12 @@ enum Cmd {
         #[arg(long, short = 'v')]
         verbose: bool,
     },
-    /// List loaded architecture plugins and the architectures each serves.
-    Plugins,
+    /// List architecture plugins in precedence order (the first claiming an architecture serves
+    /// it), with conflicts; `plugins check FILE.so` checks one plugin file.
+    Plugins {
+        #[command(subcommand)]
+        cmd: Option<cli::plugins::PluginsCmd>,
+    },
     /// Quantize a GGUF (F32/F16/BF16, or quantized with --allow-requantize) or a Hugging Face
     /// directory to TYPE (like llama-quantize): Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_0, F16, ...
     Quantize {
@@ -193,8 +207,14 @@ enum Cmd {
     List,
     /// List the models a running server has loaded (like `ollama ps`).
     Ps,
-    /// Pull a model through a running server (like `ollama pull`).
-    Pull { name: String },
+    /// Pull a model through a running server (like `ollama pull`): `NAME[:TAG]` and
+    /// `HOST/NAMESPACE/NAME:TAG` from an Ollama registry, `hf.co/ORG/REPO:QUANT` from Hugging Face.
+    Pull {
+        name: String,
+        /// Plain http to the registry (a local or private registry without TLS).
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Remove models from the store through a running server (like `ollama rm`).
     Rm {
         #[arg(required = true)]
@@ -251,23 +271,8 @@ fn real_main(cli: Cli) -> Result<()> {
                 print!("{}", info.render(verbose));
             }
         }
-        Cmd::Plugins => {
-            let reg = registry();
-            if reg.plugins.is_empty() {
-                println!(
-                    "no plugins found; searched: {}",
-                    rocmforge_runtime::plugin::search_path().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-                );
-            }
-            for p in &reg.plugins {
-                let gguf: Vec<&str> = p.gguf_archs().collect();
-                let hf: Vec<&str> = p.hf_archs().collect();
-                println!("{:<10} {:<8} gguf: {:<24} hf: {:<30} {}", p.name, p.version, gguf.join(", "), hf.join(", "), p.path.display());
-            }
-            for f in &reg.failures {
-                println!("FAILED     {}: {}", f.path.display(), f.error);
-            }
-        }
+        Cmd::Plugins { cmd: None } => cli::plugins::list(&registry()),
+        Cmd::Plugins { cmd: Some(cli::plugins::PluginsCmd::Check { file, model }) } => cli::plugins::check(&file, model.as_deref())?,
         Cmd::Quantize { input, output, ty, threads, allow_requantize, pure } => {
             let r = cli::quantize::run(&input, &output, &ty, threads, allow_requantize, pure, registry)?;
             let mib = |b: u64| b as f64 / (1 << 20) as f64;
@@ -372,7 +377,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Serve(args) => cli::serve::run(&args, registry())?,
         Cmd::List => cli::client::list()?,
         Cmd::Ps => cli::client::ps()?,
-        Cmd::Pull { name } => cli::client::pull(&name)?,
+        Cmd::Pull { name, insecure } => cli::client::pull(&name, insecure)?,
         Cmd::Rm { names } => cli::client::rm(&names)?,
         Cmd::Cp { source, destination } => cli::client::cp(&source, &destination)?,
         Cmd::Create { name, file, from } => cli::client::create(&name, file.as_deref(), from.as_deref())?,

@@ -9,6 +9,9 @@ bash scripts/fetch-test-data.sh
 # loads, so build the workspace first (the .so files land in target/debug, where tests find them).
 cargo build --workspace
 cargo test --workspace --no-fail-fast "$@"
+# The plugin kit as a third party uses it: both example plugins built outside the workspace (C with
+# make against the installed header, Rust as a standalone crate) and `rocmforge plugins check`ed.
+bash scripts/test-plugin-kit.sh
 # The official `ollama` and `openai` Python clients against the real server (compat/README.md).
 bash compat/run.sh
 # Every GPU kernel compiled for NVIDIA (NVRTC wheel) and AMD (hipRTC), no GPU needed. On CI a

@@ -66,7 +66,7 @@ fn fixtures() -> Vec<Fixture> {
         })
         .collect();
     v.sort_by(|a, b| a.dir.cmp(&b.dir));
-    assert!(v.len() >= 17, "only {} hf-tiny fixtures", v.len());
+    assert!(v.len() >= 18, "only {} hf-tiny fixtures", v.len());
     v
 }
 
@@ -292,7 +292,7 @@ fn transformers4_config_spellings_match_transformers() {
         assert!(e < MAX_REL_ERR, "{} in transformers 4 spelling: rel. error {e:.2e}", f.name());
         rewritten.push(f.name());
     }
-    for v in ["gemma3", "phi3-longrope", "llama3-rope", "qwen2-yarn", "qwen3moe", "phi2"] {
+    for v in ["gemma3", "phi3-longrope", "llama3-rope", "qwen2-yarn", "qwen3moe", "phi2", "glm4"] {
         assert!(rewritten.iter().any(|r| r == v), "{v} was not rewritten");
     }
 }
@@ -453,6 +453,24 @@ fn dropped_phi_keys_are_caught() {
             ("phi2", &["rope_parameters.rope_theta"]),
             // transformers writes the factor twice; both spellings are read.
             ("phi2", &["partial_rotary_factor", "rope_parameters.partial_rotary_factor"]),
+        ],
+    );
+}
+
+#[test]
+fn dropped_glm4_keys_are_caught() {
+    check_dropped(
+        "glm4",
+        &[
+            // Without head_dim, transformers' Glm4Config default 128 applies (the plugin's
+            // `=128` row), which the weights' shapes refuse.
+            ("glm4", &["head_dim"]),
+            ("glm4", &["num_key_value_heads"]),
+            ("glm4", &["rms_norm_eps"]),
+            ("glm4", &["rope_parameters.rope_theta"]),
+            // transformers writes the factor twice: 0.75 in rope_parameters (the one it uses) and
+            // the 0.5 default at the top level; each copy is read in that order.
+            ("glm4", &["rope_parameters.partial_rotary_factor"]),
         ],
     );
 }

@@ -147,15 +147,14 @@ pub fn ps() -> Result<()> {
     Ok(())
 }
 
-pub fn pull(name: &str) -> Result<()> {
-    let r = post("/api/pull", &json!({ "model": name }))?;
-    ndjson(r, |v| {
-        let status = v["status"].as_str().unwrap_or("");
-        match (v["total"].as_u64(), v["completed"].as_u64()) {
-            (Some(t), c) => eprint!("\r{status} {:>3}%", c.unwrap_or(0) * 100 / t.max(1)),
-            _ => eprintln!("{status}"),
-        }
-    })
+/// `pull`: the server downloads; we draw its progress (`cli::pull`). `insecure` allows a plain
+/// http registry, as `ollama pull --insecure`.
+pub fn pull(name: &str, insecure: bool) -> Result<()> {
+    let r = post("/api/pull", &json!({ "model": name, "insecure": insecure }))?;
+    let mut view = crate::cli::pull::PullView::new();
+    let res = ndjson(r, |v| view.update(v));
+    view.finish()?;
+    res
 }
 
 pub fn rm(names: &[String]) -> Result<()> {

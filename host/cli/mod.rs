@@ -3,6 +3,8 @@ pub mod bench;
 pub mod chat;
 pub mod client;
 pub mod embed;
+pub mod plugins;
+pub mod pull;
 pub mod quantize;
 pub mod serve;
 pub mod session;

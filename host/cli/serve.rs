@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// Where models run: cpu, auto, cuda:N or hip:N (default: $ROCMFORGE_DEVICE, else auto).
     #[arg(long)]
     pub device: Option<rocmforge_runtime::exec::Device>,
+    /// KV cache element type of loaded models: f16, q8_0 or fp8 (default:
+    /// $ROCMFORGE_KV_CACHE_TYPE, else $OLLAMA_KV_CACHE_TYPE, else f16); a request's
+    /// `options.kv_cache_type` overrides it per model.
+    #[arg(long = "kv-cache-type", value_name = "TYPE")]
+    pub kv_cache_type: Option<rocmforge_engine::KvCacheType>,
 }
 
 fn env(k: &str) -> Option<String> {
@@ -137,6 +142,11 @@ pub fn run(a: &ServeArgs, registry: rocmforge_runtime::Registry) -> Result<()> {
         config,
         kv: a.kv_budget,
         device: a.device.clone().or_else(|| rocmforge_runtime::exec::Device::user_default().ok()),
+        // A bad environment value stops the server at start-up, not at the first load.
+        kv_cache_type: match a.kv_cache_type {
+            Some(t) => Some(t),
+            None => rocmforge_engine::kv_cache_type_from_env()?,
+        },
     };
     rocmforge_server::serve(cfg, Arc::new(loader))?;
     Ok(())

@@ -39,6 +39,12 @@ impl Server {
     /// A server with `smollm2` (SmolLM2-135M-Instruct Q4_1) and `minilm` (all-MiniLM-L6-v2)
     /// named, an empty store, plus `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_env(extra, &[])
+    }
+
+    /// `start` with extra environment variables. Pulls go to a closed local port unless `env`
+    /// names other endpoints: a test never downloads from the real registry or Hugging Face.
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let store = tempfile::tempdir().expect("tempdir");
         let smol = format!("{SMOL}={}", model("SmolLM2-135M-Instruct.Q4_1.gguf").display());
         let mini = format!("{MINILM}={}", model("all-MiniLM-L6-v2-q8_0.gguf").display());
@@ -49,6 +55,9 @@ impl Server {
             .env("OLLAMA_MODELS", store.path())
             .env_remove("OLLAMA_HOST")
             .env("RUST_LOG", "error")
+            .env("ROCMFORGE_REGISTRY_URL", "http://127.0.0.1:9")
+            .env("ROCMFORGE_HF_ENDPOINT", "http://127.0.0.1:9")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -4,8 +4,9 @@
  * This header is the C spelling of host/abi/src/lib.rs, field for field and constant for
  * constant; host/abi/tests/header.rs compiles a C program against it and checks every sizeof,
  * offsetof and constant against the Rust definitions, so the two cannot drift apart silently.
- * C99, no dependencies beyond <stdint.h> and <stddef.h>. tests/fixtures/c_plugin/tiny.c is a
- * complete plugin written against it.
+ * C99, no dependencies beyond <stdint.h> and <stddef.h>. examples/plugin-c/example_llama.c is a
+ * complete plugin written against it (built with a Makefile, as a third party would), and
+ * docs/plugins.md is the guide; tests/fixtures/c_plugin/tiny.c is the test suite's C plugin.
  *
  * How a plugin works
  * ------------------
@@ -41,7 +42,33 @@
  *   describes it with host->set_error (the first message wins). When a host callback itself
  *   fails (op rejected for a shape error or a missing tensor) the host has already recorded a
  *   detailed message: the plugin should stop and return the status it got.
- * - Threading: build is called on one thread; callbacks are not reentrant across builds.
+ * - Threading: the host may call build of the same plugin on several threads at once (its
+ *   model manager loads several models concurrently); each call gets its own RfHostV1 and ctx,
+ *   and the callbacks of one ctx share nothing with another's. Callbacks must be made on the
+ *   thread that called build and before build returns: the host refuses a call from another
+ *   thread (RF_STATUS_INVALID_ARGUMENT, and the build fails) and ignores a ctx that is no longer
+ *   live. A plugin must not keep mutable global state without its own locking (static const
+ *   tables are fine).
+ * - Arguments are checked. A null, misaligned or absurdly long pointer argument, invalid UTF-8
+ *   in a key or name, or a callback from the wrong thread is answered with
+ *   RF_STATUS_INVALID_ARGUMENT (never a crash, as far as the host can tell: it cannot detect a
+ *   dangling pointer) and fails the build with a message naming the callback and the argument.
+ *   A panic inside the host while serving a callback answers RF_STATUS_PANIC and fails the build
+ *   with the panic's message. last_error returns the host's message for the last failed
+ *   callback, so a plugin can include it in its own.
+ * - Unused op slots are checked. Every input, integer and float parameter slot that the host
+ *   does not read for an op (see the table below) must be RF_NO_NODE / 0, and `tensor` must be
+ *   empty except for RF_OP_WEIGHT; otherwise the op is refused with a message naming the op and
+ *   the slot. A plugin setting a parameter that only a newer host understands therefore fails on
+ *   an older host instead of computing wrong logits. Ask with `supports` before using anything
+ *   newer than the first revision of v1.
+ * - Growing ops. RfOp has four inputs and eight integer and eight float parameters; more go in
+ *   an RfOpExt record passed with op_ex (inputs 4..8, parameters 8..16). RfOpExt starts with
+ *   struct_size: the host reads the fields it knows and refuses the op if a byte past them is
+ *   non-zero. New op codes, slots and enumerated values are only ever appended.
+ * - Host table revisions. The first revision of RfHostV1 ends at set_error; op_ex, supports and
+ *   last_error were appended. A plugin that uses them checks
+ *   host->struct_size >= RF_HOST_V1_SIZE_WITH_EXTENSIONS first (the Rust Builder does).
  *
  * Graph model
  * -----------
@@ -80,6 +107,10 @@
  *   MOE_DOWN        h [n, k*n_ff], route, down_exps [n_ff, n_embd, n_expert]
  *                                             k                                     -              -> [n, n_embd]
  *
+ * Slots not listed for an op are unused and must be RF_NO_NODE / 0 (checked). Enumerated
+ * integer parameters (GET_ROWS src, ROPE mode, OUTPUT kind, POOL mode, MOE_ROUTE gating,
+ * MOE_GATE_UP activation) accept only the values defined below; ask `supports` for newer ones.
+ *
  * Mixture of experts is three ops because an op has four inputs: router logits come from an
  * ordinary MATMUL, MOE_ROUTE picks k experts per row, MOE_GATE_UP runs only the selected experts'
  * gate/up projections (slot s of a row fills columns [s*n_ff, (s+1)*n_ff)), and MOE_DOWN sums the
@@ -112,6 +143,14 @@ extern "C" {
 #define RF_STATUS_WRONG_TYPE 3 /* a metadata key exists with another type */
 #define RF_STATUS_PANIC 4     /* the callee panicked/threw; the message went through set_error */
 #define RF_STATUS_TOO_SMALL 5 /* a caller's buffer was too small; the needed length was written */
+#define RF_STATUS_INVALID_ARGUMENT 6 /* a bad pointer/string/thread: a plugin bug; the build fails */
+
+/* What a capability query (RfHostV1.supports) asks about. */
+#define RF_CAP_OP 0u           /* is op code `op` known? (slot, value ignored) */
+#define RF_CAP_INPUT 1u        /* does `op` read input `slot` (0..8)? */
+#define RF_CAP_IPARAM 2u       /* does `op` read integer parameter `slot` (0..16)? */
+#define RF_CAP_FPARAM 3u       /* does `op` read float parameter `slot` (0..16)? */
+#define RF_CAP_IPARAM_VALUE 4u /* does `op` accept `value` in integer parameter `slot`? */
 
 /* Load-time weight transforms a tensor-map entry may declare (applied to Hugging Face tensors). */
 #define RF_TRANSFORM_NONE 0u
@@ -224,6 +263,17 @@ typedef struct RfOp {
     RfStr tensor;       /* GGUF tensor name, for RF_OP_WEIGHT */
 } RfOp;
 
+/* Extension record of an op (size-prefixed, append-only): slots past RfOp's. inputs[i] is input
+ * 4 + i, iparams[i] integer parameter 8 + i, fparams[i] float parameter 8 + i; unused inputs
+ * RF_NO_NODE, unused parameters 0. No op of ABI v1 uses these slots yet. */
+typedef struct RfOpExt {
+    uint32_t struct_size; /* sizeof(RfOpExt) as compiled by the plugin */
+    uint32_t flags;       /* reserved: 0 */
+    RfNode inputs[4];
+    int64_t iparams[8];
+    float fparams[8];
+} RfOpExt;
+
 /* The table the host gives to build (version 1, append-only). `ctx` is opaque: pass it back as
  * the first argument of every callback. Every callback returns RF_STATUS_*. */
 typedef struct RfHostV1 {
@@ -246,7 +296,20 @@ typedef struct RfHostV1 {
     int32_t (*op)(void *ctx, const RfOp *op, RfNode *out);
     /* Describe the error build is about to return; the host copies msg (first message wins). */
     void (*set_error)(void *ctx, RfStr msg);
+    /* ---- Appended: present when struct_size >= RF_HOST_V1_SIZE_WITH_EXTENSIONS. ---- */
+    /* Record an op with an extension record (ext may be NULL: same as op). */
+    int32_t (*op_ex)(void *ctx, const RfOp *op, const RfOpExt *ext, RfNode *out);
+    /* Capability query (RF_CAP_*): RF_STATUS_OK when supported, RF_STATUS_NOT_FOUND when not. */
+    int32_t (*supports)(void *ctx, uint32_t op, uint32_t what, uint32_t slot, int64_t value);
+    /* The host's message for the last failed callback (RF_STATUS_OK, *out borrows host memory
+     * valid until the next callback), or RF_STATUS_NOT_FOUND when nothing failed. */
+    int32_t (*last_error)(void *ctx, RfStr *out);
 } RfHostV1;
+
+/* Size of the first revision of RfHostV1 (ending at set_error), and the size from which the
+ * appended callbacks are present. */
+#define RF_HOST_V1_BASE_SIZE offsetof(RfHostV1, op_ex)
+#define RF_HOST_V1_SIZE_WITH_EXTENSIONS (offsetof(RfHostV1, last_error) + sizeof(void *))
 
 /* The table a plugin exports (version 1, append-only). All pointers are to static data. */
 typedef struct RfPluginV1 {

@@ -7,7 +7,7 @@
 //! [`Builder::pool`] reduces each sequence to one row; [`Builder::l2_norm`];
 //! [`Builder::output_embedding`] marks the result as embeddings rather than logits.
 
-use crate::{op, output_kind, rows_src, status, RfHostV1, RfNode, RfOp, RfStr, NO_NODE};
+use crate::{op, output_kind, rows_src, status, RfHostV1, RfNode, RfOp, RfOpExt, RfStr, NO_NODE};
 
 /// Which ids an embedding lookup reads (see [`Builder::get_rows_of`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,8 +68,30 @@ pub trait Meta {
 
 /// The graph builder a plugin receives.
 pub struct Builder<'h> {
-    host: &'h RfHostV1,
+    host: &'h RfHostV1Base,
+    /// The host table carries the appended callbacks (`op_ex`, `supports`, `last_error`).
+    ext: Option<&'h RfHostV1>,
 }
+
+/// The first revision of [`RfHostV1`] (ending at `set_error`): what every v1 host provides. A
+/// reference to the full struct is only formed when `struct_size` covers it.
+#[repr(C)]
+struct RfHostV1Base {
+    abi_version: u32,
+    struct_size: u32,
+    ctx: *mut std::ffi::c_void,
+    meta_int: unsafe extern "C" fn(ctx: *mut std::ffi::c_void, key: RfStr, out: *mut i64) -> i32,
+    meta_float: unsafe extern "C" fn(ctx: *mut std::ffi::c_void, key: RfStr, out: *mut f64) -> i32,
+    meta_str: unsafe extern "C" fn(ctx: *mut std::ffi::c_void, key: RfStr, out: *mut RfStr) -> i32,
+    meta_array_f64: unsafe extern "C" fn(ctx: *mut std::ffi::c_void, key: RfStr, buf: *mut f64, cap: usize, len: *mut usize) -> i32,
+    tensor_shape: unsafe extern "C" fn(ctx: *mut std::ffi::c_void, name: RfStr, dims: *mut i64, n_dims: *mut u32) -> i32,
+    op: unsafe extern "C" fn(ctx: *mut std::ffi::c_void, op: *const RfOp, out: *mut RfNode) -> i32,
+    set_error: unsafe extern "C" fn(ctx: *mut std::ffi::c_void, msg: RfStr),
+}
+
+// The base view must stay a prefix of the full table.
+const _: () = assert!(std::mem::size_of::<RfHostV1Base>() == RfHostV1::base_size());
+const _: () = assert!(std::mem::offset_of!(RfHostV1Base, set_error) == std::mem::offset_of!(RfHostV1, set_error));
 
 impl<'h> Builder<'h> {
     /// Wrap the host table after checking its version.
@@ -80,19 +102,67 @@ impl<'h> Builder<'h> {
         if host.is_null() {
             return Err(OpError("host table is null".into()));
         }
-        // SAFETY: non-null and valid per the caller's contract.
-        let h = unsafe { &*host };
-        if h.abi_version != crate::ABI_VERSION {
-            return Err(OpError(format!("host ABI version {} but plugin built for {}", h.abi_version, crate::ABI_VERSION)));
+        // SAFETY: non-null and valid per the caller's contract; every v1 table starts with the
+        // two u32 fields, so reading them is in bounds whatever the table's revision.
+        let (version, size) = unsafe { ((*host).abi_version, (*host).struct_size) };
+        if version != crate::ABI_VERSION {
+            return Err(OpError(format!("host ABI version {version} but plugin built for {}", crate::ABI_VERSION)));
         }
-        if (h.struct_size as usize) < std::mem::size_of::<RfHostV1>() {
-            return Err(OpError(format!("host table of {} bytes is older than this plugin expects", h.struct_size)));
+        if (size as usize) < RfHostV1::base_size() {
+            return Err(OpError(format!("host table of {size} bytes is older than this plugin expects")));
         }
-        Ok(Builder { host: h })
+        // SAFETY: the size check shows the base revision lies inside the table; RfHostV1Base is
+        // a layout prefix of RfHostV1 (asserted at compile time above).
+        let base = unsafe { &*(host as *const RfHostV1Base) };
+        // SAFETY: `has_extensions` shows the whole current struct lies inside the table.
+        let ext = RfHostV1::has_extensions(size).then(|| unsafe { &*host });
+        Ok(Builder { host: base, ext })
+    }
+
+    /// The host's message for the last failed callback, when the host can tell it.
+    fn host_message(&self) -> Option<String> {
+        let h = self.ext?;
+        let mut s = RfStr::EMPTY;
+        // SAFETY: host table valid (from_raw); `s` is a writable local.
+        if unsafe { (h.last_error)(h.ctx, &mut s) } != status::OK {
+            return None;
+        }
+        // SAFETY: the host's string is valid until the next callback; copied here.
+        Some(String::from_utf8_lossy(unsafe { s.as_bytes() }).into_owned())
     }
 
     fn last_error_or(&self, what: &str, code: i32) -> OpError {
-        OpError(format!("{what} failed with status {code}"))
+        match self.host_message() {
+            Some(m) => OpError(format!("{what} failed: {m}")),
+            None => OpError(format!("{what} failed with status {code}")),
+        }
+    }
+
+    /// Ask the host whether it supports something before using it ([`crate::cap`]): an op code,
+    /// a slot of an op, or a value of an enumerated integer parameter. A host that predates the
+    /// query answers `false` for everything: an op or slot added after the first revision of v1
+    /// is then unavailable, which is the safe answer.
+    pub fn supports(&self, op: u32, what: u32, slot: u32, value: i64) -> bool {
+        match self.ext {
+            // SAFETY: host table valid and covers `supports` (from_raw).
+            Some(h) => (unsafe { (h.supports)(h.ctx, op, what, slot, value) }) == status::OK,
+            None => false,
+        }
+    }
+
+    /// Record an op with every slot given, including extension slots (inputs 4..8, integer and
+    /// float parameters 8..16). For ops not yet wrapped by a method of this builder; check
+    /// [`Builder::supports`] first for anything added after the first revision of ABI v1.
+    pub fn raw_op(
+        &mut self,
+        code: u32,
+        name: &str,
+        inputs: &[Option<Node>],
+        iparams: &[i64],
+        fparams: &[f32],
+        tensor: &str,
+    ) -> Result<Node, OpError> {
+        self.op(code, name, inputs, iparams, fparams, tensor)
     }
 
     /// Shape of a tensor in GGUF order (ne0 first), or None when the model has no such tensor.
@@ -121,21 +191,46 @@ impl<'h> Builder<'h> {
         fparams: &[f32],
         tensor: &str,
     ) -> Result<Node, OpError> {
+        if inputs.len() > 8 || iparams.len() > 16 || fparams.len() > 16 {
+            return Err(OpError(format!(
+                "op '{name}': {} inputs, {} integer and {} float parameters exceed the ABI's 8, 16 and 16",
+                inputs.len(),
+                iparams.len(),
+                fparams.len()
+            )));
+        }
         let mut o =
             RfOp { code, inputs: [NO_NODE; 4], iparams: [0; 8], fparams: [0.0; 8], name: RfStr::new(name), tensor: RfStr::new(tensor) };
-        for (slot, n) in o.inputs.iter_mut().zip(inputs) {
+        let mut x = RfOpExt::new();
+        let (base_in, ext_in) = inputs.split_at(inputs.len().min(4));
+        for (slot, n) in o.inputs.iter_mut().zip(base_in).chain(x.inputs.iter_mut().zip(ext_in)) {
             *slot = n.map(|n| n.0).unwrap_or(NO_NODE);
         }
-        o.iparams[..iparams.len()].copy_from_slice(iparams);
-        o.fparams[..fparams.len()].copy_from_slice(fparams);
+        let (base_ip, ext_ip) = iparams.split_at(iparams.len().min(8));
+        o.iparams[..base_ip.len()].copy_from_slice(base_ip);
+        x.iparams[..ext_ip.len()].copy_from_slice(ext_ip);
+        let (base_fp, ext_fp) = fparams.split_at(fparams.len().min(8));
+        o.fparams[..base_fp.len()].copy_from_slice(base_fp);
+        x.fparams[..ext_fp.len()].copy_from_slice(ext_fp);
+        // Only ops that use an extension slot need the extension callback, so every op of the
+        // first revision still works on a host that predates it.
+        let needs_ext = x != RfOpExt::new();
         let mut out: RfNode = NO_NODE;
-        // SAFETY: host table valid; `o` and the strings it borrows live across the call.
-        let rc = unsafe { (self.host.op)(self.host.ctx, &o, &mut out) };
+        let rc = match (needs_ext, self.ext) {
+            // SAFETY: host table valid; `o` and the strings it borrows live across the call.
+            (false, _) => unsafe { (self.host.op)(self.host.ctx, &o, &mut out) },
+            // SAFETY: as above, and the table covers op_ex (from_raw); `x` lives across the call.
+            (true, Some(h)) => unsafe { (h.op_ex)(h.ctx, &o, &x, &mut out) },
+            (true, None) => {
+                return Err(OpError(format!("op '{name}' needs extension slots, which this host (ABI v1, first revision) does not have")))
+            }
+        };
         if rc == status::OK {
             Ok(Node(out))
         } else {
-            // The host has recorded a detailed message; the status tells the plugin to stop.
-            Err(OpError(format!("op '{name}' rejected by the host (status {rc})")))
+            // The host has recorded a detailed message (and fails the build with it); the
+            // status tells the plugin to stop.
+            Err(self.last_error_or(&format!("op '{name}'"), rc))
         }
     }
 

@@ -21,6 +21,13 @@
 //! - Every plugin entry point catches panics ([`guard`]) and turns them into a status + message:
 //!   unwinding across `extern "C"` would abort the host.
 //! - Op codes, transform codes and status codes below are part of the ABI and never renumbered.
+//! - Unused op slots are `NO_NODE` / 0 and the host checks it: an op setting a slot the host does
+//!   not read for that op is refused with a message naming the op and the slot. Ops grow through
+//!   the size-prefixed [`RfOpExt`] record; [`RfHostV1::supports`] tells what a host knows.
+//! - Threading: the host may run `build` of one plugin on several threads at once (one per model
+//!   being loaded), each with its own [`RfHostV1`] and `ctx`. Callbacks must be made on the thread
+//!   that called `build`, before it returns (the host refuses others with INVALID_ARGUMENT). A
+//!   plugin keeps no mutable global state without its own locking.
 //!
 //! Modelled on the Arrow C data interface and DataFusion's FFI structs (plain repr(C) vtables with
 //! a version handshake); see `include/rocmforge_plugin.h` for the same ABI in C.
@@ -52,6 +59,10 @@ pub mod status {
     pub const PANIC: i32 = 4;
     /// A buffer given by the caller was too small; the needed length was written.
     pub const TOO_SMALL: i32 = 5;
+    /// A callback was called with a bad argument (a null or misaligned pointer, a string with a
+    /// null pointer or an absurd length, invalid UTF-8, a callback from another thread). The host
+    /// recorded why (`last_error`) and fails the build: it is a bug in the plugin.
+    pub const INVALID_ARGUMENT: i32 = 6;
 }
 
 /// A borrowed UTF-8 string or byte slice: `(ptr, len)`, never NUL-terminated by contract.
@@ -293,6 +304,60 @@ pub struct RfOp {
 /// Sentinel for an unused input.
 pub const NO_NODE: RfNode = u32::MAX;
 
+/// The extension record of an op: slots beyond [`RfOp`]'s fixed four inputs, eight integer and
+/// eight float parameters, passed with [`RfHostV1::op_ex`]. Size-prefixed and append-only:
+/// `struct_size` says how many bytes the plugin filled (`size_of::<RfOpExt>()` of the header it
+/// was built with). A host reads the fields it knows and refuses the op when a byte past them is
+/// non-zero, so a plugin using a slot a host does not know fails loudly on that host.
+///
+/// Slot numbering continues the base record's: `inputs[i]` here is input `4 + i`, `iparams[i]`
+/// integer parameter `8 + i`, `fparams[i]` float parameter `8 + i`. Unused inputs are
+/// [`NO_NODE`], unused parameters 0, exactly as in [`RfOp`]. ABI v1 defines no op that uses
+/// these slots yet; new ops and parameters that need them are added append-only (see
+/// docs/plugins.md, "Growing the ABI").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RfOpExt {
+    /// Bytes the writer filled, this field included.
+    pub struct_size: u32,
+    /// Reserved; must be 0.
+    pub flags: u32,
+    /// Inputs 4..8.
+    pub inputs: [RfNode; 4],
+    /// Integer parameters 8..16.
+    pub iparams: [i64; 8],
+    /// Float parameters 8..16.
+    pub fparams: [f32; 8],
+}
+
+impl RfOpExt {
+    /// A record with every slot unused, sized for this header.
+    pub const fn new() -> RfOpExt {
+        RfOpExt { struct_size: std::mem::size_of::<RfOpExt>() as u32, flags: 0, inputs: [NO_NODE; 4], iparams: [0; 8], fparams: [0.0; 8] }
+    }
+}
+
+impl Default for RfOpExt {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a capability query ([`RfHostV1::supports`]) asks about. ABI: append only.
+pub mod cap {
+    /// Does the host know op code `op` at all? (`slot`, `value` ignored.)
+    pub const OP: u32 = 0;
+    /// Does op `op` read input `slot` (0..8; 4..8 are extension slots)?
+    pub const INPUT: u32 = 1;
+    /// Does op `op` read integer parameter `slot` (0..16)?
+    pub const IPARAM: u32 = 2;
+    /// Does op `op` read float parameter `slot` (0..16)?
+    pub const FPARAM: u32 = 3;
+    /// Does op `op` accept `value` in its enumerated integer parameter `slot` (a RoPE mode, a
+    /// MoE gating, a pool mode)? A slot that is not enumerated answers for any value it reads.
+    pub const IPARAM_VALUE: u32 = 4;
+}
+
 /// The host table a plugin builds its graph through (version 1). Append-only.
 #[repr(C)]
 pub struct RfHostV1 {
@@ -313,6 +378,28 @@ pub struct RfHostV1 {
     pub op: unsafe extern "C" fn(ctx: *mut c_void, op: *const RfOp, out: *mut RfNode) -> i32,
     /// Give the host an error message (copied by the host).
     pub set_error: unsafe extern "C" fn(ctx: *mut c_void, msg: RfStr),
+    // ---- Appended (read by a plugin only when `struct_size` covers them; a host that predates
+    // them has a table ending at `set_error`: see [`RfHostV1::has_extensions`]). ----
+    /// Record an op with an extension record ([`RfOpExt`], may be null = no extension).
+    pub op_ex: unsafe extern "C" fn(ctx: *mut c_void, op: *const RfOp, ext: *const RfOpExt, out: *mut RfNode) -> i32,
+    /// Capability query: OK when the host supports what is asked ([`cap`]), NOT_FOUND when not.
+    pub supports: unsafe extern "C" fn(ctx: *mut c_void, op: u32, what: u32, slot: u32, value: i64) -> i32,
+    /// The host's message for the last callback that failed (OK and `out` set), or NOT_FOUND.
+    /// `out` borrows host memory valid until the next callback.
+    pub last_error: unsafe extern "C" fn(ctx: *mut c_void, out: *mut RfStr) -> i32,
+}
+
+impl RfHostV1 {
+    /// Size of the first revision of the table (ending at `set_error`).
+    pub const fn base_size() -> usize {
+        std::mem::offset_of!(RfHostV1, op_ex)
+    }
+
+    /// Whether a table of `struct_size` bytes carries the appended callbacks (`op_ex`,
+    /// `supports`, `last_error`).
+    pub const fn has_extensions(struct_size: u32) -> bool {
+        struct_size as usize >= std::mem::offset_of!(RfHostV1, last_error) + std::mem::size_of::<usize>()
+    }
 }
 
 /// Run a plugin entry point body, turning a panic or an error into a status code and a message

@@ -16,6 +16,8 @@ use rocmforge_abi::{arch, guard, op, status, Builder, Meta, OpError, RfHostV1, R
 struct Mock {
     errors: Vec<String>,
     ops: Vec<(u32, String)>,
+    /// Ops recorded through op_ex.
+    ext_ops: Vec<String>,
 }
 
 fn mock<'a>(ctx: *mut c_void) -> &'a mut Mock {
@@ -73,7 +75,24 @@ fn host_table(m: &mut Mock) -> RfHostV1 {
         tensor_shape,
         op: record_op,
         set_error,
+        op_ex,
+        supports,
+        last_error,
     }
+}
+
+unsafe extern "C" fn op_ex(ctx: *mut c_void, o: *const RfOp, _ext: *const rocmforge_abi::RfOpExt, out: *mut RfNode) -> i32 {
+    // SAFETY: the op and its strings are valid for the call (ABI).
+    let name = unsafe { String::from_utf8_lossy((*o).name.as_bytes()).into_owned() };
+    mock(ctx).ext_ops.push(name);
+    // SAFETY: forwarded arguments, valid per the ABI.
+    unsafe { record_op(ctx, o, out) }
+}
+unsafe extern "C" fn supports(_: *mut c_void, _: u32, _: u32, _: u32, _: i64) -> i32 {
+    status::NOT_FOUND
+}
+unsafe extern "C" fn last_error(_: *mut c_void, _: *mut RfStr) -> i32 {
+    status::NOT_FOUND
 }
 
 // ------------------------------------------------------------------------------------------
@@ -219,4 +238,43 @@ fn guard_directly_ok_error_panic() {
 fn guard_with_null_host_still_catches() {
     assert_eq!(g(std::ptr::null(), || panic!("nobody to tell")), status::PANIC);
     assert_eq!(g(std::ptr::null(), || Err("nobody to tell".into())), status::ERROR);
+}
+
+// ------------------------------------------------------------------------------------------
+// A host of the first revision of v1 (table ending at set_error): a plugin rebuilt against the
+// current header still works on it, answers `false` to capability queries and refuses, with a
+// message, an op that needs extension slots.
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn builder_works_on_a_first_revision_host() {
+    let mut m = Mock::default();
+    let mut h = host_table(&mut m);
+    h.struct_size = RfHostV1::base_size() as u32;
+    assert_eq!(call_build(&h, "ok"), status::OK, "{:?}", m.errors);
+    assert_eq!(m.ops.len(), 3);
+    // SAFETY: `h` is a valid table for the builder's lifetime.
+    let mut b = unsafe { Builder::from_raw(&h) }.expect("a first-revision host is accepted");
+    assert!(!b.supports(op::ATTENTION, rocmforge_abi::cap::OP, 0, 0), "an old host cannot answer: no");
+    let x = rocmforge_abi::Node(0);
+    let err = b.raw_op(op::SILU, "x_act", &[Some(x), None, None, None, None, Some(x)], &[], &[], "").unwrap_err();
+    assert_eq!(err.0, "op 'x_act' needs extension slots, which this host (ABI v1, first revision) does not have");
+    // Base-slot ops still go through `op`.
+    b.raw_op(op::SILU, "x_act", &[Some(x)], &[], &[], "").expect("a base op");
+}
+
+#[test]
+fn builder_uses_op_ex_only_when_an_extension_slot_is_set() {
+    let mut m = Mock::default();
+    let h = host_table(&mut m);
+    // SAFETY: `h` is a valid table for the builder's lifetime.
+    let mut b = unsafe { Builder::from_raw(&h) }.expect("builder");
+    b.raw_op(op::SILU, "a", &[Some(rocmforge_abi::Node(0))], &[], &[], "").expect("base op");
+    b.raw_op(op::SILU, "b", &[Some(rocmforge_abi::Node(0))], &[0; 9], &[], "").expect("zero extension slots: base op");
+    b.raw_op(op::SILU, "c", &[Some(rocmforge_abi::Node(0))], &[0, 0, 0, 0, 0, 0, 0, 0, 5], &[], "").expect("extension op");
+    let err = b.raw_op(op::SILU, "d", &[], &[0; 17], &[], "").unwrap_err();
+    assert!(err.0.contains("exceed the ABI's 8, 16 and 16"), "{err}");
+    drop(b);
+    assert_eq!(m.ops.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(), vec!["a", "b", "c"]);
+    assert_eq!(m.ext_ops, vec!["c".to_string()], "only the op with a set extension slot used op_ex");
 }

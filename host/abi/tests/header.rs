@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rocmforge_abi::{
-    moe_act, moe_gating, op, output_kind, pool, rows_src, status, tensor_flags, transform, RfArchClaim, RfConfigMap, RfHostV1, RfMetaClaim,
-    RfNode, RfOp, RfPluginV1, RfStr, RfTensorMap, ABI_VERSION, NO_NODE, PLUGIN_SYMBOL,
+    cap, moe_act, moe_gating, op, output_kind, pool, rows_src, status, tensor_flags, transform, RfArchClaim, RfConfigMap, RfHostV1,
+    RfMetaClaim, RfNode, RfOp, RfOpExt, RfPluginV1, RfStr, RfTensorMap, ABI_VERSION, NO_NODE, PLUGIN_SYMBOL,
 };
 
 const LIB_RS: &str = include_str!("../src/lib.rs");
@@ -106,13 +106,34 @@ fn all_checks() -> Checks {
     check_struct!(c, RfOp { code, inputs, iparams, fparams, name, tensor });
     check_struct!(
         c,
-        RfHostV1 { abi_version, struct_size, ctx, meta_int, meta_float, meta_str, meta_array_f64, tensor_shape, op, set_error }
+        RfHostV1 {
+            abi_version,
+            struct_size,
+            ctx,
+            meta_int,
+            meta_float,
+            meta_str,
+            meta_array_f64,
+            tensor_shape,
+            op,
+            set_error,
+            op_ex,
+            supports,
+            last_error
+        }
     );
+    check_struct!(c, RfOpExt { struct_size, flags, inputs, iparams, fparams });
+    c.num("RF_HOST_V1_BASE_SIZE", RfHostV1::base_size() as i128);
+    c.consts.push(("RfHostV1::base_size()".into(), "RF_HOST_V1_BASE_SIZE".into()));
+    c.num("RF_HOST_V1_SIZE_WITH_EXTENSIONS", size_of::<RfHostV1>() as i128);
+    c.consts.push(("RfHostV1::has_extensions".into(), "RF_HOST_V1_SIZE_WITH_EXTENSIONS".into()));
+    assert!(RfHostV1::has_extensions(size_of::<RfHostV1>() as u32) && !RfHostV1::has_extensions(RfHostV1::base_size() as u32));
     c.num("sizeof(RfNode)", size_of::<RfNode>() as i128);
     c.num("(RfNode)-1 > 0", 1); // unsigned, as Rust's u32
     c.num("sizeof(RfPluginEntryV1)", size_of::<unsafe extern "C" fn() -> *const RfPluginV1>() as i128);
 
-    check_const!(c, "RF_STATUS_", status::{ OK, ERROR, NOT_FOUND, WRONG_TYPE, PANIC, TOO_SMALL });
+    check_const!(c, "RF_STATUS_", status::{ OK, ERROR, NOT_FOUND, WRONG_TYPE, PANIC, TOO_SMALL, INVALID_ARGUMENT });
+    check_const!(c, "RF_CAP_", cap::{ OP, INPUT, IPARAM, FPARAM, IPARAM_VALUE });
     check_const!(c, "RF_TRANSFORM_", transform::{ NONE, PERMUTE_Q, PERMUTE_K, ADD_ONE });
     check_const!(c, "RF_TENSOR_FLAG_", tensor_flags::{ OPTIONAL });
     check_const!(c, "RF_OP_", op::{

@@ -57,7 +57,7 @@ pub(crate) fn act_format(ty: GgmlType) -> ActFormat {
 /// One block of 32 as the AVX2 `quantize_row_q8_0/1` does it: returns (d as f32, d as stored
 /// in f16 bits, sum of q).
 #[inline(always)]
-fn q8_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, u16, i32) {
+pub(crate) fn q8_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, u16, i32) {
     // `_mm256_max_ps` of |x|; NaN inputs give some result, never UB.
     let mut amax = 0f32;
     for &v in x {

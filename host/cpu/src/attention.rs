@@ -3,10 +3,12 @@
 //! The cache holds, per layer, `n_blocks` blocks of `block_size` token slots; a sequence reaches
 //! its tokens through a block table (position p lives in block `block_table[p / block_size]`,
 //! slot `p % block_size`), so blocks may be scattered anywhere in the pool (vLLM's PagedAttention
-//! layout). K and V are stored as f16, as llama.cpp's default cache type does.
+//! layout). K and V are stored as f16 by default, as llama.cpp's default cache type does; a cache
+//! made with [`KvCache::with_type`] stores q8_0 or fp8 E4M3 rows instead, and attention over it
+//! runs in `kv_quant.rs` (its header states those numerics). What follows is the f16 path.
 //!
 //! ```text
-//!   k[layer][block][slot][head_kv][head_dim_k]   (f16 bits)
+//!   k[layer][block][slot][head_kv][head_dim_k]   (f16 bits; quantized: `row_bytes(head_dim_k)` bytes per row)
 //!   v[layer][block][slot][head_kv][head_dim_v]
 //! ```
 //!
@@ -35,11 +37,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::CpuError;
+use crate::kv_quant::{self, KvCacheType};
 use crate::pool::ThreadPool;
 use crate::qmatmul::SyncPtr;
 use crate::simd::{self, f16_bits_to_f32, Isa};
 
-/// Paged K/V storage for all layers of one model (f16).
+/// Paged K/V storage for all layers of one model (f16, q8_0 or fp8; see [`KvCacheType`]).
 pub struct KvCache {
     n_layer: usize,
     n_head_kv: usize,
@@ -47,8 +50,16 @@ pub struct KvCache {
     head_dim_v: usize,
     block_size: usize,
     n_blocks: usize,
+    ty: KvCacheType,
+    /// f16 caches: the elements; empty otherwise.
     k: Vec<u16>,
     v: Vec<u16>,
+    /// Quantized caches: rows of `ty.row_bytes(head_dim)` bytes; empty for f16.
+    kq: Vec<u8>,
+    vq: Vec<u8>,
+    /// fp8: per-tensor scales (stored value = x / scale); 1.0 uncalibrated, as vLLM.
+    k_scale: f32,
+    v_scale: f32,
 }
 
 /// Options of [`attention`].
@@ -71,7 +82,7 @@ impl Default for AttnParams {
 }
 
 impl KvCache {
-    /// Zeroed cache of `n_blocks` blocks of `block_size` tokens for each of `n_layer` layers.
+    /// Zeroed f16 cache of `n_blocks` blocks of `block_size` tokens for each of `n_layer` layers.
     pub fn new(n_layer: usize, n_head_kv: usize, head_dim_k: usize, head_dim_v: usize, block_size: usize, n_blocks: usize) -> Self {
         let slots = n_layer * n_blocks * block_size * n_head_kv;
         KvCache {
@@ -81,9 +92,72 @@ impl KvCache {
             head_dim_v,
             block_size,
             n_blocks,
+            ty: KvCacheType::F16,
             k: vec![0; slots * head_dim_k],
             v: vec![0; slots * head_dim_v],
+            kq: Vec::new(),
+            vq: Vec::new(),
+            k_scale: 1.0,
+            v_scale: 1.0,
         }
+    }
+
+    /// [`new`](Self::new) with elements of type `ty`; q8_0 needs head dims that are multiples of 32.
+    pub fn with_type(
+        ty: KvCacheType,
+        n_layer: usize,
+        n_head_kv: usize,
+        head_dim_k: usize,
+        head_dim_v: usize,
+        block_size: usize,
+        n_blocks: usize,
+    ) -> Result<Self, CpuError> {
+        if ty == KvCacheType::F16 {
+            return Ok(Self::new(n_layer, n_head_kv, head_dim_k, head_dim_v, block_size, n_blocks));
+        }
+        for dim in [head_dim_k, head_dim_v] {
+            if dim == 0 || !dim.is_multiple_of(ty.block_len()) {
+                return Err(CpuError::KvCacheHeadDim { ty: ty.name(), dim, block: ty.block_len() });
+            }
+        }
+        let slots = n_layer * n_blocks * block_size * n_head_kv;
+        Ok(KvCache {
+            n_layer,
+            n_head_kv,
+            head_dim_k,
+            head_dim_v,
+            block_size,
+            n_blocks,
+            ty,
+            k: Vec::new(),
+            v: Vec::new(),
+            kq: vec![0; slots * ty.row_bytes(head_dim_k)],
+            vq: vec![0; slots * ty.row_bytes(head_dim_v)],
+            k_scale: 1.0,
+            v_scale: 1.0,
+        })
+    }
+
+    /// Per-tensor fp8 scales (calibrated `k_scale` / `v_scale`): stored values are `x / scale`.
+    /// Applies to rows written afterwards; ignored by f16 and q8_0 caches.
+    pub fn set_fp8_scales(&mut self, k_scale: f32, v_scale: f32) -> Result<(), CpuError> {
+        for scale in [k_scale, v_scale] {
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(CpuError::BadKvScale { op: "set_fp8_scales", scale: scale.to_string() });
+            }
+        }
+        (self.k_scale, self.v_scale) = (k_scale, v_scale);
+        Ok(())
+    }
+
+    /// The element type.
+    pub fn cache_type(&self) -> KvCacheType {
+        self.ty
+    }
+
+    /// Bytes of K and V storage in total.
+    pub fn bytes(&self) -> usize {
+        2 * (self.k.len() + self.v.len()) + self.kq.len() + self.vq.len()
     }
 
     pub fn n_layer(&self) -> usize {
@@ -138,6 +212,21 @@ impl KvCache {
         let (hk, hv) = (self.n_head_kv * self.head_dim_k, self.n_head_kv * self.head_dim_v);
         crate::matmul::check_len(OP, "k", k.len(), n_tokens.checked_mul(hk))?;
         crate::matmul::check_len(OP, "v", v.len(), n_tokens.checked_mul(hv))?;
+        if self.ty != KvCacheType::F16 {
+            let (dk, dv) = (self.head_dim_k, self.head_dim_v);
+            let (rk, rv) = (self.ty.row_bytes(dk), self.ty.row_bytes(dv));
+            let (ik, iv) = (1.0 / self.k_scale, 1.0 / self.v_scale);
+            for t in 0..n_tokens {
+                let s = self.slot(OP, layer, block_table, pos_start + t)?;
+                for h in 0..self.n_head_kv {
+                    let (r, x) = ((s * self.n_head_kv + h) * rk, &k[(t * self.n_head_kv + h) * dk..][..dk]);
+                    kv_quant::quantize_row(self.ty, x, ik, &mut self.kq[r..r + rk]);
+                    let (r, x) = ((s * self.n_head_kv + h) * rv, &v[(t * self.n_head_kv + h) * dv..][..dv]);
+                    kv_quant::quantize_row(self.ty, x, iv, &mut self.vq[r..r + rv]);
+                }
+            }
+            return Ok(());
+        }
         for t in 0..n_tokens {
             let s = self.slot(OP, layer, block_table, pos_start + t)?;
             for (d, &x) in self.k[s * hk..(s + 1) * hk].iter_mut().zip(&k[t * hk..(t + 1) * hk]) {
@@ -150,10 +239,21 @@ impl KvCache {
         Ok(())
     }
 
-    /// Read back K (or V) of head `h` at `pos` as f32 (for tests and debugging).
+    /// Read back K (or V) of head `h` at `pos` as f32, dequantized (for tests and debugging).
     pub fn read(&self, layer: usize, block_table: &[u32], pos: usize, h: usize, value: bool, out: &mut [f32]) -> Result<(), CpuError> {
         self.check_layer("kv_read", layer)?;
         let s = self.slot("kv_read", layer, block_table, pos)?;
+        if self.ty != KvCacheType::F16 {
+            let (buf, hd, scale) =
+                if value { (&self.vq, self.head_dim_v, self.v_scale) } else { (&self.kq, self.head_dim_k, self.k_scale) };
+            let rb = self.ty.row_bytes(hd);
+            let base = (s * self.n_head_kv + h.min(self.n_head_kv.saturating_sub(1))) * rb;
+            let n = out.len().min(hd);
+            let mut row = vec![0f32; hd];
+            kv_quant::dequantize_row(self.ty, &buf[base..base + rb], scale, &mut row);
+            out[..n].copy_from_slice(&row[..n]);
+            return Ok(());
+        }
         let (buf, hd) = if value { (&self.v, self.head_dim_v) } else { (&self.k, self.head_dim_k) };
         let base = (s * self.n_head_kv + h.min(self.n_head_kv.saturating_sub(1))) * hd;
         for (o, &b) in out.iter_mut().zip(&buf[base..base + hd]) {
@@ -217,6 +317,29 @@ pub fn attention_isa(
     let group = n_head / n_kv;
     let scale = params.scale.unwrap_or(1.0 / (dk as f32).sqrt());
     let bs = cache.block_size;
+    if cache.ty != KvCacheType::F16 {
+        // llama.cpp's flash-attention order: the scale is divided by the softcap up front.
+        let mut qscale = params.softcap.map_or(scale, |cap| scale / cap);
+        if cache.ty == KvCacheType::Fp8E4M3 {
+            qscale *= cache.k_scale;
+        }
+        let ctx = kv_quant::QCtx {
+            ty: cache.ty,
+            k: &cache.kq,
+            v: &cache.vq,
+            dk,
+            dv,
+            n_kv,
+            bs,
+            layer_base: layer * cache.n_blocks * bs,
+            block_table,
+            scale: qscale,
+            softcap: params.softcap,
+            v_scale: cache.v_scale,
+        };
+        kv_quant::attention_rows(pool, isa, &ctx, q, n_tokens, pos_start, n_head, params, out);
+        return Ok(());
+    }
     let ctx = RowCtx {
         k: &cache.k,
         v: &cache.v,

@@ -21,6 +21,13 @@ pub enum CpuError {
     LayerOutOfRange { op: &'static str, layer: usize, n_layer: usize },
     #[error("{op}: {n_head} query heads are not a multiple of {n_head_kv} KV heads")]
     BadHeadGrouping { op: &'static str, n_head: usize, n_head_kv: usize },
+    #[error("kv cache type '{got}' is not supported: use f16|q8_0|fp8")]
+    UnsupportedKvCacheType { got: String },
+    #[error("kv cache type {ty} needs head dims that are multiples of {block}, the model has {dim}")]
+    KvCacheHeadDim { ty: &'static str, dim: usize, block: usize },
+    /// (The scale as text: the enum is `Eq`.)
+    #[error("{op}: fp8 scale {scale} must be finite and positive")]
+    BadKvScale { op: &'static str, scale: String },
     #[error(transparent)]
     Quant(#[from] QuantError),
 }

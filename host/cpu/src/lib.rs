@@ -5,7 +5,8 @@
 //!   activations quantized as llama.cpp does ([`quantize_activations`]) and integer dot products
 //!   (AVX-512 VNNI, AVX2, AArch64 NEON with or without `sdot`, scalar).
 //! - [`get_rows`], [`rms_norm`], [`layer_norm`], [`rope`], activations and GLUs, [`softmax_inplace`].
-//! - [`KvCache`] + [`attention`]: paged KV memory addressed through block tables.
+//! - [`KvCache`] + [`attention`]: paged KV memory addressed through block tables, elements f16
+//!   (default), q8_0 or fp8 E4M3 ([`KvCacheType`]).
 //! - [`ThreadPool`]: persistent workers; every parallel op takes one.
 //!
 //! Numerics: every ISA path gives the same bits as the portable one, and the kernels reproduce
@@ -29,6 +30,7 @@ mod kquant;
 mod kquant_dec;
 #[cfg(target_arch = "x86_64")]
 mod kquant_tl;
+mod kv_quant;
 mod matmul;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -49,6 +51,7 @@ pub use act::quantize_activations;
 pub use attention::{attention, attention_isa, AttnParams, KvCache};
 pub use error::CpuError;
 pub use kquant::{batch_invariant, set_batch_invariant};
+pub use kv_quant::{e4m3_to_f32, f32_to_e4m3, KvCacheType, KV_CACHE_TYPES};
 pub use matmul::{get_rows, matmul, matmul_bias, matmul_ext, matmul_many, supports_matmul, MatmulOut};
 pub use ops::{
     add, geglu, gelu, gelu_erf, layer_norm, mul, rms_norm, rope, rope_cache, rope_yarn_corr_dims, scale, silu, softcap, softmax_inplace,

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 pub use block_pool::{BlockPool, KvError};
 pub use engine::{Engine, EngineConfig, EngineStats, RequestStream};
 pub use kv_manager::KvCacheManager;
-pub use model::{KvBudget, LoadOptions, Model};
+pub use model::{kv_cache_type_from_env, KvBudget, KvCacheType, LoadOptions, Model};
 pub use output::TextOut;
 pub use prompt::PromptBuilder;
 pub use request::{Constraint, Event, FinishReason, Finished, Request, RequestMetrics, SamplingParams, TokenLogprob};

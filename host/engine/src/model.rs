@@ -8,13 +8,20 @@
 //! more than the model was trained for. The KV pool is a separate budget (shared by every running
 //! sequence, vLLM style): by default enough for `n_ctx` tokens times [`DEFAULT_PARALLEL`]
 //! sequences, capped at [`DEFAULT_KV_BYTES`], never less than one full context. It is printed at
-//! load (`tracing::info!`) in blocks, tokens and bytes.
+//! load (`tracing::info!`) in blocks, tokens, bytes and element type.
+//!
+//! KV cache type: [`LoadOptions::kv_cache_type`], else `ROCMFORGE_KV_CACHE_TYPE`, else Ollama's
+//! `OLLAMA_KV_CACHE_TYPE`, else f16 ([`kv_cache_type_from_env`]). Budgets in bytes (the default
+//! cap, `--kv-budget 4GiB`, a fraction of memory) are divided by the bytes a token takes in that
+//! type, so q8_0 (34 bytes per 32 elements) and fp8 (1 byte) get ~1.9x and 2x the blocks of
+//! f16; a budget in blocks stays that many blocks.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocmforge_chat::ChatTemplate;
+pub use rocmforge_runtime::exec::KvCacheType;
 use rocmforge_runtime::exec::{Device, KvConfig};
 use rocmforge_runtime::{build_graph, Executor, ModelSource, Registry};
 use rocmforge_tokenizer::Tokenizer;
@@ -82,6 +89,24 @@ fn available_memory() -> Option<usize> {
     Some(kib * 1024)
 }
 
+/// The KV cache type the environment asks for: `ROCMFORGE_KV_CACHE_TYPE`, else
+/// `OLLAMA_KV_CACHE_TYPE` (Ollama's name; Ollama also accepts q4_0, which is refused here with
+/// the valid values), None when neither is set (or set empty).
+pub fn kv_cache_type_from_env() -> Result<Option<KvCacheType>, EngineError> {
+    kv_cache_type_from_vars(|k| std::env::var(k).ok())
+}
+
+/// [`kv_cache_type_from_env`] over any variable lookup (testable without touching the process
+/// environment).
+pub fn kv_cache_type_from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<KvCacheType>, EngineError> {
+    for var in ["ROCMFORGE_KV_CACHE_TYPE", "OLLAMA_KV_CACHE_TYPE"] {
+        if let Some(v) = get(var).filter(|v| !v.trim().is_empty()) {
+            return v.parse().map(Some).map_err(|e| EngineError::Invalid(format!("{var}: {e}")));
+        }
+    }
+    Ok(None)
+}
+
 /// Options of [`Model::load`].
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -92,11 +117,19 @@ pub struct LoadOptions {
     pub device: Option<Device>,
     /// Tokens per forward pass the activation memory is sized for (the scheduler's budget).
     pub max_batch_tokens: usize,
+    /// Element type of the KV cache; None: the environment's ([`kv_cache_type_from_env`]), else f16.
+    pub kv_cache_type: Option<KvCacheType>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { n_ctx: None, kv: KvBudget::Auto, device: None, max_batch_tokens: rocmforge_runtime::exec::DEFAULT_MAX_BATCH_TOKENS }
+        LoadOptions {
+            n_ctx: None,
+            kv: KvBudget::Auto,
+            device: None,
+            max_batch_tokens: rocmforge_runtime::exec::DEFAULT_MAX_BATCH_TOKENS,
+            kv_cache_type: None,
+        }
     }
 }
 
@@ -120,6 +153,7 @@ pub struct Model {
     path: PathBuf,
     load_time: Duration,
     kv_bytes_per_token: usize,
+    kv_cache_type: KvCacheType,
 }
 
 impl std::fmt::Debug for Model {
@@ -145,8 +179,13 @@ impl Model {
         let n_train = n_train.unwrap_or(DEFAULT_CTX);
         let mut n_ctx = opts.n_ctx.unwrap_or(default_ctx).min(n_train).max(BLOCK_SIZE);
         let geo: Vec<_> = graph.layers.iter().flatten().collect();
-        // f16 K and V per token over every layer.
-        let kv_bytes_per_token: usize = geo.iter().map(|g| g.n_head_kv * (g.head_dim_k + g.head_dim_v) * 2).sum::<usize>().max(1);
+        let kv_type = match opts.kv_cache_type {
+            Some(t) => t,
+            None => kv_cache_type_from_env()?.unwrap_or_default(),
+        };
+        // K and V per token over every layer, in the cache's element type.
+        let kv_bytes_per_token: usize =
+            geo.iter().map(|g| g.n_head_kv * (kv_type.row_bytes(g.head_dim_k) + kv_type.row_bytes(g.head_dim_v))).sum::<usize>().max(1);
         let ctx_blocks = n_ctx.div_ceil(BLOCK_SIZE);
         let n_blocks = match opts.kv {
             KvBudget::Blocks(b) => b.max(1),
@@ -169,12 +208,12 @@ impl Model {
             Some(d) => d.clone(),
             None => Device::from_env()?,
         };
-        let exec = Executor::with_device(graph, &src, kv_config, opts.max_batch_tokens, device)?;
+        let exec = Executor::with_kv_type(graph, &src, kv_config, kv_type, opts.max_batch_tokens, device)?;
         let backend = exec.backend_name();
         tracing::info!("{}: running on {backend}", path.display());
         let (n_out, embedding) = (exec.n_out_cols(), exec.is_embedding());
         tracing::info!(
-            "KV cache: {n_blocks} blocks of {BLOCK_SIZE} tokens ({} tokens, {:.1} MiB f16); context {n_ctx} tokens per sequence",
+            "KV cache: {n_blocks} blocks of {BLOCK_SIZE} tokens ({} tokens, {:.1} MiB {kv_type}, {kv_bytes_per_token} bytes per token); context {n_ctx} tokens per sequence",
             n_blocks * BLOCK_SIZE,
             (n_blocks * BLOCK_SIZE * kv_bytes_per_token) as f64 / (1 << 20) as f64
         );
@@ -207,6 +246,7 @@ impl Model {
             path: path.to_path_buf(),
             load_time: t0.elapsed(),
             kv_bytes_per_token,
+            kv_cache_type: kv_type,
         })
     }
 
@@ -282,11 +322,34 @@ impl Model {
     pub fn kv_bytes_per_token(&self) -> usize {
         self.kv_bytes_per_token
     }
+
+    /// The KV cache's element type.
+    pub fn kv_cache_type(&self) -> KvCacheType {
+        self.kv_cache_type
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::KvBudget;
+    use super::{kv_cache_type_from_vars, KvBudget, KvCacheType};
+
+    #[test]
+    fn kv_cache_type_from_env_prefers_ours_and_names_bad_values() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|p| p.0 == k).map(|p| p.1.to_string());
+        assert_eq!(kv_cache_type_from_vars(env(&[])).unwrap(), None);
+        assert_eq!(kv_cache_type_from_vars(env(&[("OLLAMA_KV_CACHE_TYPE", " ")])).unwrap(), None);
+        assert_eq!(kv_cache_type_from_vars(env(&[("OLLAMA_KV_CACHE_TYPE", "q8_0")])).unwrap(), Some(KvCacheType::Q8_0));
+        assert_eq!(kv_cache_type_from_vars(env(&[("OLLAMA_KV_CACHE_TYPE", "f16")])).unwrap(), Some(KvCacheType::F16));
+        assert_eq!(
+            kv_cache_type_from_vars(env(&[("OLLAMA_KV_CACHE_TYPE", "q8_0"), ("ROCMFORGE_KV_CACHE_TYPE", "FP8")])).unwrap(),
+            Some(KvCacheType::Fp8E4M3)
+        );
+        // Ollama's q4_0: refused, naming the variable, the value and the valid ones.
+        let e = kv_cache_type_from_vars(env(&[("OLLAMA_KV_CACHE_TYPE", "q4_0")])).unwrap_err().to_string();
+        assert!(e.contains("OLLAMA_KV_CACHE_TYPE") && e.contains("'q4_0'") && e.contains("f16|q8_0|fp8"), "{e}");
+        let e = kv_cache_type_from_vars(env(&[("ROCMFORGE_KV_CACHE_TYPE", "bf16")])).unwrap_err().to_string();
+        assert!(e.contains("ROCMFORGE_KV_CACHE_TYPE") && e.contains("'bf16'"), "{e}");
+    }
 
     #[test]
     fn kv_budget_parses_every_form_and_names_bad_input() {

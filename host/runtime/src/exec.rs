@@ -64,6 +64,10 @@ pub struct SeqChunk<'a> {
 /// A batch of chunks run in one forward pass.
 pub type SeqBatch<'a> = [SeqChunk<'a>];
 
+/// Element type of the KV cache (f16, q8_0, fp8 E4M3); chosen per model at load with
+/// [`Executor::with_kv_type`]. The GPU backend stores f16 only (yet).
+pub use rocmforge_cpu::{KvCacheType, KV_CACHE_TYPES};
+
 /// KV cache geometry and size.
 #[derive(Clone, Copy, Debug)]
 pub struct KvConfig {
@@ -129,8 +133,14 @@ fn gpu_backend(
     plan: &Plan,
     src: &ModelSource,
     kv_cfg: KvConfig,
+    kv_type: KvCacheType,
     max_batch_tokens: usize,
 ) -> Result<GpuBackend, RuntimeError> {
+    // The GPU kernels read f16 K/V only: refuse before opening the device rather than run a
+    // different cache type than the one asked for.
+    if kv_type != KvCacheType::F16 {
+        return Err(RuntimeError::KvCacheTypeUnsupported { ty: kv_type.name(), backend: "GPU" });
+    }
     let spec: rocmforge_gpu::DeviceSpec = spec.parse().map_err(|_| RuntimeError::BadDevice(spec.to_string()))?;
     let dev = rocmforge_gpu::Device::open(spec)?;
     GpuBackend::new(dev, graph, plan, src, kv_cfg, max_batch_tokens)
@@ -141,6 +151,7 @@ pub struct Executor {
     plan: Plan,
     backend: Box<dyn Backend>,
     dump: Option<Dump>,
+    kv_type: KvCacheType,
 }
 
 impl Executor {
@@ -170,14 +181,28 @@ impl Executor {
         max_batch_tokens: usize,
         device: Device,
     ) -> Result<Executor, RuntimeError> {
+        Self::with_kv_type(graph, src, kv_cfg, KvCacheType::F16, max_batch_tokens, device)
+    }
+
+    /// [`with_device`](Self::with_device) with a KV cache of elements `kv_type`. A GPU named
+    /// explicitly refuses a type other than f16 (an error naming it); `auto` then runs on the
+    /// CPU, saying why in its log line, as for any other reason the GPU cannot take the model.
+    pub fn with_kv_type(
+        graph: Graph,
+        src: &ModelSource,
+        kv_cfg: KvConfig,
+        kv_type: KvCacheType,
+        max_batch_tokens: usize,
+        device: Device,
+    ) -> Result<Executor, RuntimeError> {
         let plan = Plan::new(&graph)?;
         let backend: Box<dyn Backend> = match &device {
-            Device::Cpu => Box::new(CpuBackend::new(&graph, &plan, src, kv_cfg, max_batch_tokens)?),
-            Device::Gpu(spec) => match gpu_backend(spec, &graph, &plan, src, kv_cfg, max_batch_tokens) {
+            Device::Cpu => Box::new(CpuBackend::new(&graph, &plan, src, kv_cfg, kv_type, max_batch_tokens)?),
+            Device::Gpu(spec) => match gpu_backend(spec, &graph, &plan, src, kv_cfg, kv_type, max_batch_tokens) {
                 Ok(b) => Box::new(b),
                 Err(e) if spec == "auto" => {
                     tracing::info!("device auto: running on the CPU ({e})");
-                    Box::new(CpuBackend::new(&graph, &plan, src, kv_cfg, max_batch_tokens)?)
+                    Box::new(CpuBackend::new(&graph, &plan, src, kv_cfg, kv_type, max_batch_tokens)?)
                 }
                 Err(e) => return Err(e),
             },
@@ -187,6 +212,7 @@ impl Executor {
             graph,
             plan,
             backend,
+            kv_type,
             dump: std::env::var_os("ROCMFORGE_DUMP").filter(|d| !d.is_empty()).map(|d| Dump {
                 dir: d.into(),
                 call: 0,
@@ -217,6 +243,11 @@ impl Executor {
 
     pub fn kv_config(&self) -> KvConfig {
         self.backend.kv_config()
+    }
+
+    /// The KV cache's element type.
+    pub fn kv_cache_type(&self) -> KvCacheType {
+        self.kv_type
     }
 
     /// Whether the output rows are embeddings (the plugin's OUTPUT kind) rather than logits.

@@ -10,8 +10,9 @@
 //! token rows into one row per sequence (`Rows::Seqs`); OUTPUT's kind says whether the result is
 //! logits or embeddings ([`Graph::embedding`]).
 
-use rocmforge_abi::{op, output_kind, pool, rows_src, RfOp};
+use rocmforge_abi::{op, output_kind, pool, rows_src};
 
+use crate::op_spec::{check_slots, OpRecord};
 use crate::RuntimeError;
 
 /// Symbolic row count of an activation.
@@ -255,15 +256,17 @@ impl Graph {
     }
 
     /// Decode, check and append an op recorded through the ABI. `weight_dims` resolves a tensor
-    /// name to its GGUF dims (None: the model has no such tensor).
+    /// name to its GGUF dims (None: the model has no such tensor). Slots the op does not read
+    /// must be unused ([`check_slots`]), so the decoding below can ignore them.
     pub fn push(
         &mut self,
-        raw: &RfOp,
+        raw: &OpRecord,
         name: String,
         tensor: String,
         weight_dims: impl Fn(&str) -> Option<Vec<usize>>,
     ) -> Result<usize, RuntimeError> {
         let at = name.as_str();
+        check_slots(raw, &tensor).map_err(|what| graph_err(at, what))?;
         let inp = |i: usize| -> Option<usize> {
             let v = raw.inputs[i];
             (v != rocmforge_abi::NO_NODE).then_some(v as usize)

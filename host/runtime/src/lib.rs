@@ -9,8 +9,10 @@ pub mod exec;
 pub mod graph;
 mod hf_rope;
 pub mod host_api;
+pub mod op_spec;
 pub mod plan;
 pub mod plugin;
+pub mod plugin_check;
 pub mod source;
 
 use std::path::PathBuf;
@@ -29,6 +31,9 @@ pub enum RuntimeError {
     Plugin { path: PathBuf, what: String },
     #[error("plugin '{plugin}' ({path}) could not build architecture '{arch}': {what}")]
     PluginBuild { plugin: String, path: PathBuf, arch: String, what: String },
+    /// A host callback refused a plugin's call (bad pointer, wrong thread) or panicked serving it.
+    #[error("plugin '{plugin}' ({path}): host callback {callback}: {what}")]
+    PluginCallback { plugin: String, path: PathBuf, callback: &'static str, what: String },
     #[error("no plugin serves architecture '{arch}'; available: {}", if available.is_empty() { "none (no plugins found: set ROCMFORGE_PLUGINS)".to_string() } else { available.join(", ") })]
     UnknownArch { arch: String, available: Vec<String> },
     #[error("missing tensor '{name}'")]
@@ -56,6 +61,12 @@ pub enum RuntimeError {
     /// The model does not fit the device's free memory (bytes).
     #[error("the model needs {need} bytes of device memory ({what}), {free} are free")]
     DeviceMemory { need: usize, free: usize, what: String },
+    /// A KV cache element type the chosen backend does not store (yet).
+    #[error("kv cache type {ty} is not supported on the {backend} backend yet; use f16")]
+    KvCacheTypeUnsupported { ty: &'static str, backend: &'static str },
+    /// The KV cache cannot be made for this model (e.g. q8_0 with a head dim not a multiple of 32).
+    #[error("KV cache: {0}")]
+    KvCache(String),
     /// A bad `--device` / `ROCMFORGE_DEVICE` value.
     #[error("bad device '{0}': expected cpu, auto, cuda[:N] or hip[:N]")]
     BadDevice(String),

@@ -1,11 +1,17 @@
 //! Plugin discovery and loading.
 //!
-//! Search order (first plugin claiming an architecture wins, later duplicates are reported):
-//! `$ROCMFORGE_PLUGINS` (a `:`-separated list of directories or files), the directory of the
-//! running binary (and its `plugins/` subdirectory), then `~/.rocmforge/plugins`. A plugin that
-//! fails to load (missing symbol, ABI mismatch, bad table) is reported with its file name and
-//! skipped: the host keeps serving every other architecture. Plugins are never unloaded, so the
-//! `Library` handles are leaked on purpose and every pointer they export stays valid.
+//! Precedence (documented in docs/plugins.md and shown by `rocmforge plugins`): plugins are
+//! loaded in search order: `$ROCMFORGE_PLUGINS` (a `:`-separated list of directories or files,
+//! in order), the directory of the running binary (and its `plugins/` subdirectory), then
+//! `~/.rocmforge/plugins`; inside a directory, by file name. The registry keeps that order, and
+//! for an architecture claimed by several plugins the first one wins ([`Registry::conflicts`]
+//! lists the losers), except that a matching conditional claim ([`RfMetaClaim`]) beats plain
+//! claims. So a plugin in `$ROCMFORGE_PLUGINS` overrides a built-in one claiming the same
+//! architecture. A second plugin with the same *name* as an earlier one is not loaded at all
+//! ([`Registry::shadowed`]). A plugin that fails to load (missing symbol, ABI mismatch, bad
+//! table) is reported with its file name and skipped: the host keeps serving every other
+//! architecture. Plugins are never unloaded, so the `Library` handles are leaked on purpose and
+//! every pointer they export stays valid.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +42,9 @@ pub struct Plugin {
     pub config: Vec<(String, String)>,
     /// Conditional GGUF claims (GGUF architecture, metadata key pattern): see [`RfMetaClaim`].
     pub meta_claims: Vec<(String, String)>,
+    /// The table's `abi_version` and `struct_size` as the plugin reported them.
+    pub abi_version: u32,
+    pub table_size: u32,
     pub(crate) build: unsafe extern "C" fn(host: *const rocmforge_abi::RfHostV1, arch: rocmforge_abi::RfStr) -> i32,
 }
 
@@ -61,28 +70,73 @@ pub struct LoadFailure {
     pub error: String,
 }
 
-/// Every plugin found.
+/// A plugin file not loaded because an earlier plugin has the same name.
+#[derive(Debug, Clone)]
+pub struct Shadowed {
+    pub name: String,
+    pub path: PathBuf,
+    /// The earlier plugin's file.
+    pub by: PathBuf,
+}
+
+/// Several plugins claiming one architecture: the first in precedence order serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The architecture name (GGUF `general.architecture`, or an HF `architectures` entry).
+    pub arch: String,
+    /// Whether `arch` is an HF architecture name.
+    pub hf: bool,
+    /// Indices into [`Registry::plugins`], winner first.
+    pub claimants: Vec<usize>,
+}
+
+/// Every plugin found, in precedence order.
 #[derive(Debug, Default)]
 pub struct Registry {
     pub plugins: Vec<Plugin>,
     pub failures: Vec<LoadFailure>,
+    pub shadowed: Vec<Shadowed>,
 }
 
-fn copy_str(s: rocmforge_abi::RfStr, path: &Path, what: &str) -> Result<String, RuntimeError> {
-    // SAFETY: plugin tables are 'static (ABI contract) and the library is never unloaded.
-    unsafe { s.as_str() }
-        .map(str::to_string)
-        .ok_or_else(|| RuntimeError::Plugin { path: path.to_path_buf(), what: format!("{what} is not UTF-8") })
+/// Copy a string out of a plugin's table, checking what can be checked (null with a length, an
+/// absurd length, UTF-8).
+///
+/// # Safety
+/// `s` must be null/empty or point to `s.len` readable bytes (the ABI: static data of a library
+/// that is never unloaded). The bytes are copied, so nothing borrowed outlives the call.
+unsafe fn copy_str(s: rocmforge_abi::RfStr, path: &Path, what: &str) -> Result<String, RuntimeError> {
+    let err = |w: String| RuntimeError::Plugin { path: path.to_path_buf(), what: format!("{what}: {w}") };
+    if s.len > 0 && s.ptr.is_null() {
+        return Err(err(format!("null pointer with length {}", s.len)));
+    }
+    if s.len > 1 << 16 {
+        return Err(err(format!("string of {} bytes (a garbage length?)", s.len)));
+    }
+    // SAFETY: non-null (or empty) with a bounded length; readable per the caller's contract.
+    unsafe { s.as_str() }.map(str::to_string).ok_or_else(|| err("not UTF-8".into()))
 }
 
-fn slice<T>(ptr: *const T, n: usize, path: &Path, what: &str) -> Result<&'static [T], RuntimeError> {
+/// View a table of a plugin (`n` entries at `ptr`) after checking null, size and alignment.
+///
+/// # Safety
+/// A non-null, aligned `ptr` with `n` in bounds must point to `n` initialised `T` that stay valid
+/// and unmodified for the rest of the process: plugin tables are static data and the library is
+/// never unloaded, which is what makes the returned `'static` lifetime sound.
+unsafe fn slice<T>(ptr: *const T, n: usize, path: &Path, what: &str) -> Result<&'static [T], RuntimeError> {
     if n == 0 {
         return Ok(&[]);
     }
-    if ptr.is_null() || n > 1 << 20 {
-        return Err(RuntimeError::Plugin { path: path.to_path_buf(), what: format!("{what}: bad table ({n} entries)") });
+    let bad = |w: String| RuntimeError::Plugin { path: path.to_path_buf(), what: format!("{what}: bad table ({w})") };
+    if ptr.is_null() {
+        return Err(bad(format!("null pointer with {n} entries")));
     }
-    // SAFETY: the plugin promises `n` valid 'static entries at `ptr`; the library stays loaded.
+    if n > 1 << 20 {
+        return Err(bad(format!("{n} entries")));
+    }
+    if (ptr as usize) % std::mem::align_of::<T>() != 0 {
+        return Err(bad(format!("pointer {ptr:p} is not aligned to {} bytes", std::mem::align_of::<T>())));
+    }
+    // SAFETY: checked non-null, aligned and bounded; valid and 'static per the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, n) })
 }
 
@@ -131,7 +185,8 @@ impl Plugin {
                 // SAFETY: struct_size covers both appended fields (checked just above).
                 let (ptr, n) =
                     unsafe { (std::ptr::addr_of!((*table).meta_claims).read(), std::ptr::addr_of!((*table).n_meta_claims).read()) };
-                slice(ptr, n, path, "meta claims")?
+                // SAFETY: the plugin's own table (ABI: static, never unloaded).
+                unsafe { slice(ptr, n, path, "meta claims")? }
             } else {
                 &[]
             };
@@ -151,40 +206,45 @@ impl Plugin {
                 std::ptr::addr_of!((*table).n_config).read(),
             )
         };
-        let archs = slice(t_archs, t_n_archs, path, "architectures")?
+        // SAFETY (every `slice` and `copy_str` below): the pointers come from the plugin's own
+        // table, which the ABI requires to be static data of a library that is never unloaded.
+        let cs = |s, what: &str| unsafe { copy_str(s, path, what) };
+        let archs = unsafe { slice(t_archs, t_n_archs, path, "architectures")? }
             .iter()
-            .map(|a| Ok((copy_str(a.gguf_arch, path, "arch")?, copy_str(a.hf_arch, path, "arch")?)))
+            .map(|a| Ok((cs(a.gguf_arch, "arch")?, cs(a.hf_arch, "arch")?)))
             .collect::<Result<Vec<_>, RuntimeError>>()?;
-        let tensors = slice(t_tensors, t_n_tensors, path, "tensor table")?
+        let tensors = unsafe { slice(t_tensors, t_n_tensors, path, "tensor table")? }
             .iter()
             .map(|t| {
                 Ok(TensorMapEntry {
-                    gguf: copy_str(t.gguf, path, "tensor name")?,
-                    hf: copy_str(t.hf, path, "tensor name")?,
+                    gguf: cs(t.gguf, "tensor name")?,
+                    hf: cs(t.hf, "tensor name")?,
                     optional: t.flags & rocmforge_abi::tensor_flags::OPTIONAL != 0,
                     transform: t.transform,
                 })
             })
             .collect::<Result<Vec<_>, RuntimeError>>()?;
-        let config = slice(t_config, t_n_config, path, "config table")?
+        let config = unsafe { slice(t_config, t_n_config, path, "config table")? }
             .iter()
-            .map(|c| Ok((copy_str(c.gguf, path, "config key")?, copy_str(c.hf, path, "config key")?)))
+            .map(|c| Ok((cs(c.gguf, "config key")?, cs(c.hf, "config key")?)))
             .collect::<Result<Vec<_>, RuntimeError>>()?;
         let meta_claims = meta_claims_raw
             .iter()
-            .map(|c| Ok((copy_str(c.gguf_arch, path, "meta claim arch")?, copy_str(c.key, path, "meta claim key")?)))
+            .map(|c| Ok((cs(c.gguf_arch, "meta claim arch")?, cs(c.key, "meta claim key")?)))
             .collect::<Result<Vec<_>, RuntimeError>>()?;
         if archs.is_empty() {
             return Err(err("plugin claims no architecture".into()));
         }
         Ok(Plugin {
-            name: copy_str(t_name, path, "name")?,
-            version: copy_str(t_version, path, "version")?,
+            name: cs(t_name, "name")?,
+            version: cs(t_version, "version")?,
             path: path.to_path_buf(),
             archs,
             tensors,
             config,
             meta_claims,
+            abi_version: ver,
+            table_size: size,
             build,
         })
     }
@@ -263,6 +323,7 @@ impl Registry {
                     Ok(pl) => {
                         if let Some(dup) = reg.plugins.iter().find(|q| q.name == pl.name) {
                             tracing::debug!("plugin '{}' at {} shadowed by {}", pl.name, f.display(), dup.path.display());
+                            reg.shadowed.push(Shadowed { name: pl.name.clone(), path: f.clone(), by: dup.path.clone() });
                             continue;
                         }
                         tracing::debug!("loaded plugin '{}' from {}", pl.name, f.display());
@@ -320,6 +381,30 @@ impl Registry {
             }
         }
         Err(RuntimeError::UnknownArch { arch: hf.to_string(), available: self.available() })
+    }
+
+    /// Architectures claimed by more than one plugin, sorted by name; in each, the claimants in
+    /// precedence order (the first serves the architecture). Conditional GGUF claims are not
+    /// conflicts: they serve only the files whose metadata matches, ahead of plain claims.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        let mut map: std::collections::BTreeMap<(bool, String), Vec<usize>> = Default::default();
+        for (i, p) in self.plugins.iter().enumerate() {
+            let mut mine: Vec<(bool, &str)> = p
+                .gguf_archs()
+                .filter(|a| !p.meta_claims.iter().any(|(c, _)| c == a))
+                .map(|a| (false, a))
+                .chain(p.hf_archs().map(|a| (true, a)))
+                .collect();
+            mine.sort();
+            mine.dedup();
+            for (hf, a) in mine {
+                map.entry((hf, a.to_string())).or_default().push(i);
+            }
+        }
+        let mut v: Vec<Conflict> =
+            map.into_iter().filter(|(_, c)| c.len() > 1).map(|((hf, arch), claimants)| Conflict { arch, hf, claimants }).collect();
+        v.sort_by(|a, b| (&a.arch, a.hf).cmp(&(&b.arch, b.hf)));
+        v
     }
 
     /// Every architecture name served, sorted.

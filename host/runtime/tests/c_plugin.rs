@@ -50,6 +50,10 @@ struct Plugins {
     fail_build: PathBuf,
     null_build: PathBuf,
     rope_mode1: PathBuf,
+    attn_slot7: PathBuf,
+    null_out: PathBuf,
+    /// The good plugin under another name ("tinyc_b"): claims the same architectures.
+    other_name: PathBuf,
     /// A directory with a good plugin, two broken ones and an unrelated file.
     mixed_dir: PathBuf,
     work: PathBuf,
@@ -93,6 +97,9 @@ fn plugins() -> &'static Plugins {
             fail_build: work.join("librocmforge_plugin_tinyc_failbuild.so"),
             null_build: work.join("librocmforge_plugin_tinyc_nullbuild.so"),
             rope_mode1: work.join("librocmforge_plugin_tinyc_ropemode1.so"),
+            attn_slot7: work.join("librocmforge_plugin_tinyc_attnslot7.so"),
+            null_out: work.join("librocmforge_plugin_tinyc_nullout.so"),
+            other_name: work.join("librocmforge_plugin_tinyc_b.so"),
             mixed_dir: mixed_dir.clone(),
             work,
         };
@@ -103,6 +110,9 @@ fn plugins() -> &'static Plugins {
         cc_plugin(&p.fail_build, &["-DTINYC_FAIL_BUILD"]);
         cc_plugin(&p.null_build, &["-DTINYC_NULL_BUILD"]);
         cc_plugin(&p.rope_mode1, &["-DTINYC_ROPE_MODE=1"]);
+        cc_plugin(&p.attn_slot7, &["-DTINYC_ATTN_SLOT7=4096"]);
+        cc_plugin(&p.null_out, &["-DTINYC_NULL_OUT"]);
+        cc_plugin(&p.other_name, &["-DTINYC_NAME=\"tinyc_b\""]);
         cc_plugin(&mixed_dir.join("librocmforge_plugin_tinyc.so"), &[]);
         cc_plugin(&mixed_dir.join("librocmforge_plugin_zz_abi99.so"), &["-DTINYC_ABI_VERSION=99"]);
         cc_plugin(&mixed_dir.join("broken.rfplugin.so"), &["-DTINYC_NO_ENTRY"]);
@@ -624,7 +634,7 @@ fn undefined_rope_mode_is_a_graph_error() {
     match build(&reg, &model) {
         Err(RuntimeError::Graph { node, what }) => {
             assert_eq!(node, "blk.0.attn_q_rope");
-            assert!(what.contains("rope mode 1 is not supported"), "{what}");
+            assert!(what.contains("ROPE iparams[3] (rope mode) = 1 is not supported by this host"), "{what}");
         }
         Err(e) => panic!("expected a Graph error, got {e:?}"),
         Ok(g) => panic!("the graph was accepted ({} nodes)", g.nodes.len()),
@@ -672,5 +682,164 @@ fn plugin_side_metadata_errors_surface_with_their_message() {
             Err(RuntimeError::PluginBuild { what, .. }) => assert_eq!(what, want, "case {name}"),
             other => panic!("case {name}: expected PluginBuild, got {other:?}"),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ABI v1 hardening: unknown slots, bad pointers, concurrent builds.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn op_setting_a_slot_the_host_does_not_read_is_refused_by_name() {
+    // A plugin built for a newer host (say, with a chunked-attention size in ATTENTION's last
+    // free integer slot) must fail here instead of silently computing full attention.
+    let reg = Registry::from_paths(&[plugins().attn_slot7.clone()]);
+    assert!(reg.failures.is_empty(), "{:?}", reg.failures);
+    let (model, _) = good_model();
+    match build(&reg, &model) {
+        Err(e @ RuntimeError::Graph { .. }) => {
+            let msg = e.to_string();
+            let RuntimeError::Graph { node, what } = e else { unreachable!() };
+            assert_eq!(node, "blk.0.attn");
+            assert!(what.starts_with("ATTENTION iparams[7] = 4096: this host does not read it for this op"), "{what}");
+            assert!(msg.contains("blk.0.attn") && msg.contains("unused slots must be 0"), "{msg}");
+        }
+        Err(e) => panic!("expected a Graph error, got {e:?}"),
+        Ok(g) => panic!("the graph was accepted ({} nodes)", g.nodes.len()),
+    }
+    // The host keeps running: the good plugin still builds and runs the same model.
+    build(&load_good_registry(), &model).expect("good plugin after a refused one");
+}
+
+#[test]
+fn null_out_pointer_is_an_error_naming_plugin_callback_and_argument() {
+    let p = plugins();
+    let reg = Registry::from_paths(std::slice::from_ref(&p.null_out));
+    let (model, _) = good_model();
+    match build(&reg, &model) {
+        Err(e @ RuntimeError::PluginCallback { .. }) => {
+            let msg = e.to_string();
+            let RuntimeError::PluginCallback { plugin, path, callback, what } = e else { unreachable!() };
+            assert_eq!((plugin.as_str(), callback, what.as_str()), ("tinyc", "op", "`out` is a null pointer"));
+            assert_eq!(path, p.null_out);
+            assert!(msg.contains(&p.null_out.display().to_string()), "{msg}");
+        }
+        other => panic!("expected PluginCallback, got {other:?}"),
+    }
+    build(&load_good_registry(), &model).expect("good plugin after a refused one");
+}
+
+#[test]
+fn concurrent_builds_of_several_models_from_threads() {
+    // The model manager may load several models at once: builds of the same plugin run on
+    // several threads, each with its own context. Models of 1, 2 and 3 layers are built 8 times
+    // each from 6 threads at once; every graph must have exactly its own model's node count
+    // (a context shared between builds would mix nodes of different models).
+    let reg = load_good_registry();
+    let models: Vec<(usize, PathBuf)> = (1..=3)
+        .map(|n_layer| {
+            let hp = Hp { n_layer, ..HP };
+            (n_layer, model_file(&format!("threads_{n_layer}"), &metadata(&hp, "tinyc"), &random_tensors(&hp, n_layer as u64)))
+        })
+        .collect();
+    let srcs: Vec<(usize, ModelSource)> = models.iter().map(|(n, p)| (*n, ModelSource::open(p, &reg).expect("open"))).collect();
+    let plugin = reg.for_gguf_arch("tinyc").expect("tinyc");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                let srcs = &srcs;
+                s.spawn(move || {
+                    for i in 0..8 {
+                        let (n_layer, src) = &srcs[(t + i) % srcs.len()];
+                        let g = build_graph(plugin, src).expect("concurrent build");
+                        assert_eq!(g.nodes.len(), 2 + 24 * n_layer + 5, "thread {t}, build {i}, {n_layer} layers");
+                        assert_eq!(g.layers.len(), *n_layer);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("builder thread");
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Precedence, conflicts and `rocmforge plugins check` (rocmforge_runtime::plugin_check).
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn first_plugin_in_search_order_serves_a_contested_architecture() {
+    let p = plugins();
+    for (order, winner) in [([&p.good, &p.other_name], "tinyc"), ([&p.other_name, &p.good], "tinyc_b")] {
+        let reg = Registry::from_paths(&order.map(|f| f.to_path_buf()));
+        assert!(reg.failures.is_empty(), "{:?}", reg.failures);
+        assert_eq!(reg.for_gguf_arch("tinyc").expect("served").name, winner);
+        assert_eq!(reg.for_hf_arch("TinyCForCausalLM").expect("served").0.name, winner);
+        let conflicts = reg.conflicts();
+        let got: Vec<(&str, bool, Vec<&str>)> = conflicts
+            .iter()
+            .map(|c| (c.arch.as_str(), c.hf, c.claimants.iter().map(|&i| reg.plugins[i].name.as_str()).collect()))
+            .collect();
+        let loser = if winner == "tinyc" { "tinyc_b" } else { "tinyc" };
+        assert_eq!(got, vec![("TinyCForCausalLM", true, vec![winner, loser]), ("tinyc", false, vec![winner, loser])]);
+    }
+}
+
+#[test]
+fn same_name_later_on_the_search_path_is_shadowed_and_reported() {
+    let p = plugins();
+    let reg = Registry::from_paths(&[p.good.clone(), p.mixed_dir.clone()]);
+    assert_eq!(reg.plugins.len(), 1);
+    assert_eq!(reg.shadowed.len(), 1, "{:?}", reg.shadowed);
+    assert_eq!(reg.shadowed[0].name, "tinyc");
+    assert_eq!(reg.shadowed[0].by, p.good);
+    assert!(reg.conflicts().is_empty(), "a shadowed file is not loaded, so it claims nothing");
+}
+
+#[test]
+fn plugins_check_builds_and_runs_a_synthetic_model_and_reports_conflicts() {
+    use rocmforge_runtime::plugin_check;
+    let p = plugins();
+    let installed = Registry::from_paths(&[p.good.clone(), p.other_name.clone()]);
+    let r = plugin_check::check(&p.other_name, &installed, None).expect("check");
+    assert_eq!((r.plugin.name.as_str(), r.plugin.abi_version), ("tinyc_b", 1));
+    assert_eq!(r.plugin.table_size as usize, std::mem::size_of::<rocmforge_abi::RfPluginV1>());
+    assert_eq!(r.builds.len(), 1);
+    let b = &r.builds[0];
+    let s = b.result.as_ref().expect("synthetic build");
+    assert_eq!((b.arch.as_str(), b.model.as_str()), ("tinyc", "synthetic"));
+    assert_eq!((s.layers, s.output_cols, s.embedding), (plugin_check::N_LAYER, plugin_check::N_VOCAB, false));
+    assert_eq!(s.nodes, 2 + 24 * plugin_check::N_LAYER + 5);
+    assert!(r.ok());
+    let gguf = r.conflicts.iter().find(|c| !c.hf).expect("gguf conflict");
+    assert_eq!((gguf.arch.as_str(), gguf.wins), ("tinyc", Some(false)));
+    assert_eq!(gguf.others, vec![("tinyc".to_string(), p.good.clone())]);
+    // The same file when it is not on the search path: no verdict, still a conflict.
+    let r = plugin_check::check(&p.other_name, &Registry::from_paths(&[p.good.clone()]), None).expect("check");
+    assert!(r.conflicts.iter().all(|c| c.wins.is_none()) && r.conflicts.len() == 2, "{:?}", r.conflicts);
+}
+
+#[test]
+fn plugins_check_with_a_real_model_and_with_a_broken_plugin() {
+    use rocmforge_runtime::plugin_check;
+    let p = plugins();
+    let (model, _) = good_model();
+    let r = plugin_check::check(&p.good, &Registry::default(), Some(&model)).expect("check");
+    assert!(r.ok(), "{:?}", r.builds);
+    assert_eq!(r.builds[0].model, model.display().to_string());
+    // A plugin passing a null pointer: the check fails with the callback and argument named.
+    let r = plugin_check::check(&p.null_out, &Registry::default(), None).expect("loads");
+    assert!(!r.ok());
+    let err = r.builds[0].result.as_ref().unwrap_err();
+    assert!(err.contains("host callback op: `out` is a null pointer"), "{err}");
+    // A plugin setting a slot this host does not read: named in the check too.
+    let r = plugin_check::check(&p.attn_slot7, &Registry::default(), None).expect("loads");
+    let err = r.builds[0].result.as_ref().unwrap_err();
+    assert!(err.contains("graph node 'blk.0.attn': ATTENTION iparams[7] = 4096"), "{err}");
+    // Not a plugin at all: an error naming the file.
+    match plugin_check::check(&p.no_entry, &Registry::default(), None) {
+        Err(e) => assert!(e.to_string().contains("rocmforge_plugin_v1") && e.to_string().contains(&p.no_entry.display().to_string())),
+        Ok(r) => panic!("loaded {}", r.plugin.name),
     }
 }

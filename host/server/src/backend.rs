@@ -91,12 +91,29 @@ pub trait Backend: Send + Sync + 'static {
     fn reset_prefix_cache(&self) -> BoxFuture<'_, Option<bool>> {
         Box::pin(async { None })
     }
+    /// The KV cache's element type, None when the backend has no such choice.
+    fn kv_cache_type(&self) -> Option<rocmforge_engine::KvCacheType> {
+        None
+    }
 }
 
 /// Loads a model file (GGUF or HF directory) into a [`Backend`]; blocking (called in
 /// `spawn_blocking`).
 pub trait Loader: Send + Sync + 'static {
     fn load(&self, path: &std::path::Path, n_ctx: Option<usize>) -> Result<Arc<dyn Backend>, BackendError>;
+    /// [`load`](Self::load) with a KV cache element type (None: the loader's default). A loader
+    /// without KV cache types refuses any, rather than ignore it.
+    fn load_kv(
+        &self,
+        path: &std::path::Path,
+        n_ctx: Option<usize>,
+        kv_cache_type: Option<rocmforge_engine::KvCacheType>,
+    ) -> Result<Arc<dyn Backend>, BackendError> {
+        match kv_cache_type {
+            None => self.load(path, n_ctx),
+            Some(t) => Err(BackendError::Invalid(format!("kv cache type {t} is not supported by this backend"))),
+        }
+    }
 }
 
 #[cfg(any(test, feature = "fake-backend"))]

@@ -92,6 +92,10 @@ impl Backend for EngineBackend {
     fn reset_prefix_cache(&self) -> BoxFuture<'_, Option<bool>> {
         Box::pin(async move { self.engine.reset_prefix_cache().await.ok() })
     }
+
+    fn kv_cache_type(&self) -> Option<rocmforge_engine::KvCacheType> {
+        Some(self.engine.model().kv_cache_type())
+    }
 }
 
 /// Loads models through the plugin registry into engines.
@@ -102,12 +106,29 @@ pub struct EngineLoader {
     pub kv: rocmforge_engine::KvBudget,
     /// Where models run (None: `ROCMFORGE_DEVICE`, else the CPU).
     pub device: Option<rocmforge_runtime::exec::Device>,
+    /// KV cache element type when a request does not name one (None: `ROCMFORGE_KV_CACHE_TYPE`
+    /// / `OLLAMA_KV_CACHE_TYPE`, else f16).
+    pub kv_cache_type: Option<rocmforge_engine::KvCacheType>,
 }
 
 impl Loader for EngineLoader {
     fn load(&self, path: &Path, n_ctx: Option<usize>) -> Result<Arc<dyn Backend>, BackendError> {
-        let opts =
-            LoadOptions { n_ctx, kv: self.kv, device: self.device.clone(), max_batch_tokens: self.config.scheduler.max_num_batched_tokens };
+        self.load_kv(path, n_ctx, None)
+    }
+
+    fn load_kv(
+        &self,
+        path: &Path,
+        n_ctx: Option<usize>,
+        kv_cache_type: Option<rocmforge_engine::KvCacheType>,
+    ) -> Result<Arc<dyn Backend>, BackendError> {
+        let opts = LoadOptions {
+            n_ctx,
+            kv: self.kv,
+            device: self.device.clone(),
+            max_batch_tokens: self.config.scheduler.max_num_batched_tokens,
+            kv_cache_type: kv_cache_type.or(self.kv_cache_type),
+        };
         let model = Model::load(path, &self.registry, &opts).map_err(map_err)?;
         let src = model.source();
         let n_embd = src.meta(&format!("{}.embedding_length", model.arch())).and_then(|v| v.as_u64()).unwrap_or(0) as usize;

@@ -35,6 +35,17 @@ pub async fn lease_resolved(
     st.mgr.acquire(r, num_ctx, keep_alive).await.map_err(|e| ApiError::from(e).in_dialect(d))
 }
 
+/// [`lease_resolved`] with every load option of the request (`num_ctx`, `kv_cache_type`).
+pub async fn lease_load(
+    st: &Shared,
+    r: &Resolved,
+    load: &crate::options::LoadOptions,
+    keep_alive: Option<KeepAlive>,
+    d: Dialect,
+) -> Result<Lease, ApiError> {
+    st.mgr.acquire_kv(r, load.num_ctx, load.kv_cache_type, keep_alive).await.map_err(|e| ApiError::from(e).in_dialect(d))
+}
+
 /// A submitted request.
 pub struct Job {
     pub lease: Lease,

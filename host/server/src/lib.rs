@@ -27,6 +27,7 @@ pub mod ollama;
 pub mod ollama_admin;
 pub mod openai;
 pub mod options;
+pub mod pull;
 pub mod toolcall;
 pub mod wire;
 
@@ -110,6 +111,9 @@ pub struct AppState {
     pub cfg: ServerConfig,
     pub mgr: Arc<Manager>,
     pub metrics: Metrics,
+    /// Where `/api/pull` fetches from (`ROCMFORGE_REGISTRY_URL`, `ROCMFORGE_HF_ENDPOINT` /
+    /// `HF_ENDPOINT`; tests point it at a local server).
+    pub pull: rocmforge_store::pull::Endpoints,
 }
 
 pub type Shared = Arc<AppState>;
@@ -214,7 +218,7 @@ pub fn router(st: Shared) -> Router {
         .route("/api/create", post(ollama_admin::create))
         .route("/api/copy", post(ollama_admin::copy))
         .route("/api/delete", delete(ollama_admin::delete))
-        .route("/api/pull", post(ollama_admin::pull))
+        .route("/api/pull", post(pull::pull))
         .route("/api/push", post(ollama_admin::push))
         .route("/api/blobs/{digest}", head(ollama_admin::blob_head).post(ollama_admin::blob_post))
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -255,7 +259,7 @@ pub fn state(cfg: ServerConfig, loader: Arc<dyn backend::Loader>) -> Shared {
     mgr.default_keep_alive = cfg.keep_alive;
     mgr.default_ctx = cfg.default_ctx;
     mgr.max_loaded = cfg.max_loaded;
-    Arc::new(AppState { cfg, mgr: Arc::new(mgr), metrics: Metrics::default() })
+    Arc::new(AppState { cfg, mgr: Arc::new(mgr), metrics: Metrics::default(), pull: rocmforge_store::pull::Endpoints::from_env() })
 }
 
 async fn shutdown_signal() {

@@ -340,6 +340,18 @@ impl Manager {
         num_ctx: Option<usize>,
         keep_alive: Option<KeepAlive>,
     ) -> Result<Lease, ManagerError> {
+        self.acquire_kv(r, num_ctx, None, keep_alive).await
+    }
+
+    /// [`acquire`](Self::acquire) asking for a KV cache element type: a resident model of
+    /// another type is reloaded (as for a larger `num_ctx`); None takes whatever is loaded.
+    pub async fn acquire_kv(
+        self: &Arc<Self>,
+        r: &Resolved,
+        num_ctx: Option<usize>,
+        kv_cache_type: Option<rocmforge_engine::KvCacheType>,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<Lease, ManagerError> {
         let keep_alive = keep_alive.unwrap_or(self.default_keep_alive);
         let t0 = Instant::now();
         let gate = lock(&self.loading).entry(r.key.clone()).or_default().clone();
@@ -349,7 +361,8 @@ impl Manager {
         let model = match existing {
             // A larger context than loaded needs a reload; smaller requests run on what is there.
             Some(m)
-                if want_ctx.is_none_or(|c| c <= m.backend.facts().n_ctx || m.backend.facts().n_ctx >= m.backend.facts().n_ctx_train) =>
+                if want_ctx.is_none_or(|c| c <= m.backend.facts().n_ctx || m.backend.facts().n_ctx >= m.backend.facts().n_ctx_train)
+                    && kv_cache_type.is_none_or(|t| m.backend.kv_cache_type().is_none_or(|have| have == t)) =>
             {
                 m
             }
@@ -363,11 +376,12 @@ impl Manager {
                 let loader = self.loader.clone();
                 let path = r.path.clone();
                 tracing::info!("loading {} from {}", r.name, path.display());
-                let backend = tokio::task::spawn_blocking(move || loader.load(&path, want_ctx))
+                let backend = tokio::task::spawn_blocking(move || loader.load_kv(&path, want_ctx, kv_cache_type))
                     .await
                     .map_err(|e| ManagerError::Load { name: r.name.clone(), error: e.to_string() })?
                     .map_err(|e: BackendError| ManagerError::Load { name: r.name.clone(), error: e.to_string() })?;
-                tracing::info!("loaded {} (n_ctx {}) in {:.2?}", r.name, backend.facts().n_ctx, t0.elapsed());
+                let kv = backend.kv_cache_type().map_or(String::new(), |t| format!(", kv cache {t}"));
+                tracing::info!("loaded {} (n_ctx {}{kv}) in {:.2?}", r.name, backend.facts().n_ctx, t0.elapsed());
                 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
                 let m = Arc::new(Resident {
                     id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

@@ -287,7 +287,7 @@ pub async fn generate(State(st): State<Shared>, body: Bytes) -> Result<Response,
     }
     let thinking = check_think(&r, &req.model, &think)?;
     let opts = native_options(&r, req.options.as_ref(), req.logprobs, req.top_logprobs)?;
-    let lease = gen::lease_resolved(&st, &r, opts.load.num_ctx, ka, D).await?;
+    let lease = gen::lease_load(&st, &r, &opts.load, ka, D).await?;
     let b = lease.model.backend.clone();
     if b.facts().is_embedding {
         return Err(ApiError::bad_request(format!("\"{}\" does not support generate", req.model)));
@@ -716,7 +716,7 @@ pub async fn chat(State(st): State<Shared>, body: Bytes) -> Result<Response, Api
     }
     let thinking = check_think(&r, &req.model, &think)?;
     let opts = native_options(&r, req.options.as_ref(), req.logprobs, req.top_logprobs)?;
-    let lease = gen::lease_resolved(&st, &r, opts.load.num_ctx, ka, D).await?;
+    let lease = gen::lease_load(&st, &r, &opts.load, ka, D).await?;
     let b = lease.model.backend.clone();
     if b.facts().is_embedding {
         return Err(ApiError::bad_request(format!("\"{}\" does not support chat", req.model)));

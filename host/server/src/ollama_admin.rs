@@ -1,12 +1,11 @@
 //! Ollama's model management routes over the store: `/api/create`, `/api/copy`, `/api/delete`,
-//! `/api/pull`, `/api/push` and the blob endpoints.
+//! `/api/push` and the blob endpoints.
 //!
 //! `create` takes its weights from (our extension first) `from` = a path to a GGUF file on the
 //! server's disk, `from` = a model name (store, `--model`, `--models-dir`), or `files` = uploaded
 //! blobs (what the `ollama` CLI and Open WebUI send); progress is NDJSON like Ollama's.
 //! `quantize` (e.g. `q4_K_M`) quantizes an unquantized source GGUF into the new model.
-//! `pull` needs a registry, which this server cannot reach: it says so clearly (a model that is
-//! already present is reported as up to date). `push` is not supported.
+//! `pull` lives in `pull.rs` (registry and Hugging Face downloads). `push` is not supported.
 //!
 //! Invariants: every name and digest is validated by the store before it touches a path;
 //! uploads are hashed while written and only kept under their verified digest.
@@ -299,39 +298,6 @@ pub async fn delete(State(st): State<Shared>, body: Bytes) -> Result<Response, A
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(empty_ok())
-}
-
-#[derive(Deserialize)]
-struct PullReq {
-    #[serde(default)]
-    model: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    stream: Option<bool>,
-}
-
-pub async fn pull(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
-    let req: PullReq = parse_body(&body, D)?;
-    let name = name_of(&req.model, &req.name)?;
-    let present = st.mgr.store.find(&name).is_some();
-    let lines: Vec<Json> = if present {
-        vec![json!({"status": "pulling manifest"}), json!({"status": "success"})]
-    } else {
-        let msg = format!(
-            "pull model manifest: cannot reach {} from this server (no registry access); copy the GGUF file here and use `rocmforge create {} -f Modelfile` (FROM ./file.gguf) or /api/create",
-            name.host,
-            name.display_shortest()
-        );
-        if !req.stream.unwrap_or(true) {
-            return Err(ApiError::new(StatusCode::BAD_GATEWAY, crate::error::Kind::Server, msg));
-        }
-        vec![json!({"status": "pulling manifest"}), json!({"error": msg})]
-    };
-    if !req.stream.unwrap_or(true) {
-        return Ok(json_response(lines.last().unwrap_or(&json!({"status": "success"}))));
-    }
-    Ok(ndjson(futures_util::stream::iter(lines)))
 }
 
 pub async fn push(body: Bytes) -> Result<Response, ApiError> {

@@ -231,7 +231,7 @@ pub async fn chat_completions(State(st): State<Shared>, body: Bytes) -> Result<R
     let ka = KeepAlive::parse(req.sampling.keep_alive.as_ref()).map_err(|e| e.in_dialect(D))?;
     let r = st.mgr.resolve(&req.model).map_err(|e| ApiError::from(e).in_dialect(D))?;
     let pre_opts = req.sampling.options(&r, usize::MAX)?;
-    let lease = gen::lease_resolved(&st, &r, pre_opts.load.num_ctx, ka, D).await?;
+    let lease = gen::lease_load(&st, &r, &pre_opts.load, ka, D).await?;
     let b = lease.model.backend.clone();
     if b.facts().is_embedding {
         return Err(ApiError::bad_request(format!("\"{}\" does not support chat", req.model)).in_dialect(D));
@@ -650,7 +650,7 @@ pub async fn completions(State(st): State<Shared>, body: Bytes) -> Result<Respon
     let ka = KeepAlive::parse(req.sampling.keep_alive.as_ref()).map_err(|e| e.in_dialect(D))?;
     let r = st.mgr.resolve(&req.model).map_err(|e| ApiError::from(e).in_dialect(D))?;
     let pre = req.sampling.options(&r, usize::MAX)?;
-    let lease = gen::lease_resolved(&st, &r, pre.load.num_ctx, ka, D).await?;
+    let lease = gen::lease_load(&st, &r, &pre.load, ka, D).await?;
     let b = lease.model.backend.clone();
     let mut opts = req.sampling.options(&r, b.facts().n_vocab)?;
     if let Some(k) = req.logprobs {

@@ -20,6 +20,8 @@ use crate::error::ApiError;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LoadOptions {
     pub num_ctx: Option<usize>,
+    /// `kv_cache_type` (f16, q8_0, fp8): a model loaded with another type is reloaded.
+    pub kv_cache_type: Option<rocmforge_engine::KvCacheType>,
 }
 
 /// Everything an Ollama `options` map (or a dialect's flat fields) sets for one generation.
@@ -100,6 +102,10 @@ pub fn apply_option(o: &mut GenOptions, key: &str, v: &Json) -> Result<bool, Api
     let s = &mut o.sampling;
     match key {
         "num_ctx" => o.load.num_ctx = count(want_int(key, v)?).filter(|&n| n > 0),
+        "kv_cache_type" => {
+            let s = v.as_str().ok_or_else(|| ApiError::bad_request(format!("option \"{key}\" must be of type string")))?;
+            o.load.kv_cache_type = Some(s.parse().map_err(|e| ApiError::bad_request(format!("option \"{key}\": {e}")))?);
+        }
         // -1: no limit; -2: until the context is full (both: the engine's context bound).
         "num_predict" => o.max_tokens = count(want_int(key, v)?),
         "seed" => {
@@ -348,6 +354,12 @@ mod tests {
     #[test]
     fn option_type_errors() {
         let mut o = GenOptions::new(SamplingParams::ollama_defaults());
+        apply_options(&mut o, Some(&json!({"kv_cache_type": "Q8_0"}))).unwrap();
+        assert_eq!(o.load.kv_cache_type, Some(rocmforge_engine::KvCacheType::Q8_0));
+        let e = apply_options(&mut o, Some(&json!({"kv_cache_type": "q4_0"}))).unwrap_err();
+        assert_eq!(e.message, "option \"kv_cache_type\": kv cache type 'q4_0' is not supported: use f16|q8_0|fp8");
+        let e = apply_options(&mut o, Some(&json!({"kv_cache_type": 8}))).unwrap_err();
+        assert_eq!(e.message, "option \"kv_cache_type\" must be of type string");
         let e = apply_options(&mut o, Some(&json!({"num_ctx": "big"}))).unwrap_err();
         assert_eq!(e.message, "option \"num_ctx\" must be of type integer");
         assert!(apply_options(&mut o, Some(&json!({"stop": [1]}))).is_err());

@@ -417,3 +417,27 @@ async fn no_panics_on_odd_bodies() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ollama_kv_cache_type_option() {
+    let (app, _d) = app();
+    // An unknown type (or Ollama's q4_0, which we do not implement) is a 400 naming the valid ones.
+    for (path, body) in [
+        ("/api/generate", r#"{"model":"fake","prompt":"x","options":{"kv_cache_type":"q4_0"}}"#),
+        ("/api/chat", r#"{"model":"fake","messages":[{"role":"user","content":"x"}],"options":{"kv_cache_type":"int4"}}"#),
+    ] {
+        let (st, _, b) = call(&app, "POST", path, body).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{path} {body}: {b}");
+        let e = serde_json::from_str::<Json>(&b).unwrap()["error"].as_str().unwrap().to_string();
+        assert!(e.contains("kv_cache_type") && e.contains("f16|q8_0|fp8"), "{e}");
+    }
+    let (st, _, b) = call(&app, "POST", "/api/generate", r#"{"model":"fake","prompt":"x","options":{"kv_cache_type":1}}"#).await;
+    assert_eq!((st, b.as_str()), (StatusCode::BAD_REQUEST, r#"{"error":"option \"kv_cache_type\" must be of type string"}"#));
+    // A valid type reaches the loader: this fake loader has no KV cache types and refuses it,
+    // naming the type (the engine loader is exercised by tests/kv_cache_types.rs and the CLI).
+    let (st, _, b) = call(&app, "POST", "/api/generate", r#"{"model":"fake","prompt":"x","options":{"kv_cache_type":"q8_0"}}"#).await;
+    assert!(st.is_server_error() && b.contains("kv cache type q8_0 is not supported by this backend"), "{st} {b}");
+    // Without the option the model loads and answers as before.
+    let (st, _, _) = call(&app, "POST", "/api/generate", r#"{"model":"fake","prompt":"x","stream":false}"#).await;
+    assert_eq!(st, StatusCode::OK);
+}

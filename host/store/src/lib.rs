@@ -15,11 +15,15 @@
 //! * `delete` removes the manifest and only the blobs no other manifest references (what Ollama
 //!   does); there is no background pruning (Ollama's store may be shared with a running Ollama).
 //!
+//! `pull` (module [`pull`]) fills the store from an Ollama registry or Hugging Face through the
+//! same blob and manifest writing (blobs verified before they are committed, manifest last).
+//!
 //! Modelled on Ollama's `server/images.go` and `manifest/` (layout, media types, config blob);
 //! our own code.
 
 pub mod discover;
 pub mod name;
+pub mod pull;
 
 use std::collections::HashSet;
 use std::fs;
@@ -150,6 +154,8 @@ pub struct CreateSpec {
 pub enum CreateBase<'a> {
     /// A blob already in the store (uploaded through `/api/blobs`), by digest.
     Blob(&'a str),
+    /// A blob this process just wrote and hashed (a pull): not hashed a second time.
+    VerifiedBlob(&'a str),
     /// A model already in the store: its layers are reused.
     Model(&'a StoredModel),
 }
@@ -404,15 +410,21 @@ impl Store {
     }
 
     fn write_manifest(&self, name: &ModelName, m: &Manifest) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(m).map_err(|e| StoreError::BadManifest { name: name.display_shortest(), message: e.to_string() })?;
+        self.write_manifest_bytes(name, &bytes)
+    }
+
+    /// Write a manifest's bytes as they are (a pulled manifest keeps the registry's digest);
+    /// atomically, through a temporary file.
+    pub(crate) fn write_manifest_bytes(&self, name: &ModelName, bytes: &[u8]) -> Result<(), StoreError> {
         // A differently-cased existing manifest is replaced, not duplicated.
         let name = self.find(name).unwrap_or_else(|| name.clone());
         let path = self.manifests_dir().join(name.manifest_rel_path());
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         let tmp = self.tmp_path(&dir);
-        let bytes = serde_json::to_vec(m).map_err(|e| StoreError::BadManifest { name: name.display_shortest(), message: e.to_string() })?;
         let mut f = fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io(format!("writing {}", tmp.display())))?;
+        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io(format!("writing {}", tmp.display())))?;
         fs::rename(&tmp, &path).map_err(io(format!("renaming to {}", path.display())))
     }
 
@@ -428,16 +440,18 @@ impl Store {
         let mut layers: Vec<Layer> = Vec::new();
         let inherited: Option<&StoredModel> = match &base {
             CreateBase::Model(m) => Some(m),
-            CreateBase::Blob(_) => None,
+            CreateBase::Blob(_) | CreateBase::VerifiedBlob(_) => None,
         };
         let (model_layer, config) = match &base {
-            CreateBase::Blob(d) => {
+            CreateBase::Blob(d) | CreateBase::VerifiedBlob(d) => {
                 let d = parse_digest(d)?;
                 let p = self.blob_path(&d)?;
                 if !p.is_file() {
                     return Err(StoreError::BlobNotFound(d));
                 }
-                self.verify_blob(&d)?;
+                if matches!(base, CreateBase::Blob(_)) {
+                    self.verify_blob(&d)?;
+                }
                 let size = fs::metadata(&p).map_err(io(format!("reading {}", p.display())))?.len();
                 let info = rocmforge_model::info::ModelInfo::open(&p)
                     .map_err(|e| StoreError::BadModelFile { path: p.clone(), message: e.to_string() })?;
@@ -523,6 +537,12 @@ impl Store {
             }
             dir = d.parent().map(Path::to_path_buf);
         }
+        self.remove_unreferenced(std::iter::once(&m.manifest.config.digest).chain(m.manifest.layers.iter().map(|l| &l.digest)));
+        Ok(())
+    }
+
+    /// Remove those of `digests` that no manifest references any more; returns how many went.
+    pub fn remove_unreferenced<'a>(&self, digests: impl IntoIterator<Item = &'a String>) -> usize {
         let mut used: HashSet<String> = HashSet::new();
         for n in self.names() {
             if let Ok(o) = self.read(n) {
@@ -530,14 +550,15 @@ impl Store {
                 used.extend(o.manifest.layers.iter().map(|l| l.digest.clone()));
             }
         }
-        for d in std::iter::once(&m.manifest.config.digest).chain(m.manifest.layers.iter().map(|l| &l.digest)) {
+        let mut removed = 0;
+        for d in digests {
             if !used.contains(d) {
                 if let Ok(p) = self.blob_path(d) {
-                    let _ = fs::remove_file(p);
+                    removed += usize::from(fs::remove_file(p).is_ok());
                 }
             }
         }
-        Ok(())
+        removed
     }
 }
 

@@ -1,6 +1,6 @@
 //! The CPU backend: runs a [`Plan`] with the kernels of `rocmforge_cpu` (runtime-dispatched
-//! SIMD) over an f32 activation arena and an f16 paged KV cache (`rocmforge_cpu::KvCache`,
-//! `[layer][block][slot][head][dim]`).
+//! SIMD) over an f32 activation arena and a paged KV cache (`rocmforge_cpu::KvCache`,
+//! `[layer][block][slot][head][dim]`, elements f16 by default, or q8_0 / fp8 E4M3).
 //!
 //! Arena: `peak_cols × row_cap` floats, sized at construction for the largest batch the caller
 //! announced and grown (reallocated) only if a bigger batch arrives; node `i` of a batch of
@@ -12,7 +12,7 @@
 //! Row-wise ops are split over the thread pool by rows; every row is computed exactly as it
 //! would be alone, so the bits never depend on the split.
 
-use rocmforge_cpu::{AttnParams, KvCache, RopeParams, ThreadPool};
+use rocmforge_cpu::{AttnParams, KvCache, KvCacheType, RopeParams, ThreadPool};
 use rocmforge_quant::GgmlType;
 
 use super::Backend;
@@ -86,7 +86,14 @@ pub struct CpuBackend {
 impl CpuBackend {
     /// Load the graph's weights from `src` (f32 copies of element-wise ones), allocate the KV
     /// cache and an arena for batches of up to `max_batch_tokens` tokens.
-    pub fn new(g: &Graph, p: &Plan, src: &ModelSource, kv_cfg: KvConfig, max_batch_tokens: usize) -> Result<CpuBackend, RuntimeError> {
+    pub fn new(
+        g: &Graph,
+        p: &Plan,
+        src: &ModelSource,
+        kv_cfg: KvConfig,
+        kv_type: KvCacheType,
+        max_batch_tokens: usize,
+    ) -> Result<CpuBackend, RuntimeError> {
         let mut weights: Vec<Option<WeightSlot>> = Vec::with_capacity(g.nodes.len());
         for (i, node) in g.nodes.iter().enumerate() {
             if let Op::Weight { tensor } = &node.op {
@@ -115,7 +122,9 @@ impl CpuBackend {
                 what: "layers with different KV geometry are not supported yet".into(),
             });
         }
-        let kv = KvCache::new(g.layers.len(), geo.n_head_kv, geo.head_dim_k, geo.head_dim_v, kv_cfg.block_size, kv_cfg.n_blocks);
+        let kv =
+            KvCache::with_type(kv_type, g.layers.len(), geo.n_head_kv, geo.head_dim_k, geo.head_dim_v, kv_cfg.block_size, kv_cfg.n_blocks)
+                .map_err(|e| RuntimeError::KvCache(e.to_string()))?;
         let mut be = CpuBackend { weights, arena: Vec::new(), row_cap: 0, peak_cols: p.peak_cols, kv, kv_cfg, pool: ThreadPool::global() };
         be.ensure_rows(max_batch_tokens.max(1));
         Ok(be)
