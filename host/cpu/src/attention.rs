@@ -75,6 +75,20 @@ pub struct AttnParams {
     pub softcap: Option<f32>,
 }
 
+/// Key positions `lo..hi` a query at `q_pos` may attend to in a sequence of `seq_len` cached
+/// tokens: causal (up to itself) or all, narrowed by the sliding window.
+pub(crate) fn key_range(params: &AttnParams, q_pos: usize, seq_len: usize) -> (usize, usize) {
+    let mut lo = 0;
+    let mut hi = if params.causal { q_pos + 1 } else { seq_len };
+    if let Some(w) = params.sliding_window {
+        lo = (q_pos + 1).saturating_sub(w);
+        if !params.causal {
+            hi = hi.min(q_pos + w);
+        }
+    }
+    (lo, hi)
+}
+
 impl Default for AttnParams {
     fn default() -> Self {
         AttnParams { scale: None, causal: true, sliding_window: None, softcap: None }
@@ -377,15 +391,7 @@ pub fn attention_isa(
             }
             for item in c * chunk..((c + 1) * chunk).min(n_items) {
                 let (t, h) = (item / n_head, item % n_head);
-                let q_pos = pos_start + t;
-                let mut lo = 0;
-                let mut hi = if params.causal { q_pos + 1 } else { seq_len };
-                if let Some(w) = params.sliding_window {
-                    lo = (q_pos + 1).saturating_sub(w);
-                    if !params.causal {
-                        hi = hi.min(q_pos + w);
-                    }
-                }
+                let (lo, hi) = key_range(params, pos_start + t, seq_len);
                 let qh = &q[(t * n_head + h) * dk..(t * n_head + h + 1) * dk];
                 // SAFETY: (t, h) is inside out (n_tokens x n_head x dv, checked above) and each
                 // item is handled by exactly one thread.

@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rocmforge_quant::f16_to_f32;
 
+use crate::attention::key_range;
 use crate::error::CpuError;
 use crate::pool::ThreadPool;
 use crate::qmatmul::SyncPtr;
@@ -313,15 +314,7 @@ pub(crate) fn attention_rows(
             }
             for item in ch * chunk..((ch + 1) * chunk).min(n_items) {
                 let (t, h) = (item / n_head, item % n_head);
-                let q_pos = pos_start + t;
-                let mut lo = 0;
-                let mut hi = if params.causal { q_pos + 1 } else { seq_len };
-                if let Some(w) = params.sliding_window {
-                    lo = (q_pos + 1).saturating_sub(w);
-                    if !params.causal {
-                        hi = hi.min(q_pos + w);
-                    }
-                }
+                let (lo, hi) = key_range(params, pos_start + t, seq_len);
                 let qh = &q[(t * n_head + h) * dk..(t * n_head + h + 1) * dk];
                 // SAFETY: (t, h) is inside out (n_tokens x n_head x dv, checked by the caller)
                 // and each item is handled by exactly one thread.
