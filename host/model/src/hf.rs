@@ -417,6 +417,19 @@ impl HfModelDir {
                 }
             }
         }
+        // Quark's packed MXFP6 `U8` weights take their FP6 dtype and logical shape (see `crate::mxfp6`).
+        let names: std::collections::HashSet<String> = entries.iter().map(|e| e.tensor.name.clone()).collect();
+        for e in &mut entries {
+            let has_scale = names.contains(&format!("{}_scale", e.tensor.name));
+            match crate::mxfp6::quark_packed(&config, &e.tensor, has_scale) {
+                None => {}
+                Some(Ok((dtype, shape))) => (e.tensor.dtype, e.tensor.shape) = (dtype, shape),
+                Some(Err(what)) => {
+                    let path = shards_path(&shards, e.shard).to_path_buf();
+                    return Err(ModelError::BadTensor { path, tensor: e.tensor.name.clone(), what });
+                }
+            }
+        }
         entries.sort_by(|a, b| a.tensor.name.cmp(&b.tensor.name));
         let index = entries.iter().enumerate().map(|(i, e)| (e.tensor.name.clone(), i)).collect();
         Ok(HfModelDir { dir, config, tokenizer_json, tokenizer_config, generation_config, chat_template, shards, entries, index })
@@ -496,8 +509,9 @@ impl HfModelDir {
         })
     }
 
-    /// The tensor converted to `f32` (from F32, F16, BF16, or FP8 E4M3 / E5M2 times its scales,
-    /// see `crate::fp8`); any other dtype is `UnsupportedDtype` naming the tensor and its dtype.
+    /// The tensor converted to `f32` (from F32, F16, BF16, FP8 E4M3 / E5M2 times its scales,
+    /// see `crate::fp8`, or MXFP6 E2M3 / E3M2 times its E8M0 block scales, see `crate::mxfp6`);
+    /// any other dtype is `UnsupportedDtype` naming the tensor and its dtype.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         let e = self.entry(name)?;
         let bytes = self.tensor_bytes(name)?;
@@ -507,6 +521,8 @@ impl HfModelDir {
             HfDtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             // FP8 with its `_scale` / `_scale_inv` companion, if any (see `crate::fp8`).
             HfDtype::F8E4M3 | HfDtype::F8E5M2 => crate::fp8::dequantize(self, &e.tensor, bytes)?,
+            // MXFP6 (E2M3 / E3M2 in 32-blocks) with its E8M0 `_scale` companion (see `crate::mxfp6`).
+            HfDtype::Other(ref s) if s == "F6_E2M3" || s == "F6_E3M2" => crate::mxfp6::dequantize(self, &e.tensor, bytes)?,
             ref other => {
                 return Err(ModelError::UnsupportedDtype {
                     path: self.shards[e.shard].path.clone(),

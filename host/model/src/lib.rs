@@ -11,6 +11,7 @@ pub mod fp8;
 pub mod gguf;
 pub mod hf;
 pub mod info;
+pub mod mxfp6;
 pub mod quantize;
 pub mod torch_bin;
 pub use error::ModelError;
