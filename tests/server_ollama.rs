@@ -406,3 +406,77 @@ fn create_quantizes_an_unquantized_source() {
     assert!(v["error"].as_str().unwrap().contains("Q4_K_M"), "{v}");
     assert!(!s.get_json("/api/tags")["models"].as_array().unwrap().iter().any(|m| m["name"] == "bad:latest"));
 }
+
+/// [T-CREATE-02] `/api/create` `from` a Hugging Face directory on the server's disk: converted to
+/// an F16 GGUF (Ollama's default for safetensors imports) or to `quantize`'s type, with Ollama's
+/// progress lines, then listed, shown and served. A path that is neither a GGUF nor an HF
+/// directory, a directory without `config.json` or weights, and an architecture no plugin
+/// serves are 400s naming the problem, and register nothing.
+#[test]
+fn create_converts_a_hugging_face_directory() {
+    let fixtures = server_util::repo().join("tests/fixtures");
+    // tiny-llama-hf: a llama checkpoint with a tokenizer.json, so the result can generate.
+    let hf = fixtures.join("tiny-llama-hf");
+    let s = Server::start(&[]);
+    let (st, _, body) = s.post("/api/create", &json!({"model": "hfllama", "from": hf.display().to_string()}));
+    assert_eq!(st, 200, "{body}");
+    let lines = ndjson_lines(&body);
+    let statuses: Vec<&str> = lines.iter().filter_map(|l| l["status"].as_str()).collect();
+    assert_eq!(statuses.first(), Some(&"converting model"), "{body}");
+    assert!(statuses.contains(&"quantizing F32 model to F16"), "{body}");
+    assert!(
+        statuses.iter().any(|s| s.starts_with("using existing layer sha256:") || s.starts_with("creating new layer sha256:")),
+        "{body}"
+    );
+    assert!(statuses.contains(&"writing manifest"), "{body}");
+    assert_eq!(lines.last().unwrap()["status"], "success", "{body}");
+    let last_progress = lines.iter().rev().find(|l| l.get("total").is_some()).expect("progress with totals");
+    assert_eq!(last_progress["completed"], last_progress["total"], "{body}");
+    assert!(s.get_json("/api/tags")["models"].as_array().unwrap().iter().any(|m| m["name"] == "hfllama:latest"));
+    let (st, v) = s.json("/api/show", &json!({"model": "hfllama"}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["details"]["quantization_level"], "F16", "{v}");
+    assert_eq!(v["details"]["family"], "llama", "{v}");
+    assert_eq!(v["model_info"]["general.architecture"], "llama", "{v}");
+    let (st, v) = s.json(
+        "/api/generate",
+        &json!({"model": "hfllama", "prompt": "Hello world", "stream": false, "options": {"num_predict": 4, "temperature": 0}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(v["eval_count"].as_u64().is_some_and(|n| (1..=4).contains(&n)), "{v}");
+
+    // `quantize` picks the type (hf-tiny/llama: no tokenizer, so not generated with).
+    let (st, v) = s.json(
+        "/api/create",
+        &json!({"model": "hfq8", "from": fixtures.join("hf-tiny/llama").display().to_string(), "quantize": "q8_0", "stream": false}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = s.json("/api/show", &json!({"model": "hfq8"}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["details"]["quantization_level"], "Q8_0", "{v}");
+
+    // Bad directories: 400 naming what is wrong, nothing registered.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let no_weights = dir.path().join("no-weights");
+    std::fs::create_dir(&no_weights).unwrap();
+    std::fs::copy(hf.join("config.json"), no_weights.join("config.json")).unwrap();
+    let unknown = dir.path().join("unknown-arch");
+    std::fs::create_dir(&unknown).unwrap();
+    std::fs::copy(hf.join("model.safetensors"), unknown.join("model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(hf.join("config.json")).unwrap()).unwrap();
+    cfg["architectures"] = json!(["BananaForCausalLM"]);
+    std::fs::write(unknown.join("config.json"), cfg.to_string()).unwrap();
+    for (from, want) in [
+        (hf.join("config.json"), "neither a GGUF file nor a Hugging Face model directory"),
+        (empty, "no config.json"),
+        (no_weights, "no *.safetensors or pytorch_model*.bin"),
+        (unknown, "BananaForCausalLM"),
+    ] {
+        let (st, v) = s.json("/api/create", &json!({"model": "bad", "from": from.display().to_string()}));
+        assert_eq!(st, 400, "{}: {v}", from.display());
+        assert!(v["error"].as_str().unwrap().contains(want), "{}: {v}", from.display());
+    }
+    assert!(!s.get_json("/api/tags")["models"].as_array().unwrap().iter().any(|m| m["name"] == "bad:latest"));
+}

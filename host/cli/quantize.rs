@@ -5,48 +5,14 @@
 //! `tokenizer.json` becomes `tokenizer.ggml.*` keys (`rocmforge_tokenizer::hf_tokenizer_gguf_metadata`);
 //! a tokenizer it cannot convert fails the command, a missing one only warns.
 
-use std::borrow::Cow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use rocmforge_model::gguf::GgufValue;
-use rocmforge_model::quantize::{quantize_file, quantize_model, FileType, QuantInput, QuantizeOptions, QuantizeReport};
-use rocmforge_model::ModelError;
-use rocmforge_quant::GgmlType;
+use rocmforge_model::quantize::{quantize_file, quantize_model, FileType, QuantizeOptions, QuantizeReport};
 use rocmforge_runtime::{ModelSource, Registry};
-
-/// A model source (HF directory) seen as quantizer input, with the tokenizer metadata made from
-/// its `tokenizer.json`.
-struct SourceInput<'a>(&'a ModelSource, Vec<(String, GgufValue)>);
-
-impl QuantInput for SourceInput<'_> {
-    fn metadata(&self) -> Vec<(String, GgufValue)> {
-        let mut md = self.0.metadata();
-        // The tokenizer travels in the GGUF (llama.cpp and `run` build it from these keys).
-        md.extend(self.1.iter().filter(|(k, _)| !md.iter().any(|(m, _)| m == k)).cloned().collect::<Vec<_>>());
-        md
-    }
-    fn tensors(&self) -> Vec<(String, GgmlType, Vec<u64>)> {
-        self.0
-            .tensor_names()
-            .into_iter()
-            .filter_map(|n| self.0.tensor_info(&n).map(|(ty, d)| (n, ty, d.into_iter().map(|x| x as u64).collect())))
-            .collect()
-    }
-    fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
-        self.0.weight(name).and_then(|w| w.to_f32()).map_err(|e| ModelError::Other(e.to_string()))
-    }
-    fn arch(&self) -> Result<String, ModelError> {
-        Ok(self.0.arch().to_string())
-    }
-    fn tensor_raw(&self, _name: &str) -> Result<Option<Cow<'_, [u8]>>, ModelError> {
-        Ok(None)
-    }
-    fn source_path(&self) -> PathBuf {
-        self.0.path().to_path_buf()
-    }
-}
+// The HF directory as quantizer input: the same adapter `/api/create` converts with.
+use rocmforge_server::hf_import::HfInput;
 
 pub fn run(
     input: &Path,
@@ -83,7 +49,7 @@ pub fn run(
             tracing::warn!("{}: no tokenizer.json; the GGUF gets no tokenizer", input.display());
             Vec::new()
         };
-        quantize_model(&SourceInput(&src, tok), output, &opts, &progress)?
+        quantize_model(&HfInput { src, tokenizer: tok }, output, &opts, &progress)?
     } else {
         quantize_file(input, output, &opts, &progress)?
     };

@@ -114,6 +114,12 @@ pub trait Loader: Send + Sync + 'static {
             Some(t) => Err(BackendError::Invalid(format!("kv cache type {t} is not supported by this backend"))),
         }
     }
+
+    /// The plugin registry the loader opens models with, if it has one: `/api/create` converts
+    /// Hugging Face directories through it. None (the default): such creates are refused.
+    fn registry(&self) -> Option<&rocmforge_runtime::Registry> {
+        None
+    }
 }
 
 #[cfg(any(test, feature = "fake-backend"))]

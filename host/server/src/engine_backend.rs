@@ -112,6 +112,10 @@ pub struct EngineLoader {
 }
 
 impl Loader for EngineLoader {
+    fn registry(&self) -> Option<&Registry> {
+        Some(&self.registry)
+    }
+
     fn load(&self, path: &Path, n_ctx: Option<usize>) -> Result<Arc<dyn Backend>, BackendError> {
         self.load_kv(path, n_ctx, None)
     }

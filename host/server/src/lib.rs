@@ -20,6 +20,7 @@ pub mod describe;
 pub mod engine_backend;
 pub mod error;
 pub mod gen;
+pub mod hf_import;
 pub mod llama;
 pub mod manager;
 pub mod metrics;

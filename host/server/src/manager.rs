@@ -197,6 +197,11 @@ fn file_facts(path: &Path) -> (SystemTime, u64) {
 }
 
 impl Manager {
+    /// The loader's plugin registry (for converting Hugging Face directories), if it has one.
+    pub fn registry(&self) -> Option<&rocmforge_runtime::Registry> {
+        self.loader.registry()
+    }
+
     pub fn new(store: Store, discovered: Vec<Discovered>, aliases: Vec<(String, PathBuf)>, loader: Arc<dyn Loader>) -> Self {
         Manager {
             store,

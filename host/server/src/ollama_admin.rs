@@ -5,6 +5,9 @@
 //! server's disk, `from` = a model name (store, `--model`, `--models-dir`), or `files` = uploaded
 //! blobs (what the `ollama` CLI and Open WebUI send); progress is NDJSON like Ollama's.
 //! `quantize` (e.g. `q4_K_M`) quantizes an unquantized source GGUF into the new model.
+//! `from` may also name a Hugging Face model directory on the server's disk (`config.json` +
+//! safetensors / PyTorch weights): it is converted to a GGUF blob (`quantize`'s type, else F16,
+//! as Ollama imports safetensors) through the plugin registry (see `hf_import.rs`).
 //! `pull` lives in `pull.rs` (registry and Hugging Face downloads). `push` is not supported.
 //!
 //! Invariants: every name and digest is validated by the store before it touches a path;
@@ -15,7 +18,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use rocmforge_model::quantize::{quantize_file, FileType, QuantizeOptions};
+use rocmforge_model::quantize::{quantize_file, quantize_model, FileType, QuantizeOptions, QuantizeReport};
+use rocmforge_model::ModelError;
 use rocmforge_store::{CreateBase, CreateSpec, ModelName, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Map, Value as Json};
@@ -92,6 +96,8 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
         File(std::path::PathBuf),
         Blob(String),
         Model(ModelName),
+        /// A Hugging Face model directory to convert.
+        Hf(std::path::PathBuf),
     }
     let src = if let Some(files) = req.files.filter(|f| !f.is_empty()) {
         let digest = files
@@ -101,7 +107,7 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
             .and_then(|(_, v)| v.as_str().map(str::to_string))
             .ok_or_else(|| ApiError::bad_request("files must map file names to digests"))?;
         if files.len() > 1 && !files.keys().any(|k| k.to_ascii_lowercase().ends_with(".gguf")) {
-            return Err(ApiError::bad_request("creating from safetensors files is not supported: convert to GGUF first"));
+            return Err(ApiError::bad_request("creating from uploaded safetensors files is not supported: convert to GGUF first, or pass the Hugging Face directory on the server as 'from'"));
         }
         if !st.mgr.store.has_blob(&digest).map_err(|e| ApiError::bad_request(e.to_string()))? {
             return Err(ApiError::bad_request(format!("blob {digest} not found: upload it with POST /api/blobs/{digest} first")));
@@ -110,7 +116,14 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
     } else if let Some(from) = req.from.filter(|f| !f.trim().is_empty()) {
         let p = std::path::Path::new(&from);
         let looks_like_path = from.starts_with('/') || from.starts_with("./") || from.starts_with("../") || from.ends_with(".gguf");
-        if looks_like_path && p.is_file() {
+        if (looks_like_path || crate::hf_import::has_config(p)) && p.is_dir() {
+            Src::Hf(p.to_path_buf())
+        } else if looks_like_path && p.is_file() {
+            if !is_gguf(p) {
+                return Err(ApiError::bad_request(format!(
+                    "{from} is neither a GGUF file nor a Hugging Face model directory (config.json + *.safetensors)"
+                )));
+            }
             Src::File(p.to_path_buf())
         } else if looks_like_path && !p.exists() {
             return Err(ApiError::bad_request(format!("{from}: no such file on the server")));
@@ -122,13 +135,26 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
                 // A model known by --model / --models-dir: import its file.
                 let r = st.mgr.resolve(&from).map_err(ApiError::from)?;
                 if r.path.is_dir() {
-                    return Err(ApiError::bad_request("creating from a Hugging Face directory is not supported: convert it to GGUF first"));
+                    Src::Hf(r.path)
+                } else {
+                    Src::File(r.path)
                 }
-                Src::File(r.path)
             }
         }
     } else {
         return Err(ApiError::bad_request("neither 'from' or 'files' was specified"));
+    };
+    // A Hugging Face directory is opened (config, architecture, weights, tokenizer) before the
+    // response starts: what is wrong with it is a 400, and nothing is registered.
+    let hf = match &src {
+        Src::Hf(dir) => {
+            let (mgr, dir) = (st.mgr.clone(), dir.clone());
+            let opened = tokio::task::spawn_blocking(move || crate::hf_import::open(&dir, mgr.registry()))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Some(opened.map_err(ApiError::bad_request)?)
+        }
+        _ => None,
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Json>();
     let mgr = st.mgr.clone();
@@ -137,6 +163,19 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
         let send = |s: String| {
             let _ = tx.send(json!({ "status": s }));
         };
+        if let Some(input) = hf {
+            // Ollama's safetensors import: `converting model`, the conversion's progress, then
+            // the layers and manifest as any create.
+            send("converting model".into());
+            let ftype = quantize.unwrap_or(FileType::F16);
+            let path = input.src.path().to_path_buf();
+            let from = input.source_type();
+            let digest =
+                quantize_into_store(store, &path, &from, ftype, &tx, |out, opts, progress| quantize_model(&input, out, opts, progress))?;
+            store.create(&name, CreateBase::Blob(&digest), &spec, send)?;
+            let _ = tx.send(json!({ "status": "success" }));
+            return Ok(());
+        }
         if let Some(ftype) = quantize {
             // The source GGUF on disk; a store model also hands down its template, system
             // prompt, parameters and messages (the quantized file becomes a new blob).
@@ -154,8 +193,11 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
                         message: format!("{} has no model layer to quantize", n.display_shortest()),
                     })?
                 }
+                Src::Hf(_) => unreachable!("converted above"),
             };
-            let digest = quantize_into_store(store, &path, ftype, &tx)?;
+            let from = gguf_file_type(&path)?;
+            let digest =
+                quantize_into_store(store, &path, &from, ftype, &tx, |out, opts, progress| quantize_file(&path, out, opts, progress))?;
             send("parsing GGUF".into());
             store.create(&name, CreateBase::Blob(&digest), &spec, send)?;
             let _ = tx.send(json!({ "status": "success" }));
@@ -175,6 +217,7 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
                 let base = store.get(&n)?;
                 store.create(&name, CreateBase::Model(&base), &spec, send)?;
             }
+            Src::Hf(_) => unreachable!("converted above"),
         }
         let _ = tx.send(json!({ "status": "success" }));
         Ok(())
@@ -200,24 +243,39 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
     Ok(ndjson(progress.chain(tail)))
 }
 
-/// Quantize the GGUF at `path` to `ftype` into a temporary file, import it as a blob (its digest
-/// returned) and remove the temporary. Progress goes to `tx` as Ollama's
+/// Whether the file at `p` starts with the GGUF magic.
+fn is_gguf(p: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(p).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+}
+
+/// The name of a GGUF's `general.file_type` (`F16`, ...; `source` when it has none).
+fn gguf_file_type(path: &std::path::Path) -> Result<String, StoreError> {
+    let f = rocmforge_model::gguf::GgufFile::open(path)
+        .map_err(|e| StoreError::BadModelFile { path: path.to_path_buf(), message: e.to_string() })?;
+    Ok(f.get("general.file_type")
+        .and_then(|v| v.as_u64())
+        .and_then(|id| FileType::ALL.iter().find(|t| t.id() as u64 == id))
+        .map_or("source", |t| t.name())
+        .to_string())
+}
+
+/// Quantize the model at `path` (a GGUF, or an HF directory; `from` names its type) to `ftype`
+/// with `run` into a temporary file, import it as a blob (its digest returned) and remove the
+/// temporary. Progress goes to `tx` as Ollama's
 /// `{"status": "quantizing F16 model to Q4_K_M", "total": n, "completed": i}` lines. As in
 /// Ollama, only unquantized sources (F32 / F16 / BF16 tensors) are accepted: quantizing an
 /// already quantized model compounds its error (the quantizer refuses, naming the tensor).
 fn quantize_into_store(
     store: &rocmforge_store::Store,
     path: &std::path::Path,
+    from: &str,
     ftype: FileType,
     tx: &tokio::sync::mpsc::UnboundedSender<Json>,
+    run: impl FnOnce(&std::path::Path, &QuantizeOptions, &(dyn Fn(usize, usize, &str) + Sync)) -> Result<QuantizeReport, ModelError>,
 ) -> Result<String, StoreError> {
     let bad = |message: String| StoreError::BadModelFile { path: path.to_path_buf(), message };
-    let from = rocmforge_model::gguf::GgufFile::open(path)
-        .map_err(|e| bad(e.to_string()))?
-        .get("general.file_type")
-        .and_then(|v| v.as_u64())
-        .and_then(|id| FileType::ALL.iter().find(|t| t.id() as u64 == id))
-        .map_or("source", |t| t.name());
     let status = format!("quantizing {from} model to {}", ftype.name());
     let _ = tx.send(json!({ "status": status }));
     let tmp = std::env::temp_dir().join(format!("rocmforge-quantize-{}-{}.gguf", std::process::id(), rand_suffix()));
@@ -225,7 +283,7 @@ fn quantize_into_store(
         let _ = tx.send(json!({ "status": status, "digest": "0", "total": n, "completed": i }));
     };
     let opts = QuantizeOptions::new(ftype);
-    let result = quantize_file(path, &tmp, &opts, &progress).map_err(|e| bad(format!("quantizing to {}: {e}", ftype.name())));
+    let result = run(&tmp, &opts, &progress).map_err(|e| bad(format!("quantizing to {}: {e}", ftype.name())));
     let imported = result.and_then(|_| store.import_file(&tmp));
     let _ = std::fs::remove_file(&tmp);
     Ok(imported?.0)
