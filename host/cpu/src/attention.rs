@@ -89,6 +89,60 @@ pub(crate) fn key_range(params: &AttnParams, q_pos: usize, seq_len: usize) -> (u
     (lo, hi)
 }
 
+/// The query rows of one attention call: token t, head h reads
+/// `q[(t * n_head + h) * dk..][..dk]`, attends with KV head `h / group` over [`key_range`], and
+/// writes `out[(t * n_head + h) * dv..][..dv]`. Shared by the f16 and the quantized caches.
+pub(crate) struct QueryRows<'a> {
+    pub q: &'a [f32],
+    pub n_tokens: usize,
+    pub n_head: usize,
+    pub group: usize,
+    pub dk: usize,
+    pub dv: usize,
+    pub pos_start: usize,
+    pub params: &'a AttnParams,
+}
+
+impl QueryRows<'_> {
+    /// Run `row(scratch, kv_head, q_row, lo, hi, out_row)` for every (token, head) on the pool's
+    /// threads, pulled in small chunks; each thread keeps one `B` scratch. `out` must hold
+    /// n_tokens x n_head x dv values (checked by the callers).
+    pub fn run<B: Default>(
+        &self,
+        pool: &ThreadPool,
+        out: &mut [f32],
+        row: impl Fn(&mut B, usize, &[f32], usize, usize, &mut [f32]) + Sync,
+    ) {
+        let (n_head, dk, dv) = (self.n_head, self.dk, self.dv);
+        debug_assert!(out.len() >= self.n_tokens * n_head * dv);
+        let seq_len = self.pos_start + self.n_tokens;
+        let n_items = self.n_tokens * n_head;
+        // Items are (token, head) rows; a handful per claim keeps the counter cheap.
+        let chunk = (n_items / (pool.n_threads() * 8)).clamp(1, 16);
+        let n_chunks = n_items.div_ceil(chunk);
+        let next = AtomicUsize::new(0);
+        let op = SyncPtr(out.as_mut_ptr());
+        pool.run_dynamic(|_, _| {
+            let mut bufs = B::default();
+            loop {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                if c >= n_chunks {
+                    break;
+                }
+                for item in c * chunk..((c + 1) * chunk).min(n_items) {
+                    let (t, h) = (item / n_head, item % n_head);
+                    let (lo, hi) = key_range(self.params, self.pos_start + t, seq_len);
+                    let qh = &self.q[(t * n_head + h) * dk..(t * n_head + h + 1) * dk];
+                    // SAFETY: (t, h) is inside out (n_tokens x n_head x dv, checked by the
+                    // callers) and each item is handled by exactly one thread.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(op.get().add((t * n_head + h) * dv), dv) };
+                    row(&mut bufs, h / self.group, qh, lo, hi, dst);
+                }
+            }
+        });
+    }
+}
+
 impl Default for AttnParams {
     fn default() -> Self {
         AttnParams { scale: None, causal: true, sliding_window: None, softcap: None }
@@ -367,12 +421,6 @@ pub fn attention_isa(
         scale,
         softcap: params.softcap,
     };
-    let n_items = n_tokens * n_head;
-    // Items are (token, head) rows; a handful per claim keeps the counter cheap.
-    let chunk = (n_items / (pool.n_threads() * 8)).clamp(1, 16);
-    let n_chunks = n_items.div_ceil(chunk);
-    let next = AtomicUsize::new(0);
-    let op = SyncPtr(out.as_mut_ptr());
     // llama.cpp runs tinyBLAS for the f16 attention matmuls when the batch has two or more
     // tokens and the summed dimension is a multiple of 16 (and the output rows a multiple of 4),
     // else `ggml_vec_dot_f16`; we follow it (module header).
@@ -382,24 +430,8 @@ pub fn attention_isa(
         if tiny && dk.is_multiple_of(16) { DotOrder::Tiny } else { DotOrder::VecDot },
         if tiny && dv.is_multiple_of(4) { DotOrder::Tiny } else { DotOrder::VecDot },
     );
-    pool.run_dynamic(|_, _| {
-        let mut bufs = RowBufs::default();
-        loop {
-            let c = next.fetch_add(1, Ordering::Relaxed);
-            if c >= n_chunks {
-                break;
-            }
-            for item in c * chunk..((c + 1) * chunk).min(n_items) {
-                let (t, h) = (item / n_head, item % n_head);
-                let (lo, hi) = key_range(params, pos_start + t, seq_len);
-                let qh = &q[(t * n_head + h) * dk..(t * n_head + h + 1) * dk];
-                // SAFETY: (t, h) is inside out (n_tokens x n_head x dv, checked above) and each
-                // item is handled by exactly one thread.
-                let dst = unsafe { std::slice::from_raw_parts_mut(op.get().add((t * n_head + h) * dv), dv) };
-                attn_row(isa, &ctx, h / group, qh, lo, hi, orders, &mut bufs, dst);
-            }
-        }
-    });
+    let rows = QueryRows { q, n_tokens, n_head, group, dk, dv, pos_start, params };
+    rows.run(pool, out, |bufs: &mut RowBufs, g, qh, lo, hi, dst| attn_row(isa, &ctx, g, qh, lo, hi, orders, bufs, dst));
     Ok(())
 }
 

@@ -42,14 +42,11 @@
 //! fixed order, so the AVX2, AVX-512, NEON and scalar builds of the row (one portable body
 //! compiled per ISA, as `attention.rs` does) give the same bits; the tests compare them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use rocmforge_quant::f16_to_f32;
 
-use crate::attention::key_range;
+use crate::attention::QueryRows;
 use crate::error::CpuError;
 use crate::pool::ThreadPool;
-use crate::qmatmul::SyncPtr;
 use crate::simd::Isa;
 use crate::AttnParams;
 
@@ -297,32 +294,8 @@ pub(crate) fn attention_rows(
     params: &AttnParams,
     out: &mut [f32],
 ) {
-    let (dk, dv) = (c.dk, c.dv);
-    let group = n_head / c.n_kv;
-    let seq_len = pos_start + n_tokens;
-    let n_items = n_tokens * n_head;
-    let chunk = (n_items / (pool.n_threads() * 8)).clamp(1, 16);
-    let n_chunks = n_items.div_ceil(chunk);
-    let next = AtomicUsize::new(0);
-    let op = SyncPtr(out.as_mut_ptr());
-    pool.run_dynamic(|_, _| {
-        let mut bufs = QBufs::default();
-        loop {
-            let ch = next.fetch_add(1, Ordering::Relaxed);
-            if ch >= n_chunks {
-                break;
-            }
-            for item in ch * chunk..((ch + 1) * chunk).min(n_items) {
-                let (t, h) = (item / n_head, item % n_head);
-                let (lo, hi) = key_range(params, pos_start + t, seq_len);
-                let qh = &q[(t * n_head + h) * dk..(t * n_head + h + 1) * dk];
-                // SAFETY: (t, h) is inside out (n_tokens x n_head x dv, checked by the caller)
-                // and each item is handled by exactly one thread.
-                let dst = unsafe { std::slice::from_raw_parts_mut(op.get().add((t * n_head + h) * dv), dv) };
-                qrow(isa, c, h / group, qh, lo, hi, &mut bufs, dst);
-            }
-        }
-    });
+    let rows = QueryRows { q, n_tokens, n_head, group: n_head / c.n_kv, dk: c.dk, dv: c.dv, pos_start, params };
+    rows.run(pool, out, |bufs: &mut QBufs, g, qh, lo, hi, dst| qrow(isa, c, g, qh, lo, hi, bufs, dst));
 }
 
 #[allow(clippy::too_many_arguments)]
