@@ -47,9 +47,13 @@ fn pull_from_local_registry_and_hub_then_generate() {
         .expect("run rocmforge pull");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    for want in ["pulling manifest", "pulling ", "100%", "verifying sha256 digest", "writing manifest", "success"] {
+    for want in ["pulling manifest", "100%", "verifying sha256 digest", "writing manifest", "success"] {
         assert!(err.contains(want), "{want:?} missing from {err}");
     }
+    // A per-blob line: "pulling " and the blob's 12 hex digits (not only "pulling manifest").
+    let blob_line =
+        err.lines().any(|l| l.split("pulling ").nth(1).is_some_and(|r| r.len() >= 12 && r[..12].bytes().all(|b| b.is_ascii_hexdigit())));
+    assert!(blob_line, "no per-blob progress line in {err}");
     let (st, v) = s.json("/api/chat", &json!({"model": "hf.co/org/SmolLM2-GGUF:q4_1", "messages": [{"role": "user", "content": "Hi"}], "stream": false, "options": {"num_predict": 4}}));
     assert_eq!(st, 200, "{v}");
     assert!(v["message"]["content"].is_string(), "{v}");

@@ -478,7 +478,7 @@ struct RowBufs {
 
 /// `_mm512_reduce_add_ps` as GCC implements it: (hi8 + lo8), (hi4 + lo4), then (0+2) + (1+3).
 #[inline(always)]
-fn reduce16(a: &[f32; 16]) -> f32 {
+pub(crate) fn reduce16(a: &[f32; 16]) -> f32 {
     let t: [f32; 8] = std::array::from_fn(|i| a[8 + i] + a[i]);
     let s: [f32; 4] = std::array::from_fn(|i| t[4 + i] + t[i]);
     (s[0] + s[2]) + (s[1] + s[3])

@@ -44,7 +44,7 @@
 
 use rocmforge_quant::f16_to_f32;
 
-use crate::attention::QueryRows;
+use crate::attention::{reduce16, QueryRows};
 use crate::error::CpuError;
 use crate::pool::ThreadPool;
 use crate::simd::Isa;
@@ -147,40 +147,8 @@ pub fn f32_to_e4m3(x: f32) -> u8 {
     sign | ((e as u8) << 3) | m as u8
 }
 
-/// E4M3FN bits -> f32 (exact).
-pub fn e4m3_to_f32(b: u8) -> f32 {
-    E4M3_LUT[b as usize]
-}
-
-const fn e4m3_decode(b: u8) -> f32 {
-    let e = ((b >> 3) & 0xF) as i32;
-    let m = (b & 7) as f32;
-    let v = if e == 0 && m == 0.0 {
-        0.0
-    } else if e == 15 && b & 7 == 7 {
-        f32::NAN
-    } else if e == 0 {
-        m / 512.0
-    } else {
-        // (1 + m/8) * 2^(e-7), built from the f32 exponent field (e - 7 + 127 in 121..=135).
-        (1.0 + m / 8.0) * f32::from_bits(((e + 120) as u32) << 23)
-    };
-    if b & 0x80 != 0 {
-        -v
-    } else {
-        v
-    }
-}
-
-static E4M3_LUT: [f32; 256] = {
-    let mut t = [0f32; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = e4m3_decode(i as u8);
-        i += 1;
-    }
-    t
-};
+/// E4M3FN bits -> f32 (exact; one table shared with the FP8 weight loader).
+pub use rocmforge_quant::fp::e4m3_to_f32;
 
 /// Quantize one row `x` (len a multiple of the type's block) into `dst` (`ty.row_bytes`).
 pub(crate) fn quantize_row(ty: KvCacheType, x: &[f32], inv_scale: f32, dst: &mut [u8]) {
@@ -220,7 +188,7 @@ pub(crate) fn dequantize_row(ty: KvCacheType, src: &[u8], scale: f32, out: &mut 
         }
         KvCacheType::Fp8E4M3 => {
             for (o, &b) in out.iter_mut().zip(src) {
-                *o = E4M3_LUT[b as usize] * scale;
+                *o = e4m3_to_f32(b) * scale;
             }
         }
         KvCacheType::F16 => {
@@ -336,14 +304,6 @@ unsafe fn qrow_avx512(c: &QCtx<'_>, g: usize, q: &[f32], lo: usize, hi: usize, b
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn qrow_avx2(c: &QCtx<'_>, g: usize, q: &[f32], lo: usize, hi: usize, b: &mut QBufs, out: &mut [f32]) {
     qrow_body(c, g, q, lo, hi, b, out)
-}
-
-/// 16-lane fold as `_mm512_reduce_add_ps` (the same fold as `attention::reduce16`).
-#[inline(always)]
-fn reduce16(a: &[f32; 16]) -> f32 {
-    let t: [f32; 8] = std::array::from_fn(|i| a[8 + i] + a[i]);
-    let s: [f32; 4] = std::array::from_fn(|i| t[4 + i] + t[i]);
-    (s[0] + s[2]) + (s[1] + s[3])
 }
 
 /// `ggml_vec_dot_q8_0_q8_0` in the generic kernel's order.

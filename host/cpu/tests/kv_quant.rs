@@ -247,9 +247,9 @@ fn q8_0_needs_head_dims_of_32_and_caches_shrink() {
 }
 
 #[test]
-fn empty_window_and_bad_tables_are_handled() {
-    // A sliding window of 1 on a non-causal query still sees itself; a key range that is
-    // empty gives zeros, never NaN; bad tables are errors before anything is read.
+fn window_of_one_and_bad_tables_are_handled() {
+    // A query over one key returns that key's value, causal or not, also with a sliding window of
+    // 1 on a non-causal query (it still sees itself); bad tables are errors before anything is read.
     let pool = ThreadPool::new(2);
     let mut cache = KvCache::with_type(KvCacheType::Q8_0, 1, 1, 32, 32, BS, 4).expect("cache");
     let k = vec![0.5f32; 32];
@@ -259,5 +259,9 @@ fn empty_window_and_bad_tables_are_handled() {
     let p = AttnParams::default();
     attention_isa(&pool, Isa::detect(), &cache, 0, &[1], &k, 1, 0, 1, &p, &mut out).expect("attention");
     assert!(out.iter().all(|&x| (x - 0.5).abs() < 1e-2), "{out:?}");
+    let w1 = AttnParams { causal: false, sliding_window: Some(1), ..AttnParams::default() };
+    out.fill(f32::NAN);
+    attention_isa(&pool, Isa::detect(), &cache, 0, &[1], &k, 1, 0, 1, &w1, &mut out).expect("attention, window 1");
+    assert!(out.iter().all(|&x| (x - 0.5).abs() < 1e-2), "window 1, non-causal: {out:?}");
     assert!(attention_isa(&pool, Isa::detect(), &cache, 0, &[1], &k, 1, 16, 1, &p, &mut out).is_err());
 }

@@ -36,18 +36,9 @@ use serde_json::Value;
 use crate::hf::{HfDtype, HfModelDir, HfTensor};
 use crate::ModelError;
 
-/// OCP E4M3FN (PyTorch `float8_e4m3fn`): bias 7, subnormals, NaN at exponent 15 mantissa 7.
-pub fn e4m3fn_to_f32(b: u8) -> f32 {
-    let sign = if b & 0x80 != 0 { -1.0f32 } else { 1.0 };
-    let e = (b >> 3) & 0x0F;
-    let m = (b & 0x07) as f32;
-    if e == 0x0F && b & 0x07 == 0x07 {
-        return f32::NAN;
-    }
-    // Powers of two and small integers: every step below is exact in f32.
-    let mag = if e == 0 { m * (2.0f32).powi(-9) } else { (8.0 + m) * (2.0f32).powi(e as i32 - 10) };
-    sign * mag
-}
+/// OCP E4M3FN (PyTorch `float8_e4m3fn`): bias 7, subnormals, NaN at exponent 15 mantissa 7
+/// (the table decoder of `rocmforge_quant::fp`, also used by the FP8 KV cache).
+pub use rocmforge_quant::fp::e4m3_to_f32 as e4m3fn_to_f32;
 
 /// OCP E5M2 (PyTorch `float8_e5m2`): the high byte of an IEEE f16.
 pub fn e5m2_to_f32(b: u8) -> f32 {

@@ -58,6 +58,42 @@ pub fn f32_to_bf16(f: f32) -> u16 {
     (i.wrapping_add(0x7fff + ((i >> 16) & 1)) >> 16) as u16
 }
 
+/// OCP E4M3FN bits (PyTorch `float8_e4m3fn`: bias 7, subnormals, no infinities, S.1111.111 is
+/// NaN, max 448) -> f32, exact, through a 256-entry table built at compile time.
+pub fn e4m3_to_f32(b: u8) -> f32 {
+    E4M3_LUT[b as usize]
+}
+
+const fn e4m3_decode(b: u8) -> f32 {
+    let e = ((b >> 3) & 0xF) as i32;
+    let m = (b & 7) as f32;
+    let v = if e == 0 && m == 0.0 {
+        0.0
+    } else if e == 15 && b & 7 == 7 {
+        f32::NAN
+    } else if e == 0 {
+        m / 512.0
+    } else {
+        // (1 + m/8) * 2^(e-7), built from the f32 exponent field (e - 7 + 127 in 121..=135).
+        (1.0 + m / 8.0) * f32::from_bits(((e + 120) as u32) << 23)
+    };
+    if b & 0x80 != 0 {
+        -v
+    } else {
+        v
+    }
+}
+
+static E4M3_LUT: [f32; 256] = {
+    let mut t = [0f32; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = e4m3_decode(i as u8);
+        i += 1;
+    }
+    t
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -172,7 +172,8 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
             let from = input.source_type();
             let digest =
                 quantize_into_store(store, &path, &from, ftype, &tx, |out, opts, progress| quantize_model(&input, out, opts, progress))?;
-            store.create(&name, CreateBase::Blob(&digest), &spec, send)?;
+            // quantize_into_store imported (and hashed) the file: no second hash.
+            store.create(&name, CreateBase::VerifiedBlob(&digest), &spec, send)?;
             let _ = tx.send(json!({ "status": "success" }));
             return Ok(());
         }
@@ -199,7 +200,7 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
             let digest =
                 quantize_into_store(store, &path, &from, ftype, &tx, |out, opts, progress| quantize_file(&path, out, opts, progress))?;
             send("parsing GGUF".into());
-            store.create(&name, CreateBase::Blob(&digest), &spec, send)?;
+            store.create(&name, CreateBase::VerifiedBlob(&digest), &spec, send)?;
             let _ = tx.send(json!({ "status": "success" }));
             return Ok(());
         }
@@ -247,7 +248,7 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
 fn is_gguf(p: &std::path::Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    std::fs::File::open(p).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+    std::fs::File::open(p).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == rocmforge_model::gguf::GGUF_MAGIC
 }
 
 /// The name of a GGUF's `general.file_type` (`F16`, ...; `source` when it has none).
@@ -256,7 +257,7 @@ fn gguf_file_type(path: &std::path::Path) -> Result<String, StoreError> {
         .map_err(|e| StoreError::BadModelFile { path: path.to_path_buf(), message: e.to_string() })?;
     Ok(f.get("general.file_type")
         .and_then(|v| v.as_u64())
-        .and_then(|id| FileType::ALL.iter().find(|t| t.id() as u64 == id))
+        .and_then(|id| u32::try_from(id).ok().and_then(FileType::from_id))
         .map_or("source", |t| t.name())
         .to_string())
 }
