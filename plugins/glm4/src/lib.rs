@@ -143,8 +143,15 @@ impl HParams {
 /// Q, K, V of layer `il` (each with its bias when the model has one), from a fused `attn_qkv`
 /// (rows `[q | k | v]`) or separate projections.
 fn qkv(b: &mut Builder, hp: &HParams, il: usize, cur: Node) -> Result<(Node, Node, Node), OpError> {
-    let n_q = hp.heads.n_head * hp.heads.head_dim;
-    let n_kv = hp.heads.n_head_kv * hp.heads.head_dim;
+    // Checked: head counts and head_dim come from the model's config (hostile files reach here).
+    let width = |heads: usize, what: &str| {
+        heads
+            .checked_mul(hp.heads.head_dim)
+            .filter(|w| w.checked_mul(2).is_some())
+            .ok_or_else(|| OpError(format!("glm4: {what} ({heads}) x head_dim ({}) overflows", hp.heads.head_dim)))
+    };
+    let n_q = width(hp.heads.n_head, "n_head")?;
+    let n_kv = width(hp.heads.n_head_kv, "n_head_kv")?;
     if b.has_tensor(&format!("blk.{il}.attn_qkv.weight"))? {
         let w = b.weight(&format!("blk.{il}.attn_qkv.weight"))?;
         let bias = b.weight_opt(&format!("blk.{il}.attn_qkv.bias"))?;
