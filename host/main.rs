@@ -67,6 +67,11 @@ struct SampleArgs {
     /// $OLLAMA_KV_CACHE_TYPE, else f16). CPU only for now; the GPU backend takes f16.
     #[arg(long = "kv-cache-type", value_name = "TYPE")]
     kv_cache_type: Option<rocmforge_engine::KvCacheType>,
+    /// fp8 KV cache scales: checkpoint (the model's k_scale / v_scale, else 1.0) or auto
+    /// (calibrated at load when the model has none) (default: $ROCMFORGE_KV_SCALES, else
+    /// checkpoint). Ignored by f16 and q8_0 caches.
+    #[arg(long = "kv-scales", value_name = "MODE")]
+    kv_scales: Option<rocmforge_engine::KvScalesMode>,
 }
 
 impl SampleArgs {
@@ -105,6 +110,7 @@ impl SampleArgs {
             kv: self.kv_budget,
             device: cli_device(&self.device),
             kv_cache_type: self.kv_cache_type,
+            kv_scales: self.kv_scales,
             ..Default::default()
         }
     }

@@ -130,6 +130,47 @@ RF_INLINE int rf_dp4a(int a, int b, int c) {
 #endif
 }
 
+// IQ4_NL / IQ4_XS: the 16 int8 values a 4-bit code stands for (GGUF's kvalues_iq4nl), packed
+// little-endian four to a word for rf_lut16. host/gpu/src/repack.rs checks these four lines
+// against rocmforge_quant::KVALUES_IQ4NL.
+#define RF_IQ4NL_T0 0xBFAD9881u
+#define RF_IQ4NL_T1 0xF6EADDCFu
+#define RF_IQ4NL_T2 0x26190D01u
+#define RF_IQ4NL_T3 0x71594535u
+
+// Four lookups in a 16-byte table at once: byte i of the result is table byte (byte i of idx),
+// for indices 0..15 in every byte of idx, the table in four words t0..t3 (bytes 0-3, 4-7, 8-11,
+// 12-15). Two byte permutes pick from the low and the high half; the index's bit 3 chooses
+// between them per byte. (CUDA's prmt takes four 4-bit selectors; AMD's v_perm_b32 one byte
+// per selector and numbers the bytes of its second operand first.)
+RF_INLINE int rf_lut16(u32 idx, u32 t0, u32 t1, u32 t2, u32 t3) {
+    const u32 hi = ((idx >> 3) & 0x01010101u) * 0xFFu;  // 0xFF in the bytes whose index is >= 8
+#ifdef RF_HIP
+#if __has_builtin(__builtin_amdgcn_perm)
+    const u32 sel = idx & 0x07070707u;
+    const u32 lo8 = __builtin_amdgcn_perm(t1, t0, sel), hi8 = __builtin_amdgcn_perm(t3, t2, sel);
+#else
+    u32 lo8 = 0, hi8 = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const u32 j = (idx >> (8 * i)) & 7u, sh = 8 * (j & 3u);
+        lo8 |= (((j < 4 ? t0 : t1) >> sh) & 0xFFu) << (8 * i);
+        hi8 |= (((j < 4 ? t2 : t3) >> sh) & 0xFFu) << (8 * i);
+    }
+#endif
+#else
+    const u32 sel = (idx & 0x7u) | ((idx >> 4) & 0x70u) | ((idx >> 8) & 0x700u) | ((idx >> 12) & 0x7000u);
+    const u32 lo8 = __byte_perm(t0, t1, sel), hi8 = __byte_perm(t2, t3, sel);
+#endif
+    return (int)((lo8 & ~hi) | (hi8 & hi));
+}
+
+// IQ4_NL values of the four 4-bit codes in the bytes of idx (each 0..15), as four int8 bytes.
+RF_INLINE int rf_iq4nl4(u32 idx) { return rf_lut16(idx, RF_IQ4NL_T0, RF_IQ4NL_T1, RF_IQ4NL_T2, RF_IQ4NL_T3); }
+
+// bf16 bits to f32 (exact: bf16 is the top half of an f32).
+RF_INLINE float rf_bf2f(u32 h) { return __int_as_float((int)(h << 16)); }
+
 // Bytewise a - 32 for bytes in 0..63 (no borrow crosses a byte: see mmv.cu, Q6_K).
 RF_INLINE int rf_sub32_bytes(int a) { return (int)((((u32)a | 0x80808080u) - 0x20202020u) ^ 0x80808080u); }
 

@@ -10,10 +10,14 @@
 //   repeatedly; the two differ by a few ulp of the angle).
 // - GLUs: swiglu = silu(g) * u; geglu = gelu_tanh(g) * u (exact tanh; the CPU uses ggml's f16
 //   table, ~1e-3 apart).
-// - get_rows: rows of a GGUF-layout table (F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K) to f32.
+// - get_rows: rows of a GGUF-layout table (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL,
+//   Q4_K, Q5_K, Q6_K, IQ4_XS) to f32.
 // - quantize_q8: activations to int8 per 32 values (d = amax / 127, q = rint(x * 127 / amax)) in a
 //   structure-of-arrays layout (qs | d | s) whose int8 rows are 16-byte aligned for mmv.cu.
-// - kv_write: K and V rows (f32) rounded to f16 into cache slots [slot][head_kv][dim].
+// - kv_write: K and V rows (f32) into cache slots [slot][head_kv][row] as the CPU's KvCache::write
+//   stores them per cache type: f16 (rounded), q8_0 (ggml's block_q8_0, quantized as the activations
+//   are: d = amax / 127 kept as f16, q = rint(x * 127 / amax)), fp8 E4M3FN (x / scale rounded to
+//   nearest even, saturated to +-448, NaN kept): bit-identical bytes.
 // All pointer arguments are device pointers; sizes are checked on the host.
 #include "compat.h"
 
@@ -163,7 +167,21 @@ RF_INLINE u16 ld_u16(const u8* p) { return (u16)(p[0] | (p[1] << 8)); }
 // once per token, so this kernel is never the bottleneck.
 template <int TY> RF_INLINE float deq_elem(const u8* row, int i);
 
-enum { TY_F32 = 0, TY_F16 = 1, TY_Q4_0 = 2, TY_Q4_1 = 3, TY_Q5_0 = 6, TY_Q8_0 = 8, TY_Q4_K = 12, TY_Q6_K = 14 };
+enum {
+    TY_F32 = 0,
+    TY_F16 = 1,
+    TY_Q4_0 = 2,
+    TY_Q4_1 = 3,
+    TY_Q5_0 = 6,
+    TY_Q5_1 = 7,
+    TY_Q8_0 = 8,
+    TY_Q4_K = 12,
+    TY_Q5_K = 13,
+    TY_Q6_K = 14,
+    TY_IQ4_NL = 20,
+    TY_IQ4_XS = 23,
+    TY_BF16 = 30
+};
 
 template <> RF_INLINE float deq_elem<TY_F32>(const u8* row, int i) { return ((const float*)row)[i]; }
 template <> RF_INLINE float deq_elem<TY_F16>(const u8* row, int i) { return rf_h2f(ld_u16(row + 2 * i)); }
@@ -187,6 +205,31 @@ template <> RF_INLINE float deq_elem<TY_Q5_0>(const u8* row, int i) {
     const int q = lo | (((qh >> j) & 1) << 4);
     return (float)(q - 16) * rf_h2f(ld_u16(b));
 }
+template <> RF_INLINE float deq_elem<TY_Q5_1>(const u8* row, int i) {
+    const u8* b = row + (i / 32) * 24;
+    const int j = i % 32;
+    const u32 qh = b[4] | (b[5] << 8) | (b[6] << 16) | ((u32)b[7] << 24);
+    const int lo = j < 16 ? (b[8 + j] & 0xF) : (b[8 + j - 16] >> 4);
+    const int q = lo | (((qh >> j) & 1) << 4);
+    return (float)q * rf_h2f(ld_u16(b)) + rf_h2f(ld_u16(b + 2));
+}
+template <> RF_INLINE float deq_elem<TY_BF16>(const u8* row, int i) { return rf_bf2f(ld_u16(row + 2 * i)); }
+// IQ4_NL: d, qs[16] (nibble order as Q4_0); the value of code q is the table's byte q.
+template <> RF_INLINE float deq_elem<TY_IQ4_NL>(const u8* row, int i) {
+    const u8* b = row + (i / 32) * 18;
+    const int j = i % 32;
+    const int q = j < 16 ? (b[2 + j] & 0xF) : (b[2 + j - 16] >> 4);
+    return rf_h2f(ld_u16(b)) * (float)(i8)(rf_iq4nl4((u32)q) & 0xFF);
+}
+// IQ4_XS: d, scales_h (u16), scales_l[4], qs[128]; sub-block ib's 6-bit scale ls, offset 32.
+template <> RF_INLINE float deq_elem<TY_IQ4_XS>(const u8* row, int i) {
+    const u8* b = row + (i / 256) * 136;
+    const int e = i % 256, ib = e / 32, j = e % 32;
+    const int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | (((ld_u16(b + 2) >> (2 * ib)) & 3) << 4);
+    const u8* qs = b + 8 + 16 * ib;
+    const int q = j < 16 ? (qs[j] & 0xF) : (qs[j - 16] >> 4);
+    return (rf_h2f(ld_u16(b)) * (float)(ls - 32)) * (float)(i8)(rf_iq4nl4((u32)q) & 0xFF);
+}
 template <> RF_INLINE float deq_elem<TY_Q8_0>(const u8* row, int i) {
     const u8* b = row + (i / 32) * 34;
     return (float)(i8)b[2 + i % 32] * rf_h2f(ld_u16(b));
@@ -208,6 +251,17 @@ template <> RF_INLINE float deq_elem<TY_Q4_K>(const u8* row, int i) {
     scale_min_k4(2 * c + hi, b + 4, &sc, &m);
     const u8 q = b[16 + 32 * c + j];
     const int v = hi ? (q >> 4) : (q & 0xF);
+    return rf_h2f(ld_u16(b)) * (float)sc * (float)v - rf_h2f(ld_u16(b + 2)) * (float)m;
+}
+// Q5_K: d, dmin, 12 scale bytes, qh[32] (bit 2c / 2c+1 of byte j: element 64c + j / 64c + 32 + j),
+// qs[128] as Q4_K's.
+template <> RF_INLINE float deq_elem<TY_Q5_K>(const u8* row, int i) {
+    const u8* b = row + (i / 256) * 176;
+    const int e = i % 256, c = e / 64, hi = (e % 64) / 32, j = e % 32;
+    int sc, m;
+    scale_min_k4(2 * c + hi, b + 4, &sc, &m);
+    const u8 q = b[48 + 32 * c + j];
+    const int v = (hi ? (q >> 4) : (q & 0xF)) | (((b[16 + j] >> (2 * c + hi)) & 1) << 4);
     return rf_h2f(ld_u16(b)) * (float)sc * (float)v - rf_h2f(ld_u16(b + 2)) * (float)m;
 }
 // Q6_K: ql[128], qh[64], scales[16] (i8), d.
@@ -241,9 +295,14 @@ GET_ROWS(get_rows_f16, TY_F16)
 GET_ROWS(get_rows_q4_0, TY_Q4_0)
 GET_ROWS(get_rows_q4_1, TY_Q4_1)
 GET_ROWS(get_rows_q5_0, TY_Q5_0)
+GET_ROWS(get_rows_q5_1, TY_Q5_1)
 GET_ROWS(get_rows_q8_0, TY_Q8_0)
 GET_ROWS(get_rows_q4_k, TY_Q4_K)
+GET_ROWS(get_rows_q5_k, TY_Q5_K)
 GET_ROWS(get_rows_q6_k, TY_Q6_K)
+GET_ROWS(get_rows_iq4_nl, TY_IQ4_NL)
+GET_ROWS(get_rows_iq4_xs, TY_IQ4_XS)
+GET_ROWS(get_rows_bf16, TY_BF16)
 
 // ------------------------------------------------------------------------------ quantize_q8
 
@@ -360,4 +419,78 @@ extern "C" __global__ void kv_write_f16(const float* __restrict__ k, const float
     if (slot < 0) return;
     for (int e = threadIdx.x; e < hk; e += blockDim.x) k_cache[slot * hk + e] = rf_f2h(k[(size_t)t * hk + e]);
     for (int e = threadIdx.x; e < hv; e += blockDim.x) v_cache[slot * hv + e] = rf_f2h(v[(size_t)t * hv + e]);
+}
+
+// K and V rows into a q8_0 cache (ggml's block_q8_0: f16 d, then 32 x i8), quantized as the CPU
+// backend's KvCache::write (crate act.rs q8_block: d = amax / 127 stored as f16, q = rint(x * 127 /
+// amax), round half to even). One thread per block of 32 values: a token has the hk / 32 blocks of
+// K, then the hv / 32 of V. The 34-byte blocks are only 2-byte aligned: stores are u16.
+extern "C" __global__ void kv_write_q8_0(const float* __restrict__ k, const float* __restrict__ v, u8* __restrict__ k_cache,
+                                         u8* __restrict__ v_cache, const i64* __restrict__ slots, int n_tokens, int hk, int hv) {
+    const int nbk = hk / 32, nbv = hv / 32, nb = nbk + nbv;
+    const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)n_tokens * nb) return;
+    const int t = (int)(idx / nb), b = (int)(idx % nb);
+    const i64 slot = slots[t];
+    if (slot < 0) return;
+    const bool is_k = b < nbk;
+    const float* src = is_k ? k + (size_t)t * hk + 32 * b : v + (size_t)t * hv + 32 * (b - nbk);
+    u16* dst = (u16*)(is_k ? k_cache + ((size_t)slot * nbk + b) * 34 : v_cache + ((size_t)slot * nbv + (b - nbk)) * 34);
+    float x[32];
+    load32(src, x);
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(x[i]));
+    const float d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    dst[0] = rf_f2h(d);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        const int a = (int)rintf(x[2 * i] * id), c = (int)rintf(x[2 * i + 1] * id);
+        dst[1 + i] = (u16)((u32)(u8)(i8)a | ((u32)(u8)(i8)c << 8));
+    }
+}
+
+// f32 -> E4M3FN bits as the CPU's kv_quant::f32_to_e4m3: round to nearest even, finite values
+// saturate to +-448 (CUDA's __NV_SATFINITE), NaN -> 0x7F.
+RF_INLINE u32 f32_to_e4m3(float x) {
+    if (x != x) return 0x7Fu;
+    const u32 bits = (u32)__float_as_int(x);
+    const u32 sign = (bits >> 24) & 0x80u;
+    const float a = fabsf(x);
+    if (a >= 448.0f) return sign | 0x7Eu;
+    // Subnormals (and zero): multiples of 2^-9; 8 * 2^-9 rounds into the smallest normal (bits 8).
+    if (a < 0.015625f) return sign | (u32)rintf(a * 512.0f);
+    const u32 ab = bits & 0x7FFFFFFFu;
+    u32 e = (ab >> 23) - 127u + 7u;
+    const u32 mant = ab & 0x7FFFFFu;
+    u32 m = mant >> 20;
+    const u32 rem = mant & 0xFFFFFu;
+    if (rem > 0x80000u || (rem == 0x80000u && (m & 1u))) ++m;
+    if (m == 8u) {
+        m = 0;
+        ++e;
+    }
+    return sign | (e << 3) | m;  // a < 448 rounds to at most 448 (e 15, m 6): never NaN
+}
+
+// K and V rows into an fp8 E4M3 cache: x * (1 / scale) converted per element; the scale is the
+// KV head's (k_scales[h] / v_scales[h], h = e / dim) when given, else the per-tensor inverse
+// inv_k / inv_v (computed on the host). 1 / scale is a correctly rounded f32 division either
+// way, as the CPU's KvCache::write_scaled computes it. grid: n_tokens.
+extern "C" __global__ void kv_write_fp8(const float* __restrict__ k, const float* __restrict__ v, u8* __restrict__ k_cache,
+                                        u8* __restrict__ v_cache, const i64* __restrict__ slots, int hk, int hv, float inv_k,
+                                        float inv_v, int dk, int dv, const float* __restrict__ k_scales,
+                                        const float* __restrict__ v_scales) {
+    const int t = blockIdx.x;
+    const i64 slot = slots[t];
+    if (slot < 0) return;
+    for (int e = threadIdx.x; e < hk; e += blockDim.x) {
+        const float inv = k_scales ? 1.0f / k_scales[e / dk] : inv_k;
+        k_cache[slot * hk + e] = (u8)f32_to_e4m3(k[(size_t)t * hk + e] * inv);
+    }
+    for (int e = threadIdx.x; e < hv; e += blockDim.x) {
+        const float inv = v_scales ? 1.0f / v_scales[e / dv] : inv_v;
+        v_cache[slot * hv + e] = (u8)f32_to_e4m3(v[(size_t)t * hv + e] * inv);
+    }
 }

@@ -24,7 +24,8 @@ if [ -e "$dir/nvidia/cu13/lib/libnvrtc.so.13" ]; then
   export ROCMFORGE_NVRTC_LIB="$lib/libnvrtc.so.13" LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
   targets+=(cuda:sm_90:32 cuda:sm_80:32)
 fi
-if ldconfig -p 2>/dev/null | grep -q libamdhip64; then
+# (grep reads all of the list: with pipefail, `grep -q` could SIGPIPE ldconfig and skip AMD.)
+if ldconfig -p 2>/dev/null | grep libamdhip64 >/dev/null; then
   targets+=(hip:gfx90a:64 hip:gfx1030:32)
 fi
 if [ ${#targets[@]} -eq 0 ]; then

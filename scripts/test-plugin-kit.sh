@@ -43,6 +43,11 @@ grep -q "conflict   gguf 'llama' also claimed by 'llama'" "$work/check-rust.txt"
 echo "== rocmforge plugins check --model (a real tiny LLaMA)"
 "$bin" plugins check "$rust_so" --model tests/fixtures/tiny-llama.f32.gguf
 
+echo "== every built-in plugin passes the check on its synthetic tiny models"
+for so in "$target"/debug/librocmforge_plugin_*.so; do
+    "$bin" plugins check "$so" > "$work/builtin.txt" 2>&1 || { cat "$work/builtin.txt"; fail "built-in plugin $(basename "$so") fails plugins check"; }
+done
+
 echo "== a file that is not a plugin fails the check"
 if "$bin" plugins check examples/plugin-c/Makefile >"$work/bad.txt" 2>&1; then fail "plugins check accepted a Makefile"; fi
 grep -q "cannot load" "$work/bad.txt" || { cat "$work/bad.txt"; fail "no clear error for a file that is not a plugin"; }

@@ -121,19 +121,21 @@ fn tiny_bert_batch_pools_each_sequence() {
     let (t0, t1): (Vec<u32>, Vec<u32>) = ((0..4).collect(), (4..8).collect());
     let short = &seqs[1][..7]; // sequences of different lengths in one batch
     let batch = [
-        SeqChunk { tokens: &seqs[0], pos_start: 0, block_table: &t0, logits: Logits::Last },
-        SeqChunk { tokens: short, pos_start: 0, block_table: &t1, logits: Logits::Last },
+        SeqChunk { tokens: &seqs[0], pos_start: 0, block_table: &t0, group_tables: &[], logits: Logits::Last },
+        SeqChunk { tokens: short, pos_start: 0, block_table: &t1, group_tables: &[], logits: Logits::Last },
     ];
     let out = exec.forward(&batch).expect("forward").to_vec();
     let n = exec.n_out_cols();
     assert_eq!(out.len(), 2 * n, "one row per sequence");
     let d0 = cos_dist(&out[..n], &want[0]);
-    let alone = exec.forward(&[SeqChunk { tokens: short, pos_start: 0, block_table: &t0, logits: Logits::Last }]).expect("forward");
+    let alone = exec
+        .forward(&[SeqChunk { tokens: short, pos_start: 0, block_table: &t0, group_tables: &[], logits: Logits::Last }])
+        .expect("forward");
     let d1 = cos_dist(&out[n..], &alone);
     eprintln!("batched: seq 0 vs transformers {d0:.2e}; short seq batched vs alone {d1:.2e}");
     assert!(d0 < TINY_MAX_COS_DIST && d1 < 1e-7, "{d0} {d1}");
     // A chunk that does not start its sequence cannot be pooled.
-    let bad = [SeqChunk { tokens: &seqs[0][..4], pos_start: 4, block_table: &t0, logits: Logits::Last }];
+    let bad = [SeqChunk { tokens: &seqs[0][..4], pos_start: 4, block_table: &t0, group_tables: &[], logits: Logits::Last }];
     assert!(exec.forward(&bad).is_err(), "pooling a partial sequence must be refused");
 }
 

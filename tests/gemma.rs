@@ -160,6 +160,88 @@ fn gemma3_270m_long_sequence_matches_llama_cpp() {
     assert_eq!(equal, want.len(), "logits past the sliding window differ from llama.cpp's (max |diff| {max})");
 }
 
+/// The 700-token sequence with the KV cache in groups by kind (`KvLayout::by_kind`: one group of
+/// the 3 global layers, five of 3 local layers each, one block table per group):
+/// - in llama.cpp's batches of 512, logits from position 500 on still equal llama.cpp's to the bit
+///   (the layout moves K/V, never changes arithmetic);
+/// - in batches of 64, with every local group's block wholly behind the window of a batch's first
+///   token given back before the batch (`NULL_BLOCK` in its table, which the CPU backend refuses
+///   to read), logits at every position equal, bit for bit, those of the one-table layout that
+///   keeps every block.
+#[test]
+fn gemma3_270m_long_sequence_in_kv_groups_with_given_back_blocks() {
+    use rocmforge_runtime::exec::{Device, Executor, KvCacheType, KvConfig, Logits, SeqChunk};
+    use rocmforge_runtime::{build_graph, KvKind, KvLayout, ModelSource, NULL_BLOCK};
+
+    let p = repo().join("tests/fixtures").join(LONG_FIXTURE);
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).expect("long fixture")).expect("json");
+    let c = &j["batch_cases"][0];
+    let toks = ids(&c["tokens"]);
+    let from = c["top_from"].as_u64().expect("top_from") as usize;
+    let want = top(&c["top_logits"]);
+    let n_ctx = j["n_ctx"].as_u64().expect("n_ctx") as usize;
+    let n_batch = j["n_batch"].as_u64().expect("n_batch") as usize;
+
+    let reg = registry();
+    let src = ModelSource::open(&model(MODEL), &reg).expect("open model");
+    let graph = build_graph(reg.for_source(&src).expect("plugin"), &src).expect("graph");
+    let layout = KvLayout::by_kind(&graph);
+    assert_eq!(layout.describe(), "6 groups of 3 layers: 1 full, 5 sliding window 512");
+    let per_group = n_ctx.div_ceil(16);
+    let n_blocks = per_group * layout.n_groups();
+    let kinds = layout.kinds();
+    let mut exec = Executor::with_kv_layout(graph, &src, KvConfig { block_size: 16, n_blocks }, layout, KvCacheType::F16, 512, Device::Cpu)
+        .expect("executor");
+    let n_vocab = exec.n_out_cols();
+    // Run the sequence in batches of `batch`; with `give_back`, local groups' blocks behind the
+    // window of each batch's first token are NULL_BLOCK. All logits rows.
+    let mut run = |batch: usize, give_back: bool| -> Vec<Vec<f32>> {
+        let mut tables: Vec<Vec<u32>> =
+            (0..kinds.len()).map(|g| ((g * per_group) as u32..((g + 1) * per_group) as u32).collect()).collect();
+        let mut rows = Vec::new();
+        let mut pos = 0;
+        for chunk in toks.chunks(batch) {
+            if give_back {
+                for (t, kind) in tables.iter_mut().zip(&kinds) {
+                    if let KvKind::Sliding(w) = kind {
+                        t[..(pos + 1usize).saturating_sub(*w) / 16].fill(NULL_BLOCK);
+                    }
+                }
+            }
+            let c = SeqChunk { tokens: chunk, pos_start: pos, block_table: &tables[0], group_tables: &tables[1..], logits: Logits::All };
+            let out = exec.forward(std::slice::from_ref(&c)).expect("forward");
+            rows.extend(out.chunks(n_vocab).map(<[f32]>::to_vec));
+            pos += chunk.len();
+        }
+        rows
+    };
+    let rows = run(n_batch, false);
+    let (equal, max) = compare(&rows[from..], &want);
+    eprintln!(
+        "{MODEL} in KV groups, batches of {n_batch}: bit-identical to llama.cpp at {equal}/{} positions (max |diff| {max})",
+        want.len()
+    );
+    assert_eq!(equal, want.len(), "grouped KV layout changed the logits (max |diff| {max})");
+
+    let grouped = run(64, true);
+    // A chunk with one table for six groups is refused before anything runs.
+    let t0: Vec<u32> = (0..per_group as u32).collect();
+    let bad = SeqChunk { tokens: &toks[..4], pos_start: 0, block_table: &t0, group_tables: &[], logits: Logits::Last };
+    let e = exec.forward(&[bad]).unwrap_err().to_string();
+    assert!(e.contains("1 block tables for a KV cache of 6 groups"), "{e}");
+    let mut r = Runner::load(&model(MODEL), n_ctx);
+    let mut single = Vec::new();
+    for chunk in toks.chunks(64) {
+        single.extend(r.feed(chunk, true).chunks(n_vocab).map(<[f32]>::to_vec));
+    }
+    let same = grouped.iter().zip(&single).filter(|(a, b)| a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits())).count();
+    eprintln!(
+        "{MODEL} batches of 64, local blocks behind the window given back: {same}/{} positions bit-identical to one table",
+        toks.len()
+    );
+    assert_eq!(same, toks.len());
+}
+
 /// The first sequence in one batch with the executor's dump on: each intermediate in `NODE_MAP`
 /// (rows 1 and 68) equals llama.cpp's to the bit; on failure the message names the first op
 /// that differs, which is where to look.

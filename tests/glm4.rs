@@ -71,7 +71,7 @@ fn compare(model: &Path) -> (f64, f64, f64) {
     for seq in &seqs {
         let mut got = Vec::new();
         let mut feed = |tokens: &[u32], pos: usize| {
-            let c = SeqChunk { tokens, pos_start: pos, block_table: &table, logits: Logits::All };
+            let c = SeqChunk { tokens, pos_start: pos, block_table: &table, group_tables: &[], logits: Logits::All };
             got.extend_from_slice(exec.forward(std::slice::from_ref(&c)).expect("forward"));
         };
         feed(&seq[..8], 0);

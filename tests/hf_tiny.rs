@@ -99,7 +99,7 @@ fn load(model: &Path) -> Result<Executor, String> {
 /// Logits of `tokens` fed from position `pos` (all rows).
 fn feed(exec: &mut Executor, tokens: &[u32], pos: usize) -> Result<Vec<f32>, String> {
     let table: Vec<u32> = (0..(N_CTX / 16) as u32).collect();
-    let c = SeqChunk { tokens, pos_start: pos, block_table: &table, logits: Logits::All };
+    let c = SeqChunk { tokens, pos_start: pos, block_table: &table, group_tables: &[], logits: Logits::All };
     Ok(exec.forward(std::slice::from_ref(&c)).map_err(|e| format!("forward: {e}"))?.to_vec())
 }
 
@@ -292,7 +292,7 @@ fn transformers4_config_spellings_match_transformers() {
         assert!(e < MAX_REL_ERR, "{} in transformers 4 spelling: rel. error {e:.2e}", f.name());
         rewritten.push(f.name());
     }
-    for v in ["gemma3", "phi3-longrope", "llama3-rope", "qwen2-yarn", "qwen3moe", "phi2", "glm4"] {
+    for v in ["gemma3", "phi3-longrope", "llama3-rope", "qwen2-yarn", "qwen3moe", "phi2", "glm4", "gptoss", "deepseek3"] {
         assert!(rewritten.iter().any(|r| r == v), "{v} was not rewritten");
     }
 }
@@ -471,6 +471,63 @@ fn dropped_glm4_keys_are_caught() {
             // transformers writes the factor twice: 0.75 in rope_parameters (the one it uses) and
             // the 0.5 default at the top level; each copy is read in that order.
             ("glm4", &["rope_parameters.partial_rotary_factor"]),
+        ],
+    );
+}
+
+#[test]
+fn dropped_gptoss_keys_are_caught() {
+    check_dropped(
+        "gptoss",
+        &[
+            ("gptoss", &["head_dim"]),
+            ("gptoss", &["num_key_value_heads"]),
+            ("gptoss", &["rms_norm_eps"]),
+            ("gptoss", &["num_local_experts"]),
+            ("gptoss", &["num_experts_per_tok"]),
+            // The window (8) is shorter than the sequences (24); the layer pattern is not the
+            // default period of 2.
+            ("gptoss", &["sliding_window"]),
+            ("gptoss", &["layer_types"]),
+            ("gptoss", &["rope_parameters.rope_theta"]),
+            ("gptoss", &["rope_parameters.rope_type"]),
+            ("gptoss", &["rope_parameters.factor"]),
+            ("gptoss", &["rope_parameters.original_max_position_embeddings"]),
+            ("gptoss", &["rope_parameters.beta_fast"]),
+            ("gptoss", &["rope_parameters.beta_slow"]),
+            // Without it transformers rounds the YaRN range (its default), and so do we.
+            ("gptoss", &["rope_parameters.truncate"]),
+        ],
+    );
+}
+
+#[test]
+fn dropped_deepseek2_keys_are_caught() {
+    check_dropped(
+        "deepseek2",
+        &[
+            ("deepseek2", &["kv_lora_rank"]),
+            ("deepseek2", &["qk_nope_head_dim"]),
+            ("deepseek2", &["qk_rope_head_dim"]),
+            ("deepseek2", &["v_head_dim"]),
+            ("deepseek2", &["rms_norm_eps"]),
+            ("deepseek2", &["rope_parameters.rope_theta"]),
+            ("deepseek2", &["first_k_dense_replace"]),
+            ("deepseek2", &["n_routed_experts"]),
+            ("deepseek2", &["num_experts_per_tok"]),
+            ("deepseek2", &["n_group"]),
+            ("deepseek2", &["topk_group"]),
+            ("deepseek2", &["routed_scaling_factor"]),
+            ("deepseek3", &["norm_topk_prob"]),
+            ("deepseek3", &["routed_scaling_factor"]),
+            ("deepseek3", &["n_group"]),
+            ("deepseek3", &["topk_group"]),
+            ("deepseek3", &["rope_parameters.rope_type"]),
+            ("deepseek3", &["rope_parameters.factor"]),
+            ("deepseek3", &["rope_parameters.mscale_all_dim"]),
+            ("deepseek3", &["rope_parameters.mscale"]),
+            ("deepseek3", &["rope_parameters.beta_fast"]),
+            ("deepseek3", &["rope_parameters.original_max_position_embeddings"]),
         ],
     );
 }

@@ -168,7 +168,7 @@ fn run(dir: &std::path::Path, reg: &Registry) {
     };
     let mut exec = exec;
     let table = [0u32, 1];
-    let c = SeqChunk { tokens: &[1, 2, 3], pos_start: 0, block_table: &table, logits: Logits::Last };
+    let c = SeqChunk { tokens: &[1, 2, 3], pos_start: 0, block_table: &table, group_tables: &[], logits: Logits::Last };
     if let Err(e) = exec.forward(std::slice::from_ref(&c)) {
         check_err(&e.to_string());
     }

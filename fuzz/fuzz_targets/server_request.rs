@@ -82,6 +82,7 @@ fn app() -> &'static App {
             max_predict: Some(64),
             preload: vec![],
             max_num_seqs: 4,
+            request_cache: 0,
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let router = rt.block_on(async { rocmforge_server::router(rocmforge_server::state(cfg, Arc::new(FakeLoader))) });

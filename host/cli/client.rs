@@ -4,7 +4,9 @@
 //!
 //! The server is `$OLLAMA_HOST` (default `127.0.0.1:11434`), as for the `ollama` CLI. A Modelfile
 //! is turned into the JSON `/api/create` body here, on the client side, as Ollama's CLI does;
-//! `FROM ./file.gguf` is sent as an absolute path (the server reads it from the same disk).
+//! `FROM ./file.gguf` is sent as an absolute path (the server reads it from the same disk);
+//! `ADAPTER` files (a GGUF adapter, or a PEFT adapter directory) are uploaded as blobs and sent
+//! as `adapters`, as Ollama's CLI does.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -178,9 +180,11 @@ pub fn stop(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A parsed Modelfile as the `/api/create` body (without `model`).
-pub fn parse_modelfile(text: &str, dir: &Path) -> Result<Map<String, Json>> {
+/// A parsed Modelfile as the `/api/create` body (without `model`), and the paths of its
+/// `ADAPTER` lines (uploaded by [`create`]).
+pub fn parse_modelfile(text: &str, dir: &Path) -> Result<(Map<String, Json>, Vec<PathBuf>)> {
     let mut body = Map::new();
+    let mut adapters = Vec::new();
     let mut params: Map<String, Json> = Map::new();
     let mut messages = Vec::new();
     let mut licenses = Vec::new();
@@ -250,7 +254,10 @@ pub fn parse_modelfile(text: &str, dir: &Path) -> Result<Map<String, Json>> {
                 let (role, content) = arg.split_once(char::is_whitespace).ok_or_else(|| anyhow!("MESSAGE needs a role and content"))?;
                 messages.push(json!({ "role": role, "content": content.trim() }));
             }
-            "ADAPTER" => bail!("Modelfile: ADAPTER is not supported"),
+            "ADAPTER" => {
+                let p = if Path::new(&arg).is_absolute() { PathBuf::from(&arg) } else { dir.join(arg.trim_start_matches("./")) };
+                adapters.push(p);
+            }
             other => bail!("Modelfile: unknown instruction {other}"),
         }
     }
@@ -266,11 +273,51 @@ pub fn parse_modelfile(text: &str, dir: &Path) -> Result<Map<String, Json>> {
     if !licenses.is_empty() {
         body.insert("license".into(), json!(licenses));
     }
-    Ok(body)
+    Ok((body, adapters))
+}
+
+/// Upload a local file as a blob unless the server has it; returns its digest.
+fn upload_blob(path: &Path) -> Result<String> {
+    let open = || std::fs::File::open(path).with_context(|| format!("opening {}", path.display()));
+    let (hex, _) = rocmforge_store::sha256_reader(BufReader::new(open()?)).with_context(|| format!("reading {}", path.display()))?;
+    let digest = format!("sha256:{hex}");
+    let url = format!("{}/api/blobs/{digest}", base_url());
+    let r = agent().head(&url).call().map_err(connect_err)?;
+    if r.status().as_u16() != 200 {
+        check(agent().post(&url).send(open()?).map_err(connect_err)?)?;
+    }
+    Ok(digest)
+}
+
+/// The `adapters` map of `ADAPTER` paths: a file is one (GGUF) adapter; a directory is a PEFT
+/// adapter (its `adapter_config.json` and `adapter_model.safetensors`).
+fn upload_adapters(paths: &[PathBuf]) -> Result<Map<String, Json>> {
+    let mut out = Map::new();
+    for p in paths {
+        if p.is_dir() {
+            for f in ["adapter_config.json", "adapter_model.safetensors"] {
+                let fp = p.join(f);
+                if !fp.is_file() {
+                    bail!(
+                        "ADAPTER {}: no {f} (a PEFT adapter directory needs adapter_config.json and adapter_model.safetensors)",
+                        p.display()
+                    );
+                }
+                eprintln!("uploading {}", fp.display());
+                out.insert(f.to_string(), json!(upload_blob(&fp)?));
+            }
+        } else {
+            let name =
+                p.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| anyhow!("ADAPTER {}: not a file", p.display()))?;
+            eprintln!("uploading {}", p.display());
+            out.insert(name, json!(upload_blob(p)?));
+        }
+    }
+    Ok(out)
 }
 
 pub fn create(name: &str, modelfile: Option<&Path>, from: Option<&str>) -> Result<()> {
-    let mut body = match (modelfile, from) {
+    let (mut body, adapters) = match (modelfile, from) {
         (Some(f), _) => {
             let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
             parse_modelfile(&text, f.parent().unwrap_or(Path::new(".")))?
@@ -280,7 +327,7 @@ pub fn create(name: &str, modelfile: Option<&Path>, from: Option<&str>) -> Resul
             let from = if p.exists() { std::fs::canonicalize(p)?.display().to_string() } else { src.to_string() };
             let mut m = Map::new();
             m.insert("from".into(), json!(from));
-            m
+            (m, Vec::new())
         }
         (None, None) => {
             let f = Path::new("Modelfile");
@@ -290,6 +337,9 @@ pub fn create(name: &str, modelfile: Option<&Path>, from: Option<&str>) -> Resul
             parse_modelfile(&std::fs::read_to_string(f)?, Path::new("."))?
         }
     };
+    if !adapters.is_empty() {
+        body.insert("adapters".into(), Json::Object(upload_adapters(&adapters)?));
+    }
     body.insert("model".into(), json!(name));
     let r = post("/api/create", &Json::Object(body))?;
     ndjson(r, |v| eprintln!("{}", v["status"].as_str().unwrap_or("")))
@@ -358,7 +408,8 @@ mod tests {
     #[test]
     fn modelfile() {
         let mf = "# comment\nFROM ./m.gguf\nPARAMETER temperature 0.2\nPARAMETER stop \"<|im_end|>\"\nPARAMETER stop x\nPARAMETER num_ctx 2048\nSYSTEM \"\"\"You are\nMario.\"\"\"\nTEMPLATE {{ .Prompt }}\nMESSAGE user hi there\nLICENSE MIT\n";
-        let b = parse_modelfile(mf, Path::new("/tmp")).unwrap();
+        let (b, adapters) = parse_modelfile(&format!("{mf}ADAPTER ./lora.gguf\n"), Path::new("/tmp")).unwrap();
+        assert_eq!(adapters, vec![PathBuf::from("/tmp/lora.gguf")]);
         assert_eq!(b["from"], "/tmp/m.gguf");
         assert_eq!(b["parameters"]["temperature"], 0.2);
         assert_eq!(b["parameters"]["num_ctx"], 2048);
@@ -369,6 +420,6 @@ mod tests {
         assert_eq!(b["license"], json!(["MIT"]));
         assert!(parse_modelfile("PARAMETER x 1\n", Path::new(".")).is_err());
         assert!(parse_modelfile("FROM llama3\nBOGUS x\n", Path::new(".")).is_err());
-        assert_eq!(parse_modelfile("from llama3", Path::new(".")).unwrap()["from"], "llama3");
+        assert_eq!(parse_modelfile("from llama3", Path::new(".")).unwrap().0["from"], "llama3");
     }
 }

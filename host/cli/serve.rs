@@ -3,7 +3,7 @@
 //! Settings come from flags first, then Ollama's environment variables, so an Ollama setup
 //! carries over: `OLLAMA_HOST` (bind address), `OLLAMA_MODELS` (store), `OLLAMA_KEEP_ALIVE`,
 //! `OLLAMA_CONTEXT_LENGTH`, `OLLAMA_MAX_LOADED_MODELS`, `OLLAMA_ORIGINS`; plus
-//! `ROCMFORGE_API_KEY`.
+//! `ROCMFORGE_API_KEY` and `ROCMFORGE_REQUEST_CACHE`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,6 +72,15 @@ pub struct ServeArgs {
     /// `options.kv_cache_type` overrides it per model.
     #[arg(long = "kv-cache-type", value_name = "TYPE")]
     pub kv_cache_type: Option<rocmforge_engine::KvCacheType>,
+    /// fp8 KV cache scales of loaded models: checkpoint (the model's k_scale / v_scale, else
+    /// 1.0) or auto (calibrated at load when the model has none) (default:
+    /// $ROCMFORGE_KV_SCALES, else checkpoint). Ignored by f16 and q8_0 caches.
+    #[arg(long = "kv-scales", value_name = "MODE")]
+    pub kv_scales: Option<rocmforge_engine::KvScalesMode>,
+    /// Answer repeats of identical deterministic (greedy or seeded) requests from a cache of N
+    /// answers, without running the model (default: $ROCMFORGE_REQUEST_CACHE, else off).
+    #[arg(long = "request-cache", value_name = "N")]
+    pub request_cache: Option<usize>,
 }
 
 fn env(k: &str) -> Option<String> {
@@ -123,6 +132,10 @@ pub fn config(a: &ServeArgs) -> Result<ServerConfig> {
         max_predict: a.max_predict,
         preload: a.preload.clone(),
         max_num_seqs: a.max_num_seqs.max(1),
+        request_cache: match a.request_cache {
+            Some(n) => n,
+            None => rocmforge_server::request_cache::capacity_from_env().map_err(|e| anyhow!(e))?.unwrap_or(0),
+        },
     })
 }
 
@@ -146,6 +159,10 @@ pub fn run(a: &ServeArgs, registry: rocmforge_runtime::Registry) -> Result<()> {
         kv_cache_type: match a.kv_cache_type {
             Some(t) => Some(t),
             None => rocmforge_engine::kv_cache_type_from_env()?,
+        },
+        kv_scales: match a.kv_scales {
+            Some(m) => Some(m),
+            None => rocmforge_engine::kv_scales_from_env()?,
         },
     };
     rocmforge_server::serve(cfg, Arc::new(loader))?;

@@ -29,9 +29,22 @@ gemv_max="${GEMV_MAX_S:-150}"
 if [[ -x "$C/gemv_bench" ]] && (( gemv_max > 0 )); then
     timeout "$gemv_max" "$C/gemv_bench" > "$OUT/gemv.log" 2>&1 || echo "gemv_bench: exit $? (gemv.log)"
 fi
+# Device errors after load, last (each run poisons the device for its own process only): the
+# runtime layer (gpu_fault), then the executor (gpu_backend's ignored fault test).
+if [[ -x "$C/gpu_fault" ]]; then
+    (
+        export ROCMFORGE_REQUIRE_GPU=1 ROCMFORGE_PLUGINS="$PWD/$C" ROCMFORGE_SLIM_MODELS="$PWD/$C/models" ROCMFORGE_TEST_GPU=cuda:0 ROCMFORGE_TEST_DEVICE=cuda:0
+        timeout 120 "$C/gpu_fault" --nocapture
+        timeout 180 "$C/gpu_backend" --ignored --exact device_fault_fails_every_later_forward --nocapture
+    ) > "$OUT/fault.log" 2>&1 || echo "device fault tests: exit $? (fault.log)"
+fi
 echo
 echo "== tests =="
 grep -E "^test result|panicked|FAILED|^RESULT\|[a-z0-9]+-slim" "$OUT/tests.log" | cut -c1-260
+if [[ -f "$OUT/fault.log" ]]; then
+    echo "== device fault =="
+    grep -E "^test result|panicked|FAILED|^RESULT\|(gpu_fault|device_fault)" "$OUT/fault.log" | cut -c1-260
+fi
 if [[ -f "$OUT/gemv.log" ]]; then
     echo "== GEMV (% of the copy bandwidth measured in the same run) =="
     grep -hE '^(device|BENCH\|copy)' "$OUT/gemv.log"

@@ -27,7 +27,7 @@ VER="${LCP_VERSION:-0.3.36}"
 SRC_PARENT=".cache/llama-server/llama_cpp_python-$VER/vendor"
 VOCAB="$SRC_PARENT/llama.cpp/models/ggml-vocab-llama-bpe.gguf"
 DEST="${BENCH_DIR:-.gpu-carry/bench}"
-PLUGINS=(llama qwen gemma mistral phi glm4 bert)
+PLUGINS=(llama qwen gemma mistral phi glm4 deepseek2 gptoss bert)
 
 [[ -f "$SRC_PARENT/llama.cpp/CMakeLists.txt" ]] || {
     echo "no llama.cpp sources under $SRC_PARENT: run scripts/build-llama-server.sh (it fetches the sdist)" >&2

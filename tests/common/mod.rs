@@ -76,7 +76,13 @@ impl Runner {
 
     /// Feed tokens; returns logits of every fed token (`all`) or of the last one.
     pub fn feed(&mut self, tokens: &[u32], all: bool) -> Vec<f32> {
-        let c = SeqChunk { tokens, pos_start: self.pos, block_table: &self.table, logits: if all { Logits::All } else { Logits::Last } };
+        let c = SeqChunk {
+            tokens,
+            pos_start: self.pos,
+            block_table: &self.table,
+            group_tables: &[],
+            logits: if all { Logits::All } else { Logits::Last },
+        };
         let out = self.exec.forward(std::slice::from_ref(&c)).expect("forward").to_vec();
         self.pos += tokens.len();
         out

@@ -88,24 +88,36 @@
  *   SCALE           x                         -                                     s
  *   ROPE            x, freq_factors?          n_head, head_dim, n_rot, mode         freq_base, freq_scale, ext_factor,
  *                                             (0 = interleaved pairs, 2 = NeoX        attn_factor, beta_fast, beta_slow
- *                                             halves), n_ctx_orig
- *   ATTENTION       q, k, v                   layer, n_head, n_head_kv, head_dim_k,  scale (0 = 1/sqrt(head_dim_k)),
- *                                             head_dim_v, sliding_window (0 = off),  softcap (0 = off)
+ *                                             halves), n_ctx_orig, yarn range
+ *                                             (RF_ROPE_YARN_*, appended)
+ *   ATTENTION       q, k, v, sinks? [n_head]  layer, n_head, n_head_kv, head_dim_k,  scale (0 = 1/sqrt(head_dim_k)),
+ *                   (sinks appended)          head_dim_v, sliding_window (0 = off),  softcap (0 = off)
  *                                             causal (0/1)
  *   SILU, GELU, GELU_ERF, SIGMOID   x
  *   SWIGLU, GEGLU   gate, up                  (silu(gate) * up, gelu_tanh(gate) * up)
  *   SOFTCAP         x                         -                                     cap  (cap * tanh(x / cap))
- *   VIEW            x                         offset, cols
+ *   VIEW            x                         offset, cols, head width (appended;   -              -> [n, cols] (head width w:
+ *                                             0 = the whole row)                                   [n, (row/w)*cols], columns
+ *                                                                                                  [offset, offset+cols) of
+ *                                                                                                  every w-wide head)
  *   OUTPUT_ROWS     x
  *   OUTPUT          x                         kind (RF_OUTPUT_KIND_*)                              (logits or embeddings)
  *   POOL            x [tokens, n]             mode (RF_POOL_*)                      -              -> [sequences, n]
  *   L2_NORM         x                         -                                     eps  (x / max(|x|, eps))
  *   MOE_ROUTE       logits [n, n_expert]      k (experts used), gating (RF_MOE_GATING_*)  -        -> [n, 2k]: k weights, then
  *                                                                                                  the k expert ids as floats
+ *                   appended: input 1 = selection bias? [n_expert] (added to the scores for the
+ *                   choice only); iparams[2] = n_group, [3] = groups kept, [4] = group score
+ *                   (RF_MOE_GROUP_*); fparams[0] = weight scale (0 = 1)
  *   MOE_GATE_UP     x [n, n_embd], route (a MOE_ROUTE node), gate_exps, up_exps [n_embd, n_ff, n_expert]
- *                                             k, activation (RF_MOE_ACT_*)          -              -> [n, k*n_ff]
- *   MOE_DOWN        h [n, k*n_ff], route, down_exps [n_ff, n_embd, n_expert]
+ *                                             k, activation (RF_MOE_ACT_*)          alpha, limit   -> [n, k*n_ff]
+ *                   extension inputs 4, 5 (appended): gate_b?, up_b? [n_ff, n_expert]   (SWIGLU_OAI only)
+ *   MOE_DOWN        h [n, k*n_ff], route, down_exps [n_ff, n_embd, n_expert], down_b? [n_embd, n_expert] (appended)
  *                                             k                                     -              -> [n, n_embd]
+ *   HEAD_MATMUL     x [n, H*k], W [k, m, H]   -                                     -              -> [n, H*m] (x_h . W_h^T)
+ *   CONCAT          a [n, H*ka], b [n, H*kb]  n_head H                              -              -> [n, H*(ka+kb)], [a_h | b_h]
+ *   LATENT_ATTENTION q, kv                    as ATTENTION                          as ATTENTION   (V = the first head_dim_v
+ *                                                                                                  columns of each K head)
  *
  * Slots not listed for an op are unused and must be RF_NO_NODE / 0 (checked). Enumerated
  * integer parameters (GET_ROWS src, ROPE mode, OUTPUT kind, POOL mode, MOE_ROUTE gating,
@@ -157,6 +169,16 @@ extern "C" {
 #define RF_TRANSFORM_PERMUTE_Q 1u /* HF rotate-half Q rows -> GGUF interleaved (attention.head_count) */
 #define RF_TRANSFORM_PERMUTE_K 2u /* same for K (attention.head_count_kv) */
 #define RF_TRANSFORM_ADD_ONE 3u   /* store 1 + w (Gemma RMSNorm weights) */
+/* Fused gate/up with halves interleaved along the output dim (gpt-oss gate_up_proj): the even
+ * (gate) or odd (up) entries of the last HF dim; a 3-D input-major [n_expert, in, 2*n_ff] weight
+ * also becomes output-major (GGUF [in, n_ff, n_expert]). */
+#define RF_TRANSFORM_INTERLEAVED_GATE 4u
+#define RF_TRANSFORM_INTERLEAVED_UP 5u
+#define RF_TRANSFORM_TRANSPOSE 6u /* input-major x @ W weight [.., in, out]: last two HF dims swapped */
+/* DeepSeek-V2 kv_b split per head (derived rows, HF name "gguf:blk.{il}.attn_kv_b.weight"):
+ * attn_k_b [dn, kv_lora_rank, n_head] (key half, transposed) and attn_v_b [kv_lora_rank, dv, n_head]. */
+#define RF_TRANSFORM_KV_B_TO_K_B 7u
+#define RF_TRANSFORM_KV_B_TO_V_B 8u
 
 /* Tensor-map entry flags. */
 #define RF_TENSOR_FLAG_OPTIONAL 1u /* the tensor may be absent (tied output, biases) */
@@ -187,15 +209,33 @@ extern "C" {
 #define RF_OP_MOE_GATE_UP 23u
 #define RF_OP_MOE_DOWN 24u
 #define RF_OP_SIGMOID 25u
+#define RF_OP_HEAD_MATMUL 26u
+#define RF_OP_CONCAT 27u
+#define RF_OP_LATENT_ATTENTION 28u
 
 /* MOE_ROUTE iparams[1]: softmax over all experts, then top-k as is, or top-k renormalised to
  * sum 1 (= softmax over the top-k logits: Mixtral, Qwen3-MoE norm_topk_prob). */
 #define RF_MOE_GATING_SOFTMAX INT64_C(0)
 #define RF_MOE_GATING_SOFTMAX_NORM INT64_C(1)
+/* Sigmoid scores instead of a softmax, top-k as is or renormalised (DeepSeek-V3). */
+#define RF_MOE_GATING_SIGMOID INT64_C(2)
+#define RF_MOE_GATING_SIGMOID_NORM INT64_C(3)
+
+/* MOE_ROUTE iparams[4] (appended): a group's score for group-limited routing. */
+#define RF_MOE_GROUP_MAX INT64_C(0)      /* largest score in the group (DeepSeek-V2) */
+#define RF_MOE_GROUP_TOP2_SUM INT64_C(1) /* sum of the two largest (DeepSeek-V3, llama.cpp) */
 
 /* MOE_GATE_UP iparams[1]. */
 #define RF_MOE_ACT_SWIGLU INT64_C(0) /* silu(gate) * up */
 #define RF_MOE_ACT_GEGLU INT64_C(1)  /* gelu_tanh(gate) * up */
+/* gpt-oss: g = min(gate, limit), u = clamp(up, -limit, limit), (u + 1) * g * sigmoid(alpha * g);
+ * alpha = fparams[0], limit = fparams[1]. */
+#define RF_MOE_ACT_SWIGLU_OAI INT64_C(2)
+
+/* ROPE iparams[5] (appended): YaRN's correction range rounded outward to whole dims (ggml,
+ * transformers' truncate = True) or exact (truncate = False, gpt-oss). */
+#define RF_ROPE_YARN_TRUNCATED INT64_C(0)
+#define RF_ROPE_YARN_EXACT INT64_C(1)
 
 /* GET_ROWS iparams[0]: which ids are looked up (0 = the tokens, the original meaning). */
 #define RF_ROWS_SRC_TOKENS INT64_C(0)    /* the batch's token ids */
@@ -222,7 +262,9 @@ typedef struct RfStr {
 } RfStr;
 
 /* One row of a plugin's tensor table: GGUF name <- Hugging Face name ("{il}" = layer index; "{xid}"
- * in the HF name = expert index: experts 0..n are stacked into one tensor with one more dim). */
+ * in the HF name = expert index: experts 0..n are stacked into one tensor with one more dim; an HF
+ * name "gguf:<GGUF name>" derives the tensor at load from that tensor of the same model by the
+ * row's transform, when the model lacks it). */
 typedef struct RfTensorMap {
     RfStr gguf;
     RfStr hf;

@@ -62,6 +62,45 @@ impl Heads {
     }
 }
 
+/// Which layers use sliding-window ("local") attention, as llama.cpp's `load_swa_pattern` reads
+/// `{arch}.attention.sliding_window_pattern`: a per-layer array (bools or 0/1; transformers'
+/// `layer_types`), or a period `n` (the key as an integer, else the architecture's default)
+/// making layer `il` local unless `il % n == n - 1` (`n == 0`: every layer local). Kept as the
+/// rule rather than a vector of `n_layer` flags, so a hostile layer count allocates nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwaPattern {
+    Layers(Vec<bool>),
+    Period(usize),
+}
+
+impl SwaPattern {
+    /// Read `key`; an array must have one entry per layer.
+    pub fn read(m: &impl Meta, key: &str, default_period: usize, n_layer: usize) -> Result<Self, OpError> {
+        // An integer period, or (WRONG_TYPE) a per-layer array.
+        match m.meta_int_opt(key) {
+            Ok(Some(p)) => {
+                usize::try_from(p).map(SwaPattern::Period).map_err(|_| OpError(format!("metadata key '{key}' = {p} is not a valid period")))
+            }
+            Ok(None) => Ok(SwaPattern::Period(default_period)),
+            Err(_) => {
+                let arr = m.meta_array_opt(key)?.ok_or_else(|| OpError(format!("metadata key '{key}' vanished")))?;
+                if arr.len() != n_layer {
+                    return Err(OpError(format!("metadata key '{key}' has {} entries for {n_layer} layers", arr.len())));
+                }
+                Ok(SwaPattern::Layers(arr.iter().map(|&v| v != 0.0).collect()))
+            }
+        }
+    }
+
+    /// Whether layer `il` is local.
+    pub fn is_swa(&self, il: usize) -> bool {
+        match self {
+            SwaPattern::Layers(v) => v.get(il).copied().unwrap_or(false),
+            SwaPattern::Period(p) => *p == 0 || il % p < p - 1,
+        }
+    }
+}
+
 /// The self-attention of one layer, as `Builder::self_attention` records it.
 #[derive(Clone, Debug)]
 pub struct SelfAttention {

@@ -300,7 +300,14 @@ impl<'h> Builder<'h> {
             op::ROPE,
             name,
             &[Some(x), freq_factors],
-            &[p.n_head as i64, p.head_dim as i64, p.n_rot as i64, if p.neox { 2 } else { 0 }, p.n_ctx_orig as i64],
+            &[
+                p.n_head as i64,
+                p.head_dim as i64,
+                p.n_rot as i64,
+                if p.neox { 2 } else { 0 },
+                p.n_ctx_orig as i64,
+                if p.yarn_exact { crate::rope_yarn::EXACT } else { crate::rope_yarn::TRUNCATED },
+            ],
             &[p.freq_base, p.freq_scale, p.ext_factor, p.attn_factor, p.beta_fast, p.beta_slow],
             "",
         )
@@ -308,10 +315,24 @@ impl<'h> Builder<'h> {
     /// Attention of layer `layer` over the paged KV cache (the only KV-aware op): stores `k`, `v`
     /// for the batch's tokens, then attends `q` to every visible cached position.
     pub fn attention(&mut self, name: &str, q: Node, k: Node, v: Node, p: &AttnOpts) -> Result<Node, OpError> {
+        self.attention_with_sinks(name, q, k, v, None, p)
+    }
+    /// [`Builder::attention`] with attention sinks (appended slot; ask `supports` first): `sinks`
+    /// `[n_head]` holds one logit per query head that joins the softmax's denominator only
+    /// (gpt-oss).
+    pub fn attention_with_sinks(
+        &mut self,
+        name: &str,
+        q: Node,
+        k: Node,
+        v: Node,
+        sinks: Option<Node>,
+        p: &AttnOpts,
+    ) -> Result<Node, OpError> {
         self.op(
             op::ATTENTION,
             name,
-            &[Some(q), Some(k), Some(v)],
+            &[Some(q), Some(k), Some(v), sinks],
             &[
                 p.layer as i64,
                 p.n_head as i64,
@@ -366,6 +387,54 @@ impl<'h> Builder<'h> {
     pub fn moe_route(&mut self, name: &str, logits: Node, n_expert_used: usize, gating: i64) -> Result<Node, OpError> {
         self.op(op::MOE_ROUTE, name, &[Some(logits)], &[n_expert_used as i64, gating], &[], "")
     }
+    /// [`Builder::moe_route`] with the appended slots (ask `supports` first): a selection bias,
+    /// group-limited choice and a weight scale ([`MoeRouteOpts`]; DeepSeek-V2/V3 routing).
+    pub fn moe_route_ex(&mut self, name: &str, logits: Node, n_expert_used: usize, gating: i64, r: &MoeRouteOpts) -> Result<Node, OpError> {
+        self.op(
+            op::MOE_ROUTE,
+            name,
+            &[Some(logits), r.bias],
+            &[n_expert_used as i64, gating, r.n_group as i64, r.n_group_used as i64, r.group_score],
+            &[r.scale],
+            "",
+        )
+    }
+    /// Per-head matrix product (HEAD_MATMUL; ask `supports` first): `x [n, n_head·k]` and a weight
+    /// `[k, m, n_head]` (head `h`: `m` rows of `k` values) -> `[n, n_head·m]`.
+    pub fn head_matmul(&mut self, name: &str, x: Node, w: Node) -> Result<Node, OpError> {
+        self.op(op::HEAD_MATMUL, name, &[Some(x), Some(w)], &[], &[], "")
+    }
+    /// Columns `[offset, offset + cols)` of every `head`-wide head of `x` (VIEW's appended head
+    /// width; ask `supports` first) -> `[n, (row / head)·cols]`.
+    pub fn view_heads(&mut self, name: &str, x: Node, head: usize, offset: usize, cols: usize) -> Result<Node, OpError> {
+        self.op(op::VIEW, name, &[Some(x)], &[offset as i64, cols as i64, head as i64], &[], "")
+    }
+    /// Head by head `[a_h | b_h]` of `a [n, n_head·ka]` and `b [n, n_head·kb]` (CONCAT; ask
+    /// `supports` first) -> `[n, n_head·(ka + kb)]`; `n_head` 1 concatenates whole rows.
+    pub fn concat_heads(&mut self, name: &str, a: Node, b: Node, n_head: usize) -> Result<Node, OpError> {
+        self.op(op::CONCAT, name, &[Some(a), Some(b)], &[n_head as i64], &[], "")
+    }
+    /// Attention whose V is the first `p.head_dim_v` columns of K (LATENT_ATTENTION; ask
+    /// `supports` first): `kv [n, n_head_kv·head_dim_k]` is cached once per token and KV head,
+    /// as MLA's latent (V) and rope key. Parameters as [`Builder::attention`].
+    pub fn latent_attention(&mut self, name: &str, q: Node, kv: Node, p: &AttnOpts) -> Result<Node, OpError> {
+        self.op(
+            op::LATENT_ATTENTION,
+            name,
+            &[Some(q), Some(kv)],
+            &[
+                p.layer as i64,
+                p.n_head as i64,
+                p.n_head_kv as i64,
+                p.head_dim_k as i64,
+                p.head_dim_v as i64,
+                p.sliding_window as i64,
+                p.causal as i64,
+            ],
+            &[p.scale, p.softcap],
+            "",
+        )
+    }
     /// Mixture of experts, gate/up: for each row and each expert `e` that `route` selected,
     /// `act(x·gate_e) * (x·up_e)` with stacked weights `[n_embd, n_ff, n_expert]`
     /// -> `[n, n_expert_used·n_ff]` (one `n_ff` slice per routing slot). `act`: [`crate::moe_act`].
@@ -382,10 +451,47 @@ impl<'h> Builder<'h> {
     ) -> Result<Node, OpError> {
         self.op(op::MOE_GATE_UP, name, &[Some(x), Some(route), Some(gate_exps), Some(up_exps)], &[n_expert_used as i64, act], &[], "")
     }
+    /// [`Builder::moe_gate_up`] with the appended slots (ask `supports` first): per-expert biases
+    /// of the gate and up projections (`[n_ff, n_expert]`, extension inputs 4 and 5) added before
+    /// the activation, and the activation's parameters (`act_params`: alpha and limit of
+    /// [`crate::moe_act::SWIGLU_OAI`]; zeros for the others).
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_gate_up_ex(
+        &mut self,
+        name: &str,
+        x: Node,
+        route: Node,
+        experts: &MoeExperts,
+        n_expert_used: usize,
+        act: i64,
+        act_params: [f32; 2],
+    ) -> Result<Node, OpError> {
+        self.op(
+            op::MOE_GATE_UP,
+            name,
+            &[Some(x), Some(route), Some(experts.gate), Some(experts.up), experts.gate_bias, experts.up_bias],
+            &[n_expert_used as i64, act],
+            &act_params,
+            "",
+        )
+    }
     /// Mixture of experts, down: `Σ_slots weight · (h_slot · down_e)` with stacked
     /// `down_exps [n_ff, n_embd, n_expert]` -> `[n, n_embd]`.
     pub fn moe_down(&mut self, name: &str, h: Node, route: Node, down_exps: Node, n_expert_used: usize) -> Result<Node, OpError> {
-        self.op(op::MOE_DOWN, name, &[Some(h), Some(route), Some(down_exps)], &[n_expert_used as i64], &[], "")
+        self.moe_down_biased(name, h, route, down_exps, None, n_expert_used)
+    }
+    /// [`Builder::moe_down`] with a per-expert bias `[n_embd, n_expert]` added to each selected
+    /// expert's output before weighting (appended slot; ask `supports` first).
+    pub fn moe_down_biased(
+        &mut self,
+        name: &str,
+        h: Node,
+        route: Node,
+        down_exps: Node,
+        bias: Option<Node>,
+        n_expert_used: usize,
+    ) -> Result<Node, OpError> {
+        self.op(op::MOE_DOWN, name, &[Some(h), Some(route), Some(down_exps), bias], &[n_expert_used as i64], &[], "")
     }
     /// Mark the graph's result (logits).
     pub fn output(&mut self, name: &str, x: Node) -> Result<Node, OpError> {
@@ -467,6 +573,19 @@ pub struct RopeOpts {
     pub attn_factor: f32,
     pub beta_fast: f32,
     pub beta_slow: f32,
+    /// YaRN's correction range unrounded (transformers' `truncate = False`, gpt-oss) instead of
+    /// ggml's whole dims (appended ROPE slot: ask `supports` before setting it).
+    pub yarn_exact: bool,
+}
+
+/// The stacked expert weights of one MoE layer for [`Builder::moe_gate_up_ex`]: gate and up
+/// `[n_embd, n_ff, n_expert]`, and their optional biases `[n_ff, n_expert]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MoeExperts {
+    pub gate: Node,
+    pub up: Node,
+    pub gate_bias: Option<Node>,
+    pub up_bias: Option<Node>,
 }
 
 impl RopeOpts {
@@ -484,11 +603,13 @@ impl RopeOpts {
             attn_factor: 1.0,
             beta_fast: 32.0,
             beta_slow: 1.0,
+            yarn_exact: false,
         }
     }
 
     /// Apply the scaling declared in GGUF metadata (`{arch}.rope.scaling.*`), as llama.cpp does:
-    /// `linear` divides positions by the factor; `yarn` enables YaRN with the original context.
+    /// `linear` divides positions by the factor; `yarn` enables YaRN with the original context
+    /// (and an unrounded correction range when `rope.scaling.yarn_truncate` is false).
     pub fn with_scaling_from(mut self, m: &impl Meta, arch: &str) -> Result<Self, OpError> {
         let kind = m.meta_str_opt(&format!("{arch}.rope.scaling.type"))?.unwrap_or_else(|| "none".into());
         let factor = m.meta_float_opt(&format!("{arch}.rope.scaling.factor"))?.unwrap_or(0.0) as f32;
@@ -512,11 +633,28 @@ impl RopeOpts {
                 self.attn_factor = m.meta_f32_or(&format!("{arch}.rope.scaling.attn_factor"), 1.0)?;
                 self.beta_fast = m.meta_f32_or(&format!("{arch}.rope.scaling.yarn_beta_fast"), 32.0)?;
                 self.beta_slow = m.meta_f32_or(&format!("{arch}.rope.scaling.yarn_beta_slow"), 1.0)?;
+                // Ours (llama.cpp always truncates): transformers' `truncate`, when a config says.
+                self.yarn_exact = m.meta_int_opt(&format!("{arch}.rope.scaling.yarn_truncate"))? == Some(0);
             }
             other => return Err(OpError(format!("unsupported rope scaling type '{other}' (supported: none, linear, yarn)"))),
         }
         Ok(self)
     }
+}
+
+/// The appended MOE_ROUTE parameters of [`Builder::moe_route_ex`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MoeRouteOpts {
+    /// A weight `[n_expert]` added to the scores for the choice only (DeepSeek-V3's
+    /// `e_score_correction_bias`, GGUF `exp_probs_b.bias`).
+    pub bias: Option<Node>,
+    /// Group-limited choice: experts in `n_group` equal groups, the best `n_group_used` kept
+    /// (`n_group` 0 or 1: no groups); a group's score is a [`crate::moe_group`] value.
+    pub n_group: usize,
+    pub n_group_used: usize,
+    pub group_score: i64,
+    /// Multiplies the k weights (0 = 1; `routed_scaling_factor`).
+    pub scale: f32,
 }
 
 /// Attention parameters.

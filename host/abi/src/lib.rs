@@ -36,8 +36,8 @@
 
 pub mod blocks;
 pub mod builder;
-pub use blocks::{Heads, SelfAttention};
-pub use builder::{Builder, Meta, Node, OpError, RowIds};
+pub use blocks::{Heads, SelfAttention, SwaPattern};
+pub use builder::{Builder, Meta, MoeExperts, MoeRouteOpts, Node, OpError, RowIds};
 
 use std::ffi::c_void;
 
@@ -121,6 +121,26 @@ pub mod transform {
     pub const PERMUTE_K: u32 = 2;
     /// Store `1 + w` (Gemma's RMSNorm weights).
     pub const ADD_ONE: u32 = 3;
+    /// The gate half of a fused gate/up projection whose halves interleave along the output dim
+    /// (transformers' gpt-oss `gate_up_proj[..., ::2]`): the even entries of the last HF dim. A
+    /// 3-D `x @ W` weight stored input-major, `[n_expert, in, 2·n_ff]` (transformers' fused
+    /// experts), also becomes GGUF's output-major layout: HF `[n_expert, n_ff, in]`, GGUF dims
+    /// `[in, n_ff, n_expert]`. A bias `[n_expert, 2·n_ff]` becomes `[n_expert, n_ff]`.
+    pub const INTERLEAVED_GATE: u32 = 4;
+    /// As [`INTERLEAVED_GATE`] for the up half: the odd entries (`gate_up_proj[..., 1::2]`).
+    pub const INTERLEAVED_UP: u32 = 5;
+    /// An `x @ W` weight stored input-major (`[.., in, out]`, transformers' fused experts'
+    /// `down_proj`): its last two HF dims swapped, so GGUF dims are `[in, out, ..]`.
+    pub const TRANSPOSE: u32 = 6;
+    /// DeepSeek-V2's `kv_b_proj` (GGUF `attn_kv_b`, `[kv_lora_rank, n_head·(dn + dv)]`) split per
+    /// head into its key half, transposed: GGUF `attn_k_b` `[dn, kv_lora_rank, n_head]`, as
+    /// llama.cpp's converter writes it. `dn` = `attention.key_length_mla` (else `key_length`)
+    /// minus `rope.dimension_count`, `dv` = `attention.value_length_mla` (else `value_length`).
+    /// Used by derived tensor-map rows (HF name `gguf:<source>`, see [`RfTensorMap`]).
+    pub const KV_B_TO_K_B: u32 = 7;
+    /// As [`KV_B_TO_K_B`] for the value half, not transposed: GGUF `attn_v_b`
+    /// `[kv_lora_rank, dv, n_head]`.
+    pub const KV_B_TO_V_B: u32 = 8;
 }
 
 /// Tensor-map entry flags.
@@ -135,6 +155,9 @@ pub mod tensor_flags {
 /// into one tensor with one more GGUF dimension (`ffn_gate_exps`: `[n_embd, n_ff, n_expert]`).
 /// An HF pattern `config:<dotted.path>` names a numeric array in `config.json` that becomes a 1-D
 /// f32 tensor (Phi-3's LongRoPE `rope_parameters.long_factor` -> `rope_factors_long.weight`).
+/// An HF pattern `gguf:<GGUF name>` derives the tensor at load from that other GGUF-named tensor
+/// of the same model (GGUF file or HF directory) by the row's transform, when the model lacks it
+/// (DeepSeek-V2's `attn_k_b` / `attn_v_b` from a fused `attn_kv_b`: [`transform::KV_B_TO_K_B`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RfTensorMap {
@@ -238,6 +261,40 @@ pub mod op {
     pub const MOE_DOWN: u32 = 24;
     /// `1 / (1 + exp(-x))` (Qwen2-MoE's shared-expert gate).
     pub const SIGMOID: u32 = 25;
+    /// Per-head matrix product: `x [n, n_head·k]`, weight `[k, m, n_head]` (head `h`: `m` rows of
+    /// `k` values) -> `[n, n_head·m]` (MLA's absorbed `attn_k_b` / `attn_v_b`).
+    pub const HEAD_MATMUL: u32 = 26;
+    /// Per-head concatenation: `a [n, n_head·ka]`, `b [n, n_head·kb]` -> `[n, n_head·(ka+kb)]`,
+    /// head `h` = `[a_h | b_h]`; `iparams[0]` = n_head (1: plain column concatenation).
+    pub const CONCAT: u32 = 27;
+    /// Attention whose V is the first `head_dim_v` columns of K (inputs `q`, `kv`; parameters as
+    /// ATTENTION's): the cache holds one row per token and KV head, MLA's latent stored once.
+    pub const LATENT_ATTENTION: u32 = 28;
+}
+
+// Slots appended to ops of the first revision of ABI v1 (ask `RfHostV1::supports` before using
+// one; an older host refuses them by name; the header's slot table lists them too):
+// - ATTENTION input 3: `sinks` `[n_head]`, one learned logit per query head that joins each
+//   softmax's denominator only (gpt-oss; llama.cpp's `ggml_soft_max_add_sinks`).
+// - ROPE `iparams[5]`: the YaRN correction range, a `rope_yarn` value.
+// - MOE_GATE_UP extension inputs 4 and 5: per-expert gate and up biases `[n_ff, n_expert]`;
+//   `fparams[0]`, `fparams[1]`: the `moe_act::SWIGLU_OAI` activation's alpha and limit.
+// - MOE_DOWN input 3: per-expert down bias `[n_embd, n_expert]`.
+// - VIEW `iparams[2]`: a head width `w` (0 = the whole row): columns `[offset, offset + cols)`
+//   of every `w`-wide head, `[n, (row / w)·cols]` (MLA splits each q head into nope | rope).
+// - MOE_ROUTE input 1: a selection bias `[n_expert]` added to the scores for the choice only
+//   (DeepSeek-V3's `e_score_correction_bias`); `iparams[2]` = expert groups, `iparams[3]` =
+//   groups kept, `iparams[4]` = a `moe_group` score (group-limited routing); `fparams[0]` =
+//   a scale of the k weights (0 = 1; `routed_scaling_factor`); gating values SIGMOID(_NORM).
+
+/// ROPE `iparams[5]`: how YaRN's correction range (the dims where the ramp between interpolated
+/// and extrapolated frequencies runs) is computed. ABI: append only.
+pub mod rope_yarn {
+    /// Rounded outward to whole dims: ggml's `ggml_rope_yarn_corr_dims`, transformers'
+    /// `truncate = True` (the default).
+    pub const TRUNCATED: i64 = 0;
+    /// Not rounded: transformers' `truncate = False` (gpt-oss).
+    pub const EXACT: i64 = 1;
 }
 
 /// MOE_ROUTE gating (its `iparams[1]`): how router logits become expert weights. ABI: append only.
@@ -248,6 +305,19 @@ pub mod moe_gating {
     /// Softmax over all experts, top-k, then divide by the sum of the k kept probabilities, which
     /// equals a softmax over the top-k logits (Mixtral; Qwen3-MoE with `norm_topk_prob = true`).
     pub const SOFTMAX_NORM: i64 = 1;
+    /// Sigmoid of each logit, top-k kept as they are (DeepSeek-V3 with `norm_topk_prob = false`).
+    pub const SIGMOID: i64 = 2;
+    /// Sigmoid, top-k, then divided by the sum of the k kept values (DeepSeek-V3).
+    pub const SIGMOID_NORM: i64 = 3;
+}
+
+/// MOE_ROUTE `iparams[4]`: how a group's score is formed for group-limited routing
+/// (`iparams[2]` groups, the best `iparams[3]` kept). ABI: append only.
+pub mod moe_group {
+    /// The largest selection score in the group (DeepSeek-V2 `group_limited_greedy`).
+    pub const MAX: i64 = 0;
+    /// The sum of the two largest selection scores (DeepSeek-V3 `noaux_tc`; llama.cpp).
+    pub const TOP2_SUM: i64 = 1;
 }
 
 /// MOE_GATE_UP activation (its `iparams[1]`). ABI: append only.
@@ -256,6 +326,10 @@ pub mod moe_act {
     pub const SWIGLU: i64 = 0;
     /// `gelu_tanh(gate) * up`.
     pub const GEGLU: i64 = 1;
+    /// gpt-oss's clamped SwiGLU: `g = min(gate, limit)`, `u = clamp(up, -limit, limit)`,
+    /// `(u + 1) · g · sigmoid(alpha · g)`, with alpha = `fparams[0]` (1.702) and limit =
+    /// `fparams[1]` (7.0) of MOE_GATE_UP (llama.cpp's `ggml_swiglu_oai`).
+    pub const SWIGLU_OAI: i64 = 2;
 }
 
 /// Which ids GET_ROWS looks up (its `iparams[0]`; 0 keeps the original meaning). ABI: append only.
@@ -312,9 +386,9 @@ pub const NO_NODE: RfNode = u32::MAX;
 ///
 /// Slot numbering continues the base record's: `inputs[i]` here is input `4 + i`, `iparams[i]`
 /// integer parameter `8 + i`, `fparams[i]` float parameter `8 + i`. Unused inputs are
-/// [`NO_NODE`], unused parameters 0, exactly as in [`RfOp`]. ABI v1 defines no op that uses
-/// these slots yet; new ops and parameters that need them are added append-only (see
-/// docs/plugins.md, "Growing the ABI").
+/// [`NO_NODE`], unused parameters 0, exactly as in [`RfOp`]. MOE_GATE_UP's expert biases are
+/// the first slots defined here (inputs 4 and 5); new ops and parameters that need more are
+/// added append-only (see docs/plugins.md, "Growing the ABI").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RfOpExt {

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rocmforge_abi::{
-    cap, moe_act, moe_gating, op, output_kind, pool, rows_src, status, tensor_flags, transform, RfArchClaim, RfConfigMap, RfHostV1,
-    RfMetaClaim, RfNode, RfOp, RfOpExt, RfPluginV1, RfStr, RfTensorMap, ABI_VERSION, NO_NODE, PLUGIN_SYMBOL,
+    cap, moe_act, moe_gating, moe_group, op, output_kind, pool, rope_yarn, rows_src, status, tensor_flags, transform, RfArchClaim,
+    RfConfigMap, RfHostV1, RfMetaClaim, RfNode, RfOp, RfOpExt, RfPluginV1, RfStr, RfTensorMap, ABI_VERSION, NO_NODE, PLUGIN_SYMBOL,
 };
 
 const LIB_RS: &str = include_str!("../src/lib.rs");
@@ -134,14 +134,17 @@ fn all_checks() -> Checks {
 
     check_const!(c, "RF_STATUS_", status::{ OK, ERROR, NOT_FOUND, WRONG_TYPE, PANIC, TOO_SMALL, INVALID_ARGUMENT });
     check_const!(c, "RF_CAP_", cap::{ OP, INPUT, IPARAM, FPARAM, IPARAM_VALUE });
-    check_const!(c, "RF_TRANSFORM_", transform::{ NONE, PERMUTE_Q, PERMUTE_K, ADD_ONE });
+    check_const!(c, "RF_TRANSFORM_", transform::{ NONE, PERMUTE_Q, PERMUTE_K, ADD_ONE, INTERLEAVED_GATE, INTERLEAVED_UP, TRANSPOSE, KV_B_TO_K_B, KV_B_TO_V_B });
     check_const!(c, "RF_TENSOR_FLAG_", tensor_flags::{ OPTIONAL });
     check_const!(c, "RF_OP_", op::{
         WEIGHT, GET_ROWS, RMS_NORM, LAYER_NORM, MATMUL, ADD, MUL, SCALE, ROPE, ATTENTION, SILU, GELU,
-        GELU_ERF, SWIGLU, GEGLU, SOFTCAP, VIEW, OUTPUT_ROWS, OUTPUT, POOL, L2_NORM, MOE_ROUTE, MOE_GATE_UP, MOE_DOWN, SIGMOID
+        GELU_ERF, SWIGLU, GEGLU, SOFTCAP, VIEW, OUTPUT_ROWS, OUTPUT, POOL, L2_NORM, MOE_ROUTE, MOE_GATE_UP, MOE_DOWN, SIGMOID,
+        HEAD_MATMUL, CONCAT, LATENT_ATTENTION
     });
-    check_const!(c, "RF_MOE_GATING_", moe_gating::{ SOFTMAX, SOFTMAX_NORM });
-    check_const!(c, "RF_MOE_ACT_", moe_act::{ SWIGLU, GEGLU });
+    check_const!(c, "RF_MOE_GATING_", moe_gating::{ SOFTMAX, SOFTMAX_NORM, SIGMOID, SIGMOID_NORM });
+    check_const!(c, "RF_MOE_GROUP_", moe_group::{ MAX, TOP2_SUM });
+    check_const!(c, "RF_MOE_ACT_", moe_act::{ SWIGLU, GEGLU, SWIGLU_OAI });
+    check_const!(c, "RF_ROPE_YARN_", rope_yarn::{ TRUNCATED, EXACT });
     check_const!(c, "RF_ROWS_SRC_", rows_src::{ TOKENS, POSITIONS, CONSTANT });
     check_const!(c, "RF_POOL_", pool::{ MEAN, CLS, LAST });
     check_const!(c, "RF_OUTPUT_KIND_", output_kind::{ LOGITS, EMBEDDING });

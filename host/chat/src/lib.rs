@@ -2,6 +2,9 @@
 //! `tokenizer_config.json`, rendered with the output Hugging Face transformers'
 //! `apply_chat_template` produces (Python jinja2), using minijinja.
 //!
+//! `gotmpl`: Go `text/template`, for Ollama-style templates (a Modelfile TEMPLATE, an Ollama
+//! store's template layer, `/api/generate`'s `template`), checked against Go itself.
+//!
 //! Crate boundary (a deviation from DESIGN.md §1, which lists chat templates under `host/model`):
 //! templates are a concern of their own (minijinja, untrusted template code, bounded rendering)
 //! used by the CLI and the server; nothing here reads model files.
@@ -16,6 +19,7 @@
 //! mistral.rs' `chat_template.rs` (pycompat, custom `tojson`).
 
 mod error;
+pub mod gotmpl;
 mod message;
 mod pycompat;
 mod pyfmt;

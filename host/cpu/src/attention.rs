@@ -14,8 +14,8 @@
 //!
 //! Attention computes, for query token t at position `pos_start + t` and head h (KV head
 //! `h / (n_head / n_head_kv)`), `softmax(scale * q.k_p)` over the allowed keys p (causal:
-//! p <= q_pos; sliding window w: p > q_pos - w; optional tanh softcap on the logits) and the
-//! weighted sum of v_p. Work is split over (token, head) rows pulled in small chunks by the
+//! p <= q_pos; sliding window w: p > q_pos - w; optional tanh softcap on the logits; optional
+//! attention sink: one more logit per head in the denominator only) and the weighted sum of v_p. Work is split over (token, head) rows pulled in small chunks by the
 //! threads.
 //!
 //! Numerics are those of llama.cpp's non-flash CPU attention with an f16 cache, bit for bit:
@@ -37,7 +37,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::CpuError;
-use crate::kv_quant::{self, KvCacheType};
+use crate::kv_quant::{self, KvCacheType, KvHeadScales};
 use crate::pool::ThreadPool;
 use crate::qmatmul::SyncPtr;
 use crate::simd::{self, f16_bits_to_f32, Isa};
@@ -57,9 +57,12 @@ pub struct KvCache {
     /// Quantized caches: rows of `ty.row_bytes(head_dim)` bytes; empty for f16.
     kq: Vec<u8>,
     vq: Vec<u8>,
-    /// fp8: per-tensor scales (stored value = x / scale); 1.0 uncalibrated, as vLLM.
-    k_scale: f32,
-    v_scale: f32,
+    /// fp8: the scales of calls that give none (stored value = x / scale); 1.0 uncalibrated,
+    /// as vLLM. A layer's own scales come with each call (`write_scaled`, `attention_with_scales`).
+    scales: KvHeadScales,
+    /// V is the first `head_dim_v` columns of each K row: no V rows are stored (MLA's latent
+    /// cache, see [`KvCache::with_v_in_k`]).
+    v_in_k: bool,
 }
 
 /// Options of [`attention`].
@@ -73,6 +76,10 @@ pub struct AttnParams {
     pub sliding_window: Option<usize>,
     /// Logit soft-cap: `cap * tanh(logit / cap)` after scaling.
     pub softcap: Option<f32>,
+    /// Attention sinks (gpt-oss): one logit per query head (`n_head` values) that joins the
+    /// softmax's denominator only, as llama.cpp's `ggml_soft_max_add_sinks`: the max becomes
+    /// `max(max, sink)` and the sum gains `expf(sink - max)`; no value row is attached to it.
+    pub sinks: Option<Vec<f32>>,
 }
 
 /// Key positions `lo..hi` a query at `q_pos` may attend to in a sequence of `seq_len` cached
@@ -104,14 +111,16 @@ pub(crate) struct QueryRows<'a> {
 }
 
 impl QueryRows<'_> {
-    /// Run `row(scratch, kv_head, q_row, lo, hi, out_row)` for every (token, head) on the pool's
-    /// threads, pulled in small chunks; each thread keeps one `B` scratch. `out` must hold
-    /// n_tokens x n_head x dv values (checked by the callers).
+    /// Run `row(scratch, kv_head, sink, q_row, lo, hi, out_row)` for every (token, head) on the
+    /// pool's threads, pulled in small chunks; each thread keeps one `B` scratch. `sink` is the
+    /// head's attention-sink logit, if any. `out` must hold n_tokens x n_head x dv values and
+    /// `params.sinks` (if set) n_head values (checked by the callers).
+    #[allow(clippy::type_complexity)]
     pub fn run<B: Default>(
         &self,
         pool: &ThreadPool,
         out: &mut [f32],
-        row: impl Fn(&mut B, usize, &[f32], usize, usize, &mut [f32]) + Sync,
+        row: impl Fn(&mut B, usize, Option<f32>, &[f32], usize, usize, &mut [f32]) + Sync,
     ) {
         let (n_head, dk, dv) = (self.n_head, self.dk, self.dv);
         debug_assert!(out.len() >= self.n_tokens * n_head * dv);
@@ -136,7 +145,8 @@ impl QueryRows<'_> {
                     // SAFETY: (t, h) is inside out (n_tokens x n_head x dv, checked by the
                     // callers) and each item is handled by exactly one thread.
                     let dst = unsafe { std::slice::from_raw_parts_mut(op.get().add((t * n_head + h) * dv), dv) };
-                    row(&mut bufs, h / self.group, qh, lo, hi, dst);
+                    let sink = self.params.sinks.as_ref().map(|s| s[h]);
+                    row(&mut bufs, h / self.group, sink, qh, lo, hi, dst);
                 }
             }
         });
@@ -145,7 +155,7 @@ impl QueryRows<'_> {
 
 impl Default for AttnParams {
     fn default() -> Self {
-        AttnParams { scale: None, causal: true, sliding_window: None, softcap: None }
+        AttnParams { scale: None, causal: true, sliding_window: None, softcap: None, sinks: None }
     }
 }
 
@@ -165,8 +175,8 @@ impl KvCache {
             v: vec![0; slots * head_dim_v],
             kq: Vec::new(),
             vq: Vec::new(),
-            k_scale: 1.0,
-            v_scale: 1.0,
+            scales: KvHeadScales::default(),
+            v_in_k: false,
         }
     }
 
@@ -201,21 +211,79 @@ impl KvCache {
             v: Vec::new(),
             kq: vec![0; slots * ty.row_bytes(head_dim_k)],
             vq: vec![0; slots * ty.row_bytes(head_dim_v)],
-            k_scale: 1.0,
-            v_scale: 1.0,
+            scales: KvHeadScales::default(),
+            v_in_k: false,
         })
     }
 
-    /// Per-tensor fp8 scales (calibrated `k_scale` / `v_scale`): stored values are `x / scale`.
-    /// Applies to rows written afterwards; ignored by f16 and q8_0 caches.
-    pub fn set_fp8_scales(&mut self, k_scale: f32, v_scale: f32) -> Result<(), CpuError> {
-        for scale in [k_scale, v_scale] {
-            if !(scale.is_finite() && scale > 0.0) {
-                return Err(CpuError::BadKvScale { op: "set_fp8_scales", scale: scale.to_string() });
+    /// A cache whose V is the first `head_dim_v` columns of each K row (`head_dim_v <= head_dim_k`):
+    /// only K rows are stored, so MLA's latent (the V) and its rope key (the rest of K) take one
+    /// row per token and KV head. [`write`](Self::write) then takes an empty `v`.
+    pub fn with_v_in_k(
+        ty: KvCacheType,
+        n_layer: usize,
+        n_head_kv: usize,
+        head_dim_k: usize,
+        head_dim_v: usize,
+        block_size: usize,
+        n_blocks: usize,
+    ) -> Result<Self, CpuError> {
+        if head_dim_v == 0 || head_dim_v > head_dim_k {
+            return Err(CpuError::VInKHeadDims { dk: head_dim_k, dv: head_dim_v });
+        }
+        // Quantized rows: V must be a whole-block prefix of the K row.
+        for dim in [head_dim_k, head_dim_v] {
+            if ty != KvCacheType::F16 && !dim.is_multiple_of(ty.block_len()) {
+                return Err(CpuError::KvCacheHeadDim { ty: ty.name(), dim, block: ty.block_len() });
             }
         }
-        (self.k_scale, self.v_scale) = (k_scale, v_scale);
+        let slots = n_layer * n_blocks * block_size * n_head_kv;
+        let (k, kq) = if ty == KvCacheType::F16 {
+            (vec![0; slots * head_dim_k], Vec::new())
+        } else {
+            (Vec::new(), vec![0; slots * ty.row_bytes(head_dim_k)])
+        };
+        Ok(KvCache {
+            n_layer,
+            n_head_kv,
+            head_dim_k,
+            head_dim_v,
+            block_size,
+            n_blocks,
+            ty,
+            k,
+            v: Vec::new(),
+            kq,
+            vq: Vec::new(),
+            scales: KvHeadScales::default(),
+            v_in_k: true,
+        })
+    }
+
+    /// Whether V is read from K (see [`with_v_in_k`](Self::with_v_in_k)).
+    pub fn v_in_k(&self) -> bool {
+        self.v_in_k
+    }
+
+    /// Per-tensor fp8 scales (calibrated `k_scale` / `v_scale`) of every call that gives none:
+    /// stored values are `x / scale`. Applies to rows written afterwards; ignored by f16 and
+    /// q8_0 caches.
+    pub fn set_fp8_scales(&mut self, k_scale: f32, v_scale: f32) -> Result<(), CpuError> {
+        let scales = KvHeadScales::per_tensor(k_scale, v_scale);
+        scales.check("set_fp8_scales", self.n_head_kv)?;
+        self.scales = scales;
         Ok(())
+    }
+
+    /// The scales a call uses: its own (checked against the KV heads), else the cache's.
+    fn scales_of<'a>(&'a self, op: &'static str, given: Option<&'a KvHeadScales>) -> Result<&'a KvHeadScales, CpuError> {
+        match given {
+            Some(s) if self.ty == KvCacheType::Fp8E4M3 => {
+                s.check(op, self.n_head_kv)?;
+                Ok(s)
+            }
+            _ => Ok(&self.scales),
+        }
     }
 
     /// The element type.
@@ -265,7 +333,8 @@ impl KvCache {
     }
 
     /// Store K and V of `n_tokens` tokens at positions `pos_start..` (each `n_tokens x n_head_kv x
-    /// head_dim`, f32) into the sequence's blocks, rounding to f16.
+    /// head_dim`, f32) into the sequence's blocks, rounding to f16 (or quantizing: fp8 with the
+    /// cache's scales).
     pub fn write(
         &mut self,
         layer: usize,
@@ -275,20 +344,43 @@ impl KvCache {
         v: &[f32],
         n_tokens: usize,
     ) -> Result<(), CpuError> {
+        self.write_scaled(layer, block_table, pos_start, k, v, n_tokens, None)
+    }
+
+    /// [`write`](Self::write) with this layer's fp8 scales (None: the cache's; ignored by f16
+    /// and q8_0 caches). Attention over these rows must be given the same scales.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_scaled(
+        &mut self,
+        layer: usize,
+        block_table: &[u32],
+        pos_start: usize,
+        k: &[f32],
+        v: &[f32],
+        n_tokens: usize,
+        scales: Option<&KvHeadScales>,
+    ) -> Result<(), CpuError> {
         const OP: &str = "kv_write";
         self.check_layer(OP, layer)?;
-        let (hk, hv) = (self.n_head_kv * self.head_dim_k, self.n_head_kv * self.head_dim_v);
+        // V read from K: no V rows (the caller passes an empty `v`).
+        let hv = if self.v_in_k { 0 } else { self.n_head_kv * self.head_dim_v };
+        let hk = self.n_head_kv * self.head_dim_k;
         crate::matmul::check_len(OP, "k", k.len(), n_tokens.checked_mul(hk))?;
         crate::matmul::check_len(OP, "v", v.len(), n_tokens.checked_mul(hv))?;
         if self.ty != KvCacheType::F16 {
             let (dk, dv) = (self.head_dim_k, self.head_dim_v);
             let (rk, rv) = (self.ty.row_bytes(dk), self.ty.row_bytes(dv));
-            let (ik, iv) = (1.0 / self.k_scale, 1.0 / self.v_scale);
+            let sc = self.scales_of(OP, scales)?;
+            // Inverse scales per KV head (q8_0 ignores them).
+            let inv: Vec<(f32, f32)> = (0..self.n_head_kv).map(|h| (1.0 / sc.k_of(h), 1.0 / sc.v_of(h))).collect();
             for t in 0..n_tokens {
                 let s = self.slot(OP, layer, block_table, pos_start + t)?;
-                for h in 0..self.n_head_kv {
+                for (h, &(ik, iv)) in inv.iter().enumerate() {
                     let (r, x) = ((s * self.n_head_kv + h) * rk, &k[(t * self.n_head_kv + h) * dk..][..dk]);
                     kv_quant::quantize_row(self.ty, x, ik, &mut self.kq[r..r + rk]);
+                    if self.v_in_k {
+                        continue;
+                    }
                     let (r, x) = ((s * self.n_head_kv + h) * rv, &v[(t * self.n_head_kv + h) * dv..][..dv]);
                     kv_quant::quantize_row(self.ty, x, iv, &mut self.vq[r..r + rv]);
                 }
@@ -309,13 +401,31 @@ impl KvCache {
 
     /// Read back K (or V) of head `h` at `pos` as f32, dequantized (for tests and debugging).
     pub fn read(&self, layer: usize, block_table: &[u32], pos: usize, h: usize, value: bool, out: &mut [f32]) -> Result<(), CpuError> {
+        self.read_scaled(layer, block_table, pos, h, value, None, out)
+    }
+
+    /// [`read`](Self::read) of rows written with these fp8 scales (None: the cache's).
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_scaled(
+        &self,
+        layer: usize,
+        block_table: &[u32],
+        pos: usize,
+        h: usize,
+        value: bool,
+        scales: Option<&KvHeadScales>,
+        out: &mut [f32],
+    ) -> Result<(), CpuError> {
         self.check_layer("kv_read", layer)?;
         let s = self.slot("kv_read", layer, block_table, pos)?;
+        // V read from K: the K row, of which the caller takes `head_dim_v` values.
+        let value = value && !self.v_in_k;
         if self.ty != KvCacheType::F16 {
-            let (buf, hd, scale) =
-                if value { (&self.vq, self.head_dim_v, self.v_scale) } else { (&self.kq, self.head_dim_k, self.k_scale) };
+            let h = h.min(self.n_head_kv.saturating_sub(1));
+            let sc = self.scales_of("kv_read", scales)?;
+            let (buf, hd, scale) = if value { (&self.vq, self.head_dim_v, sc.v_of(h)) } else { (&self.kq, self.head_dim_k, sc.k_of(h)) };
             let rb = self.ty.row_bytes(hd);
-            let base = (s * self.n_head_kv + h.min(self.n_head_kv.saturating_sub(1))) * rb;
+            let base = (s * self.n_head_kv + h) * rb;
             let n = out.len().min(hd);
             let mut row = vec![0f32; hd];
             kv_quant::dequantize_row(self.ty, &buf[base..base + rb], scale, &mut row);
@@ -365,52 +475,92 @@ pub fn attention_isa(
     params: &AttnParams,
     out: &mut [f32],
 ) -> Result<(), CpuError> {
+    attention_with_scales(pool, isa, cache, layer, block_table, q, n_tokens, pos_start, n_head, params, None, out)
+}
+
+/// [`attention_isa`] over rows written with this layer's fp8 scales (`KvCache::write_scaled`;
+/// None: the cache's own; ignored by f16 and q8_0 caches).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with_scales(
+    pool: &ThreadPool,
+    isa: Isa,
+    cache: &KvCache,
+    layer: usize,
+    block_table: &[u32],
+    q: &[f32],
+    n_tokens: usize,
+    pos_start: usize,
+    n_head: usize,
+    params: &AttnParams,
+    scales: Option<&KvHeadScales>,
+    out: &mut [f32],
+) -> Result<(), CpuError> {
     const OP: &str = "attention";
     let isa = isa.clamp();
     cache.check_layer(OP, layer)?;
+    let sc = cache.scales_of(OP, scales)?;
     let (n_kv, dk, dv) = (cache.n_head_kv, cache.head_dim_k, cache.head_dim_v);
     if n_kv == 0 || !n_head.is_multiple_of(n_kv) {
         return Err(CpuError::BadHeadGrouping { op: OP, n_head, n_head_kv: n_kv });
     }
     crate::matmul::check_len(OP, "q", q.len(), n_tokens.checked_mul(n_head * dk))?;
     crate::matmul::check_len(OP, "out", out.len(), n_tokens.checked_mul(n_head * dv))?;
+    if let Some(s) = &params.sinks {
+        crate::matmul::check_len(OP, "sinks", s.len(), Some(n_head))?;
+    }
     if n_tokens == 0 {
         return Ok(());
     }
     let seq_len = pos_start + n_tokens;
-    // Check every block the queries will touch once, up front, so the workers cannot fail.
-    for p in (0..seq_len).step_by(cache.block_size.max(1)).chain(std::iter::once(seq_len - 1)) {
+    // Check every block the queries will touch once, up front, so the workers cannot fail. Keys
+    // before the first query's range (the earliest of all) are never read: behind a sliding
+    // window, the engine may have given those blocks back (their table entries are then invalid).
+    let first_key = key_range(params, pos_start, seq_len).0;
+    for p in (first_key..seq_len).step_by(cache.block_size.max(1)).chain(std::iter::once(seq_len - 1)) {
         cache.slot(OP, layer, block_table, p)?;
     }
     let group = n_head / n_kv;
     let scale = params.scale.unwrap_or(1.0 / (dk as f32).sqrt());
     let bs = cache.block_size;
     if cache.ty != KvCacheType::F16 {
-        // llama.cpp's flash-attention order: the scale is divided by the softcap up front.
-        let mut qscale = params.softcap.map_or(scale, |cap| scale / cap);
-        if cache.ty == KvCacheType::Fp8E4M3 {
-            qscale *= cache.k_scale;
-        }
+        // llama.cpp's flash-attention order: the scale is divided by the softcap up front; fp8
+        // multiplies in each KV head's K scale (V read from K: K's scales decode V too).
+        let qscale = params.softcap.map_or(scale, |cap| scale / cap);
+        let fp8 = cache.ty == KvCacheType::Fp8E4M3;
+        let kmul = (0..n_kv).map(|g| if fp8 { qscale * sc.k_of(g) } else { qscale }).collect();
+        let vmul = (0..n_kv)
+            .map(|g| {
+                if !fp8 {
+                    1.0
+                } else if cache.v_in_k {
+                    sc.k_of(g)
+                } else {
+                    sc.v_of(g)
+                }
+            })
+            .collect();
         let ctx = kv_quant::QCtx {
             ty: cache.ty,
             k: &cache.kq,
-            v: &cache.vq,
+            v: if cache.v_in_k { &cache.kq } else { &cache.vq },
+            v_stride: cache.ty.row_bytes(if cache.v_in_k { dk } else { dv }),
             dk,
             dv,
             n_kv,
             bs,
             layer_base: layer * cache.n_blocks * bs,
             block_table,
-            scale: qscale,
+            kmul,
             softcap: params.softcap,
-            v_scale: cache.v_scale,
+            vmul,
         };
         kv_quant::attention_rows(pool, isa, &ctx, q, n_tokens, pos_start, n_head, params, out);
         return Ok(());
     }
     let ctx = RowCtx {
         k: &cache.k,
-        v: &cache.v,
+        v: if cache.v_in_k { &cache.k } else { &cache.v },
+        v_stride: if cache.v_in_k { dk } else { dv },
         dk,
         dv,
         n_kv,
@@ -431,14 +581,16 @@ pub fn attention_isa(
         if tiny && dv.is_multiple_of(4) { DotOrder::Tiny } else { DotOrder::VecDot },
     );
     let rows = QueryRows { q, n_tokens, n_head, group, dk, dv, pos_start, params };
-    rows.run(pool, out, |bufs: &mut RowBufs, g, qh, lo, hi, dst| attn_row(isa, &ctx, g, qh, lo, hi, orders, bufs, dst));
+    rows.run(pool, out, |bufs: &mut RowBufs, g, sink, qh, lo, hi, dst| attn_row(isa, &ctx, g, sink, qh, lo, hi, orders, bufs, dst));
     Ok(())
 }
 
 /// What one attention row needs of the cache.
 struct RowCtx<'a> {
     k: &'a [u16],
+    /// V rows (`dv` values at every `v_stride`-th value: `dv`, or `dk` when V is read from K).
     v: &'a [u16],
+    v_stride: usize,
     dk: usize,
     dv: usize,
     n_kv: usize,
@@ -529,6 +681,7 @@ fn attn_row(
     isa: Isa,
     c: &RowCtx<'_>,
     g: usize,
+    sink: Option<f32>,
     q: &[f32],
     lo: usize,
     hi: usize,
@@ -541,21 +694,21 @@ fn attn_row(
         if isa >= Isa::Avx512 && c.dk.is_multiple_of(64) && c.dv.is_multiple_of(16) {
             // SAFETY: AVX-512 F/BW/VL detected (isa clamped); dims checked; every position in
             // lo..hi has a validated slot.
-            unsafe { attn_row_512(c, g, q, lo, hi, orders, bufs, out) };
+            unsafe { attn_row_512(c, g, sink, q, lo, hi, orders, bufs, out) };
             return;
         }
         if isa >= Isa::Avx512 {
             // SAFETY: AVX-512 F/BW/VL detected (isa clamped).
-            unsafe { attn_row_avx512(isa, c, g, q, lo, hi, orders, bufs, out) };
+            unsafe { attn_row_avx512(isa, c, g, sink, q, lo, hi, orders, bufs, out) };
             return;
         }
         if isa >= Isa::Avx2 {
             // SAFETY: AVX2/FMA/F16C detected (isa clamped).
-            unsafe { attn_row_avx2(isa, c, g, q, lo, hi, orders, bufs, out) };
+            unsafe { attn_row_avx2(isa, c, g, sink, q, lo, hi, orders, bufs, out) };
             return;
         }
     }
-    attn_row_body(isa, c, g, q, lo, hi, orders, bufs, out)
+    attn_row_body(isa, c, g, sink, q, lo, hi, orders, bufs, out)
 }
 
 /// `_mm512_reduce_add_ps` as GCC expands it (see `reduce16`), spelled out.
@@ -609,6 +762,7 @@ unsafe fn expf_512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
 unsafe fn attn_row_512(
     c: &RowCtx<'_>,
     g: usize,
+    sink: Option<f32>,
     q: &[f32],
     lo: usize,
     hi: usize,
@@ -650,7 +804,7 @@ unsafe fn attn_row_512(
         if p + 8 < hi {
             pf(c.k.as_ptr().add((c.slot(p + 8) * c.n_kv + g) * dk), 2 * dk);
         }
-        pf(c.v.as_ptr().add((c.slot(p) * c.n_kv + g) * dv), 2 * dv);
+        pf(c.v.as_ptr().add((c.slot(p) * c.n_kv + g) * c.v_stride), 2 * dv);
         let s = match kq_order {
             DotOrder::VecDot => {
                 let mut acc = [_mm512_setzero_ps(); 4];
@@ -677,6 +831,9 @@ unsafe fn attn_row_512(
         *sc.add(p - base) = s;
         max = max.max(s);
     }
+    if let Some(s) = sink {
+        max = max.max(s);
+    }
     let mut sum = 0f64;
     let mx = _mm512_set1_ps(max);
     for blk in 0..blk1 - blk0 {
@@ -688,6 +845,9 @@ unsafe fn attn_row_512(
         let e = _mm512_maskz_mov_ps(mask, expf_512(_mm512_sub_ps(_mm512_loadu_ps(sc.add(16 * blk)), mx)));
         _mm512_storeu_ps(sc.add(16 * blk), e);
         sum += reduce16_512(e) as f64;
+    }
+    if let Some(s) = sink {
+        sum += (s - max).exp() as f64;
     }
     let inv = _mm512_set1_ps((1.0 / sum) as f32);
     for blk in 0..blk1 - blk0 {
@@ -703,7 +863,7 @@ unsafe fn attn_row_512(
         if pw == 0.0 {
             continue;
         }
-        let vr = c.v.as_ptr().add((c.slot(p) * c.n_kv + g) * dv);
+        let vr = c.v.as_ptr().add((c.slot(p) * c.n_kv + g) * c.v_stride);
         let a = if n_acc == 4 { (p % 64) / 16 } else { 0 };
         let row = acc.add((a * 16 + p % 16) * dv);
         let w = _mm512_set1_ps(pw);
@@ -738,6 +898,7 @@ unsafe fn attn_row_avx512(
     isa: Isa,
     c: &RowCtx<'_>,
     g: usize,
+    sink: Option<f32>,
     q: &[f32],
     lo: usize,
     hi: usize,
@@ -745,7 +906,7 @@ unsafe fn attn_row_avx512(
     bufs: &mut RowBufs,
     out: &mut [f32],
 ) {
-    attn_row_body(isa, c, g, q, lo, hi, orders, bufs, out)
+    attn_row_body(isa, c, g, sink, q, lo, hi, orders, bufs, out)
 }
 
 /// `attn_row_body` compiled for AVX2 + FMA (same bits).
@@ -759,6 +920,7 @@ unsafe fn attn_row_avx2(
     isa: Isa,
     c: &RowCtx<'_>,
     g: usize,
+    sink: Option<f32>,
     q: &[f32],
     lo: usize,
     hi: usize,
@@ -766,7 +928,7 @@ unsafe fn attn_row_avx2(
     bufs: &mut RowBufs,
     out: &mut [f32],
 ) {
-    attn_row_body(isa, c, g, q, lo, hi, orders, bufs, out)
+    attn_row_body(isa, c, g, sink, q, lo, hi, orders, bufs, out)
 }
 
 #[inline(always)]
@@ -775,6 +937,7 @@ fn attn_row_body(
     isa: Isa,
     c: &RowCtx<'_>,
     g: usize,
+    sink: Option<f32>,
     q: &[f32],
     lo: usize,
     hi: usize,
@@ -808,6 +971,10 @@ fn attn_row_body(
         b.scores[p - base] = s;
         max = max.max(s);
     }
+    // Attention sinks join the max and the denominator (llama.cpp's soft_max order, libm expf).
+    if let Some(s) = sink {
+        max = max.max(s);
+    }
     let mut sum = 0f64;
     for blk in 0..blk1 - blk0 {
         let e = <&mut [f32; 16]>::try_from(&mut b.scores[16 * blk..16 * blk + 16]).unwrap_or_else(|_| unreachable!("16-element block"));
@@ -816,6 +983,9 @@ fn attn_row_body(
             *v = if p >= lo && p < hi { crate::simd::ggml_expf(*v - max) } else { 0.0 };
         }
         sum += reduce16(e) as f64;
+    }
+    if let Some(s) = sink {
+        sum += (s - max).exp() as f64;
     }
     let inv = (1.0 / sum) as f32;
     for v in b.scores.iter_mut() {
@@ -833,7 +1003,7 @@ fn attn_row_body(
             // fma(v, 0, acc) = acc: skipping is exact.
             continue;
         }
-        let vbase = (c.slot(p) * c.n_kv + g) * dv;
+        let vbase = (c.slot(p) * c.n_kv + g) * c.v_stride;
         simd::f16_slice_to_f32(isa, &c.v[vbase..vbase + dv], &mut b.vb);
         let a = if n_acc == 4 { (p % 64) / 16 } else { 0 };
         let row = &mut b.acc[(a * 16 + p % 16) * dv..(a * 16 + p % 16 + 1) * dv];

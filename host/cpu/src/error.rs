@@ -25,9 +25,13 @@ pub enum CpuError {
     UnsupportedKvCacheType { got: String },
     #[error("kv cache type {ty} needs head dims that are multiples of {block}, the model has {dim}")]
     KvCacheHeadDim { ty: &'static str, dim: usize, block: usize },
+    #[error("kv cache with V read from K: head_dim_v {dv} must be in 1..={dk} (head_dim_k)")]
+    VInKHeadDims { dk: usize, dv: usize },
     /// (The scale as text: the enum is `Eq`.)
     #[error("{op}: fp8 scale {scale} must be finite and positive")]
     BadKvScale { op: &'static str, scale: String },
+    #[error("{op}: {n} fp8 {which} scales for {n_head_kv} KV heads: give one (per tensor) or one per KV head")]
+    KvScaleCount { op: &'static str, which: &'static str, n: usize, n_head_kv: usize },
     #[error(transparent)]
     Quant(#[from] QuantError),
 }

@@ -16,8 +16,13 @@
 //! calls for a Q8_0 cache: amax per 32, `d = f16(amax / 127)`, `q = round_half_even(x * 127 /
 //! amax)`; shared with the activation quantizer in `act.rs`). fp8 rows are `x / scale` rounded to
 //! nearest even and saturated to ±448 (CUDA's `__nv_cvt_float_to_fp8(.., __NV_SATFINITE,
-//! __NV_E4M3)`, which vLLM's `reshape_and_cache` uses); NaN stays NaN. The scale is 1.0 unless
-//! set ([`KvCache::set_fp8_scales`]), as vLLM without calibrated `k_scale` / `v_scale`.
+//! __NV_E4M3)`, which vLLM's `reshape_and_cache` uses); NaN stays NaN. Scales ([`KvHeadScales`])
+//! are one per tensor or one per KV head, for K and for V: the cache's own (1.0 unless set with
+//! [`KvCache::set_fp8_scales`], as vLLM without calibrated `k_scale` / `v_scale`), or a layer's
+//! given with each call ([`KvCache::write_scaled`], [`attention_with_scales`](crate::attention_with_scales)),
+//! since one cache plane holds different layers in a grouped KV layout. A KV head's scale
+//! multiplies its score scale (`q.k * (scale * k_scale[g])`) and its decoded V rows, so
+//! per-tensor scales written as one value per head give the same bits.
 //!
 //! Attention follows llama.cpp's CPU flash-attention kernel (`ggml_compute_forward_flash_attn_ext_f16`
 //! with a quantized V, the path llama.cpp takes for a quantized cache), for q8_0 operation for
@@ -116,6 +121,62 @@ impl std::str::FromStr for KvCacheType {
     }
 }
 
+/// fp8 E4M3 scales of one attention layer: stored element = `x / scale`, read back as
+/// `e4m3 * scale`; for K and for V, one value for every KV head (per tensor) or one per KV head
+/// (what HF FP8 checkpoints carry as `k_scale` / `v_scale`, or a calibration computes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvHeadScales {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+impl KvHeadScales {
+    /// One scale for every head (vLLM's per-tensor `k_scale` / `v_scale`).
+    pub fn per_tensor(k: f32, v: f32) -> KvHeadScales {
+        KvHeadScales { k: vec![k], v: vec![v] }
+    }
+
+    /// K's scale of KV head `g`.
+    #[inline]
+    pub fn k_of(&self, g: usize) -> f32 {
+        if self.k.len() == 1 {
+            self.k[0]
+        } else {
+            self.k[g]
+        }
+    }
+
+    /// V's scale of KV head `g`.
+    #[inline]
+    pub fn v_of(&self, g: usize) -> f32 {
+        if self.v.len() == 1 {
+            self.v[0]
+        } else {
+            self.v[g]
+        }
+    }
+
+    /// Each list holds one value or `n_head_kv`, every one finite and positive.
+    pub fn check(&self, op: &'static str, n_head_kv: usize) -> Result<(), CpuError> {
+        for (which, s) in [("K", &self.k), ("V", &self.v)] {
+            if s.len() != 1 && s.len() != n_head_kv {
+                return Err(CpuError::KvScaleCount { op, which, n: s.len(), n_head_kv });
+            }
+            if let Some(bad) = s.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                return Err(CpuError::BadKvScale { op, scale: bad.to_string() });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for KvHeadScales {
+    /// 1.0 for K and V: vLLM's uncalibrated default.
+    fn default() -> Self {
+        KvHeadScales::per_tensor(1.0, 1.0)
+    }
+}
+
 /// f32 -> E4M3FN bits: round to nearest even, saturate finite values to ±448, NaN -> 0x7F.
 pub fn f32_to_e4m3(x: f32) -> u8 {
     if x.is_nan() {
@@ -203,18 +264,21 @@ pub(crate) fn dequantize_row(ty: KvCacheType, src: &[u8], scale: f32, out: &mut 
 pub(crate) struct QCtx<'a> {
     pub ty: KvCacheType,
     pub k: &'a [u8],
+    /// V rows of `row_bytes(dv)` bytes at every `v_stride` bytes (K's rows when V is read from K).
     pub v: &'a [u8],
+    pub v_stride: usize,
     pub dk: usize,
     pub dv: usize,
     pub n_kv: usize,
     pub bs: usize,
     pub layer_base: usize,
     pub block_table: &'a [u32],
-    /// Score multiplier: the attention scale (divided by the softcap when there is one) and,
-    /// for fp8, `k_scale`.
-    pub scale: f32,
+    /// Score multiplier per KV head: the attention scale (divided by the softcap when there is
+    /// one) and, for fp8, the head's K scale.
+    pub kmul: Vec<f32>,
     pub softcap: Option<f32>,
-    pub v_scale: f32,
+    /// Multiplier of decoded V rows per KV head (fp8: the head's V scale; q8_0 ignores it).
+    pub vmul: Vec<f32>,
 }
 
 impl QCtx<'_> {
@@ -231,7 +295,7 @@ impl QCtx<'_> {
     #[inline(always)]
     fn v_row(&self, p: usize, g: usize) -> &[u8] {
         let rb = self.ty.row_bytes(self.dv);
-        let o = (self.slot(p) * self.n_kv + g) * rb;
+        let o = (self.slot(p) * self.n_kv + g) * self.v_stride;
         &self.v[o..o + rb]
     }
 }
@@ -263,27 +327,27 @@ pub(crate) fn attention_rows(
     out: &mut [f32],
 ) {
     let rows = QueryRows { q, n_tokens, n_head, group: n_head / c.n_kv, dk: c.dk, dv: c.dv, pos_start, params };
-    rows.run(pool, out, |bufs: &mut QBufs, g, qh, lo, hi, dst| qrow(isa, c, g, qh, lo, hi, bufs, dst));
+    rows.run(pool, out, |bufs: &mut QBufs, g, sink, qh, lo, hi, dst| qrow(isa, c, g, sink, qh, lo, hi, bufs, dst));
 }
 
 #[allow(clippy::too_many_arguments)]
-fn qrow(isa: Isa, c: &QCtx<'_>, g: usize, q: &[f32], lo: usize, hi: usize, b: &mut QBufs, out: &mut [f32]) {
+fn qrow(isa: Isa, c: &QCtx<'_>, g: usize, sink: Option<f32>, q: &[f32], lo: usize, hi: usize, b: &mut QBufs, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if isa >= Isa::Avx512 {
             // SAFETY: AVX-512 F/BW/VL detected (the caller clamped isa to this machine).
-            unsafe { qrow_avx512(c, g, q, lo, hi, b, out) };
+            unsafe { qrow_avx512(c, g, sink, q, lo, hi, b, out) };
             return;
         }
         if isa >= Isa::Avx2 {
             // SAFETY: AVX2/FMA/F16C detected (isa clamped).
-            unsafe { qrow_avx2(c, g, q, lo, hi, b, out) };
+            unsafe { qrow_avx2(c, g, sink, q, lo, hi, b, out) };
             return;
         }
     }
     // Scalar, and AArch64 where NEON is the baseline the body is compiled for.
     let _ = isa;
-    qrow_body(c, g, q, lo, hi, b, out)
+    qrow_body(c, g, sink, q, lo, hi, b, out)
 }
 
 /// `qrow_body` compiled for AVX-512 (same bits).
@@ -292,8 +356,9 @@ fn qrow(isa: Isa, c: &QCtx<'_>, g: usize, q: &[f32], lo: usize, hi: usize, b: &m
 /// AVX-512 F/BW/VL, AVX2 and FMA must be available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn qrow_avx512(c: &QCtx<'_>, g: usize, q: &[f32], lo: usize, hi: usize, b: &mut QBufs, out: &mut [f32]) {
-    qrow_body(c, g, q, lo, hi, b, out)
+#[allow(clippy::too_many_arguments)]
+unsafe fn qrow_avx512(c: &QCtx<'_>, g: usize, sink: Option<f32>, q: &[f32], lo: usize, hi: usize, b: &mut QBufs, out: &mut [f32]) {
+    qrow_body(c, g, sink, q, lo, hi, b, out)
 }
 
 /// `qrow_body` compiled for AVX2 + FMA (same bits).
@@ -302,8 +367,9 @@ unsafe fn qrow_avx512(c: &QCtx<'_>, g: usize, q: &[f32], lo: usize, hi: usize, b
 /// AVX2, FMA and F16C must be available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn qrow_avx2(c: &QCtx<'_>, g: usize, q: &[f32], lo: usize, hi: usize, b: &mut QBufs, out: &mut [f32]) {
-    qrow_body(c, g, q, lo, hi, b, out)
+#[allow(clippy::too_many_arguments)]
+unsafe fn qrow_avx2(c: &QCtx<'_>, g: usize, sink: Option<f32>, q: &[f32], lo: usize, hi: usize, b: &mut QBufs, out: &mut [f32]) {
+    qrow_body(c, g, sink, q, lo, hi, b, out)
 }
 
 /// `ggml_vec_dot_q8_0_q8_0` in the generic kernel's order.
@@ -341,7 +407,7 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 /// One query row over keys lo..hi of KV head g (see the module header).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn qrow_body(c: &QCtx<'_>, g: usize, q: &[f32], lo: usize, hi: usize, b: &mut QBufs, out: &mut [f32]) {
+fn qrow_body(c: &QCtx<'_>, g: usize, sink: Option<f32>, q: &[f32], lo: usize, hi: usize, b: &mut QBufs, out: &mut [f32]) {
     let (dk, dv) = (c.dk, c.dv);
     out.fill(0.0);
     if hi <= lo {
@@ -378,7 +444,7 @@ fn qrow_body(c: &QCtx<'_>, g: usize, q: &[f32], lo: usize, hi: usize, b: &mut QB
                 dot_lanes(&b.kf, &b.qf)
             }
         };
-        let mut s = s * c.scale;
+        let mut s = s * c.kmul[g];
         if let Some(cap) = c.softcap {
             s = cap * s.tanh();
         }
@@ -393,9 +459,23 @@ fn qrow_body(c: &QCtx<'_>, g: usize, q: &[f32], lo: usize, hi: usize, b: &mut QB
         } else {
             vs = (s - m).exp();
         }
-        dequantize_row(c.ty, c.v_row(p, g), c.v_scale, &mut b.vb);
+        dequantize_row(c.ty, c.v_row(p, g), c.vmul[g], &mut b.vb);
         for (a, &v) in b.acc.iter_mut().zip(&b.vb) {
             *a = v.mul_add(vs, *a);
+        }
+        sum = sum * ms + vs;
+    }
+    // Attention sink: one more term of the online softmax with no value row (llama.cpp's
+    // flash-attention kernel applies it the same way, after the keys).
+    if let Some(s) = sink {
+        let (mut ms, mut vs) = (1f32, 1f32);
+        if s > m {
+            ms = (m - s).exp();
+            for a in b.acc.iter_mut() {
+                *a *= ms;
+            }
+        } else {
+            vs = (s - m).exp();
         }
         sum = sum * ms + vs;
     }

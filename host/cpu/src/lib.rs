@@ -5,6 +5,7 @@
 //!   activations quantized as llama.cpp does ([`quantize_activations`]) and integer dot products
 //!   (AVX-512 VNNI, AVX2, AArch64 NEON with or without `sdot`, scalar).
 //! - [`get_rows`], [`rms_norm`], [`layer_norm`], [`rope`], activations and GLUs, [`softmax_inplace`].
+//! - [`head_matmul`], [`head_view`], [`head_concat`]: per-head products and column moves (MLA).
 //! - [`KvCache`] + [`attention`]: paged KV memory addressed through block tables, elements f16
 //!   (default), q8_0 or fp8 E4M3 ([`KvCacheType`]).
 //! - [`ThreadPool`]: persistent workers; every parallel op takes one.
@@ -25,6 +26,7 @@
 mod act;
 mod attention;
 mod error;
+mod heads;
 mod kquant;
 #[cfg(target_arch = "x86_64")]
 mod kquant_dec;
@@ -48,14 +50,15 @@ mod simd;
 mod unpack;
 
 pub use act::quantize_activations;
-pub use attention::{attention, attention_isa, AttnParams, KvCache};
+pub use attention::{attention, attention_isa, attention_with_scales, AttnParams, KvCache};
 pub use error::CpuError;
+pub use heads::{head_concat, head_matmul, head_view};
 pub use kquant::{batch_invariant, set_batch_invariant};
-pub use kv_quant::{e4m3_to_f32, f32_to_e4m3, KvCacheType, KV_CACHE_TYPES};
+pub use kv_quant::{e4m3_to_f32, f32_to_e4m3, KvCacheType, KvHeadScales, KV_CACHE_TYPES};
 pub use matmul::{get_rows, matmul, matmul_bias, matmul_ext, matmul_many, supports_matmul, MatmulOut};
 pub use ops::{
-    add, geglu, gelu, gelu_erf, layer_norm, mul, rms_norm, rope, rope_cache, rope_yarn_corr_dims, scale, silu, softcap, softmax_inplace,
-    swiglu, RopeParams,
+    add, geglu, gelu, gelu_erf, layer_norm, mul, rms_norm, rope, rope_cache, rope_yarn_corr_dims, rope_yarn_corr_dims_exact, scale, silu,
+    softcap, softmax_inplace, swiglu, swiglu_oai, RopeParams,
 };
 pub use pool::ThreadPool;
 pub use qmatmul::SyncPtr;

@@ -91,6 +91,9 @@ pub struct RopeParams {
     pub n_ctx_orig: usize,
     /// Per-pair frequency divisors (`n_rot / 2` values): Llama-3 / LongRoPE `rope_freqs`.
     pub freq_factors: Option<Vec<f32>>,
+    /// YaRN's correction range unrounded ([`rope_yarn_corr_dims_exact`], transformers'
+    /// `truncate = False`) instead of ggml's whole dims.
+    pub yarn_exact: bool,
 }
 
 impl Default for RopeParams {
@@ -106,6 +109,7 @@ impl Default for RopeParams {
             beta_slow: 1.0,
             n_ctx_orig: 0,
             freq_factors: None,
+            yarn_exact: false,
         }
     }
 }
@@ -118,11 +122,25 @@ pub fn rope_yarn_corr_dims(n_dims: usize, n_ctx_orig: usize, freq_base: f32, bet
     [start.max(0.0), end.min(n_dims as f32 - 1.0)]
 }
 
+/// transformers' `find_correction_range` with `truncate = False` (gpt-oss): the same bounds as
+/// [`rope_yarn_corr_dims`] without rounding them to whole dims, computed in f64 as Python does
+/// and clamped to `[0, n_dims - 1]`.
+pub fn rope_yarn_corr_dims_exact(n_dims: usize, n_ctx_orig: usize, freq_base: f32, beta_fast: f32, beta_slow: f32) -> [f32; 2] {
+    let corr_dim = |n_rot: f32| {
+        n_dims as f64 * (n_ctx_orig as f64 / (n_rot as f64 * 2.0 * std::f64::consts::PI)).ln() / (2.0 * (freq_base as f64).ln())
+    };
+    [corr_dim(beta_fast).max(0.0) as f32, corr_dim(beta_slow).min(n_dims as f64 - 1.0) as f32]
+}
+
 /// The (cos, sin) pairs for one position: `cache[i0]`, `cache[i0 + 1]` for i0 = 0, 2, .. n_rot.
 pub fn rope_cache(pos: f32, p: &RopeParams, cache: &mut [f32]) {
     let n_dims = p.n_rot;
     let theta_scale = p.freq_base.powf(-2.0 / n_dims as f32);
-    let corr = rope_yarn_corr_dims(n_dims, p.n_ctx_orig, p.freq_base, p.beta_fast, p.beta_slow);
+    let corr = if p.yarn_exact {
+        rope_yarn_corr_dims_exact(n_dims, p.n_ctx_orig, p.freq_base, p.beta_fast, p.beta_slow)
+    } else {
+        rope_yarn_corr_dims(n_dims, p.n_ctx_orig, p.freq_base, p.beta_fast, p.beta_slow)
+    };
     let mut theta = pos;
     for i0 in (0..n_dims).step_by(2) {
         let ff = p.freq_factors.as_ref().map_or(1.0, |f| f[i0 / 2]);
@@ -216,6 +234,14 @@ pub fn gelu_erf(x: &[f32], out: &mut [f32]) {
 pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == up.len() && gate.len() == out.len(), "swiglu: lengths");
     simd::silu_ggml(Isa::detect(), gate, Some(up), out);
+}
+
+/// gpt-oss's clamped SwiGLU (llama.cpp's `ggml_swiglu_oai`, transformers' `GptOssExperts`):
+/// `g = min(gate, limit)`, `u = clamp(up, -limit, limit)`, `out = g · sigmoid(alpha · g) · (u + 1)`.
+/// NaN inputs stay NaN (`min`/`clamp` as torch's, which propagate them).
+pub fn swiglu_oai(gate: &[f32], up: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
+    assert!(gate.len() == up.len() && gate.len() == out.len(), "swiglu_oai: lengths");
+    simd::swiglu_oai(Isa::detect(), gate, up, alpha, limit, out);
 }
 
 /// GEGLU: `out = gelu(gate) * up` (tanh approximation).

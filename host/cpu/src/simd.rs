@@ -442,6 +442,60 @@ pub(crate) fn silu_ggml(isa: Isa, x: &[f32], mul: Option<&[f32]>, out: &mut [f32
     silu_ggml_body(x, mul, out)
 }
 
+/// The clamped SwiGLU of gpt-oss, one portable branch-free body (so it vectorises) compiled per
+/// ISA: `g / (1 + ggml_expf(-alpha g)) * (u + 1)` with `g = min(gate, limit)`, `u = clamp(up,
+/// -limit, limit)`. NaN propagates through the clamps as in torch. Every ISA gives the same
+/// bits (the body is the same IEEE operations; `ggml_expf` is exact-order fma code).
+#[inline(always)]
+fn swiglu_oai_body(gate: &[f32], up: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
+    let n = gate.len().min(up.len()).min(out.len());
+    for i in 0..n {
+        let (x, y) = (gate[i], up[i]);
+        // `if` forms (not f32::min/max, which drop NaN) keep NaN as torch's clamp does.
+        let g = if x > limit { limit } else { x };
+        let u = if y > limit {
+            limit
+        } else if y < -limit {
+            -limit
+        } else {
+            y
+        };
+        out[i] = g / (1.0 + ggml_expf(-(alpha * g))) * (u + 1.0);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn swiglu_oai_avx512(gate: &[f32], up: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
+    swiglu_oai_body(gate, up, alpha, limit, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_oai_avx2(gate: &[f32], up: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
+    swiglu_oai_body(gate, up, alpha, limit, out)
+}
+
+/// [`swiglu_oai_body`] at the best ISA level `isa` allows.
+pub(crate) fn swiglu_oai(isa: Isa, gate: &[f32], up: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let isa = isa.clamp();
+        if isa >= Isa::Avx512 {
+            // SAFETY: AVX-512 F/BW/VL detected.
+            unsafe { swiglu_oai_avx512(gate, up, alpha, limit, out) };
+            return;
+        }
+        if isa >= Isa::Avx2 {
+            // SAFETY: AVX2/FMA detected.
+            unsafe { swiglu_oai_avx2(gate, up, alpha, limit, out) };
+            return;
+        }
+    }
+    let _ = isa;
+    swiglu_oai_body(gate, up, alpha, limit, out)
+}
+
 pub(crate) const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 pub(crate) const GELU_COEF_A: f32 = 0.044715;
 
@@ -635,6 +689,47 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// gpt-oss's clamped SwiGLU: every ISA gives the portable body's bits, and the body is
+    /// within a few ulps of the definition evaluated in f64 (values on both sides of the limits,
+    /// at them, far outside, signed zeros, NaN).
+    #[test]
+    fn swiglu_oai_every_isa_gives_the_scalar_bits_and_matches_f64() {
+        let mut rng = Rng(11);
+        let (alpha, limit) = (1.702f32, 7.0f32);
+        let mut g = silu_inputs(&mut rng);
+        g.extend([7.0, -7.0, 7.000001, 6.999999, -300.0]);
+        let mut u: Vec<f32> = (0..g.len()).map(|_| rng.uniform(-10.0, 10.0)).collect();
+        u[..6].copy_from_slice(&[7.0, -7.0, 1e30, -1e30, f32::NAN, -0.0]);
+        let n = g.len();
+        let mut want = vec![0f32; n];
+        swiglu_oai_body(&g, &u, alpha, limit, &mut want);
+        for isa in Isa::all_supported() {
+            for len in [0usize, 1, 7, 8, 9, 17, n] {
+                let mut got = vec![0f32; len];
+                swiglu_oai(isa, &g[..len], &u[..len], alpha, limit, &mut got);
+                for i in 0..len {
+                    assert!(same_bits(got[i], want[i]), "{isa:?} gate={} up={}: {} vs scalar {}", g[i], u[i], got[i], want[i]);
+                }
+            }
+        }
+        for i in 0..n {
+            let (x, y) = (g[i] as f64, u[i] as f64);
+            if x.is_nan() || y.is_nan() {
+                assert!(want[i].is_nan(), "NaN in must give NaN out: gate={x} up={y} -> {}", want[i]);
+                continue;
+            }
+            let gc = x.min(limit as f64);
+            let uc = y.clamp(-limit as f64, limit as f64);
+            let r = gc / (1.0 + (-(alpha as f64) * gc).exp()) * (uc + 1.0);
+            if r.is_nan() {
+                // -inf / inf (gate = -inf) in both.
+                assert!(want[i].is_nan(), "gate={x} up={y}: {} vs f64 NaN", want[i]);
+                continue;
+            }
+            assert!((want[i] as f64 - r).abs() <= 2e-6 * r.abs() + 1e-30, "gate={x} up={y}: {} vs f64 {r}", want[i]);
         }
     }
 

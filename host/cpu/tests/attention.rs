@@ -3,7 +3,7 @@
 //! Blocks of 16 tokens scattered non-contiguously over the pool (tables like [13, 2, 9, 0, ...]),
 //! two sequences sharing the pool, sequence lengths crossing block boundaries, GQA (6 query heads
 //! on 2 KV heads), head_dim_v != head_dim_k, sliding window, logit softcap, non-causal, decode and
-//! chunked prefill. The reference uses K/V rounded to f16 (the cache's storage type) and, like
+//! chunked prefill, attention sinks (gpt-oss). The reference uses K/V rounded to f16 (the cache's storage type) and, like
 //! llama.cpp's attention (which ours reproduces bit for bit, see `attention.rs`), q and the
 //! softmax probabilities rounded to f16, the probabilities from an f64 softmax; a probability
 //! may therefore round to the neighbouring f16, so |out - ref| <= 2e-5 * max|v| + sum_j
@@ -70,8 +70,10 @@ fn reference(
                     s
                 })
                 .collect();
-            let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+            // An attention sink joins the max and the denominator, with no value row.
+            let sink = p.sinks.as_ref().map(|s| s[h] as f64);
+            let m = logits.iter().cloned().chain(sink).fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = logits.iter().map(|l| (l - m).exp()).sum::<f64>() + sink.map_or(0.0, |s| (s - m).exp());
             for l in logits.iter_mut() {
                 *l = (*l - m).exp() / sum;
             }
@@ -102,6 +104,9 @@ fn paged_attention_matches_dense_f64() {
         AttnParams { softcap: Some(5.0), scale: Some(0.5), ..Default::default() },
         AttnParams { causal: false, ..Default::default() },
         AttnParams { causal: false, sliding_window: Some(7), ..Default::default() },
+        // gpt-oss: attention sinks, alone and with a window (one sink above every score).
+        AttnParams { sinks: Some(vec![-1.0, 0.0, 0.5, 1.5, 3.0, 40.0]), ..Default::default() },
+        AttnParams { sliding_window: Some(5), sinks: Some(vec![2.0, -3.0, 0.0, 1.0, -0.5, 0.25]), ..Default::default() },
     ];
     // Steps: prefill 17 (crosses a block), decode 1, chunk of 20 (crosses two), decode 1 ...
     for &n_tokens in &[17usize, 1, 20, 1, 15, 3] {
@@ -164,4 +169,37 @@ fn bad_tables_are_errors() {
         rocmforge_cpu::attention(&pool, &cache, 0, &[1], &k, 1, 0, 3, &p, &mut [0f32; 24]).is_err(),
         "q of 8 values cannot hold 3 heads of 8"
     );
+}
+
+/// A sliding window's given-back blocks (the engine puts an invalid id, `u32::MAX`, in their
+/// table entries): attention reads only keys from the first query's window on, so the result is
+/// bit-identical to the one with every block present; a given-back block inside a window is an
+/// error, never a read. For the f16 and a quantized cache, causal and not.
+#[test]
+fn given_back_blocks_behind_the_window_are_never_read() {
+    const NULL: u32 = u32::MAX;
+    let (n_kv, n_head, dk, dv) = (2, 4, 32, 32);
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng::new(7);
+    for ty in [rocmforge_cpu::KvCacheType::F16, rocmforge_cpu::KvCacheType::Q8_0] {
+        let mut cache = KvCache::with_type(ty, 1, n_kv, dk, dv, BS, 8).expect("cache");
+        let table = [3, 2, 5, 0];
+        let (pos_start, n_tokens) = (40, 10);
+        let k = rng.vec(50 * n_kv * dk, 1.0);
+        let v = rng.vec(50 * n_kv * dv, 1.0);
+        cache.write(0, &table, 0, &k, &v, 50).expect("write");
+        let q = rng.vec(n_tokens * n_head * dk, 1.0);
+        for causal in [true, false] {
+            // Window 5: the first query (40) reads keys 36.., all in block 2 (32..47) and on.
+            let p = AttnParams { sliding_window: Some(5), causal, ..Default::default() };
+            let run = |t: &[u32]| {
+                let mut out = vec![0f32; n_tokens * n_head * dv];
+                rocmforge_cpu::attention(&pool, &cache, 0, t, &q, n_tokens, pos_start, n_head, &p, &mut out).map(|_| out)
+            };
+            let all = run(&table).expect("every block present");
+            let given_back = run(&[NULL, NULL, 5, 0]).expect("blocks behind the window given back");
+            assert!(all.iter().zip(&given_back).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty:?} causal {causal}");
+            assert!(run(&[NULL, NULL, NULL, 0]).is_err(), "{ty:?}: block 2 holds keys 36..39 of the window");
+        }
+    }
 }

@@ -81,8 +81,10 @@ fn reference(
                     p.softcap.map_or(s, |c| c as f64 * (s / c as f64).tanh())
                 })
                 .collect();
-            let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+            // An attention sink joins the max and the denominator, with no value row.
+            let sink = p.sinks.as_ref().map(|s| s[h] as f64);
+            let m = logits.iter().cloned().chain(sink).fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = logits.iter().map(|l| (l - m).exp()).sum::<f64>() + sink.map_or(0.0, |s| (s - m).exp());
             for (j, &kp) in keys.iter().enumerate() {
                 let w = (logits[j] - m).exp() / sum;
                 for d in 0..dv {
@@ -136,6 +138,8 @@ fn check_type(ty: KvCacheType) {
         AttnParams { softcap: Some(5.0), scale: Some(0.5), ..Default::default() },
         AttnParams { causal: false, ..Default::default() },
         AttnParams { causal: false, sliding_window: Some(7), ..Default::default() },
+        // gpt-oss's attention sinks (one above every score: the sink-first branch).
+        AttnParams { sliding_window: Some(5), sinks: Some(vec![-1.0, 0.0, 0.5, 1.5, 3.0, 40.0]), ..Default::default() },
     ];
     let (mut worst_kernel, mut worst_e2e, mut worst_storage) = (0f64, 0f64, 0f64);
     for &n_tokens in &[17usize, 1, 20, 1, 15, 3] {
@@ -264,4 +268,170 @@ fn window_of_one_and_bad_tables_are_handled() {
     attention_isa(&pool, Isa::detect(), &cache, 0, &[1], &k, 1, 0, 1, &w1, &mut out).expect("attention, window 1");
     assert!(out.iter().all(|&x| (x - 0.5).abs() < 1e-2), "window 1, non-causal: {out:?}");
     assert!(attention_isa(&pool, Isa::detect(), &cache, 0, &[1], &k, 1, 16, 1, &p, &mut out).is_err());
+}
+
+/// E4M3FN quantize-then-dequantize in f64, from the format's definition (independent of the
+/// kernel's bit tricks): the nearest of the 127 finite magnitudes `m/8 * 2^-6` (subnormal) and
+/// `(1 + m/8) * 2^(e-7)`, ties to the even code, saturating at 448; then times `scale`.
+fn e4m3_round_f64(x: f64, scale: f64) -> f64 {
+    let codes: Vec<f64> = (0..0x7Fu32)
+        .map(|c| {
+            let (e, m) = ((c >> 3) as i32, (c & 7) as f64);
+            if e == 0 {
+                m / 8.0 * 2f64.powi(-6)
+            } else {
+                (1.0 + m / 8.0) * 2f64.powi(e - 7)
+            }
+        })
+        .collect();
+    let y = (x / scale).abs();
+    let mut best = 0usize;
+    for (c, &v) in codes.iter().enumerate() {
+        let (d, db) = ((v - y).abs(), (codes[best] - y).abs());
+        if d < db || (d == db && c % 2 == 0) {
+            best = c;
+        }
+    }
+    x.signum() * codes[best] * scale
+}
+
+/// Whether `x / scale` lies within `rel` (relative) of a rounding midpoint between two E4M3
+/// magnitudes: there the kernel's `x * (1 / scale)` in f32 may round to the other neighbour.
+fn near_e4m3_tie(x: f64, scale: f64, rel: f64) -> bool {
+    let y = (x / scale).abs();
+    let lo = e4m3_round_f64(y * (1.0 - rel), 1.0);
+    let hi = e4m3_round_f64(y * (1.0 + rel), 1.0);
+    lo != hi
+}
+
+/// Per-KV-head fp8 scales are applied per head: three KV heads of magnitudes 1e-3, 1 and 1e3
+/// (no single scale serves them: checked), each with its own K and V scale. Every element read
+/// back equals the f64 quantize-then-dequantize with its head's scale (up to the f32 rounding of
+/// `e4m3 * scale`); attention matches f64 attention over those values per head; every ISA path
+/// gives the same bits; one value repeated per head gives exactly the bits of that per-tensor
+/// scale; and f16 / q8_0 caches ignore scales.
+#[test]
+fn fp8_per_head_scales_apply_per_head() {
+    use rocmforge_cpu::{attention_with_scales, KvHeadScales};
+    let (n_kv, n_head, dk, dv, n_tokens) = (3usize, 6usize, 64usize, 32usize, 20usize);
+    let group = n_head / n_kv;
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng::new(11);
+    let mag = [1e-3f32, 1.0, 1e3];
+    let scales = KvHeadScales { k: mag.iter().map(|m| m * 4.0 / 448.0).collect(), v: mag.iter().map(|m| m * 3.0 / 448.0).collect() };
+    let per_head = |x: Vec<f32>, d: usize| -> Vec<f32> { x.iter().enumerate().map(|(i, &v)| v * mag[(i / d) % n_kv]).collect() };
+    let k = per_head(rng.vec(n_tokens * n_kv * dk, 1.0), dk);
+    let v = per_head(rng.vec(n_tokens * n_kv * dv, 1.0), dv);
+    // Queries of head h scaled by 1 / (its KV head's magnitude): logits of order 1 everywhere.
+    let q: Vec<f32> = rng.vec(n_tokens * n_head * dk, 1.0).iter().enumerate().map(|(i, &x)| x / mag[(i / dk) % n_head / group]).collect();
+    let (layer, table) = (1, [3u32, 1]);
+    let mut cache = KvCache::with_type(KvCacheType::Fp8E4M3, 2, n_kv, dk, dv, BS, 4).expect("cache");
+    cache.write_scaled(layer, &table, 0, &k, &v, n_tokens, Some(&scales)).expect("write");
+
+    // 1. Storage, per head, against f64.
+    let (mut kd, mut vd) = (vec![0f32; k.len()], vec![0f32; v.len()]);
+    let mut ties = 0;
+    for (x, xd, d, value) in [(&k, &mut kd, dk, false), (&v, &mut vd, dv, true)] {
+        for t in 0..n_tokens {
+            for g in 0..n_kv {
+                let row = &mut xd[(t * n_kv + g) * d..][..d];
+                cache.read_scaled(layer, &table, t, g, value, Some(&scales), row).expect("read");
+                let s = if value { scales.v[g] } else { scales.k[g] } as f64;
+                for (j, &got) in row.iter().enumerate() {
+                    let w = x[(t * n_kv + g) * d + j] as f64;
+                    let want = e4m3_round_f64(w, s);
+                    if (got as f64 - want).abs() > want.abs() * 2f64.powi(-23) {
+                        assert!(
+                            near_e4m3_tie(w, s, 1e-6),
+                            "head {g} {} [{t}][{j}]: wrote {w}, read {got}, f64 {want}",
+                            if value { "V" } else { "K" }
+                        );
+                        ties += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(ties <= 2, "{ties} elements off the f64 rounding (only near-ties may be)");
+    // The data needs per-head scales: the middle head's scale for every head loses the small
+    // head to subnormals and saturates the large one.
+    let one = scales.k[1] as f64;
+    let rel_err = |g: usize| -> f64 {
+        (0..n_tokens * dk)
+            .map(|i| {
+                let w = k[(i / dk * n_kv + g) * dk + i % dk] as f64;
+                ((e4m3_round_f64(w, one) - w) / w.abs().max(1e-30)).abs()
+            })
+            .fold(0.0, f64::max)
+    };
+    assert!(rel_err(0) > 0.25 && rel_err(2) > 0.25, "one scale would do: {} {}", rel_err(0), rel_err(2));
+
+    // 2. + 3. Attention against f64 over the dequantized values, per head; every ISA the same bits.
+    let qx: Vec<f64> = q.iter().map(|&x| x as f64).collect();
+    let p = AttnParams::default();
+    let want = reference(&kd, &vd, &qx, n_tokens, 0, n_head, n_kv, dk, dv, &p);
+    // Per KV head: max |v| read back (the kernel's bound as in `check_type`, head by head).
+    let vmax: Vec<f64> =
+        (0..n_kv).map(|g| (0..n_tokens * dv).map(|i| vd[(i / dv * n_kv + g) * dv + i % dv].abs() as f64).fold(0.0, f64::max)).collect();
+    let mut first: Option<Vec<f32>> = None;
+    let mut worst = 0f64;
+    for isa in Isa::all_supported() {
+        let mut out = vec![f32::NAN; n_tokens * n_head * dv];
+        attention_with_scales(&pool, isa, &cache, layer, &table, &q, n_tokens, 0, n_head, &p, Some(&scales), &mut out).expect("attention");
+        for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
+            let g = i / dv % n_head / group;
+            let bound = 1e-6 * vmax[g];
+            let err = (o as f64 - w).abs();
+            assert!(err <= bound, "{isa:?} [{i}] head {g}: {o} vs {w} (err {err:e} > {bound:e})");
+            worst = worst.max(err / bound);
+        }
+        match &first {
+            None => first = Some(out),
+            Some(f) => assert!(f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?} differs from the first path"),
+        }
+    }
+    println!("per-head fp8: {ties} near-tie elements; attention vs f64 at most {worst:.3} of its bound");
+    // The scales are needed to read the rows back: the cache's own (1.0) give other values.
+    let mut out1 = vec![0f32; n_tokens * n_head * dv];
+    attention_with_scales(&pool, Isa::detect(), &cache, layer, &table, &q, n_tokens, 0, n_head, &p, None, &mut out1).expect("attention");
+    assert!(out1.iter().zip(first.as_ref().expect("ran")).any(|(a, b)| a != b));
+
+    // 4. One value per head, repeated, is the per-tensor scale bit for bit.
+    let (ks, vs) = (0.37f32, 0.011f32);
+    let rep = KvHeadScales { k: vec![ks; n_kv], v: vec![vs; n_kv] };
+    let mut a = KvCache::with_type(KvCacheType::Fp8E4M3, 2, n_kv, dk, dv, BS, 4).expect("cache");
+    let mut b = KvCache::with_type(KvCacheType::Fp8E4M3, 2, n_kv, dk, dv, BS, 4).expect("cache");
+    let (kn, vn) = (rng.vec(k.len(), 2.0), rng.vec(v.len(), 0.05));
+    let qn = rng.vec(q.len(), 1.0);
+    a.write_scaled(layer, &table, 0, &kn, &vn, n_tokens, Some(&rep)).expect("write");
+    b.set_fp8_scales(ks, vs).expect("scales");
+    b.write(layer, &table, 0, &kn, &vn, n_tokens).expect("write");
+    let (mut oa, mut ob) = (vec![0f32; n_tokens * n_head * dv], vec![0f32; n_tokens * n_head * dv]);
+    attention_with_scales(&pool, Isa::detect(), &a, layer, &table, &qn, n_tokens, 0, n_head, &p, Some(&rep), &mut oa).expect("attention");
+    attention_isa(&pool, Isa::detect(), &b, layer, &table, &qn, n_tokens, 0, n_head, &p, &mut ob).expect("attention");
+    assert!(oa.iter().zip(&ob).all(|(x, y)| x.to_bits() == y.to_bits()), "per-head copies of one scale differ from the per-tensor scale");
+
+    // 5. f16 and q8_0 ignore scales: the same bits with and without.
+    for ty in [KvCacheType::F16, KvCacheType::Q8_0] {
+        let mut a = KvCache::with_type(ty, 2, n_kv, dk, dv, BS, 4).expect("cache");
+        let mut b = KvCache::with_type(ty, 2, n_kv, dk, dv, BS, 4).expect("cache");
+        a.write_scaled(layer, &table, 0, &kn, &vn, n_tokens, Some(&scales)).expect("write");
+        b.write(layer, &table, 0, &kn, &vn, n_tokens).expect("write");
+        attention_with_scales(&pool, Isa::detect(), &a, layer, &table, &qn, n_tokens, 0, n_head, &p, Some(&scales), &mut oa)
+            .expect("attention");
+        attention_isa(&pool, Isa::detect(), &b, layer, &table, &qn, n_tokens, 0, n_head, &p, &mut ob).expect("attention");
+        assert!(oa.iter().zip(&ob).all(|(x, y)| x.to_bits() == y.to_bits()), "{ty}: scales changed the result");
+    }
+
+    // Bad scale lists are errors naming the count or the value.
+    let e = cache
+        .write_scaled(layer, &table, 0, &k, &v, n_tokens, Some(&KvHeadScales { k: vec![1.0; 2], v: vec![1.0] }))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 fp8 K scales for 3 KV heads"), "{e}");
+    let e = cache
+        .write_scaled(layer, &table, 0, &k, &v, n_tokens, Some(&KvHeadScales { k: vec![1.0], v: vec![1.0, -2.0, 1.0] }))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("-2"), "{e}");
 }

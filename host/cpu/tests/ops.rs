@@ -62,8 +62,13 @@ fn rope_ref(x: &[f32], n_tokens: usize, n_head: usize, hd: usize, pos: &[i32], p
     let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let (base, fs, ext) = (p.freq_base as f64, p.freq_scale as f64, p.ext_factor as f64);
     let corr = |beta: f64| nd as f64 * (p.n_ctx_orig as f64 / (beta * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
-    let lo = corr(p.beta_fast as f64).floor().max(0.0);
-    let hi = corr(p.beta_slow as f64).ceil().min(nd as f64 - 1.0);
+    // transformers' `find_correction_range`: rounded outward unless `truncate = False`.
+    let (lo, hi) = if p.yarn_exact {
+        (corr(p.beta_fast as f64), corr(p.beta_slow as f64))
+    } else {
+        (corr(p.beta_fast as f64).floor(), corr(p.beta_slow as f64).ceil())
+    };
+    let (lo, hi) = (lo.max(0.0), hi.min(nd as f64 - 1.0));
     for t in 0..n_tokens {
         for h in 0..n_head {
             let v = &mut out[(t * n_head + h) * hd..(t * n_head + h + 1) * hd];
@@ -102,6 +107,20 @@ fn rope_matches_f64_all_variants() {
         ("linear", RopeParams { n_rot: 64, freq_scale: 0.25, ..Default::default() }),
         ("yarn", RopeParams { n_rot: 64, neox: true, freq_scale: 0.25, ext_factor: 1.0, n_ctx_orig: 4096, ..Default::default() }),
         ("freq_factors", RopeParams { n_rot: 48, neox: true, freq_factors: Some(ff.clone()), ..Default::default() }),
+        // gpt-oss: θ 150000, YaRN ×32 from 4096, correction range [8.09, 17.4] left unrounded.
+        (
+            "yarn exact",
+            RopeParams {
+                n_rot: 64,
+                neox: true,
+                freq_base: 150000.0,
+                freq_scale: 1.0 / 32.0,
+                ext_factor: 1.0,
+                n_ctx_orig: 4096,
+                yarn_exact: true,
+                ..Default::default()
+            },
+        ),
     ];
     for (name, p) in variants {
         let x = rng.vec(n_tokens * n_head * hd, 1.0);
@@ -126,6 +145,30 @@ fn rope_matches_f64_all_variants() {
             assert!((n0 - n1).abs() <= 1e-4 * n0, "{name}: norm changed");
         }
     }
+}
+
+/// The unrounded range differs from the rounded one where it should (gpt-oss's numbers), so the
+/// flag changes the rotation.
+#[test]
+fn yarn_exact_range_is_unrounded() {
+    let f = |beta: f64| 64.0 * (4096.0 / (beta * 2.0 * std::f64::consts::PI)).ln() / (2.0 * 150000f64.ln());
+    let exact = rope_yarn_corr_dims_exact(64, 4096, 150000.0, 32.0, 1.0);
+    assert_eq!(exact, [f(32.0) as f32, f(1.0) as f32]);
+    assert_eq!(rope_yarn_corr_dims(64, 4096, 150000.0, 32.0, 1.0), [8.0, 18.0]);
+    assert!(exact[0] > 8.05 && exact[1] < 17.5, "{exact:?}");
+    let p = RopeParams {
+        n_rot: 64,
+        neox: true,
+        freq_base: 150000.0,
+        freq_scale: 1.0 / 32.0,
+        ext_factor: 1.0,
+        n_ctx_orig: 4096,
+        ..Default::default()
+    };
+    let (mut a, mut b) = (vec![0f32; 64], vec![0f32; 64]);
+    rope_cache(1000.0, &p, &mut a);
+    rope_cache(1000.0, &RopeParams { yarn_exact: true, ..p }, &mut b);
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3), "the unrounded range must change the rotation");
 }
 
 #[test]

@@ -31,11 +31,16 @@
 //!                                                       hash is dropped)
 //! ```
 //!
+//! KV cache groups (sliding-window layers apart from full ones, `kv_manager.rs`): the same token
+//! prefix has one block per group, so cached blocks are keyed by (group, hash); a block is cached
+//! for one group at a time.
+//!
 //! Invariants (checked by [`BlockPool::check_invariants`]):
 //! - every usable block is either in the free queue with `ref_cnt == 0`, or out of it with
-//!   `ref_cnt > 0`, never both; reserved blocks (the future null block) are neither;
+//!   `ref_cnt > 0`, never both; reserved blocks are neither (none today: a given-back table
+//!   entry is `NULL_BLOCK`, not a block of the pool);
 //! - the queue's `prev`/`next` links are mutually consistent and its length is counted right;
-//! - a block carries a hash exactly when the map sends that hash to that block (a bijection);
+//! - a block carries a (group, hash) exactly when the map sends it to that block (a bijection);
 //! - only full blocks are cached, and a cached block's K/V is never written again: the writer
 //!   (the request that filled it) has moved past it, and every later owner only reads it.
 //!
@@ -45,9 +50,12 @@
 
 use std::collections::HashMap;
 
-/// Blocks at the start of the pool that are never handed out. Set to 1 to reserve block 0 as the
-/// null block that attention skips (sliding-window layers); no other code has to change (the
-/// randomized tests pass either way; the small tests that name exact block ids assume 0).
+use rocmforge_runtime::NULL_BLOCK;
+
+/// Blocks at the start of the pool that are never handed out. 0: the null entry of a block
+/// table (a block given back behind a sliding window) is `NULL_BLOCK`, outside the pool, rather
+/// than a reserved block (the randomized tests pass either way; the small tests that name exact
+/// block ids assume 0).
 const NUM_RESERVED_BLOCKS: usize = 0;
 
 /// The "no block" link in the free queue.
@@ -66,6 +74,8 @@ pub enum KvError {
     StaleComputedBlock { block: u32, index: usize },
     #[error("request {req} already holds blocks: computed blocks are only taken on a request's first allocation")]
     ComputedBlocksForRunningRequest { req: u64 },
+    #[error("{len} computed blocks do not split into {n_groups} KV cache groups of equal length")]
+    MalformedComputedBlocks { len: usize, n_groups: usize },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -176,6 +186,8 @@ enum Parent {
 
 #[derive(Debug)]
 struct Cached {
+    /// The KV cache group whose K/V the block holds.
+    group: u32,
     hash: BlockHash,
     generation: u64,
     parent: Parent,
@@ -336,7 +348,7 @@ pub struct BlockPool {
     /// Full cached blocks by hash. Std `HashMap` (random-keyed SipHash) on purpose: the keys come
     /// from user tokens through a fixed-key hash, so an attacker could aim at one bucket of an
     /// unkeyed map; keyed, they can at worst collide our 64 bits, which only costs misses.
-    cached_block_hash_to_block: HashMap<BlockHash, u32>,
+    cached_block_hash_to_block: HashMap<(u32, BlockHash), u32>,
     next_generation: u64,
 }
 
@@ -494,10 +506,17 @@ impl BlockPool {
         }
     }
 
-    /// The cached block for `hash` whose contents are exactly `tokens` after `parent` (or, for
-    /// a first block, after nothing with salt `salt`). Takes no reference.
-    pub fn get_cached_block(&self, hash: BlockHash, parent: Option<BlockRef>, tokens: &[u32], salt: Option<&str>) -> Option<BlockRef> {
-        let &b = self.cached_block_hash_to_block.get(&hash)?;
+    /// The cached block of `group` for `hash` whose contents are exactly `tokens` after `parent`
+    /// (or, for a first block, after nothing with salt `salt`). Takes no reference.
+    pub fn get_cached_block(
+        &self,
+        group: u32,
+        hash: BlockHash,
+        parent: Option<BlockRef>,
+        tokens: &[u32],
+        salt: Option<&str>,
+    ) -> Option<BlockRef> {
+        let &b = self.cached_block_hash_to_block.get(&(group, hash))?;
         let c = self.cached[b as usize].as_ref().expect("map points at a cached block");
         if Self::parent_matches(c, parent, salt) && self.block_tokens(b) == tokens {
             Some(BlockRef { id: b, generation: c.generation })
@@ -506,19 +525,28 @@ impl BlockPool {
         }
     }
 
-    /// Register the full, written, referenced block `b` as `hash` (contents `tokens` after
-    /// `parent`). Returns the block that now stands for these contents in the cache, which the
+    /// Register the full, written, referenced block `b` of `group` as `hash` (contents `tokens`
+    /// after `parent`, a block of the same group). Returns the block that now stands for these
+    /// contents in the cache, which the
     /// next block of the sequence must name as its parent: `b` itself, or an identical block
     /// that was already cached (then `b` stays uncached: two requests computed the same prefix
     /// at once). A different block under the same hash (a real collision, or the same contents
     /// under a parent that has since been evicted) is uncached in favour of `b`.
-    pub fn cache_full_block(&mut self, b: u32, hash: BlockHash, parent: Option<BlockRef>, tokens: &[u32], salt: Option<&str>) -> BlockRef {
+    pub fn cache_full_block(
+        &mut self,
+        group: u32,
+        b: u32,
+        hash: BlockHash,
+        parent: Option<BlockRef>,
+        tokens: &[u32],
+        salt: Option<&str>,
+    ) -> BlockRef {
         assert_eq!(tokens.len(), self.block_size, "only full blocks are cached");
         assert!(self.ref_cnt[b as usize] > 0, "block {b} cached while nobody holds it");
-        if let Some(r) = self.get_cached_block(hash, parent, tokens, salt) {
+        if let Some(r) = self.get_cached_block(group, hash, parent, tokens, salt) {
             return r;
         }
-        if let Some(&other) = self.cached_block_hash_to_block.get(&hash) {
+        if let Some(&other) = self.cached_block_hash_to_block.get(&(group, hash)) {
             self.uncache(other);
         }
         self.uncache(b);
@@ -533,8 +561,8 @@ impl BlockPool {
             None => Parent::Root { salt: salt.map(Box::from) },
             Some(p) => Parent::Block(p),
         };
-        self.cached[b as usize] = Some(Cached { hash, generation, parent });
-        self.cached_block_hash_to_block.insert(hash, b);
+        self.cached[b as usize] = Some(Cached { group, hash, generation, parent });
+        self.cached_block_hash_to_block.insert((group, hash), b);
         BlockRef { id: b, generation }
     }
 
@@ -542,20 +570,25 @@ impl BlockPool {
     /// can no longer be reached even if `b` is cached again with other contents.
     fn uncache(&mut self, b: u32) {
         if let Some(c) = self.cached[b as usize].take() {
-            let removed = self.cached_block_hash_to_block.remove(&c.hash);
+            let removed = self.cached_block_hash_to_block.remove(&(c.group, c.hash));
             debug_assert_eq!(removed, Some(b), "hash map out of step with block {b}");
         }
     }
 
-    /// Check that `blocks` is still a chain of cached blocks starting at a first block, as
-    /// `get_computed_blocks` returned it (each block's parent is the one before it).
-    pub fn verify_chain(&self, blocks: &[u32]) -> Result<(), KvError> {
+    /// Check that `blocks` is still a chain of cached blocks of `group` starting at a first
+    /// block, as `get_computed_blocks` returned it (each block's parent is the one before it).
+    /// Leading `NULL_BLOCK` entries (a sliding group's hit, whose blocks behind the window are
+    /// not taken) are skipped: the first block after them is only checked to be a cached block
+    /// of the group that is not a first block (its parent is not held, so not checked).
+    pub fn verify_chain(&self, group: u32, blocks: &[u32]) -> Result<(), KvError> {
+        let n_null = blocks.iter().take_while(|&&b| b == NULL_BLOCK).count();
         let mut parent: Option<BlockRef> = None;
-        for (index, &b) in blocks.iter().enumerate() {
+        for (index, &b) in blocks.iter().enumerate().skip(n_null) {
             self.check_id(b)?;
-            let c = self.cached[b as usize].as_ref();
+            let c = self.cached[b as usize].as_ref().filter(|c| c.group == group);
             let ok = c.is_some_and(|c| match (&c.parent, parent) {
-                (Parent::Root { .. }, None) => true,
+                (Parent::Root { .. }, None) => index == 0,
+                (Parent::Block(_), None) => index > 0,
                 (Parent::Block(p), Some(q)) => *p == q,
                 _ => false,
             });
@@ -637,14 +670,14 @@ impl BlockPool {
                 return Err(format!("block {b}: ref_cnt {rc} but in free queue = {queued}"));
             }
             if let Some(c) = &self.cached[b] {
-                if self.cached_block_hash_to_block.get(&c.hash) != Some(&(b as u32)) {
+                if self.cached_block_hash_to_block.get(&(c.group, c.hash)) != Some(&(b as u32)) {
                     return Err(format!("block {b} carries hash {:?} but the map does not point at it", c.hash));
                 }
             }
         }
-        for (h, &b) in &self.cached_block_hash_to_block {
+        for (&(g, h), &b) in &self.cached_block_hash_to_block {
             match self.cached.get(b as usize) {
-                Some(Some(c)) if c.hash == *h => {}
+                Some(Some(c)) if c.hash == h && c.group == g => {}
                 _ => return Err(format!("map entry {h:?} -> block {b}, which does not carry that hash")),
             }
         }
@@ -828,7 +861,7 @@ mod tests {
         pool.allocate_slots(&mut a, 2).unwrap();
         let b = a[0];
         let h = BlockHash::of(None, &[5, 6], None);
-        pool.cache_full_block(b, h, None, &[5, 6], None);
+        pool.cache_full_block(0, b, h, None, &[5, 6], None);
         pool.release(&mut a).unwrap();
         assert!(pool.is_free(b) && pool.block_hash(b) == Some(h));
         pool.share(b).unwrap();
@@ -894,17 +927,17 @@ mod tests {
         let mut a = Vec::new();
         pool.allocate_slots(&mut a, 4).unwrap();
         let h0 = BlockHash::of(None, &[1, 2], None);
-        let r0 = pool.cache_full_block(a[0], h0, None, &[1, 2], None);
+        let r0 = pool.cache_full_block(0, a[0], h0, None, &[1, 2], None);
         let h1 = BlockHash::of(Some(h0), &[3, 4], None);
-        pool.cache_full_block(a[1], h1, Some(r0), &[3, 4], None);
+        pool.cache_full_block(0, a[1], h1, Some(r0), &[3, 4], None);
         pool.free_blocks(a.iter().rev().copied());
         assert_eq!(pool.num_cached_blocks(), 2);
         let mut t = Vec::new();
         pool.get_new_blocks(1, &mut t).unwrap();
         assert_eq!(t, [a[1]], "the tail block goes first");
         assert_eq!(pool.block_hash(a[1]), None);
-        assert_eq!(pool.get_cached_block(h1, Some(r0), &[3, 4], None), None);
-        assert_eq!(pool.get_cached_block(h0, None, &[1, 2], None), Some(r0), "the head survives");
+        assert_eq!(pool.get_cached_block(0, h1, Some(r0), &[3, 4], None), None);
+        assert_eq!(pool.get_cached_block(0, h0, None, &[1, 2], None), Some(r0), "the head survives");
         assert_eq!(pool.num_cached_blocks(), 1);
         ok(&pool);
     }
@@ -915,19 +948,19 @@ mod tests {
         let mut a = Vec::new();
         pool.get_new_blocks(3, &mut a).unwrap();
         let forged = BlockHash(42); // pretend every block hashes to 42
-        let r = pool.cache_full_block(a[0], forged, None, &[1, 2], Some("s"));
-        assert_eq!(pool.get_cached_block(forged, None, &[1, 2], Some("s")), Some(r));
-        assert_eq!(pool.get_cached_block(forged, None, &[1, 3], Some("s")), None, "tokens differ");
-        assert_eq!(pool.get_cached_block(forged, None, &[1, 2], None), None, "salt differs");
-        assert_eq!(pool.get_cached_block(forged, Some(r), &[1, 2], Some("s")), None, "parent differs");
+        let r = pool.cache_full_block(0, a[0], forged, None, &[1, 2], Some("s"));
+        assert_eq!(pool.get_cached_block(0, forged, None, &[1, 2], Some("s")), Some(r));
+        assert_eq!(pool.get_cached_block(0, forged, None, &[1, 3], Some("s")), None, "tokens differ");
+        assert_eq!(pool.get_cached_block(0, forged, None, &[1, 2], None), None, "salt differs");
+        assert_eq!(pool.get_cached_block(0, forged, Some(r), &[1, 2], Some("s")), None, "parent differs");
         // Same contents computed again by another request: the cached block stays canonical.
-        assert_eq!(pool.cache_full_block(a[1], forged, None, &[1, 2], Some("s")), r);
+        assert_eq!(pool.cache_full_block(0, a[1], forged, None, &[1, 2], Some("s")), r);
         assert_eq!(pool.block_hash(a[1]), None);
         // Different contents under the same hash: the newer block wins, the older is uncached.
-        let r2 = pool.cache_full_block(a[2], forged, None, &[9, 9], None);
+        let r2 = pool.cache_full_block(0, a[2], forged, None, &[9, 9], None);
         assert_eq!(r2.id(), a[2]);
         assert_eq!(pool.block_hash(a[0]), None);
-        assert_eq!(pool.get_cached_block(forged, None, &[1, 2], Some("s")), None);
+        assert_eq!(pool.get_cached_block(0, forged, None, &[1, 2], Some("s")), None);
         ok(&pool);
     }
 
@@ -937,19 +970,19 @@ mod tests {
         let mut a = Vec::new();
         pool.get_new_blocks(2, &mut a).unwrap();
         let h0 = BlockHash::of(None, &[1], None);
-        let r0 = pool.cache_full_block(a[0], h0, None, &[1], None);
+        let r0 = pool.cache_full_block(0, a[0], h0, None, &[1], None);
         let h1 = BlockHash::of(Some(h0), &[2], None);
-        pool.cache_full_block(a[1], h1, Some(r0), &[2], None);
-        assert_eq!(pool.verify_chain(&a), Ok(()));
+        pool.cache_full_block(0, a[1], h1, Some(r0), &[2], None);
+        assert_eq!(pool.verify_chain(0, &a), Ok(()));
         // Free the parent only, evict it and cache the same contents in the same block again.
         pool.free_blocks([a[0]]);
         let mut t = Vec::new();
         pool.get_new_blocks(1, &mut t).unwrap();
-        let r0b = pool.cache_full_block(t[0], h0, None, &[1], None);
+        let r0b = pool.cache_full_block(0, t[0], h0, None, &[1], None);
         assert_eq!(r0b.id(), r0.id());
         assert_ne!(r0b, r0, "new generation");
-        assert_eq!(pool.get_cached_block(h1, Some(r0b), &[2], None), None, "the child named the old generation");
-        assert_eq!(pool.verify_chain(&a), Err(KvError::StaleComputedBlock { block: a[1], index: 1 }));
+        assert_eq!(pool.get_cached_block(0, h1, Some(r0b), &[2], None), None, "the child named the old generation");
+        assert_eq!(pool.verify_chain(0, &a), Err(KvError::StaleComputedBlock { block: a[1], index: 1 }));
         ok(&pool);
     }
 
@@ -958,7 +991,7 @@ mod tests {
         let mut pool = BlockPool::new(2, 1);
         let mut a = Vec::new();
         pool.get_new_blocks(1, &mut a).unwrap();
-        pool.cache_full_block(a[0], BlockHash(1), None, &[1], None);
+        pool.cache_full_block(0, a[0], BlockHash(1), None, &[1], None);
         assert!(!pool.reset_prefix_cache());
         assert_eq!(pool.num_cached_blocks(), 1);
         pool.free_blocks([a[0]]);

@@ -14,13 +14,18 @@
 //!
 //! Invariants: every submitted request gets exactly one `Event::Done`; a request that fails
 //! validation never reaches the batch (so it cannot fail others); when a forward pass fails,
-//! every request in that batch ends with an error and the engine keeps serving.
+//! every request in that batch ends with an error and the engine keeps serving — unless the
+//! failure is a lost device (`RuntimeError::is_device_lost`: a GPU error that poisoned its
+//! context), after which nothing can run: every request in flight (running or waiting) ends
+//! with that error, later submissions and embeddings are refused with
+//! [`EngineError::DeviceLost`], and [`Engine::device_lost`] says so (the server's model manager
+//! then drops the model).
 //! Modelled on vLLM v1's `EngineCore` busy loop (without its process split).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use rocmforge_runtime::exec::{Logits, SeqChunk};
@@ -76,6 +81,8 @@ enum Cmd {
 struct Shared {
     cmd: mpsc::Sender<Cmd>,
     model: Arc<Model>,
+    /// Set once by the engine thread when the model's device is lost (the error's message).
+    lost: Arc<OnceLock<String>>,
     next_id: AtomicU64,
     /// Requests submitted but not yet scheduled (for the busy check at submit time).
     pending: Arc<AtomicUsize>,
@@ -161,17 +168,39 @@ impl Engine {
         }
         let (tx, rx) = mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
+        let lost = Arc::new(OnceLock::new());
         let max_waiting = cfg.scheduler.max_waiting;
         let thread = {
-            let (model, pending) = (model.clone(), pending.clone());
+            let (model, pending, lost) = (model.clone(), pending.clone(), lost.clone());
             std::thread::Builder::new()
                 .name("rocmforge-engine".into())
-                .spawn(move || EngineLoop::run(exec, &model, cfg, rx, &pending))
+                .spawn(move || EngineLoop::run(exec, &model, cfg, rx, &pending, &lost))
                 .map_err(|e| EngineError::Invalid(format!("cannot start the engine thread: {e}")))?
         };
         Ok(Engine {
-            shared: Arc::new(Shared { cmd: tx, model, next_id: AtomicU64::new(1), pending, max_waiting, thread: Mutex::new(Some(thread)) }),
+            shared: Arc::new(Shared {
+                cmd: tx,
+                model,
+                lost,
+                next_id: AtomicU64::new(1),
+                pending,
+                max_waiting,
+                thread: Mutex::new(Some(thread)),
+            }),
         })
+    }
+
+    /// The error that made the model's device unusable, once a forward pass hit one (see the
+    /// module header); the engine then refuses all work, so its owner should drop it.
+    pub fn device_lost(&self) -> Option<String> {
+        self.shared.lost.get().cloned()
+    }
+
+    fn check_device(&self) -> Result<(), EngineError> {
+        match self.shared.lost.get() {
+            Some(msg) => Err(EngineError::DeviceLost(msg.clone())),
+            None => Ok(()),
+        }
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -195,6 +224,7 @@ impl Engine {
         if req.prompt.len() >= m.n_ctx() {
             return Err(EngineError::ContextOverflow { n_tokens: req.prompt.len(), n_ctx: m.n_ctx() });
         }
+        self.check_device()?;
         let pending = self.shared.pending.fetch_add(1, Ordering::SeqCst);
         if pending >= self.shared.max_waiting {
             self.shared.pending.fetch_sub(1, Ordering::SeqCst);
@@ -225,6 +255,7 @@ impl Engine {
                 return Err(EngineError::Invalid(format!("input {i}: token id {t} is out of range (vocabulary of {})", m.n_vocab())));
             }
         }
+        self.check_device()?;
         let (reply, rx) = oneshot::channel();
         self.shared.cmd.send(Cmd::Embed { inputs, reply }).map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
@@ -288,6 +319,8 @@ struct EngineLoop<'a> {
     sched: Scheduler,
     live: HashMap<RequestId, Live<'a>>,
     pending: &'a AtomicUsize,
+    /// The device-lost message shared with the handles (set once, by `device_lost`).
+    lost: &'a OnceLock<String>,
     /// DRY breaker tables per breaker list (built from the vocabulary once per list).
     dry: HashMap<Vec<String>, Arc<DryBreakers>>,
     constraint_vocab: Option<Arc<ConstraintVocab>>,
@@ -303,9 +336,16 @@ struct EngineLoop<'a> {
 }
 
 impl<'a> EngineLoop<'a> {
-    fn run(exec: Executor, model: &'a Model, cfg: EngineConfig, rx: mpsc::Receiver<Cmd>, pending: &'a AtomicUsize) {
+    fn run(
+        exec: Executor,
+        model: &'a Model,
+        cfg: EngineConfig,
+        rx: mpsc::Receiver<Cmd>,
+        pending: &'a AtomicUsize,
+        lost: &'a OnceLock<String>,
+    ) {
         let kv = exec.kv_config();
-        let kvm = KvCacheManager::new(kv.n_blocks, kv.block_size, cfg.scheduler.enable_prefix_caching);
+        let kvm = KvCacheManager::with_groups(kv.n_blocks, kv.block_size, cfg.scheduler.enable_prefix_caching, &exec.kv_layout().kinds());
         let prompt_lookup = cfg.scheduler.prompt_lookup;
         let tok: &'a Tokenizer = model.tokenizer();
         let mut lp = EngineLoop {
@@ -315,6 +355,7 @@ impl<'a> EngineLoop<'a> {
             sched: Scheduler::new(cfg.scheduler, kvm),
             live: HashMap::new(),
             pending,
+            lost,
             dry: HashMap::new(),
             constraint_vocab: None,
             shutting_down: false,
@@ -391,6 +432,11 @@ impl<'a> EngineLoop<'a> {
         if self.shutting_down {
             self.pending.fetch_sub(1, Ordering::SeqCst);
             return fail(&tx, EngineError::Stopped.to_string());
+        }
+        if let Some(msg) = self.lost.get() {
+            // Submitted before the loss was known to the handle.
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            return fail(&tx, msg.clone());
         }
         let constraint = match &req.constraint {
             None => None,
@@ -503,10 +549,12 @@ impl<'a> EngineLoop<'a> {
                 .iter()
                 .map(|c| {
                     let s = self.sched.get(c.id).expect("scheduled ids are known");
+                    let tables = self.sched.kv().block_tables(c.id);
                     SeqChunk {
                         tokens: &s.tokens[c.start..c.start + c.len],
                         pos_start: c.start,
-                        block_table: self.sched.kv().block_table(c.id),
+                        block_table: tables.first().map_or(&[], Vec::as_slice),
+                        group_tables: tables.get(1..).unwrap_or(&[]),
                         logits: match (c.sample, c.num_draft) {
                             (false, _) => Logits::None,
                             (true, 0) => Logits::Last,
@@ -528,6 +576,9 @@ impl<'a> EngineLoop<'a> {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("forward pass failed: {e}");
+                if e.is_device_lost() {
+                    return self.device_lost(&e);
+                }
                 for c in &out.chunks {
                     self.sched.finish(c.id);
                     self.finish(c.id, FinishReason::Error, None, Some(format!("forward pass failed: {e}")));
@@ -661,6 +712,24 @@ impl<'a> EngineLoop<'a> {
         }
     }
 
+    /// The model's device is gone (see the module header): record why, then end every request
+    /// the engine holds (running, preempted or waiting) with that error and free its blocks.
+    fn device_lost(&mut self, e: &rocmforge_runtime::RuntimeError) {
+        let msg = self.lost.get_or_init(|| format!("the model's device failed and cannot be used again: {e}")).clone();
+        tracing::error!("{}: {msg}; failing every request in flight", self.model.path().display());
+        for id in self.sched.ids() {
+            // `pending` counts requests never scheduled (a preempted one left it already).
+            if self.sched.finish(id).is_some_and(|s| !s.admitted) {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.finish(id, FinishReason::Error, None, Some(msg.clone()));
+        }
+        let rest: Vec<RequestId> = self.live.keys().copied().collect();
+        for id in rest {
+            self.finish(id, FinishReason::Error, None, Some(msg.clone()));
+        }
+    }
+
     /// End a request that the scheduler no longer holds: flush its text and send `Done`.
     fn finish(&mut self, id: RequestId, reason: FinishReason, stopped_by: Option<String>, error: Option<String>) {
         let Some(mut l) = self.live.remove(&id) else { return };
@@ -682,6 +751,9 @@ impl<'a> EngineLoop<'a> {
 
     /// Pooled embeddings of whole sequences, as few forward passes as the token budget allows.
     fn embed(&mut self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        if let Some(msg) = self.lost.get() {
+            return Err(EngineError::DeviceLost(msg.clone()));
+        }
         let budget = self.sched.config().max_num_batched_tokens.max(1);
         let n_out = self.exec.n_out_cols();
         let mut out = Vec::with_capacity(inputs.len());
@@ -713,6 +785,7 @@ impl<'a> EngineLoop<'a> {
                         tokens: inp,
                         pos_start: 0,
                         block_table: self.sched.kv().block_table(*id),
+                        group_tables: self.sched.kv().block_tables(*id).get(1..).unwrap_or(&[]),
                         logits: Logits::Last,
                     })
                     .collect();
@@ -721,7 +794,14 @@ impl<'a> EngineLoop<'a> {
             for id in &ids {
                 self.sched.kv_mut().free(*id);
             }
-            let rows = res?;
+            let rows = match res {
+                Ok(rows) => rows,
+                Err(EngineError::Runtime(e)) if e.is_device_lost() => {
+                    self.device_lost(&e);
+                    return Err(EngineError::DeviceLost(self.lost.get().cloned().unwrap_or_else(|| e.to_string())));
+                }
+                Err(e) => return Err(e),
+            };
             if rows.len() != (j - i) * n_out {
                 return Err(EngineError::Invalid(format!(
                     "the model output {} values for {} inputs, expected one pooled row of {n_out} each (a model without pooling?)",

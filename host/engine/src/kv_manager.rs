@@ -2,8 +2,9 @@
 //! requests (and the turns of a chat) share the blocks of a common prefix. This is the API the
 //! scheduler calls; it speaks request ids, block ids and token counts, never GPU types.
 //!
-//! Modelled on vLLM v1's `KVCacheManager` (`vllm/v1/core/kv_cache_manager.py`) over one KV cache
-//! group; our own code. The pool underneath (free queue, hashes, eviction) is `block_pool.rs`.
+//! Modelled on vLLM v1's `KVCacheManager` / `HybridKVCacheCoordinator` and its
+//! `SlidingWindowManager` (`vllm/v1/core/kv_cache_manager.py`, `single_type_kv_cache_manager.py`);
+//! our own code. The pool underneath (free queue, hashes, eviction) is `block_pool.rs`.
 //!
 //! One request's block table and what `allocate_slots` adds (block_size 4):
 //!
@@ -21,9 +22,34 @@
 //! a block is a hit only if every block before it is. A lookup never covers the last token of a
 //! prompt: at least one token is computed, which produces the logits to sample from.
 //!
+//! KV cache groups (`rocmforge_runtime::KvLayout`): a model with sliding-window layers apart
+//! from full ones has several groups, and every request one table per group, all as long as
+//! each other (one entry per block of positions). Blocks all come from the one pool. A sliding
+//! group with window `w` gives back, as positions advance, every block whose positions are all
+//! before the window of the next query to compute (`num_computed_tokens`, the earliest query of
+//! the next chunk: each query of a chunk needs its own window), and its table keeps
+//! [`NULL_BLOCK`] there (window 8, block_size 4, 13 tokens computed: keys from 13 + 1 - 8 = 6):
+//!
+//! ```text
+//!  positions:      | 0 .. 3 | 4 .. 7 | 8 .. 11 | 12 13 |
+//!  full group:     [   17   ][   3   ][   8    ][  21  ]
+//!  sliding group:  [  NULL  ][   5   ][   9    ][  30  ]   block 5 stays: positions 6, 7 are read
+//! ```
+//!
+//! Prefix caching with groups: each group caches its own blocks under the same chained hashes
+//! (the pool keys them by group). A prefix of n blocks is a hit only if every group still has
+//! all n blocks cached, from the first one on, a sliding group included (the simplest correct
+//! rule: vLLM searches a sliding group from the right and needs only the blocks inside the
+//! window, but our hits are verified exactly through each block's cached parent, so a chain
+//! must be whole). A sliding group then takes only the hit blocks inside the window of the first
+//! token to compute (and always the last hit block, which the chain continues from); the others
+//! stay in the pool as they were.
+//!
 //! Invariants (checked by [`KvCacheManager::check_invariants`], besides the pool's own):
-//! - for every block, `ref_cnt` equals the number of request tables that list it; no table
-//!   lists a block twice;
+//! - for every block, `ref_cnt` equals the number of request tables that list it; no request
+//!   lists a block twice (in any of its tables); a block is listed by tables of one group only;
+//! - a request's tables are equally long; a full group's table has no `NULL_BLOCK`, a sliding
+//!   group's has them exactly before its first held block;
 //! - a request's first `num_cached_blocks` blocks are hashed (or stand in for an identical cached
 //!   block); the blocks after them are private to the request until they are cached;
 //! - a request writes K/V only past its computed prefix, i.e. into blocks that are not cached
@@ -36,10 +62,13 @@
 //!                                                                              another request in between)
 //!   running:        allocate_slots(req, num_computed_tokens + num_new_tokens, &[])
 //!   after forward:  cache_full_blocks(req, all_tokens, num_computed_tokens)
+//!                   remove_skipped_blocks(req, num_computed_tokens)   (sliding groups)
 //!   finish/cancel/preempt: free(req)
 //! ```
 
 use std::collections::HashMap;
+
+use rocmforge_runtime::{KvKind, NULL_BLOCK};
 
 use crate::block_pool::{BlockHash, BlockPool, BlockRef, KvError};
 
@@ -67,33 +96,93 @@ impl PrefixCacheStats {
     }
 }
 
-/// One request's blocks and how far its prefix has been hashed, so that `cache_full_blocks`
+/// Most blocks one sequence of up to `n_tokens` positions holds at once in a pool of groups of
+/// `kinds`, computed in chunks of at most `max_chunk` tokens: a full group a block per
+/// `block_size` positions, a sliding group at most the blocks of its window plus a chunk plus
+/// one (the window rarely starts on a block boundary). What sizes "one sequence always fits".
+pub fn max_blocks_per_seq(kinds: &[KvKind], block_size: usize, n_tokens: usize, max_chunk: usize) -> usize {
+    let all = n_tokens.div_ceil(block_size);
+    kinds
+        .iter()
+        .map(|k| match k {
+            KvKind::Full => all,
+            KvKind::Sliding(w) => all.min((w.saturating_sub(1) + max_chunk).div_ceil(block_size) + 1),
+        })
+        .sum()
+}
+
+/// Where a request's hash chain stands in one group: the parent of its next block to cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chain {
+    /// Nothing cached yet: the next block is a first block.
+    Start,
+    /// The cached block standing for the last hashed block (the request's own block, or an
+    /// identical one another request cached first).
+    At(BlockRef),
+    /// A block given back before it was cached (possible only if a caller frees past what it
+    /// cached): this group caches nothing more for the request.
+    Broken,
+}
+
+/// One request's tables and how far its prefix has been hashed, so that `cache_full_blocks`
 /// continues the hash chain where it stopped instead of rehashing the whole prompt.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ReqBlocks {
-    blocks: Vec<u32>,
-    /// The first `num_cached_blocks` blocks have been hashed and registered.
+    /// One table per group, all of one length.
+    tables: Vec<Vec<u32>>,
+    /// Per group: entries before this index are `NULL_BLOCK` (always 0 for full groups).
+    num_skipped: Vec<usize>,
+    /// The first `num_cached_blocks` blocks have been hashed and registered (in every group
+    /// whose chain is not broken).
     num_cached_blocks: usize,
-    /// Hash of block `num_cached_blocks - 1`.
+    /// Hash of block `num_cached_blocks - 1` (the same in every group).
     last_hash: Option<BlockHash>,
-    /// The cached block standing for block `num_cached_blocks - 1` (the request's own block, or
-    /// an identical one another request cached first): the parent of the next block.
-    last_ref: Option<BlockRef>,
+    /// Per group.
+    chains: Vec<Chain>,
+}
+
+impl ReqBlocks {
+    fn new(n_groups: usize) -> Self {
+        ReqBlocks {
+            tables: vec![Vec::new(); n_groups],
+            num_skipped: vec![0; n_groups],
+            num_cached_blocks: 0,
+            last_hash: None,
+            chains: vec![Chain::Start; n_groups],
+        }
+    }
+
+    /// Table entries (positions / block_size, rounded up) covered so far.
+    fn len(&self) -> usize {
+        self.tables[0].len()
+    }
 }
 
 #[derive(Debug)]
 pub struct KvCacheManager {
     pool: BlockPool,
     enable_prefix_caching: bool,
+    /// Kind of each KV cache group (one full group for a model without sliding layers).
+    groups: Vec<KvKind>,
     req_to_blocks: HashMap<RequestId, ReqBlocks>,
     stats: PrefixCacheStats,
 }
 
 impl KvCacheManager {
+    /// One group of full layers: every layer shares one block table, nothing is given back
+    /// before the request ends.
     pub fn new(n_blocks: usize, block_size: usize, enable_prefix_caching: bool) -> Self {
+        Self::with_groups(n_blocks, block_size, enable_prefix_caching, &[KvKind::Full])
+    }
+
+    /// One block table per group of `groups` (the executor's `KvLayout::kinds()`), all from one
+    /// pool of `n_blocks` blocks; sliding groups give back blocks behind their window.
+    pub fn with_groups(n_blocks: usize, block_size: usize, enable_prefix_caching: bool, groups: &[KvKind]) -> Self {
+        assert!(!groups.is_empty(), "a KV cache has at least one group");
         KvCacheManager {
             pool: BlockPool::new(n_blocks, block_size),
             enable_prefix_caching,
+            groups: groups.to_vec(),
             req_to_blocks: HashMap::new(),
             stats: PrefixCacheStats::default(),
         }
@@ -107,7 +196,12 @@ impl KvCacheManager {
         self.pool.n_blocks()
     }
 
-    /// Blocks that can ever be handed out (`n_blocks` less a reserved null block, if any).
+    /// The groups' kinds, in group order.
+    pub fn groups(&self) -> &[KvKind] {
+        &self.groups
+    }
+
+    /// Blocks that can ever be handed out (`n_blocks` less reserved blocks, if any).
     pub fn num_usable_blocks(&self) -> usize {
         self.pool.num_usable_blocks()
     }
@@ -136,19 +230,23 @@ impl KvCacheManager {
         self.pool.num_cached_blocks()
     }
 
-    /// Blocks needed to hold `num_tokens` positions. For a new request, pass the tokens beyond
-    /// its cached prefix (`num_tokens - num_computed_tokens`: the prefix is whole blocks), and
-    /// remember that cached blocks that are free still leave the free queue when taken.
+    /// Blocks needed to hold `num_tokens` positions in every group (nothing given back yet). For
+    /// a new request, pass the tokens beyond its cached prefix (`num_tokens -
+    /// num_computed_tokens`: the prefix is whole blocks), and remember that cached blocks that
+    /// are free still leave the free queue when taken.
     pub fn blocks_needed(&self, num_tokens: usize) -> usize {
-        self.pool.blocks_for(num_tokens)
+        self.pool.blocks_for(num_tokens) * self.groups.len()
     }
 
-    /// Longest run of cached full blocks matching the start of `tokens` (salted); never covers
-    /// the last token, so at least one token is computed and produces logits: if every full
-    /// block matches and `tokens.len()` is a multiple of the block size, the last block is
-    /// dropped. Returns (block ids, `num_computed_tokens = ids.len() * block_size`). Takes no
-    /// references: pass the ids to `allocate_slots` for the same request before allocating for
-    /// anyone else (an allocation may evict them). Records query/hit token counts.
+    /// Longest run of cached full blocks matching the start of `tokens` (salted) in every group;
+    /// never covers the last token, so at least one token is computed and produces logits: if
+    /// every full block matches and `tokens.len()` is a multiple of the block size, the last
+    /// block is dropped. Returns (block ids, `num_computed_tokens = n * block_size`) for n hit
+    /// blocks: the ids are every group's n table entries one group after another (just the n
+    /// blocks with one group), a sliding group's entries before its window `NULL_BLOCK` (module
+    /// header). Takes no references: pass the ids to `allocate_slots` for the same request
+    /// before allocating for anyone else (an allocation may evict them). Records query/hit
+    /// token counts.
     pub fn get_computed_blocks(&mut self, tokens: &[u32], cache_salt: Option<&str>) -> (Vec<u32>, usize) {
         self.get_computed_blocks_memo(tokens, cache_salt, &mut Vec::new())
     }
@@ -169,25 +267,43 @@ impl KvCacheManager {
             let salt = if i == 0 { cache_salt } else { None };
             memo.push(BlockHash::of(memo.last().copied(), block_tokens, salt.map(str::as_bytes)));
         }
-        let mut ids = Vec::new();
-        let mut parent: Option<BlockRef> = None;
-        for (i, block_tokens) in tokens.chunks_exact(bs).take(max_blocks).enumerate() {
-            let salt = if i == 0 { cache_salt } else { None };
-            let hash = memo[i];
-            let Some(r) = self.pool.get_cached_block(hash, parent, block_tokens, salt) else {
-                break;
-            };
-            ids.push(r.id());
-            parent = Some(r);
+        // Each group's chain from the first block, no longer than the shortest so far.
+        let mut hit = max_blocks;
+        let mut per_group: Vec<Vec<u32>> = Vec::with_capacity(self.groups.len());
+        for g in 0..self.groups.len() {
+            let mut ids = Vec::new();
+            let mut parent: Option<BlockRef> = None;
+            for (i, block_tokens) in tokens.chunks_exact(bs).take(hit).enumerate() {
+                let salt = if i == 0 { cache_salt } else { None };
+                let Some(r) = self.pool.get_cached_block(g as u32, memo[i], parent, block_tokens, salt) else {
+                    break;
+                };
+                ids.push(r.id());
+                parent = Some(r);
+            }
+            hit = ids.len();
+            per_group.push(ids);
         }
-        let num_computed_tokens = ids.len() * bs;
+        let mut out = Vec::with_capacity(hit * self.groups.len());
+        for (ids, kind) in per_group.iter().zip(&self.groups) {
+            let ids = &ids[..hit];
+            // A sliding group takes the blocks inside the window of the first token to compute
+            // (position hit * bs), and the last hit block in any case.
+            let keep_from = match kind {
+                KvKind::Full => 0,
+                KvKind::Sliding(w) => ((hit * bs + 1).saturating_sub(*w) / bs).min(hit.saturating_sub(1)),
+            };
+            out.extend(std::iter::repeat_n(NULL_BLOCK, keep_from));
+            out.extend_from_slice(&ids[keep_from..]);
+        }
+        let num_computed_tokens = hit * bs;
         self.stats.requests += 1;
         self.stats.queries += tokens.len() as u64;
         self.stats.hits += num_computed_tokens as u64;
-        (ids, num_computed_tokens)
+        (out, num_computed_tokens)
     }
 
-    /// Make `req`'s block table cover `num_tokens` positions in total. On the request's first
+    /// Make `req`'s block tables cover `num_tokens` positions in total. On the request's first
     /// call, `new_computed_blocks` (from `get_computed_blocks`) are taken first (ref_cnt += 1,
     /// removed from the free queue if they were free), then fresh blocks are popped from the
     /// head of the free queue (evicting their hashes). All-or-nothing: on Err nothing changed.
@@ -195,39 +311,74 @@ impl KvCacheManager {
     /// Errors: `OutOfKvBlocks { needed, free }` where `needed` counts every block that must
     /// leave the free queue (fresh ones plus free computed ones); `StaleComputedBlock` if a
     /// computed block was evicted since the lookup; `ComputedBlocksForRunningRequest` if the
-    /// request already has a table and computed blocks are passed.
+    /// request already has a table and computed blocks are passed; `MalformedComputedBlocks`
+    /// if their count is not a multiple of the number of groups.
     pub fn allocate_slots(&mut self, req: RequestId, num_tokens: usize, new_computed_blocks: &[u32]) -> Result<(), KvError> {
-        let held = self.req_to_blocks.get(&req).map(|r| r.blocks.len());
+        let n_groups = self.groups.len();
+        let held = self.req_to_blocks.get(&req).map(ReqBlocks::len);
         if !new_computed_blocks.is_empty() {
             if held.is_some() {
                 return Err(KvError::ComputedBlocksForRunningRequest { req });
             }
-            self.pool.verify_chain(new_computed_blocks)?;
+            if !new_computed_blocks.len().is_multiple_of(n_groups) {
+                return Err(KvError::MalformedComputedBlocks { len: new_computed_blocks.len(), n_groups });
+            }
+            for (g, ids) in new_computed_blocks.chunks_exact(new_computed_blocks.len() / n_groups).enumerate() {
+                if self.groups[g] == KvKind::Full || ids.last() == Some(&NULL_BLOCK) {
+                    // Only a sliding group's hit may start with given-back entries, and it ends
+                    // with a held block.
+                    if let Some(index) = ids.iter().position(|&b| b == NULL_BLOCK) {
+                        return Err(KvError::StaleComputedBlock { block: NULL_BLOCK, index });
+                    }
+                }
+                self.pool.verify_chain(g as u32, ids)?;
+            }
         }
-        let covered = held.unwrap_or(0) + new_computed_blocks.len();
+        let k = new_computed_blocks.len() / n_groups;
+        let covered = held.unwrap_or(0) + k;
         let num_new = self.pool.blocks_for(num_tokens).saturating_sub(covered);
-        let computed_free = new_computed_blocks.iter().filter(|&&b| self.pool.is_free(b)).count();
+        let computed_free = new_computed_blocks.iter().filter(|&&b| b != NULL_BLOCK && self.pool.is_free(b)).count();
         let free = self.pool.num_free_blocks();
-        if num_new + computed_free > free {
-            return Err(KvError::OutOfKvBlocks { needed: num_new + computed_free, free });
+        if num_new * n_groups + computed_free > free {
+            return Err(KvError::OutOfKvBlocks { needed: num_new * n_groups + computed_free, free });
         }
 
-        let entry = self.req_to_blocks.entry(req).or_default();
-        if let Some(&last) = new_computed_blocks.last() {
+        let entry = self.req_to_blocks.entry(req).or_insert_with(|| ReqBlocks::new(n_groups));
+        if k > 0 {
             // Touch before popping, so that the new blocks cannot evict the hits.
-            self.pool.touch(new_computed_blocks);
-            entry.blocks.extend_from_slice(new_computed_blocks);
-            entry.num_cached_blocks = new_computed_blocks.len();
-            entry.last_hash = self.pool.block_hash(last);
-            entry.last_ref = self.pool.cached_ref(last);
+            let held: Vec<u32> = new_computed_blocks.iter().copied().filter(|&b| b != NULL_BLOCK).collect();
+            self.pool.touch(&held);
+            for (g, ids) in new_computed_blocks.chunks_exact(k).enumerate() {
+                let last = ids[k - 1];
+                entry.tables[g].extend_from_slice(ids);
+                entry.num_skipped[g] = ids.iter().take_while(|&&b| b == NULL_BLOCK).count();
+                entry.chains[g] = self.pool.cached_ref(last).map_or(Chain::Broken, Chain::At);
+                if g == 0 {
+                    entry.last_hash = self.pool.block_hash(last);
+                }
+            }
+            entry.num_cached_blocks = k;
         }
-        self.pool.get_new_blocks(num_new, &mut entry.blocks).expect("free blocks counted above");
+        for table in &mut entry.tables {
+            self.pool.get_new_blocks(num_new, table).expect("free blocks counted above");
+        }
         Ok(())
     }
 
-    /// `req`'s block table; empty if the request is unknown.
+    /// `req`'s block table of group 0 (of every layer, with one group); empty if the request is
+    /// unknown.
     pub fn block_table(&self, req: RequestId) -> &[u32] {
-        self.req_to_blocks.get(&req).map_or(&[], |r| &r.blocks)
+        self.req_to_blocks.get(&req).map_or(&[], |r| &r.tables[0])
+    }
+
+    /// `req`'s block tables, one per group; empty if the request is unknown.
+    pub fn block_tables(&self, req: RequestId) -> &[Vec<u32>] {
+        self.req_to_blocks.get(&req).map_or(&[], |r| &r.tables)
+    }
+
+    /// Blocks `req` holds now, over all groups (given-back entries not counted).
+    pub fn num_held_blocks(&self, req: RequestId) -> usize {
+        self.block_tables(req).iter().flatten().filter(|&&b| b != NULL_BLOCK).count()
     }
 
     /// After a forward pass wrote K/V for `tokens[..num_computed_tokens]` of `req`, register the
@@ -244,31 +395,72 @@ impl KvCacheManager {
         let Some(r) = self.req_to_blocks.get_mut(&req) else {
             return;
         };
-        let num_full = (num_computed_tokens.min(tokens.len()) / bs).min(r.blocks.len());
+        let num_full = (num_computed_tokens.min(tokens.len()) / bs).min(r.len());
         for i in r.num_cached_blocks..num_full {
             let block_tokens = &tokens[i * bs..(i + 1) * bs];
             let salt = if i == 0 { cache_salt } else { None };
             let hash = BlockHash::of(r.last_hash, block_tokens, salt.map(str::as_bytes));
-            let canonical = self.pool.cache_full_block(r.blocks[i], hash, r.last_ref, block_tokens, salt);
+            for (g, (table, chain)) in r.tables.iter().zip(r.chains.iter_mut()).enumerate() {
+                let parent = match *chain {
+                    Chain::Start => None,
+                    Chain::At(p) => Some(p),
+                    Chain::Broken => continue,
+                };
+                if table[i] == NULL_BLOCK {
+                    *chain = Chain::Broken;
+                    continue;
+                }
+                *chain = Chain::At(self.pool.cache_full_block(g as u32, table[i], hash, parent, block_tokens, salt));
+            }
             r.last_hash = Some(hash);
-            r.last_ref = Some(canonical);
             r.num_cached_blocks = i + 1;
         }
     }
 
+    /// Give back the blocks of `req`'s sliding groups whose positions are all before the
+    /// window of the next query, at position `num_computed_tokens` (keys from
+    /// `num_computed_tokens + 1 - w` on): their entries become `NULL_BLOCK`, the blocks enter the
+    /// free queue (tail first; cached ones stay hits until evicted). Call after
+    /// `cache_full_blocks`, whenever `num_computed_tokens` advances. Returns the blocks given
+    /// back. Full groups and unknown requests: nothing.
+    pub fn remove_skipped_blocks(&mut self, req: RequestId, num_computed_tokens: usize) -> usize {
+        let bs = self.pool.block_size();
+        let Some(r) = self.req_to_blocks.get_mut(&req) else {
+            return 0;
+        };
+        let mut freed = 0;
+        for (g, kind) in self.groups.iter().enumerate() {
+            let KvKind::Sliding(w) = *kind else { continue };
+            let table = &mut r.tables[g];
+            let skip = ((num_computed_tokens + 1).saturating_sub(w) / bs).min(table.len());
+            let from = r.num_skipped[g];
+            if skip <= from {
+                continue;
+            }
+            self.pool.free_blocks(table[from..skip].iter().rev().copied());
+            table[from..skip].fill(NULL_BLOCK);
+            r.num_skipped[g] = skip;
+            freed += skip - from;
+        }
+        freed
+    }
+
     /// Release every block of `req` (finish, cancel, preemption). Blocks enter the free queue
-    /// tail first, so eviction takes the ends of prefixes before their beginnings; cached blocks
-    /// stay hits until evicted. Unknown request: no-op.
+    /// tail first, position by position over the groups, so eviction takes the ends of prefixes
+    /// before their beginnings; cached blocks stay hits until evicted. Unknown request: no-op.
     pub fn free(&mut self, req: RequestId) {
         if let Some(r) = self.req_to_blocks.remove(&req) {
-            self.pool.free_blocks(r.blocks.iter().rev().copied());
+            let n = r.len();
+            let order = (0..n).rev().flat_map(|i| r.tables.iter().map(move |t| t[i])).filter(|&b| b != NULL_BLOCK);
+            self.pool.free_blocks(order);
         }
     }
 
     /// Drop every cached hash (after a weight reload, or for benchmarks). Only allowed when no
-    /// request holds blocks; returns false otherwise. The counters are kept.
+    /// request holds blocks or a table (a sliding group's table may hold no block for a while,
+    /// but its hash chain goes on); returns false otherwise. The counters are kept.
     pub fn reset_prefix_cache(&mut self) -> bool {
-        self.pool.reset_prefix_cache()
+        self.req_to_blocks.is_empty() && self.pool.reset_prefix_cache()
     }
 
     pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
@@ -281,22 +473,40 @@ impl KvCacheManager {
         let n = self.pool.n_blocks();
         let mut refs = vec![0u32; n];
         let mut last_owner: Vec<Option<RequestId>> = vec![None; n];
+        let mut owner_group: Vec<Option<usize>> = vec![None; n];
         for (&req, r) in &self.req_to_blocks {
-            for &b in &r.blocks {
-                let i = b as usize;
-                if i >= n {
-                    return Err(format!("request {req} holds block {b}, out of range"));
+            for (g, table) in r.tables.iter().enumerate() {
+                if table.len() != r.len() {
+                    return Err(format!("request {req}: table of group {g} has {} entries, group 0 {}", table.len(), r.len()));
                 }
-                if last_owner[i] == Some(req) {
-                    return Err(format!("request {req} lists block {b} twice"));
+                let n_null = table.iter().take_while(|&&b| b == NULL_BLOCK).count();
+                if n_null != r.num_skipped[g] || table[n_null..].contains(&NULL_BLOCK) {
+                    return Err(format!("request {req}: group {g}'s given-back entries are not its first {}", r.num_skipped[g]));
                 }
-                last_owner[i] = Some(req);
-                refs[i] += 1;
+                if self.groups[g] == KvKind::Full && n_null > 0 {
+                    return Err(format!("request {req}: full group {g} gave back {n_null} blocks"));
+                }
+                for &b in &table[n_null..] {
+                    let i = b as usize;
+                    if i >= n {
+                        return Err(format!("request {req} holds block {b}, out of range"));
+                    }
+                    if last_owner[i] == Some(req) {
+                        return Err(format!("request {req} lists block {b} twice"));
+                    }
+                    if owner_group[i].is_some_and(|o| o != g) {
+                        return Err(format!("block {b} is listed by tables of groups {} and {g}", owner_group[i].unwrap_or(g)));
+                    }
+                    last_owner[i] = Some(req);
+                    owner_group[i] = Some(g);
+                    refs[i] += 1;
+                }
             }
-            if r.num_cached_blocks > r.blocks.len() {
-                return Err(format!("request {req}: {} cached blocks of {}", r.num_cached_blocks, r.blocks.len()));
+            if r.num_cached_blocks > r.len() {
+                return Err(format!("request {req}: {} cached blocks of {}", r.num_cached_blocks, r.len()));
             }
-            if (r.num_cached_blocks > 0) != r.last_hash.is_some() || r.last_hash.is_some() != r.last_ref.is_some() {
+            let started = r.chains.iter().any(|c| *c != Chain::Start);
+            if (r.num_cached_blocks > 0) != r.last_hash.is_some() || r.last_hash.is_some() != started {
                 return Err(format!("request {req}: hash cursor out of step ({} cached blocks)", r.num_cached_blocks));
             }
         }
@@ -309,6 +519,10 @@ impl KvCacheManager {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "kv_window_tests.rs"]
+mod window_tests;
 
 #[cfg(test)]
 mod tests {
@@ -662,9 +876,10 @@ mod tests {
         salt: Option<&'static str>,
     }
 
-    /// What each block's K/V holds in the simulation: the salt and every token up to the end of
-    /// the block (K/V of a position depends on the whole prefix). `None`: garbage or partial.
-    type Content = Option<(Option<&'static str>, Vec<u32>)>;
+    /// What each block's K/V holds in the simulation: the group whose layers wrote it, the salt
+    /// and every token up to the end of the block (K/V of a position depends on the whole
+    /// prefix). `None`: garbage or partial.
+    type Content = Option<(usize, Option<&'static str>, Vec<u32>)>;
 
     fn random_prompt(rng: &mut Rng, prefixes: &[Vec<u32>], history: &[Vec<u32>]) -> Vec<u32> {
         let mut p = if !history.is_empty() && rng.chance(0.3) {
@@ -686,6 +901,24 @@ mod tests {
         preemptions: u64,
         refused_admissions: u64,
         resets: u64,
+        /// Blocks sliding groups gave back behind their window.
+        window_freed: u64,
+        /// Sliding-group hits that left entries behind the window untaken.
+        window_hits: u64,
+    }
+
+    /// KV cache groups of a scenario: one full group (the plain layout) a third of the time,
+    /// else full and sliding groups with small windows.
+    fn random_groups(rng: &mut Rng) -> Vec<KvKind> {
+        let choice = rng.below(6);
+        let mut w = || KvKind::Sliding(rng.range(1, 12));
+        match choice {
+            0 | 1 => vec![KvKind::Full],
+            2 => vec![KvKind::Full, w()],
+            3 => vec![w()],
+            4 => vec![KvKind::Full, w(), w()],
+            _ => vec![w(), KvKind::Full, w()],
+        }
     }
 
     /// One random scenario; invariants after every operation, every block free at the end.
@@ -693,7 +926,10 @@ mod tests {
         let mut rng = Rng::new(seed);
         let bs = [1, 2, 3, 4, 16][rng.below(5)];
         let n_blocks = rng.range(2, 40);
-        let mut m = KvCacheManager::new(n_blocks, bs, !rng.chance(0.1));
+        let prefix_caching = !rng.chance(0.1);
+        let groups = random_groups(&mut rng);
+        let n_groups = groups.len();
+        let mut m = KvCacheManager::with_groups(n_blocks, bs, prefix_caching, &groups);
         let prefixes: Vec<Vec<u32>> = (0..3).map(|_| (0..rng.range(1, 40)).map(|_| rng.below(8) as u32).collect()).collect();
         const SALTS: [Option<&str>; 3] = [None, None, Some("tenant")];
         let mut content: Vec<Content> = vec![None; n_blocks];
@@ -715,23 +951,34 @@ mod tests {
                 let i = rng.below(waiting.len());
                 let (req, mut sim) = waiting.swap_remove(i);
                 let (ids, hit) = m.get_computed_blocks(&sim.tokens, sim.salt);
-                assert_eq!(hit, ids.len() * bs);
+                assert_eq!(hit * n_groups, ids.len() * bs);
                 assert!(hit < sim.tokens.len(), "the last token is never covered");
-                for (j, &b) in ids.iter().enumerate() {
-                    let want = (sim.salt, sim.tokens[..(j + 1) * bs].to_vec());
-                    assert_eq!(content[b as usize].as_ref(), Some(&want), "seed {seed}: block {b} shared with the wrong contents");
+                let k = hit / bs;
+                for (g, group_ids) in ids.chunks(k.max(1)).enumerate() {
+                    // Entries behind the window of the first token to compute may be left
+                    // untaken; the last hit block never is, and the window's blocks are there.
+                    let lo = groups[g].window().map_or(0, |w| (hit + 1).saturating_sub(w) / bs).min(k - 1);
+                    cov.window_hits += group_ids.contains(&NULL_BLOCK) as u64;
+                    for (j, &b) in group_ids.iter().enumerate() {
+                        if b == NULL_BLOCK {
+                            assert!(j < lo, "seed {seed}: group {g} hit entry {j} of {k} given back (window from {lo})");
+                            continue;
+                        }
+                        let want = (g, sim.salt, sim.tokens[..(j + 1) * bs].to_vec());
+                        assert_eq!(content[b as usize].as_ref(), Some(&want), "seed {seed}: block {b} shared with the wrong contents");
+                    }
                 }
                 let chunk = rng.range(1, sim.tokens.len() - hit);
                 let free = m.num_free_blocks();
                 match m.allocate_slots(req, hit + chunk, &ids) {
                     Ok(()) => {
                         sim.num_computed = hit;
-                        compute(&mut m, &mut content, req, &mut sim, chunk, seed);
+                        cov.window_freed += compute(&mut m, &mut content, req, &mut sim, chunk, seed) as u64;
                         running.insert(req, sim);
                     }
                     Err(KvError::OutOfKvBlocks { .. }) => {
                         cov.refused_admissions += 1;
-                        assert_eq!((m.block_table(req).len(), m.num_free_blocks()), (0, free));
+                        assert_eq!((m.block_tables(req).len(), m.num_free_blocks()), (0, free));
                         waiting.push((req, sim));
                     }
                     Err(e) => panic!("seed {seed}: {e}"),
@@ -744,11 +991,11 @@ mod tests {
                     sim.tokens.push(rng.below(8) as u32); // the token sampled last step
                 }
                 let n = rng.range(1, sim.tokens.len() - sim.num_computed);
-                let (before, free) = (m.block_table(req).to_vec(), m.num_free_blocks());
+                let (before, free) = (m.block_tables(req).to_vec(), m.num_free_blocks());
                 match m.allocate_slots(req, sim.num_computed + n, &[]) {
-                    Ok(()) => compute(&mut m, &mut content, req, sim, n, seed),
+                    Ok(()) => cov.window_freed += compute(&mut m, &mut content, req, sim, n, seed) as u64,
                     Err(KvError::OutOfKvBlocks { .. }) => {
-                        assert_eq!((m.block_table(req), m.num_free_blocks()), (&before[..], free));
+                        assert_eq!((m.block_tables(req), m.num_free_blocks()), (&before[..], free));
                         // Preempt the newest running request (recompute later).
                         let victim = *running.keys().max().expect("non-empty");
                         let mut sim = running.remove(&victim).expect("present");
@@ -773,7 +1020,7 @@ mod tests {
             if let Err(e) = m.check_invariants() {
                 panic!("seed {seed}: {e}");
             }
-            let held: usize = running.keys().map(|&r| m.block_table(r).len()).sum();
+            let held: usize = running.keys().map(|&r| m.num_held_blocks(r)).sum();
             assert!(m.num_free_blocks() + held >= m.num_usable_blocks(), "seed {seed}: a block is neither free nor held");
         }
         for req in running.keys().copied().collect::<Vec<_>>() {
@@ -789,20 +1036,42 @@ mod tests {
         cov.hit_tokens += s.hits;
     }
 
-    /// The forward pass of the simulation: write K/V for the next `n` tokens of `req` (only into
-    /// blocks it holds alone), then cache its full blocks.
-    fn compute(m: &mut KvCacheManager, content: &mut [Content], req: RequestId, sim: &mut Sim, n: usize, seed: u64) {
+    /// The forward pass of the simulation, group by group: every key the chunk's queries read
+    /// (each query its own window) is in a held block with the right contents; K/V of the next
+    /// `n` tokens is written only into blocks the request holds alone. Then, as the scheduler
+    /// does, cache its full blocks and give back what fell behind the windows (checked: nothing
+    /// older than the next query's window stays held). Returns the blocks given back.
+    fn compute(m: &mut KvCacheManager, content: &mut [Content], req: RequestId, sim: &mut Sim, n: usize, seed: u64) -> usize {
         let bs = m.block_size();
-        let table = m.block_table(req).to_vec();
+        let tables = m.block_tables(req).to_vec();
         let (start, end) = (sim.num_computed, sim.num_computed + n);
-        for pos in start..end {
-            let b = table[pos / bs];
-            assert_eq!(m.pool.ref_cnt(b), 1, "seed {seed}: K/V written into shared block {b}");
-            assert!(m.pool.block_hash(b).is_none(), "seed {seed}: K/V written into cached block {b}");
-            content[b as usize] = if (pos + 1) % bs == 0 { Some((sim.salt, sim.tokens[..pos + 1].to_vec())) } else { None };
+        for (g, table) in tables.iter().enumerate() {
+            let kind = m.groups()[g];
+            let first_key = kind.window().map_or(0, |w| (start + 1).saturating_sub(w));
+            for (blk, &b) in table.iter().enumerate().take(end.div_ceil(bs)).skip(first_key / bs) {
+                assert_ne!(b, NULL_BLOCK, "seed {seed}: group {g} ({kind}) reads block {blk} for positions {start}..{end}, given back");
+                if blk < start / bs {
+                    let want = (g, sim.salt, sim.tokens[..(blk + 1) * bs].to_vec());
+                    assert_eq!(content[b as usize].as_ref(), Some(&want), "seed {seed}: group {g} reads block {b} with wrong contents");
+                }
+            }
+            for pos in start..end {
+                let b = table[pos / bs];
+                assert_eq!(m.pool.ref_cnt(b), 1, "seed {seed}: K/V written into shared block {b}");
+                assert!(m.pool.block_hash(b).is_none(), "seed {seed}: K/V written into cached block {b}");
+                content[b as usize] = if (pos + 1) % bs == 0 { Some((g, sim.salt, sim.tokens[..pos + 1].to_vec())) } else { None };
+            }
         }
         sim.num_computed = end;
         m.cache_full_blocks(req, &sim.tokens, end, sim.salt);
+        let freed = m.remove_skipped_blocks(req, end);
+        for (g, table) in m.block_tables(req).iter().enumerate() {
+            if let Some(w) = m.groups()[g].window() {
+                let behind = (end + 1).saturating_sub(w) / bs;
+                assert!(table[..behind].iter().all(|&b| b == NULL_BLOCK), "seed {seed}: group {g} keeps blocks behind its window");
+            }
+        }
+        freed
     }
 
     #[test]
@@ -812,6 +1081,12 @@ mod tests {
             simulate(seed, &mut cov);
         }
         assert!(cov.hit_tokens > 0 && cov.preemptions > 0 && cov.refused_admissions > 0 && cov.resets > 0);
+        assert!(
+            cov.window_freed > 0 && cov.window_hits > 0,
+            "sliding groups gave back {} blocks, {} hits",
+            cov.window_freed,
+            cov.window_hits
+        );
     }
 
     /// The same with a 3-bit block hash: nearly every lookup meets a colliding block, so any hit

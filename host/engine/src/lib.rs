@@ -11,6 +11,7 @@
 pub mod block_pool;
 pub mod constraint;
 pub mod engine;
+pub mod kv_calibration;
 pub mod kv_manager;
 pub mod model;
 pub mod output;
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 
 pub use block_pool::{BlockPool, KvError};
 pub use engine::{Engine, EngineConfig, EngineStats, RequestStream};
+pub use kv_calibration::{kv_scales_from_env, KvScalesMode};
 pub use kv_manager::KvCacheManager;
 pub use model::{kv_cache_type_from_env, KvBudget, KvCacheType, LoadOptions, Model};
 pub use output::TextOut;
@@ -54,4 +56,8 @@ pub enum EngineError {
     Invalid(String),
     #[error("the engine has stopped")]
     Stopped,
+    /// The model's device failed in a way that leaves it unusable (a GPU error that poisoned
+    /// its context): the message names the first error. The engine accepts no more work.
+    #[error("{0}")]
+    DeviceLost(String),
 }

@@ -10,11 +10,23 @@
 //! sequences, capped at [`DEFAULT_KV_BYTES`], never less than one full context. It is printed at
 //! load (`tracing::info!`) in blocks, tokens, bytes and element type.
 //!
+//! Sliding-window layers (Mistral, Gemma 2/3 local layers): the KV cache is laid out in groups
+//! by kind (`rocmforge_runtime::KvLayout::by_kind`), and the engine gives back the blocks of
+//! sliding groups that fall behind the window, so a long sequence holds far fewer blocks and the
+//! same budget holds more sequences. Budgets stay amounts of memory: the pool's blocks then hold
+//! fewer layers each (Gemma-3-270M: 3 of 18) and there are that many times more of them; a
+//! budget in blocks counts blocks over every layer. [`LoadOptions::free_sliding_window`] (or
+//! `ROCMFORGE_SLIDING_WINDOW_FREE=0`) keeps one group and every block instead.
+//!
 //! KV cache type: [`LoadOptions::kv_cache_type`], else `ROCMFORGE_KV_CACHE_TYPE`, else Ollama's
 //! `OLLAMA_KV_CACHE_TYPE`, else f16 ([`kv_cache_type_from_env`]). Budgets in bytes (the default
 //! cap, `--kv-budget 4GiB`, a fraction of memory) are divided by the bytes a token takes in that
 //! type, so q8_0 (34 bytes per 32 elements) and fp8 (1 byte) get ~1.9x and 2x the blocks of
 //! f16; a budget in blocks stays that many blocks.
+//!
+//! fp8 KV scales: the checkpoint's (read by the runtime when the executor is built), else 1.0;
+//! with [`LoadOptions::kv_scales`] (else `ROCMFORGE_KV_SCALES`) `auto`, a checkpoint without
+//! scales is calibrated at load (`kv_calibration.rs`). The load log prints them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,9 +35,10 @@ use std::time::{Duration, Instant};
 use rocmforge_chat::ChatTemplate;
 pub use rocmforge_runtime::exec::KvCacheType;
 use rocmforge_runtime::exec::{Device, KvConfig};
-use rocmforge_runtime::{build_graph, Executor, ModelSource, Registry};
+use rocmforge_runtime::{build_graph, Executor, KvKind, KvLayout, ModelSource, Registry};
 use rocmforge_tokenizer::Tokenizer;
 
+use crate::kv_calibration::{kv_scales_from_env, KvScalesMode};
 use crate::EngineError;
 
 /// Tokens per KV block (vLLM's default block size).
@@ -44,7 +57,8 @@ pub enum KvBudget {
     Auto,
     /// At most this many bytes.
     Bytes(usize),
-    /// Exactly this many blocks of [`BLOCK_SIZE`] tokens.
+    /// The memory of this many blocks of [`BLOCK_SIZE`] tokens over every layer (exactly this
+    /// many blocks, unless sliding-window layers split the pool into smaller blocks).
     Blocks(usize),
     /// This fraction (0, 1] of the memory available now (`MemAvailable` of /proc/meminfo on
     /// the CPU backend).
@@ -119,6 +133,15 @@ pub struct LoadOptions {
     pub max_batch_tokens: usize,
     /// Element type of the KV cache; None: the environment's ([`kv_cache_type_from_env`]), else f16.
     pub kv_cache_type: Option<KvCacheType>,
+    /// fp8 KV scales: the checkpoint's, or calibrated (`auto`); None: `ROCMFORGE_KV_SCALES`,
+    /// else the checkpoint's (1.0 without). Ignored by f16 and q8_0 caches.
+    pub kv_scales: Option<KvScalesMode>,
+    /// LoRA adapters merged into the weights at load (GGUF adapter files or PEFT adapter
+    /// directories, applied in order; see `rocmforge_runtime::lora`).
+    pub adapters: Vec<PathBuf>,
+    /// Sliding-window layers give back the KV blocks behind their window (see the module
+    /// header); false keeps every block of every layer until the sequence ends. Default true.
+    pub free_sliding_window: bool,
 }
 
 impl Default for LoadOptions {
@@ -129,8 +152,37 @@ impl Default for LoadOptions {
             device: None,
             max_batch_tokens: rocmforge_runtime::exec::DEFAULT_MAX_BATCH_TOKENS,
             kv_cache_type: None,
+            kv_scales: None,
+            adapters: Vec::new(),
+            free_sliding_window: true,
         }
     }
+}
+
+/// The KV pool in `layout`'s blocks for a budget of `n_blocks_all` blocks over every layer (the
+/// same memory: a block of `n_slots` layers instead of all of them), and the longest context,
+/// at most `n_ctx`, that one sequence can reach in it computed in chunks of `max_chunk` tokens
+/// (so the scheduler can always make progress). Returns (blocks, context).
+pub fn size_kv_pool(layout: &KvLayout, n_blocks_all: usize, n_ctx: usize, max_chunk: usize) -> (usize, usize) {
+    let kinds = layout.kinds();
+    if kinds.len() == 1 && kinds[0] == KvKind::Full {
+        return (n_blocks_all, n_ctx.min(n_blocks_all * BLOCK_SIZE));
+    }
+    let n_blocks = if kinds.len() == 1 { n_blocks_all } else { n_blocks_all * layout.n_kv_layers() / layout.n_slots().max(1) };
+    let n_blocks = n_blocks.max(kinds.len());
+    let fits = |n: usize| crate::kv_manager::max_blocks_per_seq(&kinds, BLOCK_SIZE, n, max_chunk.max(1)) <= n_blocks;
+    // Largest n in [BLOCK_SIZE, n_ctx] that fits (blocks needed grow with n); one block per
+    // group always fits.
+    let (mut lo, mut hi) = (BLOCK_SIZE.min(n_ctx), n_ctx);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    (n_blocks, lo)
 }
 
 /// A model ready to run (see the module header).
@@ -154,6 +206,9 @@ pub struct Model {
     load_time: Duration,
     kv_bytes_per_token: usize,
     kv_cache_type: KvCacheType,
+    kv_scales: Option<rocmforge_runtime::KvScales>,
+    kv_layout: KvLayout,
+    kv_block_bytes: usize,
 }
 
 impl std::fmt::Debug for Model {
@@ -169,7 +224,8 @@ impl Model {
         if !path.exists() {
             return Err(EngineError::ModelNotFound(path.to_path_buf()));
         }
-        let src = ModelSource::open(path, registry)?;
+        let mut src = ModelSource::open(path, registry)?;
+        src.apply_adapters(&opts.adapters, registry)?;
         let plugin = registry.for_source(&src)?;
         let graph = build_graph(plugin, &src)?;
         let embedding = graph.embedding;
@@ -183,9 +239,12 @@ impl Model {
             Some(t) => t,
             None => kv_cache_type_from_env()?.unwrap_or_default(),
         };
+        let kv_scales_mode = match opts.kv_scales {
+            Some(m) => m,
+            None => kv_scales_from_env()?.unwrap_or_default(),
+        };
         // K and V per token over every layer, in the cache's element type.
-        let kv_bytes_per_token: usize =
-            geo.iter().map(|g| g.n_head_kv * (kv_type.row_bytes(g.head_dim_k) + kv_type.row_bytes(g.head_dim_v))).sum::<usize>().max(1);
+        let kv_bytes_per_token: usize = geo.iter().map(|g| g.bytes_per_token(|d| kv_type.row_bytes(d))).sum::<usize>().max(1);
         let ctx_blocks = n_ctx.div_ceil(BLOCK_SIZE);
         let n_blocks = match opts.kv {
             KvBudget::Blocks(b) => b.max(1),
@@ -201,22 +260,42 @@ impl Model {
                 (ctx_blocks * DEFAULT_PARALLEL).min(cap)
             }
         };
+        let free_window = opts.free_sliding_window && std::env::var("ROCMFORGE_SLIDING_WINDOW_FREE").map_or(true, |v| v.trim() != "0");
+        let layout = if free_window { KvLayout::by_kind(&graph) } else { KvLayout::single(&graph) };
         // One sequence always fits the pool, so the scheduler can always make progress.
-        n_ctx = n_ctx.min(n_blocks * BLOCK_SIZE);
+        let (n_blocks, ctx) = size_kv_pool(&layout, n_blocks, n_ctx, opts.max_batch_tokens);
+        n_ctx = ctx;
         let kv_config = KvConfig { block_size: BLOCK_SIZE, n_blocks };
         let device = match &opts.device {
             Some(d) => d.clone(),
             None => Device::from_env()?,
         };
-        let exec = Executor::with_kv_type(graph, &src, kv_config, kv_type, opts.max_batch_tokens, device)?;
+        let mut exec = Executor::with_kv_layout(graph, &src, kv_config, layout.clone(), kv_type, opts.max_batch_tokens, device)?;
         let backend = exec.backend_name();
         tracing::info!("{}: running on {backend}", path.display());
         let (n_out, embedding) = (exec.n_out_cols(), exec.is_embedding());
-        tracing::info!(
-            "KV cache: {n_blocks} blocks of {BLOCK_SIZE} tokens ({} tokens, {:.1} MiB {kv_type}, {kv_bytes_per_token} bytes per token); context {n_ctx} tokens per sequence",
-            n_blocks * BLOCK_SIZE,
-            (n_blocks * BLOCK_SIZE * kv_bytes_per_token) as f64 / (1 << 20) as f64
-        );
+        let kinds = layout.kinds();
+        if kinds.iter().all(|k| *k == KvKind::Full) {
+            tracing::info!(
+                "KV cache: {n_blocks} blocks of {BLOCK_SIZE} tokens ({} tokens, {:.1} MiB {kv_type}, {kv_bytes_per_token} bytes per token); context {n_ctx} tokens per sequence",
+                n_blocks * BLOCK_SIZE,
+                (n_blocks * BLOCK_SIZE * kv_bytes_per_token) as f64 / (1 << 20) as f64
+            );
+        } else {
+            // What the window saves: blocks one full-context sequence holds at most, with and
+            // without giving blocks back, in this pool's blocks.
+            let with = crate::kv_manager::max_blocks_per_seq(&kinds, BLOCK_SIZE, n_ctx, opts.max_batch_tokens);
+            let without = n_ctx.div_ceil(BLOCK_SIZE) * kinds.len();
+            let block_bytes = kv_block_bytes(&layout, kv_bytes_per_token);
+            tracing::info!(
+                "KV cache: {n_blocks} blocks of {BLOCK_SIZE} tokens x {} layers ({:.1} MiB {kv_type}, {kv_bytes_per_token} bytes per token over every layer), {}; sliding-window layers give back blocks behind their window: a {n_ctx}-token sequence holds at most {with} blocks ({without} without), the pool holds {} such sequences ({} without); context {n_ctx} tokens per sequence",
+                layout.n_slots(),
+                (n_blocks * block_bytes) as f64 / (1 << 20) as f64,
+                layout.describe(),
+                n_blocks / with.max(1),
+                n_blocks / without.max(1),
+            );
+        }
         let (tok, template_src) = match (src.gguf(), src.hf()) {
             (Some(f), _) => (
                 Tokenizer::from_gguf(f).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?,
@@ -228,6 +307,10 @@ impl Model {
             ),
             _ => return Err(EngineError::Tokenizer(format!("{}: unsupported model container", path.display()))),
         };
+        if kv_scales_mode == KvScalesMode::Auto {
+            crate::kv_calibration::calibrate_kv_scales(&mut exec, &tok, opts.max_batch_tokens)?;
+        }
+        let kv_scales = exec.kv_scales().cloned();
         let template = ChatTemplate::or_chatml(template_src.as_deref()).map_err(|e| EngineError::Template(e.to_string()))?;
         let template_stops = template.stop_strings().iter().map(|s| s.to_string()).collect();
         Ok(Model {
@@ -247,6 +330,9 @@ impl Model {
             load_time: t0.elapsed(),
             kv_bytes_per_token,
             kv_cache_type: kv_type,
+            kv_scales,
+            kv_block_bytes: kv_block_bytes(&layout, kv_bytes_per_token),
+            kv_layout: layout,
         })
     }
 
@@ -327,6 +413,33 @@ impl Model {
     pub fn kv_cache_type(&self) -> KvCacheType {
         self.kv_cache_type
     }
+
+    /// The fp8 KV scales in use (checkpoint or calibrated); None: 1.0, or not an fp8 cache.
+    pub fn kv_scales(&self) -> Option<&rocmforge_runtime::KvScales> {
+        self.kv_scales.as_ref()
+    }
+
+    /// Run `f` on the model's executor before an engine takes it (None afterwards): for tests
+    /// that inject faults at the backend seam (`Executor::fail_after`).
+    pub fn with_executor<R>(&self, f: impl FnOnce(&mut Executor) -> R) -> Option<R> {
+        self.exec.lock().ok()?.as_mut().map(f)
+    }
+
+    /// The KV cache groups (which layers share a block table; see the module header).
+    pub fn kv_layout(&self) -> &KvLayout {
+        &self.kv_layout
+    }
+
+    /// Bytes of KV cache one block of the pool takes (its `n_slots` layers, K and V).
+    pub fn kv_block_bytes(&self) -> usize {
+        self.kv_block_bytes
+    }
+}
+
+/// Bytes of one pool block: `n_slots` layer planes of [`BLOCK_SIZE`] tokens (the layers share
+/// one geometry, so a layer's share is the per-token bytes over the layers with K/V).
+fn kv_block_bytes(layout: &KvLayout, kv_bytes_per_token: usize) -> usize {
+    layout.n_slots() * BLOCK_SIZE * kv_bytes_per_token / layout.n_kv_layers().max(1)
 }
 
 #[cfg(test)]

@@ -305,8 +305,9 @@ impl Scheduler {
         self.waiting.push_front(id);
     }
 
-    /// The step's forward pass ran: advance `num_computed_tokens` and register newly full
-    /// blocks in the prefix cache.
+    /// The step's forward pass ran: advance `num_computed_tokens`, register newly full
+    /// blocks in the prefix cache, and give back the blocks that fell behind sliding windows
+    /// (the next chunk's first query is at `num_computed_tokens`).
     /// Chunks with drafts wait for [`resolve_drafts`](Self::resolve_drafts).
     pub fn on_step_done(&mut self, out: &SchedulerOutput) {
         for c in &out.chunks {
@@ -318,6 +319,7 @@ impl Scheduler {
             if self.cfg.enable_prefix_caching {
                 self.kv.cache_full_blocks(c.id, &s.tokens, s.num_computed_tokens, s.cache_salt.as_deref());
             }
+            self.kv.remove_skipped_blocks(c.id, s.num_computed_tokens);
         }
     }
 
@@ -336,6 +338,7 @@ impl Scheduler {
         if self.cfg.enable_prefix_caching {
             self.kv.cache_full_blocks(id, &s.tokens, s.num_computed_tokens, s.cache_salt.as_deref());
         }
+        self.kv.remove_skipped_blocks(id, s.num_computed_tokens);
     }
 
     /// How many drafts `id` may take per step from now on (see `SeqState::max_draft`).

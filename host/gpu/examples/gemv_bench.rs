@@ -40,13 +40,19 @@ fn random_matrix(ty: GgmlType, n_rows: usize, k: usize, rng: &mut Rng) -> Vec<u8
     }
     let small = 0x2E66u16.to_le_bytes(); // 0.1
     let scale_fields: &[usize] = match ty {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
-        GgmlType::Q4_1 | GgmlType::Q4_K => &[0, 2],
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL | GgmlType::IQ4_XS => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
         GgmlType::Q6_K => &[208],
-        GgmlType::F16 => {
-            // Every element is an f16: clear the top exponent bit so none is NaN / inf.
+        GgmlType::F16 | GgmlType::BF16 => {
+            // Every element is an f16 / bf16: clear the top exponent bit so none is NaN / inf.
             for h in v.chunks_mut(2) {
-                h[1] &= 0xBB;
+                h[1] &= if ty == GgmlType::F16 { 0xBB } else { 0xBF };
+            }
+            &[]
+        }
+        GgmlType::F32 => {
+            for f in v.chunks_mut(4) {
+                f[3] &= 0xBF;
             }
             &[]
         }
@@ -95,17 +101,18 @@ impl Bench<'_> {
         let x: Vec<f32> = (0..n_tokens * kd).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
         let xd = dev.upload(&x)?;
         let mut y = dev.alloc::<f32>(n_tokens * n_rows)?;
-        if ty != GgmlType::F16 {
+        let quantized = mats[0].quantized_input();
+        if quantized {
             k.quantize_q8(s, &xd, n_tokens, kd, &mut self.acts)?;
         }
         s.synchronize()?;
         s.begin_capture()?;
         for i in 0..launches {
             let m = &mats[i % copies];
-            if ty == GgmlType::F16 {
-                k.matmul(s, m, &xd, n_tokens, &mut self.acts, &mut y)?;
-            } else {
+            if quantized {
                 k.matmul_quantized(s, m, &self.acts, n_tokens, &mut y)?;
+            } else {
+                k.matmul(s, m, &xd, n_tokens, &mut self.acts, &mut y)?;
             }
         }
         let exec = s.end_capture()?.instantiate()?;
@@ -184,6 +191,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ]
     };
     let types = [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::F16];
+    // Types added later run after the ablation below, so a time limit that stops the benchmark
+    // early cuts these, not the established series.
+    let later_types = [GgmlType::Q5_K, GgmlType::IQ4_XS, GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::BF16, GgmlType::F32];
     let mut b = Bench { dev: &dev, s: &s, e0: &e0, e1: &e1, copy_bw, acts: QuantActs::new(&dev, 8 * 14336)? };
     for ty in types {
         for &(n_rows, kd, label) in shapes {
@@ -247,6 +257,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                         println!("ABL|mmv {}|{label} {name} rows{rows}|rel diff {:.2e}", ty.name(), diff / scale);
                     }
                 }
+            }
+        }
+    }
+    for ty in later_types {
+        for &(n_rows, kd, label) in shapes {
+            let host = random_matrix(ty, n_rows, kd, &mut rng);
+            for n_tokens in [1usize, 4] {
+                b.case(&k, ty, &host, n_rows, kd, n_tokens, label, "")?;
             }
         }
     }

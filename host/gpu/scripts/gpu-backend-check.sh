@@ -30,9 +30,19 @@ echo "== bench (graphs on, CPU too) =="
 ROCMFORGE_BENCH=1 timeout 150 "$C/gpu_backend" decode_speed --nocapture > "$OUT/bench.log" 2>&1 || status=1
 echo "== bench (graphs off) =="
 ROCMFORGE_BENCH=gpu ROCMFORGE_GPU_GRAPHS=0 timeout 90 "$C/gpu_backend" decode_speed --nocapture > "$OUT/bench-nograph.log" 2>&1 || status=1
+echo "== long-context decode, split-K attention on / off, per KV cache type =="
+ROCMFORGE_BENCH=gpu timeout 150 "$C/gpu_backend" split_k_long_context --nocapture --test-threads=1 > "$OUT/bench-long.log" 2>&1 || status=1
 if [ -x "$C/gemv_bench" ]; then
   echo "== GEMV bandwidth =="
   timeout 150 "$C/gemv_bench" ${GEMV_ARGS:-} > "$OUT/gemv.log" 2>&1 || status=1
+fi
+# Device errors last: each run poisons the device for its own process (gpu_fault.rs, and the
+# executor-level test that gpu_backend skips unless asked for).
+if [ -x "$C/gpu_fault" ]; then
+  echo "== device fault (gpu_fault, then the executor) =="
+  timeout 120 "$C/gpu_fault" --nocapture > "$OUT/fault.log" 2>&1 || status=1
+  timeout 180 "$C/gpu_backend" --ignored --exact device_fault_fails_every_later_forward --nocapture > "$OUT/fault-exec.log" 2>&1 || status=1
+  grep -hE "^RESULT\|(gpu_fault|device_fault)|panicked|test result" "$OUT/fault.log" "$OUT/fault-exec.log" | cut -c1-240
 fi
 grep -hE "panicked|Error|error" "$OUT"/bench*.log "$OUT"/gemv.log 2>/dev/null | head -5
 echo
@@ -46,5 +56,6 @@ fi
 grep -h "bench device" "$OUT/bench.log" | head -2
 echo "graphs on:";  grep -h '^BENCH' "$OUT/bench.log" | cut -d'|' -f2-
 echo "graphs off:"; grep -h '^BENCH' "$OUT/bench-nograph.log" | cut -d'|' -f2-
+echo "long context:"; grep -h '^BENCH' "$OUT/bench-long.log" | cut -d'|' -f2-
 [ -f "$OUT/gemv.log" ] && { echo "GEMV:"; grep -h '^BENCH' "$OUT/gemv.log" | cut -d'|' -f2- | tr '|' '\t'; }
 exit $status

@@ -263,6 +263,35 @@ impl DriverApi {
     }
 }
 
+/// Does status `code` of vendor `v` poison the context, so that the device is unusable for the
+/// rest of the process? These are the codes whose documentation says "any further work will
+/// return the same error; the process must be terminated" (CUDA 13's `cuda.h`; HIP's
+/// `hip_runtime_api.h`, 5.2 to 7.1, where the same names carry the same numbers):
+///
+/// | | CUDA (`CUresult`) | HIP (`hipError_t`) |
+/// |---|---|---|
+/// | uncorrectable ECC error | 214 `CUDA_ERROR_ECC_UNCORRECTABLE` | 214 `hipErrorECCNotCorrectable` |
+/// | uncorrectable NVLink error / contained error | 220 `NVLINK_UNCORRECTABLE`, 226 `CONTAINED` | - |
+/// | illegal address in a kernel | 700 `CUDA_ERROR_ILLEGAL_ADDRESS` | 700 `hipErrorIllegalAddress` |
+/// | kernel timed out (watchdog) | 702 `CUDA_ERROR_LAUNCH_TIMEOUT` | 702 `hipErrorLaunchTimeOut` |
+/// | device-side assert | 710 `CUDA_ERROR_ASSERT` | 710 `hipErrorAssert` |
+/// | stack error, illegal instruction, misaligned address, bad address space, bad PC | 714-718 | - |
+/// | kernel exception (launch failed) | 719 `CUDA_ERROR_LAUNCH_FAILED` | 719 `hipErrorLaunchFailure` |
+/// | an earlier launch failed | - | 53 `hipErrorPriorLaunchFailure` |
+/// | tensor memory leak at kernel exit | 721 `CUDA_ERROR_TENSOR_MEMORY_LEAK` | - |
+/// | error signalled by an external device | 911 `CUDA_ERROR_EXTERNAL_DEVICE` | - (911 is another error on HIP) |
+///
+/// A GPU that falls off the bus shows up as one of these (or as `*_UNKNOWN`, 999, which we do
+/// not treat as fatal: it is also returned for recoverable failures). On AMD, ROCm usually
+/// aborts the whole process on a memory fault in a kernel ("Memory access fault by GPU node")
+/// before HIP can return 700 / 719, so this path covers what HIP does report.
+pub(crate) fn poisons_context(v: Vendor, code: c_int) -> bool {
+    match v {
+        Vendor::Cuda => matches!(code, 214 | 220 | 226 | 700 | 702 | 710 | 714..=719 | 721 | 911),
+        Vendor::Hip => matches!(code, 53 | 214 | 700 | 702 | 710 | 719),
+    }
+}
+
 /// Library file names tried for each vendor, in order (plus `ROCMFORGE_CUDA_LIB` /
 /// `ROCMFORGE_HIP_LIB` when set, first).
 pub(crate) fn driver_candidates(v: Vendor) -> Vec<String> {
@@ -314,4 +343,31 @@ pub(crate) fn driver(v: Vendor) -> Result<&'static DriverApi> {
     let api: &'static DriverApi = Box::leak(Box::new(api));
     loaded[slot] = Some(api);
     Ok(api)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_poisoning_codes_per_vendor() {
+        // Sticky on both vendors: illegal address, launch failure / exception, ECC, assert.
+        for code in [700, 719, 214, 710, 702] {
+            assert!(poisons_context(Vendor::Cuda, code), "cuda {code}");
+            assert!(poisons_context(Vendor::Hip, code), "hip {code}");
+        }
+        // CUDA only: misaligned address (716), illegal instruction (715), external device (911);
+        // HIP's 911 is hipErrorInvalidChannelDescriptor, its 53 hipErrorPriorLaunchFailure.
+        for code in [714, 715, 716, 717, 718, 721, 911, 220, 226] {
+            assert!(poisons_context(Vendor::Cuda, code), "cuda {code}");
+        }
+        assert!(!poisons_context(Vendor::Hip, 911));
+        assert!(poisons_context(Vendor::Hip, 53));
+        // Recoverable: out of memory (2), invalid value (1), launch out of resources (701),
+        // not ready (600), unknown (999), no device (100), cooperative launch too large (720).
+        for code in [0, 1, 2, 100, 600, 701, 720, 999] {
+            assert!(!poisons_context(Vendor::Cuda, code), "cuda {code}");
+            assert!(!poisons_context(Vendor::Hip, code), "hip {code}");
+        }
+    }
 }

@@ -186,6 +186,8 @@ fn blas_api(v: Vendor) -> Result<&'static BlasApi> {
 pub struct Blas {
     api: &'static BlasApi,
     handle: Handle,
+    /// The stream's device: a lost device fails a GEMM before the BLAS library is called.
+    dev: crate::device::Device,
 }
 
 // SAFETY: the handle is only used through &mut self / &self calls that the owner serialises (one
@@ -201,7 +203,7 @@ impl Blas {
         let mut handle: Handle = std::ptr::null_mut();
         // SAFETY: valid out-pointer; the device's context is current.
         api.check("blas create", unsafe { (api.create)(&mut handle) })?;
-        let b = Blas { api, handle };
+        let b = Blas { api, handle, dev: dev.clone() };
         // SAFETY: both handles are live.
         api.check("blas set_stream", unsafe { (api.set_stream)(b.handle, stream.raw()) })?;
         Ok(b)
@@ -226,6 +228,7 @@ impl Blas {
         k: usize,
         ldy: usize,
     ) -> Result<()> {
+        self.dev.ensure_usable()?;
         if x.len() < n_tok * k || ldy < n_rows {
             return Err(GpuError::shape("gemm_f16", format!("x holds {} values for {n_tok} x {k}; ldy {ldy} < {n_rows}", x.len())));
         }

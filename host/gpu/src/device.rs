@@ -9,10 +9,23 @@
 //! Device discovery uses only `*DeviceGetAttribute` and name/memory queries (never
 //! `hipDeviceProp_t`, whose layout changed in ROCm 6). The AMD architecture name (`gfx90a`),
 //! which no attribute gives, comes from the KFD topology in sysfs, matched by PCI location.
+//!
+//! Lost devices: every status of a call made in a device's context goes through
+//! [`Device::check`]. A status that poisons the context (`api::poisons_context`: an illegal
+//! address, a failed launch, an uncorrectable ECC error) is recorded once per physical device,
+//! process-wide (the first one wins), and from then on every call on that device (through any
+//! `Device` value, and `Device::open` of it) fails at once with [`GpuError::DeviceLost`] naming
+//! the first error, without calling the driver: the context stays poisoned until the process
+//! exits, so nothing later could succeed, and a caller that waits on it must not hang.
+//!
+//! ```text
+//!   call -> status 700 ──► lost[(cuda, 0)] = "StreamSynchronize: CUDA_ERROR_ILLEGAL_ADDRESS (700)"
+//!   any later call / Device::open(cuda:0) ──► Err(DeviceLost { first error })
+//! ```
 
 use std::ffi::{c_char, c_int, c_void};
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::api::{self, attr_code, Attr, DevPtr, DriverApi, Handle, Vendor};
 use crate::error::{GpuError, Result};
@@ -92,6 +105,47 @@ pub(crate) struct DeviceInner {
     pub ctx: Handle,
     pub dev: c_int,
     pub info: DeviceInfo,
+    /// The first context-poisoning error of this physical device (shared by every `Device` of
+    /// it: [`lost_slot`]).
+    lost: Arc<OnceLock<LostInfo>>,
+}
+
+/// The first error that made a device unusable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LostInfo {
+    pub call: &'static str,
+    pub code: i32,
+    pub name: String,
+}
+
+impl LostInfo {
+    fn error(&self, device: String) -> GpuError {
+        GpuError::DeviceLost { device, call: self.call, code: self.code, name: self.name.clone() }
+    }
+}
+
+/// One physical device's lost-state, shared by every `Device` of it.
+type LostSlot = Arc<OnceLock<LostInfo>>;
+
+/// The process-wide lost-state of device `ordinal` of vendor `v` (created empty on first use).
+fn lost_slot(v: Vendor, ordinal: usize) -> LostSlot {
+    static SLOTS: Mutex<Vec<((Vendor, usize), LostSlot)>> = Mutex::new(Vec::new());
+    let mut slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, s)) = slots.iter().find(|(k, _)| *k == (v, ordinal)) {
+        return s.clone();
+    }
+    let s = Arc::new(OnceLock::new());
+    slots.push(((v, ordinal), s.clone()));
+    s
+}
+
+/// `device` as error messages name it: `cuda:0 (NVIDIA H100 80GB HBM3)`.
+fn device_label(v: Vendor, ordinal: usize, name: &str) -> String {
+    if name.is_empty() {
+        format!("{}:{ordinal}", v.name())
+    } else {
+        format!("{}:{ordinal} ({name})", v.name())
+    }
 }
 
 // SAFETY: the context handle is an opaque driver object usable from any thread once bound
@@ -119,19 +173,23 @@ impl std::fmt::Debug for Device {
 
 impl Device {
     /// Open the device `spec` names. `auto` tries CUDA, then HIP, device 0, and returns the
-    /// first that opens; its error lists why each vendor failed.
+    /// first that opens; its error lists why each vendor failed (or is the `DeviceLost` of a
+    /// device lost earlier in this process). A lost device is refused with `DeviceLost`.
     pub fn open(spec: DeviceSpec) -> Result<Device> {
         match spec {
             DeviceSpec::Vendor(v, i) => Self::open_vendor(v, i),
             DeviceSpec::Auto => {
                 let mut why = Vec::new();
+                let mut lost = None;
                 for v in [Vendor::Cuda, Vendor::Hip] {
                     match Self::open_vendor(v, 0) {
                         Ok(d) => return Ok(d),
+                        Err(e @ GpuError::DeviceLost { .. }) => lost = lost.or(Some(e)),
                         Err(e) => why.push(format!("{}: {e}", v.name())),
                     }
                 }
-                Err(GpuError::NoDevice { vendor: "GPU", detail: why.join("; ") })
+                // A GPU that worked and was lost says so, rather than "no device".
+                Err(lost.unwrap_or(GpuError::NoDevice { vendor: "GPU", detail: why.join("; ") }))
             }
         }
     }
@@ -163,6 +221,10 @@ impl Device {
         if ordinal >= count as usize {
             return Err(GpuError::DeviceOutOfRange { vendor: v.name(), index: ordinal, count: count as usize });
         }
+        let lost = lost_slot(v, ordinal);
+        if let Some(first) = lost.get() {
+            return Err(first.error(device_label(v, ordinal, "")));
+        }
         let mut dev = 0;
         // SAFETY: valid out-pointer, ordinal < count.
         api.check("DeviceGet", unsafe { (api.device_get)(&mut dev, ordinal as c_int) })?;
@@ -170,7 +232,7 @@ impl Device {
         // SAFETY: valid out-pointer and device.
         api.check("DevicePrimaryCtxRetain", unsafe { (api.primary_ctx_retain)(&mut ctx, dev) })?;
         // From here on the Drop of DeviceInner releases the context.
-        let mut inner = DeviceInner { api, ctx, dev, info: placeholder_info(v, ordinal, &api.lib_path) };
+        let mut inner = DeviceInner { api, ctx, dev, info: placeholder_info(v, ordinal, &api.lib_path), lost };
         // SAFETY: the context was just retained.
         api.check("CtxSetCurrent", unsafe { (api.ctx_set_current)(ctx) })?;
         inner.info = query_info(api, v, ordinal, dev)?;
@@ -189,10 +251,45 @@ impl Device {
         self.0.api
     }
 
-    /// Make this device's context current on the calling thread.
+    /// Make this device's context current on the calling thread; fails at once, without a
+    /// driver call, once the device is lost (the module header).
     pub(crate) fn bind(&self) -> Result<()> {
+        self.ensure_usable()?;
         // SAFETY: the context is retained for the life of self.
-        self.0.api.check("CtxSetCurrent", unsafe { (self.0.api.ctx_set_current)(self.0.ctx) })
+        self.check("CtxSetCurrent", unsafe { (self.0.api.ctx_set_current)(self.0.ctx) })
+    }
+
+    /// `Err(DeviceLost)` once a call on this device has poisoned its context.
+    pub(crate) fn ensure_usable(&self) -> Result<()> {
+        match self.0.lost.get() {
+            Some(first) => Err(first.error(self.label())),
+            None => Ok(()),
+        }
+    }
+
+    /// The status `code` of `call`, made in this device's context: `Ok` for success; a
+    /// context-poisoning status marks the device lost (the first such error is kept) and
+    /// returns [`GpuError::DeviceLost`]; any other is a [`GpuError::Driver`].
+    pub(crate) fn check(&self, call: &'static str, code: c_int) -> Result<()> {
+        if code == 0 {
+            return Ok(());
+        }
+        let api = self.0.api;
+        if !api::poisons_context(api.vendor, code) {
+            return api.check(call, code);
+        }
+        let first = self.0.lost.get_or_init(|| LostInfo { call, code, name: api.error_name(code) });
+        Err(first.error(self.label()))
+    }
+
+    /// The error that made this device unusable (None while it works): a
+    /// [`GpuError::DeviceLost`] naming the first context-poisoning error.
+    pub fn lost(&self) -> Option<GpuError> {
+        self.0.lost.get().map(|first| first.error(self.label()))
+    }
+
+    fn label(&self) -> String {
+        device_label(self.0.info.vendor, self.0.info.ordinal, &self.0.info.name)
     }
 
     /// (free, total) device memory in bytes.
@@ -200,7 +297,7 @@ impl Device {
         self.bind()?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: valid out-pointers; context bound.
-        self.0.api.check("MemGetInfo", unsafe { (self.0.api.mem_get_info)(&mut free, &mut total) })?;
+        self.check("MemGetInfo", unsafe { (self.0.api.mem_get_info)(&mut free, &mut total) })?;
         Ok((free, total))
     }
 
@@ -208,7 +305,7 @@ impl Device {
     pub fn synchronize(&self) -> Result<()> {
         self.bind()?;
         // SAFETY: context bound.
-        self.0.api.check("CtxSynchronize", unsafe { (self.0.api.ctx_synchronize)() })
+        self.check("CtxSynchronize", unsafe { (self.0.api.ctx_synchronize)() })
     }
 
     /// Uninitialised device memory for `len` values of `T`.
@@ -218,7 +315,7 @@ impl Device {
         let mut ptr: DevPtr = 0;
         if bytes > 0 {
             // SAFETY: valid out-pointer; context bound.
-            self.0.api.check("MemAlloc", unsafe { (self.0.api.mem_alloc)(&mut ptr, bytes) })?;
+            self.check("MemAlloc", unsafe { (self.0.api.mem_alloc)(&mut ptr, bytes) })?;
         }
         Ok(DeviceBuffer { dev: self.clone(), ptr, len, owned: true, _t: PhantomData })
     }
@@ -234,7 +331,7 @@ impl Device {
         self.bind()?;
         let mut s: Handle = std::ptr::null_mut();
         // SAFETY: valid out-pointer; context bound.
-        self.0.api.check("StreamCreate", unsafe { (self.0.api.stream_create)(&mut s, api::STREAM_NON_BLOCKING) })?;
+        self.check("StreamCreate", unsafe { (self.0.api.stream_create)(&mut s, api::STREAM_NON_BLOCKING) })?;
         Ok(Stream { dev: self.clone(), raw: s })
     }
 
@@ -244,7 +341,7 @@ impl Device {
         let mut e: Handle = std::ptr::null_mut();
         let flags = if timing { 0 } else { api::EVENT_DISABLE_TIMING };
         // SAFETY: valid out-pointer; context bound.
-        self.0.api.check("EventCreate", unsafe { (self.0.api.event_create)(&mut e, flags) })?;
+        self.check("EventCreate", unsafe { (self.0.api.event_create)(&mut e, flags) })?;
         Ok(Event { dev: self.clone(), raw: e })
     }
 }
@@ -474,7 +571,7 @@ impl<T: DeviceCopy> DeviceBuffer<T> {
         }
         self.dev.bind()?;
         // SAFETY: both ranges hold self.bytes() bytes (lengths checked).
-        self.dev.api().check("MemcpyHtoD", unsafe { (self.dev.api().memcpy_htod)(self.ptr, data.as_ptr() as *const c_void, self.bytes()) })
+        self.dev.check("MemcpyHtoD", unsafe { (self.dev.api().memcpy_htod)(self.ptr, data.as_ptr() as *const c_void, self.bytes()) })
     }
 
     /// Synchronous device-to-host copy into `out` (exactly `len` values).
@@ -485,7 +582,7 @@ impl<T: DeviceCopy> DeviceBuffer<T> {
         }
         self.dev.bind()?;
         // SAFETY: both ranges hold self.bytes() bytes (lengths checked).
-        self.dev.api().check("MemcpyDtoH", unsafe { (self.dev.api().memcpy_dtoh)(out.as_mut_ptr() as *mut c_void, self.ptr, self.bytes()) })
+        self.dev.check("MemcpyDtoH", unsafe { (self.dev.api().memcpy_dtoh)(out.as_mut_ptr() as *mut c_void, self.ptr, self.bytes()) })
     }
 
     /// The contents as a new vector (synchronous; waits for earlier work on the legacy stream only,
@@ -506,7 +603,7 @@ impl<T: DeviceCopy> DeviceBuffer<T> {
         }
         self.dev.bind()?;
         // SAFETY: both device ranges hold self.bytes() bytes.
-        self.dev.api().check("MemcpyDtoD", unsafe { (self.dev.api().memcpy_dtod)(self.ptr, src.ptr, self.bytes()) })
+        self.dev.check("MemcpyDtoD", unsafe { (self.dev.api().memcpy_dtod)(self.ptr, src.ptr, self.bytes()) })
     }
 }
 
@@ -541,14 +638,14 @@ impl Stream {
     pub fn synchronize(&self) -> Result<()> {
         self.dev.bind()?;
         // SAFETY: live stream.
-        self.dev.api().check("StreamSynchronize", unsafe { (self.dev.api().stream_synchronize)(self.raw) })
+        self.dev.check("StreamSynchronize", unsafe { (self.dev.api().stream_synchronize)(self.raw) })
     }
 
     /// Make later work on this stream wait for `ev`.
     pub fn wait_event(&self, ev: &Event) -> Result<()> {
         self.dev.bind()?;
         // SAFETY: live stream and event.
-        self.dev.api().check("StreamWaitEvent", unsafe { (self.dev.api().stream_wait_event)(self.raw, ev.raw, 0) })
+        self.dev.check("StreamWaitEvent", unsafe { (self.dev.api().stream_wait_event)(self.raw, ev.raw, 0) })
     }
 
     /// Asynchronous host-to-device copy. The host slice must stay alive and unchanged until the
@@ -561,7 +658,7 @@ impl Stream {
         }
         self.dev.bind()?;
         // SAFETY: sizes checked; the source is pageable host memory (staged by the driver).
-        self.dev.api().check("MemcpyHtoDAsync", unsafe {
+        self.dev.check("MemcpyHtoDAsync", unsafe {
             (self.dev.api().memcpy_htod_async)(dst.ptr, data.as_ptr() as *const c_void, dst.bytes(), self.raw)
         })
     }
@@ -574,7 +671,7 @@ impl Stream {
         }
         self.dev.bind()?;
         // SAFETY: sizes checked; we synchronize before `out` can be observed.
-        self.dev.api().check("MemcpyDtoHAsync", unsafe {
+        self.dev.check("MemcpyDtoHAsync", unsafe {
             (self.dev.api().memcpy_dtoh_async)(out.as_mut_ptr() as *mut c_void, src.ptr, src.bytes(), self.raw)
         })?;
         self.synchronize()
@@ -588,7 +685,7 @@ impl Stream {
         }
         self.dev.bind()?;
         // SAFETY: both ranges hold src.bytes() bytes.
-        self.dev.api().check("MemcpyDtoDAsync", unsafe { (self.dev.api().memcpy_dtod_async)(dst.ptr, src.ptr, src.bytes(), self.raw) })
+        self.dev.check("MemcpyDtoDAsync", unsafe { (self.dev.api().memcpy_dtod_async)(dst.ptr, src.ptr, src.bytes(), self.raw) })
     }
 
     /// Fill `buf` with the 32-bit pattern `value` (`buf.bytes()` must be a multiple of 4): used to
@@ -599,7 +696,7 @@ impl Stream {
         }
         self.dev.bind()?;
         // SAFETY: the range holds bytes()/4 words.
-        self.dev.api().check("MemsetD32Async", unsafe { (self.dev.api().memset_d32_async)(buf.ptr, value, buf.bytes() / 4, self.raw) })
+        self.dev.check("MemsetD32Async", unsafe { (self.dev.api().memset_d32_async)(buf.ptr, value, buf.bytes() / 4, self.raw) })
     }
 
     /// Stream-ordered allocation (falls back to a plain allocation where the runtime has none).
@@ -610,7 +707,7 @@ impl Stream {
         let mut ptr: DevPtr = 0;
         if bytes > 0 {
             // SAFETY: valid out-pointer, live stream.
-            self.dev.api().check("MemAllocAsync", unsafe { f(&mut ptr, bytes, self.raw) })?;
+            self.dev.check("MemAllocAsync", unsafe { f(&mut ptr, bytes, self.raw) })?;
         }
         Ok(DeviceBuffer { dev: self.dev.clone(), ptr, len, owned: true, _t: PhantomData })
     }
@@ -624,7 +721,7 @@ impl Stream {
         self.dev.bind()?;
         let ptr = std::mem::replace(&mut buf.ptr, 0);
         // SAFETY: ptr is a live allocation of this context, freed once (buf no longer owns it).
-        self.dev.api().check("MemFreeAsync", unsafe { f(ptr, self.raw) })
+        self.dev.check("MemFreeAsync", unsafe { f(ptr, self.raw) })
     }
 
     /// Start capturing the work queued on this stream into a graph (thread-local mode: other
@@ -642,7 +739,7 @@ impl Stream {
         self.dev.bind()?;
         let mut g: Handle = std::ptr::null_mut();
         // SAFETY: live stream in capture mode; valid out-pointer.
-        self.dev.api().check("StreamEndCapture", unsafe { (self.dev.api().stream_end_capture)(self.raw, &mut g) })?;
+        self.dev.check("StreamEndCapture", unsafe { (self.dev.api().stream_end_capture)(self.raw, &mut g) })?;
         Ok(Graph { dev: self.dev.clone(), raw: g })
     }
 }
@@ -671,19 +768,19 @@ impl Event {
     pub fn record(&self, s: &Stream) -> Result<()> {
         self.dev.bind()?;
         // SAFETY: live event and stream.
-        self.dev.api().check("EventRecord", unsafe { (self.dev.api().event_record)(self.raw, s.raw) })
+        self.dev.check("EventRecord", unsafe { (self.dev.api().event_record)(self.raw, s.raw) })
     }
     pub fn synchronize(&self) -> Result<()> {
         self.dev.bind()?;
         // SAFETY: live event.
-        self.dev.api().check("EventSynchronize", unsafe { (self.dev.api().event_synchronize)(self.raw) })
+        self.dev.check("EventSynchronize", unsafe { (self.dev.api().event_synchronize)(self.raw) })
     }
     /// Milliseconds from `start` to this event (both recorded and completed, both timing events).
     pub fn elapsed_ms(&self, start: &Event) -> Result<f32> {
         self.dev.bind()?;
         let mut ms = 0f32;
         // SAFETY: live events, valid out-pointer.
-        self.dev.api().check("EventElapsedTime", unsafe { (self.dev.api().event_elapsed_time)(&mut ms, start.raw, self.raw) })?;
+        self.dev.check("EventElapsedTime", unsafe { (self.dev.api().event_elapsed_time)(&mut ms, start.raw, self.raw) })?;
         Ok(ms)
     }
 }
@@ -713,7 +810,7 @@ impl Graph {
         self.dev.bind()?;
         let mut e: Handle = std::ptr::null_mut();
         // SAFETY: live graph, valid out-pointer, flags 0.
-        self.dev.api().check("GraphInstantiate", unsafe { (self.dev.api().graph_instantiate)(&mut e, self.raw, 0) })?;
+        self.dev.check("GraphInstantiate", unsafe { (self.dev.api().graph_instantiate)(&mut e, self.raw, 0) })?;
         Ok(GraphExec { dev: self.dev.clone(), raw: e })
     }
 }
@@ -743,13 +840,13 @@ impl GraphExec {
         let Some(f) = self.dev.api().graph_upload else { return Ok(()) };
         self.dev.bind()?;
         // SAFETY: live graph exec and stream.
-        self.dev.api().check("GraphUpload", unsafe { f(self.raw, s.raw) })
+        self.dev.check("GraphUpload", unsafe { f(self.raw, s.raw) })
     }
     /// Replay the graph on `s`.
     pub fn launch(&self, s: &Stream) -> Result<()> {
         self.dev.bind()?;
         // SAFETY: live graph exec and stream.
-        self.dev.api().check("GraphLaunch", unsafe { (self.dev.api().graph_launch)(self.raw, s.raw) })
+        self.dev.check("GraphLaunch", unsafe { (self.dev.api().graph_launch)(self.raw, s.raw) })
     }
 }
 
@@ -765,6 +862,27 @@ mod tests {
         assert_eq!("cuda".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Vendor(Vendor::Cuda, 0)));
         for bad in ["cpu", "cuda:x", "metal:0", "cuda:-1", ""] {
             assert!(matches!(bad.parse::<DeviceSpec>(), Err(GpuError::BadSpec { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_lost_device_is_shared_process_wide_and_keeps_its_first_error() {
+        // An ordinal no machine has, so no real device shares the slot.
+        let slot = lost_slot(Vendor::Hip, 9999);
+        assert!(Arc::ptr_eq(&slot, &lost_slot(Vendor::Hip, 9999)), "one slot per physical device");
+        assert!(!Arc::ptr_eq(&slot, &lost_slot(Vendor::Cuda, 9999)));
+        assert!(slot.get().is_none());
+        slot.get_or_init(|| LostInfo { call: "StreamSynchronize", code: 700, name: "hipErrorIllegalAddress".into() });
+        let later = lost_slot(Vendor::Hip, 9999);
+        let first = later.get_or_init(|| LostInfo { call: "LaunchKernel", code: 719, name: "hipErrorLaunchFailure".into() });
+        assert_eq!((first.call, first.code), ("StreamSynchronize", 700), "the first error is kept");
+        let e = first.error(device_label(Vendor::Hip, 9999, "AMD Instinct MI210"));
+        assert!(e.is_device_lost());
+        let msg = e.to_string();
+        for part in
+            ["hip:9999 (AMD Instinct MI210)", "StreamSynchronize failed: hipErrorIllegalAddress (700)", "until the process restarts"]
+        {
+            assert!(msg.contains(part), "{msg}");
         }
     }
 

@@ -41,11 +41,25 @@ pub enum GpuError {
     /// Reading or writing the kernel cache failed (never fatal for compilation: callers log it).
     #[error("kernel cache {path}: {source}")]
     Cache { path: String, source: std::io::Error },
+    /// The device hit an error that poisons its context (an illegal address in a kernel, a
+    /// failed launch, an uncorrectable ECC error: `api::poisons_context`). It is unusable for
+    /// the rest of the process: this call and every later one on it (opening it again included)
+    /// fail with this error, which names the first one.
+    #[error(
+        "GPU {device} is unusable after a device error ({call} failed: {name} ({code})); it stays unusable until the process restarts"
+    )]
+    DeviceLost { device: String, call: &'static str, code: i32, name: String },
 }
 
 impl GpuError {
     pub(crate) fn shape(op: &'static str, what: impl Into<String>) -> Self {
         GpuError::Shape { op, what: what.into() }
+    }
+
+    /// True for [`GpuError::DeviceLost`]: the device cannot be used again in this process, so
+    /// callers fail the work in flight and stop using it (a retry cannot succeed).
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self, GpuError::DeviceLost { .. })
     }
 }
 

@@ -59,6 +59,22 @@ pub fn compile_all(vendor: Vendor, arch: &str, warp_size: u32) -> Result<Vec<(St
     Ok(out)
 }
 
+/// Compile one extra kernel source (it may `#include "compat.h"`) for `dev`, with the options
+/// the built-in kernels get, bypassing the disk cache: for kernels that are not part of
+/// `kernels/`, such as the tests' fault-injection kernel. Load the result with
+/// [`Module::load`].
+pub fn compile_source(dev: &Device, name: &str, source: &str) -> Result<Vec<u8>> {
+    let info = dev.info();
+    let api = rtc::rtc(info.vendor)?;
+    let t = Target {
+        vendor: info.vendor,
+        arch: &info.arch,
+        driver_version: info.driver_version,
+        options: compile_options(info.vendor, info.warp_size),
+    };
+    rtc::compile_uncached(api, &KernelSource { name, source, headers: HEADERS }, &t)
+}
+
 /// Where the compiler library came from (for logs).
 pub fn compiler_library(vendor: Vendor) -> Result<String> {
     Ok(rtc::rtc(vendor)?.lib_path.clone())
@@ -118,6 +134,11 @@ impl GpuMatrix {
     pub fn bytes(&self) -> usize {
         self.data.len()
     }
+    /// True when products with this matrix take activations quantized to int8 (every quantized
+    /// type); false for the float types (F16, BF16, F32), which read f32 activations.
+    pub fn quantized_input(&self) -> bool {
+        !repack::takes_f32_input(self.ty)
+    }
 }
 
 /// Scratch for activations quantized to int8 (see `kernels/ops.cu` quantize_q8_f32).
@@ -135,219 +156,7 @@ impl QuantActs {
     }
 }
 
-/// The paged f16 KV cache on the device, laid out as `rocmforge_cpu::KvCache`:
-/// `k[layer][block][slot][head_kv][head_dim_k]`, `v[...][head_dim_v]`.
-pub struct GpuKvCache {
-    pub n_layer: usize,
-    pub n_head_kv: usize,
-    pub head_dim_k: usize,
-    pub head_dim_v: usize,
-    pub block_size: usize,
-    pub n_blocks: usize,
-    pub k: DeviceBuffer<u16>,
-    pub v: DeviceBuffer<u16>,
-}
-
-impl GpuKvCache {
-    pub fn new(
-        dev: &Device,
-        n_layer: usize,
-        n_head_kv: usize,
-        head_dim_k: usize,
-        head_dim_v: usize,
-        block_size: usize,
-        n_blocks: usize,
-    ) -> Result<Self> {
-        let slots = n_layer * n_blocks * block_size * n_head_kv;
-        Ok(GpuKvCache {
-            n_layer,
-            n_head_kv,
-            head_dim_k,
-            head_dim_v,
-            block_size,
-            n_blocks,
-            k: dev.alloc(slots * head_dim_k)?,
-            v: dev.alloc(slots * head_dim_v)?,
-        })
-    }
-    fn layer_offsets(&self, layer: usize) -> Result<(u64, u64)> {
-        if layer >= self.n_layer {
-            return Err(GpuError::shape("kv_cache", format!("layer {layer} of {}", self.n_layer)));
-        }
-        let slots = (layer * self.n_blocks * self.block_size * self.n_head_kv) as u64;
-        Ok((self.k.device_ptr() + slots * self.head_dim_k as u64 * 2, self.v.device_ptr() + slots * self.head_dim_v as u64 * 2))
-    }
-}
-
-/// Per-step attention metadata on the device: query tokens (their sequence and position) and
-/// sequences (their block-table offset and cached length). Built once per step.
-pub struct AttnBatch {
-    pub n_q: usize,
-    pub n_seq: usize,
-    q_seq: DeviceBuffer<i32>,
-    q_pos: DeviceBuffer<i32>,
-    seq_len: DeviceBuffer<i32>,
-    bt_offset: DeviceBuffer<i32>,
-    block_tables: DeviceBuffer<u32>,
-}
-
-/// One sequence of an [`AttnBatch`]: its block table, the number of positions cached (after
-/// this step's KV write) and the positions of its query tokens in this step.
-pub struct AttnSeq<'a> {
-    pub block_table: &'a [u32],
-    pub seq_len: usize,
-    pub q_positions: &'a [usize],
-}
-
-impl AttnBatch {
-    /// Persistent metadata buffers for up to `max_q` query tokens, `max_seq` sequences and
-    /// `max_blocks` block-table entries, refilled each step by [`AttnBatch::fill`] (no allocation
-    /// per step, and fixed addresses for graph capture).
-    pub fn with_capacity(dev: &Device, max_q: usize, max_seq: usize, max_blocks: usize) -> Result<AttnBatch> {
-        Ok(AttnBatch {
-            n_q: 0,
-            n_seq: 0,
-            q_seq: dev.alloc(max_q.max(1))?,
-            q_pos: dev.alloc(max_q.max(1))?,
-            seq_len: dev.alloc(max_seq.max(1))?,
-            bt_offset: dev.alloc(max_seq.max(1))?,
-            block_tables: dev.alloc(max_blocks.max(1))?,
-        })
-    }
-
-    /// Validate the sequences against `cache` and copy their metadata into the buffers (on `s`,
-    /// ordered before the kernels that read them). Fails if the step exceeds the capacity.
-    pub fn fill(&mut self, s: &Stream, cache: &GpuKvCache, seqs: &[AttnSeq<'_>]) -> Result<()> {
-        let h = Self::host_meta(cache, seqs)?;
-        let fits = h.q_seq.len() <= self.q_seq.len() && seqs.len() <= self.seq_len.len() && h.bts.len() <= self.block_tables.len();
-        if !fits {
-            return Err(GpuError::shape(
-                "attention",
-                format!("{} queries / {} sequences / {} blocks exceed the metadata buffers", h.q_seq.len(), seqs.len(), h.bts.len()),
-            ));
-        }
-        s.copy_to_device(&h.q_seq, &mut *self.q_seq.view(0, h.q_seq.len())?)?;
-        s.copy_to_device(&h.q_pos, &mut *self.q_pos.view(0, h.q_pos.len())?)?;
-        s.copy_to_device(&h.seq_len, &mut *self.seq_len.view(0, h.seq_len.len())?)?;
-        s.copy_to_device(&h.bt_off, &mut *self.bt_offset.view(0, h.bt_off.len())?)?;
-        s.copy_to_device(&h.bts, &mut *self.block_tables.view(0, h.bts.len())?)?;
-        self.n_q = h.q_seq.len();
-        self.n_seq = seqs.len();
-        Ok(())
-    }
-
-    fn host_meta(cache: &GpuKvCache, seqs: &[AttnSeq<'_>]) -> Result<HostAttnMeta> {
-        let mut h = HostAttnMeta::default();
-        for (i, s) in seqs.iter().enumerate() {
-            let max_pos = s.q_positions.iter().copied().max().unwrap_or(0).max(s.seq_len.saturating_sub(1));
-            let need = max_pos / cache.block_size + 1;
-            if s.block_table.len() < need {
-                return Err(GpuError::shape(
-                    "attention",
-                    format!("sequence {i}: block table of {} for position {max_pos}", s.block_table.len()),
-                ));
-            }
-            if let Some(b) = s.block_table.iter().find(|&&b| b as usize >= cache.n_blocks) {
-                return Err(GpuError::shape("attention", format!("sequence {i}: block {b} of {}", cache.n_blocks)));
-            }
-            if s.q_positions.iter().any(|&p| p >= s.seq_len) {
-                return Err(GpuError::shape("attention", format!("sequence {i}: a query position is not cached (seq_len {})", s.seq_len)));
-            }
-            h.bt_off.push(h.bts.len() as i32);
-            h.bts.extend_from_slice(s.block_table);
-            h.seq_len.push(s.seq_len as i32);
-            for &p in s.q_positions {
-                h.q_seq.push(i as i32);
-                h.q_pos.push(p as i32);
-            }
-        }
-        if h.bts.is_empty() {
-            h.bts.push(0);
-        }
-        Ok(h)
-    }
-
-    /// Validate the sequences against `cache` and upload the metadata (new buffers).
-    pub fn new(dev: &Device, cache: &GpuKvCache, seqs: &[AttnSeq<'_>]) -> Result<AttnBatch> {
-        let h = Self::host_meta(cache, seqs)?;
-        Ok(AttnBatch {
-            n_q: h.q_seq.len(),
-            n_seq: seqs.len(),
-            q_seq: dev.upload(&h.q_seq)?,
-            q_pos: dev.upload(&h.q_pos)?,
-            seq_len: dev.upload(&h.seq_len)?,
-            bt_offset: dev.upload(&h.bt_off)?,
-            block_tables: dev.upload(&h.bts)?,
-        })
-    }
-}
-
-#[derive(Default)]
-struct HostAttnMeta {
-    q_seq: Vec<i32>,
-    q_pos: Vec<i32>,
-    seq_len: Vec<i32>,
-    bt_off: Vec<i32>,
-    bts: Vec<u32>,
-}
-
-/// KV cache slots of one step's tokens (`block * block_size + offset`, -1: skip), validated on
-/// the host against a cache's size once and uploaded once, then used by every layer's
-/// [`Kernels::kv_write_slots`].
-pub struct KvSlots {
-    buf: DeviceBuffer<i64>,
-    n: usize,
-    /// `n_blocks * block_size` of the cache the slots were checked against.
-    n_slots: usize,
-}
-
-impl KvSlots {
-    /// Room for `cap` tokens' slots.
-    pub fn with_capacity(dev: &Device, cap: usize) -> Result<KvSlots> {
-        Ok(KvSlots { buf: dev.alloc(cap.max(1))?, n: 0, n_slots: 0 })
-    }
-
-    /// Check `slots` against `cache` and copy them to the device on `s`.
-    pub fn fill(&mut self, s: &Stream, cache: &GpuKvCache, slots: &[i64]) -> Result<()> {
-        let n_slots = cache.n_blocks * cache.block_size;
-        if let Some(bad) = slots.iter().find(|&&x| x >= n_slots as i64 || x < -1) {
-            return Err(GpuError::shape("kv_write", format!("slot {bad} outside 0..{n_slots}")));
-        }
-        if slots.len() > self.buf.len() {
-            return Err(GpuError::shape("kv_write", format!("{} slots exceed the buffer of {}", slots.len(), self.buf.len())));
-        }
-        s.copy_to_device(slots, &mut *self.buf.view(0, slots.len())?)?;
-        self.n = slots.len();
-        self.n_slots = n_slots;
-        Ok(())
-    }
-
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-}
-
-/// Attention options (as `rocmforge_cpu::AttnParams`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AttnConfig {
-    /// `None`: 1 / sqrt(head_dim_k).
-    pub scale: Option<f32>,
-    pub causal: bool,
-    pub sliding_window: Option<usize>,
-    pub softcap: Option<f32>,
-}
-
-impl Default for AttnConfig {
-    fn default() -> Self {
-        AttnConfig { scale: None, causal: true, sliding_window: None, softcap: None }
-    }
-}
-
-/// Activations of a matrix-vector product: int8 (quantized weights) or f32 (F16 weights).
+/// Activations of a matrix-vector product: int8 (quantized weights) or f32 (F16, BF16, F32).
 #[derive(Clone, Copy)]
 enum MmvInput<'a> {
     Q8(&'a QuantActs),
@@ -408,6 +217,11 @@ impl Kernels {
 
     pub fn device(&self) -> &Device {
         &self.dev
+    }
+
+    /// The device's warp size (the kernels' `RF_WARP_SIZE`).
+    pub(crate) fn warp(&self) -> u32 {
+        self.warp
     }
 
     pub(crate) fn f(&self, name: &str) -> Result<&Function> {
@@ -603,10 +417,15 @@ impl Kernels {
             GgmlType::F16 => "get_rows_f16",
             GgmlType::Q4_0 => "get_rows_q4_0",
             GgmlType::Q4_1 => "get_rows_q4_1",
+            GgmlType::BF16 => "get_rows_bf16",
             GgmlType::Q5_0 => "get_rows_q5_0",
+            GgmlType::Q5_1 => "get_rows_q5_1",
             GgmlType::Q8_0 => "get_rows_q8_0",
+            GgmlType::IQ4_NL => "get_rows_iq4_nl",
             GgmlType::Q4_K => "get_rows_q4_k",
+            GgmlType::Q5_K => "get_rows_q5_k",
             GgmlType::Q6_K => "get_rows_q6_k",
+            GgmlType::IQ4_XS => "get_rows_iq4_xs",
             _ => return Err(GpuError::Unsupported { op: OP, ty: ty.name() }),
         };
         if row_len == 0 || !row_len.is_multiple_of(ty.block_size()) {
@@ -653,7 +472,7 @@ impl Kernels {
         y: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
         need("matmul", "x", x.len(), n_tokens * w.k)?;
-        if w.ty == GgmlType::F16 {
+        if !w.quantized_input() {
             return self.mmv(s, w, MmvInput::F32(x), n_tokens, y);
         }
         self.quantize_q8(s, x, n_tokens, w.k, acts)?;
@@ -663,8 +482,8 @@ impl Kernels {
     /// [`Kernels::matmul`] on activations already in `acts` (quantized once by
     /// [`Kernels::quantize_q8`] for several matrices, such as Q, K and V). Quantized types only.
     pub fn matmul_quantized(&self, s: &Stream, w: &GpuMatrix, acts: &QuantActs, n_tokens: usize, y: &mut DeviceBuffer<f32>) -> Result<()> {
-        if w.ty == GgmlType::F16 {
-            return Err(GpuError::shape("matmul_quantized", "F16 weights take f32 activations: use matmul"));
+        if !w.quantized_input() {
+            return Err(GpuError::shape("matmul_quantized", format!("{} weights take f32 activations: use matmul", w.ty.name())));
         }
         if acts.qs.len() < n_tokens * w.k {
             return Err(GpuError::shape("matmul_quantized", format!("scratch holds {} values, need {}", acts.qs.len(), n_tokens * w.k)));
@@ -687,7 +506,7 @@ impl Kernels {
             return Err(GpuError::shape(OP, format!("{} matrices and {} outputs (2 or 3 each)", ws.len(), ys.len())));
         }
         let (ty, k) = (ws[0].ty, ws[0].k);
-        if ty == GgmlType::F16 || ws.iter().any(|w| w.ty != ty || w.k != k) {
+        if !ws[0].quantized_input() || ws.iter().any(|w| w.ty != ty || w.k != k) {
             return Err(GpuError::shape(OP, "the matrices must share one quantized type and k"));
         }
         if acts.qs.len() < n_tokens * k {
@@ -697,15 +516,7 @@ impl Kernels {
             need(OP, "y", y.len(), n_tokens * w.n_rows)?;
             repack::check_packed(OP, w.ty, w.data.len(), w.n_rows, w.k)?;
         }
-        let prefix = match ty {
-            GgmlType::Q4_0 => "mmv3_q4_0",
-            GgmlType::Q4_1 => "mmv3_q4_1",
-            GgmlType::Q5_0 => "mmv3_q5_0",
-            GgmlType::Q8_0 => "mmv3_q8_0",
-            GgmlType::Q4_K => "mmv3_q4_k",
-            GgmlType::Q6_K => "mmv3_q6_k",
-            _ => return Err(GpuError::Unsupported { op: OP, ty: ty.name() }),
-        };
+        let prefix = format!("mmv3_{}", mmv_suffix(ty).ok_or(GpuError::Unsupported { op: OP, ty: ty.name() })?);
         let n: Vec<usize> = (0..3).map(|i| ws.get(i).map_or(0, |w| w.n_rows)).collect();
         let total: usize = n.iter().sum();
         let grid = (total.div_ceil(self.mmv_rows as usize) as u32, 1, 1);
@@ -740,16 +551,10 @@ impl Kernels {
         const OP: &str = "matmul";
         need(OP, "y", y.len(), n_tokens * w.n_rows)?;
         repack::check_packed(OP, w.ty, w.data.len(), w.n_rows, w.k)?;
-        let prefix = match w.ty {
-            GgmlType::Q4_0 => "mmv_q4_0",
-            GgmlType::Q4_1 => "mmv_q4_1",
-            GgmlType::Q5_0 => "mmv_q5_0",
-            GgmlType::Q8_0 => "mmv_q8_0",
-            GgmlType::Q4_K => "mmv_q4_k",
-            GgmlType::Q6_K => "mmv_q6_k",
-            GgmlType::F16 => "mmv_f16",
-            _ => return Err(GpuError::Unsupported { op: OP, ty: w.ty.name() }),
-        };
+        let prefix = format!("mmv_{}", mmv_suffix(w.ty).ok_or(GpuError::Unsupported { op: OP, ty: w.ty.name() })?);
+        if matches!(x, MmvInput::Q8(_)) == !w.quantized_input() {
+            return Err(GpuError::shape(OP, format!("{} weights given the wrong kind of activations", w.ty.name())));
+        }
         let (n_rows, k) = (w.n_rows, w.k);
         let grid = (n_rows.div_ceil(self.mmv_rows as usize) as u32, 1, 1);
         let block = (self.mmv_rows * self.warp, 1, 1);
@@ -778,109 +583,26 @@ impl Kernels {
         }
         Ok(())
     }
+}
 
-    /// Write K and V of `n_tokens` tokens (`n_tokens x n_head_kv x head_dim`, f32) into layer
-    /// `layer` of the cache at `slots[t]` (= block * block_size + offset; -1 skips a token).
-    /// Slots are checked on the host (they come from the block manager, never from the device).
-    #[allow(clippy::too_many_arguments)]
-    pub fn kv_write(
-        &self,
-        s: &Stream,
-        cache: &mut GpuKvCache,
-        layer: usize,
-        k: &DeviceBuffer<f32>,
-        v: &DeviceBuffer<f32>,
-        slots: &[i64],
-        slot_buf: &mut DeviceBuffer<i64>,
-    ) -> Result<()> {
-        const OP: &str = "kv_write";
-        let n = slots.len();
-        let (hk, hv) = (cache.n_head_kv * cache.head_dim_k, cache.n_head_kv * cache.head_dim_v);
-        need(OP, "k", k.len(), n * hk)?;
-        need(OP, "v", v.len(), n * hv)?;
-        need(OP, "slot buffer", slot_buf.len(), n)?;
-        let n_slots = (cache.n_blocks * cache.block_size) as i64;
-        if let Some(bad) = slots.iter().find(|&&x| x >= n_slots || x < -1) {
-            return Err(GpuError::shape(OP, format!("slot {bad} outside 0..{n_slots}")));
-        }
-        let (kp, vp) = cache.layer_offsets(layer)?;
-        s.copy_to_device(slots, slot_buf)?;
-        let mut a = KernelArgs::new();
-        a.buf(k).buf(v).ptr(kp).ptr(vp).buf(slot_buf).i32(hk as i32).i32(hv as i32);
-        // SAFETY: k/v hold n rows; every slot is inside the layer (checked), so writes stay in
-        // the cache buffers.
-        unsafe { self.f("kv_write_f16")?.launch(s, (n as u32, 1, 1), (256, 1, 1), 0, &mut a) }
-    }
-
-    /// [`Kernels::kv_write`] with slots validated and uploaded once per step ([`KvSlots`]).
-    pub fn kv_write_slots(
-        &self,
-        s: &Stream,
-        cache: &mut GpuKvCache,
-        layer: usize,
-        k: &DeviceBuffer<f32>,
-        v: &DeviceBuffer<f32>,
-        slots: &KvSlots,
-    ) -> Result<()> {
-        const OP: &str = "kv_write";
-        let n = slots.n;
-        let (hk, hv) = (cache.n_head_kv * cache.head_dim_k, cache.n_head_kv * cache.head_dim_v);
-        need(OP, "k", k.len(), n * hk)?;
-        need(OP, "v", v.len(), n * hv)?;
-        if slots.n_slots != cache.n_blocks * cache.block_size {
-            return Err(GpuError::shape(OP, "slots were checked against another cache"));
-        }
-        let (kp, vp) = cache.layer_offsets(layer)?;
-        let mut a = KernelArgs::new();
-        a.buf(k).buf(v).ptr(kp).ptr(vp).buf(&slots.buf).i32(hk as i32).i32(hv as i32);
-        // SAFETY: k/v hold n rows; every slot was checked against this cache's size in
-        // KvSlots::fill, so writes stay inside the layer.
-        unsafe { self.f("kv_write_f16")?.launch(s, (n as u32, 1, 1), (256, 1, 1), 0, &mut a) }
-    }
-
-    /// Paged attention of the batch's query tokens (`q`: `n_q x n_head x head_dim_k`) over layer
-    /// `layer` of the cache; `out`: `n_q x n_head x head_dim_v`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention(
-        &self,
-        s: &Stream,
-        cache: &GpuKvCache,
-        layer: usize,
-        batch: &AttnBatch,
-        q: &DeviceBuffer<f32>,
-        n_head: usize,
-        cfg: &AttnConfig,
-        out: &mut DeviceBuffer<f32>,
-    ) -> Result<()> {
-        const OP: &str = "attention";
-        let (n_kv, dk, dv) = (cache.n_head_kv, cache.head_dim_k, cache.head_dim_v);
-        if n_kv == 0 || n_head == 0 || !n_head.is_multiple_of(n_kv) {
-            return Err(GpuError::shape(OP, format!("n_head {n_head} is not a multiple of n_head_kv {n_kv}")));
-        }
-        let max_dim = 8 * self.warp as usize;
-        if dk > max_dim || dv > max_dim {
-            return Err(GpuError::shape(OP, format!("head dims {dk}/{dv} exceed {max_dim}")));
-        }
-        need(OP, "q", q.len(), batch.n_q * n_head * dk)?;
-        need(OP, "out", out.len(), batch.n_q * n_head * dv)?;
-        let (kp, vp) = cache.layer_offsets(layer)?;
-        let scale = cfg.scale.unwrap_or(1.0 / (dk as f32).sqrt());
-        let mut a = KernelArgs::new();
-        a.buf(q)
-            .ptr(kp)
-            .ptr(vp)
-            .buf(out)
-            .buf(&batch.q_seq)
-            .buf(&batch.q_pos)
-            .buf(&batch.seq_len)
-            .buf(&batch.bt_offset)
-            .buf(&batch.block_tables);
-        a.i32(n_head as i32).i32(n_kv as i32).i32(dk as i32).i32(dv as i32).i32(cache.block_size as i32);
-        a.f32(scale).f32(cfg.softcap.unwrap_or(0.0)).i32(cfg.causal as i32).i32(cfg.sliding_window.map_or(0, |w| w as i32));
-        // SAFETY: q/out sized for n_q tokens; AttnBatch::new checked every block id and that the
-        // tables cover every position the queries read.
-        unsafe { self.f("paged_attention_f16")?.launch(s, (n_head as u32, batch.n_q as u32, 1), (4 * self.warp, 1, 1), 0, &mut a) }
-    }
+/// The kernel-name suffix of a weight type in `kernels/mmv.cu` (`mmv_<suffix>_<NT>`).
+fn mmv_suffix(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::Q4_0 => "q4_0",
+        GgmlType::Q4_1 => "q4_1",
+        GgmlType::Q5_0 => "q5_0",
+        GgmlType::Q5_1 => "q5_1",
+        GgmlType::Q8_0 => "q8_0",
+        GgmlType::IQ4_NL => "iq4_nl",
+        GgmlType::Q4_K => "q4_k",
+        GgmlType::Q5_K => "q5_k",
+        GgmlType::Q6_K => "q6_k",
+        GgmlType::IQ4_XS => "iq4_xs",
+        GgmlType::F16 => "f16",
+        GgmlType::BF16 => "bf16",
+        GgmlType::F32 => "f32",
+        _ => return None,
+    })
 }
 
 /// The `extern "C" __global__` entry points of a source, including those its macros generate
@@ -903,8 +625,9 @@ fn entry_points(source: &str) -> Vec<String> {
             let ty = rest.trim_end_matches(')');
             out.extend([1, 2, 4, 8].map(|n| format!("mmv_{ty}_{n}")));
             out.extend([1, 2, 4, 8].map(|n| format!("mmv3_{ty}_{n}")));
-        } else if let Some(rest) = l.strip_prefix("MMV_F16_ENTRY(") {
-            out.push(format!("mmv_f16_{}", rest.trim_end_matches(')')));
+        } else if let Some(rest) = l.strip_prefix("MMV_FLOAT_ENTRIES(") {
+            let ty = rest.trim_end_matches(')');
+            out.extend([1, 2, 4, 8].map(|n| format!("mmv_{ty}_{n}")));
         } else if let Some(rest) = l.strip_prefix("GET_ROWS(") {
             if let Some(name) = rest.split(',').next() {
                 out.push(name.trim().to_string());
@@ -929,10 +652,27 @@ mod tests {
             "get_rows_q4_k",
             "quantize_q8_f32",
             "kv_write_f16",
+            "kv_write_q8_0",
+            "kv_write_fp8",
             "mmv_q4_0_1",
             "mmv_q6_k_8",
             "mmv_f16_4",
+            "mmv_bf16_8",
+            "mmv_f32_1",
+            "mmv_q5_1_2",
+            "mmv3_q5_k_4",
+            "mmv_iq4_nl_1",
+            "mmv3_iq4_xs_8",
+            "dequant_q5_k_f16",
+            "dequant_iq4_xs_f16",
+            "dequant_bf16_f16",
+            "get_rows_q5_k",
+            "get_rows_iq4_xs",
+            "get_rows_bf16",
             "paged_attention_f16",
+            "paged_attention_q8_0",
+            "paged_attention_fp8",
+            "paged_attention_reduce",
         ] {
             assert!(all.iter().any(|n| n == name), "{name} missing from {all:?}");
         }
@@ -941,6 +681,24 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), all.len(), "duplicate entry points");
+    }
+
+    #[test]
+    fn every_supported_weight_type_has_its_kernels() {
+        let all: Vec<String> = SOURCES.iter().flat_map(|(_, s)| entry_points(s)).collect();
+        let has = |n: &str| all.iter().any(|e| e == n);
+        for ty in GgmlType::ALL.iter().copied().filter(|&t| repack::supports_mmv(t)) {
+            let sfx = mmv_suffix(ty).unwrap_or_else(|| panic!("{} has no mmv kernel name", ty.name()));
+            for nt in [1, 2, 4, 8] {
+                assert!(has(&format!("mmv_{sfx}_{nt}")), "mmv_{sfx}_{nt}");
+                // Quantized types also take the multi-matrix launch (float types never do).
+                assert_eq!(has(&format!("mmv3_{sfx}_{nt}")), !repack::takes_f32_input(ty), "mmv3_{sfx}_{nt}");
+            }
+            if ty != GgmlType::F16 {
+                let (name, _) = crate::gemm::dequant_kernel(ty).unwrap_or_else(|| panic!("{} has no dequant kernel", ty.name()));
+                assert!(has(name), "{name}");
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`Kernels`]: every kernel of `kernels/` behind shape-checked wrappers (RMSNorm, RoPE, GLUs,
 //!   add/mul/scale, argmax, get_rows, quantized matrix-vector products, KV write, paged
 //!   attention); [`GpuMatrix`] holds weights repacked for 128-bit loads ([`repack`]).
+//! - [`GpuKvCache`] (f16 / q8_0 / fp8 elements, [`KvType`]) and split-K attention for long
+//!   contexts ([`AttnSplit`], [`attn_split_parts`]): `attention.rs`.
 //!
 //! No GPU library is linked: `libcuda` / `libamdhip64` and NVRTC / hipRTC are opened with
 //! `libloading` when a device is first asked for, so this crate builds and its CPU-side tests
@@ -18,6 +20,7 @@
 //! Knows nothing of graphs, models or requests.
 
 mod api;
+mod attention;
 mod blas;
 mod device;
 mod error;
@@ -30,6 +33,10 @@ pub mod repack;
 mod rtc;
 
 pub use api::Vendor;
+pub use attention::{
+    attn_key_parts, attn_split_parts, attn_workspace_rows, AttnBatch, AttnConfig, AttnSeq, AttnSplit, AttnWorkspace, GpuKvCache, KvSlots,
+    KvType, ATTN_MAX_PARTS, ATTN_PART_KEYS, NULL_BLOCK,
+};
 pub use blas::Blas;
 pub use device::{Device, DeviceBuffer, DeviceCopy, DeviceInfo, DeviceSpec, DeviceView, Event, Graph, GraphExec, Stream};
 pub use error::{GpuError, Result};
@@ -37,8 +44,8 @@ pub use fused::Glu;
 pub use gemm::{GemmScratch, GEMM_CHUNK_VALUES};
 pub use graph_kernels::{PoolMode, Unary};
 pub use kernels::{
-    compile_all, compile_options, compiler_library, rope_yarn_corr_dims, AttnBatch, AttnConfig, AttnSeq, GpuKvCache, GpuMatrix, Kernels,
-    KvSlots, QuantActs, RopeConfig, HEADERS, MMV_MAX_TOKENS, SOURCES,
+    compile_all, compile_options, compile_source, compiler_library, rope_yarn_corr_dims, GpuMatrix, Kernels, QuantActs, RopeConfig,
+    HEADERS, MMV_MAX_TOKENS, SOURCES,
 };
 pub use module::{Function, KernelArgs, Module};
 pub use rtc::cache_dir;

@@ -55,7 +55,7 @@ impl Module {
         dev.bind()?;
         let mut m: Handle = std::ptr::null_mut();
         // SAFETY: `data` is a complete image (driver-validated), alive for the call.
-        dev.api().check("ModuleLoadData", unsafe { (dev.api().module_load_data)(&mut m, data.as_ptr() as *const c_void) })?;
+        dev.check("ModuleLoadData", unsafe { (dev.api().module_load_data)(&mut m, data.as_ptr() as *const c_void) })?;
         Ok(Module(Arc::new(ModuleInner { dev: dev.clone(), raw: m })))
     }
 
@@ -66,7 +66,7 @@ impl Module {
         let mut f: Handle = std::ptr::null_mut();
         // SAFETY: live module, NUL-terminated name, valid out-pointer.
         let rc = unsafe { (self.0.dev.api().module_get_function)(&mut f, self.0.raw, c.as_ptr()) };
-        self.0.dev.api().check("ModuleGetFunction", rc).map_err(|e| match e {
+        self.0.dev.check("ModuleGetFunction", rc).map_err(|e| match e {
             GpuError::Driver { code, name: n, .. } => GpuError::Driver { call: "ModuleGetFunction", code, name: format!("{n} ({name})") },
             e => e,
         })?;
@@ -105,7 +105,7 @@ impl Function {
         let Some(f) = dev.api().func_set_attribute else { return Ok(()) };
         dev.bind()?;
         // SAFETY: live function; attribute 8 takes a byte count.
-        dev.api().check("FuncSetAttribute", unsafe { f(self.raw, api::FUNC_ATTR_MAX_DYNAMIC_SHARED, bytes as i32) })
+        dev.check("FuncSetAttribute", unsafe { f(self.raw, api::FUNC_ATTR_MAX_DYNAMIC_SHARED, bytes as i32) })
     }
 
     /// Launch on `stream` with grid `grid` (blocks) of `block` threads and `shared` bytes of
@@ -146,7 +146,7 @@ impl Function {
                 std::ptr::null_mut(),
             )
         };
-        dev.api().check("LaunchKernel", rc).map_err(|e| match e {
+        dev.check("LaunchKernel", rc).map_err(|e| match e {
             GpuError::Driver { code, name, .. } => GpuError::Driver { call: "LaunchKernel", code, name: format!("{name} ({})", self.name) },
             e => e,
         })

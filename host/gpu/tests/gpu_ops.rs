@@ -9,10 +9,10 @@
 
 use std::sync::OnceLock;
 
-use rocmforge_cpu::{AttnParams, GgmlType, KvCache, RopeParams, ThreadPool};
+use rocmforge_cpu::{AttnParams, GgmlType, Isa, KvCache, KvCacheType, KvHeadScales, RopeParams, ThreadPool};
 use rocmforge_gpu::{
-    AttnBatch, AttnConfig, AttnSeq, Device, DeviceBuffer, DeviceSpec, GemmScratch, Glu, GpuError, GpuKvCache, GpuMatrix, Kernels,
-    QuantActs, RopeConfig, Stream,
+    AttnBatch, AttnConfig, AttnSeq, AttnSplit, AttnWorkspace, Device, DeviceBuffer, DeviceSpec, GemmScratch, Glu, GpuError, GpuKvCache,
+    GpuMatrix, Kernels, KvType, QuantActs, RopeConfig, Stream,
 };
 
 const POISON: u32 = 0x7FC0_0001; // a NaN
@@ -234,6 +234,7 @@ fn rope_matches_cpu() {
             beta_slow: cfg.beta_slow,
             n_ctx_orig: cfg.n_ctx_orig,
             freq_factors: factors.then(|| ff.clone()),
+            yarn_exact: false,
         };
         let mut want = x.clone();
         rocmforge_cpu::rope(&mut want, n_tokens, n_head, head_dim, &pos, &p);
@@ -321,8 +322,7 @@ fn get_rows_matches_cpu() {
     let (n_rows, row_len) = (50, 512);
     let src = r.vec(n_rows * row_len, 1.0);
     let ids: Vec<u32> = vec![3, 0, 49, 3, 17];
-    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K]
-    {
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16].into_iter().chain(QUANTIZED) {
         let table: Vec<u8> = match ty {
             GgmlType::F32 => src.iter().flat_map(|v| v.to_le_bytes()).collect(),
             _ => rocmforge_quant::quantize_to_vec(ty, &src).expect("quantize"),
@@ -351,6 +351,20 @@ fn emulate_q8(x: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Every quantized weight type the GPU kernels take (int8 activations).
+const QUANTIZED: [GgmlType; 10] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::IQ4_NL,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_XS,
+];
+
 fn ref_matmul(w: &[f32], x: &[f32], n_rows: usize, k: usize, n_tokens: usize) -> Vec<f32> {
     let mut y = vec![0f32; n_rows * n_tokens];
     for t in 0..n_tokens {
@@ -369,16 +383,24 @@ fn matmul_matches_cpu() {
     let pool = ThreadPool::new(4);
     let mut r = Rng::new(6);
     // (type, bound vs the CPU backend). The CPU quantizes activations per llama.cpp: to Q8_0
-    // (Q4_0, Q5_0, Q8_0) or Q8_1 (Q4_1) like the GPU, but with f16 scales; to Q8_K (256-blocks)
-    // for K-quants, a different rounding of the same values (~1e-2 apart).
+    // (Q4_0, Q5_0, Q8_0, IQ4_NL) or Q8_1 (Q4_1, Q5_1) like the GPU, but with f16 scales; to
+    // Q8_K (256-blocks) for K-quants and IQ4_XS, a different rounding of the same values (~1e-2
+    // apart). For F16 / BF16 weights it rounds the activations to f16 / bf16 (the GPU keeps
+    // f32: ~2^-12 / 2^-9 relative apart); F32 stays f32 on both.
     let types = [
         (GgmlType::Q4_0, 2e-3),
         (GgmlType::Q4_1, 2e-3),
         (GgmlType::Q5_0, 2e-3),
+        (GgmlType::Q5_1, 2e-3),
         (GgmlType::Q8_0, 2e-3),
+        (GgmlType::IQ4_NL, 2e-3),
         (GgmlType::Q4_K, 2e-2),
+        (GgmlType::Q5_K, 2e-2),
         (GgmlType::Q6_K, 2e-2),
+        (GgmlType::IQ4_XS, 2e-2),
         (GgmlType::F16, 1e-3),
+        (GgmlType::BF16, 5e-3),
+        (GgmlType::F32, 1e-5),
     ];
     let mut acts = QuantActs::new(&g.dev, 11 * 4096).expect("acts");
     for (ty, cpu_bound) in types {
@@ -388,7 +410,8 @@ fn matmul_matches_cpu() {
             let mut wdq = vec![0f32; n_rows * k];
             rocmforge_quant::dequantize(ty, &wq, &mut wdq).expect("dequantize");
             let gm = GpuMatrix::upload(&g.dev, ty, &wq, n_rows, k).expect("upload matrix");
-            for n_tokens in [1, 3, 8, 11] {
+            // 1, 2, 3 (-> the NT = 4 kernel), 8, 11 (8 + 3): every NT variant.
+            for n_tokens in [1, 2, 3, 8, 11] {
                 let x = r.vec(n_tokens * k, 1.0);
                 let xd = g.dev.upload(&x).expect("up");
                 let mut y = poisoned(g, &s, n_rows * n_tokens);
@@ -397,14 +420,14 @@ fn matmul_matches_cpu() {
                 let case = format!("{}x{k} t{n_tokens}", n_rows);
                 // 1. Against the exact product of the GPU's own int8 activations: any indexing
                 //    or decoding bug shows here far above float rounding.
-                let xe = if ty == GgmlType::F16 { x.clone() } else { emulate_q8(&x) };
+                let xe = if gm.quantized_input() { emulate_q8(&x) } else { x.clone() };
                 check(&format!("mmv_{}", ty.name()), &case, "emulated", nerr(&got, &ref_matmul(&wdq, &xe, n_rows, k, n_tokens)), 2e-5);
                 // 2. Against the CPU backend.
                 let mut want = vec![0f32; n_rows * n_tokens];
                 rocmforge_cpu::matmul(&pool, ty, &wq, n_rows, k, &x, n_tokens, &mut want).expect("cpu matmul");
                 check(&format!("mmv_{}", ty.name()), &case, "cpu", nerr(&got, &want), cpu_bound);
                 // 3. Against the exact f64 product with f32 activations (activation rounding).
-                let exact_bound = if ty == GgmlType::F16 { 1e-5 } else { 1.5e-2 };
+                let exact_bound = if gm.quantized_input() { 1.5e-2 } else { 1e-5 };
                 check(&format!("mmv_{}", ty.name()), &case, "exact", nerr(&got, &ref_matmul(&wdq, &x, n_rows, k, n_tokens)), exact_bound);
             }
         }
@@ -417,7 +440,7 @@ fn multi_matrix_launch_equals_single_launches() {
     let s = g.dev.new_stream().expect("stream");
     let mut r = Rng::new(9);
     let k = 512;
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+    for ty in QUANTIZED {
         for rows in [&[96usize, 32, 32][..], &[70, 33]] {
             let ms: Vec<GpuMatrix> = rows
                 .iter()
@@ -503,7 +526,7 @@ fn gemm_matches_cpu() {
         Err(e) => return println!("note: no vendor BLAS, skipping ({e})"),
     };
     println!("BLAS: {}", sc.library());
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16] {
+    for ty in QUANTIZED.into_iter().chain([GgmlType::F16, GgmlType::BF16, GgmlType::F32]) {
         for (n_rows, k) in [(97, 768), (64, 4096)] {
             let wf = r.vec(n_rows * k, 0.5);
             let wq = rocmforge_quant::quantize_to_vec(ty, &wf).expect("quantize");
@@ -531,6 +554,38 @@ fn gemm_matches_cpu() {
     let gm = GpuMatrix::upload(&g.dev, GgmlType::F16, &vec![0u8; 64 * 512 * 2], 64, 512).expect("upload");
     let mut y = poisoned(g, &s, 64);
     assert!(g.k.gemm(&s, &gm, &mut sc, &mut y).is_err());
+}
+
+#[test]
+fn dequant_matches_cpu() {
+    // The GEMM path's weight conversion on its own: rows of every type (F16 excepted: the GEMM
+    // reads it as it is) to f16, against the CPU's dequantizer rounded to f16.
+    let Some(g) = gpu() else { return };
+    let s = g.dev.new_stream().expect("stream");
+    let mut r = Rng::new(11);
+    let (n_rows, k) = (37, 1536);
+    for ty in QUANTIZED.into_iter().chain([GgmlType::BF16, GgmlType::F32]) {
+        let wq = rocmforge_quant::quantize_to_vec(ty, &r.vec(n_rows * k, 0.5)).expect("quantize");
+        let mut wdq = vec![0f32; n_rows * k];
+        rocmforge_quant::dequantize(ty, &wq, &mut wdq).expect("dequantize");
+        let gm = GpuMatrix::upload(&g.dev, ty, &wq, n_rows, k).expect("upload matrix");
+        // A window of rows not starting at 0, as the GEMM's row chunks are.
+        for (row0, rows) in [(0, n_rows), (5, 19)] {
+            let mut out = g.dev.alloc::<u16>(rows * k).expect("alloc");
+            s.fill_u32(&mut out, 0x7E00_7E00).expect("poison"); // f16 NaNs
+            g.k.dequant_f16(&s, &gm, row0, rows, &mut out).expect("dequant");
+            let mut got16 = vec![0u16; rows * k];
+            s.copy_to_host(&out, &mut got16).expect("down");
+            let got: Vec<f32> = got16.iter().map(|&h| rocmforge_quant::f16_to_f32(h)).collect();
+            let want = &wdq[row0 * k..(row0 + rows) * k];
+            let case = format!("{n_rows}x{k} rows {row0}..{}", row0 + rows);
+            // The GPU computes each value as the CPU does, in f32, then rounds once to f16; a
+            // contracted multiply-add can move the f32 value by an ulp and, rarely, the f16
+            // rounding with it.
+            check(&format!("dequant_{}", ty.name()), &case, "f16 of cpu", nerr(&got, &f16_round(want)), 1e-4);
+            check(&format!("dequant_{}", ty.name()), &case, "cpu", nerr(&got, want), 5e-4);
+        }
+    }
 }
 
 /// Random K/V for `len` positions written into both caches for `block_table`.
@@ -569,7 +624,7 @@ fn kv_write_and_attention_match_cpu() {
             n_kv: 4,
             dk: 128,
             seqs: vec![(100, 40)],
-            params: AttnParams { scale: Some(0.1), causal: true, sliding_window: Some(24), softcap: Some(30.0) },
+            params: AttnParams { scale: Some(0.1), causal: true, sliding_window: Some(24), softcap: Some(30.0), sinks: None },
         },
         Case {
             name: "mixed chunk+decode d80",
@@ -585,7 +640,7 @@ fn kv_write_and_attention_match_cpu() {
             n_kv: 1,
             dk: 64,
             seqs: vec![(20, 20)],
-            params: AttnParams { scale: None, causal: false, sliding_window: None, softcap: None },
+            params: AttnParams { scale: None, causal: false, sliding_window: None, softcap: None, sinks: None },
         },
     ];
     for c in cases {
@@ -650,11 +705,11 @@ fn kv_write_and_attention_match_cpu() {
 
 fn cpu_cache_dump(c: &KvCache, layer: usize, tables: &[Vec<u32>], seqs: &[(usize, usize)]) -> Vec<f32> {
     let mut out = Vec::new();
-    let mut row = vec![0f32; c.head_dim_k()];
     for (t, &(len, _)) in tables.iter().zip(seqs) {
         for p in 0..len {
             for h in 0..c.n_head_kv() {
                 for value in [false, true] {
+                    let mut row = vec![0f32; if value { c.head_dim_v() } else { c.head_dim_k() }];
                     c.read(layer, t, p, h, value, &mut row).expect("read");
                     out.extend_from_slice(&row);
                 }
@@ -665,22 +720,427 @@ fn cpu_cache_dump(c: &KvCache, layer: usize, tables: &[Vec<u32>], seqs: &[(usize
 }
 
 fn gpu_cache_dump(s: &Stream, c: &GpuKvCache, layer: usize, tables: &[Vec<u32>], seqs: &[(usize, usize)]) -> Vec<f32> {
-    let mut k = vec![0u16; c.k.len()];
-    let mut v = vec![0u16; c.v.len()];
+    gpu_cache_values(s, c, layer, tables, seqs, (1.0, 1.0))
+}
+
+/// The cache's K and V rows of every cached position, decoded on the host from the bytes the
+/// GPU wrote (f16, q8_0 blocks, or E4M3 times the scales), in `cpu_cache_dump`'s order.
+fn gpu_cache_values(
+    s: &Stream,
+    c: &GpuKvCache,
+    layer: usize,
+    tables: &[Vec<u32>],
+    seqs: &[(usize, usize)],
+    scales: (f32, f32),
+) -> Vec<f32> {
+    let mut k = vec![0u8; c.k.len()];
+    let mut v = vec![0u8; c.v.len()];
     s.copy_to_host(&c.k, &mut k).expect("down");
     s.copy_to_host(&c.v, &mut v).expect("down");
-    let d = c.head_dim_k;
+    let (rk, rv) = (c.ty.row_bytes(c.head_dim_k), c.ty.row_bytes(c.head_dim_v));
     let mut out = Vec::new();
     for (t, &(len, _)) in tables.iter().zip(seqs) {
         for p in 0..len {
             let slot = (layer * c.n_blocks + t[p / c.block_size] as usize) * c.block_size + p % c.block_size;
             for h in 0..c.n_head_kv {
-                for buf in [&k, &v] {
-                    let base = (slot * c.n_head_kv + h) * d;
-                    out.extend(buf[base..base + d].iter().map(|&b| rocmforge_quant::f16_to_f32(b)));
-                }
+                let row = slot * c.n_head_kv + h;
+                decode_row(c.ty, &k[row * rk..(row + 1) * rk], scales.0, &mut out);
+                decode_row(c.ty, &v[row * rv..(row + 1) * rv], scales.1, &mut out);
             }
         }
     }
     out
+}
+
+/// One stored row as f32: f16 bits, ggml block_q8_0 (`qs[j] * d`), or E4M3 times `scale`.
+fn decode_row(ty: KvType, b: &[u8], scale: f32, out: &mut Vec<f32>) {
+    match ty {
+        KvType::F16 => out.extend(b.chunks_exact(2).map(|h| rocmforge_quant::f16_to_f32(u16::from_le_bytes([h[0], h[1]])))),
+        KvType::Q8_0 => {
+            for blk in b.chunks_exact(34) {
+                let d = rocmforge_quant::f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+                out.extend(blk[2..].iter().map(|&q| (q as i8) as f32 * d));
+            }
+        }
+        KvType::Fp8E4M3 => out.extend(b.iter().map(|&x| rocmforge_cpu::e4m3_to_f32(x) * scale)),
+    }
+}
+
+// ------------------------------------------------------------------------- KV cache types, split-K
+
+fn gpu_kv_type(ty: KvCacheType) -> KvType {
+    match ty {
+        KvCacheType::F16 => KvType::F16,
+        KvCacheType::Q8_0 => KvType::Q8_0,
+        KvCacheType::Fp8E4M3 => KvType::Fp8E4M3,
+    }
+}
+
+/// A CPU and a GPU cache of one type holding the same K/V for `seqs` ((cached length, query
+/// tokens at its end)) in layer 1 of 2, at scattered, disjoint blocks of 16 tokens.
+struct KvPair {
+    cpu: KvCache,
+    gpu: GpuKvCache,
+    tables: Vec<Vec<u32>>,
+}
+
+/// `wide`: values `normal * 2^e` with e in -12..8 (E4M3 subnormals and saturation); else normal.
+#[allow(clippy::too_many_arguments)]
+fn kv_pair(
+    g: &Gpu,
+    s: &Stream,
+    r: &mut Rng,
+    ty: KvCacheType,
+    n_kv: usize,
+    dk: usize,
+    dv: usize,
+    seqs: &[(usize, usize)],
+    scales: (f32, f32),
+    wide: bool,
+) -> KvPair {
+    let bs = 16;
+    let n_blocks = seqs.iter().map(|q| q.0.div_ceil(bs)).sum::<usize>() + 3;
+    let mut cpu = KvCache::with_type(ty, 2, n_kv, dk, dv, bs, n_blocks).expect("cpu cache");
+    let mut gpu = GpuKvCache::with_type(&g.dev, gpu_kv_type(ty), 2, n_kv, dk, dv, bs, n_blocks).expect("gpu cache");
+    cpu.set_fp8_scales(scales.0, scales.1).expect("scales");
+    gpu.set_fp8_scales(scales.0, scales.1).expect("scales");
+    let mut free: Vec<u32> = (0..n_blocks as u32).collect();
+    for i in (1..free.len()).rev() {
+        free.swap(i, r.below(i + 1));
+    }
+    let tables: Vec<Vec<u32>> = seqs.iter().map(|&(len, _)| free.drain(..len.div_ceil(bs)).collect()).collect();
+    for (bt, &(len, _)) in tables.iter().zip(seqs) {
+        let mut gen = |n: usize| -> Vec<f32> {
+            (0..n).map(|_| if wide { r.normal(1.0) * 2f32.powi(r.below(20) as i32 - 12) } else { r.normal(1.0) }).collect()
+        };
+        let (k, v) = (gen(len * n_kv * dk), gen(len * n_kv * dv));
+        cpu.write(1, bt, 0, &k, &v, len).expect("cpu kv write");
+        let slots: Vec<i64> = (0..len).map(|p| (bt[p / bs] as usize * bs + p % bs) as i64).collect();
+        let (kd, vd) = (g.dev.upload(&k).expect("up"), g.dev.upload(&v).expect("up"));
+        if len > 0 {
+            let mut sb = g.dev.alloc::<i64>(len).expect("alloc");
+            g.k.kv_write(s, &mut gpu, 1, &kd, &vd, &slots, &mut sb).expect("kv_write");
+        }
+    }
+    s.synchronize().expect("sync");
+    KvPair { cpu, gpu, tables }
+}
+
+/// The CPU backend's attention of each sequence's last query tokens (`q`: n_q x n_head x dk).
+fn cpu_attention(pool: &ThreadPool, kv: &KvPair, seqs: &[(usize, usize)], q: &[f32], n_head: usize, params: &AttnParams) -> Vec<f32> {
+    let (dk, dv) = (kv.cpu.head_dim_k(), kv.cpu.head_dim_v());
+    let n_q: usize = seqs.iter().map(|q| q.1).sum();
+    let mut want = vec![0f32; n_q * n_head * dv];
+    let mut t0 = 0;
+    for (i, &(len, nq)) in seqs.iter().enumerate() {
+        let (qs, os) = (&q[t0 * n_head * dk..(t0 + nq) * n_head * dk], &mut want[t0 * n_head * dv..(t0 + nq) * n_head * dv]);
+        rocmforge_cpu::attention(pool, &kv.cpu, 1, &kv.tables[i], qs, nq, len - nq, n_head, params, os).expect("cpu attention");
+        t0 += nq;
+    }
+    want
+}
+
+fn gpu_batch(g: &Gpu, kv: &KvPair, seqs: &[(usize, usize)]) -> AttnBatch {
+    let positions: Vec<Vec<usize>> = seqs.iter().map(|&(len, nq)| (len - nq..len).collect()).collect();
+    let list: Vec<AttnSeq<'_>> = seqs
+        .iter()
+        .enumerate()
+        .map(|(i, &(len, _))| AttnSeq { block_table: &kv.tables[i], seq_len: len, q_positions: &positions[i] })
+        .collect();
+    AttnBatch::new(&g.dev, &kv.gpu, &list).expect("batch")
+}
+
+fn attn_config(p: &AttnParams) -> AttnConfig {
+    AttnConfig { scale: p.scale, causal: p.causal, sliding_window: p.sliding_window, softcap: p.softcap }
+}
+
+/// GPU attention into a poisoned output; `split`: (n_part, min_keys) or one pass.
+#[allow(clippy::too_many_arguments)]
+fn gpu_attention(
+    g: &Gpu,
+    s: &Stream,
+    kv: &KvPair,
+    batch: &AttnBatch,
+    q: &DeviceBuffer<f32>,
+    n_head: usize,
+    cfg: &AttnConfig,
+    split: Option<(usize, usize)>,
+    ws: &mut AttnWorkspace,
+) -> Vec<f32> {
+    let mut out = poisoned(g, s, batch.n_q * n_head * kv.gpu.head_dim_v);
+    let sp = split.map(|(n_part, min_keys)| AttnSplit { ws, n_part, min_keys });
+    g.k.attention_split(s, &kv.gpu, 1, batch, q, n_head, cfg, sp, &mut out).expect("attention");
+    download(s, &out)
+}
+
+/// q8_0 and fp8 E4M3 KV caches (llama.cpp's `--cache-type-k/-v q8_0`, vLLM's `kv_cache_dtype=fp8`,
+/// stored as the CPU backend stores them). The GPU's KV write must store what the CPU's
+/// `KvCache::write` stores (decoded values equal: bound 0), on values from 2^-12 to ~2^9 with fp8
+/// scales 0.5 / 2, so E4M3 subnormals and saturation both occur (asserted). Attention over the
+/// caches must match the CPU's quantized path (q quantized to q8_0 for the K dot, exact integer
+/// block dots, online softmax). Unlike its f16 path, the CPU does not round probabilities to f16
+/// here, so the bound is 1e-4 rather than 2e-3: what remains is the order of float sums and
+/// expf's last bits (a wrong block scale or a misread quant gives errors above 1e-2).
+#[test]
+fn quantized_kv_caches_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let s = g.dev.new_stream().expect("stream");
+    let pool = ThreadPool::new(4);
+    let mut r = Rng::new(11);
+    let mut ws = AttnWorkspace::new(&g.dev, 1, 32).expect("workspace");
+    for ty in [KvCacheType::Q8_0, KvCacheType::Fp8E4M3] {
+        let fp8 = ty == KvCacheType::Fp8E4M3;
+        let scales = if fp8 { (0.5, 2.0) } else { (1.0, 1.0) };
+        let seqs = [(40usize, 0usize), (7, 0)];
+        let kv = kv_pair(g, &s, &mut r, ty, 2, 64, 96, &seqs, scales, true);
+        let want = cpu_cache_dump(&kv.cpu, 1, &kv.tables, &seqs);
+        let got = gpu_cache_values(&s, &kv.gpu, 1, &kv.tables, &seqs, scales);
+        check(&format!("kv_write {}", ty.name()), "wide values dk64 dv96", "cpu", nerr(&got, &want), 0.0);
+        if fp8 {
+            let saturated = want.iter().filter(|x| x.abs() == 448.0 * 0.5 || x.abs() == 448.0 * 2.0).count();
+            let subnormal = want.iter().filter(|x| x.abs() > 0.0 && x.abs() < 0.015625 * 0.5).count();
+            assert!(saturated > 0 && subnormal > 0, "fp8: {saturated} saturated, {subnormal} subnormal values");
+        }
+        struct Case {
+            name: &'static str,
+            n_head: usize,
+            n_kv: usize,
+            dk: usize,
+            dv: usize,
+            seqs: Vec<(usize, usize)>,
+            params: AttnParams,
+        }
+        let cases = [
+            Case {
+                name: "decode gqa4 d64",
+                n_head: 8,
+                n_kv: 2,
+                dk: 64,
+                dv: 64,
+                seqs: vec![(1, 1), (37, 1), (300, 1)],
+                params: AttnParams::default(),
+            },
+            Case {
+                name: "prefill win24 cap30 d128",
+                n_head: 4,
+                n_kv: 4,
+                dk: 128,
+                dv: 128,
+                seqs: vec![(100, 40)],
+                params: AttnParams { scale: Some(0.1), causal: true, sliding_window: Some(24), softcap: Some(30.0), sinks: None },
+            },
+            Case {
+                name: "mixed chunk+decode dk96 dv64",
+                n_head: 6,
+                n_kv: 2,
+                dk: 96,
+                dv: 64,
+                seqs: vec![(50, 50), (9, 1), (130, 17)],
+                params: AttnParams::default(),
+            },
+            Case {
+                name: "noncausal d64",
+                n_head: 4,
+                n_kv: 1,
+                dk: 64,
+                dv: 64,
+                seqs: vec![(20, 20)],
+                params: AttnParams { scale: None, causal: false, sliding_window: None, softcap: None, sinks: None },
+            },
+        ];
+        for c in cases {
+            let kv = kv_pair(g, &s, &mut r, ty, c.n_kv, c.dk, c.dv, &c.seqs, scales, false);
+            let n_q: usize = c.seqs.iter().map(|q| q.1).sum();
+            let q = r.vec(n_q * c.n_head * c.dk, 1.0);
+            let want = cpu_attention(&pool, &kv, &c.seqs, &q, c.n_head, &c.params);
+            let batch = gpu_batch(g, &kv, &c.seqs);
+            let got = gpu_attention(g, &s, &kv, &batch, &g.dev.upload(&q).expect("up"), c.n_head, &attn_config(&c.params), None, &mut ws);
+            check(&format!("attention {}", ty.name()), c.name, "cpu", nerr(&got, &want), 1e-4);
+        }
+    }
+    // A q8_0 cache needs head dims that are multiples of 32; every cache multiples of 4.
+    assert!(GpuKvCache::with_type(&g.dev, KvType::Q8_0, 1, 1, 48, 48, 16, 4).is_err());
+    assert!(GpuKvCache::with_type(&g.dev, KvType::F16, 1, 1, 66, 66, 16, 4).is_err());
+}
+
+/// fp8 with one scale per KV head for one layer (what the runtime's `KvScales` give a layer:
+/// checkpoint or calibrated scales), against the CPU's `write_scaled` / `read_scaled` /
+/// `attention_with_scales`: stored values equal (bound 0), attention within 1e-4 as above. The
+/// two KV heads get different scales (so a head mix-up shows), and layer 0 keeps the cache-wide
+/// scales (so a layer's own scales must not leak into another layer).
+#[test]
+fn fp8_per_head_scales_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let s = g.dev.new_stream().expect("stream");
+    let pool = ThreadPool::new(4);
+    let mut r = Rng::new(41);
+    let (n_head, n_kv, d, bs, n_blocks) = (8, 2, 64, 16, 24);
+    let heads = KvHeadScales { k: vec![0.5, 0.125], v: vec![2.0, 8.0] };
+    let mut cpu = KvCache::with_type(KvCacheType::Fp8E4M3, 2, n_kv, d, d, bs, n_blocks).expect("cpu cache");
+    let mut gk = GpuKvCache::with_type(&g.dev, KvType::Fp8E4M3, 2, n_kv, d, d, bs, n_blocks).expect("gpu cache");
+    cpu.set_fp8_scales(2.0, 0.5).expect("scales");
+    gk.set_fp8_scales(2.0, 0.5).expect("scales");
+    gk.set_layer_fp8_scales(&g.dev, 1, &heads.k, &heads.v).expect("layer scales");
+    assert!(gk.set_layer_fp8_scales(&g.dev, 1, &[1.0; 3], &[1.0]).is_err(), "3 scales for 2 KV heads must be refused");
+    let seqs = [(150usize, 1usize), (60, 20)];
+    let tables: Vec<Vec<u32>> = vec![(0..10).rev().collect(), (12..16).collect()];
+    for layer in [0, 1] {
+        let sc = (layer == 1).then_some(&heads);
+        let (ks, vs): (Vec<f32>, Vec<f32>) = match sc {
+            Some(h) => (h.k.clone(), h.v.clone()),
+            None => (vec![2.0; n_kv], vec![0.5; n_kv]),
+        };
+        for (bt, &(len, _)) in tables.iter().zip(&seqs) {
+            let (k, v) = (r.vec(len * n_kv * d, 4.0), r.vec(len * n_kv * d, 4.0));
+            cpu.write_scaled(layer, bt, 0, &k, &v, len, sc).expect("cpu kv write");
+            let slots: Vec<i64> = (0..len).map(|p| (bt[p / bs] as usize * bs + p % bs) as i64).collect();
+            let mut sb = g.dev.alloc::<i64>(len).expect("alloc");
+            let (kd, vd) = (g.dev.upload(&k).expect("up"), g.dev.upload(&v).expect("up"));
+            g.k.kv_write(&s, &mut gk, layer, &kd, &vd, &slots, &mut sb).expect("kv_write");
+        }
+        // Stored values, decoded with each head's scale.
+        let (mut kb, mut vb) = (vec![0u8; gk.k.len()], vec![0u8; gk.v.len()]);
+        s.copy_to_host(&gk.k, &mut kb).expect("down");
+        s.copy_to_host(&gk.v, &mut vb).expect("down");
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        let mut row = vec![0f32; d];
+        for (bt, &(len, _)) in tables.iter().zip(&seqs) {
+            for p in 0..len {
+                let slot = (layer * n_blocks + bt[p / bs] as usize) * bs + p % bs;
+                for h in 0..n_kv {
+                    for (value, bytes, scale) in [(false, &kb, ks[h]), (true, &vb, vs[h])] {
+                        let o = (slot * n_kv + h) * d;
+                        decode_row(KvType::Fp8E4M3, &bytes[o..o + d], scale, &mut got);
+                        cpu.read_scaled(layer, bt, p, h, value, sc, &mut row).expect("read");
+                        want.extend_from_slice(&row);
+                    }
+                }
+            }
+        }
+        check("kv_write fp8_e4m3", &format!("per-head scales, layer {layer}"), "cpu", nerr(&got, &want), 0.0);
+        // Attention (decode and a prefill chunk in one batch).
+        let n_q: usize = seqs.iter().map(|q| q.1).sum();
+        let q = r.vec(n_q * n_head * d, 1.0);
+        let params = AttnParams { softcap: Some(20.0), ..AttnParams::default() };
+        let mut want = vec![0f32; q.len()];
+        let mut t0 = 0;
+        for (i, &(len, nq)) in seqs.iter().enumerate() {
+            let (qs, os) = (&q[t0 * n_head * d..(t0 + nq) * n_head * d], &mut want[t0 * n_head * d..(t0 + nq) * n_head * d]);
+            rocmforge_cpu::attention_with_scales(&pool, Isa::detect(), &cpu, layer, &tables[i], qs, nq, len - nq, n_head, &params, sc, os)
+                .expect("cpu attention");
+            t0 += nq;
+        }
+        let positions: Vec<Vec<usize>> = seqs.iter().map(|&(len, nq)| (len - nq..len).collect()).collect();
+        let list: Vec<AttnSeq<'_>> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, &(len, _))| AttnSeq { block_table: &tables[i], seq_len: len, q_positions: &positions[i] })
+            .collect();
+        let batch = AttnBatch::new(&g.dev, &gk, &list).expect("batch");
+        let mut out = poisoned(g, &s, q.len());
+        g.k.attention(&s, &gk, layer, &batch, &g.dev.upload(&q).expect("up"), n_head, &attn_config(&params), &mut out).expect("attention");
+        check("attention fp8_e4m3", &format!("per-head scales, layer {layer}, cap20"), "cpu", nerr(&download(&s, &out), &want), 1e-4);
+    }
+}
+
+/// Split-K ("flash decoding") attention against the one-pass kernel (bound 1e-5: only the order
+/// in which partial softmax states merge differs) and against the CPU (the type's bound), for
+/// every KV type: decode queries at contexts 1, 17, 300 and 5000 in one batch (GQA 8 / 2, d128),
+/// without and with a sliding window of 1000, then the same four plus a 40-token prefill chunk.
+/// Partition counts: the runtime's choice (`attn_split_parts` with this device's SM count,
+/// partitions of >= 256 keys) and forced ones (2, 5, 16 and 64 partitions of >= 1 key, so
+/// short contexts leave most partitions empty; 16 of >= 256 keys).
+#[test]
+fn split_attention_matches_unsplit_and_cpu() {
+    let Some(g) = gpu() else { return };
+    let s = g.dev.new_stream().expect("stream");
+    let pool = ThreadPool::new(4);
+    let mut r = Rng::new(23);
+    let n_sm = g.dev.info().multiprocessors as usize;
+    let (n_head, n_kv, d) = (8, 2, 128);
+    let all = [(1usize, 1usize), (17, 1), (300, 1), (5000, 1), (340, 40)];
+    let mut ws = AttnWorkspace::new(&g.dev, 44 * n_head * 64, d).expect("workspace");
+    for ty in [KvCacheType::F16, KvCacheType::Q8_0, KvCacheType::Fp8E4M3] {
+        let bound = if ty == KvCacheType::F16 { 2e-3 } else { 1e-4 };
+        let kv = kv_pair(g, &s, &mut r, ty, n_kv, d, d, &all, (1.0, 1.0), false);
+        let q = r.vec(44 * n_head * d, 1.0);
+        for (batch_name, n_seqs) in [("decode 1/17/300/5000", 4), ("decode + prefill 40@340", 5)] {
+            let seqs = &all[..n_seqs];
+            let n_q: usize = seqs.iter().map(|q| q.1).sum();
+            let qh = &q[..n_q * n_head * d];
+            let qd = g.dev.upload(qh).expect("up");
+            // kv.tables covers all five sequences; the batch takes the first n_seqs.
+            let batch = gpu_batch(g, &kv, seqs);
+            for window in [None, Some(1000)] {
+                let params = AttnParams { sliding_window: window, ..AttnParams::default() };
+                let cfg = attn_config(&params);
+                let case = format!("{} {batch_name}{}", ty.name(), window.map_or(String::new(), |w| format!(" win{w}")));
+                let want = cpu_attention(&pool, &kv, seqs, qh, n_head, &params);
+                let one = gpu_attention(g, &s, &kv, &batch, &qd, n_head, &cfg, None, &mut ws);
+                check("attention split", &case, "cpu (one pass)", nerr(&one, &want), bound);
+                let key_parts = rocmforge_gpu::attn_key_parts(5000).min(window.map_or(usize::MAX, rocmforge_gpu::attn_key_parts));
+                let chosen = rocmforge_gpu::attn_split_parts(key_parts, n_q * n_head, n_sm, rocmforge_gpu::attn_workspace_rows(n_sm));
+                println!("split: {case}: the runtime would use {chosen} partitions ({n_sm} SMs)");
+                let mut variants = vec![(2, 1), (5, 1), (16, 1), (64, 1), (16, rocmforge_gpu::ATTN_PART_KEYS)];
+                if chosen > 1 {
+                    variants.push((chosen, rocmforge_gpu::ATTN_PART_KEYS));
+                }
+                for (n_part, min_keys) in variants {
+                    let got = gpu_attention(g, &s, &kv, &batch, &qd, n_head, &cfg, Some((n_part, min_keys)), &mut ws);
+                    let metric = format!("unsplit {n_part}x>={min_keys}");
+                    check("attention split", &case, &metric, nerr(&got, &one), 1e-5);
+                }
+            }
+        }
+    }
+    // Refused: partition counts outside 2..=64 and a workspace too small for the launch.
+    let kv = kv_pair(g, &s, &mut r, KvCacheType::F16, 1, 64, 64, &[(40, 1)], (1.0, 1.0), false);
+    let batch = gpu_batch(g, &kv, &[(40, 1)]);
+    let qd = g.dev.upload(&r.vec(64, 1.0)).expect("up");
+    let mut out = poisoned(g, &s, 64);
+    let mut small = AttnWorkspace::new(&g.dev, 3, 64).expect("workspace");
+    for (n_part, small_ws) in [(1, false), (65, false), (4, true)] {
+        let ws = if small_ws { &mut small } else { &mut ws };
+        let sp = Some(AttnSplit { ws, n_part, min_keys: 1 });
+        let e = g.k.attention_split(&s, &kv.gpu, 1, &batch, &qd, 1, &AttnConfig::default(), sp, &mut out);
+        assert!(e.is_err(), "{n_part} partitions should be refused");
+    }
+}
+
+/// A split launch captured into a graph once stays right when the context changes between
+/// replays (the kernels read positions and lengths from device memory; the partition count is
+/// fixed at capture): capture at a context of 600, replay at 5000, 17 and 600, each against an
+/// eager one-pass launch on the same metadata (bound 1e-5).
+#[test]
+fn split_attention_graph_replays_follow_the_context() {
+    let Some(g) = gpu() else { return };
+    let s = g.dev.new_stream().expect("stream");
+    let mut r = Rng::new(31);
+    let (n_head, d) = (8, 64);
+    let kv = kv_pair(g, &s, &mut r, KvCacheType::Q8_0, 2, d, d, &[(5000, 1)], (1.0, 1.0), false);
+    let table = &kv.tables[0];
+    let mut batch = AttnBatch::with_capacity(&g.dev, 1, 1, table.len()).expect("batch");
+    let set = |batch: &mut AttnBatch, len: usize| {
+        let pos = [len - 1];
+        batch.fill(&s, &kv.gpu, &[AttnSeq { block_table: table, seq_len: len, q_positions: &pos }]).expect("fill");
+    };
+    let qd = g.dev.upload(&r.vec(n_head * d, 1.0)).expect("up");
+    let mut ws = AttnWorkspace::new(&g.dev, n_head * 16, d).expect("workspace");
+    let mut out = g.dev.alloc::<f32>(n_head * d).expect("alloc");
+    let cfg = AttnConfig::default();
+    set(&mut batch, 600);
+    s.synchronize().expect("sync");
+    s.begin_capture().expect("begin capture");
+    let sp = Some(AttnSplit { ws: &mut ws, n_part: 16, min_keys: 32 });
+    g.k.attention_split(&s, &kv.gpu, 1, &batch, &qd, n_head, &cfg, sp, &mut out).expect("captured attention");
+    let exec = s.end_capture().expect("end capture").instantiate().expect("instantiate");
+    let mut ws1 = AttnWorkspace::new(&g.dev, 1, 32).expect("workspace");
+    for len in [5000, 17, 600] {
+        set(&mut batch, len);
+        s.fill_u32(&mut out, POISON).expect("poison");
+        exec.launch(&s).expect("replay");
+        let got = download(&s, &out);
+        let want = gpu_attention(g, &s, &kv, &batch, &qd, n_head, &cfg, None, &mut ws1);
+        check("attention split", &format!("q8_0 graph captured at 600, replayed at {len}"), "unsplit", nerr(&got, &want), 1e-5);
+    }
 }

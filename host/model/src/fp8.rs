@@ -46,8 +46,8 @@ pub fn e5m2_to_f32(b: u8) -> f32 {
 }
 
 /// Rows x columns of a tensor shape with the outer dimensions folded into the rows
-/// (a 1-D tensor is one row; a scalar is 1 x 1).
-fn rows_cols(shape: &[u64]) -> (u64, u64) {
+/// (a 1-D tensor is one row; a scalar is 1 x 1). Shared by the other block-scaled HF formats.
+pub(crate) fn rows_cols(shape: &[u64]) -> (u64, u64) {
     match shape {
         [] => (1, 1),
         [c] => (1, *c),

@@ -40,6 +40,7 @@
 
 use serde_json::Value;
 
+use crate::fp8::rows_cols;
 use crate::hf::{HfDtype, HfModelDir, HfTensor};
 use crate::ModelError;
 
@@ -160,15 +161,6 @@ pub fn dequantize_rows(fmt: Fp6Format, packed: &[u8], scales: &[u8], rows: usize
         }
     }
     Ok(out)
-}
-
-/// Rows x columns with the outer dimensions folded into the rows.
-fn rows_cols(shape: &[u64]) -> (u64, u64) {
-    match shape {
-        [] => (1, 1),
-        [c] => (1, *c),
-        [outer @ .., c] => (outer.iter().product(), *c),
-    }
 }
 
 /// Shell-style glob with `*` only (Quark's `layer_quant_config` keys are fnmatch patterns).

@@ -7,9 +7,10 @@
 //! the plan.
 //!
 //! Batches: the tokens of several sequences are concatenated; each chunk carries its first
-//! position and its KV block table (blocks of `block_size` tokens), and says which output rows it
-//! wants. The KV block allocation itself belongs to the engine; the executor only reads and
-//! writes the blocks it is given.
+//! position and its KV block tables (blocks of `block_size` tokens; one table per KV group of the
+//! executor's [`KvLayout`], one group unless built with [`Executor::with_kv_layout`]), and says
+//! which output rows it wants. The KV block allocation itself belongs to the engine; the executor
+//! only reads and writes the blocks it is given.
 //!
 //! Encoders: a graph with a POOL op (embeddings) needs each chunk to be a whole sequence
 //! (`pos_start` 0), since a pooled row sums over every token of its sequence; its output then has
@@ -26,6 +27,11 @@
 //! `only`) restricts the dump to those node names. The layout equals a ggml tensor with `ne = [cols,
 //! rows]`, so `scripts/fixtures/llama_cpp_dump.py` (llama.cpp's eval callback) writes files that
 //! compare directly. Off (the default) it costs one `Option` test per step.
+//!
+//! fp8 KV scales (`kv_scales.rs`): an executor with an fp8 cache takes the model's checkpoint
+//! scales at construction, and [`Executor::calibrate_kv_scales`] measures them from a calibration
+//! text instead; both reach the backend through [`Backend::set_kv_scales`] and are readable with
+//! [`Executor::kv_scales`]. Other cache types ignore scales.
 
 use std::path::PathBuf;
 
@@ -33,8 +39,10 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::GpuBackend;
 use crate::backend::Backend;
 use crate::batch::BatchMeta;
-use crate::dump::Dump;
+use crate::dump::{Dump, Sink};
 use crate::graph::Graph;
+use crate::kv_layout::KvLayout;
+use crate::kv_scales::{AmaxProbe, KvScales};
 use crate::plan::Plan;
 use crate::source::ModelSource;
 use crate::RuntimeError;
@@ -56,8 +64,12 @@ pub struct SeqChunk<'a> {
     pub tokens: &'a [u32],
     /// Position of `tokens[0]` in its sequence (= tokens already in the KV cache).
     pub pos_start: usize,
-    /// KV blocks of the sequence, covering at least `pos_start + tokens.len()` positions.
+    /// KV blocks of the sequence, covering at least `pos_start + tokens.len()` positions: of
+    /// every layer in a one-group layout, else of KV group 0.
     pub block_table: &'a [u32],
+    /// Block tables of KV groups 1.. (as long as `block_table`); empty in a one-group layout.
+    /// Entries a sliding group gave back are [`NULL_BLOCK`](crate::NULL_BLOCK).
+    pub group_tables: &'a [Vec<u32>],
     pub logits: Logits,
 }
 
@@ -65,7 +77,7 @@ pub struct SeqChunk<'a> {
 pub type SeqBatch<'a> = [SeqChunk<'a>];
 
 /// Element type of the KV cache (f16, q8_0, fp8 E4M3); chosen per model at load with
-/// [`Executor::with_kv_type`]. The GPU backend stores f16 only (yet).
+/// [`Executor::with_kv_type`]. Both backends store every type (same layout and numerics).
 pub use rocmforge_cpu::{KvCacheType, KV_CACHE_TYPES};
 
 /// KV cache geometry and size.
@@ -127,23 +139,20 @@ impl std::str::FromStr for Device {
 }
 
 /// Open the GPU `spec` names and load the model there.
+#[allow(clippy::too_many_arguments)]
 fn gpu_backend(
     spec: &str,
     graph: &Graph,
     plan: &Plan,
     src: &ModelSource,
     kv_cfg: KvConfig,
+    layout: &KvLayout,
     kv_type: KvCacheType,
     max_batch_tokens: usize,
 ) -> Result<GpuBackend, RuntimeError> {
-    // The GPU kernels read f16 K/V only: refuse before opening the device rather than run a
-    // different cache type than the one asked for.
-    if kv_type != KvCacheType::F16 {
-        return Err(RuntimeError::KvCacheTypeUnsupported { ty: kv_type.name(), backend: "GPU" });
-    }
     let spec: rocmforge_gpu::DeviceSpec = spec.parse().map_err(|_| RuntimeError::BadDevice(spec.to_string()))?;
     let dev = rocmforge_gpu::Device::open(spec)?;
-    GpuBackend::new(dev, graph, plan, src, kv_cfg, max_batch_tokens)
+    GpuBackend::new(dev, graph, plan, src, kv_cfg, layout, kv_type, max_batch_tokens)
 }
 
 pub struct Executor {
@@ -152,6 +161,9 @@ pub struct Executor {
     backend: Box<dyn Backend>,
     dump: Option<Dump>,
     kv_type: KvCacheType,
+    layout: KvLayout,
+    /// fp8 scales in use (None: 1.0 everywhere, or not an fp8 cache).
+    kv_scales: Option<KvScales>,
 }
 
 impl Executor {
@@ -184,9 +196,8 @@ impl Executor {
         Self::with_kv_type(graph, src, kv_cfg, KvCacheType::F16, max_batch_tokens, device)
     }
 
-    /// [`with_device`](Self::with_device) with a KV cache of elements `kv_type`. A GPU named
-    /// explicitly refuses a type other than f16 (an error naming it); `auto` then runs on the
-    /// CPU, saying why in its log line, as for any other reason the GPU cannot take the model.
+    /// [`with_device`](Self::with_device) with a KV cache of elements `kv_type` (on either
+    /// backend; q8_0 needs head dims that are multiples of 32, an error naming them otherwise).
     pub fn with_kv_type(
         graph: Graph,
         src: &ModelSource,
@@ -195,26 +206,49 @@ impl Executor {
         max_batch_tokens: usize,
         device: Device,
     ) -> Result<Executor, RuntimeError> {
+        let layout = KvLayout::single(&graph);
+        Self::with_kv_layout(graph, src, kv_cfg, layout, kv_type, max_batch_tokens, device)
+    }
+
+    /// [`with_kv_type`](Self::with_kv_type) with the KV cache in `layout`'s groups (made from
+    /// this graph, e.g. [`KvLayout::by_kind`]): `kv_cfg.n_blocks` blocks of `layout.n_slots()`
+    /// layers each, and one block table per group in every chunk ([`SeqChunk::group_tables`]).
+    pub fn with_kv_layout(
+        graph: Graph,
+        src: &ModelSource,
+        kv_cfg: KvConfig,
+        layout: KvLayout,
+        kv_type: KvCacheType,
+        max_batch_tokens: usize,
+        device: Device,
+    ) -> Result<Executor, RuntimeError> {
+        layout.check(&graph).map_err(RuntimeError::KvCache)?;
         let plan = Plan::new(&graph)?;
         let backend: Box<dyn Backend> = match &device {
-            Device::Cpu => Box::new(CpuBackend::new(&graph, &plan, src, kv_cfg, kv_type, max_batch_tokens)?),
-            Device::Gpu(spec) => match gpu_backend(spec, &graph, &plan, src, kv_cfg, kv_type, max_batch_tokens) {
+            Device::Cpu => Box::new(CpuBackend::new(&graph, &plan, src, kv_cfg, &layout, kv_type, max_batch_tokens)?),
+            Device::Gpu(spec) => match gpu_backend(spec, &graph, &plan, src, kv_cfg, &layout, kv_type, max_batch_tokens) {
                 Ok(b) => Box::new(b),
                 Err(e) if spec == "auto" => {
-                    tracing::info!("device auto: running on the CPU ({e})");
-                    Box::new(CpuBackend::new(&graph, &plan, src, kv_cfg, kv_type, max_batch_tokens)?)
+                    if e.is_device_lost() {
+                        tracing::warn!("device auto: running on the CPU ({e})");
+                    } else {
+                        tracing::info!("device auto: running on the CPU ({e})");
+                    }
+                    Box::new(CpuBackend::new(&graph, &plan, src, kv_cfg, &layout, kv_type, max_batch_tokens)?)
                 }
                 Err(e) => return Err(e),
             },
         };
         tracing::debug!("executor: {} steps, arena of {} columns, backend {}", plan.steps.len(), plan.peak_cols, backend.name());
-        Ok(Executor {
+        let mut exec = Executor {
             graph,
             plan,
             backend,
             kv_type,
+            layout,
+            kv_scales: None,
             dump: std::env::var_os("ROCMFORGE_DUMP").filter(|d| !d.is_empty()).map(|d| Dump {
-                dir: d.into(),
+                sink: Sink::Files(d.into()),
                 call: 0,
                 only: std::env::var("ROCMFORGE_DUMP_ONLY")
                     .unwrap_or_default()
@@ -223,7 +257,98 @@ impl Executor {
                     .map(str::to_string)
                     .collect(),
             }),
-        })
+        };
+        // The checkpoint's fp8 scales, if it has any (other cache types ignore them).
+        if kv_type == KvCacheType::Fp8E4M3 {
+            if let Some(scales) = KvScales::from_source(src, &exec.graph)? {
+                exec.set_kv_scales(scales)?;
+            }
+        } else if (0..exec.graph.layers.len()).any(|il| src.tensor_info(&crate::kv_scales::gguf_k_name(il)).is_some()) {
+            tracing::debug!("{}: fp8 KV cache scales ignored: the KV cache is {kv_type}", src.path().display());
+        }
+        Ok(exec)
+    }
+
+    /// Use these fp8 scales from now on (see `kv_scales.rs`; rows written before keep the
+    /// scales they were written with, so set them before serving). Checked against the graph.
+    /// Ignored, with a debug log, unless the cache is fp8. A backend that cannot apply them
+    /// yet is warned about and keeps 1.0.
+    pub fn set_kv_scales(&mut self, scales: KvScales) -> Result<(), RuntimeError> {
+        if self.kv_type != KvCacheType::Fp8E4M3 {
+            tracing::debug!("fp8 KV cache scales ignored: the KV cache is {}", self.kv_type);
+            return Ok(());
+        }
+        scales.check(&self.graph)?;
+        match self.backend.set_kv_scales(&scales) {
+            Ok(()) => {
+                tracing::info!("{}", scales.summary());
+                self.kv_scales = Some(scales);
+                Ok(())
+            }
+            Err(e @ RuntimeError::Unsupported { .. }) => {
+                tracing::warn!("{e}; the fp8 KV cache keeps scale 1.0");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The fp8 scales in use; None when every scale is 1.0 (or the cache is not fp8).
+    pub fn kv_scales(&self) -> Option<&KvScales> {
+        self.kv_scales.as_ref()
+    }
+
+    /// Calibrate the fp8 scales (vLLM's `calculate_kv_scales`): run `tokens` as one sequence, in
+    /// chunks of at most `max_chunk` tokens, through the model, take the absolute maximum of
+    /// every layer's K and V per KV head, and set `amax * CALIBRATION_MARGIN / 448` as the scales
+    /// (see `kv_scales.rs`). The sequence uses the first KV blocks of the pool (as many as fit;
+    /// the text is cut to them) and nothing of it is kept: call it before serving. Returns the
+    /// scales set, None when the cache is not fp8 (nothing is run).
+    pub fn calibrate_kv_scales(&mut self, tokens: &[u32], max_chunk: usize) -> Result<Option<KvScales>, RuntimeError> {
+        if self.kv_type != KvCacheType::Fp8E4M3 {
+            tracing::debug!("fp8 KV scale calibration skipped: the KV cache is {}", self.kv_type);
+            return Ok(None);
+        }
+        let kv = self.backend.kv_config();
+        let n_groups = self.layout.n_groups().max(1);
+        // One table per group, over disjoint blocks.
+        let per_group = kv.n_blocks / n_groups;
+        // Encoders (pooled outputs) take whole sequences only: one chunk.
+        let max_chunk = max_chunk.max(1);
+        let cap = if self.graph.embedding { max_chunk } else { usize::MAX };
+        let tokens = &tokens[..tokens.len().min(per_group * kv.block_size).min(cap)];
+        if tokens.is_empty() {
+            return Err(RuntimeError::KvCache("fp8 scale calibration: no calibration tokens (or no KV blocks) to run".into()));
+        }
+        let nb = tokens.len().div_ceil(kv.block_size);
+        let tables: Vec<Vec<u32>> = (0..n_groups).map(|g| ((g * nb) as u32..((g + 1) * nb) as u32).collect()).collect();
+        let (probe, names) = AmaxProbe::new(&self.graph);
+        let saved = self.dump.replace(Dump { sink: Sink::Amax(probe), call: 0, only: names });
+        let mut run = || -> Result<(), RuntimeError> {
+            let mut pos = 0;
+            for ch in tokens.chunks(max_chunk) {
+                let c = SeqChunk { tokens: ch, pos_start: pos, block_table: &tables[0], group_tables: &tables[1..], logits: Logits::Last };
+                self.forward(std::slice::from_ref(&c))?;
+                pos += ch.len();
+            }
+            Ok(())
+        };
+        let ran = run();
+        let dump = std::mem::replace(&mut self.dump, saved);
+        ran?;
+        let Some(Dump { sink: Sink::Amax(probe), .. }) = dump else { unreachable!("the calibration dump was in place") };
+        let scales = probe.scales(&self.graph, tokens.len());
+        self.set_kv_scales(scales.clone())?;
+        Ok(Some(scales))
+    }
+
+    /// Fault injection for tests of the layers above: after `after` more successful forward
+    /// calls, every call fails with `err()` and runs nothing (see `backend::fault`; e.g.
+    /// `fail_after(2, backend::fault::injected_device_loss)`).
+    pub fn fail_after(&mut self, after: usize, err: impl Fn() -> RuntimeError + Send + 'static) {
+        let kv = self.backend.kv_config();
+        let inner = std::mem::replace(&mut self.backend, Box::new(crate::backend::fault::Detached(kv)));
+        self.backend = Box::new(crate::backend::fault::FailAfter::new(inner, after, err));
     }
 
     /// Dump every node's output of the following forward calls into `dir` (created if missing;
@@ -233,7 +358,7 @@ impl Executor {
         if let Some(d) = &dir {
             std::fs::create_dir_all(d).map_err(|e| RuntimeError::Dump { path: d.clone(), what: e.to_string() })?;
         }
-        self.dump = dir.map(|dir| Dump { dir, call: 0, only: only.iter().map(|s| s.to_string()).collect() });
+        self.dump = dir.map(|dir| Dump { sink: Sink::Files(dir), call: 0, only: only.iter().map(|s| s.to_string()).collect() });
         Ok(())
     }
 
@@ -248,6 +373,11 @@ impl Executor {
     /// The KV cache's element type.
     pub fn kv_cache_type(&self) -> KvCacheType {
         self.kv_type
+    }
+
+    /// The KV groups: which layers share a block table (see [`KvLayout`]).
+    pub fn kv_layout(&self) -> &KvLayout {
+        &self.layout
     }
 
     /// Whether the output rows are embeddings (the plugin's OUTPUT kind) rather than logits.
@@ -274,12 +404,12 @@ impl Executor {
         if self.dump.is_some() {
             return Ok(None);
         }
-        let meta = BatchMeta::new(batch, self.backend.kv_config(), &self.plan)?;
+        let meta = BatchMeta::new(batch, self.backend.kv_config(), self.layout.n_groups(), &self.plan)?;
         self.backend.forward_argmax(&self.graph, &self.plan, &meta)
     }
 
     pub fn forward(&mut self, batch: &SeqBatch) -> Result<&[f32], RuntimeError> {
-        let meta = BatchMeta::new(batch, self.backend.kv_config(), &self.plan)?;
+        let meta = BatchMeta::new(batch, self.backend.kv_config(), self.layout.n_groups(), &self.plan)?;
         let out = self.backend.forward(&self.graph, &self.plan, &meta, self.dump.as_ref())?;
         if let Some(d) = &mut self.dump {
             d.call += 1;

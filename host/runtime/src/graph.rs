@@ -12,6 +12,7 @@
 
 use rocmforge_abi::{op, output_kind, pool, rows_src};
 
+use crate::kv_layout::KvKind;
 use crate::op_spec::{check_slots, OpRecord};
 use crate::RuntimeError;
 
@@ -126,28 +127,53 @@ pub enum Op {
         logits: usize,
         n_expert: usize,
         k: usize,
-        renorm: bool,
+        routing: MoeRouting,
     },
-    /// Selected experts' `act(x·gate_e) * (x·up_e)` -> `[n, k·n_ff]`.
+    /// Selected experts' `act(x·gate_e + gate_b_e, x·up_e + up_b_e)` -> `[n, k·n_ff]`.
     MoeGateUp {
         x: usize,
         route: usize,
         gate: usize,
         up: usize,
+        /// Per-expert biases `[n_ff, n_expert]` (appended slots 4, 5).
+        gate_b: Option<usize>,
+        up_b: Option<usize>,
         k: usize,
         n_ff: usize,
-        geglu: bool,
+        act: MoeAct,
     },
-    /// `Σ_s w_s · (h_s · down_e)` -> `[n, n_embd]`.
+    /// `Σ_s w_s · (h_s · down_e + b_e)` -> `[n, n_embd]`.
     MoeDown {
         h: usize,
         route: usize,
         down: usize,
+        /// Per-expert bias `[n_embd, n_expert]` (appended slot 3).
+        bias: Option<usize>,
         k: usize,
         n_ff: usize,
     },
     Sigmoid {
         x: usize,
+    },
+    /// Columns `[offset, offset + cols)` of every `head`-wide head of `x` (VIEW with a head width).
+    HeadView {
+        x: usize,
+        offset: usize,
+        head: usize,
+    },
+    /// Per head `h`: `x_h [n, k] · W_hᵀ` with `w` `[k, m, n_head]` -> `[n, n_head·m]`.
+    HeadMatMul {
+        x: usize,
+        w: usize,
+        n_head: usize,
+        k: usize,
+        m: usize,
+    },
+    /// Per head `h`: `[a_h | b_h]` -> `[n, n_head·(ka + kb)]`.
+    Concat {
+        a: usize,
+        b: usize,
+        n_head: usize,
     },
     Pool {
         x: usize,
@@ -157,6 +183,36 @@ pub enum Op {
         x: usize,
         eps: f32,
     },
+}
+
+/// How MOE_ROUTE scores experts and weighs the chosen ones (`backend/moe.rs` has the definition).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeRouting {
+    /// Sigmoid scores (else a softmax over all experts).
+    pub sigmoid: bool,
+    /// Divide the k weights by their sum.
+    pub renorm: bool,
+    /// A weight `[n_expert]` added to the scores for the choice only (not to the weights).
+    pub bias: Option<usize>,
+    /// Group-limited choice: experts in `n_group` equal groups, of which only the best
+    /// `n_group_used` take part (`n_group` <= 1: no groups).
+    pub n_group: usize,
+    pub n_group_used: usize,
+    /// A group's score: the sum of its two best scores (else its best score).
+    pub group_top2: bool,
+    /// Multiplies the k weights (after renormalising).
+    pub scale: f32,
+}
+
+/// The gated activation of MOE_GATE_UP.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MoeAct {
+    /// `silu(gate) * up`.
+    SwiGlu,
+    /// `gelu_tanh(gate) * up`.
+    GeGlu,
+    /// gpt-oss: `(clamp(up, -limit, limit) + 1) · g · sigmoid(alpha · g)`, `g = min(gate, limit)`.
+    SwiGluOai { alpha: f32, limit: f32 },
 }
 
 #[derive(Clone, Debug)]
@@ -172,6 +228,8 @@ pub struct RopeP {
     pub attn_factor: f32,
     pub beta_fast: f32,
     pub beta_slow: f32,
+    /// YaRN's correction range unrounded (transformers' `truncate = False`).
+    pub yarn_exact: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -185,6 +243,11 @@ pub struct AttnP {
     pub causal: bool,
     pub scale: f32,
     pub softcap: f32,
+    /// Attention sinks: a weight of `n_head` logits joining each softmax's denominator.
+    pub sinks: Option<usize>,
+    /// LATENT_ATTENTION: V is the first `head_dim_v` columns of K (`k` and `v` are one node and
+    /// the cache stores K only).
+    pub v_in_k: bool,
 }
 
 /// Shape of a node.
@@ -203,12 +266,29 @@ pub struct Node {
     pub shape: Shape,
 }
 
-/// KV geometry of one attention layer, collected from ATTENTION ops.
+/// KV geometry and kind of one attention layer, collected from ATTENTION ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayerKv {
     pub n_head_kv: usize,
     pub head_dim_k: usize,
     pub head_dim_v: usize,
+    /// Full, or sliding window: the op's window when it is causal (an encoder's non-causal
+    /// window also reads ahead, and its sequences run whole: full).
+    pub kind: KvKind,
+    /// V is read from K's first `head_dim_v` columns: no V rows are stored (LATENT_ATTENTION).
+    pub v_in_k: bool,
+}
+
+impl LayerKv {
+    /// Same K/V row sizes (the backends keep one geometry for every layer).
+    pub fn same_geometry(&self, o: &LayerKv) -> bool {
+        (self.n_head_kv, self.head_dim_k, self.head_dim_v, self.v_in_k) == (o.n_head_kv, o.head_dim_k, o.head_dim_v, o.v_in_k)
+    }
+
+    /// Cache bytes of one token of this layer, given the bytes of a row of `d` elements.
+    pub fn bytes_per_token(&self, row_bytes: impl Fn(usize) -> usize) -> usize {
+        self.n_head_kv * (row_bytes(self.head_dim_k) + if self.v_in_k { 0 } else { row_bytes(self.head_dim_v) })
+    }
 }
 
 /// A shape-checked graph.
@@ -372,6 +452,8 @@ impl Graph {
                     attn_factor: fp(3),
                     beta_fast: fp(4),
                     beta_slow: fp(5),
+                    // The enumerated slot was checked by `check_slots`.
+                    yarn_exact: raw.iparams[5] == rocmforge_abi::rope_yarn::EXACT,
                 };
                 if mul(at, p.n_head, p.head_dim)? != cols {
                     return Err(graph_err(at, format!("{} heads × {} ≠ row of {cols}", p.n_head, p.head_dim)));
@@ -387,8 +469,11 @@ impl Graph {
                 }
                 (Op::Rope { x, freq_factors: inp(1), p }, Shape::Act { rows, cols })
             }
-            op::ATTENTION => {
-                let (q, k, v) = (req(0)?, req(1)?, req(2)?);
+            op::ATTENTION | op::LATENT_ATTENTION => {
+                // LATENT_ATTENTION: inputs q, kv; V is the first head_dim_v columns of K.
+                let latent = raw.code == op::LATENT_ATTENTION;
+                let (q, k) = (req(0)?, req(1)?);
+                let v = if latent { k } else { req(2)? };
                 let p = AttnP {
                     layer: ip(0)?,
                     n_head: ip(1)?,
@@ -399,14 +484,22 @@ impl Graph {
                     causal: raw.iparams[6] != 0,
                     scale: fp(0),
                     softcap: fp(1),
+                    sinks: if latent { None } else { inp(3) },
+                    v_in_k: latent,
                 };
                 if p.n_head_kv == 0 || p.n_head % p.n_head_kv != 0 {
                     return Err(graph_err(at, format!("n_head {} is not a multiple of n_head_kv {}", p.n_head, p.n_head_kv)));
                 }
+                if latent && !(1..=p.head_dim_k).contains(&p.head_dim_v) {
+                    return Err(graph_err(at, format!("head_dim_v {} must be in 1..={} (V is read from K)", p.head_dim_v, p.head_dim_k)));
+                }
+                if let Some(s) = p.sinks {
+                    self.vector(s, p.n_head, "attention sinks", at)?;
+                }
                 for (id, want, what) in [
                     (q, mul(at, p.n_head, p.head_dim_k)?, "q"),
                     (k, mul(at, p.n_head_kv, p.head_dim_k)?, "k"),
-                    (v, mul(at, p.n_head_kv, p.head_dim_v)?, "v"),
+                    (v, mul(at, p.n_head_kv, if latent { p.head_dim_k } else { p.head_dim_v })?, "v"),
                 ] {
                     let (rows, cols) = self.act(id, what, at)?;
                     if rows != Rows::Tokens || cols != want {
@@ -419,7 +512,9 @@ impl Graph {
                 if self.layers[p.layer].is_some() {
                     return Err(graph_err(at, format!("layer {} has two attention ops", p.layer)));
                 }
-                self.layers[p.layer] = Some(LayerKv { n_head_kv: p.n_head_kv, head_dim_k: p.head_dim_k, head_dim_v: p.head_dim_v });
+                let kind = if p.causal && p.sliding_window > 0 { KvKind::Sliding(p.sliding_window) } else { KvKind::Full };
+                self.layers[p.layer] =
+                    Some(LayerKv { n_head_kv: p.n_head_kv, head_dim_k: p.head_dim_k, head_dim_v: p.head_dim_v, kind, v_in_k: latent });
                 let cols = mul(at, p.n_head, p.head_dim_v)?;
                 (Op::Attention { q, k, v, p }, Shape::Act { rows: Rows::Tokens, cols })
             }
@@ -454,11 +549,17 @@ impl Graph {
             op::VIEW => {
                 let x = req(0)?;
                 let (rows, cols) = self.act(x, "x", at)?;
-                let (offset, n) = (ip(0)?, ip(1)?);
-                if n == 0 || offset.checked_add(n).map_or(true, |e| e > cols) {
-                    return Err(graph_err(at, format!("view [{offset}, {offset}+{n}) outside a row of {cols}")));
+                let (offset, n, head) = (ip(0)?, ip(1)?, ip(2)?);
+                // A head width (appended slot) views the same columns of every head.
+                let width = if head == 0 { cols } else { head };
+                if n == 0 || offset.checked_add(n).is_none_or(|e| e > width) || !cols.is_multiple_of(width) {
+                    return Err(graph_err(at, format!("view [{offset}, {offset}+{n}) outside a head of {width} in a row of {cols}")));
                 }
-                (Op::View { x, offset }, Shape::Act { rows, cols: n })
+                if head == 0 {
+                    (Op::View { x, offset }, Shape::Act { rows, cols: n })
+                } else {
+                    (Op::HeadView { x, offset, head }, Shape::Act { rows, cols: mul(at, cols / head, n)? })
+                }
             }
             op::OUTPUT_ROWS => {
                 let x = req(0)?;
@@ -508,14 +609,42 @@ impl Graph {
                 if k == 0 || k > n_expert {
                     return Err(graph_err(at, format!("{k} experts used out of {n_expert}")));
                 }
-                let renorm = match raw.iparams[1] {
-                    rocmforge_abi::moe_gating::SOFTMAX => false,
-                    rocmforge_abi::moe_gating::SOFTMAX_NORM => true,
-                    other => {
-                        return Err(graph_err(at, format!("unknown MoE gating {other} (0 = softmax, 1 = softmax + renormalised top-k)")))
-                    }
+                use rocmforge_abi::moe_gating as gating;
+                let (sigmoid, renorm) = match raw.iparams[1] {
+                    gating::SOFTMAX => (false, false),
+                    gating::SOFTMAX_NORM => (false, true),
+                    gating::SIGMOID => (true, false),
+                    gating::SIGMOID_NORM => (true, true),
+                    other => return Err(graph_err(at, format!("unknown MoE gating {other}"))),
                 };
-                (Op::MoeRoute { logits, n_expert, k, renorm }, Shape::Act { rows, cols: 2 * k })
+                let bias = inp(1);
+                if let Some(b) = bias {
+                    self.vector(b, n_expert, "selection bias", at)?;
+                }
+                let (n_group, n_group_used) = (ip(2)?, ip(3)?);
+                let group_top2 = raw.iparams[4] == rocmforge_abi::moe_group::TOP2_SUM;
+                if n_group > 1 {
+                    let per = n_expert / n_group;
+                    if n_expert % n_group != 0 || n_group_used == 0 || n_group_used > n_group {
+                        return Err(graph_err(
+                            at,
+                            format!("{n_expert} experts in {n_group} groups, {n_group_used} kept: not a valid grouping"),
+                        ));
+                    }
+                    if k > n_group_used * per || (group_top2 && per < 2) {
+                        return Err(graph_err(
+                            at,
+                            format!("{k} experts used, but {n_group_used} groups of {per} are kept (top-two scores need 2 per group)"),
+                        ));
+                    }
+                }
+                // 0 (unset, as older plugins leave it) means no scaling.
+                let scale = if fp(0) == 0.0 { 1.0 } else { fp(0) };
+                if !scale.is_finite() {
+                    return Err(graph_err(at, format!("MoE weight scale {scale} is not finite")));
+                }
+                let routing = MoeRouting { sigmoid, renorm, bias, n_group, n_group_used, group_top2, scale };
+                (Op::MoeRoute { logits, n_expert, k, routing }, Shape::Act { rows, cols: 2 * k })
             }
             op::MOE_GATE_UP | op::MOE_DOWN => {
                 let (x, route) = (req(0)?, req(1)?);
@@ -537,26 +666,82 @@ impl Graph {
                     }
                     Ok((d[0], d[1]))
                 };
+                // A per-expert bias: a weight [len, n_expert].
+                let bias_in = |i: usize, len: usize, what: &str| -> Result<Option<usize>, RuntimeError> {
+                    let Some(b) = inp(i) else { return Ok(None) };
+                    let d = self.weight(b, what, at)?;
+                    if d != [len, n_expert] {
+                        return Err(graph_err(at, format!("{what} '{}' dims {d:?} are not [{len}, {n_expert}]", self.nodes[b].name)));
+                    }
+                    Ok(Some(b))
+                };
                 if raw.code == op::MOE_GATE_UP {
                     let (gk, n_ff) = w_in(2, "gate_exps")?;
                     if gk != cols || w_in(3, "up_exps")? != (gk, n_ff) {
                         return Err(graph_err(at, format!("expert gate/up weights do not take rows of {cols} to the same n_ff {n_ff}")));
                     }
-                    let geglu = match raw.iparams[1] {
-                        rocmforge_abi::moe_act::SWIGLU => false,
-                        rocmforge_abi::moe_act::GEGLU => true,
+                    let (alpha, limit) = (fp(0), fp(1));
+                    let act = match raw.iparams[1] {
+                        rocmforge_abi::moe_act::SWIGLU => MoeAct::SwiGlu,
+                        rocmforge_abi::moe_act::GEGLU => MoeAct::GeGlu,
+                        rocmforge_abi::moe_act::SWIGLU_OAI => {
+                            if !(alpha.is_finite() && limit.is_finite() && limit > 0.0) {
+                                return Err(graph_err(
+                                    at,
+                                    format!("clamped SwiGLU needs a finite alpha and a positive limit, got {alpha}, {limit}"),
+                                ));
+                            }
+                            MoeAct::SwiGluOai { alpha, limit }
+                        }
                         other => return Err(graph_err(at, format!("unknown MoE activation {other}"))),
                     };
+                    if !matches!(act, MoeAct::SwiGluOai { .. }) && (alpha != 0.0 || limit != 0.0) {
+                        return Err(graph_err(
+                            at,
+                            format!("alpha/limit ({alpha}, {limit}) are read only by the clamped SwiGLU; must be 0"),
+                        ));
+                    }
                     let (gate, up) = (req(2)?, req(3)?);
+                    let (gate_b, up_b) = (bias_in(4, n_ff, "gate_exps bias")?, bias_in(5, n_ff, "up_exps bias")?);
                     let cols = mul(at, k, n_ff)?;
-                    (Op::MoeGateUp { x, route, gate, up, k, n_ff, geglu }, Shape::Act { rows, cols })
+                    (Op::MoeGateUp { x, route, gate, up, gate_b, up_b, k, n_ff, act }, Shape::Act { rows, cols })
                 } else {
                     let (n_ff, n_embd) = w_in(2, "down_exps")?;
                     if cols != mul(at, k, n_ff)? {
                         return Err(graph_err(at, format!("h has {cols} columns, expected {k} × n_ff {n_ff}")));
                     }
-                    (Op::MoeDown { h: x, route, down: req(2)?, k, n_ff }, Shape::Act { rows, cols: n_embd })
+                    let bias = bias_in(3, n_embd, "down_exps bias")?;
+                    (Op::MoeDown { h: x, route, down: req(2)?, bias, k, n_ff }, Shape::Act { rows, cols: n_embd })
                 }
+            }
+            op::HEAD_MATMUL => {
+                let (x, w) = (req(0)?, req(1)?);
+                let (rows, cols) = self.act(x, "x", at)?;
+                let d = self.weight(w, "w", at)?;
+                let [k, m, n_head] = *d else {
+                    return Err(graph_err(at, format!("weight '{}' dims {d:?} are not [k, m, n_head]", self.nodes[w].name)));
+                };
+                if k == 0 || m == 0 || mul(at, k, n_head)? != cols {
+                    return Err(graph_err(
+                        at,
+                        format!("weight '{}' dims {d:?} do not take rows of {cols} ({n_head} heads)", self.nodes[w].name),
+                    ));
+                }
+                (Op::HeadMatMul { x, w, n_head, k, m }, Shape::Act { rows, cols: mul(at, n_head, m)? })
+            }
+            op::CONCAT => {
+                let (a, b) = (req(0)?, req(1)?);
+                let (rows, ca) = self.act(a, "a", at)?;
+                let (rb, cb) = self.act(b, "b", at)?;
+                let n_head = ip(0)?;
+                if rb != rows || n_head == 0 || ca % n_head != 0 || cb % n_head != 0 {
+                    return Err(graph_err(
+                        at,
+                        format!("cannot concatenate [{rows:?}, {ca}] and [{rb:?}, {cb}] head by head ({n_head} heads)"),
+                    ));
+                }
+                let cols = ca.checked_add(cb).ok_or_else(|| graph_err(at, format!("{ca} + {cb} overflows")))?;
+                (Op::Concat { a, b, n_head }, Shape::Act { rows, cols })
             }
             code => return Err(graph_err(at, format!("unknown op code {code} (plugin newer than host?)"))),
         };

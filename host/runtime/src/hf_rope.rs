@@ -9,7 +9,8 @@
 //! `rope_type` (older files: `type`). Translation, type by type, as llama.cpp's converter does:
 //! - `default` / absent: nothing beyond `rope.freq_base`;
 //! - `linear`: `rope.scaling.type = linear`, `rope.scaling.factor`;
-//! - `yarn`: type, factor, `rope.scaling.original_context_length`, the β bounds when given;
+//! - `yarn`: type, factor, `rope.scaling.original_context_length`, the β bounds when given, and
+//!   (ours) `rope.scaling.yarn_truncate` when the config states `truncate`;
 //! - `longrope`: type, original context and `rope.scaling.attn_factor` (the factor arrays are
 //!   tensors the plugin maps through `config:` entries);
 //! - `llama3`: no metadata at all: the converter bakes the scaling into a `rope_freqs.weight`
@@ -82,6 +83,11 @@ pub(crate) fn translate(cfg: &Value) -> Result<HfRope, String> {
             }
             if let Some(b) = num(p, "beta_slow") {
                 out.meta.push(("{arch}.rope.scaling.yarn_beta_slow", GgufValue::F32(b as f32)));
+            }
+            // Ours (llama.cpp's converter drops it and always rounds the correction range):
+            // transformers' `truncate = False` keeps it exact (gpt-oss).
+            if let Some(t) = p.get("truncate").and_then(Value::as_bool) {
+                out.meta.push(("{arch}.rope.scaling.yarn_truncate", GgufValue::Bool(t)));
             }
         }
         "longrope" => {

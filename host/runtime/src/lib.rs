@@ -7,19 +7,26 @@ pub mod batch;
 mod dump;
 pub mod exec;
 pub mod graph;
+mod hf_keys;
 mod hf_rope;
 pub mod host_api;
+pub mod kv_layout;
+pub mod kv_scales;
+pub mod lora;
 pub mod op_spec;
 pub mod plan;
 pub mod plugin;
 pub mod plugin_check;
 pub mod source;
+mod source_derived;
 
 use std::path::PathBuf;
 
 pub use exec::{Executor, SeqBatch};
 pub use graph::Graph;
 pub use host_api::build_graph;
+pub use kv_layout::{KvGroup, KvKind, KvLayout, NULL_BLOCK};
+pub use kv_scales::{KvHeadScales, KvScales, KvScalesOrigin};
 pub use plugin::{Plugin, Registry};
 pub use source::ModelSource;
 
@@ -61,13 +68,22 @@ pub enum RuntimeError {
     /// The model does not fit the device's free memory (bytes).
     #[error("the model needs {need} bytes of device memory ({what}), {free} are free")]
     DeviceMemory { need: usize, free: usize, what: String },
-    /// A KV cache element type the chosen backend does not store (yet).
-    #[error("kv cache type {ty} is not supported on the {backend} backend yet; use f16")]
-    KvCacheTypeUnsupported { ty: &'static str, backend: &'static str },
     /// The KV cache cannot be made for this model (e.g. q8_0 with a head dim not a multiple of 32).
     #[error("KV cache: {0}")]
     KvCache(String),
+    /// A LoRA adapter that does not fit the model (architecture, tensor names, shapes).
+    #[error("LoRA adapter {path}: {what}")]
+    Lora { path: PathBuf, what: String },
     /// A bad `--device` / `ROCMFORGE_DEVICE` value.
     #[error("bad device '{0}': expected cpu, auto, cuda[:N] or hip[:N]")]
     BadDevice(String),
+}
+
+impl RuntimeError {
+    /// True when the backend's device is gone for good (a GPU error that poisoned its context,
+    /// `rocmforge_gpu::GpuError::DeviceLost`): nothing more can run on this executor, so the
+    /// caller fails the work in flight and drops the model instead of retrying.
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self, RuntimeError::Gpu(e) if e.is_device_lost())
+    }
 }

@@ -19,7 +19,7 @@
 //! follow. Modelled on Vulkan's `pNext` chains (sType + size, unknown extensions refused) and
 //! the ggml op table.
 
-use rocmforge_abi::{cap, moe_act, moe_gating, op, output_kind, pool, rows_src, RfOp, RfOpExt, NO_NODE};
+use rocmforge_abi::{cap, moe_act, moe_gating, moe_group, op, output_kind, pool, rope_yarn, rows_src, RfOp, RfOpExt, NO_NODE};
 
 /// Slots of the merged view.
 pub const MAX_INPUTS: usize = 8;
@@ -54,6 +54,8 @@ const ROWS_SRC: EnumParam = EnumParam {
     values: &[(rows_src::TOKENS, "tokens"), (rows_src::POSITIONS, "positions"), (rows_src::CONSTANT, "constant")],
 };
 const ROPE_MODE: EnumParam = EnumParam { slot: 3, what: "rope mode", values: &[(0, "interleaved pairs"), (2, "NeoX halves")] };
+const ROPE_YARN: EnumParam =
+    EnumParam { slot: 5, what: "YaRN correction range", values: &[(rope_yarn::TRUNCATED, "whole dims"), (rope_yarn::EXACT, "exact")] };
 const OUTPUT_KIND: EnumParam =
     EnumParam { slot: 0, what: "output kind", values: &[(output_kind::LOGITS, "logits"), (output_kind::EMBEDDING, "embedding")] };
 const POOL_MODE: EnumParam =
@@ -61,9 +63,20 @@ const POOL_MODE: EnumParam =
 const MOE_GATING: EnumParam = EnumParam {
     slot: 1,
     what: "MoE gating",
-    values: &[(moe_gating::SOFTMAX, "softmax"), (moe_gating::SOFTMAX_NORM, "softmax + renormalised top-k")],
+    values: &[
+        (moe_gating::SOFTMAX, "softmax"),
+        (moe_gating::SOFTMAX_NORM, "softmax + renormalised top-k"),
+        (moe_gating::SIGMOID, "sigmoid"),
+        (moe_gating::SIGMOID_NORM, "sigmoid + renormalised top-k"),
+    ],
 };
-const MOE_ACT: EnumParam = EnumParam { slot: 1, what: "MoE activation", values: &[(moe_act::SWIGLU, "swiglu"), (moe_act::GEGLU, "geglu")] };
+const MOE_GROUP: EnumParam =
+    EnumParam { slot: 4, what: "MoE group score", values: &[(moe_group::MAX, "max"), (moe_group::TOP2_SUM, "sum of the top two")] };
+const MOE_ACT: EnumParam = EnumParam {
+    slot: 1,
+    what: "MoE activation",
+    values: &[(moe_act::SWIGLU, "swiglu"), (moe_act::GEGLU, "geglu"), (moe_act::SWIGLU_OAI, "clamped swiglu (gpt-oss)")],
+};
 
 /// Every op this host knows, with the slots it reads (the header's slot table).
 pub static SPECS: &[OpSpec] = &[
@@ -76,23 +89,33 @@ pub static SPECS: &[OpSpec] = &[
     spec(op::ADD, "ADD", 2, 0, 0),
     spec(op::MUL, "MUL", 2, 0, 0),
     spec(op::SCALE, "SCALE", 1, 0, 1),
-    OpSpec { enums: &[ROPE_MODE], ..spec(op::ROPE, "ROPE", 2, 5, 6) },
-    spec(op::ATTENTION, "ATTENTION", 3, 7, 2),
+    // Appended: iparams[5] (YaRN correction range).
+    OpSpec { enums: &[ROPE_MODE, ROPE_YARN], ..spec(op::ROPE, "ROPE", 2, 6, 6) },
+    // Appended: input 3 (attention sinks).
+    spec(op::ATTENTION, "ATTENTION", 4, 7, 2),
     spec(op::SILU, "SILU", 1, 0, 0),
     spec(op::GELU, "GELU", 1, 0, 0),
     spec(op::GELU_ERF, "GELU_ERF", 1, 0, 0),
     spec(op::SWIGLU, "SWIGLU", 2, 0, 0),
     spec(op::GEGLU, "GEGLU", 2, 0, 0),
     spec(op::SOFTCAP, "SOFTCAP", 1, 0, 1),
-    spec(op::VIEW, "VIEW", 1, 2, 0),
+    // Appended: iparams[2] (head width: a per-head view).
+    spec(op::VIEW, "VIEW", 1, 3, 0),
     spec(op::OUTPUT_ROWS, "OUTPUT_ROWS", 1, 0, 0),
     OpSpec { enums: &[OUTPUT_KIND], ..spec(op::OUTPUT, "OUTPUT", 1, 1, 0) },
     OpSpec { enums: &[POOL_MODE], ..spec(op::POOL, "POOL", 1, 1, 0) },
     spec(op::L2_NORM, "L2_NORM", 1, 0, 1),
-    OpSpec { enums: &[MOE_GATING], ..spec(op::MOE_ROUTE, "MOE_ROUTE", 1, 2, 0) },
-    OpSpec { enums: &[MOE_ACT], ..spec(op::MOE_GATE_UP, "MOE_GATE_UP", 4, 2, 0) },
-    spec(op::MOE_DOWN, "MOE_DOWN", 3, 1, 0),
+    // Appended: input 1 (selection bias), iparams[2..5] (expert groups, groups kept, group
+    // score), fparams[0] (weight scale), gating values SIGMOID / SIGMOID_NORM.
+    OpSpec { enums: &[MOE_GATING, MOE_GROUP], ..spec(op::MOE_ROUTE, "MOE_ROUTE", 2, 5, 1) },
+    // Appended: extension inputs 4, 5 (expert biases), fparams 0, 1 (SWIGLU_OAI's alpha, limit).
+    OpSpec { enums: &[MOE_ACT], ..spec(op::MOE_GATE_UP, "MOE_GATE_UP", 6, 2, 2) },
+    // Appended: input 3 (expert bias).
+    spec(op::MOE_DOWN, "MOE_DOWN", 4, 1, 0),
     spec(op::SIGMOID, "SIGMOID", 1, 0, 0),
+    spec(op::HEAD_MATMUL, "HEAD_MATMUL", 2, 0, 0),
+    spec(op::CONCAT, "CONCAT", 2, 1, 0),
+    spec(op::LATENT_ATTENTION, "LATENT_ATTENTION", 2, 7, 2),
 ];
 
 /// The spec of an op code, if this host knows it.
@@ -200,7 +223,7 @@ mod tests {
 
     #[test]
     fn every_abi_op_code_has_a_spec_and_codes_are_unique() {
-        for code in 1..=op::SIGMOID {
+        for code in 1..=op::LATENT_ATTENTION {
             assert!(spec_of(code).is_some(), "op code {code} has no spec");
         }
         let mut codes: Vec<u32> = SPECS.iter().map(|s| s.code).collect();
@@ -253,11 +276,14 @@ mod tests {
     fn enumerated_values_and_tensor_names_are_checked() {
         let mut r = rec(op::MOE_ROUTE);
         r.iparams[0] = 2;
-        r.iparams[1] = 2; // e.g. a sigmoid gating a newer host may define
+        r.iparams[1] = 7; // a gating a newer host may define
         assert_eq!(
             check_slots(&r, "").unwrap_err(),
-            "MOE_ROUTE iparams[1] (MoE gating) = 2 is not supported by this host (supported: 0 = softmax, 1 = softmax + renormalised top-k)"
+            "MOE_ROUTE iparams[1] (MoE gating) = 7 is not supported by this host (supported: 0 = softmax, 1 = softmax + renormalised top-k, 2 = sigmoid, 3 = sigmoid + renormalised top-k)"
         );
+        r.iparams[1] = moe_gating::SIGMOID_NORM;
+        r.iparams[4] = 2; // a group score this host does not know
+        assert!(check_slots(&r, "").unwrap_err().starts_with("MOE_ROUTE iparams[4] (MoE group score) = 2 is not supported"));
         assert_eq!(
             check_slots(&rec(op::ADD), "blk.0.x.weight").unwrap_err(),
             "ADD takes no tensor name, got 'blk.0.x.weight' (only WEIGHT names a tensor)"
@@ -272,14 +298,25 @@ mod tests {
         assert!(!supports(999, cap::OP, 0, 0));
         assert!(supports(op::ATTENTION, cap::IPARAM, 6, 0));
         assert!(!supports(op::ATTENTION, cap::IPARAM, 7, 0));
-        assert!(supports(op::MOE_GATE_UP, cap::INPUT, 3, 0));
-        assert!(!supports(op::MOE_GATE_UP, cap::INPUT, 4, 0));
+        assert!(supports(op::MOE_GATE_UP, cap::INPUT, 5, 0), "expert biases in extension inputs 4, 5");
+        assert!(!supports(op::MOE_GATE_UP, cap::INPUT, 6, 0));
+        assert!(supports(op::MOE_GATE_UP, cap::FPARAM, 1, 0) && !supports(op::MOE_GATE_UP, cap::FPARAM, 2, 0));
+        assert!(supports(op::MOE_GATE_UP, cap::IPARAM_VALUE, 1, moe_act::SWIGLU_OAI));
+        assert!(supports(op::ATTENTION, cap::INPUT, 3, 0), "attention sinks");
+        assert!(supports(op::MOE_DOWN, cap::INPUT, 3, 0) && !supports(op::MOE_DOWN, cap::INPUT, 4, 0));
+        assert!(supports(op::ROPE, cap::IPARAM_VALUE, 5, rope_yarn::EXACT) && !supports(op::ROPE, cap::IPARAM_VALUE, 5, 2));
         assert!(supports(op::ROPE, cap::FPARAM, 5, 0) && !supports(op::ROPE, cap::FPARAM, 6, 0));
         assert!(supports(op::ROPE, cap::IPARAM_VALUE, 3, 2) && !supports(op::ROPE, cap::IPARAM_VALUE, 3, 1));
         assert!(supports(op::MOE_ROUTE, cap::IPARAM_VALUE, 1, moe_gating::SOFTMAX_NORM));
-        assert!(!supports(op::MOE_ROUTE, cap::IPARAM_VALUE, 1, 2));
+        assert!(supports(op::MOE_ROUTE, cap::IPARAM_VALUE, 1, moe_gating::SIGMOID_NORM));
+        assert!(!supports(op::MOE_ROUTE, cap::IPARAM_VALUE, 1, 4));
+        assert!(supports(op::MOE_ROUTE, cap::INPUT, 1, 0) && !supports(op::MOE_ROUTE, cap::INPUT, 2, 0), "selection bias");
+        assert!(supports(op::MOE_ROUTE, cap::IPARAM_VALUE, 4, moe_group::TOP2_SUM) && supports(op::MOE_ROUTE, cap::FPARAM, 0, 0));
+        assert!(supports(op::HEAD_MATMUL, cap::OP, 0, 0) && supports(op::LATENT_ATTENTION, cap::IPARAM, 6, 0));
+        assert!(supports(op::CONCAT, cap::IPARAM, 0, 0) && !supports(op::CONCAT, cap::IPARAM, 1, 0));
         assert!(supports(op::VIEW, cap::IPARAM_VALUE, 1, 12345), "a non-enumerated read slot takes any value");
-        assert!(!supports(op::VIEW, cap::IPARAM_VALUE, 2, 0));
+        assert!(supports(op::VIEW, cap::IPARAM, 2, 0), "head width (appended)");
+        assert!(!supports(op::VIEW, cap::IPARAM_VALUE, 3, 0));
         assert!(!supports(op::ADD, 99, 0, 0), "an unknown query kind is answered no");
     }
 }

@@ -63,16 +63,18 @@ pub struct Plan {
 pub fn inputs_of(op: &Op) -> Vec<usize> {
     match *op {
         Op::Weight { .. } => vec![],
-        Op::MoeRoute { logits, .. } => vec![logits],
-        Op::MoeGateUp { x, route, gate, up, .. } => vec![x, route, gate, up],
-        Op::MoeDown { h, route, down, .. } => vec![h, route, down],
+        Op::MoeRoute { logits, ref routing, .. } => std::iter::once(logits).chain(routing.bias).collect(),
+        Op::HeadMatMul { x, w, .. } => vec![x, w],
+        Op::Concat { a, b, .. } => vec![a, b],
+        Op::MoeGateUp { x, route, gate, up, gate_b, up_b, .. } => [x, route, gate, up].into_iter().chain(gate_b).chain(up_b).collect(),
+        Op::MoeDown { h, route, down, bias, .. } => [h, route, down].into_iter().chain(bias).collect(),
         Op::GetRows { table, .. } => vec![table],
         Op::RmsNorm { x, w, .. } => std::iter::once(x).chain(w).collect(),
         Op::LayerNorm { x, w, b, .. } => std::iter::once(x).chain(w).chain(b).collect(),
         Op::MatMul { x, w, bias } => [x, w].into_iter().chain(bias).collect(),
         Op::Add { a, b } | Op::Mul { a, b } => vec![a, b],
         Op::Rope { x, freq_factors, .. } => std::iter::once(x).chain(freq_factors).collect(),
-        Op::Attention { q, k, v, .. } => vec![q, k, v],
+        Op::Attention { q, k, v, ref p } => [q, k, v].into_iter().chain(p.sinks).collect(),
         Op::SwiGlu { gate, up } | Op::GeGlu { gate, up } => vec![gate, up],
         Op::Scale { x, .. }
         | Op::Silu { x }
@@ -81,6 +83,7 @@ pub fn inputs_of(op: &Op) -> Vec<usize> {
         | Op::GeluErf { x }
         | Op::Softcap { x, .. }
         | Op::View { x, .. }
+        | Op::HeadView { x, .. }
         | Op::OutputRows { x }
         | Op::Output { x }
         | Op::Pool { x, .. }
@@ -98,7 +101,11 @@ impl Plan {
                 Op::LayerNorm { w, b, .. } => w.into_iter().chain(b).for_each(|i| needs_vec[i] = true),
                 Op::MatMul { bias, .. } => bias.into_iter().for_each(|i| needs_vec[i] = true),
                 Op::Add { b, .. } | Op::Mul { b, .. } => needs_vec[b] = true,
+                Op::MoeRoute { ref routing, .. } => routing.bias.into_iter().for_each(|i| needs_vec[i] = true),
                 Op::Rope { freq_factors, .. } => freq_factors.into_iter().for_each(|i| needs_vec[i] = true),
+                Op::Attention { ref p, .. } => p.sinks.into_iter().for_each(|i| needs_vec[i] = true),
+                Op::MoeGateUp { gate_b, up_b, .. } => gate_b.into_iter().chain(up_b).for_each(|i| needs_vec[i] = true),
+                Op::MoeDown { bias, .. } => bias.into_iter().for_each(|i| needs_vec[i] = true),
                 _ => {}
             }
         }

@@ -36,6 +36,21 @@ pub const HEAD_DIM: usize = N_EMBD / N_HEAD;
 pub const N_FF: usize = 96;
 pub const N_LAYER: usize = 2;
 pub const N_CTX: usize = 256;
+/// Mixture-of-experts shape (written for every architecture; dense ones never read it).
+pub const N_EXPERT: usize = 4;
+pub const N_EXPERT_USED: usize = 2;
+
+/// Architectures without grouped-query attention (their plugins refuse `head_count_kv` ≠
+/// `head_count`): their synthetic K/V heads equal the query heads.
+const MHA_ONLY: &[&str] = &["bert", "nomic-bert", "jina-bert-v2"];
+
+fn n_head_kv(arch: &str) -> usize {
+    if MHA_ONLY.contains(&arch) {
+        N_HEAD
+    } else {
+        N_HEAD_KV
+    }
+}
 
 /// One contested claim of the checked plugin.
 #[derive(Debug, Clone)]
@@ -161,15 +176,44 @@ fn check_model(plugin: &Plugin, model: &Path) -> BuildCheck {
 fn check_synthetic(plugin: &Plugin, arch: &str) -> BuildCheck {
     let path = std::env::temp_dir().join(format!("rocmforge-plugins-check-{}-{arch}.gguf", std::process::id()));
     let result = (|| {
-        write_synthetic(plugin, arch, &path)?;
-        let src = ModelSource::open(&path, &Registry::default()).map_err(|e| format!("cannot open the synthetic model: {e}"))?;
-        build_and_run(plugin, &src).map_err(|e| {
-            format!("{e}\n  (the synthetic model has LLaMA-shaped metadata and the plugin's required tensors only: pass --model FILE with a real tiny {arch} model)")
-        })
+        // Tensors a plugin marks optional because it accepts alternatives (a fused `attn_qkv` or
+        // separate q/k/v) are not in the first model; when the build then asks for one that is
+        // missing, it is added in every layer and the build retried. Bounded: each round adds a
+        // new name, and only names with a known shape.
+        let mut extra: Vec<String> = Vec::new();
+        for _ in 0..MAX_DISCOVERY_ROUNDS {
+            write_synthetic(plugin, arch, &extra, &path)?;
+            let src = ModelSource::open(&path, &Registry::default()).map_err(|e| format!("cannot open the synthetic model: {e}"))?;
+            match build_graph(plugin, &src) {
+                Err(RuntimeError::MissingTensor { name } | RuntimeError::MissingTensorOfArch { name, .. })
+                    if synthetic_shape(arch, &name).is_some() && !extra.contains(&layer_pattern(&name)) =>
+                {
+                    extra.push(layer_pattern(&name));
+                }
+                _ => return build_and_run(plugin, &src).map_err(|e| format!("{e}\n  ({SYNTHETIC_HINT} {arch} model)")),
+            }
+        }
+        Err(format!("the plugin kept asking for more tensors after {MAX_DISCOVERY_ROUNDS} rounds\n  ({SYNTHETIC_HINT} {arch} model)"))
     })();
     let _ = std::fs::remove_file(&path);
     BuildCheck { arch: arch.to_string(), model: "synthetic".into(), result }
 }
+
+const MAX_DISCOVERY_ROUNDS: usize = 32;
+const SYNTHETIC_HINT: &str =
+    "the synthetic model has LLaMA-shaped metadata and the tensors the plugin asked for only: pass --model FILE with a real tiny";
+
+/// `blk.3.attn_q.weight` -> `blk.{il}.attn_q.weight` (a global name stays as it is).
+fn layer_pattern(name: &str) -> String {
+    match name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+        Some((il, rest)) if il.parse::<usize>().is_ok() => format!("blk.{{il}}.{rest}"),
+        _ => name.to_string(),
+    }
+}
+
+/// Architectures whose `ffn_up` holds gate and up fused (`[n_embd, 2·n_ff]`, gate first), as
+/// llama.cpp's converter writes Phi-3 and GLM-4.
+const FUSED_GATE_UP: &[&str] = &["phi3", "glm4"];
 
 fn build_and_run(plugin: &Plugin, src: &ModelSource) -> Result<BuildSummary, String> {
     let graph = build_graph(plugin, src).map_err(|e| format!("graph build failed: {e}"))?;
@@ -184,7 +228,7 @@ fn build_and_run(plugin: &Plugin, src: &ModelSource) -> Result<BuildSummary, Str
     let cols = exec.n_out_cols();
     let tokens = [1u32, 2, 3];
     let out = exec
-        .forward(&[SeqChunk { tokens: &tokens, pos_start: 0, block_table: &[0, 1], logits: Logits::Last }])
+        .forward(&[SeqChunk { tokens: &tokens, pos_start: 0, block_table: &[0, 1], group_tables: &[], logits: Logits::Last }])
         .map_err(|e| format!("forward pass on the CPU failed: {e}"))?;
     if let Some(i) = out.iter().position(|x| !x.is_finite()) {
         return Err(format!("forward pass produced a non-finite output ({} at column {i})", out[i]));
@@ -192,9 +236,9 @@ fn build_and_run(plugin: &Plugin, src: &ModelSource) -> Result<BuildSummary, Str
     Ok(BuildSummary { output_cols: cols, ..summary })
 }
 
-/// GGUF dims of a tensor of the synthetic model, from llama.cpp's naming conventions.
-pub fn synthetic_shape(name: &str) -> Option<Vec<usize>> {
-    let (e, q, kv, f) = (N_EMBD, N_HEAD * HEAD_DIM, N_HEAD_KV * HEAD_DIM, N_FF);
+/// GGUF dims of a tensor of `arch`'s synthetic model, from llama.cpp's naming conventions.
+pub fn synthetic_shape(arch: &str, name: &str) -> Option<Vec<usize>> {
+    let (e, q, kv, f, x) = (N_EMBD, N_HEAD * HEAD_DIM, n_head_kv(arch) * HEAD_DIM, N_FF, N_EXPERT);
     let base = match name.strip_prefix("blk.") {
         Some(rest) => rest.split_once('.').map(|(_, r)| r)?,
         None => name,
@@ -214,8 +258,15 @@ pub fn synthetic_shape(name: &str) -> Option<Vec<usize>> {
         (true, "attn_k.bias" | "attn_v.bias") => vec![kv],
         (true, "attn_qkv.bias") => vec![q + 2 * kv],
         (true, "attn_q_norm.weight" | "attn_k_norm.weight") => vec![HEAD_DIM],
+        (true, "ffn_up.weight") if FUSED_GATE_UP.contains(&arch) => vec![e, 2 * f],
         (true, "ffn_gate.weight" | "ffn_up.weight") => vec![e, f],
         (true, "ffn_down.weight") => vec![f, e],
+        (true, "ffn_gate_inp.weight") => vec![e, x],
+        (true, "ffn_gate_exps.weight" | "ffn_up_exps.weight") => vec![e, f, x],
+        (true, "ffn_down_exps.weight") => vec![f, e, x],
+        (true, "ffn_gate_shexp.weight" | "ffn_up_shexp.weight") => vec![e, f],
+        (true, "ffn_down_shexp.weight") => vec![f, e],
+        (true, "ffn_gate_inp_shexp.weight") => vec![e],
         (true, "ffn_gate.bias" | "ffn_up.bias") => vec![f],
         (
             true,
@@ -249,7 +300,11 @@ pub fn synthetic_metadata(arch: &str) -> Vec<(String, GgufValue)> {
         (k("feed_forward_length"), u(N_FF)),
         (k("vocab_size"), u(N_VOCAB)),
         (k("attention.head_count"), u(N_HEAD)),
-        (k("attention.head_count_kv"), u(N_HEAD_KV)),
+        (k("attention.head_count_kv"), u(n_head_kv(arch))),
+        (k("expert_count"), u(N_EXPERT)),
+        (k("expert_used_count"), u(N_EXPERT_USED)),
+        (k("expert_feed_forward_length"), u(N_FF)),
+        (k("expert_shared_feed_forward_length"), u(N_FF)),
         (k("attention.key_length"), u(HEAD_DIM)),
         (k("attention.value_length"), u(HEAD_DIM)),
         (k("attention.layer_norm_rms_epsilon"), GgufValue::F32(1e-5)),
@@ -259,21 +314,24 @@ pub fn synthetic_metadata(arch: &str) -> Vec<(String, GgufValue)> {
     ]
 }
 
-/// Write the synthetic model of `arch` for `plugin` to `path`.
-fn write_synthetic(plugin: &Plugin, arch: &str, path: &Path) -> Result<(), String> {
+/// Write the synthetic model of `arch` for `plugin` to `path`: the required rows of its tensor
+/// table and the `extra` names (patterns with `{il}` for every layer).
+fn write_synthetic(plugin: &Plugin, arch: &str, extra: &[String], path: &Path) -> Result<(), String> {
     let mut w = GgufWriter::new();
     for (k, v) in synthetic_metadata(arch) {
         w.set(k, v);
     }
     let mut tensors: Vec<(String, Vec<usize>)> = Vec::new();
-    for t in plugin.tensors.iter().filter(|t| !t.optional) {
-        let names: Vec<String> = if t.gguf.contains("{il}") {
-            (0..N_LAYER).map(|il| t.gguf.replace("{il}", &il.to_string())).collect()
+    let required = plugin.tensors.iter().filter(|t| !t.optional).map(|t| &t.gguf);
+    for pattern in required.chain(extra) {
+        let names: Vec<String> = if pattern.contains("{il}") {
+            (0..N_LAYER).map(|il| pattern.replace("{il}", &il.to_string())).collect()
         } else {
-            vec![t.gguf.clone()]
+            vec![pattern.clone()]
         };
-        for name in names {
-            let dims = synthetic_shape(&name).ok_or_else(|| {
+        // A name several table rows map (one GGUF tensor, alternative HF names) is written once.
+        for name in names.into_iter().filter(|n| !tensors.iter().any(|(t, _)| t == n)).collect::<Vec<_>>() {
+            let dims = synthetic_shape(arch, &name).ok_or_else(|| {
                 format!("no synthetic shape for required tensor '{name}' (not a llama.cpp name this check knows): pass --model FILE with a real tiny {arch} model")
             })?;
             tensors.push((name, dims));

@@ -3,8 +3,9 @@
 //!
 //! GGUF: metadata and tensors are the file's own; weight bytes are views into the memory map.
 //! HF: the plugin's config map turns `config.json` keys into GGUF keys, its tensor map turns HF
-//! tensor names into GGUF names, and its declared transforms (Q/K row permutation, `1 + w`) are
-//! applied once, at load; such weights are owned copies. Nothing here knows an architecture.
+//! tensor names into GGUF names, and its declared transforms (Q/K row permutation, `1 + w`, the
+//! halves of an interleaved fused gate/up, input-major experts transposed) are applied once, at
+//! load; such weights are owned copies. Nothing here knows an architecture.
 //!
 //! Experts: a tensor-map row whose HF pattern has `{xid}` names one tensor per expert
 //! (`model.layers.{il}.block_sparse_moe.experts.{xid}.w1.weight`); experts 0, 1, ... are taken
@@ -41,7 +42,8 @@ struct Stacked {
 struct HfRef {
     hf: String,
     transform: u32,
-    /// Values of a `config:` entry (a 1-D f32 tensor); None for safetensors tensors.
+    /// Values read at open, served as a 1-D f32 tensor: a `config:` entry's array, or an fp8
+    /// KV scale (`kv_scales.rs`); None for safetensors tensors loaded on demand.
     config_values: Option<Vec<f32>>,
 }
 
@@ -76,6 +78,11 @@ pub struct ModelSource {
     stacked: HashMap<String, Stacked>,
     /// The plugin whose maps turned an HF directory into this source (None for GGUF files).
     opened_by: Option<String>,
+    /// LoRA pairs merged into weights at load, by GGUF tensor name (see `crate::lora`).
+    lora: HashMap<String, Vec<rocmforge_model::lora::LoraPair>>,
+    /// Tensors derived at load from another tensor (`gguf:` rows of the serving plugin's table,
+    /// see `source_derived.rs`), by GGUF name.
+    derived: HashMap<String, crate::source_derived::Derived>,
 }
 
 /// Weight bytes: a view into a mapped GGUF file, or an owned (converted) buffer.
@@ -128,7 +135,20 @@ impl ModelSource {
         } else {
             let f = GgufFile::open(path)?;
             let arch = f.architecture()?.to_string();
-            Ok(ModelSource { path: path.to_path_buf(), arch, c: Container::Gguf(Arc::new(f)), stacked: HashMap::new(), opened_by: None })
+            let mut src = ModelSource {
+                path: path.to_path_buf(),
+                arch,
+                c: Container::Gguf(Arc::new(f)),
+                stacked: HashMap::new(),
+                opened_by: None,
+                lora: HashMap::new(),
+                derived: HashMap::new(),
+            };
+            // The serving plugin's derived rows (an unserved architecture fails later, by name).
+            if let Ok(plugin) = registry.for_source(&src) {
+                src.derive(plugin);
+            }
+            Ok(src)
         }
     }
 
@@ -161,6 +181,13 @@ impl ModelSource {
                 meta.push((key, value));
             }
         }
+        // The MoE router's score function, as the converter writes it for every architecture.
+        let gating_key = format!("{arch}.expert_gating_func");
+        if let Some(v) = crate::hf_keys::expert_gating(&cfg).map_err(malformed)? {
+            if !meta.iter().any(|(k, _)| *k == gating_key) {
+                meta.push((gating_key, v));
+            }
+        }
         let n_layer = meta.iter().find(|(k, _)| *k == format!("{arch}.block_count")).and_then(|(_, v)| v.as_u64()).unwrap_or(0);
         // Every layer has at least one tensor: a larger count is a hostile or broken config (it
         // would make the per-layer name expansion below allocate and loop without bound).
@@ -172,7 +199,8 @@ impl ModelSource {
         let mut map = HashMap::new();
         let mut stacked = HashMap::new();
         for t in &plugin.tensors {
-            if t.hf.is_empty() {
+            // Derived rows (`gguf:`) are resolved once the map is complete (`derive`).
+            if t.hf.is_empty() || t.hf.starts_with(crate::source_derived::DERIVED_PREFIX) {
                 continue;
             }
             if let Some(cfg_key) = t.hf.strip_prefix(CONFIG_TENSOR_PREFIX) {
@@ -200,6 +228,11 @@ impl ModelSource {
                 }
             }
         }
+        // fp8 KV cache scales: found by the runtime under every checkpoint naming (not the
+        // plugin's tables) and kept under GGUF names, so a conversion carries them (`kv_scales.rs`).
+        for (gguf, hf, values) in crate::kv_scales::hf_scale_tensors(&dir, n_layer)? {
+            map.entry(gguf).or_insert(HfRef { hf, transform: rocmforge_abi::transform::NONE, config_values: Some(values) });
+        }
         if let Some(values) = rope.freq_factors {
             // Llama-3 scaling lives in a tensor; only a graph that reads it may be given it.
             if !plugin.tensors.iter().any(|t| t.gguf == ROPE_FREQS) {
@@ -215,13 +248,49 @@ impl ModelSource {
                 config_values: Some(values),
             });
         }
-        Ok(ModelSource {
+        let mut src = ModelSource {
             path,
             arch: arch.to_string(),
             c: Container::Hf { dir: Arc::new(dir), meta, map },
             stacked,
             opened_by: Some(plugin.name.clone()),
-        })
+            lora: HashMap::new(),
+            derived: HashMap::new(),
+        };
+        src.derive(plugin);
+        Ok(src)
+    }
+
+    /// Record the tensors `plugin`'s derived rows (`gguf:` HF names) give this model.
+    fn derive(&mut self, plugin: &Plugin) {
+        // Every layer has a tensor: a larger block count is a broken file (bounded loop).
+        let n_tensors = match &self.c {
+            Container::Gguf(f) => f.tensors().len(),
+            Container::Hf { map, .. } => map.len() + self.stacked.len(),
+        };
+        let n_layer = self.meta(&format!("{}.block_count", self.arch)).and_then(|v| v.as_u64()).unwrap_or(0).min(n_tensors as u64) as usize;
+        let rows = plugin.tensors.iter().map(|t| (t.gguf.as_str(), t.hf.as_str(), t.transform));
+        self.derived = crate::source_derived::plan(rows, n_layer, |n| self.tensor_info(n).is_some());
+    }
+
+    /// Merge LoRA adapters (GGUF adapter files or PEFT adapter directories, in order) into this
+    /// model's weights: each is checked against the model now ([`crate::lora::resolve`]:
+    /// architecture, tensor names, shapes), and merged into a weight when it is loaded.
+    pub fn apply_adapters(&mut self, adapters: &[PathBuf], registry: &Registry) -> Result<(), RuntimeError> {
+        for path in adapters {
+            let a = rocmforge_model::lora::LoraAdapter::open(path)?;
+            let r = crate::lora::resolve(self, &a, registry)?;
+            tracing::info!("LoRA adapter {}: {} tensors, alpha {}", path.display(), r.pairs.len(), r.alpha);
+            for p in r.pairs {
+                self.lora.entry(p.target.clone()).or_default().push(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any LoRA adapter is merged into this model.
+    pub fn has_adapters(&self) -> bool {
+        !self.lora.is_empty()
     }
 
     /// Name of the plugin whose maps opened this HF directory (None for GGUF files): that plugin
@@ -272,19 +341,34 @@ impl ModelSource {
     }
 
     /// Every tensor name, GGUF vocabulary, in a stable order.
+    /// HF directories list their derived tensors instead of the sources those consume (what
+    /// llama.cpp's converter writes: `attn_k_b` / `attn_v_b`, no `attn_kv_b`); GGUF files list
+    /// the file's own.
     pub fn tensor_names(&self) -> Vec<String> {
         match &self.c {
             Container::Gguf(f) => f.tensors().iter().map(|t| t.name.clone()).collect(),
             Container::Hf { map, .. } => {
-                let mut v: Vec<String> = map.keys().chain(self.stacked.keys()).cloned().collect();
+                let consumed = |n: &String| self.derived.values().any(|d| d.source == *n);
+                let mut v: Vec<String> =
+                    map.keys().chain(self.stacked.keys()).filter(|n| !consumed(n)).chain(self.derived.keys()).cloned().collect();
                 v.sort_by_key(|n| tensor_sort_key(n));
                 v
             }
         }
     }
 
-    /// Type and GGUF dims of a tensor, if the model has it.
+    /// Type and GGUF dims of a tensor, if the model has it (an adapted weight: the type it is
+    /// merged into).
     pub fn tensor_info(&self, name: &str) -> Option<(GgmlType, Vec<usize>)> {
+        if let Some(d) = self.derived.get(name) {
+            let (ty, dims) = self.tensor_info(&d.source)?;
+            return crate::source_derived::info(self, name, d, ty, &dims);
+        }
+        let (ty, dims) = self.base_tensor_info(name)?;
+        Some((if self.lora.contains_key(name) { crate::lora::merged_type(ty) } else { ty }, dims))
+    }
+
+    fn base_tensor_info(&self, name: &str) -> Option<(GgmlType, Vec<usize>)> {
         if let (Some(st), Container::Hf { dir, .. }) = (self.stacked.get(name), &self.c) {
             let t = dir.tensor(st.experts.first()?)?;
             let ty = match t.dtype {
@@ -311,13 +395,27 @@ impl ModelSource {
                     // Reported by name when the weight is loaded; the shape is still useful.
                     _ => GgmlType::F32,
                 };
-                Some((ty, t.shape.iter().rev().map(|&d| d as usize).collect()))
+                let dims: Vec<usize> = t.shape.iter().rev().map(|&d| d as usize).collect();
+                // A transform that reshapes reports the shape it produces (an impossible one is
+                // reported as stored; loading it then fails with the reason).
+                Some((ty, reshaped_dims(r.transform, &dims).unwrap_or(dims)))
             }
         }
     }
 
-    /// Load a weight (zero-copy for GGUF; converted and transformed for HF).
+    /// Load a weight (zero-copy for GGUF; converted and transformed for HF; LoRA adapters
+    /// merged in).
     pub fn weight(&self, name: &str) -> Result<Weight, RuntimeError> {
+        if let Some(d) = self.derived.get(name) {
+            return crate::source_derived::derive(self, name, d, self.weight(&d.source)?);
+        }
+        match self.lora.get(name) {
+            Some(pairs) => crate::lora::merged_weight(self.base_weight(name)?, pairs),
+            None => self.base_weight(name),
+        }
+    }
+
+    fn base_weight(&self, name: &str) -> Result<Weight, RuntimeError> {
         if let (Some(st), Container::Hf { dir, .. }) = (self.stacked.get(name), &self.c) {
             return self.stacked_weight(dir, name, st);
         }
@@ -341,7 +439,7 @@ impl ModelSource {
                     return Ok(Weight { name: name.to_string(), ty: GgmlType::F32, dims, bytes: WeightBytes::Owned(bytes) });
                 }
                 let t = dir.tensor(&r.hf).ok_or_else(|| RuntimeError::MissingTensor { name: name.to_string() })?;
-                let dims: Vec<usize> = t.shape.iter().rev().map(|&d| d as usize).collect();
+                let mut dims: Vec<usize> = t.shape.iter().rev().map(|&d| d as usize).collect();
                 let (ty, mut bytes) = match t.dtype {
                     HfDtype::F16 | HfDtype::BF16 if r.transform == rocmforge_abi::transform::NONE && dims.len() == 2 => {
                         let ty = if t.dtype == HfDtype::F16 { GgmlType::F16 } else { GgmlType::BF16 };
@@ -352,7 +450,16 @@ impl ModelSource {
                         (GgmlType::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
                     }
                 };
-                self.apply_transform(name, r.transform, ty, &dims, &mut bytes)?;
+                if reshapes(r.transform) {
+                    let d = reshaped_dims(r.transform, &dims).ok_or_else(|| RuntimeError::Weight {
+                        name: name.into(),
+                        what: format!("load transform {} cannot take HF tensor '{}' of shape {:?}", r.transform, r.hf, t.shape),
+                    })?;
+                    bytes = reshape_interleaved(name, r.transform, ty, &dims, &bytes)?;
+                    dims = d;
+                } else {
+                    self.apply_transform(name, r.transform, ty, &dims, &mut bytes)?;
+                }
                 Ok(Weight { name: name.to_string(), ty, dims, bytes: WeightBytes::Owned(bytes) })
             }
         }
@@ -397,7 +504,14 @@ impl ModelSource {
             .ok_or_else(|| RuntimeError::Weight { name: key.to_string(), what: "metadata needed by a load transform is missing".into() })
     }
 
-    fn apply_transform(&self, name: &str, transform: u32, ty: GgmlType, dims: &[usize], bytes: &mut [u8]) -> Result<(), RuntimeError> {
+    pub(crate) fn apply_transform(
+        &self,
+        name: &str,
+        transform: u32,
+        ty: GgmlType,
+        dims: &[usize],
+        bytes: &mut [u8],
+    ) -> Result<(), RuntimeError> {
         use rocmforge_abi::transform as tr;
         match transform {
             tr::NONE => Ok(()),
@@ -438,7 +552,7 @@ const HF_CONFIG_DEFAULTS: [(&str, &str); 8] = [
 ];
 
 /// The GGUF value of a config-map entry: `a.b.c` is a dotted path into `config.json` (or `=json`,
-/// a constant); scalars map
+/// a constant; or `a+b` / `a*0.1`, arithmetic on numbers, see `hf_keys.rs`); scalars map
 /// to scalars, arrays of numbers / bools / strings to GGUF arrays, and `path==text` maps an array
 /// of strings to a bool array (`true` where the element equals `text`, e.g. transformers'
 /// `layer_types==sliding_attention` for per-layer sliding-window flags).
@@ -451,6 +565,10 @@ fn config_value(cfg: &serde_json::Value, hf_key: &str) -> Option<GgufValue> {
     if let Some(lit) = hf_key.strip_prefix('=') {
         let v: J = serde_json::from_str(lit).ok()?;
         return config_value(&serde_json::json!({ "v": v }), "v");
+    }
+    // `a+b`, `a*0.1`: values llama.cpp's converter computes (`hf_keys.rs`).
+    if crate::hf_keys::is_arith(hf_key) {
+        return crate::hf_keys::arith(cfg, hf_key);
     }
     let (path, equals) = match hf_key.split_once("==") {
         Some((p, v)) => (p, Some(v)),
@@ -510,6 +628,91 @@ fn permute_rows_for_rope(name: &str, ty: GgmlType, dims: &[usize], bytes: &mut [
     Ok(())
 }
 
+/// Whether a load transform changes the tensor's shape (see [`reshaped_dims`]).
+fn reshapes(transform: u32) -> bool {
+    use rocmforge_abi::transform as tr;
+    matches!(transform, tr::INTERLEAVED_GATE | tr::INTERLEAVED_UP | tr::TRANSPOSE)
+}
+
+/// GGUF dims after a reshaping load transform (`INTERLEAVED_GATE` / `_UP`, `TRANSPOSE`; see
+/// `rocmforge_abi::transform`), or None for the transforms that keep the shape and for a shape
+/// the transform cannot take (`reshape_interleaved` then names the problem). GGUF dims are HF's
+/// reversed: HF `[n_expert, in, 2·n_ff]` is GGUF `[2·n_ff, in, n_expert]`.
+fn reshaped_dims(transform: u32, dims: &[usize]) -> Option<Vec<usize>> {
+    use rocmforge_abi::transform as tr;
+    match transform {
+        tr::INTERLEAVED_GATE | tr::INTERLEAVED_UP => {
+            let (&last, rest) = dims.split_first()?;
+            if last % 2 != 0 || last == 0 {
+                return None;
+            }
+            match *rest {
+                // [2n, in, E] -> [in, n, E]: halved and made output-major.
+                [k, e] => Some(vec![k, last / 2, e]),
+                _ if dims.len() <= 2 => Some(std::iter::once(last / 2).chain(rest.iter().copied()).collect()),
+                _ => None,
+            }
+        }
+        tr::TRANSPOSE if dims.len() >= 2 => {
+            let mut d = dims.to_vec();
+            d.swap(0, 1);
+            Some(d)
+        }
+        _ => None,
+    }
+}
+
+/// Apply a reshaping transform (see [`reshaped_dims`]) to f32 bytes in HF (row-major) order.
+///
+/// ```text
+///   INTERLEAVED_GATE/UP  HF [E, in, 2n] -> [E, n, in]: out[e][j][i] = src[e][i][2j + par]
+///                        HF [R, 2n]     -> [R, n]:     out[r][j]    = src[r][2j + par]
+///   TRANSPOSE            HF [E, a, b]   -> [E, b, a]:  out[e][j][i] = src[e][i][j]
+/// ```
+fn reshape_interleaved(name: &str, transform: u32, ty: GgmlType, dims: &[usize], bytes: &[u8]) -> Result<Vec<u8>, RuntimeError> {
+    use rocmforge_abi::transform as tr;
+    let bad = |what: String| RuntimeError::Weight { name: name.into(), what };
+    if ty != GgmlType::F32 {
+        return Err(bad(format!("load transform {transform} needs an f32 tensor, got {ty}")));
+    }
+    let src: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    // HF (row-major) shape: [batch, rows, cols] with the innermost dim last.
+    let (cols, rows) = (dims[0], dims.get(1).copied().unwrap_or(1));
+    let batch: usize = dims.iter().skip(2).product();
+    if src.len() != batch * rows * cols {
+        return Err(bad(format!("{} values for dims {dims:?}", src.len())));
+    }
+    let mut out = Vec::with_capacity(src.len());
+    match transform {
+        tr::INTERLEAVED_GATE | tr::INTERLEAVED_UP => {
+            let par = (transform == tr::INTERLEAVED_UP) as usize;
+            let half = cols / 2;
+            if dims.len() == 3 {
+                for b in 0..batch {
+                    let m = &src[b * rows * cols..(b + 1) * rows * cols];
+                    for j in 0..half {
+                        out.extend((0..rows).map(|i| m[i * cols + 2 * j + par]));
+                    }
+                }
+            } else {
+                for row in src.chunks_exact(cols) {
+                    out.extend((0..half).map(|j| row[2 * j + par]));
+                }
+            }
+        }
+        tr::TRANSPOSE => {
+            for b in 0..batch {
+                let m = &src[b * rows * cols..(b + 1) * rows * cols];
+                for j in 0..cols {
+                    out.extend((0..rows).map(|i| m[i * cols + j]));
+                }
+            }
+        }
+        other => return Err(bad(format!("load transform {other} does not reshape"))),
+    }
+    Ok(out.iter().flat_map(|v| v.to_le_bytes()).collect())
+}
+
 /// The HF tensors of experts 0, 1, ... for a pattern with `{xid}` (as many as exist; None when
 /// there is not even expert 0). Every expert must match expert 0's shape and dtype.
 fn expert_names(dir: &HfModelDir, pattern: &str, gguf: &str) -> Result<Option<Vec<String>>, RuntimeError> {
@@ -531,5 +734,51 @@ fn tensor_sort_key(name: &str) -> (usize, String) {
     match name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok()) {
         Some(i) => (i + 1, name.to_string()),
         None => (0, name.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rocmforge_abi::transform as tr;
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+    fn floats(b: &[u8]) -> Vec<f32> {
+        b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+
+    /// transformers' gpt-oss layout, HF `[E, in, 2n]` with value `100e + 10i + c`, split and
+    /// transposed as llama.cpp's converter does (`transpose(-1, -2)[:, ::2 / 1::2, :]`).
+    #[test]
+    fn interleaved_gate_up_and_transpose_follow_the_converter() {
+        let (e_n, k, n2) = (2usize, 3usize, 4usize);
+        let hf: Vec<f32> = (0..e_n).flat_map(|e| (0..k).flat_map(move |i| (0..n2).map(move |c| (100 * e + 10 * i + c) as f32))).collect();
+        let dims = [n2, k, e_n]; // GGUF order of HF [E, in, 2n]
+        for (t, par) in [(tr::INTERLEAVED_GATE, 0), (tr::INTERLEAVED_UP, 1)] {
+            assert_eq!(reshaped_dims(t, &dims), Some(vec![k, n2 / 2, e_n]));
+            let got = floats(&reshape_interleaved("w", t, GgmlType::F32, &dims, &f32_bytes(&hf)).unwrap());
+            // HF [E, n, in]: element (e, j, i) = src(e, i, 2j + par).
+            let want: Vec<f32> = (0..e_n)
+                .flat_map(|e| (0..n2 / 2).flat_map(move |j| (0..k).map(move |i| (100 * e + 10 * i + 2 * j + par) as f32)))
+                .collect();
+            assert_eq!(got, want, "transform {t}");
+        }
+        // A bias [E, 2n] (GGUF [2n, E]) keeps its layout.
+        let bias: Vec<f32> = (0..e_n * n2).map(|v| v as f32).collect();
+        assert_eq!(reshaped_dims(tr::INTERLEAVED_UP, &[n2, e_n]), Some(vec![n2 / 2, e_n]));
+        let got = floats(&reshape_interleaved("b", tr::INTERLEAVED_UP, GgmlType::F32, &[n2, e_n], &f32_bytes(&bias)).unwrap());
+        assert_eq!(got, vec![1.0, 3.0, 5.0, 7.0]);
+        // TRANSPOSE: HF [E, in, out] -> [E, out, in].
+        assert_eq!(reshaped_dims(tr::TRANSPOSE, &dims), Some(vec![k, n2, e_n]));
+        let got = floats(&reshape_interleaved("d", tr::TRANSPOSE, GgmlType::F32, &dims, &f32_bytes(&hf)).unwrap());
+        let want: Vec<f32> = (0..e_n).flat_map(|e| (0..n2).flat_map(move |c| (0..k).map(move |i| (100 * e + 10 * i + c) as f32))).collect();
+        assert_eq!(got, want);
+        // Shapes the transforms cannot take.
+        assert_eq!(reshaped_dims(tr::INTERLEAVED_GATE, &[5, 3, 2]), None, "odd fused width");
+        assert_eq!(reshaped_dims(tr::INTERLEAVED_GATE, &[4, 3, 2, 2]), None, "rank 4");
+        assert_eq!(reshaped_dims(tr::TRANSPOSE, &[4]), None, "rank 1");
+        assert!(reshape_interleaved("w", tr::TRANSPOSE, GgmlType::F16, &dims, &[]).is_err());
     }
 }

@@ -404,18 +404,18 @@ fn c_plugin_graph_matches_f64_reference() {
     let table_b = [1u32, 3];
     let out1 = exec
         .forward(&[
-            SeqChunk { tokens: &tokens[..5], pos_start: 0, block_table: &table_a, logits: Logits::All },
-            SeqChunk { tokens: &other, pos_start: 0, block_table: &table_b, logits: Logits::Last },
+            SeqChunk { tokens: &tokens[..5], pos_start: 0, block_table: &table_a, group_tables: &[], logits: Logits::All },
+            SeqChunk { tokens: &other, pos_start: 0, block_table: &table_b, group_tables: &[], logits: Logits::Last },
         ])
         .expect("prefill")
         .to_vec();
     assert_eq!(out1.len(), 6 * HP.n_vocab);
     let out2 = exec
-        .forward(&[SeqChunk { tokens: &tokens[5..6], pos_start: 5, block_table: &table_a, logits: Logits::Last }])
+        .forward(&[SeqChunk { tokens: &tokens[5..6], pos_start: 5, block_table: &table_a, group_tables: &[], logits: Logits::Last }])
         .expect("decode 1")
         .to_vec();
     let out3 = exec
-        .forward(&[SeqChunk { tokens: &tokens[6..7], pos_start: 6, block_table: &table_a, logits: Logits::Last }])
+        .forward(&[SeqChunk { tokens: &tokens[6..7], pos_start: 6, block_table: &table_a, group_tables: &[], logits: Logits::Last }])
         .expect("decode 2")
         .to_vec();
 
@@ -472,7 +472,9 @@ fn c_plugin_scalar_head_count_kv_and_untied_output() {
     let src = ModelSource::open(&model, &reg).expect("open");
     let mut exec = Executor::new(graph, &src, KvConfig { block_size: 4, n_blocks: 2 }).expect("executor");
     let tokens = [3u32, 60, 12];
-    let got = exec.forward(&[SeqChunk { tokens: &tokens, pos_start: 0, block_table: &[1, 0], logits: Logits::Last }]).expect("forward");
+    let got = exec
+        .forward(&[SeqChunk { tokens: &tokens, pos_start: 0, block_table: &[1, 0], group_tables: &[], logits: Logits::Last }])
+        .expect("forward");
     let want = reference_logits(&HP, &ts, &tokens, false);
     let want = &want[tokens.len() - 1];
     let bound = 2e-3 * want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
@@ -549,7 +551,9 @@ fn directory_with_good_and_bad_plugins_keeps_the_good_one() {
     let src = ModelSource::open(&model, &reg).expect("open");
     let graph = build_graph(reg.for_gguf_arch("tinyc").expect("tinyc"), &src).expect("graph from the surviving plugin");
     let mut exec = Executor::new(graph, &src, KvConfig { block_size: 4, n_blocks: 1 }).expect("executor");
-    let out = exec.forward(&[SeqChunk { tokens: &[1, 2], pos_start: 0, block_table: &[0], logits: Logits::Last }]).expect("forward");
+    let out = exec
+        .forward(&[SeqChunk { tokens: &[1, 2], pos_start: 0, block_table: &[0], group_tables: &[], logits: Logits::Last }])
+        .expect("forward");
     assert!(out.len() == HP.n_vocab && out.iter().all(|x| x.is_finite()));
 }
 

@@ -95,6 +95,11 @@ pub trait Backend: Send + Sync + 'static {
     fn kv_cache_type(&self) -> Option<rocmforge_engine::KvCacheType> {
         None
     }
+    /// Why the model's device became unusable (a GPU error that poisoned its context), once it
+    /// has: the model can serve nothing more, so the manager drops it. None while it works.
+    fn device_lost(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Loads a model file (GGUF or HF directory) into a [`Backend`]; blocking (called in
@@ -112,6 +117,23 @@ pub trait Loader: Send + Sync + 'static {
         match kv_cache_type {
             None => self.load(path, n_ctx),
             Some(t) => Err(BackendError::Invalid(format!("kv cache type {t} is not supported by this backend"))),
+        }
+    }
+
+    /// [`load_kv`](Self::load_kv) with LoRA adapters (GGUF adapter files, or PEFT adapter
+    /// directories) merged into the weights at load. A loader without adapter support refuses
+    /// any, rather than ignore them.
+    fn load_adapters(
+        &self,
+        path: &std::path::Path,
+        adapters: &[PathBuf],
+        n_ctx: Option<usize>,
+        kv_cache_type: Option<rocmforge_engine::KvCacheType>,
+    ) -> Result<Arc<dyn Backend>, BackendError> {
+        if adapters.is_empty() {
+            self.load_kv(path, n_ctx, kv_cache_type)
+        } else {
+            Err(BackendError::Invalid("LoRA adapters are not supported by this backend".into()))
         }
     }
 

@@ -96,6 +96,10 @@ impl Backend for EngineBackend {
     fn kv_cache_type(&self) -> Option<rocmforge_engine::KvCacheType> {
         Some(self.engine.model().kv_cache_type())
     }
+
+    fn device_lost(&self) -> Option<String> {
+        self.engine.device_lost()
+    }
 }
 
 /// Loads models through the plugin registry into engines.
@@ -109,6 +113,8 @@ pub struct EngineLoader {
     /// KV cache element type when a request does not name one (None: `ROCMFORGE_KV_CACHE_TYPE`
     /// / `OLLAMA_KV_CACHE_TYPE`, else f16).
     pub kv_cache_type: Option<rocmforge_engine::KvCacheType>,
+    /// fp8 KV scales (None: `ROCMFORGE_KV_SCALES`, else the checkpoint's).
+    pub kv_scales: Option<rocmforge_engine::KvScalesMode>,
 }
 
 impl Loader for EngineLoader {
@@ -126,12 +132,25 @@ impl Loader for EngineLoader {
         n_ctx: Option<usize>,
         kv_cache_type: Option<rocmforge_engine::KvCacheType>,
     ) -> Result<Arc<dyn Backend>, BackendError> {
+        self.load_adapters(path, &[], n_ctx, kv_cache_type)
+    }
+
+    fn load_adapters(
+        &self,
+        path: &Path,
+        adapters: &[std::path::PathBuf],
+        n_ctx: Option<usize>,
+        kv_cache_type: Option<rocmforge_engine::KvCacheType>,
+    ) -> Result<Arc<dyn Backend>, BackendError> {
         let opts = LoadOptions {
             n_ctx,
             kv: self.kv,
             device: self.device.clone(),
             max_batch_tokens: self.config.scheduler.max_num_batched_tokens,
             kv_cache_type: kv_cache_type.or(self.kv_cache_type),
+            kv_scales: self.kv_scales,
+            adapters: adapters.to_vec(),
+            ..Default::default()
         };
         let model = Model::load(path, &self.registry, &opts).map_err(map_err)?;
         let src = model.source();

@@ -5,7 +5,9 @@
 //! response body went away) drops both, which cancels the request in the engine and starts the
 //! model's keep_alive countdown. [`Job::next`] always ends with exactly one `Event::Done`, also
 //! when the engine's channel closed early (reported as an error end). Operator caps
-//! (`--max-predict`) apply here, once for all dialects.
+//! (`--max-predict`) apply here, once for all dialects. So does the request cache
+//! (`request_cache.rs`): a deterministic request that was answered before gets a [`Job`] whose
+//! events come from the cache instead of the engine; a miss records its events while they pass.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -54,6 +56,10 @@ pub struct Job {
     pub t0: Instant,
     st: Shared,
     done: bool,
+    /// A cache miss being recorded (stored at `Done` when the answer is complete).
+    recording: Option<crate::request_cache::Recording>,
+    /// Answered from the request cache: no tokens were computed.
+    pub from_cache: bool,
 }
 
 impl Drop for Job {
@@ -90,9 +96,21 @@ pub fn submit(
     req.stop.dedup();
     req.constraint = constraint;
     req.ignore_eos = opts.ignore_eos;
+    let mut recording = None;
+    if let Some(cache) = &st.request_cache {
+        use crate::request_cache::Lookup;
+        match cache.lookup(&lease.model, &req, t0) {
+            Lookup::Hit(rx) => {
+                st.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                return Ok(Job { lease, rx, prompt, t0, st: st.clone(), done: false, recording: None, from_cache: true });
+            }
+            Lookup::Miss(r) => recording = Some(r),
+            Lookup::Uncacheable => {}
+        }
+    }
     let rx = backend.submit(req).map_err(|e| ApiError::from(e).in_dialect(d))?;
     st.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-    Ok(Job { lease, rx, prompt, t0, st: st.clone(), done: false })
+    Ok(Job { lease, rx, prompt, t0, st: st.clone(), done: false, recording, from_cache: false })
 }
 
 impl Job {
@@ -114,9 +132,17 @@ impl Job {
                 metrics: Default::default(),
             }),
         };
+        if let (Some(rec), Some(cache)) = (self.recording.as_mut(), self.st.request_cache.as_deref()) {
+            rec.observe(cache, &ev);
+        }
         if let Event::Done(f) = &ev {
             self.done = true;
-            self.st.metrics.record(&f.metrics, f.reason == FinishReason::Error);
+            if self.from_cache {
+                // A replayed answer computed no tokens: it counts as a request only.
+                self.st.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.st.metrics.record(&f.metrics, f.reason == FinishReason::Error);
+            }
         }
         Some(ev)
     }

@@ -2,9 +2,11 @@
 //! drop-in for its clients and Open WebUI), the OpenAI API and llama-server's API — over the
 //! model manager (load on first use, keep_alive, `/api/ps`) and the Ollama model store.
 //!
-//! Layout: `ollama.rs` / `ollama_admin.rs` (native API), `openai.rs`, `llama.rs` (llama-server),
+//! Layout: `ollama.rs` / `ollama_admin.rs` (native API; `create_files.rs`: `/api/create` from
+//! uploaded files and adapters), `openai.rs`, `llama.rs` (llama-server),
 //! `gen.rs` (the request path shared by all: resolve, lease, prompt, submit, events),
-//! `manager.rs`, `options.rs`, `wire.rs` (framing), `error.rs` (error shapes), `metrics.rs`,
+//! `manager.rs`, `request_cache.rs` (opt-in answers to repeated deterministic requests),
+//! `options.rs`, `wire.rs` (framing), `error.rs` (error shapes), `metrics.rs`,
 //! `backend.rs` (the seam to a loaded model) and `engine_backend.rs` (that seam over the engine).
 //!
 //! Invariants: nothing a client sends can panic a handler (bodies are parsed into typed structs
@@ -16,10 +18,12 @@
 //! route table; our own code.
 
 pub mod backend;
+pub mod create_files;
 pub mod describe;
 pub mod engine_backend;
 pub mod error;
 pub mod gen;
+pub mod gotemplate;
 pub mod hf_import;
 pub mod llama;
 pub mod manager;
@@ -29,6 +33,7 @@ pub mod ollama_admin;
 pub mod openai;
 pub mod options;
 pub mod pull;
+pub mod request_cache;
 pub mod toolcall;
 pub mod wire;
 
@@ -73,6 +78,8 @@ pub struct ServerConfig {
     pub preload: Vec<String>,
     /// Sequences one engine decodes together (`--max-num-seqs`): llama-server's `total_slots`.
     pub max_num_seqs: usize,
+    /// Entries of the cache of identical deterministic requests (`--request-cache`); 0 = off.
+    pub request_cache: usize,
 }
 
 /// `OLLAMA_HOST`: `host`, `host:port`, `:port`, or `scheme://host:port/path`.
@@ -115,6 +122,8 @@ pub struct AppState {
     /// Where `/api/pull` fetches from (`ROCMFORGE_REGISTRY_URL`, `ROCMFORGE_HF_ENDPOINT` /
     /// `HF_ENDPOINT`; tests point it at a local server).
     pub pull: rocmforge_store::pull::Endpoints,
+    /// The cache of identical deterministic requests (None: off, the default).
+    pub request_cache: Option<Arc<request_cache::RequestCache>>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -260,7 +269,15 @@ pub fn state(cfg: ServerConfig, loader: Arc<dyn backend::Loader>) -> Shared {
     mgr.default_keep_alive = cfg.keep_alive;
     mgr.default_ctx = cfg.default_ctx;
     mgr.max_loaded = cfg.max_loaded;
-    Arc::new(AppState { cfg, mgr: Arc::new(mgr), metrics: Metrics::default(), pull: rocmforge_store::pull::Endpoints::from_env() })
+    let request_cache = (cfg.request_cache > 0).then(|| Arc::new(request_cache::RequestCache::new(cfg.request_cache)));
+    mgr.request_cache = request_cache.clone();
+    Arc::new(AppState {
+        cfg,
+        mgr: Arc::new(mgr),
+        metrics: Metrics::default(),
+        pull: rocmforge_store::pull::Endpoints::from_env(),
+        request_cache,
+    })
 }
 
 async fn shutdown_signal() {

@@ -643,6 +643,7 @@ pub async fn slot_action(
 pub async fn metrics(State(st): State<Shared>) -> Response {
     let loads = crate::metrics::snapshot(&st.mgr).await;
     let totals = crate::metrics::EngineTotals::sum(&loads, st.mgr.ledger.totals());
-    let text = st.metrics.render(&totals);
+    let mut text = st.metrics.render(&totals);
+    text.push_str(&crate::request_cache::render_metrics(st.request_cache.as_deref()));
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -16,7 +16,10 @@
 //!
 //! Invariants: a model is loaded at most once at a time (loads of one path are serialised by a
 //! per-key async mutex); a model with active requests is never unloaded by keep_alive or
-//! eviction; dropping the last `Arc` of a backend shuts its engine down after in-flight work;
+//! eviction; a model whose device was lost (`Backend::device_lost`: its engine has failed every
+//! request in flight and refuses more) is dropped by the next `acquire` of it or the reaper,
+//! whichever comes first, and loaded again on its next request (the GPU layer then refuses the
+//! lost device: `--device auto` falls back to the CPU, saying why; a named GPU fails the load); dropping the last `Arc` of a backend shuts its engine down after in-flight work;
 //! every unloaded instance is handed to [`Manager::retire`], which books its engine's final
 //! counters into the [`EngineLedger`] (so `/metrics` counters never go back) before the engine
 //! is dropped.
@@ -64,11 +67,38 @@ pub struct Resolved {
     /// Default options (Modelfile PARAMETERs; `general.sampling.*` of the GGUF).
     pub params: Map<String, Json>,
     pub system: Option<String>,
-    /// The store's Go template (shown by `/api/show`; prompts use the model's Jinja template).
+    /// The store's Go template (Modelfile TEMPLATE): it renders the model's prompts instead of
+    /// the GGUF's Jinja template (`crate::gotemplate`), and `/api/show` returns it.
     pub go_template: Option<String>,
     pub messages: Vec<Json>,
     pub license: Vec<String>,
     pub stored: Option<StoredModel>,
+    /// LoRA adapters applied at load (GGUF adapter blobs of a store model), in manifest order.
+    /// They are part of [`key`](Self::key): the same weights with other adapters are another
+    /// loaded instance.
+    pub adapters: Vec<PathBuf>,
+}
+
+#[cfg(test)]
+impl Resolved {
+    /// A model known only by its key (unit tests).
+    pub(crate) fn for_tests(key: &str) -> Resolved {
+        Resolved {
+            name: key.into(),
+            key: key.into(),
+            path: PathBuf::from(key),
+            digest: String::new(),
+            modified: SystemTime::UNIX_EPOCH,
+            size: 0,
+            params: Map::new(),
+            system: None,
+            go_template: None,
+            messages: Vec::new(),
+            license: Vec::new(),
+            stored: None,
+            adapters: Vec::new(),
+        }
+    }
 }
 
 /// A loaded model.
@@ -92,6 +122,21 @@ impl Resident {
     }
     pub fn forever(&self) -> bool {
         *self.keep_forever.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A resident instance around a backend (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: u64, resolved: Resolved, backend: Arc<dyn Backend>) -> Resident {
+        Resident {
+            id,
+            resolved,
+            backend,
+            loaded_at: Instant::now(),
+            active: AtomicUsize::new(0),
+            expires_at: Mutex::new(None),
+            keep_forever: Mutex::new(false),
+            last_used: Mutex::new(Instant::now()),
+        }
     }
 }
 
@@ -141,6 +186,8 @@ pub struct Manager {
     pub max_loaded: usize,
     /// Engine counters of loaded and unloaded instances (`/metrics`).
     pub ledger: Arc<EngineLedger>,
+    /// The cache of identical deterministic requests, when on: a retired instance's entries go.
+    pub request_cache: Option<Arc<crate::request_cache::RequestCache>>,
     loader: Arc<dyn Loader>,
     resident: Mutex<HashMap<String, Arc<Resident>>>,
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -185,6 +232,17 @@ fn gguf_sampling_defaults(path: &Path) -> Map<String, Json> {
     m
 }
 
+/// The instance key of a store model: its weights file, plus its adapters (the same weights
+/// with other adapters are another loaded instance).
+pub fn store_model_key(path: &Path, adapter_digests: &[String]) -> String {
+    let mut key = path.display().to_string();
+    for d in adapter_digests {
+        key.push_str("+lora:");
+        key.push_str(d);
+    }
+    key
+}
+
 fn file_facts(path: &Path) -> (SystemTime, u64) {
     let md = std::fs::metadata(path).ok();
     let modified = md.as_ref().and_then(|m| m.modified().ok()).unwrap_or(SystemTime::UNIX_EPOCH);
@@ -211,6 +269,7 @@ impl Manager {
             default_ctx: None,
             max_loaded: 3,
             ledger: Arc::new(EngineLedger::default()),
+            request_cache: None,
             loader,
             resident: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
@@ -233,6 +292,7 @@ impl Manager {
             messages: Vec::new(),
             license: Vec::new(),
             stored: None,
+            adapters: Vec::new(),
         }
     }
 
@@ -267,9 +327,12 @@ impl Manager {
                 })?;
                 let mut params = gguf_sampling_defaults(&path);
                 params.extend(m.params.clone());
+                // Adapters make another instance of the same weights.
+                let key = store_model_key(&path, &m.adapter_digests);
                 return Ok(Resolved {
                     name: m.name.display_shortest(),
-                    key: path.display().to_string(),
+                    key,
+                    adapters: m.adapter_paths.clone(),
                     path,
                     digest: m.digest.clone(),
                     modified: m.modified,
@@ -363,6 +426,13 @@ impl Manager {
         let _g = gate.lock().await;
         let want_ctx = num_ctx.or(self.default_ctx);
         let existing = lock(&self.resident).get(&r.key).cloned();
+        let existing = existing.filter(|m| match m.backend.device_lost() {
+            Some(why) => {
+                self.drop_lost(m, &why);
+                false
+            }
+            None => true,
+        });
         let model = match existing {
             // A larger context than loaded needs a reload; smaller requests run on what is there.
             Some(m)
@@ -381,7 +451,8 @@ impl Manager {
                 let loader = self.loader.clone();
                 let path = r.path.clone();
                 tracing::info!("loading {} from {}", r.name, path.display());
-                let backend = tokio::task::spawn_blocking(move || loader.load_kv(&path, want_ctx, kv_cache_type))
+                let adapters = r.adapters.clone();
+                let backend = tokio::task::spawn_blocking(move || loader.load_adapters(&path, &adapters, want_ctx, kv_cache_type))
                     .await
                     .map_err(|e| ManagerError::Load { name: r.name.clone(), error: e.to_string() })?
                     .map_err(|e: BackendError| ManagerError::Load { name: r.name.clone(), error: e.to_string() })?;
@@ -411,6 +482,9 @@ impl Manager {
     /// when the last `Arc` drops). Inside the runtime the snapshot is awaited on a task, so no
     /// caller blocks on the engine; outside it (shutdown) the counters seen last are kept.
     fn retire(&self, m: Arc<Resident>) {
+        if let Some(c) = &self.request_cache {
+            c.invalidate(&m.resolved.key);
+        }
         let ledger = self.ledger.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
@@ -420,6 +494,25 @@ impl Manager {
                 });
             }
             Err(_) => ledger.retire(m.id, None),
+        }
+    }
+
+    /// Drop `m` (if it is still the resident instance of its key) because its device is lost,
+    /// even while requests hold it: they have all failed already (see the module header).
+    fn drop_lost(&self, m: &Arc<Resident>, why: &str) {
+        let removed = {
+            let mut res = lock(&self.resident);
+            match res.get(&m.resolved.key) {
+                Some(cur) if Arc::ptr_eq(cur, m) => res.remove(&m.resolved.key),
+                _ => None,
+            }
+        };
+        if let Some(old) = removed {
+            tracing::error!(
+                "unloading {}: {why}. Its next request loads it again: on the CPU under --device auto; a GPU named with --device is refused until the server restarts",
+                m.resolved.name
+            );
+            self.retire(old);
         }
     }
 
@@ -465,8 +558,13 @@ impl Manager {
         }
     }
 
-    /// Drop expired idle models.
+    /// Drop expired idle models, and models whose device was lost (busy or not).
     pub fn reap(&self) {
+        for m in self.residents() {
+            if let Some(why) = m.backend.device_lost() {
+                self.drop_lost(&m, &why);
+            }
+        }
         let now = Instant::now();
         let mut res = lock(&self.resident);
         let expired: Vec<String> = res
@@ -490,6 +588,9 @@ impl Manager {
     pub fn clear(&self) {
         let gone: Vec<Arc<Resident>> = lock(&self.resident).drain().map(|(_, m)| m).collect();
         for m in gone {
+            if let Some(c) = &self.request_cache {
+                c.invalidate(&m.resolved.key);
+            }
             self.ledger.retire(m.id, None);
         }
     }
@@ -508,3 +609,7 @@ impl Manager {
         });
     }
 }
+
+#[cfg(test)]
+#[path = "manager_device_tests.rs"]
+mod device_tests;

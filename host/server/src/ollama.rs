@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
+use rocmforge_chat::gotmpl::{OllamaMessage, OllamaValues};
 use rocmforge_chat::{ChatMessage, FunctionCall, MessageContent, RenderRequest, ToolCall};
 use rocmforge_engine::request::{Event, FinishReason, SamplingParams};
 use serde::Deserialize;
@@ -24,6 +25,7 @@ use serde_json::{json, Map, Value as Json};
 use crate::describe;
 use crate::error::{ApiError, Dialect};
 use crate::gen::{self, Job};
+use crate::gotemplate;
 use crate::manager::Resolved;
 use crate::options::{self, GenOptions, KeepAlive, Think};
 use crate::wire::{self, json_response, ndjson, parse_body};
@@ -262,6 +264,30 @@ fn fim_tokens(b: &dyn crate::backend::Backend) -> Option<(u32, u32, u32)> {
     None
 }
 
+/// What Ollama's GenerateHandler gives a Go template: the prompt and suffix for
+/// fill-in-the-middle, else the system prompt, the model's MESSAGE history (unless `context`
+/// continues an earlier exchange) and the prompt as a user message.
+fn generate_values<'a>(req: &GenerateReq, r: &Resolved, think: &Option<Think>) -> OllamaValues<'a> {
+    let (think, think_level, is_think_set) = gotemplate::think_values(think);
+    let mut v = OllamaValues { think, think_level, is_think_set, ..Default::default() };
+    if !req.suffix.is_empty() {
+        v.prompt = req.prompt.clone();
+        v.suffix = req.suffix.clone();
+        return v;
+    }
+    let text = |role: &str, content: String| OllamaMessage { role: role.into(), content, ..Default::default() };
+    if let Some(s) = req.system.clone().filter(|s| !s.is_empty()).or_else(|| r.system.clone().filter(|s| !s.is_empty())) {
+        v.messages.push(text("system", s));
+    }
+    if req.context.is_none() {
+        v.messages.extend(
+            r.messages.iter().filter_map(|m| serde_json::from_value::<ChatMessage>(m.clone()).ok()).map(|m| gotemplate::message(&m)),
+        );
+    }
+    v.messages.push(text("user", req.prompt.clone()));
+    v
+}
+
 pub async fn generate(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
     let t0 = Instant::now();
     let req: GenerateReq = parse_body(&body, D)?;
@@ -282,9 +308,9 @@ pub async fn generate(State(st): State<Shared>, body: Bytes) -> Result<Response,
     if !req.images.is_empty() {
         return Err(ApiError::bad_request(format!("\"{}\" does not support vision", req.model)));
     }
-    if req.template.as_deref().is_some_and(|t| !t.is_empty()) {
-        tracing::warn!("/api/generate: `template` (a Go template) is ignored; the model's own chat template is used");
-    }
+    // A Go template (the request's, else the model's) renders the prompt instead of the Jinja
+    // chat template; `raw` bypasses both. Parsed before loading, so a broken one is a quick 400.
+    let go = if req.raw { None } else { gotemplate::select(req.template.as_deref(), &r)? };
     let thinking = check_think(&r, &req.model, &think)?;
     let opts = native_options(&r, req.options.as_ref(), req.logprobs, req.top_logprobs)?;
     let lease = gen::lease_load(&st, &r, &opts.load, ka, D).await?;
@@ -293,7 +319,8 @@ pub async fn generate(State(st): State<Shared>, body: Bytes) -> Result<Response,
         return Err(ApiError::bad_request(format!("\"{}\" does not support generate", req.model)));
     }
     let mut opts = opts;
-    let (prompt, rendered) = if !req.suffix.is_empty() {
+    let suffix_by_template = !req.suffix.is_empty() && go.as_ref().is_some_and(|t| t.uses_suffix());
+    let (prompt, rendered) = if !req.suffix.is_empty() && !suffix_by_template {
         let Some((p, s, m)) = fim_tokens(b.as_ref()) else {
             return Err(ApiError::bad_request(format!("\"{}\" does not support insert", req.model)));
         };
@@ -309,6 +336,18 @@ pub async fn generate(State(st): State<Shared>, body: Bytes) -> Result<Response,
         (ids, None)
     } else if req.raw {
         (b.raw_tokens(&req.prompt, true, true)?, Some(req.prompt.clone()))
+    } else if let Some(t) = &go {
+        let text = gotemplate::render(t, &generate_values(&req, &r, &think))?;
+        let mut ids = gotemplate::tokens(b.as_ref(), &text)?;
+        if let Some(ctx) = req.context.as_ref().filter(|c| !c.is_empty()) {
+            if ids.first().is_some_and(|&t| Some(t) == b.tokenizer().bos()) {
+                ids.remove(0);
+            }
+            let mut all = ctx.clone();
+            all.extend(ids);
+            ids = all;
+        }
+        (ids, Some(text))
     } else {
         let mut msgs = Vec::new();
         if let Some(s) = req.system.clone().or_else(|| r.system.clone()).filter(|s| !s.is_empty()) {
@@ -706,8 +745,14 @@ pub async fn chat(State(st): State<Shared>, body: Bytes) -> Result<Response, Api
     if messages.iter().any(|m| m.images.as_ref().is_some_and(|i| !i.is_empty())) {
         return Err(ApiError::bad_request(format!("\"{}\" does not support vision", req.model)));
     }
+    // The model's Go template (Modelfile TEMPLATE / store layer), if any, renders the prompt.
+    let go = gotemplate::select(None, &r)?;
     let mut tools = req.tools.filter(|t| t.as_array().is_some_and(|a| !a.is_empty()));
-    if tools.is_some() && !describe::file_facts(&r.path).capabilities.contains(&"tools") {
+    let tools_ok = match &go {
+        Some(t) => t.vars().iter().any(|v| v == "tools"),
+        None => describe::file_facts(&r.path).capabilities.contains(&"tools"),
+    };
+    if tools.is_some() && !tools_ok {
         // Ollama refuses tools for such a model (400), but Open WebUI 0.12 sends its built-in
         // tools with every chat, so refusing breaks plain chatting with any model whose template
         // cannot show tools. The model answers as if none were passed (docs/api.md).
@@ -743,20 +788,43 @@ pub async fn chat(State(st): State<Shared>, body: Bytes) -> Result<Response, Api
     } else if think == Some(Think::Off) {
         rr.extra.insert("enable_thinking".into(), json!(false));
     }
+    let go_text = match &go {
+        Some(t) => {
+            let (think, think_level, is_think_set) = gotemplate::think_values(&think);
+            let values = OllamaValues {
+                messages: msgs.iter().map(gotemplate::message).collect(),
+                tools: tools.as_ref(),
+                think,
+                think_level,
+                is_think_set,
+                ..Default::default()
+            };
+            Some(gotemplate::render(t, &values)?)
+        }
+        None => None,
+    };
     if req.debug_render_only {
-        let text = b.render_chat(&rr)?;
+        let text = match &go_text {
+            Some(t) => t.clone(),
+            None => b.render_chat(&rr)?,
+        };
         return Ok(json_response(&json!({
             "model": req.model, "created_at": wire::utc_now(), "message": {"role": "assistant", "content": ""}, "done": true,
             "_debug_info": { "rendered_template": text },
         })));
     }
-    let prompt = b.chat_tokens(&rr)?;
+    let prompt = match &go_text {
+        Some(text) => gotemplate::tokens(b.as_ref(), text)?,
+        None => b.chat_tokens(&rr)?,
+    };
     let n_ctx = b.facts().n_ctx;
     if prompt.len() > n_ctx {
         return Err(ApiError::context_overflow(prompt.len(), n_ctx));
     }
     let mut opts = opts;
-    opts.stop.extend(b.facts().template_stops.iter().cloned());
+    if go_text.is_none() {
+        opts.stop.extend(b.facts().template_stops.iter().cloned());
+    }
     let job = gen::submit(&st, lease, prompt, &opts, constraint, t0, D)?;
     let shape = Shape {
         model: req.model.clone(),

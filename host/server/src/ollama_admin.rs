@@ -8,6 +8,9 @@
 //! `from` may also name a Hugging Face model directory on the server's disk (`config.json` +
 //! safetensors / PyTorch weights): it is converted to a GGUF blob (`quantize`'s type, else F16,
 //! as Ollama imports safetensors) through the plugin registry (see `hf_import.rs`).
+//! `files` and `adapters` (uploaded blobs: a GGUF, or a Hugging Face model's files; GGUF or
+//! PEFT LoRA adapters) are checked and staged by `create_files.rs`. Temporary files live in
+//! the store's `blobs/tmp` (same filesystem as the blobs: a finished file is renamed in).
 //! `pull` lives in `pull.rs` (registry and Hugging Face downloads). `push` is not supported.
 //!
 //! Invariants: every name and digest is validated by the store before it touches a path;
@@ -24,6 +27,7 @@ use rocmforge_store::{CreateBase, CreateSpec, ModelName, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Map, Value as Json};
 
+use crate::create_files;
 use crate::error::{ApiError, Dialect};
 use crate::wire::{empty_ok, json_response, ndjson, parse_body};
 use crate::Shared;
@@ -71,6 +75,11 @@ struct CreateReq {
 pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
     let req: CreateReq = parse_body(&body, D)?;
     let name = name_of(&req.model, &req.name)?;
+    // A TEMPLATE renders every prompt of the model (crate::gotemplate): refuse one that does
+    // not parse, as Ollama does ("template error: ...", 400).
+    if let Some(t) = req.template.as_deref().filter(|t| !t.is_empty()) {
+        rocmforge_chat::gotmpl::OllamaTemplate::parse(t).map_err(|e| ApiError::bad_request(format!("template error: {e}")))?;
+    }
     // `quantize` (Ollama's spelling; `quantization` is accepted too): the new model's weights are
     // the source GGUF quantized to this file type (llama-quantize's types and mixes, through
     // rocmforge_model::quantize, as `rocmforge quantize` does).
@@ -81,16 +90,25 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
             ApiError::bad_request(format!("unsupported quantization type {q:?}; supported: {}", known.join(", ")))
         })?),
     };
-    if req.adapters.as_ref().is_some_and(|a| !a.is_empty()) {
-        return Err(ApiError::bad_request("adapters are not supported"));
-    }
     let license = match req.license {
         None | Some(Json::Null) => None,
         Some(Json::String(s)) => Some(vec![s]),
         Some(Json::Array(a)) => Some(a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()),
         Some(_) => return Err(ApiError::bad_request("license must be a string or a list of strings")),
     };
-    let mut spec = CreateSpec { template: req.template, system: req.system, params: req.parameters, messages: req.messages, license };
+    let mut spec =
+        CreateSpec { template: req.template, system: req.system, params: req.parameters, messages: req.messages, license, adapters: None };
+    let store = &st.mgr.store;
+    // Uploaded files and adapters: names, digests and the files each format needs, checked
+    // before anything else (create_files.rs).
+    let model_files = match req.files.filter(|f| !f.is_empty()) {
+        Some(f) => Some(create_files::classify_model(create_files::uploads("files", &f, store)?)?),
+        None => None,
+    };
+    let adapter_files = match req.adapters.filter(|a| !a.is_empty()) {
+        Some(a) => Some(create_files::classify_adapters(create_files::uploads("adapters", &a, store)?)?),
+        None => None,
+    };
     // Where the weights come from, decided before streaming so errors get a status.
     enum Src {
         File(std::path::PathBuf),
@@ -99,20 +117,28 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
         /// A Hugging Face model directory to convert.
         Hf(std::path::PathBuf),
     }
-    let src = if let Some(files) = req.files.filter(|f| !f.is_empty()) {
-        let digest = files
-            .iter()
-            .find(|(k, _)| k.to_ascii_lowercase().ends_with(".gguf"))
-            .or_else(|| files.iter().next())
-            .and_then(|(_, v)| v.as_str().map(str::to_string))
-            .ok_or_else(|| ApiError::bad_request("files must map file names to digests"))?;
-        if files.len() > 1 && !files.keys().any(|k| k.to_ascii_lowercase().ends_with(".gguf")) {
-            return Err(ApiError::bad_request("creating from uploaded safetensors files is not supported: convert to GGUF first, or pass the Hugging Face directory on the server as 'from'"));
+    // Uploaded HF files, laid out as a directory while the create runs.
+    let mut staged: Option<create_files::Staged> = None;
+    let src = if let Some(files) = model_files {
+        match files {
+            create_files::ModelFiles::Gguf(digest) => {
+                let path = store.blob_path(&digest).map_err(store_error)?;
+                if rocmforge_model::lora::LoraAdapter::is_gguf_adapter(&path) {
+                    return Err(ApiError::bad_request("files: the GGUF file is a LoRA adapter, not a model: pass it in 'adapters'"));
+                }
+                Src::Blob(digest)
+            }
+            create_files::ModelFiles::Hf(files) => {
+                let mgr = st.mgr.clone();
+                let s = tokio::task::spawn_blocking(move || create_files::stage(&mgr.store, &files, "create-"))
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .map_err(|e| ApiError::bad_request(format!("files: {e}")))?;
+                let dir = s.dir.clone();
+                staged = Some(s);
+                Src::Hf(dir)
+            }
         }
-        if !st.mgr.store.has_blob(&digest).map_err(|e| ApiError::bad_request(e.to_string()))? {
-            return Err(ApiError::bad_request(format!("blob {digest} not found: upload it with POST /api/blobs/{digest} first")));
-        }
-        Src::Blob(digest)
     } else if let Some(from) = req.from.filter(|f| !f.trim().is_empty()) {
         let p = std::path::Path::new(&from);
         let looks_like_path = from.starts_with('/') || from.starts_with("./") || from.starts_with("../") || from.ends_with(".gguf");
@@ -145,25 +171,66 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
         return Err(ApiError::bad_request("neither 'from' or 'files' was specified"));
     };
     // A Hugging Face directory is opened (config, architecture, weights, tokenizer) before the
-    // response starts: what is wrong with it is a 400, and nothing is registered.
+    // response starts: what is wrong with it is a 400, and nothing is registered. Adapters are
+    // checked against the base (and PEFT ones converted) here too.
     let hf = match &src {
         Src::Hf(dir) => {
             let (mgr, dir) = (st.mgr.clone(), dir.clone());
             let opened = tokio::task::spawn_blocking(move || crate::hf_import::open(&dir, mgr.registry()))
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
-            Some(opened.map_err(ApiError::bad_request)?)
+            Some(opened.map_err(|e| match &staged {
+                // The staging directory's path means nothing to the client.
+                Some(s) => ApiError::bad_request(format!("files: {}", e.replace(&s.dir.display().to_string(), "uploaded model"))),
+                None => ApiError::bad_request(e),
+            })?)
         }
         _ => None,
+    };
+    let (hf, adapter_lines) = match adapter_files {
+        None => (hf, Vec::new()),
+        Some(adapters) => {
+            let base_path =
+                match &src {
+                    Src::File(p) => Some(p.clone()),
+                    Src::Blob(d) => Some(store.blob_path(d).map_err(store_error)?),
+                    Src::Model(n) => Some(store.get(n).map_err(store_error)?.model_path.ok_or_else(|| {
+                        ApiError::bad_request(format!("{} has no model layer to apply adapters to", n.display_shortest()))
+                    })?),
+                    Src::Hf(_) => None,
+                };
+            let converting = matches!(adapters, create_files::AdapterFiles::Peft(_));
+            let mgr = st.mgr.clone();
+            let (hf, digests) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+                let registry =
+                    mgr.registry().ok_or_else(|| ApiError::bad_request("this server has no model plugins to check adapters with"))?;
+                let digests = match (&hf, base_path) {
+                    (Some(input), _) => create_files::adapter_blobs(&mgr.store, registry, &input.src, &adapters)?,
+                    (None, Some(p)) => {
+                        let base = create_files::open_base(&p, registry)?;
+                        create_files::adapter_blobs(&mgr.store, registry, &base, &adapters)?
+                    }
+                    (None, None) => return Err(ApiError::internal("no base model to check the adapters against")),
+                };
+                Ok((hf, digests))
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+            spec.adapters = Some(digests);
+            (hf, if converting { vec!["converting adapter".to_string()] } else { Vec::new() })
+        }
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Json>();
     let mgr = st.mgr.clone();
     let task = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        // The staged upload lives until the model is written.
+        let _staged = staged;
         let store = &mgr.store;
         let send = |s: String| {
             let _ = tx.send(json!({ "status": s }));
         };
-        if let Some(input) = hf {
+        adapter_lines.into_iter().for_each(send);
+        let created = if let Some(input) = hf {
             // Ollama's safetensors import: `converting model`, the conversion's progress, then
             // the layers and manifest as any create.
             send("converting model".into());
@@ -173,11 +240,8 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
             let digest =
                 quantize_into_store(store, &path, &from, ftype, &tx, |out, opts, progress| quantize_model(&input, out, opts, progress))?;
             // quantize_into_store imported (and hashed) the file: no second hash.
-            store.create(&name, CreateBase::VerifiedBlob(&digest), &spec, send)?;
-            let _ = tx.send(json!({ "status": "success" }));
-            return Ok(());
-        }
-        if let Some(ftype) = quantize {
+            store.create(&name, CreateBase::VerifiedBlob(&digest), &spec, send)?
+        } else if let Some(ftype) = quantize {
             // The source GGUF on disk; a store model also hands down its template, system
             // prompt, parameters and messages (the quantized file becomes a new blob).
             let path = match &src {
@@ -189,6 +253,9 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
                     spec.system = spec.system.take().or(base.system.clone());
                     spec.params = spec.params.take().or_else(|| (!base.params.is_empty()).then(|| base.params.clone()));
                     spec.messages = spec.messages.take().or_else(|| (!base.messages.is_empty()).then(|| base.messages.clone()));
+                    if spec.adapters.is_none() && !base.adapter_digests.is_empty() {
+                        spec.adapters = Some(base.adapter_digests.clone());
+                    }
                     base.model_path.clone().ok_or_else(|| StoreError::BadModelFile {
                         path: Default::default(),
                         message: format!("{} has no model layer to quantize", n.display_shortest()),
@@ -200,25 +267,30 @@ pub async fn create(State(st): State<Shared>, body: Bytes) -> Result<Response, A
             let digest =
                 quantize_into_store(store, &path, &from, ftype, &tx, |out, opts, progress| quantize_file(&path, out, opts, progress))?;
             send("parsing GGUF".into());
-            store.create(&name, CreateBase::VerifiedBlob(&digest), &spec, send)?;
-            let _ = tx.send(json!({ "status": "success" }));
-            return Ok(());
-        }
-        match src {
-            Src::File(p) => {
-                send("parsing GGUF".into());
-                let (d, _) = store.import_file(&p)?;
-                store.create(&name, CreateBase::Blob(&d), &spec, send)?;
+            store.create(&name, CreateBase::VerifiedBlob(&digest), &spec, send)?
+        } else {
+            match src {
+                Src::File(p) => {
+                    send("parsing GGUF".into());
+                    let (d, _) = store.import_file(&p)?;
+                    store.create(&name, CreateBase::Blob(&d), &spec, send)?
+                }
+                Src::Blob(d) => {
+                    send("parsing GGUF".into());
+                    store.create(&name, CreateBase::Blob(&d), &spec, send)?
+                }
+                Src::Model(n) => {
+                    let base = store.get(&n)?;
+                    store.create(&name, CreateBase::Model(&base), &spec, send)?
+                }
+                Src::Hf(_) => unreachable!("converted above"),
             }
-            Src::Blob(d) => {
-                send("parsing GGUF".into());
-                store.create(&name, CreateBase::Blob(&d), &spec, send)?;
+        };
+        // A model created again under a loaded name: answers cached for the old one must go.
+        if let Some(cache) = &mgr.request_cache {
+            if let Some(p) = &created.model_path {
+                cache.invalidate(&crate::manager::store_model_key(p, &created.adapter_digests));
             }
-            Src::Model(n) => {
-                let base = store.get(&n)?;
-                store.create(&name, CreateBase::Model(&base), &spec, send)?;
-            }
-            Src::Hf(_) => unreachable!("converted above"),
         }
         let _ = tx.send(json!({ "status": "success" }));
         Ok(())
@@ -279,22 +351,16 @@ fn quantize_into_store(
     let bad = |message: String| StoreError::BadModelFile { path: path.to_path_buf(), message };
     let status = format!("quantizing {from} model to {}", ftype.name());
     let _ = tx.send(json!({ "status": status }));
-    let tmp = std::env::temp_dir().join(format!("rocmforge-quantize-{}-{}.gguf", std::process::id(), rand_suffix()));
+    // In the store's blobs/tmp: the finished file becomes a blob by a rename (one hash, no copy).
+    let tmp = store.temp_path("quantize-")?;
     let progress = |i: usize, n: usize, _name: &str| {
         let _ = tx.send(json!({ "status": status, "digest": "0", "total": n, "completed": i }));
     };
     let opts = QuantizeOptions::new(ftype);
     let result = run(&tmp, &opts, &progress).map_err(|e| bad(format!("quantizing to {}: {e}", ftype.name())));
-    let imported = result.and_then(|_| store.import_file(&tmp));
+    let adopted = result.and_then(|_| store.adopt_file(&tmp));
     let _ = std::fs::remove_file(&tmp);
-    Ok(imported?.0)
-}
-
-/// A per-call suffix for temporary names (time and a counter; no randomness needed).
-fn rand_suffix() -> String {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("{t:x}-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    Ok(adopted?.0)
 }
 
 fn tokio_stream_from(mut rx: tokio::sync::mpsc::UnboundedReceiver<Json>) -> impl futures_util::Stream<Item = Json> + Send {
@@ -302,7 +368,11 @@ fn tokio_stream_from(mut rx: tokio::sync::mpsc::UnboundedReceiver<Json>) -> impl
 }
 
 fn store_error(e: StoreError) -> ApiError {
-    ApiError::from(crate::manager::ManagerError::Store(e))
+    match e {
+        // A file the client named or uploaded that is not a usable model.
+        StoreError::BadModelFile { .. } => ApiError::bad_request(e.to_string()),
+        e => ApiError::from(crate::manager::ManagerError::Store(e)),
+    }
 }
 
 #[derive(Deserialize)]

@@ -240,10 +240,18 @@ pub async fn chat_completions(State(st): State<Shared>, body: Bytes) -> Result<R
     if req.logprobs.unwrap_or(false) {
         opts.sampling.logprobs = Some(req.top_logprobs.unwrap_or(0));
     }
-    opts.stop.extend(b.facts().template_stops.iter().cloned());
+    // The model's Go template (Modelfile TEMPLATE), if any, renders the prompt as /api/chat does.
+    let go = crate::gotemplate::select(None, &r).map_err(|e| e.in_dialect(D))?;
+    if go.is_none() {
+        opts.stop.extend(b.facts().template_stops.iter().cloned());
+    }
     let tools_off = req.tool_choice.as_ref().is_some_and(|c| c == "none");
     let mut tools = req.tools.as_ref().filter(|t| !tools_off && t.as_array().is_some_and(|a| !a.is_empty()));
-    if tools.is_some() && !crate::describe::file_facts(&r.path).capabilities.contains(&"tools") {
+    let tools_ok = match &go {
+        Some(t) => t.vars().iter().any(|v| v == "tools"),
+        None => crate::describe::file_facts(&r.path).capabilities.contains(&"tools"),
+    };
+    if tools.is_some() && !tools_ok {
         // A template without tool support cannot show the tools: with `tool_choice` "auto" (or
         // unset) the model answers without them, as /api/chat does; a required call cannot be
         // honoured.
@@ -277,7 +285,18 @@ pub async fn chat_completions(State(st): State<Shared>, body: Bytes) -> Result<R
     if let Some(a) = req.add_generation_prompt {
         rr.add_generation_prompt = a;
     }
-    let prompt = b.chat_tokens(&rr).map_err(|e| ApiError::from(e).in_dialect(D))?;
+    let prompt = match &go {
+        Some(t) => {
+            let values = rocmforge_chat::gotmpl::OllamaValues {
+                messages: msgs.iter().map(crate::gotemplate::message).collect(),
+                tools: rr.tools,
+                ..Default::default()
+            };
+            let text = crate::gotemplate::render(t, &values).map_err(|e| e.in_dialect(D))?;
+            crate::gotemplate::tokens(b.as_ref(), &text).map_err(|e| e.in_dialect(D))?
+        }
+        None => b.chat_tokens(&rr).map_err(|e| ApiError::from(e).in_dialect(D))?,
+    };
     let n_ctx = b.facts().n_ctx;
     if prompt.len() > n_ctx {
         return Err(ApiError::context_overflow(prompt.len(), n_ctx).in_dialect(D));

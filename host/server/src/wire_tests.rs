@@ -63,6 +63,7 @@ fn app() -> (axum::Router, tempfile::TempDir) {
         max_predict: None,
         preload: vec![],
         max_num_seqs: 4,
+        request_cache: 0,
     };
     (crate::router(crate::state(cfg, Arc::new(FakeLoader))), dir)
 }

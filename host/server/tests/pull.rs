@@ -56,6 +56,7 @@ fn app(hub: &Hub) -> App {
         max_predict: None,
         preload: vec![],
         max_num_seqs: 1,
+        request_cache: 0,
     };
     let mut st = rocmforge_server::state(cfg, Arc::new(NoLoader));
     // Fresh Arc: the only reference, so the endpoints can be pointed at the local hub.

@@ -138,6 +138,10 @@ pub struct StoredModel {
     pub license: Vec<String>,
     /// `from` of the model layer: the model this one was made from.
     pub parent: String,
+    /// LoRA adapter layers (`application/vnd.ollama.image.adapter`, GGUF adapters), in
+    /// manifest order: their blob paths and digests.
+    pub adapter_paths: Vec<PathBuf>,
+    pub adapter_digests: Vec<String>,
 }
 
 /// What a new model is made of (`/api/create`). `None` fields inherit from the base model.
@@ -148,6 +152,9 @@ pub struct CreateSpec {
     pub params: Option<Map<String, Json>>,
     pub messages: Option<Vec<Json>>,
     pub license: Option<Vec<String>>,
+    /// Digests of GGUF LoRA adapter blobs (already in the store) that replace the base's
+    /// adapter layers; None keeps the base model's adapters.
+    pub adapters: Option<Vec<String>>,
 }
 
 /// Where a new model's weights come from.
@@ -303,6 +310,8 @@ impl Store {
             messages: Vec::new(),
             license: Vec::new(),
             parent: String::new(),
+            adapter_paths: Vec::new(),
+            adapter_digests: Vec::new(),
             manifest: manifest.clone(),
         };
         for l in &manifest.layers {
@@ -311,6 +320,10 @@ impl Store {
                     m.model_path = Some(self.blob_path(&l.digest)?);
                     m.model_digest = Some(parse_digest(&l.digest)?);
                     m.parent = l.from.clone().unwrap_or_default();
+                }
+                MEDIA_ADAPTER => {
+                    m.adapter_paths.push(self.blob_path(&l.digest)?);
+                    m.adapter_digests.push(parse_digest(&l.digest)?);
                 }
                 MEDIA_TEMPLATE | MEDIA_PROMPT_LEGACY => m.template = Some(read_text(l)?),
                 MEDIA_SYSTEM => m.system = Some(read_text(l)?),
@@ -373,6 +386,37 @@ impl Store {
         if res.is_err() {
             let _ = fs::remove_file(&tmp);
         }
+        res
+    }
+
+    /// A fresh path for a temporary file in `<root>/blobs/tmp` (created if needed): on the
+    /// blobs' filesystem, so a finished file becomes a blob by a rename ([`adopt_file`]).
+    /// The caller removes it if it is not adopted.
+    ///
+    /// [`adopt_file`]: Self::adopt_file
+    pub fn temp_path(&self, what: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join("blobs").join("tmp");
+        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let p = self.tmp_path(&dir);
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(dir.join(format!("{what}{name}")))
+    }
+
+    /// Make a file written under [`temp_path`](Self::temp_path) a blob: hash it once and
+    /// rename it into place (the file is gone afterwards, also on error). Returns its digest
+    /// and size.
+    pub fn adopt_file(&self, tmp: &Path) -> Result<(String, u64), StoreError> {
+        let res = (|| {
+            let f = fs::File::open(tmp).map_err(io(format!("opening {}", tmp.display())))?;
+            let (hexd, n) = sha256_reader(std::io::BufReader::new(f)).map_err(io(format!("reading {}", tmp.display())))?;
+            let digest = format!("sha256:{hexd}");
+            let dst = self.blob_path(&digest)?;
+            if !dst.is_file() {
+                fs::rename(tmp, &dst).map_err(io(format!("renaming {} to {}", tmp.display(), dst.display())))?;
+            }
+            Ok((digest, n))
+        })();
+        let _ = fs::remove_file(tmp);
         res
     }
 
@@ -479,13 +523,26 @@ impl Store {
         };
         progress(format!("using existing layer {}", model_layer.digest));
         layers.push(model_layer);
-        // Layers other than the weights and the text layers we may override are kept as they are.
+        // Layers other than the weights and the text layers we may override are kept as they
+        // are; adapters too, unless the spec names its own.
         if let Some(m) = inherited {
             for l in &m.manifest.layers {
-                if matches!(l.media_type.as_str(), MEDIA_PROJECTOR | MEDIA_ADAPTER) {
+                let keep = match l.media_type.as_str() {
+                    MEDIA_PROJECTOR => true,
+                    MEDIA_ADAPTER => spec.adapters.is_none(),
+                    _ => false,
+                };
+                if keep {
                     layers.push(l.clone());
                 }
             }
+        }
+        for d in spec.adapters.iter().flatten() {
+            let d = parse_digest(d)?;
+            let p = self.blob_path(&d)?;
+            let size = fs::metadata(&p).map_err(|_| StoreError::BlobNotFound(d.clone()))?.len();
+            progress(format!("using existing layer {d}"));
+            layers.push(Layer { media_type: MEDIA_ADAPTER.into(), digest: d, size, from: None, name: None });
         }
         let mut text = |media: &str, v: Option<String>| -> Result<(), StoreError> {
             if let Some(t) = v {

@@ -13,12 +13,14 @@
 //! - Gemma 3: per-head q/k RMSNorm; local layers use their own RoPE base (default 10000) without
 //!   scaling, global layers use `rope.freq_base` and the declared rope scaling.
 //!
-//! Which layers are local follows llama.cpp's `load_swa_pattern`: a per-layer bool array in
-//! `{arch}.attention.sliding_window_pattern`, or a period `n` (Gemma 2: 2, Gemma 3: 6) where layer
-//! `il` is local unless `il % n == n - 1`.
+//! Which layers are local follows llama.cpp's `load_swa_pattern` ([`SwaPattern`]): a per-layer
+//! bool array in `{arch}.attention.sliding_window_pattern`, or a period `n` (Gemma 2: 2, Gemma 3:
+//! 6) where layer `il` is local unless `il % n == n - 1`.
 
 use rocmforge_abi::builder::RopeOpts;
-use rocmforge_abi::{arch, config, tensor, tensor_flags::OPTIONAL, transform, Builder, Heads, Meta, Node, OpError, SelfAttention};
+use rocmforge_abi::{
+    arch, config, tensor, tensor_flags::OPTIONAL, transform, Builder, Heads, Meta, Node, OpError, SelfAttention, SwaPattern,
+};
 
 // ---------------------------------------------------------------------------------------------
 // (1) Tensor table: GGUF name (internal vocabulary) <- Hugging Face name, flags, load transform.
@@ -92,8 +94,8 @@ struct HParams {
     eps: f32,
     /// 0 = none.
     final_softcap: f32,
-    /// Per layer: local (sliding-window) attention.
-    is_swa: Vec<bool>,
+    /// Which layers are local (sliding-window attention).
+    swa: SwaPattern,
     /// Global and local layers' attention: RoPE bases, window, Q scale, softcap, q/k norms.
     attn_global: SelfAttention,
     attn_local: SelfAttention,
@@ -141,10 +143,10 @@ impl HParams {
             Gen::Gemma2 => m.meta_usize_or(&key("attention.sliding_window"), 4096)?,
             Gen::Gemma3 => m.meta_usize_or(&key("attention.sliding_window"), 0)?,
         };
-        let is_swa = if n_swa == 0 {
-            vec![false; n_layer]
+        let swa = if n_swa == 0 {
+            SwaPattern::Layers(Vec::new()) // no layer is local
         } else {
-            swa_pattern(m, &key("attention.sliding_window_pattern"), if gen == Gen::Gemma2 { 2 } else { 6 }, n_layer)?
+            SwaPattern::read(m, &key("attention.sliding_window_pattern"), if gen == Gen::Gemma2 { 2 } else { 6 }, n_layer)?
         };
 
         let freq_base = m.meta_f32_or(&key("rope.freq_base"), 10000.0)?;
@@ -164,27 +166,8 @@ impl HParams {
         attn_global.softcap = attn_softcap;
         attn_global.qk_norm_eps = (gen == Gen::Gemma3).then_some(eps);
         let attn_local = SelfAttention { rope: rope_local, sliding_window: n_swa, ..attn_global.clone() };
-        Ok(HParams { gen, n_layer, n_embd, eps, final_softcap, is_swa, attn_global, attn_local })
+        Ok(HParams { gen, n_layer, n_embd, eps, final_softcap, swa, attn_global, attn_local })
     }
-}
-
-/// Which layers are local: a per-layer array (bools or 0/1) in `key`, else a period `n` (from
-/// `key` as an integer, or `default_period`) making layer `il` local unless `il % n == n - 1`
-/// (llama.cpp's `set_swa_pattern`; `n == 0` makes every layer local).
-fn swa_pattern(m: &impl Meta, key: &str, default_period: usize, n_layer: usize) -> Result<Vec<bool>, OpError> {
-    // An integer period, or (WRONG_TYPE) a per-layer array.
-    let period = match m.meta_int_opt(key) {
-        Ok(Some(p)) => usize::try_from(p).map_err(|_| OpError(format!("metadata key '{key}' = {p} is not a valid period")))?,
-        Ok(None) => default_period,
-        Err(_) => {
-            let arr = m.meta_array_opt(key)?.ok_or_else(|| OpError(format!("metadata key '{key}' vanished")))?;
-            if arr.len() != n_layer {
-                return Err(OpError(format!("metadata key '{key}' has {} entries for {n_layer} layers", arr.len())));
-            }
-            return Ok(arr.iter().map(|&v| v != 0.0).collect());
-        }
-    };
-    Ok((0..n_layer).map(|il| period == 0 || il % period < period - 1).collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -207,7 +190,7 @@ fn build(b: &mut Builder, arch: &str) -> Result<(), OpError> {
 
         let cur = b.layer_rms_norm(il, "attn_norm", x, hp.eps)?; // [n, n_embd]
 
-        let mut cur = b.self_attention(il, cur, if hp.is_swa[il] { &hp.attn_local } else { &hp.attn_global })?; // [n, n_embd]
+        let mut cur = b.self_attention(il, cur, if hp.swa.is_swa(il) { &hp.attn_local } else { &hp.attn_global })?; // [n, n_embd]
         if last {
             // Only the rows whose logits are wanted go on through the last layer's FFN.
             cur = b.output_rows(&name("attn_out_rows"), cur)?; // [m, n_embd]

@@ -231,12 +231,13 @@ fn build_phi3(b: &mut Builder, hp: &HParams) -> Result<(), OpError> {
         let ffn_inp = b.add(&format!("blk.{il}.ffn_inp"), attn_out, x)?; // [n, n_embd]
 
         let cur = b.layer_rms_norm(il, "ffn_norm", ffn_inp, hp.eps)?; // [n, n_embd]
+                                                                      // The weight first: an absent `ffn_up` is then reported as a missing tensor.
+        let w_up = b.weight(&w("ffn_up"))?;
         let up_shape = b.tensor_shape(&w("ffn_up"))?.unwrap_or_default();
         let n_ff = match up_shape.as_slice() {
             [_, rows] if rows % 2 == 0 => rows / 2,
             d => return Err(OpError(format!("phi3: {} has dims {d:?}, expected [n_embd, 2*n_ff]", w("ffn_up")))),
         };
-        let w_up = b.weight(&w("ffn_up"))?;
         let gate_up = b.matmul(&format!("blk.{il}.ffn_up"), cur, w_up, None)?; // [n, 2*n_ff]
         let gate = b.view(&format!("blk.{il}.ffn_gate"), gate_up, 0, n_ff)?; // [n, n_ff]
         let up = b.view(&format!("blk.{il}.ffn_up_half"), gate_up, n_ff, n_ff)?; // [n, n_ff]

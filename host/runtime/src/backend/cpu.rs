@@ -1,6 +1,8 @@
 //! The CPU backend: runs a [`Plan`] with the kernels of `rocmforge_cpu` (runtime-dispatched
 //! SIMD) over an f32 activation arena and a paged KV cache (`rocmforge_cpu::KvCache`,
-//! `[layer][block][slot][head][dim]`, elements f16 by default, or q8_0 / fp8 E4M3).
+//! `[layer][block][slot][head][dim]`, elements f16 by default, or q8_0 / fp8 E4M3). The cache's
+//! "layers" are the KV layout's slots (`kv_layout.rs`): layer `il` keeps its K/V in plane
+//! `slot(il)` of the blocks of its group's table (slot = `il` in a one-group layout).
 //!
 //! Arena: `peak_cols × row_cap` floats, sized at construction for the largest batch the caller
 //! announced and grown (reallocated) only if a bigger batch arrives; node `i` of a batch of
@@ -11,8 +13,11 @@
 //!
 //! Row-wise ops are split over the thread pool by rows; every row is computed exactly as it
 //! would be alone, so the bits never depend on the split.
+//!
+//! fp8 KV scales (`kv_scales.rs`) are kept per model layer and given to the cache with each
+//! write and attention call (one cache plane holds different layers in a grouped layout).
 
-use rocmforge_cpu::{AttnParams, KvCache, KvCacheType, RopeParams, ThreadPool};
+use rocmforge_cpu::{AttnParams, KvCache, KvCacheType, KvHeadScales, RopeParams, ThreadPool};
 use rocmforge_quant::GgmlType;
 
 use super::Backend;
@@ -20,6 +25,8 @@ use crate::batch::BatchMeta;
 use crate::dump::Dump;
 use crate::exec::KvConfig;
 use crate::graph::{Graph, Op, PoolMode, RowSrc, Rows, Shape};
+use crate::kv_layout::KvLayout;
+use crate::kv_scales::KvScales;
 use crate::plan::{Plan, Step};
 use crate::source::{ModelSource, Weight};
 use crate::RuntimeError;
@@ -80,6 +87,9 @@ pub struct CpuBackend {
     peak_cols: usize,
     kv: KvCache,
     kv_cfg: KvConfig,
+    layout: KvLayout,
+    /// fp8 scales per model layer (empty: the cache's 1.0).
+    kv_scales: Vec<Option<KvHeadScales>>,
     pool: &'static ThreadPool,
 }
 
@@ -91,6 +101,7 @@ impl CpuBackend {
         p: &Plan,
         src: &ModelSource,
         kv_cfg: KvConfig,
+        layout: &KvLayout,
         kv_type: KvCacheType,
         max_batch_tokens: usize,
     ) -> Result<CpuBackend, RuntimeError> {
@@ -116,16 +127,28 @@ impl CpuBackend {
             .copied()
             .flatten()
             .ok_or_else(|| RuntimeError::Graph { node: "graph".into(), what: "no attention layer".into() })?;
-        if g.layers.iter().any(|l| *l != Some(geo)) {
+        if g.layers.iter().any(|l| !l.is_some_and(|l| l.same_geometry(&geo))) {
             return Err(RuntimeError::Graph {
                 node: "graph".into(),
                 what: "layers with different KV geometry are not supported yet".into(),
             });
         }
-        let kv =
-            KvCache::with_type(kv_type, g.layers.len(), geo.n_head_kv, geo.head_dim_k, geo.head_dim_v, kv_cfg.block_size, kv_cfg.n_blocks)
-                .map_err(|e| RuntimeError::KvCache(e.to_string()))?;
-        let mut be = CpuBackend { weights, arena: Vec::new(), row_cap: 0, peak_cols: p.peak_cols, kv, kv_cfg, pool: ThreadPool::global() };
+        // LATENT_ATTENTION layers read V from K: the cache stores K rows only.
+        let make = if geo.v_in_k { KvCache::with_v_in_k } else { KvCache::with_type };
+        let kv = make(kv_type, layout.n_slots(), geo.n_head_kv, geo.head_dim_k, geo.head_dim_v, kv_cfg.block_size, kv_cfg.n_blocks)
+            .map_err(|e| RuntimeError::KvCache(e.to_string()))?;
+        let layout = layout.clone();
+        let mut be = CpuBackend {
+            weights,
+            arena: Vec::new(),
+            row_cap: 0,
+            peak_cols: p.peak_cols,
+            kv,
+            kv_cfg,
+            layout,
+            kv_scales: Vec::new(),
+            pool: ThreadPool::global(),
+        };
         be.ensure_rows(max_batch_tokens.max(1));
         Ok(be)
     }
@@ -156,6 +179,11 @@ impl Backend for CpuBackend {
 
     fn kv_config(&self) -> KvConfig {
         self.kv_cfg
+    }
+
+    fn set_kv_scales(&mut self, scales: &KvScales) -> Result<(), RuntimeError> {
+        self.kv_scales = scales.layers.clone();
+        Ok(())
     }
 
     fn forward(&mut self, g: &Graph, p: &Plan, b: &BatchMeta, dump: Option<&Dump>) -> Result<&[f32], RuntimeError> {
@@ -219,13 +247,38 @@ impl Backend for CpuBackend {
                 let map_err = |e: rocmforge_cpu::CpuError| RuntimeError::Kernel { node: node.name.clone(), what: e.to_string() };
                 match &node.op {
                     Op::Weight { .. } => {}
-                    Op::MoeRoute { logits, n_expert, k, renorm } => super::moe::route(act(*logits), *n_expert, *k, *renorm, out),
-                    Op::MoeGateUp { x, route, gate, up, k, n_ff, geglu } => {
-                        let (g, u) = (&self.wslot(*gate).w, &self.wslot(*up).w);
-                        super::moe::gate_up(pool, act(*x), act(*route), *k, g, u, *n_ff, *geglu, out).map_err(map_err)?;
+                    Op::MoeRoute { logits, n_expert, k, routing } => {
+                        super::moe_route::route(act(*logits), *n_expert, *k, routing, routing.bias.map(|b| self.wvec(b)), out)
                     }
-                    Op::MoeDown { h, route, down, k, n_ff } => {
-                        super::moe::down(pool, act(*h), act(*route), *k, &self.wslot(*down).w, *n_ff, cols, out).map_err(map_err)?;
+                    Op::HeadMatMul { x, w, n_head, k, m } => {
+                        let ws = &self.wslot(*w).w;
+                        rocmforge_cpu::head_matmul(pool, ws.ty, ws.bytes.as_slice(), *n_head, *k, *m, act(*x), rows, out)
+                            .map_err(map_err)?;
+                    }
+                    Op::HeadView { x, offset, head } => {
+                        let Shape::Act { cols: src_cols, .. } = g.nodes[*x].shape else { unreachable!("graph validated") };
+                        let n = cols / (src_cols / head);
+                        rocmforge_cpu::head_view(act(*x), src_cols, *head, *offset, n, out).map_err(map_err)?;
+                    }
+                    Op::Concat { a, b: bb, n_head } => {
+                        let width = |j: usize| match g.nodes[j].shape {
+                            Shape::Act { cols, .. } => cols / n_head,
+                            Shape::Weight(_) => unreachable!("graph validated"),
+                        };
+                        rocmforge_cpu::head_concat(act(*a), width(*a), act(*bb), width(*bb), *n_head, out).map_err(map_err)?;
+                    }
+                    Op::MoeGateUp { x, route, gate, up, gate_b, up_b, k, n_ff, act: a } => {
+                        let experts = super::moe::Experts {
+                            gate: &self.wslot(*gate).w,
+                            up: &self.wslot(*up).w,
+                            gate_b: gate_b.map(|b| self.wvec(b)),
+                            up_b: up_b.map(|b| self.wvec(b)),
+                        };
+                        super::moe::gate_up(pool, act(*x), act(*route), *k, &experts, *n_ff, *a, out).map_err(map_err)?;
+                    }
+                    Op::MoeDown { h, route, down, bias, k, n_ff } => {
+                        let (w, b) = (&self.wslot(*down).w, bias.map(|b| self.wvec(b)));
+                        super::moe::down(pool, act(*h), act(*route), *k, w, b, *n_ff, cols, out).map_err(map_err)?;
                     }
                     Op::GetRows { table, src } => {
                         let w = &self.wslot(*table).w;
@@ -318,6 +371,7 @@ impl Backend for CpuBackend {
                             beta_slow: p.beta_slow,
                             n_ctx_orig: p.n_ctx_orig,
                             freq_factors: freq_factors.map(|f| self.wvec(f).to_vec()),
+                            yarn_exact: p.yarn_exact,
                         };
                         par_rows(pool, rows, cols, out, |r, o| {
                             rocmforge_cpu::rope(o, r.len(), p.n_head, p.head_dim, &b.positions[r.start..r.end], &params)
@@ -325,28 +379,34 @@ impl Backend for CpuBackend {
                     }
                     Op::Attention { q, k, v, p: p_ } => {
                         let (qa, ka, va) = (act(*q), act(*k), act(*v));
-                        let (qc, kc, vc) = (p_.n_head * p_.head_dim_k, p_.n_head_kv * p_.head_dim_k, p_.n_head_kv * p_.head_dim_v);
+                        // V read from K (LATENT_ATTENTION): no V rows are written.
+                        let vc = if p_.v_in_k { 0 } else { p_.n_head_kv * p_.head_dim_v };
+                        let (qc, kc) = (p_.n_head * p_.head_dim_k, p_.n_head_kv * p_.head_dim_k);
                         let params = AttnParams {
                             causal: p_.causal,
                             sliding_window: if p_.sliding_window == 0 { None } else { Some(p_.sliding_window) },
                             scale: if p_.scale == 0.0 { None } else { Some(p_.scale) },
                             softcap: if p_.softcap == 0.0 { None } else { Some(p_.softcap) },
+                            sinks: p_.sinks.map(|s| self.wvec(s).to_vec()),
                         };
+                        let (group, slot) = self.layout.place(p_.layer).expect("graph validated: the layer has attention");
+                        let scales = self.kv_scales.get(p_.layer).and_then(Option::as_ref);
                         for (s, c) in b.seqs.iter().enumerate() {
-                            let (t0, nt, table) = (c.start, c.len, b.block_table(s));
-                            self.kv
-                                .write(p_.layer, table, c.pos_start, &ka[t0 * kc..(t0 + nt) * kc], &va[t0 * vc..(t0 + nt) * vc], nt)
-                                .map_err(map_err)?;
-                            rocmforge_cpu::attention(
+                            let (t0, nt, table) = (c.start, c.len, b.block_table(group, s));
+                            let (k_rows, v_rows) = (&ka[t0 * kc..(t0 + nt) * kc], &va[t0 * vc..(t0 + nt) * vc]);
+                            self.kv.write_scaled(slot, table, c.pos_start, k_rows, v_rows, nt, scales).map_err(map_err)?;
+                            rocmforge_cpu::attention_with_scales(
                                 pool,
+                                rocmforge_cpu::Isa::detect(),
                                 &self.kv,
-                                p_.layer,
+                                slot,
                                 table,
                                 &qa[t0 * qc..(t0 + nt) * qc],
                                 nt,
                                 c.pos_start,
                                 p_.n_head,
                                 &params,
+                                scales,
                                 &mut out[t0 * cols..(t0 + nt) * cols],
                             )
                             .map_err(map_err)?;

@@ -17,13 +17,16 @@
 //! `host/gpu`); `exec::Device` picks one.
 
 pub mod cpu;
+pub mod fault;
 pub mod gpu;
 pub(crate) mod moe;
+pub(crate) mod moe_route;
 
 use crate::batch::BatchMeta;
 use crate::dump::Dump;
 use crate::exec::KvConfig;
 use crate::graph::Graph;
+use crate::kv_scales::KvScales;
 use crate::plan::Plan;
 use crate::RuntimeError;
 
@@ -39,5 +42,12 @@ pub trait Backend: Send {
     /// the caller uses `forward` (nothing was run).
     fn forward_argmax(&mut self, _g: &Graph, _p: &Plan, _b: &BatchMeta) -> Result<Option<&[u32]>, RuntimeError> {
         Ok(None)
+    }
+    /// Use these fp8 KV cache scales (per layer, per tensor or per KV head; checked against the
+    /// graph by the executor) for every K/V row written and read from now on; only called for
+    /// an fp8 cache. A backend without support answers `Unsupported` (the default), which the
+    /// executor reports as a warning, keeping scale 1.0.
+    fn set_kv_scales(&mut self, _scales: &KvScales) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported { node: "KV cache".into(), op: "fp8 KV scales".into(), backend: self.name() })
     }
 }

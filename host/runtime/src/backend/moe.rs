@@ -13,38 +13,23 @@
 //!
 //! Invariants: the graph checked that `route` is a MOE_ROUTE node of the same rows and `k`, so
 //! every id is an integer in `[0, n_expert)` stored exactly in an f32; expert weights are 3-D with
-//! `n_expert` as the outermost dim. Routing follows transformers' `MixtralSparseMoeBlock` /
+//! `n_expert` as the outermost dim; per-expert biases (gpt-oss) are `[len, n_expert]` and are added
+//! to each expert's projection before the activation (gate/up) or the weighting (down), as
+//! transformers' `GptOssExperts` and llama.cpp's `build_moe_ffn` do. Routing follows transformers' `MixtralSparseMoeBlock` /
 //! `Qwen2MoeSparseMoeBlock`: softmax over all experts in f32, top-k (ties: lower id first), then
 //! optionally divide the k weights by their sum.
 
 use rocmforge_cpu::{CpuError, ThreadPool};
 
+use crate::graph::MoeAct;
 use crate::source::Weight;
 
-/// Routing of each row: `out[r] = (w_0..w_{k-1}, id_0..id_{k-1})`.
+/// Softmax routing of each row: `out[r] = (w_0..w_{k-1}, id_0..id_{k-1})` (the first revision's
+/// MOE_ROUTE; every gating is `moe_route::route`).
+#[cfg(test)]
 pub(crate) fn route(logits: &[f32], n_expert: usize, k: usize, renorm: bool, out: &mut [f32]) {
-    let mut probs = vec![0f32; n_expert];
-    let mut order: Vec<usize> = (0..n_expert).collect();
-    for (lrow, orow) in logits.chunks_exact(n_expert).zip(out.chunks_exact_mut(2 * k)) {
-        let max = lrow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f64;
-        for (p, &l) in probs.iter_mut().zip(lrow) {
-            *p = (l - max).exp();
-            sum += *p as f64;
-        }
-        for p in probs.iter_mut() {
-            *p = (*p as f64 / sum) as f32;
-        }
-        order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
-        // Stable sort: equal probabilities keep the lower expert id first.
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-        let top = &order[..k];
-        let norm = if renorm { top.iter().map(|&e| probs[e] as f64).sum::<f64>() } else { 1.0 };
-        for (s, &e) in top.iter().enumerate() {
-            orow[s] = (probs[e] as f64 / norm) as f32;
-            orow[k + s] = e as f32;
-        }
-    }
+    let r = crate::graph::MoeRouting { sigmoid: false, renorm, bias: None, n_group: 0, n_group_used: 0, group_top2: false, scale: 1.0 };
+    super::moe_route::route(logits, n_expert, k, &r, None, out)
 }
 
 /// For each expert, the (row, slot) pairs routed to it.
@@ -76,19 +61,39 @@ fn n_expert(w: &Weight) -> usize {
     w.dims.get(2).copied().unwrap_or(1)
 }
 
-/// MOE_GATE_UP: `out[r, s·n_ff..(s+1)·n_ff] = act(x_r·gate_e) * (x_r·up_e)`, `e` = id of slot `s`.
+/// The stacked expert weights of MOE_GATE_UP and their optional per-expert biases
+/// (`[n_ff, n_expert]` as f32: expert `e`'s bias is `[e·n_ff, (e+1)·n_ff)`).
+pub(crate) struct Experts<'a> {
+    pub gate: &'a Weight,
+    pub up: &'a Weight,
+    pub gate_b: Option<&'a [f32]>,
+    pub up_b: Option<&'a [f32]>,
+}
+
+/// Add expert `e`'s slice of a per-expert bias `[len, n_expert]` to each `len`-row of `y`.
+fn add_expert_bias(y: &mut [f32], bias: Option<&[f32]>, e: usize, len: usize) {
+    if let Some(b) = bias {
+        let be = &b[e * len..(e + 1) * len];
+        for row in y.chunks_exact_mut(len) {
+            row.iter_mut().zip(be).for_each(|(v, b)| *v += b);
+        }
+    }
+}
+
+/// MOE_GATE_UP: `out[r, s·n_ff..(s+1)·n_ff] = act(x_r·gate_e + gate_b_e, x_r·up_e + up_b_e)`,
+/// `e` = id of slot `s`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gate_up(
     pool: &ThreadPool,
     x: &[f32],
     route: &[f32],
     k: usize,
-    gate: &Weight,
-    up: &Weight,
+    w: &Experts<'_>,
     n_ff: usize,
-    geglu: bool,
+    act: MoeAct,
     out: &mut [f32],
 ) -> Result<(), CpuError> {
+    let (gate, up) = (w.gate, w.up);
     let n_embd = gate.dims[0];
     let mut xs = Vec::new();
     let (mut g, mut u, mut a) = (Vec::new(), Vec::new(), Vec::new());
@@ -106,10 +111,12 @@ pub(crate) fn gate_up(
         }
         rocmforge_cpu::matmul(pool, gate.ty, expert_bytes(gate, e)?, n_ff, n_embd, &xs, m, &mut g)?;
         rocmforge_cpu::matmul(pool, up.ty, expert_bytes(up, e)?, n_ff, n_embd, &xs, m, &mut u)?;
-        if geglu {
-            rocmforge_cpu::geglu(&g, &u, &mut a);
-        } else {
-            rocmforge_cpu::swiglu(&g, &u, &mut a);
+        add_expert_bias(&mut g, w.gate_b, e, n_ff);
+        add_expert_bias(&mut u, w.up_b, e, n_ff);
+        match act {
+            MoeAct::SwiGlu => rocmforge_cpu::swiglu(&g, &u, &mut a),
+            MoeAct::GeGlu => rocmforge_cpu::geglu(&g, &u, &mut a),
+            MoeAct::SwiGluOai { alpha, limit } => rocmforge_cpu::swiglu_oai(&g, &u, alpha, limit, &mut a),
         }
         for (i, &(r, s)) in pairs.iter().enumerate() {
             let dst = (r * k + s) * n_ff;
@@ -119,7 +126,7 @@ pub(crate) fn gate_up(
     Ok(())
 }
 
-/// MOE_DOWN: `out[r] = Σ_s w_s · (h[r, s·n_ff..(s+1)·n_ff] · down_{id_s})`.
+/// MOE_DOWN: `out[r] = Σ_s w_s · (h[r, s·n_ff..(s+1)·n_ff] · down_{id_s} + bias_{id_s})`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn down(
     pool: &ThreadPool,
@@ -127,6 +134,7 @@ pub(crate) fn down(
     route: &[f32],
     k: usize,
     down: &Weight,
+    bias: Option<&[f32]>,
     n_ff: usize,
     n_embd: usize,
     out: &mut [f32],
@@ -145,6 +153,7 @@ pub(crate) fn down(
         }
         y.resize(m * n_embd, 0.0);
         rocmforge_cpu::matmul(pool, down.ty, expert_bytes(down, e)?, n_embd, n_ff, &hs, m, &mut y)?;
+        add_expert_bias(&mut y, bias, e, n_embd);
         for (i, &(r, s)) in pairs.iter().enumerate() {
             let w = route[r * 2 * k + s];
             for (o, v) in out[r * n_embd..(r + 1) * n_embd].iter_mut().zip(&y[i * n_embd..(i + 1) * n_embd]) {
@@ -169,10 +178,11 @@ mod tests {
     }
 
     /// The three MoE steps against a dense f64 evaluation: every token runs its k experts'
-    /// SwiGLU FFNs one by one, weighted and summed. Seven tokens over four experts makes some
-    /// experts serve several tokens (the grouped path) and possibly none (skipped).
-    #[test]
-    fn moe_ffn_matches_f64_reference() {
+    /// FFNs one by one, weighted and summed. Seven tokens over four experts makes some experts
+    /// serve several tokens (the grouped path) and possibly none (skipped). Run plain (SwiGLU, no
+    /// biases) and as gpt-oss (per-expert biases, the clamped SwiGLU with a limit the values
+    /// cross on both sides).
+    fn check_moe_ffn(act: MoeAct, biased: bool) {
         let (n_tok, n_embd, n_ff, n_expert, k) = (7usize, 8usize, 5usize, 4usize, 2usize);
         let pool = ThreadPool::global();
         let x: Vec<f32> = (0..n_tok * n_embd).map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0).collect();
@@ -180,12 +190,19 @@ mod tests {
         let (gate, gv) = stacked("gate", [n_embd, n_ff, n_expert], 1);
         let (up, uv) = stacked("up", [n_embd, n_ff, n_expert], 2);
         let (wdown, dv) = stacked("down", [n_ff, n_embd, n_expert], 3);
+        let bias = |len: usize, seed: usize| -> Option<Vec<f32>> {
+            biased.then(|| (0..len * n_expert).map(|i| (((i * 7 + seed) % 13) as f32 - 6.0) / 5.0).collect())
+        };
+        let (gb, ub, db) = (bias(n_ff, 1), bias(n_ff, 2), bias(n_embd, 3));
         let mut r = vec![0f32; n_tok * 2 * k];
         route(&logits, n_expert, k, true, &mut r);
         let mut h = vec![0f32; n_tok * k * n_ff];
-        gate_up(pool, &x, &r, k, &gate, &up, n_ff, false, &mut h).unwrap();
+        let experts = Experts { gate: &gate, up: &up, gate_b: gb.as_deref(), up_b: ub.as_deref() };
+        gate_up(pool, &x, &r, k, &experts, n_ff, act, &mut h).unwrap();
         let mut y = vec![0f32; n_tok * n_embd];
-        down(pool, &h, &r, k, &wdown, n_ff, n_embd, &mut y).unwrap();
+        down(pool, &h, &r, k, &wdown, db.as_deref(), n_ff, n_embd, &mut y).unwrap();
+        let b_at = |b: &Option<Vec<f32>>, e: usize, len: usize, j: usize| b.as_ref().map_or(0.0, |b| b[e * len + j] as f64);
+        let (mut clamped_gate, mut clamped_up) = (0, 0);
         for t in 0..n_tok {
             let xt = &x[t * n_embd..(t + 1) * n_embd];
             let mut want = vec![0f64; n_embd];
@@ -198,19 +215,89 @@ mod tests {
                 let xd: Vec<f64> = xt.iter().map(|&v| v as f64).collect();
                 let act: Vec<f64> = (0..n_ff)
                     .map(|j| {
-                        let g = dot(&gv, n_embd, n_ff, j, &xd);
-                        g / (1.0 + (-g).exp()) * dot(&uv, n_embd, n_ff, j, &xd)
+                        let g = dot(&gv, n_embd, n_ff, j, &xd) + b_at(&gb, e, n_ff, j);
+                        let u = dot(&uv, n_embd, n_ff, j, &xd) + b_at(&ub, e, n_ff, j);
+                        match act {
+                            MoeAct::SwiGluOai { alpha, limit } => {
+                                let (a, l) = (alpha as f64, limit as f64);
+                                clamped_gate += (g > l) as usize;
+                                clamped_up += (u.abs() > l) as usize;
+                                let (g, u) = (g.min(l), u.clamp(-l, l));
+                                g / (1.0 + (-a * g).exp()) * (u + 1.0)
+                            }
+                            _ => g / (1.0 + (-g).exp()) * u,
+                        }
                     })
                     .collect();
                 for (o, wo) in want.iter_mut().enumerate() {
-                    *wo += w * dot(&dv, n_ff, n_embd, o, &act);
+                    *wo += w * (dot(&dv, n_ff, n_embd, o, &act) + b_at(&db, e, n_embd, o));
                 }
             }
             for (o, &wo) in want.iter().enumerate() {
                 let got = y[t * n_embd + o] as f64;
-                assert!((got - wo).abs() < 1e-5 * (1.0 + wo.abs()), "token {t} col {o}: {got} vs {wo}");
+                assert!((got - wo).abs() < 1e-5 * (1.0 + wo.abs()), "{act:?} token {t} col {o}: {got} vs {wo}");
             }
         }
+        if matches!(act, MoeAct::SwiGluOai { .. }) {
+            assert!(clamped_gate > 0 && clamped_up > 0, "the limit clamps nothing ({clamped_gate}, {clamped_up})");
+        }
+    }
+
+    /// MXFP4 experts (gpt-oss's released format) through the grouped expert path: the same as
+    /// their dequantized values in F32, up to the Q8_0 rounding of the activations that the
+    /// quantized matmul applies as llama.cpp does (about 0.5% per product, host/cpu/tests/matmul.rs;
+    /// two products here). A mis-sliced expert (MXFP4's 17-byte blocks) would be O(1) off.
+    #[test]
+    fn mxfp4_experts_match_their_dequantized_values() {
+        let (n_tok, n_embd, n_ff, n_expert, k) = (9usize, 64usize, 96usize, 4usize, 2usize);
+        let pool = ThreadPool::global();
+        let x: Vec<f32> = (0..n_tok * n_embd).map(|i| (((i * 7919) % 101) as f32 - 50.0) / 40.0).collect();
+        let logits: Vec<f32> = (0..n_tok * n_expert).map(|i| ((i * 29 % 11) as f32 - 5.0) / 3.0).collect();
+        let as_weight = |name: &str, ty: GgmlType, dims: [usize; 3], bytes: Vec<u8>| Weight {
+            name: name.into(),
+            ty,
+            dims: dims.to_vec(),
+            bytes: WeightBytes::Owned(bytes),
+        };
+        // (MXFP4, its dequantized F32) pairs of stacked weights.
+        let pair = |name: &str, dims: [usize; 3], seed: usize| -> (Weight, Weight) {
+            let (_, v) = stacked(name, dims, seed);
+            let q = rocmforge_quant::quantize_to_vec(GgmlType::MXFP4, &v).unwrap();
+            let d = rocmforge_quant::dequantize_to_vec(GgmlType::MXFP4, &q, v.len()).unwrap();
+            (
+                as_weight(name, GgmlType::MXFP4, dims, q),
+                as_weight(name, GgmlType::F32, dims, d.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            )
+        };
+        let (gq, gf) = pair("gate", [n_embd, n_ff, n_expert], 1);
+        let (uq, uf) = pair("up", [n_embd, n_ff, n_expert], 2);
+        let (dq, df) = pair("down", [n_ff, n_embd, n_expert], 3);
+        let mut r = vec![0f32; n_tok * 2 * k];
+        route(&logits, n_expert, k, true, &mut r);
+        let act = MoeAct::SwiGluOai { alpha: 1.702, limit: 7.0 };
+        let run = |g: &Weight, u: &Weight, d: &Weight| -> Vec<f32> {
+            let mut h = vec![0f32; n_tok * k * n_ff];
+            gate_up(pool, &x, &r, k, &Experts { gate: g, up: u, gate_b: None, up_b: None }, n_ff, act, &mut h).unwrap();
+            let mut y = vec![0f32; n_tok * n_embd];
+            down(pool, &h, &r, k, d, None, n_ff, n_embd, &mut y).unwrap();
+            y
+        };
+        let (got, want) = (run(&gq, &uq, &dq), run(&gf, &uf, &df));
+        let num: f64 = got.iter().zip(&want).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+        let rel = (num / den).sqrt();
+        eprintln!("MXFP4 experts vs their dequantized values: rel. error {rel:.2e}");
+        assert!(den > 0.0 && rel < 1.5e-2, "MXFP4 experts vs their dequantized values: rel. error {rel:.2e}");
+    }
+
+    #[test]
+    fn moe_ffn_matches_f64_reference() {
+        check_moe_ffn(MoeAct::SwiGlu, false);
+    }
+
+    #[test]
+    fn moe_ffn_with_expert_biases_and_clamped_swiglu_matches_f64_reference() {
+        check_moe_ffn(MoeAct::SwiGluOai { alpha: 1.702, limit: 1.0 }, true);
     }
 
     /// Routing against an f64 evaluation of the same definition (softmax, top-k, renormalise).

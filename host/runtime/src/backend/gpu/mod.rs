@@ -8,38 +8,44 @@
 //!   node `i` of a batch of `n` tokens is the contiguous `[rows, cols_i]` matrix at
 //!   `col_off_i × stride`, `stride = next_pow2(n)` (the CPU backend's layout; see `plan.rs`), so
 //!   the plan's disjointness of live column ranges carries over unchanged;
-//! - the paged f16 KV cache (`rocmforge_gpu::GpuKvCache`, the CPU cache's layout);
+//! - the paged KV cache of f16, q8_0 or fp8 E4M3 elements (`rocmforge_gpu::GpuKvCache`, the CPU
+//!   cache's layout and numerics, one layer plane per slot of the KV layout: `kv_layout.rs`);
+//! - the split-K attention workspace (`rocmforge_gpu::AttnWorkspace`, sized by the device's
+//!   multiprocessor count);
 //! - per-step metadata buffers (token ids, positions, KV slots, attention tables, output rows),
 //!   refilled by small host-to-device copies at the start of each step; they grow (reallocate)
 //!   only if a step has more sequences or block-table entries than any before.
 //!
-//! Decode steps (one token per sequence) replay a CUDA/HIP graph captured once per token count:
-//! every per-step value the kernels read lives in the step buffers, so a replay only needs the
-//! small uploads before it (`ROCMFORGE_GPU_GRAPHS=0` turns this off; a failed capture falls back
-//! to eager launches with one warning).
+//! Decode steps (one token per sequence) replay a CUDA/HIP graph captured once per token count
+//! and split-K bucket (the attention's partition count by context length, a power of two, see
+//! `graph_key`): every per-step value the kernels read lives in the step buffers, so a replay
+//! only needs the small uploads before it (`ROCMFORGE_GPU_GRAPHS=0` turns graphs off,
+//! `ROCMFORGE_ATTN_SPLIT=0` split-K; a failed capture falls back to eager launches with one
+//! warning).
 //!
 //! Only the output rows come back to the host, once per forward. A batch larger than the arena
 //! is refused (the engine's token budget sizes it), never silently reallocated.
 //!
-//! Ops: every op of the graph IR except the MoE ones (refused at load with
-//! [`RuntimeError::Unsupported`] naming the node).
+//! Ops: every op of the graph IR except the MoE ones, attention sinks and ROPE's exact YaRN
+//! range (gpt-oss), refused at load with [`RuntimeError::Unsupported`] naming the node.
 
 mod weights;
 
 use rocmforge_gpu::{
-    AttnBatch, AttnConfig, AttnSeq, Device, DeviceBuffer, DeviceView, GemmScratch, Glu, GpuError, GpuKvCache, GraphExec, Kernels, KvSlots,
-    QuantActs, RopeConfig, Stream, Unary, GEMM_CHUNK_VALUES,
+    attn_key_parts, attn_split_parts, attn_workspace_rows, AttnBatch, AttnConfig, AttnSeq, AttnSplit, AttnWorkspace, Device, DeviceBuffer,
+    DeviceView, GemmScratch, Glu, GpuError, GpuKvCache, GraphExec, Kernels, KvSlots, KvType, QuantActs, RopeConfig, Stream, Unary,
+    ATTN_PART_KEYS, GEMM_CHUNK_VALUES,
 };
 use std::collections::HashMap;
-
-use rocmforge_quant::GgmlType;
 
 use self::weights::GpuWeight;
 use super::Backend;
 use crate::batch::BatchMeta;
 use crate::dump::Dump;
-use crate::exec::KvConfig;
+use crate::exec::{KvCacheType, KvConfig};
 use crate::graph::{Graph, Op, PoolMode, RowSrc, Rows, Shape};
+use crate::kv_layout::KvLayout;
+use crate::kv_scales::KvScales;
 use crate::plan::{Plan, Step};
 use crate::source::ModelSource;
 use crate::RuntimeError;
@@ -52,9 +58,10 @@ struct StepBufs {
     row_ids: DeviceBuffer<u32>,
     out_ids: DeviceBuffer<u32>,
     pool_meta: DeviceBuffer<i32>,
-    slots: KvSlots,
-    attn: AttnBatch,
-    /// Capacity of `attn` in sequences and block-table entries.
+    /// Per KV group: the KV write slots of the step's tokens and the attention tables.
+    slots: Vec<KvSlots>,
+    attn: Vec<AttnBatch>,
+    /// Capacity of each `attn` in sequences and block-table entries.
     attn_cap: (usize, usize),
 }
 
@@ -67,6 +74,7 @@ pub struct GpuBackend {
     row_cap: usize,
     kv: GpuKvCache,
     kv_cfg: KvConfig,
+    layout: KvLayout,
     acts: QuantActs,
     step: StepBufs,
     /// The output rows of the last forward, in host memory.
@@ -74,12 +82,20 @@ pub struct GpuBackend {
     /// Row argmaxes of the last `forward_argmax` (device scratch and host copy).
     argmax_ids: DeviceBuffer<u32>,
     out_ids: Vec<u32>,
-    /// Decode steps replay a graph captured once per token count (see `graph_key`).
+    /// Decode steps replay a graph captured once per (token count, split-K bucket) (see
+    /// `graph_key`).
     use_graphs: bool,
     /// The graph reads only per-step data that lives in the step buffers (no ids built per op):
     /// no GET_ROWS of positions or constants, no POOL.
     capturable: bool,
-    graphs: HashMap<usize, GraphExec>,
+    graphs: HashMap<(usize, usize), GraphExec>,
+    /// Split-K attention (`rocmforge_gpu::attn_split_parts`): its workspace, sized once at load
+    /// for this device's multiprocessor count; `key_parts` is this step's partition count by
+    /// context length (1: no split; always 1 with `ROCMFORGE_ATTN_SPLIT=0`).
+    attn_ws: AttnWorkspace,
+    n_sm: usize,
+    attn_split: bool,
+    key_parts: usize,
     /// Matrix products of at least `gemm_min_tokens` tokens (prefill chunks) go through the
     /// vendor GEMM on f16 copies (`rocmforge_gpu::GemmScratch`); `None` when the BLAS library
     /// is missing or the token budget never reaches the threshold.
@@ -91,31 +107,65 @@ pub struct GpuBackend {
 /// kernels (`ROCMFORGE_GEMM_MIN_TOKENS` overrides; 0 turns the GEMM off).
 const GEMM_MIN_TOKENS: usize = 32;
 
+/// A kernel wrapper's error at graph node `node`; a lost device stays a typed
+/// [`RuntimeError::Gpu`] (`GpuError::DeviceLost`), so the engine can tell it from a bad node.
+fn kernel_err(node: &str, e: GpuError) -> RuntimeError {
+    if e.is_device_lost() {
+        RuntimeError::Gpu(e)
+    } else {
+        RuntimeError::Kernel { node: node.to_string(), what: e.to_string() }
+    }
+}
+
 fn unsupported(node: &str, op: &str) -> RuntimeError {
     RuntimeError::Unsupported { node: node.to_string(), op: op.to_string(), backend: "GPU".into() }
+}
+
+/// The first node of `g` this backend has no kernel for (an op, or an appended parameter of one),
+/// as the error [`GpuBackend::new`] refuses the graph with, so `--device auto` runs the model on
+/// the CPU instead of computing something else on the GPU. Needs no device (tests call it).
+pub fn unsupported_op(g: &Graph) -> Option<RuntimeError> {
+    g.nodes.iter().find_map(|node| {
+        let name = match &node.op {
+            Op::MoeRoute { .. } => "MOE_ROUTE",
+            Op::MoeGateUp { .. } => "MOE_GATE_UP",
+            Op::MoeDown { .. } => "MOE_DOWN",
+            Op::Attention { p, .. } if p.sinks.is_some() => "ATTENTION with sinks",
+            Op::Rope { p, .. } if p.yarn_exact && p.ext_factor != 0.0 => "ROPE with an exact YaRN correction range",
+            Op::Attention { p, .. } if p.v_in_k => "LATENT_ATTENTION",
+            Op::HeadMatMul { .. } => "HEAD_MATMUL",
+            Op::HeadView { .. } => "VIEW with a head width",
+            Op::Concat { .. } => "CONCAT",
+            _ => return None,
+        };
+        Some(unsupported(&node.name, name))
+    })
 }
 
 impl GpuBackend {
     /// Upload the graph's weights to `dev`, compile (or load from the disk cache) the kernels,
     /// and allocate the KV cache, the arena for batches of up to `max_batch_tokens` tokens and the
     /// per-step buffers. Refuses graphs with ops the GPU lacks and models that do not fit the
-    /// device's free memory (with both numbers).
+    /// device's free memory (with both numbers). The KV cache stores `kv_type` elements (f16,
+    /// q8_0 or fp8 E4M3, as the CPU backend's cache).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         dev: Device,
         g: &Graph,
         p: &Plan,
         src: &ModelSource,
         kv_cfg: KvConfig,
+        layout: &KvLayout,
+        kv_type: KvCacheType,
         max_batch_tokens: usize,
     ) -> Result<GpuBackend, RuntimeError> {
-        for node in &g.nodes {
-            let name = match node.op {
-                Op::MoeRoute { .. } => "MOE_ROUTE",
-                Op::MoeGateUp { .. } => "MOE_GATE_UP",
-                Op::MoeDown { .. } => "MOE_DOWN",
-                _ => continue,
-            };
-            return Err(unsupported(&node.name, name));
+        let kv_ty = match kv_type {
+            KvCacheType::F16 => KvType::F16,
+            KvCacheType::Q8_0 => KvType::Q8_0,
+            KvCacheType::Fp8E4M3 => KvType::Fp8E4M3,
+        };
+        if let Some(e) = unsupported_op(g) {
+            return Err(e);
         }
         let geo = g
             .layers
@@ -123,7 +173,7 @@ impl GpuBackend {
             .copied()
             .flatten()
             .ok_or_else(|| RuntimeError::Graph { node: "graph".into(), what: "no attention layer".into() })?;
-        if g.layers.iter().any(|l| *l != Some(geo)) {
+        if g.layers.iter().any(|l| !l.is_some_and(|l| l.same_geometry(&geo))) {
             return Err(RuntimeError::Graph {
                 node: "graph".into(),
                 what: "layers with different KV geometry are not supported yet".into(),
@@ -143,12 +193,22 @@ impl GpuBackend {
 
         // Refuse up front what cannot fit, with the numbers (rather than failing half-way).
         let w_bytes = weights::device_bytes(g, p, src);
-        let kv_bytes = g.layers.len() * kv_cfg.n_blocks * kv_cfg.block_size * geo.n_head_kv * (geo.head_dim_k + geo.head_dim_v) * 2;
+        let kv_bytes = GpuKvCache::bytes_for(
+            kv_ty,
+            layout.n_slots(),
+            geo.n_head_kv,
+            geo.head_dim_k,
+            geo.head_dim_v,
+            kv_cfg.block_size,
+            kv_cfg.n_blocks,
+        );
         let arena_bytes = p.peak_cols * row_cap * 4;
         let gemm_min_tokens = std::env::var("ROCMFORGE_GEMM_MIN_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMM_MIN_TOKENS);
         let want_gemm = gemm_min_tokens > 0 && max_batch_tokens >= gemm_min_tokens;
         let gemm_bytes = if want_gemm { (row_cap * max_k + GEMM_CHUNK_VALUES.max(max_k)) * 2 } else { 0 };
-        let scratch = row_cap * max_k.div_ceil(32) * 32 * 3 / 2 + gemm_bytes;
+        let n_sm = dev.info().multiprocessors.max(1) as usize;
+        let ws_rows = attn_workspace_rows(n_sm);
+        let scratch = row_cap * max_k.div_ceil(32) * 32 * 3 / 2 + gemm_bytes + AttnWorkspace::bytes(ws_rows, geo.head_dim_v);
         let need = w_bytes + kv_bytes + arena_bytes + scratch;
         let (free, _total) = dev.memory()?;
         if need > free {
@@ -162,7 +222,19 @@ impl GpuBackend {
         let k = Kernels::new(&dev)?;
         let stream = dev.new_stream()?;
         let weights = weights::upload(&dev, g, p, src)?;
-        let kv = GpuKvCache::new(&dev, g.layers.len(), geo.n_head_kv, geo.head_dim_k, geo.head_dim_v, kv_cfg.block_size, kv_cfg.n_blocks)?;
+        let kv = GpuKvCache::with_type(
+            &dev,
+            kv_ty,
+            layout.n_slots(),
+            geo.n_head_kv,
+            geo.head_dim_k,
+            geo.head_dim_v,
+            kv_cfg.block_size,
+            kv_cfg.n_blocks,
+        )
+        .map_err(|e| RuntimeError::KvCache(e.to_string()))?;
+        let attn_ws = AttnWorkspace::new(&dev, ws_rows, geo.head_dim_v)?;
+        let attn_split = std::env::var("ROCMFORGE_ATTN_SPLIT").map_or(true, |v| v != "0");
         let arena = dev.alloc::<f32>((p.peak_cols * row_cap).max(1))?;
         let acts = QuantActs::new(&dev, row_cap * max_k.div_ceil(32) * 32)?;
         let attn_cap = (row_cap, kv_cfg.n_blocks.max(row_cap));
@@ -172,15 +244,18 @@ impl GpuBackend {
             row_ids: dev.alloc(row_cap)?,
             out_ids: dev.alloc(row_cap)?,
             pool_meta: dev.alloc(2 * row_cap)?,
-            slots: KvSlots::with_capacity(&dev, row_cap)?,
-            attn: AttnBatch::with_capacity(&dev, row_cap, attn_cap.0, attn_cap.1)?,
+            slots: (0..layout.n_groups()).map(|_| KvSlots::with_capacity(&dev, row_cap)).collect::<Result<_, _>>()?,
+            attn: (0..layout.n_groups())
+                .map(|_| AttnBatch::with_capacity(&dev, row_cap, attn_cap.0, attn_cap.1))
+                .collect::<Result<_, _>>()?,
             attn_cap,
         };
         tracing::info!(
-            "GPU backend on {}: weights {:.1} MiB, KV {:.1} MiB, arena {:.1} MiB ({} tokens)",
+            "GPU backend on {}: weights {:.1} MiB, KV {:.1} MiB ({}), arena {:.1} MiB ({} tokens)",
             dev.info(),
             w_bytes as f64 / 1048576.0,
             kv_bytes as f64 / 1048576.0,
+            kv_ty.name(),
             arena_bytes as f64 / 1048576.0,
             row_cap
         );
@@ -214,6 +289,7 @@ impl GpuBackend {
             row_cap,
             kv,
             kv_cfg,
+            layout: layout.clone(),
             acts,
             step,
             out: Vec::new(),
@@ -224,6 +300,10 @@ impl GpuBackend {
             graphs: HashMap::new(),
             gemm,
             gemm_min_tokens,
+            attn_ws,
+            n_sm,
+            attn_split,
+            key_parts: 1,
         })
     }
 
@@ -236,30 +316,35 @@ impl GpuBackend {
         s.copy_to_device(&b.tokens, &mut *st.tokens.view(0, n)?)?;
         s.copy_to_device(&b.positions, &mut *st.positions.view(0, n)?)?;
         let bs = self.kv_cfg.block_size;
-        let mut slots = Vec::with_capacity(n);
-        let mut q_pos: Vec<Vec<usize>> = Vec::with_capacity(b.n_seqs());
-        for (i, c) in b.seqs.iter().enumerate() {
-            let table = b.block_table(i);
-            let pos: Vec<usize> = (c.pos_start..c.pos_start + c.len).collect();
-            slots.extend(pos.iter().map(|&p| (table[p / bs] as usize * bs + p % bs) as i64));
-            q_pos.push(pos);
-        }
-        st.slots.fill(s, &self.kv, &slots)?;
-        let seqs: Vec<AttnSeq> = b
-            .seqs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| AttnSeq { block_table: b.block_table(i), seq_len: c.pos_start + c.len, q_positions: &q_pos[i] })
-            .collect();
-        let want = (b.n_seqs(), b.block_tables.len().max(1));
+        let q_pos: Vec<Vec<usize>> = b.seqs.iter().map(|c| (c.pos_start..c.pos_start + c.len).collect()).collect();
+        let want = (b.n_seqs(), b.block_tables[0].len().max(1));
         if want.0 > st.attn_cap.0 || want.1 > st.attn_cap.1 {
             // Rare (prefix-shared tables, many sequences): grow, keeping powers of two.
             st.attn_cap = (want.0.max(st.attn_cap.0).next_power_of_two(), want.1.max(st.attn_cap.1).next_power_of_two());
-            st.attn = AttnBatch::with_capacity(&self.dev, self.row_cap, st.attn_cap.0, st.attn_cap.1)?;
+            for a in st.attn.iter_mut() {
+                *a = AttnBatch::with_capacity(&self.dev, self.row_cap, st.attn_cap.0, st.attn_cap.1)?;
+            }
             // Captured graphs hold the old buffers' addresses.
             self.graphs.clear();
         }
-        st.attn.fill(s, &self.kv, &seqs)?;
+        // One set of write slots and attention tables per KV group (every group's table covers
+        // the same positions; a sliding group's entries behind its window are NULL_BLOCK, never
+        // written: the step writes only its own positions).
+        for (grp, (slots_buf, attn)) in st.slots.iter_mut().zip(st.attn.iter_mut()).enumerate() {
+            let mut slots = Vec::with_capacity(n);
+            for (i, pos) in q_pos.iter().enumerate() {
+                let table = b.block_table(grp, i);
+                slots.extend(pos.iter().map(|&p| (table[p / bs] as usize * bs + p % bs) as i64));
+            }
+            slots_buf.fill(s, &self.kv, &slots)?;
+            let seqs: Vec<AttnSeq> = b
+                .seqs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| AttnSeq { block_table: b.block_table(grp, i), seq_len: c.pos_start + c.len, q_positions: &q_pos[i] })
+                .collect();
+            attn.fill(s, &self.kv, &seqs)?;
+        }
         let out_ids: Vec<u32> = b.out_ids.iter().map(|&i| i as u32).collect();
         s.copy_to_device(&out_ids, &mut *st.out_ids.view(0, out_ids.len())?)?;
         Ok(())
@@ -307,6 +392,22 @@ impl Backend for GpuBackend {
         self.kv_cfg
     }
 
+    /// fp8 scales per layer (per tensor or per KV head), kept on the device by the cache
+    /// (`GpuKvCache::set_layer_fp8_scales`); the kernels read them as the CPU's
+    /// `write_scaled` / `attention_with_scales` do. Captured graphs hold the old scale
+    /// addresses, so they are dropped (re-captured at the next decode step).
+    fn set_kv_scales(&mut self, scales: &KvScales) -> Result<(), RuntimeError> {
+        for (il, hs) in scales.layers.iter().enumerate() {
+            let Some(hs) = hs else { continue };
+            let Some((_, slot)) = self.layout.place(il) else {
+                return Err(RuntimeError::KvCache(format!("fp8 scales for layer {il}, which has no KV cache")));
+            };
+            self.kv.set_layer_fp8_scales(&self.dev, slot, &hs.k, &hs.v).map_err(|e| RuntimeError::KvCache(e.to_string()))?;
+        }
+        self.graphs.clear();
+        Ok(())
+    }
+
     fn forward(&mut self, g: &Graph, p: &Plan, b: &BatchMeta, dump: Option<&Dump>) -> Result<&[f32], RuntimeError> {
         let Some(stride) = self.run(g, p, b, dump)? else { return Ok(&[]) };
         let Some(o) = g.output else { return Ok(&[]) };
@@ -323,7 +424,7 @@ impl Backend for GpuBackend {
         let Some(stride) = self.run(g, p, b, None)? else { return Ok(Some(&[])) };
         let av = ArenaViews { arena: &self.arena, stride, g, p, rows: [b.n_tokens(), b.n_outputs(), b.n_seqs()] };
         let (r, _) = av.shape(o);
-        let kerr = |e: GpuError| RuntimeError::Kernel { node: "argmax".into(), what: e.to_string() };
+        let kerr = |e: GpuError| kernel_err("argmax", e);
         self.k.argmax(&self.stream, &*av.get(o)?, r, &mut *self.argmax_ids.view(0, r)?).map_err(kerr)?;
         self.out_ids.resize(r, 0);
         self.stream.copy_to_host(&*self.argmax_ids.view(0, r)?, &mut self.out_ids)?;
@@ -347,6 +448,10 @@ impl GpuBackend {
             )));
         }
         self.upload_step(b)?;
+        // Split-K partitions by the longest context of the step (read on the host, once per
+        // step; every launch's partition count follows from it and graph-static values).
+        let max_ctx = b.seqs.iter().map(|c| c.pos_start + c.len).max().unwrap_or(0);
+        self.key_parts = if self.attn_split { attn_key_parts(max_ctx) } else { 1 };
         let stride = n_tokens.max(n_seqs).next_power_of_two().max(8).min(self.row_cap);
         match self.graph_key(b, dump) {
             Some(key) => {
@@ -368,16 +473,19 @@ impl GpuBackend {
     }
 
     /// Decode steps (one token per sequence, its logits wanted) of a capturable graph replay a
-    /// graph captured for their token count: every per-step value they read (ids, positions,
-    /// slots, attention tables, output rows) is in the step buffers, and every launch's shape
-    /// depends on the token count alone.
-    fn graph_key(&self, b: &BatchMeta, dump: Option<&Dump>) -> Option<usize> {
+    /// graph captured for their token count and split-K bucket (`key_parts`): every per-step
+    /// value they read (ids, positions, slots, attention tables with the context lengths, output
+    /// rows) is in the step buffers, and every launch's shape depends on the token count and
+    /// `key_parts` alone (the attention partition count is `attn_split_parts` of those and of
+    /// values fixed at load), so a context that grows within a bucket replays the same graph.
+    fn graph_key(&self, b: &BatchMeta, dump: Option<&Dump>) -> Option<(usize, usize)> {
         let decode = b.seqs.iter().all(|c| c.len == 1) && b.n_outputs() == b.n_tokens();
-        (self.use_graphs && self.capturable && dump.is_none() && decode).then_some(b.n_tokens())
+        (self.use_graphs && self.capturable && dump.is_none() && decode).then_some((b.n_tokens(), self.key_parts))
     }
 
-    /// Capture the plan's launches for `key` tokens into a graph (nothing runs while capturing).
-    fn capture(&mut self, key: usize, g: &Graph, p: &Plan, b: &BatchMeta, stride: usize) -> Result<(), RuntimeError> {
+    /// Capture the plan's launches for `key` (tokens, split bucket) into a graph (nothing runs
+    /// while capturing).
+    fn capture(&mut self, key: (usize, usize), g: &Graph, p: &Plan, b: &BatchMeta, stride: usize) -> Result<(), RuntimeError> {
         self.stream.begin_capture()?;
         let r = self.enqueue(g, p, b, None, stride);
         let graph = self.stream.end_capture();
@@ -390,7 +498,7 @@ impl GpuBackend {
     /// Queue every step of the plan on the stream (the step's metadata already uploaded).
     fn enqueue(&mut self, g: &Graph, p: &Plan, b: &BatchMeta, dump: Option<&Dump>, stride: usize) -> Result<(), RuntimeError> {
         let (n_tokens, n_outputs, n_seqs) = (b.n_tokens(), b.n_outputs(), b.n_seqs());
-        let GpuBackend { k, stream: s, weights, arena, kv, acts, step, gemm, gemm_min_tokens, .. } = self;
+        let GpuBackend { k, stream: s, weights, arena, kv, layout, acts, step, gemm, gemm_min_tokens, attn_ws, n_sm, key_parts, .. } = self;
         let use_gemm = |rows: usize| rows >= *gemm_min_tokens;
         let av = ArenaViews { arena, stride, g, p, rows: [n_tokens, n_outputs, n_seqs] };
         let wt = |i: usize| weights[i].as_ref().expect("graph validated: weight node");
@@ -405,7 +513,7 @@ impl GpuBackend {
                 return false;
             }
             let quantized = |j: usize| match g.nodes[j].op {
-                Op::MatMul { x, w, .. } => x == i && wt(w).mat.as_ref().is_some_and(|m| m.ty != GgmlType::F16),
+                Op::MatMul { x, w, .. } => x == i && wt(w).mat.as_ref().is_some_and(|m| m.quantized_input()),
                 _ => false,
             };
             match p.steps.get(idx + 1) {
@@ -421,7 +529,7 @@ impl GpuBackend {
             let fused_in = pre_q.take();
             let lead = st.nodes()[0];
             let node = &g.nodes[lead];
-            let kerr = |e: GpuError| RuntimeError::Kernel { node: node.name.clone(), what: e.to_string() };
+            let kerr = |e: GpuError| kernel_err(&node.name, e);
             if let Step::MatMulGroup(group) = st {
                 let Op::MatMul { x, w, .. } = node.op else { unreachable!("plan: a group of MATMULs") };
                 let (rows, kdim) = av.shape(x);
@@ -429,7 +537,7 @@ impl GpuBackend {
                 // Quantize the shared input once for every quantized matrix of the group
                 // (Q/K/V, gate/up); F16 matrices read the f32 input directly.
                 let all_q = group.iter().all(|&j| match g.nodes[j].op {
-                    Op::MatMul { w, .. } => wt(w).mat.as_ref().is_some_and(|m| m.ty != GgmlType::F16),
+                    Op::MatMul { w, .. } => wt(w).mat.as_ref().is_some_and(|m| m.quantized_input()),
                     _ => false,
                 });
                 let _ = w;
@@ -482,6 +590,8 @@ impl GpuBackend {
                 match &node.op {
                     Op::Weight { .. } => {}
                     Op::MoeRoute { .. } | Op::MoeGateUp { .. } | Op::MoeDown { .. } => return Err(unsupported(&node.name, "MoE")),
+                    // Refused in `new` (no kernels yet): MLA's per-head ops.
+                    Op::HeadMatMul { .. } | Op::HeadView { .. } | Op::Concat { .. } => return Err(unsupported(&node.name, "per-head op")),
                     Op::GetRows { table, src } => {
                         let (ty, bytes) = wt(*table).table.as_ref().expect("uploaded: table");
                         let ids = match src {
@@ -569,14 +679,20 @@ impl GpuBackend {
                             .map_err(kerr)?;
                     }
                     Op::Attention { q, k: kk, v, p: ap } => {
-                        k.kv_write_slots(s, kv, ap.layer, &*act(*kk)?, &*act(*v)?, &step.slots).map_err(kerr)?;
+                        let (grp, slot) = layout.place(ap.layer).expect("graph validated: the layer has attention");
+                        k.kv_write_slots(s, kv, slot, &*act(*kk)?, &*act(*v)?, &step.slots[grp]).map_err(kerr)?;
                         let cfg = AttnConfig {
                             scale: (ap.scale != 0.0).then_some(ap.scale),
                             causal: ap.causal,
                             sliding_window: (ap.sliding_window != 0).then_some(ap.sliding_window),
                             softcap: (ap.softcap != 0.0).then_some(ap.softcap),
                         };
-                        k.attention(s, kv, ap.layer, &step.attn, &*act(*q)?, ap.n_head, &cfg, &mut out).map_err(kerr)?;
+                        // Split-K for long contexts when the (token, head) pairs leave the
+                        // device underused: partitions of >= ATTN_PART_KEYS keys.
+                        let parts = (*key_parts).min(cfg.sliding_window.map_or(usize::MAX, attn_key_parts));
+                        let n_part = attn_split_parts(parts, n_tokens * ap.n_head, *n_sm, attn_ws.rows());
+                        let split = (n_part > 1).then_some(AttnSplit { ws: &mut *attn_ws, n_part, min_keys: ATTN_PART_KEYS });
+                        k.attention_split(s, kv, slot, &step.attn[grp], &*act(*q)?, ap.n_head, &cfg, split, &mut out).map_err(kerr)?;
                     }
                     Op::Silu { x } => k.unary(s, Unary::Silu, &*act(*x)?, &mut out).map_err(kerr)?,
                     Op::Sigmoid { x } => k.unary(s, Unary::Sigmoid, &*act(*x)?, &mut out).map_err(kerr)?,
@@ -630,5 +746,23 @@ impl GpuBackend {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_device_stays_typed_through_kernel_errors() {
+        let lost =
+            GpuError::DeviceLost { device: "cuda:0".into(), call: "LaunchKernel", code: 719, name: "CUDA_ERROR_LAUNCH_FAILED".into() };
+        let e = kernel_err("blk.0.attn_q", lost);
+        assert!(e.is_device_lost(), "{e:?}");
+        assert!(e.to_string().contains("CUDA_ERROR_LAUNCH_FAILED (719)"), "{e}");
+        // Any other kernel error names its node.
+        let e = kernel_err("blk.0.attn_q", GpuError::Shape { op: "matmul", what: "y has 3 values".into() });
+        assert!(!e.is_device_lost());
+        assert!(e.to_string().contains("blk.0.attn_q"), "{e}");
     }
 }

@@ -1,9 +1,11 @@
 //! Weights of a graph on the device, uploaded once at load, in the form each op reads them:
 //!
-//! - MATMUL weights as [`GpuMatrix`] (repacked for the matrix-vector kernels). Types those
-//!   kernels lack (F32, BF16, Q5_1, Q5_K, IQ*, ...) are dequantized and uploaded as F16, which
-//!   rounds each weight to 11 significant bits (relative 2^-12): close to what the CPU computes,
-//!   not bit-equal; the load log says which tensors took this path.
+//! - MATMUL weights as [`GpuMatrix`] (repacked for the matrix-vector kernels: Q4_0, Q4_1, Q5_0,
+//!   Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K, IQ4_XS, F16, BF16, F32; `repack::supports_mmv`).
+//!   Types those kernels lack (Q2_K, Q3_K, the IQ2/IQ3 and ternary types, MXFP4, ...) are
+//!   dequantized and uploaded as F16, which rounds each weight to 11 significant bits (relative
+//!   2^-12) and costs 16 bits a weight: close to what the CPU computes, not bit-equal; the load
+//!   log says which tensors took this path.
 //! - GET_ROWS tables in their GGUF bytes (the gather kernels read GGUF blocks directly); types
 //!   `get_rows` lacks go up as F32 rows.
 //! - Element-wise weights (`Plan::needs_vec`: norm weights, biases, RoPE factors) as f32.
@@ -21,10 +23,8 @@ use crate::RuntimeError;
 
 /// Types the GET_ROWS kernels read in their GGUF layout.
 fn table_type_supported(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::F32 | GgmlType::F16 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K
-    )
+    use GgmlType::*;
+    matches!(ty, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL | Q4_K | Q5_K | Q6_K | IQ4_XS)
 }
 
 /// One weight node's device copies, per role.
