@@ -108,7 +108,8 @@ impl Run {
             let s = rocmforge_engine::kv_calibration::calibrate_kv_scales(&mut exec, tok, CHUNK).expect("calibrate").expect("fp8 scales");
             println!("{}: {}", path.file_name().unwrap_or_default().to_string_lossy(), s.summary());
         } else if let Kv::Fp8AutoX(a, b) = kv {
-            let mut s = rocmforge_engine::kv_calibration::calibrate_kv_scales(&mut exec, tok, CHUNK).expect("calibrate").expect("fp8 scales");
+            let mut s =
+                rocmforge_engine::kv_calibration::calibrate_kv_scales(&mut exec, tok, CHUNK).expect("calibrate").expect("fp8 scales");
             for l in s.layers.iter_mut().flatten() {
                 l.k.iter_mut().for_each(|x| *x *= a);
                 l.v.iter_mut().for_each(|x| *x *= b);

@@ -201,3 +201,41 @@ fn bad_uploads_are_400s() {
     assert!(!tags["models"].as_array().unwrap().iter().any(|m| m["name"].as_str().unwrap_or("").starts_with("bad")), "{tags}");
     assert_no_temporaries(&s);
 }
+
+/// [T-CREATE-07] `rocmforge create -f Modelfile` with `ADAPTER` lines: the CLI uploads the GGUF
+/// adapter file and the PEFT adapter directory as blobs and sends them as `adapters`.
+#[test]
+fn cli_modelfile_adapter_lines() {
+    let s = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = repo().join("tests/fixtures");
+    for (model, adapter) in [("cli-gguf", fixtures.join("lora-tiny/plain/adapter.gguf")), ("cli-peft", fixtures.join("lora-tiny/plain"))] {
+        let mf = dir.path().join(format!("{model}.Modelfile"));
+        std::fs::write(&mf, format!("FROM {}\nADAPTER {}\n", fixtures.join("tiny-llama.f32.gguf").display(), adapter.display())).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocmforge"))
+            .args(["create", model, "-f"])
+            .arg(&mf)
+            .env("OLLAMA_HOST", &s.url)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{model}: {stderr}");
+        assert!(stderr.contains("success"), "{model}: {stderr}");
+        let ls = layers(&s, model);
+        let adapters = layer(&ls, "adapter");
+        assert_eq!(adapters.len(), 1, "{ls:?}");
+        let e = rel_err_vs_peft(&blob(&s, &layer(&ls, "model")[0]), &blob(&s, &adapters[0]));
+        assert!(e < 5e-3, "{model}: rel. error {e:.2e}");
+    }
+    // A directory that is not a PEFT adapter: the CLI says what is missing.
+    let mf = dir.path().join("bad.Modelfile");
+    std::fs::write(&mf, format!("FROM {}\nADAPTER {}\n", fixtures.join("tiny-llama.f32.gguf").display(), dir.path().display())).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rocmforge"))
+        .args(["create", "bad", "-f"])
+        .arg(&mf)
+        .env("OLLAMA_HOST", &s.url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("adapter_config.json"), "{}", String::from_utf8_lossy(&out.stderr));
+}

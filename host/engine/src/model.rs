@@ -444,7 +444,45 @@ fn kv_block_bytes(layout: &KvLayout, kv_bytes_per_token: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{kv_cache_type_from_vars, KvBudget, KvCacheType};
+    use super::{kv_cache_type_from_vars, size_kv_pool, KvBudget, KvCacheType, BLOCK_SIZE};
+    use rocmforge_runtime::graph::{Graph, LayerKv};
+    use rocmforge_runtime::{KvKind, KvLayout};
+
+    fn graph(kinds: impl Iterator<Item = KvKind>) -> Graph {
+        let layer = |kind| Some(LayerKv { n_head_kv: 1, head_dim_k: 64, head_dim_v: 64, kind, v_in_k: false });
+        Graph { layers: kinds.map(layer).collect(), ..Default::default() }
+    }
+
+    /// The pool keeps the budget's memory in smaller blocks, and the context is the longest one
+    /// sequence can reach (checked against the manager's bound by `kv_window_tests.rs`).
+    #[test]
+    fn kv_pool_sizing_keeps_the_memory_and_one_sequence_fits() {
+        let gemma3 = graph((0..18).map(|il| if il % 6 == 5 { KvKind::Full } else { KvKind::Sliding(512) }));
+        let (l, one) = (KvLayout::by_kind(&gemma3), KvLayout::single(&gemma3));
+        // 1024 blocks of 18 layers = 6144 blocks of 3 layers; a 4096-token sequence takes 256
+        // full blocks + 5 x 65 sliding ones (window 511 + chunk 512 tokens, plus one).
+        assert_eq!(size_kv_pool(&l, 1024, 4096, 512), (6144, 4096));
+        assert_eq!(size_kv_pool(&one, 1024, 4096, 512), (1024, 4096));
+        // A small budget: below the window nothing is given back, so the context is what the
+        // one-group layout allows (10 blocks of 16 tokens), not more.
+        assert_eq!(size_kv_pool(&l, 10, 256, 512), (60, 160));
+        assert_eq!(size_kv_pool(&one, 10, 256, 512), (10, 160));
+        // Past the window the sliding groups stop growing: 100 blocks of 18 layers hold 1600
+        // tokens of one sequence; 600 blocks of 3 layers hold any n with ceil(n / 16) + 5 x 65
+        // <= 600, i.e. up to 4400 tokens (capped at the 4096 asked for).
+        assert_eq!(size_kv_pool(&l, 100, 4096, 512), (600, 4096));
+        assert_eq!(size_kv_pool(&one, 100, 4096, 512), (100, 1600));
+        assert_eq!(size_kv_pool(&l, 100, 8192, 512), (600, 4400));
+        // One sliding kind (Mistral): one group, its blocks as many as the budget's; a sequence
+        // never holds more than ceil((4095 + 512) / 16) + 1 = 289 of them.
+        let mistral = graph((0..4).map(|_| KvKind::Sliding(4096)));
+        assert_eq!(size_kv_pool(&KvLayout::by_kind(&mistral), 300, 32768, 512), (300, 32768));
+        assert_eq!(size_kv_pool(&KvLayout::by_kind(&mistral), 288, 32768, 512), (288, 288 * BLOCK_SIZE));
+        let w = graph((0..4).map(|_| KvKind::Sliding(64)));
+        // ceil((63 + 512) / 16) + 1 = 37 blocks at most, whatever the length.
+        assert_eq!(size_kv_pool(&KvLayout::by_kind(&w), 37, 32768, 512), (37, 32768));
+        assert_eq!(size_kv_pool(&KvLayout::by_kind(&w), 36, 32768, 512), (36, 36 * BLOCK_SIZE));
+    }
 
     #[test]
     fn kv_cache_type_from_env_prefers_ours_and_names_bad_values() {

@@ -472,6 +472,40 @@ mod tests {
         assert!(o.chunks.iter().any(|c| c.id == 3 && c.start == 0 && c.len == 16));
     }
 
+    /// Sliding-window groups (`KvCacheManager::with_groups`): blocks behind the window are given
+    /// back after each step, so a pool too small for two long requests kept whole serves them
+    /// with fewer preemptions, and every output is still exactly its own.
+    #[test]
+    fn sliding_groups_give_back_blocks_and_keep_outputs() {
+        use rocmforge_runtime::KvKind;
+        let run = |kinds: &[KvKind], n_blocks: usize| {
+            let cfg = SchedulerConfig {
+                max_num_batched_tokens: 8,
+                max_num_seqs: 4,
+                max_waiting: 8,
+                enable_prefix_caching: true,
+                prompt_lookup: 0,
+            };
+            let mut s = Scheduler::new(cfg, KvCacheManager::with_groups(n_blocks, 4, true, kinds));
+            s.add_request(SeqState::new(1, (0..40).collect(), None)).unwrap();
+            s.add_request(SeqState::new(2, (100..140).collect(), None)).unwrap();
+            let (outs, steps) = drive(&mut s, &[1, 2], 20);
+            for (id, v) in outs {
+                let want: Vec<u32> = (0..20).map(|k| 1000 + id as u32 + k).collect();
+                assert_eq!(v, want);
+            }
+            assert_eq!(s.kv().num_free_blocks(), n_blocks);
+            steps.iter().map(|o| o.preempted.len()).sum::<usize>()
+        };
+        // 60 tokens need 15 blocks per group: two requests kept whole need 60 blocks of two
+        // groups; with a window of 8 the sliding group holds at most 5 blocks each (7 keys
+        // behind a chunk of 8, plus one for alignment).
+        let kept = run(&[KvKind::Full, KvKind::Full], 40);
+        let freed = run(&[KvKind::Full, KvKind::Sliding(8)], 40);
+        assert!(kept > 0, "the pool is too small for both kept whole");
+        assert_eq!(freed, 0, "15 + 5 blocks each fit twice in 40");
+    }
+
     #[test]
     fn seats_and_queue_limits() {
         let mut s = sched(64, 64, 1);

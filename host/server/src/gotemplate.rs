@@ -91,7 +91,7 @@ pub fn tokens(b: &dyn Backend, text: &str) -> Result<Vec<u32>, ApiError> {
     let tok = b.tokenizer();
     let bos_text = tok.bos().and_then(|id| tok.token_text(id)).unwrap_or_default();
     let mut ids = Vec::new();
-    if tok.add_bos() && !(!bos_text.is_empty() && text.starts_with(bos_text)) {
+    if tok.add_bos() && (bos_text.is_empty() || !text.starts_with(bos_text)) {
         ids.extend(tok.bos());
     }
     ids.extend(b.raw_tokens(text, false, true)?);

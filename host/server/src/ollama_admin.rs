@@ -368,11 +368,7 @@ fn tokio_stream_from(mut rx: tokio::sync::mpsc::UnboundedReceiver<Json>) -> impl
 }
 
 fn store_error(e: StoreError) -> ApiError {
-    match e {
-        // A file the client named or uploaded that is not a usable model.
-        StoreError::BadModelFile { .. } => ApiError::bad_request(e.to_string()),
-        e => ApiError::from(crate::manager::ManagerError::Store(e)),
-    }
+    ApiError::from(crate::manager::ManagerError::Store(e))
 }
 
 #[derive(Deserialize)]

@@ -14,7 +14,8 @@
 //! Differences from Go, all on inputs no Ollama template uses: complex constants and
 //! hexadecimal floats are refused; a string escape of a byte past ASCII (`"\xff"`) becomes
 //! U+FFFD; slices have no spare capacity; nested pointers print as `&{...}` (Go prints an
-//! address); `unicode.IsPrint` (for `%q`, `js`) is approximated without Unicode tables. Beyond
+//! address); `unicode.IsPrint` (for `%q`, `js`) and the letters of identifiers (Rust's Alphabetic
+//! property for Go's category L) are approximated without Unicode tables. Beyond
 //! Go, parsing and execution are bounded (nesting, steps, output size) because the template
 //! may come from a request.
 //!
