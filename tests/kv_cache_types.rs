@@ -300,7 +300,9 @@ fn cli_kv_scales_auto_calibrates_at_load() {
     let smol = common::model("SmolLM2-135M-Instruct.Q4_1.gguf").display().to_string();
     let gen = ["generate", smol.as_str(), "The capital of France is", "--temperature", "0", "-n", "4", "--device", "cpu", "-c", "256"];
     let line = "fp8 KV scales calibrated over";
-    let cases: &[(&[&str], &[(&str, &str)], bool)] = &[
+    // (flags, environment, whether the calibration line is expected)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], bool);
+    let cases: &[Case] = &[
         (&["--kv-cache-type", "fp8", "--kv-scales", "auto"], &[], true),
         (&["--kv-cache-type", "fp8"], &[("ROCMFORGE_KV_SCALES", "auto")], true),
         (&["--kv-cache-type", "fp8"], &[], false),

@@ -256,13 +256,16 @@ impl KvScales {
     }
 }
 
+/// K and V absolute maxima of one layer, per KV head.
+type LayerAmax = (Vec<f32>, Vec<f32>);
+
 /// Per-KV-head absolute maxima of the K and V inputs of every ATTENTION op, gathered from the
 /// node outputs the backends hand to the dump hook (`Dump::write`), whatever the backend.
 pub struct AmaxProbe {
     /// Node index -> (layer, is V, head dim, n heads).
     nodes: HashMap<usize, (usize, bool, usize, usize)>,
-    /// Per layer: K and V maxima per head.
-    amax: Mutex<Vec<Option<(Vec<f32>, Vec<f32>)>>>,
+    /// Per layer (None: no attention).
+    amax: Mutex<Vec<Option<LayerAmax>>>,
 }
 
 impl AmaxProbe {
@@ -271,7 +274,7 @@ impl AmaxProbe {
     pub fn new(graph: &Graph) -> (AmaxProbe, Vec<String>) {
         let mut nodes = HashMap::new();
         let mut names = Vec::new();
-        let mut amax: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; graph.layers.len()];
+        let mut amax: Vec<Option<LayerAmax>> = vec![None; graph.layers.len()];
         for node in &graph.nodes {
             let Op::Attention { k, v, p, .. } = &node.op else { continue };
             let Some(Some(geo)) = graph.layers.get(p.layer) else { continue };
